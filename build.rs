@@ -1,0 +1,21 @@
+//! Passes what nginx-sys learned about the nginx tree to the compiler.
+//!
+//! Cargo gives `DEP_NGINX_*` only to crates that depend on nginx-sys directly,
+//! which is why Cargo.toml lists it next to `ngx`.
+use std::env;
+
+fn main() {
+    println!("cargo::rerun-if-env-changed=DEP_NGINX_VERSION_NUMBER");
+    println!("cargo::rustc-check-cfg=cfg(ngx_peer_resolve)");
+    if let Ok(version) = env::var("DEP_NGINX_VERSION_NUMBER") {
+        // nginx 1.27.3 added re-resolvable peers (`server ... resolve`), which
+        // can change an upstream's peer list while workers run.
+        if version.parse::<u64>().unwrap_or(0) >= 1_027_003 {
+            println!("cargo::rustc-cfg=ngx_peer_resolve");
+        }
+    }
+    if cfg!(target_os = "macos") {
+        println!("cargo::rustc-link-arg=-undefined");
+        println!("cargo::rustc-link-arg=dynamic_lookup");
+    }
+}
