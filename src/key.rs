@@ -51,7 +51,10 @@ mod tests {
 
     #[test]
     fn key_text_matches_apisix_format() {
-        assert_eq!(key("backend", "127.0.0.1:8081"), "conn_count:backend:127.0.0.1:8081");
+        assert_eq!(
+            key("backend", "127.0.0.1:8081"),
+            "conn_count:backend:127.0.0.1:8081"
+        );
         assert_eq!(key("ws", "[::1]:8081"), "conn_count:ws:[::1]:8081");
     }
 

@@ -1,8 +1,125 @@
-//! ngx_http_least_conn_persistent_module: least_conn over connection counts
+//! ngx_http_least_conn_persistent_module: `least_conn` over connection counts
 //! kept in a shared zone that outlives reloads.
-#![allow(dead_code)]
+//!
+//! This file holds the module statics only. The pure parts (`key`, `select`,
+//! `table`, `cleanup`, `status`) build and test without nginx; the rest talks
+//! to nginx and is left out of `cargo test`, whose binary cannot link nginx's
+//! symbols.
 
 pub mod cleanup;
 pub mod key;
 pub mod select;
+pub mod status;
 pub mod table;
+
+#[cfg(not(test))]
+mod balancer;
+#[cfg(not(test))]
+mod config;
+#[cfg(not(test))]
+mod counters;
+#[cfg(not(test))]
+mod status_handler;
+#[cfg(not(test))]
+mod zone;
+
+#[cfg(not(test))]
+pub use module::*;
+
+#[cfg(not(test))]
+mod module {
+    use core::ffi::c_void;
+    use core::ptr;
+
+    use nginx_sys::{
+        ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_http_module_t, ngx_int_t, ngx_module_t,
+        ngx_uint_t, NGX_CONF_NOARGS, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+        NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF_OFFSET,
+        NGX_HTTP_UPS_CONF, NGX_OK,
+    };
+    use ngx::http::{HttpModule, HttpModuleMainConf, HttpModuleServerConf};
+    use ngx::ngx_string;
+
+    use crate::config::{self, MainConf, SrvConf};
+
+    pub struct Module;
+
+    impl HttpModule for Module {
+        fn module() -> &'static ngx_module_t {
+            // SAFETY: nginx writes the module's indices once, at load time.
+            unsafe { &*ptr::addr_of!(ngx_http_least_conn_persistent_module) }
+        }
+
+        unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+            config::postconfiguration(cf)
+        }
+    }
+
+    // SAFETY: the types match what create_main_conf/create_srv_conf allocate.
+    unsafe impl HttpModuleMainConf for Module {
+        type MainConf = MainConf;
+    }
+    unsafe impl HttpModuleServerConf for Module {
+        type ServerConf = SrvConf;
+    }
+
+    static CTX: ngx_http_module_t = ngx_http_module_t {
+        preconfiguration: None,
+        postconfiguration: Some(Module::postconfiguration),
+        create_main_conf: Some(Module::create_main_conf),
+        init_main_conf: None,
+        create_srv_conf: Some(Module::create_srv_conf),
+        merge_srv_conf: None,
+        create_loc_conf: None,
+        merge_loc_conf: None,
+    };
+
+    static mut COMMANDS: [ngx_command_t; 4] = [
+        ngx_command_t {
+            name: ngx_string!("least_conn_persistent_zone"),
+            type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2) as ngx_uint_t,
+            set: Some(config::cmd_zone),
+            conf: NGX_HTTP_MAIN_CONF_OFFSET,
+            offset: 0,
+            post: ptr::null_mut(),
+        },
+        ngx_command_t {
+            name: ngx_string!("least_conn_persistent"),
+            type_: (NGX_HTTP_UPS_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
+            set: Some(config::cmd_method),
+            conf: NGX_HTTP_SRV_CONF_OFFSET,
+            offset: 0,
+            post: ptr::null_mut(),
+        },
+        ngx_command_t {
+            name: ngx_string!("least_conn_persistent_status"),
+            type_: (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
+            set: Some(config::cmd_status),
+            conf: NGX_HTTP_LOC_CONF_OFFSET,
+            offset: 0,
+            post: ptr::null_mut(),
+        },
+        ngx_command_t::empty(),
+    ];
+
+    extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+        // SAFETY: nginx passes the cycle being initialised.
+        config::warn_without_zone(unsafe { &*cycle });
+        NGX_OK as ngx_int_t
+    }
+
+    // The `ngx_modules` table a cdylib built outside nginx's build needs.
+    #[cfg(feature = "export-modules")]
+    ngx::ngx_modules!(ngx_http_least_conn_persistent_module);
+
+    #[used]
+    #[allow(non_upper_case_globals)]
+    #[cfg_attr(not(feature = "export-modules"), no_mangle)]
+    pub static mut ngx_http_least_conn_persistent_module: ngx_module_t = ngx_module_t {
+        ctx: ptr::addr_of!(CTX) as *mut c_void,
+        commands: unsafe { ptr::addr_of_mut!(COMMANDS[0]) },
+        type_: NGX_HTTP_MODULE as ngx_uint_t,
+        init_module: Some(init_module),
+        ..ngx_module_t::default()
+    };
+}

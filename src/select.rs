@@ -222,7 +222,10 @@ pub(crate) mod tests {
         for _ in 0..60 {
             p.pick();
         }
-        let (min, max) = (*p.conns.iter().min().unwrap(), *p.conns.iter().max().unwrap());
+        let (min, max) = (
+            *p.conns.iter().min().unwrap(),
+            *p.conns.iter().max().unwrap(),
+        );
         assert!(max - min <= 1, "{:?}", p.conns);
         assert_eq!(p.conns.iter().sum::<u64>(), 160);
     }

@@ -49,6 +49,7 @@ fn count_of(word: u64) -> u32 {
 }
 
 #[repr(C, align(64))]
+#[derive(Debug)]
 pub struct Slot {
     word: AtomicU64,
     flags: AtomicU32,
@@ -65,12 +66,14 @@ pub struct Slot {
 }
 
 #[repr(C)]
+#[derive(Debug)]
 struct Block {
     next: AtomicPtr<Block>,
     slots: [Slot; SLOTS_PER_BLOCK],
 }
 
 #[repr(C)]
+#[derive(Debug)]
 pub struct Table {
     magic: u64,
     epoch: AtomicU32,
@@ -117,7 +120,9 @@ pub enum Acquire {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Release {
-    Released { now_idle_draining: bool },
+    Released {
+        now_idle_draining: bool,
+    },
     /// The count was already zero and stays there: a bug somewhere.
     Underflow,
     Stale,
@@ -139,18 +144,20 @@ pub struct EntryView<'a> {
 }
 
 impl Slot {
-    const EMPTY: Slot = Slot {
-        word: AtomicU64::new(pack(1, 0)),
-        flags: AtomicU32::new(0),
-        epoch: AtomicU32::new(0),
-        weight: AtomicU32::new(0),
-        max_conns: AtomicU32::new(0),
-        hash: AtomicU32::new(0),
-        key_len: AtomicU32::new(0),
-        upstream_len: AtomicU32::new(0),
-        key: AtomicPtr::new(ptr::null_mut()),
-        next: AtomicPtr::new(ptr::null_mut()),
-    };
+    fn empty() -> Slot {
+        Slot {
+            word: AtomicU64::new(pack(1, 0)),
+            flags: AtomicU32::new(0),
+            epoch: AtomicU32::new(0),
+            weight: AtomicU32::new(0),
+            max_conns: AtomicU32::new(0),
+            hash: AtomicU32::new(0),
+            key_len: AtomicU32::new(0),
+            upstream_len: AtomicU32::new(0),
+            key: AtomicPtr::new(ptr::null_mut()),
+            next: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
 
     fn is_used(&self) -> bool {
         self.key_len.load(Ordering::Relaxed) != 0
@@ -368,7 +375,8 @@ impl Table {
         slot.hash.store(hash, Ordering::Relaxed);
         slot.set_meta(meta, epoch);
         let bucket = self.bucket(hash);
-        slot.next.store(bucket.load(Ordering::Relaxed), Ordering::Relaxed);
+        slot.next
+            .store(bucket.load(Ordering::Relaxed), Ordering::Relaxed);
         bucket.store(ptr::from_ref(slot).cast_mut(), Ordering::Release);
         self.keys.fetch_add(1, Ordering::Relaxed);
         Ok(Self::handle(slot))
@@ -401,7 +409,7 @@ impl Table {
         let block = unsafe {
             ptr::addr_of_mut!((*block.as_ptr()).next).write(AtomicPtr::new(ptr::null_mut()));
             for i in 0..SLOTS_PER_BLOCK {
-                ptr::addr_of_mut!((*block.as_ptr()).slots[i]).write(Slot::EMPTY);
+                ptr::addr_of_mut!((*block.as_ptr()).slots[i]).write(Slot::empty());
             }
             &*block.as_ptr()
         };
@@ -530,7 +538,11 @@ pub(crate) mod tests {
             Some(p)
         }
         unsafe fn free(&self, ptr: NonNull<u8>) {
-            let layout = self.live.borrow_mut().remove(&(ptr.as_ptr() as usize)).unwrap();
+            let layout = self
+                .live
+                .borrow_mut()
+                .remove(&(ptr.as_ptr() as usize))
+                .unwrap();
             self.budget.set(self.budget.get() + layout.size());
             dealloc(ptr.as_ptr(), layout);
         }
@@ -540,12 +552,20 @@ pub(crate) mod tests {
         unsafe { &*Table::create(arena, 64).unwrap().as_ptr() }
     }
 
-    const M: Meta = Meta { weight: 1, max_conns: 0, flags: 0 };
+    const M: Meta = Meta {
+        weight: 1,
+        max_conns: 0,
+        flags: 0,
+    };
 
     fn keys_of(t: &Table, a: &HeapArena) -> Vec<(String, u32, u32)> {
         let mut v = vec![];
         t.for_each(a, |e| {
-            v.push((String::from_utf8(e.key.to_vec()).unwrap(), e.count, e.meta.flags))
+            v.push((
+                String::from_utf8(e.key.to_vec()).unwrap(),
+                e.count,
+                e.meta.flags,
+            ))
         });
         v.sort();
         v
@@ -592,7 +612,9 @@ pub(crate) mod tests {
         r.acquire(0);
         assert_eq!(
             r.release(),
-            Release::Released { now_idle_draining: false }
+            Release::Released {
+                now_idle_draining: false
+            }
         );
         assert_eq!(r.count(), Some(0));
     }
@@ -622,7 +644,13 @@ pub(crate) mod tests {
         let e2 = t.begin_epoch(&a);
         assert_eq!(t.upsert(&a, b"conn_count:u:a", 12, M, e2), Ok(kept));
         let added = t.upsert(&a, b"conn_count:u:d", 12, M, e2).unwrap();
-        assert_eq!(t.sweep(&a, e2), Sweep { removed: 1, draining: 1 });
+        assert_eq!(
+            t.sweep(&a, e2),
+            Sweep {
+                removed: 1,
+                draining: 1
+            }
+        );
 
         assert_eq!(kept.count(), Some(1));
         assert_eq!(added.count(), Some(0));
@@ -640,7 +668,9 @@ pub(crate) mod tests {
         // The draining key goes when its last connection closes.
         assert_eq!(
             busy.release(),
-            Release::Released { now_idle_draining: true }
+            Release::Released {
+                now_idle_draining: true
+            }
         );
         assert!(t.remove_if_drained(&a, busy));
         assert_eq!(t.keys(), 2);
@@ -729,7 +759,13 @@ pub(crate) mod tests {
             let k = format!("conn_count:u:10.0.{}.{}:80", i / 256, i % 256);
             t.upsert(&a, k.as_bytes(), 1, M, e2).unwrap();
         }
-        assert_eq!(t.sweep(&a, e2), Sweep { removed: 334, draining: 0 });
+        assert_eq!(
+            t.sweep(&a, e2),
+            Sweep {
+                removed: 334,
+                draining: 0
+            }
+        );
         assert_eq!(t.keys(), 666);
         for (i, r) in refs.iter().enumerate().filter(|(i, _)| i % 3 != 0) {
             assert_eq!(r.count(), Some((i % 3) as u32));

@@ -1,0 +1,198 @@
+//! One configuration's view of the shared counters: a key and a handle per
+//! peer, in the order of nginx's peer lists, built once at configuration
+//! time so that a pick builds no strings and searches nothing.
+
+use nginx_sys::{ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t, NGX_LOG_ERR};
+use ngx::ngx_log_error;
+
+use crate::key;
+use crate::table::{Acquire, Meta, Release, SlotRef, Table, FLAG_BACKUP, FLAG_DOWN, FLAG_DRAINING};
+use crate::zone::{str_bytes, Zone};
+
+#[derive(Debug)]
+pub struct PeerCounter {
+    pub key: Box<[u8]>,
+    pub upstream_len: usize,
+    pub meta: Meta,
+    /// `None`: no zone, or the zone was full; count per worker instead.
+    pub handle: Option<SlotRef>,
+    /// This worker's connections to a peer without a handle (status page).
+    pub local: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct UpstreamCounters {
+    pub name: Box<[u8]>,
+    pub primary: Vec<PeerCounter>,
+    pub backup: Vec<PeerCounter>,
+    link: Option<ZoneLink>,
+}
+
+/// Where this configuration's keys live, and the epoch that stamped them.
+#[derive(Clone, Copy, Debug)]
+pub struct ZoneLink {
+    zone: Zone,
+    table: &'static Table,
+    epoch: u32,
+}
+
+/// What a pick took, so that `free` gives back exactly that.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Held {
+    #[default]
+    Nothing,
+    Shared(SlotRef),
+    Local(*mut PeerCounter),
+}
+
+impl PeerCounter {
+    fn new(upstream: &[u8], peer: &ngx_http_upstream_rr_peer_t, flags: u32) -> PeerCounter {
+        // SAFETY: the peer's name lives in the configuration pool.
+        let server = unsafe { str_bytes(&peer.name) };
+        let mut k = vec![0; key::key_len(upstream, server)];
+        key::write_key(&mut k, upstream, server);
+        PeerCounter {
+            key: k.into_boxed_slice(),
+            upstream_len: upstream.len(),
+            meta: Meta {
+                weight: peer.weight as u32,
+                max_conns: peer.max_conns as u32,
+                flags: flags | if peer.down != 0 { FLAG_DOWN } else { 0 },
+            },
+            handle: None,
+            local: 0,
+        }
+    }
+
+    /// Counts a connection. `Err(())`: at `max_conns`, pick again.
+    pub fn acquire(&mut self, link: Option<ZoneLink>, max_conns: u32) -> Result<Held, ()> {
+        for _ in 0..2 {
+            let Some(h) = self.handle else {
+                self.local += 1;
+                return Ok(Held::Local(self));
+            };
+            match h.acquire(max_conns) {
+                Acquire::Taken => return Ok(Held::Shared(h)),
+                Acquire::AtLimit => return Err(()),
+                Acquire::Stale => self.handle = self.refresh(link),
+            }
+        }
+        Err(())
+    }
+
+    /// A handle went stale: a newer configuration removed the key while this
+    /// (older) worker still uses it. Put it back as draining, so that it is
+    /// counted until this worker is done with it and then removed.
+    fn refresh(&self, link: Option<ZoneLink>) -> Option<SlotRef> {
+        let ZoneLink { zone, table, epoch } = link?;
+        let locked = zone.lock();
+        if let Some(h) = table.find(&locked, &self.key) {
+            return Some(h);
+        }
+        let draining = if epoch == table.epoch() {
+            0
+        } else {
+            FLAG_DRAINING
+        };
+        let meta = Meta {
+            flags: self.meta.flags | draining,
+            ..self.meta
+        };
+        table
+            .upsert(&locked, &self.key, self.upstream_len, meta, epoch)
+            .ok()
+    }
+
+    /// Live connections as this worker should compare them.
+    pub fn count(&self, peer: &ngx_http_upstream_rr_peer_t) -> u64 {
+        match self.handle.and_then(|h| h.count()) {
+            Some(c) => u64::from(c),
+            None => peer.conns as u64,
+        }
+    }
+}
+
+fn peer_list(
+    upstream: &[u8],
+    peers: *const ngx_http_upstream_rr_peers_t,
+    flags: u32,
+) -> Vec<PeerCounter> {
+    let mut out = Vec::new();
+    // SAFETY: round-robin init built these lists in the configuration pool.
+    unsafe {
+        if let Some(peers) = peers.as_ref() {
+            let mut p = peers.peer;
+            while let Some(peer) = p.as_ref() {
+                out.push(PeerCounter::new(upstream, peer, flags));
+                p = peer.next;
+            }
+        }
+    }
+    out
+}
+
+impl UpstreamCounters {
+    /// # Safety
+    /// `peers` is what `ngx_http_upstream_init_round_robin` left in `peer.data`.
+    pub unsafe fn new(name: &[u8], peers: *const ngx_http_upstream_rr_peers_t) -> UpstreamCounters {
+        let backup = peers
+            .as_ref()
+            .map_or(core::ptr::null(), |p| p.next.cast_const());
+        UpstreamCounters {
+            name: name.into(),
+            primary: peer_list(name, peers, 0),
+            backup: peer_list(name, backup, FLAG_BACKUP),
+            link: None,
+        }
+    }
+
+    pub fn peers_mut(&mut self) -> impl Iterator<Item = &mut PeerCounter> {
+        self.primary.iter_mut().chain(self.backup.iter_mut())
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = &PeerCounter> {
+        self.primary.iter().chain(self.backup.iter())
+    }
+
+    /// Called by the zone's init once this configuration's keys are stored.
+    pub fn attach(&mut self, zone: Zone, table: &'static Table, epoch: u32) {
+        self.link = Some(ZoneLink { zone, table, epoch });
+    }
+
+    /// The peers of the primary or backup list, and the zone they count in.
+    pub fn split(&mut self, backup: bool) -> (&mut [PeerCounter], Option<ZoneLink>) {
+        let list = if backup {
+            &mut self.backup
+        } else {
+            &mut self.primary
+        };
+        (list, self.link)
+    }
+
+    /// Gives back what a pick took; `log` is the request's.
+    pub fn release(&self, held: Held, log: *mut nginx_sys::ngx_log_t) {
+        match held {
+            Held::Nothing => {}
+            // SAFETY: points into this configuration's counters, which live
+            // as long as the worker's cycle.
+            Held::Local(pc) => unsafe { (*pc).local = (*pc).local.saturating_sub(1) },
+            Held::Shared(h) => match h.release() {
+                Release::Released { now_idle_draining } => {
+                    if now_idle_draining {
+                        if let Some(l) = self.link {
+                            l.table.remove_if_drained(&l.zone.lock(), h);
+                        }
+                    }
+                }
+                Release::Underflow | Release::Stale => {
+                    ngx_log_error!(
+                        NGX_LOG_ERR,
+                        log,
+                        "least_conn_persistent: release of a counter of upstream \"{}\" that is already 0 (kept at 0)",
+                        String::from_utf8_lossy(&self.name)
+                    );
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! The status page: every counter, as JSON or in Prometheus' text format.
+//!
+//! Rendering is kept apart from the request handler so that the exact output
+//! is tested without nginx.
+
+use std::fmt::Write;
+
+use crate::key::split_key;
+use crate::table::{FLAG_BACKUP, FLAG_DOWN, FLAG_DRAINING};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Prometheus,
+}
+
+/// `?format=` was given a value we do not serve.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UnknownFormat;
+
+pub fn parse_format(arg: Option<&[u8]>) -> Result<Format, UnknownFormat> {
+    match arg {
+        None | Some(b"json") => Ok(Format::Json),
+        Some(b"prometheus") => Ok(Format::Prometheus),
+        Some(_) => Err(UnknownFormat),
+    }
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/json",
+            Format::Prometheus => "text/plain; version=0.0.4",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Up,
+    Down,
+    Backup,
+    Draining,
+    /// Not in the zone (none configured, or it was full): counted per worker.
+    Fallback,
+}
+
+impl State {
+    pub fn from_flags(flags: u32) -> State {
+        if flags & FLAG_DRAINING != 0 {
+            State::Draining
+        } else if flags & FLAG_DOWN != 0 {
+            State::Down
+        } else if flags & FLAG_BACKUP != 0 {
+            State::Backup
+        } else {
+            State::Up
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            State::Up => "up",
+            State::Down => "down",
+            State::Backup => "backup",
+            State::Draining => "draining",
+            State::Fallback => "fallback",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZoneInfo {
+    pub name: String,
+    pub size: usize,
+    pub used: usize,
+    pub keys: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub count: u64,
+    pub weight: u32,
+    pub max_conns: u32,
+    pub state: State,
+}
+
+impl Entry {
+    fn parts(&self) -> (&str, &str) {
+        match split_key(self.key.as_bytes()) {
+            // Both halves are slices of a &str cut at ASCII bytes.
+            Some((u, s)) => (
+                std::str::from_utf8(u).unwrap_or(""),
+                std::str::from_utf8(s).unwrap_or(""),
+            ),
+            None => ("", self.key.as_str()),
+        }
+    }
+}
+
+pub fn render(format: Format, zone: Option<&ZoneInfo>, entries: &mut [Entry]) -> String {
+    entries.sort_by(|a, b| {
+        a.key
+            .cmp(&b.key)
+            .then(a.state.as_str().cmp(b.state.as_str()))
+    });
+    match format {
+        Format::Json => render_json(zone, entries),
+        Format::Prometheus => render_prometheus(zone, entries),
+    }
+}
+
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn render_json(zone: Option<&ZoneInfo>, entries: &[Entry]) -> String {
+    let mut out = String::with_capacity(128 + entries.len() * 160);
+    out.push_str("{\"zone\":");
+    match zone {
+        None => out.push_str("null"),
+        Some(z) => {
+            out.push_str("{\"name\":");
+            json_str(&mut out, &z.name);
+            let _ = write!(
+                out,
+                ",\"size\":{},\"used\":{},\"keys\":{}}}",
+                z.size, z.used, z.keys
+            );
+        }
+    }
+    out.push_str(",\"counters\":[");
+    for (i, e) in entries.iter().enumerate() {
+        let (upstream, server) = e.parts();
+        out.push_str(if i == 0 { "\n{" } else { ",\n{" });
+        out.push_str("\"upstream\":");
+        json_str(&mut out, upstream);
+        out.push_str(",\"server\":");
+        json_str(&mut out, server);
+        out.push_str(",\"key\":");
+        json_str(&mut out, &e.key);
+        let _ = write!(
+            out,
+            ",\"count\":{},\"weight\":{},\"max_conns\":{},\"state\":\"{}\"}}",
+            e.count,
+            e.weight,
+            e.max_conns,
+            e.state.as_str()
+        );
+    }
+    out.push_str("\n]}\n");
+    out
+}
+
+fn label(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The metric families, documented in README.md.
+const SERVER_METRICS: [(&str, &str); 3] = [
+    (
+        "least_conn_persistent_connections",
+        "Live connections to the server, counted across all workers and reloads.",
+    ),
+    (
+        "least_conn_persistent_weight",
+        "Configured weight of the server.",
+    ),
+    (
+        "least_conn_persistent_max_conns",
+        "Configured max_conns of the server (0: unlimited).",
+    ),
+];
+
+fn render_prometheus(zone: Option<&ZoneInfo>, entries: &[Entry]) -> String {
+    let mut out = String::with_capacity(512 + entries.len() * 400);
+    if let Some(z) = zone {
+        for (name, help, value) in [
+            (
+                "least_conn_persistent_zone_size_bytes",
+                "Size of the shared zone.",
+                z.size,
+            ),
+            (
+                "least_conn_persistent_zone_used_bytes",
+                "Bytes of the zone in use.",
+                z.used,
+            ),
+            (
+                "least_conn_persistent_zone_keys",
+                "Counters stored in the zone.",
+                z.keys as usize,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            let _ = write!(out, "{name}{{zone=\"");
+            label(&mut out, &z.name);
+            let _ = writeln!(out, "\"}} {value}");
+        }
+    }
+    for (m, (name, help)) in SERVER_METRICS.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for e in entries {
+            let (upstream, server) = e.parts();
+            let value = [e.count, u64::from(e.weight), u64::from(e.max_conns)][m];
+            let _ = write!(out, "{name}{{upstream=\"");
+            label(&mut out, upstream);
+            out.push_str("\",server=\"");
+            label(&mut out, server);
+            let _ = writeln!(out, "\",state=\"{}\"}} {value}", e.state.as_str());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str, count: u64, state: State) -> Entry {
+        Entry {
+            key: key.into(),
+            count,
+            weight: 2,
+            max_conns: 0,
+            state,
+        }
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(parse_format(None), Ok(Format::Json));
+        assert_eq!(parse_format(Some(b"json")), Ok(Format::Json));
+        assert_eq!(parse_format(Some(b"prometheus")), Ok(Format::Prometheus));
+        assert_eq!(parse_format(Some(b"xml")), Err(UnknownFormat));
+        assert_eq!(parse_format(Some(b"")), Err(UnknownFormat));
+    }
+
+    #[test]
+    fn state_precedence() {
+        assert_eq!(State::from_flags(0), State::Up);
+        assert_eq!(State::from_flags(FLAG_BACKUP), State::Backup);
+        assert_eq!(State::from_flags(FLAG_DOWN | FLAG_BACKUP), State::Down);
+        assert_eq!(
+            State::from_flags(FLAG_DRAINING | FLAG_DOWN),
+            State::Draining
+        );
+    }
+
+    #[test]
+    fn json_lists_zone_and_sorted_counters() {
+        let zone = ZoneInfo {
+            name: "lcp".into(),
+            size: 1 << 20,
+            used: 12288,
+            keys: 2,
+        };
+        let mut e = vec![
+            entry("conn_count:b:[::1]:80", 0, State::Draining),
+            entry("conn_count:a:127.0.0.1:8081", 3, State::Up),
+        ];
+        let out = render(Format::Json, Some(&zone), &mut e);
+        assert_eq!(
+            out,
+            "{\"zone\":{\"name\":\"lcp\",\"size\":1048576,\"used\":12288,\"keys\":2},\"counters\":[\n\
+             {\"upstream\":\"a\",\"server\":\"127.0.0.1:8081\",\"key\":\"conn_count:a:127.0.0.1:8081\",\
+             \"count\":3,\"weight\":2,\"max_conns\":0,\"state\":\"up\"},\n\
+             {\"upstream\":\"b\",\"server\":\"[::1]:80\",\"key\":\"conn_count:b:[::1]:80\",\
+             \"count\":0,\"weight\":2,\"max_conns\":0,\"state\":\"draining\"}\n]}\n"
+        );
+    }
+
+    #[test]
+    fn json_without_zone_and_with_odd_characters() {
+        let mut e = vec![entry("conn_count:q\"\\:x\n", 1, State::Fallback)];
+        let out = render(Format::Json, None, &mut e);
+        assert!(out.starts_with("{\"zone\":null,"), "{out}");
+        assert!(out.contains("\"upstream\":\"q\\\"\\\\\""), "{out}");
+        assert!(out.contains("\"server\":\"x\\u000a\""), "{out}");
+    }
+
+    #[test]
+    fn prometheus_text() {
+        let zone = ZoneInfo {
+            name: "lcp".into(),
+            size: 65536,
+            used: 8192,
+            keys: 1,
+        };
+        let mut e = vec![entry("conn_count:a:127.0.0.1:8081", 3, State::Backup)];
+        let out = render(Format::Prometheus, Some(&zone), &mut e);
+        assert!(out.contains("# TYPE least_conn_persistent_connections gauge\n"));
+        assert!(out.contains(
+            "least_conn_persistent_connections{upstream=\"a\",server=\"127.0.0.1:8081\",state=\"backup\"} 3\n"
+        ));
+        assert!(out.contains(
+            "least_conn_persistent_weight{upstream=\"a\",server=\"127.0.0.1:8081\",state=\"backup\"} 2\n"
+        ));
+        assert!(out.contains("least_conn_persistent_zone_size_bytes{zone=\"lcp\"} 65536\n"));
+        assert!(out.contains("least_conn_persistent_zone_keys{zone=\"lcp\"} 1\n"));
+        // Every sample line is "name{labels} value".
+        for line in out.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').unwrap();
+            value.parse::<u64>().unwrap();
+        }
+    }
+}
