@@ -29,3 +29,30 @@ ensure_rust() {
     echo "cargo not found: install Rust (https://rustup.rs) first" >&2
     exit 1
 }
+
+# Configures a copy of Debian's nginx-dev tree (once per nginx-dev version)
+# and exports NGINX_SOURCE_DIR/NGINX_BUILD_DIR for nginx-sys. Skipped when
+# the caller already points them at another nginx.
+nginx_build_env() {
+    ensure_packages nginx nginx-dev libclang-dev clang pkg-config build-essential \
+        libpcre2-dev libssl-dev zlib1g-dev
+    ensure_rust
+    [ -n "${NGINX_SOURCE_DIR:-}" ] && return 0
+    local stamp
+    stamp="$NGINX_TREE/.configured-$(dpkg-query -W -f='${Version}' nginx-dev)"
+    if [ ! -f "$stamp" ]; then
+        echo ">> configuring a copy of /usr/share/nginx/src" >&2
+        rm -rf "$NGINX_TREE"
+        mkdir -p "$BUILD_DIR"
+        cp -a /usr/share/nginx/src "$NGINX_TREE"
+        (
+            cd "$NGINX_TREE"
+            # shellcheck disable=SC1091
+            . ./conf_flags
+            ./configure "${NGX_CONF_FLAGS[@]}" >"$BUILD_DIR/configure.log" 2>&1
+        ) || { tail -20 "$BUILD_DIR/configure.log" >&2; exit 1; }
+        touch "$stamp"
+    fi
+    export NGINX_SOURCE_DIR="$NGINX_TREE"
+    export NGINX_BUILD_DIR="$NGINX_TREE/objs"
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every check: formatting, clippy, the Rust unit tests, the demo in
+# check mode, and the Test::Nginx suite under t/ against a real nginx.
+# Exits non-zero on the first failure.
+. "$(dirname "$0")/env.sh"
+
+nginx_build_env
+ensure_packages perl curl
+cd "$ROOT"
+
+echo ">> cargo fmt --check"
+cargo fmt --check
+echo ">> cargo clippy -D warnings"
+cargo clippy --release --all-targets -- -D warnings
+echo ">> cargo build --release"
+cargo build --release
+echo ">> cargo test"
+cargo test
+echo ">> scripts/demo.sh --check"
+scripts/demo.sh --check
+echo ">> prove -r t/"
+prove -r t/

@@ -1,0 +1,86 @@
+#!/usr/bin/perl
+
+# Each directive's good and bad forms, as `nginx -t` judges them.
+
+use warnings;
+use strict;
+
+use Test::More;
+
+BEGIN { use FindBin; chdir($FindBin::Bin); }
+
+use lib 'lib';
+use Test::Nginx;
+
+my @cases = (
+	# [name, http-level lines, upstream lines, location lines, expected error or undef]
+	['all good', 'least_conn_persistent_zone z 64k;',
+		'least_conn_persistent;', 'least_conn_persistent_status;', undef],
+	['upstream before zone is fine', '', 'least_conn_persistent;', '', undef],
+	['keepalive after the method', 'least_conn_persistent_zone z 64k;',
+		"least_conn_persistent;\n keepalive 8;", '', undef],
+	['zone too small', 'least_conn_persistent_zone z 16k;', '', '',
+		qr/\[emerg\].*"least_conn_persistent_zone" zone "z" is too small/],
+	['zone bad size', 'least_conn_persistent_zone z 12q;', '', '',
+		qr/\[emerg\].*"least_conn_persistent_zone" has an invalid zone size "12q"/],
+	['zone declared twice',
+		"least_conn_persistent_zone z 64k;\n least_conn_persistent_zone y 64k;", '', '',
+		qr/\[emerg\].*"least_conn_persistent_zone" is duplicate/],
+	['zone without size', 'least_conn_persistent_zone z;', '', '',
+		qr/\[emerg\].*invalid number of arguments in "least_conn_persistent_zone"/],
+	['zone name used by another module',
+		"limit_conn_zone \$binary_remote_addr zone=z:64k;\n least_conn_persistent_zone z 64k;",
+		'', '', qr/\[emerg\].*shared memory zone "z" is already declared/],
+	['method twice', '', "least_conn_persistent;\n least_conn_persistent;", '',
+		qr/\[emerg\].*"least_conn_persistent" is duplicate/],
+	['method with an argument', '', 'least_conn_persistent on;', '',
+		qr/\[emerg\].*invalid number of arguments in "least_conn_persistent"/],
+	(map { my $m = $_; ["after $m", '', "$m;\n least_conn_persistent;", '',
+		qr/\[emerg\].*"least_conn_persistent" in upstream "u": load balancing method redefined/] }
+		'least_conn', 'hash $uri', 'ip_hash', 'random'),
+	(map { my $m = $_; ["followed by $m", '', "least_conn_persistent;\n $m;", '',
+		qr/\[emerg\].*"least_conn_persistent" in upstream "u" is overridden/] }
+		'least_conn', 'hash $uri', 'ip_hash', 'random'),
+	['method outside upstream', '', '', 'least_conn_persistent;',
+		qr/\[emerg\].*"least_conn_persistent" directive is not allowed here/],
+	['status with an argument', '', '', 'least_conn_persistent_status on;',
+		qr/\[emerg\].*invalid number of arguments in "least_conn_persistent_status"/],
+	['status twice', '', '', "least_conn_persistent_status;\n least_conn_persistent_status;",
+		qr/\[emerg\].*"least_conn_persistent_status" is duplicate/],
+	['status with another handler', '', '', "proxy_pass http://u;\n least_conn_persistent_status;",
+		qr/\[emerg\].*"least_conn_persistent_status" is duplicate/],
+);
+
+my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(2 * @cases);
+
+for my $c (@cases) {
+	my ($name, $http, $ups, $loc, $want) = @$c;
+	$t->write_file_expand('nginx.conf', <<"EOF");
+%%TEST_GLOBALS%%
+events {
+}
+http {
+    %%TEST_GLOBALS_HTTP%%
+    $http
+    upstream u {
+        $ups
+        server 127.0.0.1:8081;
+        server 127.0.0.1:8082;
+    }
+    server {
+        listen 127.0.0.1:8080;
+        location / {
+            $loc
+        }
+    }
+}
+EOF
+	my ($rc, $out) = $t->test_config();
+	if (defined $want) {
+		isnt($rc, 0, "$name: nginx -t fails");
+		like($out, $want, "$name: message");
+	} else {
+		is($rc, 0, "$name: nginx -t passes") or diag($out);
+		unlike($out, qr/\[(emerg|alert|crit)\]/, "$name: no error");
+	}
+}

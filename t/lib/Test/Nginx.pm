@@ -1,0 +1,323 @@
+package Test::Nginx;
+
+# A small Test::Nginx in the style of nginx's own test suite (nginx-tests):
+# the same object methods and file templates, written for this module.
+# Test::Nginx is not packaged for Debian, so this one uses core Perl only.
+#
+#   my $t = Test::Nginx->new()->plan(3);
+#   $t->write_file_expand('nginx.conf', $conf);   # %%TEST_GLOBALS%% etc.
+#   $t->run_daemon(\&Test::Nginx::Backend::serve, port(8081), 'a');
+#   $t->run();
+#   like(http_get('/'), qr/200 OK/, 'request');
+#
+# Every test file gets one extra test at the end: its error.log must hold no
+# [alert], [crit] or [emerg] line (and none of the patterns passed to
+# `alerts_allowed`).
+
+use warnings;
+use strict;
+
+use Exporter qw/import/;
+our @EXPORT = qw/port http_get http wait_until/;
+
+use File::Path qw/mkpath rmtree/;
+use File::Spec;
+use File::Temp qw/tempdir/;
+use IO::Socket::INET;
+use POSIX qw/:sys_wait_h/;
+use Test::More ();
+use Time::HiRes qw/sleep time/;
+
+our $NGINX = $ENV{TEST_NGINX_BINARY} // '/usr/sbin/nginx';
+our $MODULE = $ENV{TEST_NGINX_MODULE}
+	// (File::Spec->rel2abs(__FILE__) =~ s{t/lib/Test/Nginx\.pm$}{}r)
+		. 'target/release/libngx_http_least_conn_persistent_module.so';
+
+my %ports;
+
+sub new {
+	my ($class) = @_;
+	my $self = bless {}, $class;
+	$self->{_testdir} = tempdir('lcp-test-XXXXXX', TMPDIR => 1,
+		CLEANUP => !$ENV{TEST_NGINX_LEAVE});
+	mkpath("$self->{_testdir}/logs");
+	$self->{_daemons} = [];
+	$self->{_allowed} = [];
+	return $self;
+}
+
+sub testdir { $_[0]{_testdir} }
+
+# The module and nginx are what every test is about: without them the run
+# stops (a skip would pass in silence). Other needs skip the file.
+sub has {
+	my ($self, @what) = @_;
+	for my $w (@what) {
+		if ($w eq 'module' || $w eq 'nginx') {
+			my $f = $w eq 'module' ? $MODULE : $NGINX;
+			Test::More::BAIL_OUT("$f is missing: run scripts/build.sh") unless -e $f;
+		} elsif ($w eq 'lua') {
+			Test::More::plan(skip_all => 'no lua module')
+				unless -f '/usr/lib/nginx/modules/ngx_http_lua_module.so';
+		}
+	}
+	return $self;
+}
+
+sub plan {
+	my ($self, $n) = @_;
+	Test::More::plan(tests => $n + 1);
+	$self->{_planned} = 1;
+	return $self;
+}
+
+# A free loopback port for each symbolic port number, stable within a file.
+sub port {
+	my ($n) = @_;
+	return $ports{$n} //= do {
+		my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
+			LocalPort => 0, Proto => 'tcp', ReuseAddr => 1)
+			or die "no free port: $!\n";
+		my $p = $s->sockport();
+		close $s;
+		$p;
+	};
+}
+
+sub write_file {
+	my ($self, $name, $content) = @_;
+	open my $fh, '>', "$self->{_testdir}/$name" or die "$name: $!\n";
+	print $fh $content;
+	close $fh;
+	return $self;
+}
+
+sub read_file {
+	my ($self, $name) = @_;
+	open my $fh, '<', "$self->{_testdir}/$name" or return '';
+	local $/;
+	return <$fh> // '';
+}
+
+sub globals {
+	my ($self) = @_;
+	my $d = $self->{_testdir};
+	return <<"EOF";
+load_module $MODULE;
+pid $d/nginx.pid;
+error_log $d/error.log notice;
+EOF
+}
+
+sub globals_http {
+	my ($self) = @_;
+	my $d = $self->{_testdir};
+	return join('', map { "$_ $d/$_;\n    " } qw/client_body_temp_path
+		proxy_temp_path fastcgi_temp_path uwsgi_temp_path scgi_temp_path/)
+		. 'access_log off;';
+}
+
+sub expand {
+	my ($self, $content) = @_;
+	$content =~ s/%%TEST_GLOBALS%%/$self->globals()/ge;
+	$content =~ s/%%TEST_GLOBALS_HTTP%%/$self->globals_http()/ge;
+	$content =~ s/%%TESTDIR%%/$self->{_testdir}/g;
+	$content =~ s/127\.0\.0\.1:(8\d\d\d)/'127.0.0.1:' . port($1)/ge;
+	$content =~ s/%%PORT_(\d+)%%/port($1)/ge;
+	return $content;
+}
+
+sub write_file_expand {
+	my ($self, $name, $content) = @_;
+	return $self->write_file($name, $self->expand($content));
+}
+
+sub nginx_cmd {
+	my ($self, @args) = @_;
+	return ($NGINX, '-p', "$self->{_testdir}/", '-c',
+		"$self->{_testdir}/nginx.conf", @args);
+}
+
+# `nginx -t`: (exit code, output).
+sub test_config {
+	my ($self) = @_;
+	my @cmd = $self->nginx_cmd('-t');
+	my $out = `@cmd 2>&1`;
+	return ($? >> 8, $out);
+}
+
+sub run {
+	my ($self) = @_;
+	my ($rc, $out) = $self->test_config();
+	die "nginx -t failed:\n$out" if $rc;
+	system($self->nginx_cmd()) == 0 or die "cannot start nginx\n";
+	$self->{_started} = 1;
+	wait_until(sub { $self->master_pid() }, 5) or die "no nginx pid file\n";
+	wait_until(sub { scalar $self->worker_pids() >= $self->workers() }, 5)
+		or die "nginx workers did not start\n";
+	for my $listen ($self->read_file('nginx.conf') =~ /listen\s+([\d.]+:\d+)/g) {
+		$self->waitforsocket($listen) or die "nginx does not listen on $listen\n";
+	}
+	return $self;
+}
+
+sub workers {
+	my ($self) = @_;
+	return $self->read_file('nginx.conf') =~ /worker_processes\s+(\d+)/ ? $1 : 1;
+}
+
+sub master_pid {
+	my ($self) = @_;
+	my $pid = $self->read_file('nginx.pid');
+	chomp $pid;
+	return $pid =~ /^\d+$/ && kill(0, $pid) ? $pid : undef;
+}
+
+# Pids of the master's worker processes, old and new.
+sub children {
+	my ($self) = @_;
+	my $master = $self->master_pid() or return ();
+	my @w;
+	for my $stat (glob '/proc/[0-9]*/stat') {
+		open my $fh, '<', $stat or next;
+		my $line = <$fh> // next;
+		my ($pid, $ppid) = $line =~ /^(\d+) \(.*\) \S (\d+)/ or next;
+		next unless $ppid == $master;
+		open my $c, '<', "/proc/$pid/cmdline" or next;
+		push @w, $pid if (<$c> // '') =~ /worker process/;
+	}
+	return @w;
+}
+
+# Workers of the running configuration. An old worker may not have retitled
+# itself "shutting down" yet, so old ones are known by their pids instead.
+sub worker_pids {
+	my ($self) = @_;
+	my $old = $self->{_old_workers} // {};
+	return grep { !$old->{$_} } $self->children();
+}
+
+# Workers of earlier configurations that still run (draining connections).
+sub old_worker_pids {
+	my ($self) = @_;
+	my $old = $self->{_old_workers} // {};
+	return grep { $old->{$_} } $self->children();
+}
+
+# HUP, then wait until a full set of new workers runs.
+sub reload {
+	my ($self) = @_;
+	my ($rc, $out) = $self->test_config();
+	die "nginx -t failed before reload:\n$out" if $rc;
+	$self->{_old_workers}{$_} = 1 for $self->children();
+	kill 'HUP', $self->master_pid();
+	wait_until(sub { $self->worker_pids() >= $self->workers() }, 10)
+		or die "reload: new workers did not start\n";
+	return $self;
+}
+
+sub stop {
+	my ($self) = @_;
+	return $self unless $self->{_started};
+	if (my $pid = $self->master_pid()) {
+		kill 'TERM', $pid;
+		wait_until(sub { !kill(0, $pid) }, 10) or kill 'KILL', $pid;
+	}
+	$self->{_started} = 0;
+	return $self;
+}
+
+sub run_daemon {
+	my ($self, $code, @args) = @_;
+	my $pid = fork() // die "fork: $!\n";
+	if ($pid == 0) {
+		$SIG{TERM} = 'DEFAULT';
+		$code->(@args);
+		POSIX::_exit(0);
+	}
+	push @{$self->{_daemons}}, $pid;
+	return $self;
+}
+
+sub stop_daemons {
+	my ($self) = @_;
+	kill 'TERM', @{$self->{_daemons}};
+	waitpid($_, 0) for @{$self->{_daemons}};
+	$self->{_daemons} = [];
+	return $self;
+}
+
+sub waitforsocket {
+	my ($self, $peer) = @_;
+	return wait_until(sub {
+		IO::Socket::INET->new(Proto => 'tcp', PeerAddr => $peer);
+	}, 5);
+}
+
+# Patterns of error.log lines the teardown check must not count.
+sub alerts_allowed {
+	my ($self, @re) = @_;
+	push @{$self->{_allowed}}, @re;
+	return $self;
+}
+
+sub alerts {
+	my ($self) = @_;
+	my @lines = grep { /\[(alert|crit|emerg)\]/ } split /\n/,
+		$self->read_file('error.log');
+	for my $re (@{$self->{_allowed}}) {
+		@lines = grep { !/$re/ } @lines;
+	}
+	return @lines;
+}
+
+sub DESTROY {
+	my ($self) = @_;
+	return if $self->{_destroyed}++;
+	$self->stop();
+	$self->stop_daemons();
+	if ($self->{_planned}) {
+		my @a = $self->alerts();
+		Test::More::is(join("\n", @a), '', 'no alerts in error.log');
+	}
+	if ($ENV{TEST_NGINX_CATLOG}) {
+		print STDERR $self->read_file('error.log');
+	}
+}
+
+###############################################################################
+
+# Polls `$cond` until it is true or `$timeout` seconds pass; returns its value.
+sub wait_until {
+	my ($cond, $timeout) = @_;
+	my $end = time() + ($timeout // 5);
+	while (1) {
+		my $v = $cond->();
+		return $v if $v;
+		return undef if time() > $end;
+		sleep 0.05;
+	}
+}
+
+# One HTTP/1.0 exchange with nginx on port(8080); returns the raw response.
+sub http_get {
+	my ($uri, %opts) = @_;
+	my $host = $opts{host} // 'localhost';
+	return http("GET $uri HTTP/1.0\r\nHost: $host\r\n\r\n", %opts);
+}
+
+sub http {
+	my ($request, %opts) = @_;
+	my $s = IO::Socket::INET->new(Proto => 'tcp',
+		PeerAddr => '127.0.0.1:' . ($opts{port} // port(8080)))
+		or die "connect: $!\n";
+	$s->autoflush(1);
+	print $s $request;
+	return $s if $opts{start};
+	local $/;
+	my $reply = <$s>;
+	close $s;
+	return $reply // '';
+}
+
+1;
