@@ -48,7 +48,8 @@ sub ws_open {
 	my ($accept) = $head =~ /^Sec-WebSocket-Accept:\s*(\S+)/mi;
 	return undef unless ($accept // '') eq Test::Nginx::Backend::accept_key($key);
 	my ($backend) = $head =~ /^X-Backend:\s*(\S+)/mi;
-	return { sock => $s, backend => $backend };
+	my ($worker) = $head =~ /^X-Worker:\s*(\d+)/mi;
+	return { sock => $s, backend => $backend, worker => $worker };
 }
 
 sub ws_open_many {
