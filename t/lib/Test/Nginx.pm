@@ -209,10 +209,17 @@ sub reload {
 	my ($self) = @_;
 	my ($rc, $out) = $self->test_config();
 	die "nginx -t failed before reload:\n$out" if $rc;
-	$self->{_old_workers}{$_} = 1 for $self->children();
+	my @old = $self->children();
+	$self->{_old_workers}{$_} = 1 for @old;
 	kill 'HUP', $self->master_pid();
 	wait_until(sub { $self->worker_pids() >= $self->workers() }, 10)
 		or die "reload: new workers did not start\n";
+	# The master tells old workers to stop accepting ~100 ms after it starts
+	# the new ones; until each has, it may still take new connections.
+	wait_until(sub {
+		my $log = $self->read_file('error.log');
+		!grep { kill(0, $_) && $log !~ /\b$_#\d+: gracefully shutting down/ } @old;
+	}, 10) or die "reload: old workers did not start shutting down\n";
 	return $self;
 }
 
