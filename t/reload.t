@@ -17,7 +17,7 @@ use Test::Nginx::Backend;
 use Test::Nginx::Status;
 use Test::Nginx::WebSocket;
 
-my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(18);
+my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(19);
 
 sub conf {
 	my (%o) = @_;
