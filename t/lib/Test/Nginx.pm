@@ -25,6 +25,7 @@ use File::Spec;
 use File::Temp qw/tempdir/;
 use IO::Socket::INET;
 use POSIX qw/:sys_wait_h/;
+use Scalar::Util ();
 use Test::More ();
 use Time::HiRes qw/sleep time/;
 
@@ -34,6 +35,14 @@ our $MODULE = $ENV{TEST_NGINX_MODULE}
 		. 'target/release/libngx_http_least_conn_persistent_module.so';
 
 my %ports;
+my @instances;
+
+# Teardown must run before Test::More checks the plan in its own END block
+# (ours runs first: Test::More is loaded before this file). A test object
+# captured by a closure would otherwise live until global destruction.
+END {
+	$_ && $_->DESTROY() for @instances;
+}
 
 sub new {
 	my ($class) = @_;
@@ -43,6 +52,8 @@ sub new {
 	mkpath("$self->{_testdir}/logs");
 	$self->{_daemons} = [];
 	$self->{_allowed} = [];
+	push @instances, $self;
+	Scalar::Util::weaken($instances[-1]);
 	return $self;
 }
 
@@ -281,6 +292,7 @@ sub alerts {
 sub DESTROY {
 	my ($self) = @_;
 	return if $self->{_destroyed}++;
+	local $?;    # waitpid() below must not become the test's exit code
 	$self->stop();
 	$self->stop_daemons();
 	if ($self->{_planned}) {
