@@ -159,9 +159,11 @@ sub test_config {
 
 sub run {
 	my ($self) = @_;
-	my ($rc, $out) = $self->test_config();
-	die "nginx -t failed:\n$out" if $rc;
-	system($self->nginx_cmd()) == 0 or die "cannot start nginx\n";
+	# No `nginx -t` first: it would load the configuration once more and
+	# write that load's log lines too.
+	my @cmd = $self->nginx_cmd();
+	my $out = `@cmd 2>&1`;
+	die "cannot start nginx:\n$out" if $?;
 	$self->{_started} = 1;
 	wait_until(sub { $self->master_pid() }, 5) or die "no nginx pid file\n";
 	wait_until(sub { scalar $self->worker_pids() >= $self->workers() }, 5)
@@ -218,13 +220,12 @@ sub old_worker_pids {
 # HUP, then wait until a full set of new workers runs.
 sub reload {
 	my ($self) = @_;
-	my ($rc, $out) = $self->test_config();
-	die "nginx -t failed before reload:\n$out" if $rc;
 	my @old = $self->children();
 	$self->{_old_workers}{$_} = 1 for @old;
 	kill 'HUP', $self->master_pid();
 	wait_until(sub { $self->worker_pids() >= $self->workers() }, 10)
-		or die "reload: new workers did not start\n";
+		or die "reload: new workers did not start:\n" . join("\n",
+			grep { /\[emerg\]/ } split /\n/, $self->read_file('error.log')) . "\n";
 	# The master tells old workers to stop accepting ~100 ms after it starts
 	# the new ones; until each has, it may still take new connections.
 	wait_until(sub {
