@@ -173,13 +173,14 @@ impl PeerList for Peers<'_> {
         let conns = self
             .counters
             .get(c.1)
-            .map_or(peer.conns as u64, |pc| pc.count(peer));
-        if peer.max_conns != 0 && conns >= peer.max_conns as u64 {
+            .map_or(peer.conns as u32, |pc| pc.count(peer));
+        if peer.max_conns != 0 && conns as usize >= peer.max_conns {
             return None;
         }
+        // Weights fit in u32: counters::UpstreamCounters::new checked.
         Some(Load {
             conns,
-            weight: peer.weight as u64,
+            weight: peer.weight as u32,
         })
     }
 

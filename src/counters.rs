@@ -104,10 +104,12 @@ impl PeerCounter {
     }
 
     /// Live connections as this worker should compare them.
-    pub fn count(&self, peer: &ngx_http_upstream_rr_peer_t) -> u64 {
-        match self.handle.and_then(|h| h.count()) {
-            Some(c) => u64::from(c),
-            None => peer.conns as u64,
+    /// The count a pick compares (see `SlotRef::count_hint`). Per-worker
+    /// counts (the fallback) never approach 2^32.
+    pub fn count(&self, peer: &ngx_http_upstream_rr_peer_t) -> u32 {
+        match self.handle {
+            Some(h) => h.count_hint(),
+            None => peer.conns as u32,
         }
     }
 }

@@ -6,23 +6,23 @@
 //! list is reached through a cursor so that nginx's linked list is walked in
 //! place: a pick allocates nothing.
 
-/// What a usable peer carries into the comparison.
+use core::cmp::Ordering;
+
+/// What a usable peer carries into the comparison. 32-bit values keep the
+/// cross products exact in 64 bits, one multiply each on the hot path;
+/// configuration rejects weights past 2^32 (see `counters`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Load {
-    pub conns: u64,
-    pub weight: u64,
+    pub conns: u32,
+    pub weight: u32,
 }
 
 impl Load {
-    /// `self` is strictly less loaded than `other`, per unit of weight.
-    fn lighter_than(self, other: Load) -> bool {
-        u128::from(self.conns) * u128::from(other.weight)
-            < u128::from(other.conns) * u128::from(self.weight)
-    }
-
-    fn same_as(self, other: Load) -> bool {
-        u128::from(self.conns) * u128::from(other.weight)
-            == u128::from(other.conns) * u128::from(self.weight)
+    /// Orders `self` against `other` by connections per unit of weight.
+    fn cmp_ratio(self, other: Load) -> core::cmp::Ordering {
+        let mine = u64::from(self.conns) * u64::from(other.weight);
+        let theirs = u64::from(other.conns) * u64::from(self.weight);
+        mine.cmp(&theirs)
     }
 }
 
@@ -42,52 +42,100 @@ pub trait PeerList {
     fn lower_current_weight(&mut self, at: Self::Cursor, by: i64);
 }
 
+/// Peers a pick remembers as tied in a bitmap on the stack; a longer list
+/// re-reads the peers past this many in the tie-break instead. 1024 bits
+/// are zeroed with a few vector stores; a larger map costs a memset call,
+/// which small upstreams would pay on every pick.
+const TIE_BITS: usize = 1024;
+
+/// Which peers tied with the best of the first pass, by position.
+struct Ties {
+    bits: [u64; TIE_BITS / 64],
+}
+
+impl Ties {
+    fn set(&mut self, i: usize) {
+        if let Some(w) = self.bits.get_mut(i / 64) {
+            *w |= 1 << (i % 64);
+        }
+    }
+
+    /// `Some(tied)` for remembered positions, `None` past the bitmap.
+    fn get(&self, i: usize) -> Option<bool> {
+        self.bits.get(i / 64).map(|w| w & (1 << (i % 64)) != 0)
+    }
+}
+
 /// Picks the least loaded usable peer, or `None` when no peer is usable.
 pub fn choose<L: PeerList>(list: &mut L) -> Option<L::Cursor> {
-    let mut best: Option<(L::Cursor, Load)> = None;
+    // (cursor, load, position) of the first peer of the best class so far.
+    let mut best: Option<(L::Cursor, Load, usize)> = None;
     let mut tied = false;
+    let mut ties = Ties {
+        bits: [0; TIE_BITS / 64],
+    };
 
     let mut at = list.first();
+    let mut i = 0;
     while let Some(c) = at {
         if let Some(load) = list.load(c) {
-            match best {
-                Some((_, b)) if !load.lighter_than(b) => tied |= load.same_as(b),
+            match best.map(|(_, b, _)| load.cmp_ratio(b)) {
+                Some(Ordering::Greater) => {}
+                Some(Ordering::Equal) => {
+                    tied = true;
+                    ties.set(i);
+                }
+                // Ties of a worse class stay in the bitmap, but all sit
+                // before the new best, where the tie-break does not look.
                 _ => {
-                    best = Some((c, load));
+                    best = Some((c, load, i));
                     tied = false;
+                    ties.set(i);
                 }
             }
         }
         at = list.next(c);
+        i += 1;
     }
 
-    let (first_best, best_load) = best?;
+    let (first_best, best_load, p) = best?;
     if !tied {
         return Some(first_best);
     }
-    Some(break_tie(list, first_best, best_load))
+    Some(break_tie(list, (first_best, p), best_load, &ties))
 }
 
 /// Smooth weighted round-robin among the peers tied with `start`, which is
 /// the first of them in list order.
-fn break_tie<L: PeerList>(list: &mut L, start: L::Cursor, best_load: Load) -> L::Cursor {
+fn break_tie<L: PeerList>(
+    list: &mut L,
+    start: (L::Cursor, usize),
+    best_load: Load,
+    ties: &Ties,
+) -> L::Cursor {
     let mut chosen: Option<L::Cursor> = None;
     let mut total = 0i64;
 
-    let mut at = Some(start);
+    let (mut at, mut i) = (Some(start.0), start.1);
     while let Some(c) = at {
-        // Counts are shared with other workers and may have moved since the
-        // first pass: a peer that no longer ties simply sits this one out.
-        if list.load(c).is_some_and(|l| l.same_as(best_load)) {
+        // Within the bitmap the first pass's reading decides; past it the
+        // peer is read again (counts may have moved, and a peer that no
+        // longer ties simply sits this one out).
+        let is_tied = ties.get(i).unwrap_or_else(|| {
+            list.load(c)
+                .is_some_and(|l| l.cmp_ratio(best_load) == Ordering::Equal)
+        });
+        if is_tied {
             total += list.step_weight(c);
             if chosen.is_none_or(|b| list.current_weight(c) > list.current_weight(b)) {
                 chosen = Some(c);
             }
         }
         at = list.next(c);
+        i += 1;
     }
 
-    let chosen = chosen.unwrap_or(start);
+    let chosen = chosen.unwrap_or(start.0);
     list.lower_current_weight(chosen, total);
     chosen
 }
@@ -99,7 +147,7 @@ pub(crate) mod tests {
     /// A peer list in plain memory, with nginx's round-robin fields.
     #[derive(Default)]
     pub struct Peers {
-        pub conns: Vec<u64>,
+        pub conns: Vec<u32>,
         pub weight: Vec<i64>,
         pub current: Vec<i64>,
         pub effective: Vec<i64>,
@@ -136,7 +184,7 @@ pub(crate) mod tests {
         fn load(&self, at: usize) -> Option<Load> {
             self.usable[at].then_some(Load {
                 conns: self.conns[at],
-                weight: self.weight[at] as u64,
+                weight: self.weight[at] as u32,
             })
         }
         fn step_weight(&mut self, at: usize) -> i64 {
@@ -227,13 +275,47 @@ pub(crate) mod tests {
             *p.conns.iter().max().unwrap(),
         );
         assert!(max - min <= 1, "{:?}", p.conns);
-        assert_eq!(p.conns.iter().sum::<u64>(), 160);
+        assert_eq!(p.conns.iter().sum::<u32>(), 160);
     }
 
     #[test]
-    fn huge_counts_do_not_overflow_the_comparison() {
-        let mut p = Peers::new(&[1_000_000, 1]);
-        p.conns = vec![u64::MAX / 2, u64::MAX / 4];
+    fn ties_past_the_bitmap_rotate_too() {
+        // 5000 peers, all tied: the tie-break must reach the ones past
+        // TIE_BITS and rotate over every peer once per 5000 picks.
+        let n = TIE_BITS + 904;
+        let mut p = Peers::new(&vec![1; n]);
+        let mut seen = vec![0u32; n];
+        for _ in 0..n {
+            seen[choose(&mut p).unwrap()] += 1;
+        }
+        assert!(seen.iter().all(|&s| s == 1));
+    }
+
+    #[test]
+    fn a_worse_class_tied_earlier_is_ignored() {
+        // Peers 0 and 1 tie at 5, then 2 is lighter, then 3 ties with it.
+        let mut p = Peers::new(&[1, 1, 1, 1]);
+        p.conns = vec![5, 5, 1, 1];
+        for _ in 0..4 {
+            let c = choose(&mut p).unwrap();
+            assert!(c == 2 || c == 3, "picked {c}");
+        }
+    }
+
+    #[test]
+    fn extreme_counts_and_weights_do_not_overflow() {
+        let mut p = Peers::new(&[u32::MAX as i64, 1]);
+        p.conns = vec![u32::MAX, u32::MAX / 2];
         assert_eq!(choose(&mut p), Some(0));
+        let full = Load {
+            conns: u32::MAX,
+            weight: 1,
+        };
+        let heavy = Load {
+            conns: u32::MAX,
+            weight: u32::MAX,
+        };
+        assert_eq!(full.cmp_ratio(heavy), Ordering::Greater);
+        assert_eq!(heavy.cmp_ratio(heavy), Ordering::Equal);
     }
 }

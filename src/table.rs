@@ -198,6 +198,15 @@ impl SlotRef {
         (generation_of(w) == self.generation).then_some(count_of(w))
     }
 
+    /// The count for comparing peers, without the generation check: a stale
+    /// handle (a key removed while an old worker still runs) can at worst
+    /// misjudge one pick; `acquire` then sees the new generation and the
+    /// caller looks the key up again. Saves the check on every peer of
+    /// every pick.
+    pub fn count_hint(&self) -> u32 {
+        count_of(self.slot().word.load(Ordering::Relaxed))
+    }
+
     /// Counts one more connection unless `max_conns` (0: none) is reached.
     pub fn acquire(&self, max_conns: u32) -> Acquire {
         let word = &self.slot().word;
@@ -704,6 +713,8 @@ pub(crate) mod tests {
         assert_ne!(new.generation, old.generation);
         new.acquire(0);
         assert_eq!(old.count(), None);
+        assert_eq!(old.count_hint(), 1, "the hint reads whatever the slot holds now");
+        assert_eq!(old.acquire(0), Acquire::Stale);
         assert_eq!(old.release(), Release::Stale);
         assert_eq!(new.count(), Some(1));
     }

@@ -194,6 +194,7 @@ fn reconcile<'a>(
     upstreams: impl Iterator<Item = &'a mut UpstreamCounters>,
     log: *mut ngx_log_t,
 ) {
+    let started = std::time::Instant::now();
     let locked = zone.lock();
     let epoch = table.begin_epoch(&locked);
     let (mut servers, mut full) = (0u32, 0u32);
@@ -216,12 +217,13 @@ fn reconcile<'a>(
     ngx_log_error!(
         NGX_LOG_NOTICE,
         log,
-        "least_conn_persistent_zone \"{}\": {} servers, {} keys, {} removed, {} draining",
+        "least_conn_persistent_zone \"{}\": {} servers, {} keys, {} removed, {} draining, in {:.3} ms",
         name,
         servers,
         table.keys(),
         sweep.removed,
-        sweep.draining
+        sweep.draining,
+        started.elapsed().as_secs_f64() * 1000.0
     );
     if full > 0 {
         ngx_log_error!(

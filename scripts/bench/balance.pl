@@ -1,0 +1,144 @@
+#!/usr/bin/perl
+# Balance quality with held WebSockets, stock `least_conn; zone` against
+# `least_conn_persistent`, on the same nginx (2 workers) and backends.
+# Live counts come from the backends themselves (connections they hold), so
+# both methods are measured the same way.
+#
+#   balance.pl [--quick] > section.md
+
+use warnings;
+use strict;
+
+use FindBin;
+use lib "$FindBin::Bin/../../t/lib";
+use List::Util qw/max min sum shuffle/;
+use Test::Nginx;
+use Test::Nginx::Backend;
+use Test::Nginx::WebSocket;
+
+my $quick = grep { $_ eq '--quick' } @ARGV;
+my $scale = $quick ? 0.2 : 1;    # --quick: a fifth of the connections
+my @names = qw/a b c/;
+my @ports = (8081, 8082, 8083);
+
+my $t = Test::Nginx->new();
+$t->run_daemon(\&Test::Nginx::Backend::serve, port($ports[$_]), $names[$_]) for 0 .. 2;
+$t->waitforsocket('127.0.0.1:' . port($_)) for @ports;
+
+sub conf {
+	my ($method, @servers) = @_;
+	my $ups = join "\n", map { "        server 127.0.0.1:$ports[$_];" } @servers;
+	my ($zone, $line) = $method eq 'stock'
+		? ('', "least_conn;\n        zone stock 1m;")
+		: ('least_conn_persistent_zone lcp 1m;', 'least_conn_persistent;');
+	$t->write_file_expand('nginx.conf', <<"EOF");
+%%TEST_GLOBALS%%
+worker_processes 2;
+worker_rlimit_nofile 8192;
+events {
+    worker_connections 4096;
+}
+http {
+    %%TEST_GLOBALS_HTTP%%
+    $zone
+    upstream u {
+        $line
+$ups
+    }
+    server {
+        listen 127.0.0.1:8080 reuseport;
+        location / {
+            proxy_pass http://u;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_read_timeout 1h;
+        }
+    }
+}
+EOF
+}
+
+# Connections each backend holds right now.
+sub live {
+	return [map {
+		my $r = http("GET /count HTTP/1.0\r\n\r\n", port => port($_));
+		$r =~ /\r\n\r\n(\d+)/ ? $1 : -1;
+	} @ports];
+}
+
+sub settle {
+	my ($want) = @_;
+	wait_until(sub { sum(@{live()}) == $want }, 10)
+		or die "backends hold " . sum(@{live()}) . " connections, expected $want\n";
+}
+
+sub n { int($_[0] * $scale + 0.5) }
+
+my %scenario = (
+	a => sub {
+		my ($m) = @_;
+		conf($m, 0, 1);
+		$t->run();
+		my @ws = ws_open_many(n(100), '/');
+		conf($m, 0, 1, 2);
+		$t->reload();
+		push @ws, ws_open_many(n(60), '/');
+		return \@ws;
+	},
+	b => sub {
+		my ($m) = @_;
+		conf($m, 0, 1, 2);
+		$t->run();
+		my @ws = ws_open_many(n(90), '/');
+		conf($m, 0, 1);
+		$t->reload();
+		push @ws, ws_open_many(n(30), '/');
+		ws_close(grep { $_->{backend} eq 'c' } @ws);
+		@ws = grep { $_->{backend} ne 'c' } @ws;
+		settle(scalar @ws);
+		conf($m, 0, 1, 2);
+		$t->reload();
+		push @ws, ws_open_many(n(60), '/');
+		return \@ws;
+	},
+	c => sub {
+		my ($m) = @_;
+		srand(42);    # the same opens and closes for both methods
+		conf($m, 0, 1, 2);
+		$t->run();
+		my @ws;
+		for (1 .. 5) {
+			push @ws, ws_open_many(n(20 + int(rand(21))), '/');
+			@ws = shuffle(@ws);
+			my $k = n(10 + int(rand(16)));
+			ws_close(splice(@ws, 0, $k));
+			settle(scalar @ws);
+			$t->reload();
+		}
+		push @ws, ws_open_many(n(30), '/');
+		return \@ws;
+	},
+);
+
+my %what = (
+	a => 'scale-up: ' . n(100) . ' over 2, reload adding a 3rd, ' . n(60) . ' more',
+	b => 'scale-down and up: ' . n(90) . ' over 3, reload removing c, ' . n(30)
+		. ' more, c\'s close, reload adding c back, ' . n(60) . ' more',
+	c => 'five rolling reloads, random opens and closes (seed 42), then ' . n(30) . ' more',
+);
+
+print "| scenario | method | a | b | c | spread (max-min) |\n|---|---|---|---|---|---|\n";
+for my $s (qw/a b c/) {
+	for my $m (qw/stock persistent/) {
+		my $ws = $scenario{$s}->($m);
+		settle(scalar @$ws);
+		my $l = live();
+		my $spread = max(@$l) - min(@$l);
+		my $label = $m eq 'stock' ? '`least_conn; zone`' : '`least_conn_persistent`';
+		print "| ($s) $what{$s} | $label | $l->[0] | $l->[1] | $l->[2] | $spread |\n";
+		ws_close(@$ws);
+		settle(0);
+		$t->stop();
+	}
+}

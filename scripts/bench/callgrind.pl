@@ -1,0 +1,133 @@
+#!/usr/bin/perl
+# Cost per pick: instructions (callgrind's Ir, exact and repeatable) spent
+# in the upstream's peer.get per request, stock `least_conn; zone`
+# (ngx_http_upstream_get_least_conn_peer) against ours, at 2, 100 and 1,000
+# servers.
+#
+# Debian's nginx is stripped, so the stock function has no name: both are
+# found the same way, as the function ngx_event_connect_peer() calls first
+# (`rc = pc->get(pc, pc->data)`, its first call), and their inclusive cost
+# on that call edge is divided by the number of calls.
+#
+#   callgrind.pl [--quick] > section.md
+
+use warnings;
+use strict;
+
+use FindBin;
+use lib "$FindBin::Bin/../../t/lib";
+use POSIX qw/:sys_wait_h/;
+use Test::Nginx;
+
+my $quick = grep { $_ eq '--quick' } @ARGV;
+my @sizes = $quick ? (2, 1000) : (2, 100, 1000);
+my $requests = $quick ? 50 : 300;
+my $base_port = 31000;
+
+my $backend = Test::Nginx->new();
+my $listens = join "\n", map { "        listen 127.0.0.1:" . ($base_port + $_) . ";" } 0 .. 999;
+$backend->write_file_expand('nginx.conf', <<"EOF");
+%%TEST_GLOBALS%%
+worker_processes 1;
+worker_rlimit_nofile 16384;
+events {
+    worker_connections 8192;
+}
+http {
+    %%TEST_GLOBALS_HTTP%%
+    server {
+$listens
+        location / { return 200 "ok"; }
+    }
+}
+EOF
+$backend->run();
+
+my $proxy = Test::Nginx->new();
+
+sub conf {
+	my ($method, $n) = @_;
+	my $ups = join "\n", map { "        server 127.0.0.1:" . ($base_port + $_) . ";" } 0 .. $n - 1;
+	my ($zone, $line) = $method eq 'stock'
+		? ('', "least_conn;\n        zone stock 4m;")
+		: ('least_conn_persistent_zone lcp 1m;', 'least_conn_persistent;');
+	$proxy->write_file_expand('nginx.conf', <<"EOF");
+%%TEST_GLOBALS%%
+events {
+}
+http {
+    %%TEST_GLOBALS_HTTP%%
+    $zone
+    upstream u {
+        $line
+$ups
+    }
+    server {
+        listen 127.0.0.1:8080;
+        location / { proxy_pass http://u; }
+    }
+}
+EOF
+}
+
+# (name of peer.get, calls, inclusive Ir) from a callgrind output file.
+sub get_cost {
+	my ($file) = @_;
+	open my $fh, '<', $file or die "$file: $!\n";
+	my ($fn, $cfn, $calls, $pending);
+	my %edge;    # call-site address => [callee, calls, Ir]
+	while (my $l = <$fh>) {
+		chomp $l;
+		if ($l =~ /^fn=(.*)/) { $fn = $1; next }
+		next unless defined $fn && $fn eq 'ngx_event_connect_peer';
+		if ($l =~ /^cfn=(.*)/) { $cfn = $1; next }
+		if ($l =~ /^calls=(\d+)/) { $calls = $1; $pending = 1; next }
+		if ($pending && $l =~ /^(0x[0-9a-f]+|\d+)\s.*?(\d+)$/) {
+			my $site = hex($1);
+			my $e = $edge{$site} //= [$cfn, 0, 0];
+			$e->[1] += $calls;
+			$e->[2] += $2;
+			$pending = 0;
+		}
+	}
+	my ($first) = sort { $a <=> $b } keys %edge;
+	die "no calls from ngx_event_connect_peer in $file\n" unless defined $first;
+	return @{$edge{$first}};
+}
+
+sub measure {
+	my ($method, $n) = @_;
+	conf($method, $n);
+	my $out = $proxy->testdir() . "/callgrind.$method.$n";
+	my $pid = fork() // die "fork: $!\n";
+	if ($pid == 0) {
+		open STDOUT, '>', '/dev/null';
+		open STDERR, '>', $proxy->testdir() . '/valgrind.log';
+		exec 'valgrind', '--tool=callgrind', "--callgrind-out-file=$out",
+			'--dump-instr=yes', '--compress-strings=no', '--compress-pos=no',
+			$proxy->nginx_cmd('-g', 'daemon off; master_process off;');
+		die "exec valgrind: $!\n";
+	}
+	$proxy->waitforsocket('127.0.0.1:' . port(8080)) or die "nginx under valgrind did not start\n";
+	for (1 .. $requests) {
+		http_get('/') =~ /^HTTP\/1\.1 200/ or die "request failed under valgrind\n";
+	}
+	kill 'QUIT', $pid;
+	waitpid($pid, 0);
+	my ($name, $calls, $ir) = get_cost($out);
+	die "peer.get called $calls times for $requests requests ($name)\n"
+		unless $calls == $requests;
+	return ($name, $ir / $calls);
+}
+
+print "| servers | `ngx_http_upstream_get_least_conn_peer` Ir/pick | `least_conn_persistent` get Ir/pick | ratio |\n";
+print "|---|---|---|---|\n";
+my @names;
+for my $n (@sizes) {
+	my ($sname, $s) = measure('stock', $n);
+	my ($pname, $p) = measure('persistent', $n);
+	die "persistent peer.get is $pname, not ours\n" unless $pname =~ /least_conn_persistent/;
+	@names = ($sname, $pname);
+	printf "| %d | %.0f | %.0f | %.2f |\n", $n, $s, $p, $p / $s;
+}
+print "\nFunctions measured (callgrind names): stock `$names[0]` (unnamed: Debian strips nginx), ours `$names[1]`.\n";

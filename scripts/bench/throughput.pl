@@ -1,0 +1,110 @@
+#!/usr/bin/perl
+# Throughput: wrk through nginx (2 workers, upstream keepalive) to a backend
+# nginx answering "ok" on N loopback ports, for stock `least_conn; zone` and
+# `least_conn_persistent`, alternating, three rounds each; medians.
+#
+#   throughput.pl [--quick] > section.md
+
+use warnings;
+use strict;
+
+use FindBin;
+use lib "$FindBin::Bin/../../t/lib";
+use Test::Nginx;
+
+my $quick = grep { $_ eq '--quick' } @ARGV;
+my @sizes = $quick ? (2, 1000) : (2, 100, 1000);
+my $rounds = $quick ? 1 : 3;
+my $duration = $quick ? 1 : 5;
+my $base_port = 30000;
+
+# The backend: one nginx worker listening on every port.
+my $backend = Test::Nginx->new();
+my $listens = join "\n", map { "        listen 127.0.0.1:" . ($base_port + $_) . ";" } 0 .. 999;
+$backend->write_file_expand('nginx.conf', <<"EOF");
+%%TEST_GLOBALS%%
+worker_processes 1;
+worker_rlimit_nofile 16384;
+events {
+    worker_connections 8192;
+}
+http {
+    %%TEST_GLOBALS_HTTP%%
+    keepalive_requests 1000000;
+    server {
+$listens
+        location / { return 200 "ok"; }
+    }
+}
+EOF
+$backend->run();
+
+my $proxy = Test::Nginx->new();
+
+sub conf {
+	my ($method, $n) = @_;
+	my $ups = join "\n", map { "        server 127.0.0.1:" . ($base_port + $_) . ";" } 0 .. $n - 1;
+	my ($zone, $line) = $method eq 'stock'
+		? ('', "least_conn;\n        zone stock 4m;")
+		: ('least_conn_persistent_zone lcp 1m;', 'least_conn_persistent;');
+	$proxy->write_file_expand('nginx.conf', <<"EOF");
+%%TEST_GLOBALS%%
+worker_processes 2;
+worker_rlimit_nofile 16384;
+events {
+    worker_connections 8192;
+}
+http {
+    %%TEST_GLOBALS_HTTP%%
+    $zone
+    upstream u {
+        $line
+$ups
+        keepalive 1024;
+    }
+    server {
+        listen 127.0.0.1:8080;
+        keepalive_requests 1000000;
+        location / {
+            proxy_pass http://u;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+}
+
+sub wrk {
+	my $url = 'http://127.0.0.1:' . port(8080) . '/';
+	# warm the keepalive caches, then measure
+	`wrk -t1 -c32 -d1s $url 2>&1` unless $quick;
+	my $out = `wrk -t1 -c32 -d${duration}s $url 2>&1`;
+	die "wrk failed:\n$out" unless $out =~ /Requests\/sec:\s+([\d.]+)/;
+	my $rps = $1;
+	die "errors during wrk:\n$out" if $out =~ /Non-2xx or 3xx responses/;
+	return $rps;
+}
+
+sub median {
+	my @v = sort { $a <=> $b } @_;
+	return $v[int(@v / 2)];
+}
+
+print "| servers | `least_conn; zone` req/s (median) | `least_conn_persistent` req/s (median) | ratio | rounds (stock; persistent) |\n";
+print "|---|---|---|---|---|\n";
+for my $n (@sizes) {
+	my %rps;
+	for (1 .. $rounds) {
+		for my $m (qw/stock persistent/) {
+			conf($m, $n);
+			$proxy->run();
+			push @{$rps{$m}}, wrk();
+			$proxy->stop();
+		}
+	}
+	my ($s, $p) = (median(@{$rps{stock}}), median(@{$rps{persistent}}));
+	printf "| %d | %.0f | %.0f | %.3f | %s; %s |\n", $n, $s, $p, $p / $s,
+		join(' ', map { sprintf '%.0f', $_ } @{$rps{stock}}),
+		join(' ', map { sprintf '%.0f', $_ } @{$rps{persistent}});
+}
