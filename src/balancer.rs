@@ -151,6 +151,10 @@ impl Peers<'_> {
 impl PeerList for Peers<'_> {
     type Cursor = Cursor;
 
+    fn len(&self) -> usize {
+        self.peers.number
+    }
+
     fn first(&self) -> Option<Cursor> {
         NonNull::new(self.peers.peer).map(|p| (p, 0))
     }
@@ -238,8 +242,22 @@ fn get(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
         return NGX_OK as ngx_int_t;
     }
 
+    drop(lock);
+    no_primary(pc, pd, peers_ptr)
+}
+
+/// No peer of the current list can take the request: try the backup list
+/// once, else fail as stock does. Kept out of line: the pick stays small.
+#[cold]
+#[inline(never)]
+fn no_primary(
+    pc: &mut ngx_peer_connection_t,
+    pd: &mut PeerData,
+    peers_ptr: *mut ngx_http_upstream_rr_peers_t,
+) -> ngx_int_t {
+    // SAFETY: as in get.
+    let (rrp, peers) = unsafe { (&mut *pd.rrp, &*peers_ptr) };
     if !pd.on_backup && !peers.next.is_null() {
-        drop(lock);
         pd.on_backup = true;
         rrp.peers = peers.next;
         // SAFETY: round-robin sized the bitmap for the larger of the lists.
@@ -251,10 +269,8 @@ fn get(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
         if rc != NGX_BUSY as ngx_int_t {
             return rc;
         }
-        let _relock = PeersLock::new(peers_ptr);
-        all_failed(peers, pc);
-        return NGX_BUSY as ngx_int_t;
     }
+    let _lock = PeersLock::new(peers_ptr);
     all_failed(peers, pc);
     NGX_BUSY as ngx_int_t
 }

@@ -30,6 +30,8 @@ impl Load {
 pub trait PeerList {
     type Cursor: Copy;
 
+    /// How many peers the list holds.
+    fn len(&self) -> usize;
     fn first(&self) -> Option<Self::Cursor>;
     fn next(&self, at: Self::Cursor) -> Option<Self::Cursor>;
     /// `None` when the peer cannot take a connection now: down, already
@@ -42,38 +44,57 @@ pub trait PeerList {
     fn lower_current_weight(&mut self, at: Self::Cursor, by: i64);
 }
 
-/// Peers a pick remembers as tied in a bitmap on the stack; a longer list
-/// re-reads the peers past this many in the tie-break instead. 1024 bits
-/// are zeroed with a few vector stores; a larger map costs a memset call,
-/// which small upstreams would pay on every pick.
-const TIE_BITS: usize = 1024;
-
-/// Which peers tied with the best of the first pass, by position.
-struct Ties {
-    bits: [u64; TIE_BITS / 64],
+/// Which peers tied with the best of the first pass, by position, kept on
+/// the stack. Positions past its capacity answer `None`: the tie-break
+/// re-reads those peers instead.
+trait Ties: Default {
+    fn set(&mut self, i: usize);
+    fn get(&self, i: usize) -> Option<bool>;
 }
 
-impl Ties {
+/// One word, for upstreams of up to 64 peers: nothing to zero but itself.
+impl Ties for u64 {
     fn set(&mut self, i: usize) {
-        if let Some(w) = self.bits.get_mut(i / 64) {
+        if i < 64 {
+            *self |= 1 << i;
+        }
+    }
+
+    fn get(&self, i: usize) -> Option<bool> {
+        (i < 64).then(|| *self & (1 << i) != 0)
+    }
+}
+
+/// 1024 bits for larger upstreams, zeroed with a few vector stores.
+#[derive(Default)]
+struct Wide([u64; 16]);
+
+impl Ties for Wide {
+    fn set(&mut self, i: usize) {
+        if let Some(w) = self.0.get_mut(i / 64) {
             *w |= 1 << (i % 64);
         }
     }
 
-    /// `Some(tied)` for remembered positions, `None` past the bitmap.
     fn get(&self, i: usize) -> Option<bool> {
-        self.bits.get(i / 64).map(|w| w & (1 << (i % 64)) != 0)
+        self.0.get(i / 64).map(|w| w & (1 << (i % 64)) != 0)
     }
 }
 
 /// Picks the least loaded usable peer, or `None` when no peer is usable.
 pub fn choose<L: PeerList>(list: &mut L) -> Option<L::Cursor> {
+    if list.len() <= 64 {
+        choose_with::<L, u64>(list)
+    } else {
+        choose_with::<L, Wide>(list)
+    }
+}
+
+fn choose_with<L: PeerList, T: Ties>(list: &mut L) -> Option<L::Cursor> {
     // (cursor, load, position) of the first peer of the best class so far.
     let mut best: Option<(L::Cursor, Load, usize)> = None;
     let mut tied = false;
-    let mut ties = Ties {
-        bits: [0; TIE_BITS / 64],
-    };
+    let mut ties = T::default();
 
     let mut at = list.first();
     let mut i = 0;
@@ -107,11 +128,11 @@ pub fn choose<L: PeerList>(list: &mut L) -> Option<L::Cursor> {
 
 /// Smooth weighted round-robin among the peers tied with `start`, which is
 /// the first of them in list order.
-fn break_tie<L: PeerList>(
+fn break_tie<L: PeerList, T: Ties>(
     list: &mut L,
     start: (L::Cursor, usize),
     best_load: Load,
-    ties: &Ties,
+    ties: &T,
 ) -> L::Cursor {
     let mut chosen: Option<L::Cursor> = None;
     let mut total = 0i64;
@@ -175,6 +196,9 @@ pub(crate) mod tests {
 
     impl PeerList for Peers {
         type Cursor = usize;
+        fn len(&self) -> usize {
+            self.conns.len()
+        }
         fn first(&self) -> Option<usize> {
             (!self.conns.is_empty()).then_some(0)
         }
@@ -280,15 +304,27 @@ pub(crate) mod tests {
 
     #[test]
     fn ties_past_the_bitmap_rotate_too() {
-        // 5000 peers, all tied: the tie-break must reach the ones past
-        // TIE_BITS and rotate over every peer once per 5000 picks.
-        let n = TIE_BITS + 904;
+        // All tied, more peers than the wide bitmap holds: the tie-break
+        // must reach the ones past it and rotate over every peer once.
+        let n = 1024 + 904;
         let mut p = Peers::new(&vec![1; n]);
         let mut seen = vec![0u32; n];
         for _ in 0..n {
             seen[choose(&mut p).unwrap()] += 1;
         }
         assert!(seen.iter().all(|&s| s == 1));
+    }
+
+    #[test]
+    fn ties_rotate_in_lists_around_the_one_word_limit() {
+        for n in [63, 64, 65, 130] {
+            let mut p = Peers::new(&vec![1; n]);
+            let mut seen = vec![0u32; n];
+            for _ in 0..2 * n {
+                seen[choose(&mut p).unwrap()] += 1;
+            }
+            assert!(seen.iter().all(|&s| s == 2), "n={n}: {seen:?}");
+        }
     }
 
     #[test]

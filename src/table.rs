@@ -713,7 +713,11 @@ pub(crate) mod tests {
         assert_ne!(new.generation, old.generation);
         new.acquire(0);
         assert_eq!(old.count(), None);
-        assert_eq!(old.count_hint(), 1, "the hint reads whatever the slot holds now");
+        assert_eq!(
+            old.count_hint(),
+            1,
+            "the hint reads whatever the slot holds now"
+        );
         assert_eq!(old.acquire(0), Acquire::Stale);
         assert_eq!(old.release(), Release::Stale);
         assert_eq!(new.count(), Some(1));
