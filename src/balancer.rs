@@ -151,7 +151,7 @@ impl Peers<'_> {
 impl PeerList for Peers<'_> {
     type Cursor = Cursor;
 
-    fn len(&self) -> usize {
+    fn size(&self) -> usize {
         self.peers.number
     }
 

@@ -30,8 +30,8 @@ impl Load {
 pub trait PeerList {
     type Cursor: Copy;
 
-    /// How many peers the list holds.
-    fn len(&self) -> usize;
+    /// How many peers the list holds (sizes the tie map).
+    fn size(&self) -> usize;
     fn first(&self) -> Option<Self::Cursor>;
     fn next(&self, at: Self::Cursor) -> Option<Self::Cursor>;
     /// `None` when the peer cannot take a connection now: down, already
@@ -83,7 +83,7 @@ impl Ties for Wide {
 
 /// Picks the least loaded usable peer, or `None` when no peer is usable.
 pub fn choose<L: PeerList>(list: &mut L) -> Option<L::Cursor> {
-    if list.len() <= 64 {
+    if list.size() <= 64 {
         choose_with::<L, u64>(list)
     } else {
         choose_with::<L, Wide>(list)
@@ -196,7 +196,7 @@ pub(crate) mod tests {
 
     impl PeerList for Peers {
         type Cursor = usize;
-        fn len(&self) -> usize {
+        fn size(&self) -> usize {
             self.conns.len()
         }
         fn first(&self) -> Option<usize> {
