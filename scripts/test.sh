@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs every check: formatting, clippy, the Rust unit tests, the demo in
-# check mode, and the Test::Nginx suite under t/ against a real nginx.
+# check mode, and the Test::Nginx suite under t/ against a real nginx (which
+# includes t/bench_quick.t: scripts/bench.sh --quick).
 # Exits non-zero on the first failure.
 . "$(dirname "$0")/env.sh"
 
 nginx_build_env
-ensure_packages perl curl
+ensure_packages perl curl wrk valgrind
 cd "$ROOT"
 
 echo ">> cargo fmt --check"

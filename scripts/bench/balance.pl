@@ -129,12 +129,14 @@ my %what = (
 );
 
 print "| scenario | method | a | b | c | spread (max-min) |\n|---|---|---|---|---|---|\n";
+my %spread;
 for my $s (qw/a b c/) {
 	for my $m (qw/stock persistent/) {
 		my $ws = $scenario{$s}->($m);
 		settle(scalar @$ws);
 		my $l = live();
 		my $spread = max(@$l) - min(@$l);
+		$spread{$s}{$m} = $spread;
 		my $label = $m eq 'stock' ? '`least_conn; zone`' : '`least_conn_persistent`';
 		print "| ($s) $what{$s} | $label | $l->[0] | $l->[1] | $l->[2] | $spread |\n";
 		ws_close(@$ws);
@@ -142,3 +144,9 @@ for my $s (qw/a b c/) {
 		$t->stop();
 	}
 }
+
+my $met = $spread{a}{persistent} <= 1 && $spread{b}{persistent} <= 1;
+printf "\nGoal, spread <= 1 for `least_conn_persistent` in (a) and (b): **%s** "
+	. "(%d and %d; stock: %d and %d; (c): %d against stock's %d).\n",
+	$met ? 'met' : 'missed', $spread{a}{persistent}, $spread{b}{persistent},
+	$spread{a}{stock}, $spread{b}{stock}, $spread{c}{persistent}, $spread{c}{stock};

@@ -95,10 +95,21 @@ sub get_cost {
 	return @{$edge{$first}};
 }
 
+# Instructions the whole nginx process executed, from a callgrind file.
+sub total_ir {
+	my ($file) = @_;
+	open my $fh, '<', $file or die "$file: $!\n";
+	while (<$fh>) {
+		return $1 if /^(?:summary|totals): (\d+)/;
+	}
+	die "no totals in $file\n";
+}
+
 sub measure {
-	my ($method, $n) = @_;
+	my ($method, $n, $count) = @_;
+	$count //= $requests;
 	conf($method, $n);
-	my $out = $proxy->testdir() . "/callgrind.$method.$n";
+	my $out = $proxy->testdir() . "/callgrind.$method.$n.$count";
 	my $pid = fork() // die "fork: $!\n";
 	if ($pid == 0) {
 		open STDOUT, '>', '/dev/null';
@@ -109,25 +120,37 @@ sub measure {
 		die "exec valgrind: $!\n";
 	}
 	$proxy->waitforsocket('127.0.0.1:' . port(8080)) or die "nginx under valgrind did not start\n";
-	for (1 .. $requests) {
+	for (1 .. $count) {
 		http_get('/') =~ /^HTTP\/1\.1 200/ or die "request failed under valgrind\n";
 	}
 	kill 'QUIT', $pid;
 	waitpid($pid, 0);
+	return (undef, undef, total_ir($out)) unless $count;
 	my ($name, $calls, $ir) = get_cost($out);
-	die "peer.get called $calls times for $requests requests ($name)\n"
-		unless $calls == $requests;
-	return ($name, $ir / $calls);
+	die "peer.get called $calls times for $count requests ($name)\n"
+		unless $calls == $count;
+	return ($name, $ir / $calls, total_ir($out));
 }
 
 print "| servers | `ngx_http_upstream_get_least_conn_peer` Ir/pick | `least_conn_persistent` get Ir/pick | ratio |\n";
 print "|---|---|---|---|\n";
-my @names;
+my (@names, @ratios, %whole);
 for my $n (@sizes) {
-	my ($sname, $s) = measure('stock', $n);
+	my ($sname, $s, $stotal) = measure('stock', $n);
 	my ($pname, $p) = measure('persistent', $n);
+	$whole{$n} = $stotal;
 	die "persistent peer.get is $pname, not ours\n" unless $pname =~ /least_conn_persistent/;
 	@names = ($sname, $pname);
 	printf "| %d | %.0f | %.0f | %.2f |\n", $n, $s, $p, $p / $s;
+	push @ratios, [$n, $p / $s, $p - $s];
 }
+# What a whole proxied request costs (stock, 2 servers): the process's
+# instructions with requests, less those of the same run without any.
+my (undef, undef, $idle) = measure('stock', $sizes[0], 0);
+printf "\nA whole proxied request costs nginx %.0f instructions (stock, %d servers: the process's "
+	. "total with %d requests, less its total with none, per request).\n",
+	($whole{$sizes[0]} - $idle) / $requests, $sizes[0], $requests;
 print "\nFunctions measured (callgrind names): stock `$names[0]` (unnamed: Debian strips nginx), ours `$names[1]`.\n";
+my @missed = grep { $_->[1] > 1.2 } @ratios;
+printf "\nGoal, at most 1.2x stock at every size: **%s**%s.\n", @missed ? 'missed' : 'met',
+	@missed ? ' (' . join(', ', map { sprintf '%.2fx, %+.0f instructions per pick, at %d servers', $_->[1], $_->[2], $_->[0] } @missed) . ')' : '';

@@ -1,7 +1,7 @@
 #!/usr/bin/perl
 # Throughput: wrk through nginx (2 workers, upstream keepalive) to a backend
 # nginx answering "ok" on N loopback ports, for stock `least_conn; zone` and
-# `least_conn_persistent`, alternating, three rounds each; medians.
+# `least_conn_persistent`, alternating, five rounds each; medians.
 #
 #   throughput.pl [--quick] > section.md
 
@@ -14,7 +14,12 @@ use Test::Nginx;
 
 my $quick = grep { $_ eq '--quick' } @ARGV;
 my @sizes = $quick ? (2, 1000) : (2, 100, 1000);
-my $rounds = $quick ? 1 : 3;
+my $rounds = $quick ? 1 : 5;
+# --sizes=2,100 --rounds=N: a narrower run, to look closer at one case
+for (@ARGV) {
+	@sizes = split /,/, $1 if /^--sizes=([\d,]+)$/;
+	$rounds = $1 if /^--rounds=(\d+)$/;
+}
 my $duration = $quick ? 1 : 5;
 my $base_port = 30000;
 
@@ -93,6 +98,7 @@ sub median {
 
 print "| servers | `least_conn; zone` req/s (median) | `least_conn_persistent` req/s (median) | ratio | rounds (stock; persistent) |\n";
 print "|---|---|---|---|---|\n";
+my @ratios;
 for my $n (@sizes) {
 	my %rps;
 	for (1 .. $rounds) {
@@ -104,7 +110,12 @@ for my $n (@sizes) {
 		}
 	}
 	my ($s, $p) = (median(@{$rps{stock}}), median(@{$rps{persistent}}));
+	push @ratios, [$n, $p / $s];
 	printf "| %d | %.0f | %.0f | %.3f | %s; %s |\n", $n, $s, $p, $p / $s,
 		join(' ', map { sprintf '%.0f', $_ } @{$rps{stock}}),
 		join(' ', map { sprintf '%.0f', $_ } @{$rps{persistent}});
 }
+
+my @missed = grep { $_->[1] < 0.98 } @ratios;
+printf "\nGoal, ratio >= 0.98 at every size: **%s**%s.\n", @missed ? 'missed' : 'met',
+	@missed ? ' (' . join(', ', map { sprintf '%.3f at %d servers', $_->[1], $_->[0] } @missed) . ')' : '';

@@ -1,0 +1,34 @@
+#!/usr/bin/perl
+
+# scripts/bench.sh still runs: its quick mode goes through every scenario,
+# small, and writes a BENCHMARKS.md with every section and figure.
+
+use warnings;
+use strict;
+
+use Test::More;
+
+BEGIN { use FindBin; chdir($FindBin::Bin); }
+
+use lib 'lib';
+use Test::Nginx;
+
+my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(9);
+
+my $out = `../scripts/bench.sh --quick 2>&1`;
+is($?, 0, 'bench.sh --quick exits 0') or diag($out);
+
+open my $fh, '<', '../build/bench-quick/BENCHMARKS.md' or die "no BENCHMARKS.md: $!\n";
+my $md = do { local $/; <$fh> };
+
+like($md, qr/^\| nginx \| nginx\/1\.\d+\.\d+/m, 'machine facts');
+like($md, qr/^\| \(a\) scale-up.*\| `least_conn_persistent` \| \d+ \| \d+ \| \d+ \| \d+ \|$/m,
+	'balance figures');
+like($md, qr/^\| \(c\) five rolling reloads.*\| `least_conn; zone` \| \d+ \| \d+ \| \d+ \| \d+ \|$/m,
+	'rolling reloads figures');
+like($md, qr/^\| 1000 \| \d+ \| \d+ \| \d\.\d{3} \|/m, 'throughput at 1,000 servers');
+like($md, qr/^\| 2 \| \d+ \| \d+ \| \d\.\d\d \|$/m, 'instructions per pick at 2 servers');
+like($md, qr/^\| keys stored in a 1 MiB zone \| \d+ \|/m, 'zone capacity');
+my $verdicts = () = $md =~ /\*\*(met|missed)\*\*/g;
+is($verdicts, 5, 'a verdict for every goal');
+like($md, qr/^Whole run: \d+ s\.$/m, 'run time');
