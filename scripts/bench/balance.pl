@@ -10,7 +10,8 @@ use warnings;
 use strict;
 
 use FindBin;
-use lib "$FindBin::Bin/../../t/lib";
+use lib "$FindBin::Bin/../../t/lib", "$FindBin::Bin/lib";
+use Bench;
 use List::Util qw/max min sum shuffle/;
 use Test::Nginx;
 use Test::Nginx::Backend;
@@ -28,9 +29,7 @@ $t->waitforsocket('127.0.0.1:' . port($_)) for @ports;
 sub conf {
 	my ($method, @servers) = @_;
 	my $ups = join "\n", map { "        server 127.0.0.1:$ports[$_];" } @servers;
-	my ($zone, $line) = $method eq 'stock'
-		? ('', "least_conn;\n        zone stock 1m;")
-		: ('least_conn_persistent_zone lcp 1m;', 'least_conn_persistent;');
+	my ($zone, $line) = method_conf($method);
 	$t->write_file_expand('nginx.conf', <<"EOF");
 %%TEST_GLOBALS%%
 worker_processes 2;

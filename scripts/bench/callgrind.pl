@@ -15,7 +15,8 @@ use warnings;
 use strict;
 
 use FindBin;
-use lib "$FindBin::Bin/../../t/lib";
+use lib "$FindBin::Bin/../../t/lib", "$FindBin::Bin/lib";
+use Bench;
 use POSIX qw/:sys_wait_h/;
 use Test::Nginx;
 
@@ -24,33 +25,14 @@ my @sizes = $quick ? (2, 1000) : (2, 100, 1000);
 my $requests = $quick ? 50 : 300;
 my $base_port = 31000;
 
-my $backend = Test::Nginx->new();
-my $listens = join "\n", map { "        listen 127.0.0.1:" . ($base_port + $_) . ";" } 0 .. 999;
-$backend->write_file_expand('nginx.conf', <<"EOF");
-%%TEST_GLOBALS%%
-worker_processes 1;
-worker_rlimit_nofile 16384;
-events {
-    worker_connections 8192;
-}
-http {
-    %%TEST_GLOBALS_HTTP%%
-    server {
-$listens
-        location / { return 200 "ok"; }
-    }
-}
-EOF
-$backend->run();
+my $backend = ok_backend($base_port, 1000);
 
 my $proxy = Test::Nginx->new();
 
 sub conf {
 	my ($method, $n) = @_;
-	my $ups = join "\n", map { "        server 127.0.0.1:" . ($base_port + $_) . ";" } 0 .. $n - 1;
-	my ($zone, $line) = $method eq 'stock'
-		? ('', "least_conn;\n        zone stock 4m;")
-		: ('least_conn_persistent_zone lcp 1m;', 'least_conn_persistent;');
+	my $ups = servers($base_port, $n);
+	my ($zone, $line) = method_conf($method, stock => '4m');
 	$proxy->write_file_expand('nginx.conf', <<"EOF");
 %%TEST_GLOBALS%%
 events {

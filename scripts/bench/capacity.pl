@@ -8,7 +8,8 @@ use warnings;
 use strict;
 
 use FindBin;
-use lib "$FindBin::Bin/../../t/lib";
+use lib "$FindBin::Bin/../../t/lib", "$FindBin::Bin/lib";
+use Bench;
 use List::Util qw/sum/;
 use Time::HiRes qw/time/;
 use Test::Nginx;
@@ -21,10 +22,8 @@ my $t = Test::Nginx->new();
 
 sub conf {
 	my ($method, $n, $size) = @_;
-	my $ups = join "\n", map { "        server 127.0.0.1:" . (10000 + $_) . " down;" } 1 .. $n;
-	my ($zone, $line) = $method eq 'stock'
-		? ('', "least_conn;\n        zone stock ${\ int($n / 100 + 1)}m;")
-		: ("least_conn_persistent_zone lcp $size;", 'least_conn_persistent;');
+	my $ups = servers(10001, $n, 'down');
+	my ($zone, $line) = method_conf($method, stock => int($n / 100 + 1) . 'm', zone => $size);
 	$t->write_file_expand('nginx.conf', <<"EOF");
 %%TEST_GLOBALS%%
 worker_processes 2;
@@ -46,10 +45,6 @@ $ups
 EOF
 }
 
-sub median {
-	my @v = sort { $a <=> $b } @_;
-	return $v[int(@v / 2)];
-}
 
 # Keys in 1 MiB: offer more servers than can fit and read how many were stored.
 conf('persistent', 12000, '1m');

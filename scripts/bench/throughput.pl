@@ -9,7 +9,8 @@ use warnings;
 use strict;
 
 use FindBin;
-use lib "$FindBin::Bin/../../t/lib";
+use lib "$FindBin::Bin/../../t/lib", "$FindBin::Bin/lib";
+use Bench;
 use Test::Nginx;
 
 my $quick = grep { $_ eq '--quick' } @ARGV;
@@ -24,34 +25,14 @@ my $duration = $quick ? 1 : 5;
 my $base_port = 30000;
 
 # The backend: one nginx worker listening on every port.
-my $backend = Test::Nginx->new();
-my $listens = join "\n", map { "        listen 127.0.0.1:" . ($base_port + $_) . ";" } 0 .. 999;
-$backend->write_file_expand('nginx.conf', <<"EOF");
-%%TEST_GLOBALS%%
-worker_processes 1;
-worker_rlimit_nofile 16384;
-events {
-    worker_connections 8192;
-}
-http {
-    %%TEST_GLOBALS_HTTP%%
-    keepalive_requests 1000000;
-    server {
-$listens
-        location / { return 200 "ok"; }
-    }
-}
-EOF
-$backend->run();
+my $backend = ok_backend($base_port, 1000);
 
 my $proxy = Test::Nginx->new();
 
 sub conf {
 	my ($method, $n) = @_;
-	my $ups = join "\n", map { "        server 127.0.0.1:" . ($base_port + $_) . ";" } 0 .. $n - 1;
-	my ($zone, $line) = $method eq 'stock'
-		? ('', "least_conn;\n        zone stock 4m;")
-		: ('least_conn_persistent_zone lcp 1m;', 'least_conn_persistent;');
+	my $ups = servers($base_port, $n);
+	my ($zone, $line) = method_conf($method, stock => '4m');
 	$proxy->write_file_expand('nginx.conf', <<"EOF");
 %%TEST_GLOBALS%%
 worker_processes 2;
@@ -91,10 +72,6 @@ sub wrk {
 	return $rps;
 }
 
-sub median {
-	my @v = sort { $a <=> $b } @_;
-	return $v[int(@v / 2)];
-}
 
 print "| servers | `least_conn; zone` req/s (median) | `least_conn_persistent` req/s (median) | ratio | rounds (stock; persistent) |\n";
 print "|---|---|---|---|---|\n";

@@ -1,0 +1,60 @@
+package Bench;
+
+# What the benchmark scripts share: the method under test as config lines,
+# upstream server lists, the "ok" backend nginx, and medians.
+
+use warnings;
+use strict;
+
+use Exporter qw/import/;
+our @EXPORT = qw/method_conf servers ok_backend median/;
+
+use Test::Nginx;
+
+# (http-level line, upstream-level lines) for 'stock' (`least_conn; zone`)
+# or 'persistent' (`least_conn_persistent` and its zone).
+sub method_conf {
+	my ($method, %size) = @_;
+	return $method eq 'stock'
+		? ('', "least_conn;\n        zone stock " . ($size{stock} // '1m') . ";")
+		: ('least_conn_persistent_zone lcp ' . ($size{zone} // '1m') . ';',
+			'least_conn_persistent;');
+}
+
+# `server` lines for $n consecutive loopback ports from $first.
+sub servers {
+	my ($first, $n, $params) = @_;
+	$params = $params ? " $params" : '';
+	return join "\n", map { "        server 127.0.0.1:" . ($first + $_) . "$params;" } 0 .. $n - 1;
+}
+
+# A one-worker nginx answering "ok" on $n loopback ports from $first.
+sub ok_backend {
+	my ($first, $n) = @_;
+	my $b = Test::Nginx->new();
+	my $listens = join "\n", map { "        listen 127.0.0.1:" . ($first + $_) . ";" } 0 .. $n - 1;
+	$b->write_file_expand('nginx.conf', <<"EOF");
+%%TEST_GLOBALS%%
+worker_processes 1;
+worker_rlimit_nofile 16384;
+events {
+    worker_connections 8192;
+}
+http {
+    %%TEST_GLOBALS_HTTP%%
+    keepalive_requests 1000000;
+    server {
+$listens
+        location / { return 200 "ok"; }
+    }
+}
+EOF
+	return $b->run();
+}
+
+sub median {
+	my @v = sort { $a <=> $b } @_;
+	return $v[int(@v / 2)];
+}
+
+1;
