@@ -73,8 +73,9 @@ sub wrk {
 }
 
 
-print "| servers | `least_conn; zone` req/s (median) | `least_conn_persistent` req/s (median) | ratio | rounds (stock; persistent) |\n";
-print "|---|---|---|---|---|\n";
+print "| servers | `least_conn; zone` req/s (median) | `least_conn_persistent` req/s (median) | ratio "
+	. "| ratio of each back-to-back pair: median (min-max) | rounds (stock; persistent) |\n";
+print "|---|---|---|---|---|---|\n";
 my @ratios;
 for my $n (@sizes) {
 	my %rps;
@@ -88,7 +89,9 @@ for my $n (@sizes) {
 	}
 	my ($s, $p) = (median(@{$rps{stock}}), median(@{$rps{persistent}}));
 	push @ratios, [$n, $p / $s];
-	printf "| %d | %.0f | %.0f | %.3f | %s; %s |\n", $n, $s, $p, $p / $s,
+	my @pairs = map { $rps{persistent}[$_] / $rps{stock}[$_] } 0 .. $#{$rps{stock}};
+	printf "| %d | %.0f | %.0f | %.3f | %.3f (%.3f-%.3f) | %s; %s |\n", $n, $s, $p, $p / $s,
+		median(@pairs), (sort { $a <=> $b } @pairs)[0, -1],
 		join(' ', map { sprintf '%.0f', $_ } @{$rps{stock}}),
 		join(' ', map { sprintf '%.0f', $_ } @{$rps{persistent}});
 }
