@@ -65,26 +65,38 @@ impl PeerCounter {
     }
 
     /// Counts a connection. `Err(())`: at `max_conns`, pick again.
-    pub fn acquire(&mut self, link: Option<ZoneLink>, max_conns: u32) -> Result<Held, ()> {
-        for _ in 0..2 {
-            let Some(h) = self.handle else {
-                self.local += 1;
-                return Ok(Held::Local(self));
-            };
-            match h.acquire(max_conns) {
-                Acquire::Taken => return Ok(Held::Shared(h)),
-                Acquire::AtLimit => return Err(()),
-                Acquire::Stale => self.handle = self.refresh(link),
-            }
+    #[inline]
+    pub fn acquire(&mut self, link: Option<&ZoneLink>, max_conns: u32) -> Result<Held, ()> {
+        match self.handle.map(|h| (h, h.acquire(max_conns))) {
+            Some((h, Acquire::Taken)) => Ok(Held::Shared(h)),
+            Some((_, Acquire::AtLimit)) => Err(()),
+            _ => self.acquire_slow(link, max_conns),
         }
-        Err(())
+    }
+
+    /// No handle (per-worker counting), or a stale one to look up again.
+    #[cold]
+    #[inline(never)]
+    fn acquire_slow(&mut self, link: Option<&ZoneLink>, max_conns: u32) -> Result<Held, ()> {
+        if self.handle.is_some() {
+            self.handle = self.refresh(link);
+        }
+        let Some(h) = self.handle else {
+            self.local += 1;
+            return Ok(Held::Local(self));
+        };
+        match h.acquire(max_conns) {
+            Acquire::Taken => Ok(Held::Shared(h)),
+            // A key just re-added cannot be stale again; treat like full.
+            Acquire::AtLimit | Acquire::Stale => Err(()),
+        }
     }
 
     /// A handle went stale: a newer configuration removed the key while this
     /// (older) worker still uses it. Put it back as draining, so that it is
     /// counted until this worker is done with it and then removed.
-    fn refresh(&self, link: Option<ZoneLink>) -> Option<SlotRef> {
-        let ZoneLink { zone, table, epoch } = link?;
+    fn refresh(&self, link: Option<&ZoneLink>) -> Option<SlotRef> {
+        let &ZoneLink { zone, table, epoch } = link?;
         let locked = zone.lock();
         if let Some(h) = table.find(&locked, &self.key) {
             return Some(h);
@@ -162,13 +174,13 @@ impl UpstreamCounters {
     }
 
     /// The peers of the primary or backup list, and the zone they count in.
-    pub fn split(&mut self, backup: bool) -> (&mut [PeerCounter], Option<ZoneLink>) {
+    pub fn split(&mut self, backup: bool) -> (&mut [PeerCounter], Option<&ZoneLink>) {
         let list = if backup {
             &mut self.backup
         } else {
             &mut self.primary
         };
-        (list, self.link)
+        (list, self.link.as_ref())
     }
 
     /// Gives back what a pick took; `log` is the request's.

@@ -19,7 +19,7 @@ pub struct Load {
 
 impl Load {
     /// Orders `self` against `other` by connections per unit of weight.
-    fn cmp_ratio(self, other: Load) -> core::cmp::Ordering {
+    fn cmp_ratio(self, other: Load) -> Ordering {
         let mine = u64::from(self.conns) * u64::from(other.weight);
         let theirs = u64::from(other.conns) * u64::from(self.weight);
         mine.cmp(&theirs)

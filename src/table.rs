@@ -210,13 +210,14 @@ impl SlotRef {
     /// Counts one more connection unless `max_conns` (0: none) is reached.
     pub fn acquire(&self, max_conns: u32) -> Acquire {
         let word = &self.slot().word;
+        // No max_conns still stops short of wrapping the 32-bit count.
+        let limit = if max_conns == 0 { u32::MAX } else { max_conns };
         let mut w = word.load(Ordering::Acquire);
         loop {
             if generation_of(w) != self.generation {
                 return Acquire::Stale;
             }
-            let c = count_of(w);
-            if (max_conns != 0 && c >= max_conns) || c == u32::MAX {
+            if count_of(w) >= limit {
                 return Acquire::AtLimit;
             }
             match word.compare_exchange_weak(w, w + 1, Ordering::AcqRel, Ordering::Acquire) {
