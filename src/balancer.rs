@@ -303,8 +303,7 @@ fn pick(
         };
         // SAFETY: `best` is a live peer of the locked list.
         let max_conns = unsafe { (*best.0.as_ptr()).max_conns } as u32;
-        if let Ok(h) = pc.acquire(link, max_conns) {
-            *held = h;
+        if pc.acquire(link, max_conns, held) {
             return Some(best);
         }
     }

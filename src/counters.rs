@@ -64,32 +64,42 @@ impl PeerCounter {
         }
     }
 
-    /// Counts a connection. `Err(())`: at `max_conns`, pick again.
+    /// Counts a connection and records it in `held`. `false`: at
+    /// `max_conns` (another worker may just have taken the last place),
+    /// pick again.
     #[inline]
-    pub fn acquire(&mut self, link: Option<&ZoneLink>, max_conns: u32) -> Result<Held, ()> {
-        match self.handle.map(|h| (h, h.acquire(max_conns))) {
-            Some((h, Acquire::Taken)) => Ok(Held::Shared(h)),
-            Some((_, Acquire::AtLimit)) => Err(()),
-            _ => self.acquire_slow(link, max_conns),
+    pub fn acquire(&mut self, link: Option<&ZoneLink>, max_conns: u32, held: &mut Held) -> bool {
+        if let Some(h) = self.handle {
+            match h.acquire(max_conns) {
+                Acquire::Taken => {
+                    *held = Held::Shared(h);
+                    return true;
+                }
+                Acquire::AtLimit => return false,
+                Acquire::Stale => {}
+            }
         }
+        self.acquire_slow(link, max_conns, held)
     }
 
     /// No handle (per-worker counting), or a stale one to look up again.
     #[cold]
     #[inline(never)]
-    fn acquire_slow(&mut self, link: Option<&ZoneLink>, max_conns: u32) -> Result<Held, ()> {
+    fn acquire_slow(&mut self, link: Option<&ZoneLink>, max_conns: u32, held: &mut Held) -> bool {
         if self.handle.is_some() {
             self.handle = self.refresh(link);
         }
         let Some(h) = self.handle else {
             self.local += 1;
-            return Ok(Held::Local(self));
+            *held = Held::Local(self);
+            return true;
         };
-        match h.acquire(max_conns) {
-            Acquire::Taken => Ok(Held::Shared(h)),
-            // A key just re-added cannot be stale again; treat like full.
-            Acquire::AtLimit | Acquire::Stale => Err(()),
+        // A key just looked up again cannot be stale again: like full.
+        let taken = h.acquire(max_conns) == Acquire::Taken;
+        if taken {
+            *held = Held::Shared(h);
         }
+        taken
     }
 
     /// A handle went stale: a newer configuration removed the key while this
