@@ -13,10 +13,11 @@ use nginx_sys::{
     ngx_http_upstream_init_round_robin, ngx_http_upstream_init_round_robin_peer,
     ngx_http_upstream_rr_peer_data_t, ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t,
     ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_peer_connection_t, ngx_rwlock_unlock,
-    ngx_rwlock_wlock, ngx_uint_t, time_t, NGX_BUSY, NGX_ERROR, NGX_OK,
+    ngx_rwlock_wlock, ngx_uint_t, time_t, NGX_BUSY, NGX_ERROR, NGX_LOG_EMERG, NGX_OK,
 };
 use ngx::core::Pool;
 use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
+use ngx::ngx_conf_log_error;
 
 use crate::counters::{Held, PeerCounter, UpstreamCounters};
 use crate::select::{choose, Load, PeerList};
@@ -48,6 +49,13 @@ pub extern "C" fn init_upstream(
     // SAFETY: round-robin init just filled peer.data and host.
     let counters =
         unsafe { UpstreamCounters::new(crate::zone::str_bytes(&us.host), us.peer.data.cast()) };
+    let counters = match counters {
+        Ok(c) => c,
+        Err(e) => {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "least_conn_persistent: {}", e);
+            return NGX_ERROR as ngx_int_t;
+        }
+    };
     scf.counters = mcf.register(counters);
     scf.initialized = true;
     NGX_OK as ngx_int_t

@@ -140,34 +140,46 @@ fn peer_list(
     upstream: &[u8],
     peers: *const ngx_http_upstream_rr_peers_t,
     flags: u32,
-) -> Vec<PeerCounter> {
+) -> Result<Vec<PeerCounter>, String> {
     let mut out = Vec::new();
     // SAFETY: round-robin init built these lists in the configuration pool.
     unsafe {
         if let Some(peers) = peers.as_ref() {
             let mut p = peers.peer;
             while let Some(peer) = p.as_ref() {
+                // The balancer compares 32-bit counts and weights.
+                if u32::try_from(peer.weight).is_err() {
+                    return Err(format!(
+                        "weight {} of server \"{}\" in upstream \"{}\" is too large",
+                        peer.weight,
+                        String::from_utf8_lossy(str_bytes(&peer.name)),
+                        String::from_utf8_lossy(upstream)
+                    ));
+                }
                 out.push(PeerCounter::new(upstream, peer, flags));
                 p = peer.next;
             }
         }
     }
-    out
+    Ok(out)
 }
 
 impl UpstreamCounters {
     /// # Safety
     /// `peers` is what `ngx_http_upstream_init_round_robin` left in `peer.data`.
-    pub unsafe fn new(name: &[u8], peers: *const ngx_http_upstream_rr_peers_t) -> UpstreamCounters {
+    pub unsafe fn new(
+        name: &[u8],
+        peers: *const ngx_http_upstream_rr_peers_t,
+    ) -> Result<UpstreamCounters, String> {
         let backup = peers
             .as_ref()
             .map_or(core::ptr::null(), |p| p.next.cast_const());
-        UpstreamCounters {
+        Ok(UpstreamCounters {
             name: name.into(),
-            primary: peer_list(name, peers, 0),
-            backup: peer_list(name, backup, FLAG_BACKUP),
+            primary: peer_list(name, peers, 0)?,
+            backup: peer_list(name, backup, FLAG_BACKUP)?,
             link: None,
-        }
+        })
     }
 
     pub fn peers_mut(&mut self) -> impl Iterator<Item = &mut PeerCounter> {

@@ -31,6 +31,8 @@ my @cases = (
 	['zone name used by another module',
 		"limit_conn_zone \$binary_remote_addr zone=z:64k;\n least_conn_persistent_zone z 64k;",
 		'', '', qr/\[emerg\].*shared memory zone "z" is already declared/],
+	['weight past 2^32', '', "least_conn_persistent;\n server 127.0.0.1:8083 weight=5000000000;", '',
+		qr/\[emerg\].*least_conn_persistent: weight 5000000000 of server "127\.0\.0\.1:\d+" in upstream "u" is too large/],
 	['method twice', '', "least_conn_persistent;\n least_conn_persistent;", '',
 		qr/\[emerg\].*"least_conn_persistent" is duplicate/],
 	['method with an argument', '', 'least_conn_persistent on;', '',
