@@ -36,6 +36,9 @@ sub conf {
 	$proxy->write_file_expand('nginx.conf', <<"EOF");
 %%TEST_GLOBALS%%
 worker_processes 2;
+# Fixed places on the 2 cores (wrk and the backend share them too): free
+# scheduling made rounds bimodal.
+worker_cpu_affinity 01 10;
 worker_rlimit_nofile 16384;
 events {
     worker_connections 8192;
@@ -49,7 +52,9 @@ $ups
         keepalive 1024;
     }
     server {
-        listen 127.0.0.1:8080;
+        # reuseport spreads wrk's connections over both workers; without
+        # it one worker may take them all, and rounds came out bimodal.
+        listen 127.0.0.1:8080 reuseport;
         keepalive_requests 1000000;
         location / {
             proxy_pass http://u;
@@ -64,8 +69,8 @@ EOF
 sub wrk {
 	my $url = 'http://127.0.0.1:' . port(8080) . '/';
 	# warm the keepalive caches, then measure
-	`wrk -t1 -c32 -d1s $url 2>&1` unless $quick;
-	my $out = `wrk -t1 -c32 -d${duration}s $url 2>&1`;
+	`taskset -c 1 wrk -t1 -c32 -d1s $url 2>&1` unless $quick;
+	my $out = `taskset -c 1 wrk -t1 -c32 -d${duration}s $url 2>&1`;
 	die "wrk failed:\n$out" unless $out =~ /Requests\/sec:\s+([\d.]+)/;
 	my $rps = $1;
 	die "errors during wrk:\n$out" if $out =~ /Non-2xx or 3xx responses/;

@@ -28,14 +28,17 @@ sub servers {
 	return join "\n", map { "        server 127.0.0.1:" . ($first + $_) . "$params;" } 0 .. $n - 1;
 }
 
-# A one-worker nginx answering "ok" on $n loopback ports from $first.
+# A one-worker nginx answering "ok" on $n loopback ports from $first, on
+# CPU $cpu (0 when not given).
 sub ok_backend {
-	my ($first, $n) = @_;
+	my ($first, $n, $cpu) = @_;
+	my $mask = $cpu ? '10' : '01';
 	my $b = Test::Nginx->new();
 	my $listens = join "\n", map { "        listen 127.0.0.1:" . ($first + $_) . ";" } 0 .. $n - 1;
 	$b->write_file_expand('nginx.conf', <<"EOF");
 %%TEST_GLOBALS%%
 worker_processes 1;
+worker_cpu_affinity $mask;
 worker_rlimit_nofile 16384;
 events {
     worker_connections 8192;
