@@ -2,7 +2,9 @@
 //! peer, in the order of nginx's peer lists, built once at configuration
 //! time so that a pick builds no strings and searches nothing.
 
-use nginx_sys::{ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t, NGX_LOG_ERR};
+use nginx_sys::{
+    ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t, NGX_LOG_ERR, NGX_LOG_NOTICE,
+};
 use ngx::ngx_log_error;
 
 use crate::key;
@@ -120,9 +122,22 @@ impl PeerCounter {
             flags: self.meta.flags | draining,
             ..self.meta
         };
-        table
+        let handle = table
             .upsert(&locked, &self.key, self.upstream_len, meta, epoch)
-            .ok()
+            .ok();
+        drop(locked);
+        ngx_log_error!(
+            NGX_LOG_NOTICE,
+            ngx::log::ngx_cycle_log().as_ptr(),
+            "least_conn_persistent: \"{}\" {} for a worker of an earlier configuration",
+            String::from_utf8_lossy(&self.key),
+            if handle.is_none() {
+                "could not be re-added (zone full)"
+            } else {
+                "re-added as draining"
+            }
+        );
+        handle
     }
 
     /// Live connections as this worker should compare them.
