@@ -22,15 +22,6 @@ fn main() {
             println!("cargo::rustc-cfg=ngx_feature=\"{feature}\"");
         }
     }
-    println!("cargo::rerun-if-env-changed=DEP_NGINX_VERSION_NUMBER");
-    println!("cargo::rustc-check-cfg=cfg(ngx_peer_resolve)");
-    if let Ok(version) = env::var("DEP_NGINX_VERSION_NUMBER") {
-        // nginx 1.27.3 added re-resolvable peers (`server ... resolve`), which
-        // can change an upstream's peer list while workers run.
-        if version.parse::<u64>().unwrap_or(0) >= 1_027_003 {
-            println!("cargo::rustc-cfg=ngx_peer_resolve");
-        }
-    }
     if cfg!(target_os = "macos") {
         println!("cargo::rustc-link-arg=-undefined");
         println!("cargo::rustc-link-arg=dynamic_lookup");

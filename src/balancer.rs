@@ -57,7 +57,6 @@ pub extern "C" fn init_upstream(
         }
     };
     scf.counters = mcf.register(counters);
-    scf.initialized = true;
     NGX_OK as ngx_int_t
 }
 

@@ -33,8 +33,8 @@ pub struct MainConf {
 #[derive(Debug)]
 pub struct SrvConf {
     pub enabled: bool,
-    /// Set by our `init_upstream`: proves no later method replaced ours.
-    pub initialized: bool,
+    /// Set by our `init_upstream`; still null after configuration means a
+    /// later method replaced ours.
     pub counters: *mut UpstreamCounters,
 }
 
@@ -42,7 +42,6 @@ impl Default for SrvConf {
     fn default() -> Self {
         SrvConf {
             enabled: false,
-            initialized: false,
             counters: ptr::null_mut(),
         }
     }
@@ -276,7 +275,7 @@ pub fn check_upstreams(cf: &mut ngx_conf_t) -> Result<(), ConfError> {
         // SAFETY: nginx's own upstream entries.
         let us = unsafe { &*us };
         if let Some(scf) = Module::server_conf(us) {
-            if scf.enabled && !scf.initialized {
+            if scf.enabled && scf.counters.is_null() {
                 return Err(ConfError::Replaced(upstream_name(us)));
             }
         }
