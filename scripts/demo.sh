@@ -33,6 +33,14 @@ for i in 1 2 3; do
         -e "Test::Nginx::Backend::serve(900$i, 'backend$i')" &
     pids+=($!)
 done
+# The first request must not race the backends' start (a refused connect
+# would mark the server failed and make the demo's first answers 502s).
+for i in 1 2 3; do
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/900$i") 2>/dev/null && break
+        sleep 0.1
+    done
+done
 "$NGINX_BIN" -p "$PREFIX" -c "$PREFIX/nginx.conf"
 
 status() { curl -fsS "http://127.0.0.1:$PORT/lcp-status"; }
