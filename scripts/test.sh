@@ -9,6 +9,8 @@ nginx_build_env
 ensure_packages perl curl wrk valgrind
 cd "$ROOT"
 
+echo ">> layout (dependencies point one way)"
+scripts/check-layout.sh
 echo ">> cargo fmt --check"
 cargo fmt --check
 echo ">> cargo clippy -D warnings"

@@ -1,48 +1,44 @@
 //! ngx_http_least_conn_persistent_module: `least_conn` over connection counts
 //! kept in a shared zone that outlives reloads.
 //!
-//! This file holds the module statics only. The pure parts (`key`, `select`,
-//! `table`, `cleanup`, `status`) build and test without nginx; the rest talks
-//! to nginx and is left out of `cargo test`, whose binary cannot link nginx's
-//! symbols.
+//! One counter core, several front-ends; dependencies point one way:
+//! - `core`: pure logic, no nginx types, all under `cargo test`;
+//! - `ngx`: the thin unsafe edge to nginx (configuration, logs, zones,
+//!   round-robin lists);
+//! - `shared`: the zone and the registry of what each load declares;
+//! - `http`: the http front-end (directives, balancer, status page).
+//!
+//! This file holds the module statics only. `cargo test` builds `core`
+//! alone: its binary cannot link nginx's symbols.
 
-pub mod cleanup;
-pub mod key;
-pub mod select;
-pub mod status;
-pub mod table;
+pub mod core;
 
 #[cfg(not(test))]
-mod balancer;
+mod http;
 #[cfg(not(test))]
-mod config;
+mod ngx;
 #[cfg(not(test))]
-mod counters;
-#[cfg(not(test))]
-mod status_handler;
-#[cfg(not(test))]
-mod zone;
+mod shared;
 
 #[cfg(not(test))]
 pub use module::*;
 
 #[cfg(not(test))]
 mod module {
-    use core::ffi::c_void;
-    use core::ptr;
+    use ::core::ffi::c_void;
+    use ::core::ptr;
 
+    use ::ngx::core::Status;
+    use ::ngx::http::HttpModule;
+    use ::ngx::ngx_string;
     use nginx_sys::{
         ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_http_module_t, ngx_int_t, ngx_module_t,
         ngx_uint_t, NGX_CONF_NOARGS, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
         NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF_OFFSET,
-        NGX_HTTP_UPS_CONF, NGX_OK,
+        NGX_HTTP_UPS_CONF,
     };
-    use ngx::http::{HttpModule, HttpModuleMainConf, HttpModuleServerConf};
-    use ngx::ngx_string;
 
-    use crate::config::{self, MainConf, SrvConf};
-
-    pub struct Module;
+    use crate::http::{directives, Module};
 
     impl HttpModule for Module {
         fn module() -> &'static ngx_module_t {
@@ -51,16 +47,9 @@ mod module {
         }
 
         unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
-            config::postconfiguration(cf)
+            // SAFETY: nginx passes the configuration being loaded.
+            directives::postconfiguration(unsafe { &mut *cf })
         }
-    }
-
-    // SAFETY: the types match what create_main_conf/create_srv_conf allocate.
-    unsafe impl HttpModuleMainConf for Module {
-        type MainConf = MainConf;
-    }
-    unsafe impl HttpModuleServerConf for Module {
-        type ServerConf = SrvConf;
     }
 
     static CTX: ngx_http_module_t = ngx_http_module_t {
@@ -78,7 +67,7 @@ mod module {
         ngx_command_t {
             name: ngx_string!("least_conn_persistent_zone"),
             type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2) as ngx_uint_t,
-            set: Some(config::cmd_zone),
+            set: Some(directives::cmd_zone),
             conf: NGX_HTTP_MAIN_CONF_OFFSET,
             offset: 0,
             post: ptr::null_mut(),
@@ -86,7 +75,7 @@ mod module {
         ngx_command_t {
             name: ngx_string!("least_conn_persistent"),
             type_: (NGX_HTTP_UPS_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
-            set: Some(config::cmd_method),
+            set: Some(directives::cmd_method),
             conf: NGX_HTTP_SRV_CONF_OFFSET,
             offset: 0,
             post: ptr::null_mut(),
@@ -94,7 +83,7 @@ mod module {
         ngx_command_t {
             name: ngx_string!("least_conn_persistent_status"),
             type_: (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
-            set: Some(config::cmd_status),
+            set: Some(directives::cmd_status),
             conf: NGX_HTTP_LOC_CONF_OFFSET,
             offset: 0,
             post: ptr::null_mut(),
@@ -104,13 +93,13 @@ mod module {
 
     extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         // SAFETY: nginx passes the cycle being initialised.
-        config::warn_without_zone(unsafe { &*cycle });
-        NGX_OK as ngx_int_t
+        directives::warn_without_zone(unsafe { &*cycle });
+        Status::NGX_OK.into()
     }
 
     // The `ngx_modules` table a cdylib built outside nginx's build needs.
     #[cfg(feature = "export-modules")]
-    ngx::ngx_modules!(ngx_http_least_conn_persistent_module);
+    ::ngx::ngx_modules!(ngx_http_least_conn_persistent_module);
 
     #[used]
     #[allow(non_upper_case_globals)]

@@ -10,7 +10,7 @@ use core::cmp::Ordering;
 
 /// What a usable peer carries into the comparison. 32-bit values keep the
 /// cross products exact in 64 bits, one multiply each on the hot path;
-/// configuration rejects weights past 2^32 (see `counters`).
+/// configuration rejects weights past 2^32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Load {
     pub conns: u32,
@@ -67,9 +67,9 @@ impl Ties for u64 {
 
 /// 1024 bits for larger upstreams, zeroed with a few vector stores.
 #[derive(Default)]
-struct Wide([u64; 16]);
+struct TieBits1024([u64; 16]);
 
-impl Ties for Wide {
+impl Ties for TieBits1024 {
     fn set(&mut self, i: usize) {
         if let Some(w) = self.0.get_mut(i / 64) {
             *w |= 1 << (i % 64);
@@ -86,65 +86,71 @@ pub fn choose<L: PeerList>(list: &mut L) -> Option<L::Cursor> {
     if list.size() <= 64 {
         choose_with::<L, u64>(list)
     } else {
-        choose_with::<L, Wide>(list)
+        choose_with::<L, TieBits1024>(list)
     }
 }
 
+/// The first peer of the best (lowest conns/weight) class seen so far.
+#[derive(Clone, Copy)]
+struct Best<C> {
+    cursor: C,
+    load: Load,
+    position: usize,
+}
+
 fn choose_with<L: PeerList, T: Ties>(list: &mut L) -> Option<L::Cursor> {
-    // (cursor, load, position) of the first peer of the best class so far.
-    let mut best: Option<(L::Cursor, Load, usize)> = None;
+    let mut best: Option<Best<L::Cursor>> = None;
     let mut tied = false;
     let mut ties = T::default();
 
     let mut at = list.first();
-    let mut i = 0;
-    while let Some(c) = at {
-        if let Some(load) = list.load(c) {
-            match best.map(|(_, b, _)| load.cmp_ratio(b)) {
+    let mut position = 0;
+    while let Some(cursor) = at {
+        if let Some(load) = list.load(cursor) {
+            match best.map(|b| load.cmp_ratio(b.load)) {
                 Some(Ordering::Greater) => {}
                 Some(Ordering::Equal) => {
                     tied = true;
-                    ties.set(i);
+                    ties.set(position);
                 }
                 // Ties of a worse class stay in the bitmap, but all sit
                 // before the new best, where the tie-break does not look.
                 _ => {
-                    best = Some((c, load, i));
+                    best = Some(Best {
+                        cursor,
+                        load,
+                        position,
+                    });
                     tied = false;
-                    ties.set(i);
+                    ties.set(position);
                 }
             }
         }
-        at = list.next(c);
-        i += 1;
+        at = list.next(cursor);
+        position += 1;
     }
 
-    let (first_best, best_load, p) = best?;
+    let best = best?;
     if !tied {
-        return Some(first_best);
+        return Some(best.cursor);
     }
-    Some(break_tie(list, (first_best, p), best_load, &ties))
+    Some(break_tie(list, best, &ties))
 }
 
-/// Smooth weighted round-robin among the peers tied with `start`, which is
+/// Smooth weighted round-robin among the peers tied with `best`, which is
 /// the first of them in list order.
-fn break_tie<L: PeerList, T: Ties>(
-    list: &mut L,
-    start: (L::Cursor, usize),
-    best_load: Load,
-    ties: &T,
-) -> L::Cursor {
+fn break_tie<L: PeerList, T: Ties>(list: &mut L, best: Best<L::Cursor>, ties: &T) -> L::Cursor {
     let mut chosen: Option<L::Cursor> = None;
     let mut total = 0i64;
 
-    let (mut at, mut i) = (Some(start.0), start.1);
+    let (mut at, mut position) = (Some(best.cursor), best.position);
     while let Some(c) = at {
         // Within the bitmap the first pass's reading decides; past it the
         // peer is read again (counts may have moved, and a peer that no
         // longer ties simply sits this one out).
-        let is_tied = ties.get(i).unwrap_or_else(|| {
+        let is_tied = ties.get(position).unwrap_or_else(|| {
             list.load(c)
-                .is_some_and(|l| l.cmp_ratio(best_load) == Ordering::Equal)
+                .is_some_and(|l| l.cmp_ratio(best.load) == Ordering::Equal)
         });
         if is_tied {
             total += list.step_weight(c);
@@ -153,10 +159,10 @@ fn break_tie<L: PeerList, T: Ties>(
             }
         }
         at = list.next(c);
-        i += 1;
+        position += 1;
     }
 
-    let chosen = chosen.unwrap_or(start.0);
+    let chosen = chosen.unwrap_or(best.cursor);
     list.lower_current_weight(chosen, total);
     chosen
 }

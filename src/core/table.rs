@@ -19,8 +19,8 @@
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
-use crate::cleanup::{plan, Action};
-use crate::key;
+use super::key;
+use super::sweep::{plan, Action};
 
 /// Memory of the zone, handed out only while the zone lock is held.
 pub trait Arena {

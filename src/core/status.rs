@@ -5,8 +5,8 @@
 
 use std::fmt::Write;
 
-use crate::key::split_key;
-use crate::table::{FLAG_BACKUP, FLAG_DOWN, FLAG_DRAINING};
+use super::key::split_key;
+use super::table::{FLAG_BACKUP, FLAG_DOWN, FLAG_DRAINING};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {

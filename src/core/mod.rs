@@ -1,0 +1,13 @@
+//! Pure logic, with no nginx types: everything here runs under `cargo test`.
+//!
+//! - `key`: the text of a counter's key and its hash;
+//! - `select`: the least-connections choice over any peer list;
+//! - `table`: the counter table that lives in the shared zone;
+//! - `sweep`: what a configuration load does with each key already stored;
+//! - `status`: rendering the status page.
+
+pub mod key;
+pub mod select;
+pub mod status;
+pub mod sweep;
+pub mod table;

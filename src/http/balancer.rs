@@ -1,0 +1,253 @@
+//! The balancer nginx calls: `init_upstream` per upstream at configuration
+//! time, `init_peer` per request, then `get`/`free` per attempt.
+//!
+//! Like stock least_conn it sits on round-robin's peer lists and per-request
+//! data (tried bitmap, fails, checked), and chains round-robin's `free`, so
+//! `max_fails`/`fail_timeout` and `keepalive` work as they do there.
+
+use core::ffi::c_void;
+
+use nginx_sys::{
+    ngx_conf_t, ngx_http_request_t, ngx_http_upstream_free_round_robin_peer,
+    ngx_http_upstream_init_round_robin, ngx_http_upstream_init_round_robin_peer,
+    ngx_http_upstream_rr_peer_t, ngx_http_upstream_srv_conf_t, ngx_http_upstream_t, ngx_int_t,
+    ngx_peer_connection_t, ngx_uint_t,
+};
+use ngx::core::{Pool, Status};
+use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
+use ngx::ngx_log_debug_mask;
+
+use crate::core::select::choose;
+use crate::core::table::{Meta, FLAG_DOWN};
+use crate::ngx::conf::{callback_result, ConfError};
+use crate::ngx::log::Log;
+use crate::ngx::peers::{self, PeerCursor, RoundRobin};
+use crate::shared::registry::{Held, List, PeerCounter, PeerRef, UpstreamCounters};
+
+use super::Module;
+
+/// Per-request state, in the request pool.
+struct PeerData {
+    rr: RoundRobin,
+    upstream: &'static UpstreamCounters,
+    list: List,
+    held: Held,
+}
+
+/// `peer.init_upstream`: round-robin's lists, plus our keys for them.
+pub extern "C" fn init_upstream(
+    cf: *mut ngx_conf_t,
+    us: *mut ngx_http_upstream_srv_conf_t,
+) -> ngx_int_t {
+    // SAFETY: nginx passes the configuration and the upstream being set up.
+    let (cf, us) = unsafe { (&mut *cf, &mut *us) };
+    // SAFETY: as above.
+    if unsafe { ngx_http_upstream_init_round_robin(cf, us) } != Status::NGX_OK.0 {
+        return Status::NGX_ERROR.into();
+    }
+    us.peer.init = Some(init_peer);
+    let r = register(cf, us);
+    callback_result(cf, b"least_conn_persistent", r)
+}
+
+/// Adds the upstream's servers, in round-robin's order, to the registry.
+fn register(cf: &ngx_conf_t, us: &ngx_http_upstream_srv_conf_t) -> Result<(), ConfError> {
+    let (Some(mcf), Some(scf)) = (Module::main_conf_mut(cf), Module::server_conf_mut(us)) else {
+        return Err(ConfError::NoMemory);
+    };
+    let name = us.host.as_bytes();
+    let mut counters = UpstreamCounters::new(name);
+    // SAFETY: round-robin init has just filled peer.data.
+    let (primary, backup) = unsafe { peers::lists(us.peer.data) };
+    for (list, peers) in [(List::Primary, primary), (List::Backup, backup)] {
+        for peer in peers.into_iter().flat_map(peers::each_peer) {
+            counters.add_server(list, peers::name(peer), meta(name, peer)?);
+        }
+    }
+    scf.registered = Some(mcf.registry.add(counters));
+    Ok(())
+}
+
+/// What the zone records of a server. The pick compares 32-bit weights.
+fn meta(upstream: &[u8], peer: &ngx_http_upstream_rr_peer_t) -> Result<Meta, ConfError> {
+    let weight = u32::try_from(peer.weight).map_err(|_| ConfError::TooLarge {
+        parameter: "weight",
+        value: peer.weight as usize,
+        server: String::from_utf8_lossy(peers::name(peer)).into_owned(),
+        upstream: String::from_utf8_lossy(upstream).into_owned(),
+    })?;
+    Ok(Meta {
+        weight,
+        max_conns: peer.max_conns as u32,
+        flags: if peer.down != 0 { FLAG_DOWN } else { 0 },
+    })
+}
+
+/// `peer.init`, per request.
+extern "C" fn init_peer(
+    r: *mut ngx_http_request_t,
+    us: *mut ngx_http_upstream_srv_conf_t,
+) -> ngx_int_t {
+    // SAFETY: nginx passes a live request and the upstream whose
+    // init_upstream set us up.
+    if unsafe { ngx_http_upstream_init_round_robin_peer(r, us) } != Status::NGX_OK.0 {
+        return Status::NGX_ERROR.into();
+    }
+    // SAFETY: as above; `r.upstream` is set before peer.init.
+    let (r, us) = unsafe { (&*r, &*us) };
+    let Some(u) = (unsafe { r.upstream.as_mut() }) else {
+        return Status::NGX_ERROR.into();
+    };
+    match install(r, us, u) {
+        Some(()) => Status::NGX_OK.into(),
+        None => Status::NGX_ERROR.into(),
+    }
+}
+
+/// Wraps round-robin's per-request data in ours and takes over get/free.
+fn install(
+    r: &ngx_http_request_t,
+    us: &ngx_http_upstream_srv_conf_t,
+    u: &mut ngx_http_upstream_t,
+) -> Option<()> {
+    let index = Module::server_conf(us)?.registered?;
+    let upstream = Module::main_conf(r)?.registry.upstream(index)?;
+    // SAFETY: round-robin's per-request data, just set up; the request's.
+    let rr = unsafe { RoundRobin::from_ptr(u.peer.data) }?;
+    // SAFETY: the request's pool, for the request's lifetime.
+    let pool = unsafe { Pool::from_ngx_pool(r.pool) };
+    let pd = pool.alloc(size_of::<PeerData>()).cast::<PeerData>();
+    if pd.is_null() {
+        return None;
+    }
+    // SAFETY: fresh pool memory, sized and aligned (nginx aligns pool
+    // allocations to pointers) for PeerData; nothing to drop.
+    unsafe {
+        pd.write(PeerData {
+            rr,
+            upstream,
+            list: List::Primary,
+            held: Held::Nothing,
+        })
+    };
+    u.peer.data = pd.cast();
+    u.peer.get = Some(get_peer);
+    u.peer.free = Some(free_peer);
+    #[cfg(ngx_feature = "http_ssl")]
+    {
+        u.peer.set_session = Some(set_session);
+        u.peer.save_session = Some(save_session);
+    }
+    Some(())
+}
+
+extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
+    // SAFETY: nginx passes the connection being set up and the data
+    // init_peer installed; the request (and so both) outlives this call.
+    let (pc, pd) = unsafe { (&mut *pc, &mut *data.cast::<PeerData>()) };
+    pc.set_cached(0);
+    pc.connection = core::ptr::null_mut();
+    get(pc, pd)
+}
+
+fn get(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
+    let lock = pd.rr.lock();
+    if let Some(best) = pick(pd) {
+        pd.rr.connect(best, pc);
+        ngx_log_debug_mask!(
+            DebugMask::Http,
+            pc.log,
+            "least_conn_persistent: get peer {} of {:?} list, holding {:?}",
+            best.index,
+            pd.list,
+            pd.held
+        );
+        return Status::NGX_OK.into();
+    }
+    drop(lock);
+    try_backup_or_fail(pc, pd)
+}
+
+/// No peer of the current list can take the request: try the backup list
+/// once, else fail as stock does. Kept out of line: the pick stays small.
+#[cold]
+#[inline(never)]
+fn try_backup_or_fail(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
+    let failed = pd.rr.current();
+    if pd.list == List::Primary && pd.rr.switch_to_backup() {
+        pd.list = List::Backup;
+        let rc = get(pc, pd);
+        if rc != Status::NGX_BUSY.0 {
+            return rc;
+        }
+    }
+    failed.fail(pc);
+    Status::NGX_BUSY.into()
+}
+
+/// Chooses and counts a peer. A choice can lose a race for the last
+/// `max_conns` place to another worker; choosing again then sees it full.
+fn pick(pd: &mut PeerData) -> Option<PeerCursor> {
+    let counters = pd.upstream.list(pd.list);
+    let tries = pd.rr.peers().number;
+    // Keys must match peers one to one; if they do not (a peer list changed
+    // under us), count every peer per worker rather than misattribute.
+    let matched = counters.len() == tries;
+    let counters = if matched { counters } else { &[] };
+    for _ in 0..=tries {
+        let (best, max_conns) = {
+            let mut list = pd
+                .rr
+                .list(|i| counters.get(i).and_then(PeerCounter::count_hint));
+            let best = choose(&mut list)?;
+            (best, list.max_conns(best))
+        };
+        if !matched {
+            pd.held = Held::Nothing;
+            return Some(best);
+        }
+        let me = PeerRef {
+            list: pd.list,
+            index: best.index,
+        };
+        if pd.upstream.acquire(me, max_conns, &mut pd.held) {
+            return Some(best);
+        }
+    }
+    None
+}
+
+extern "C" fn free_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void, state: ngx_uint_t) {
+    // SAFETY: as in get_peer.
+    let (pc, pd) = unsafe { (&mut *pc, &mut *data.cast::<PeerData>()) };
+    let held = core::mem::take(&mut pd.held);
+    ngx_log_debug_mask!(
+        DebugMask::Http,
+        pc.log,
+        "least_conn_persistent: free {:?}, state {}",
+        held,
+        state
+    );
+    // SAFETY: the connection's log.
+    pd.upstream.release(held, unsafe { Log::from_ptr(pc.log) });
+    // SAFETY: round-robin's own per-request data, as its free expects.
+    unsafe { ngx_http_upstream_free_round_robin_peer(pc, pd.rr.as_ptr(), state) };
+}
+
+#[cfg(ngx_feature = "http_ssl")]
+extern "C" fn set_session(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
+    // SAFETY: round-robin's session hooks take its own per-request data.
+    unsafe {
+        let pd = &*data.cast::<PeerData>();
+        nginx_sys::ngx_http_upstream_set_round_robin_peer_session(pc, pd.rr.as_ptr())
+    }
+}
+
+#[cfg(ngx_feature = "http_ssl")]
+extern "C" fn save_session(pc: *mut ngx_peer_connection_t, data: *mut c_void) {
+    // SAFETY: as in set_session.
+    unsafe {
+        let pd = &*data.cast::<PeerData>();
+        nginx_sys::ngx_http_upstream_save_round_robin_peer_session(pc, pd.rr.as_ptr())
+    }
+}

@@ -1,0 +1,149 @@
+//! The directives, and the checks once the http block is parsed.
+
+use core::ffi::{c_char, c_void};
+use core::ptr;
+
+use nginx_sys::{
+    ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_int_t, NGX_HTTP_UPSTREAM_BACKUP,
+    NGX_HTTP_UPSTREAM_CREATE, NGX_HTTP_UPSTREAM_DOWN, NGX_HTTP_UPSTREAM_FAIL_TIMEOUT,
+    NGX_HTTP_UPSTREAM_MAX_CONNS, NGX_HTTP_UPSTREAM_MAX_FAILS, NGX_HTTP_UPSTREAM_WEIGHT,
+    NGX_LOG_WARN,
+};
+use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf};
+use ngx::http::{NgxHttpCoreModule, NgxHttpUpstreamModule};
+
+use crate::ngx::conf::{
+    args, callback_result, directive_result, http_upstreams, page_size, parse_size, text, ConfError,
+};
+use crate::ngx::log::Log;
+
+use super::{balancer, status, MainConf, Module, SrvConf};
+
+/// The smallest zone: a few pages for the slab allocator, the table, and
+/// some keys.
+const MIN_ZONE_PAGES: usize = 8;
+
+/// `least_conn_persistent_zone <name> <size>;`
+pub extern "C" fn cmd_zone(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes the configuration being parsed, this command, and
+    // our main configuration (NGX_HTTP_MAIN_CONF_OFFSET).
+    let (cf, cmd, mcf) = unsafe { (&mut *cf, &*cmd, &mut *conf.cast::<MainConf>()) };
+    let r = add_zone(cf, mcf);
+    directive_result(cf, cmd.name.as_bytes(), r)
+}
+
+fn add_zone(cf: &mut ngx_conf_t, mcf: &mut MainConf) -> Result<(), ConfError> {
+    if mcf.registry.has_zone() {
+        return Err(ConfError::Duplicate);
+    }
+    // NGX_CONF_TAKE2: exactly two arguments.
+    let [name, size_text] = args(cf) else {
+        unreachable!("nginx checks the number of arguments");
+    };
+    if name.is_empty() {
+        return Err(ConfError::InvalidName(text(name)));
+    }
+    let size = parse_size(size_text).ok_or_else(|| ConfError::InvalidSize(text(size_text)))?;
+    let min = MIN_ZONE_PAGES * page_size();
+    if size < min {
+        return Err(ConfError::TooSmall {
+            name: text(name),
+            min,
+        });
+    }
+    let tag = ptr::from_ref(Module::module()).cast();
+    mcf.registry.declare_zone(cf, name, size, tag)
+}
+
+/// `least_conn_persistent;` in an `upstream {}` block.
+pub extern "C" fn cmd_method(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: as in cmd_zone; `conf` is our srv conf of this upstream.
+    let (cf, cmd, scf) = unsafe { (&mut *cf, &*cmd, &mut *conf.cast::<SrvConf>()) };
+    let r = set_method(cf, scf);
+    directive_result(cf, cmd.name.as_bytes(), r)
+}
+
+fn set_method(cf: &mut ngx_conf_t, scf: &mut SrvConf) -> Result<(), ConfError> {
+    let uscf = NgxHttpUpstreamModule::server_conf_mut(cf).ok_or(ConfError::NoMemory)?;
+    if scf.enabled {
+        return Err(ConfError::Duplicate);
+    }
+    if uscf.peer.init_upstream.is_some() {
+        return Err(ConfError::MethodRedefined(text(&uscf.host)));
+    }
+    scf.enabled = true;
+    uscf.peer.init_upstream = Some(balancer::init_upstream);
+    // The server parameters stock least_conn accepts.
+    uscf.flags = (NGX_HTTP_UPSTREAM_CREATE
+        | NGX_HTTP_UPSTREAM_WEIGHT
+        | NGX_HTTP_UPSTREAM_MAX_CONNS
+        | NGX_HTTP_UPSTREAM_MAX_FAILS
+        | NGX_HTTP_UPSTREAM_FAIL_TIMEOUT
+        | NGX_HTTP_UPSTREAM_DOWN
+        | NGX_HTTP_UPSTREAM_BACKUP) as _;
+    Ok(())
+}
+
+/// `least_conn_persistent_status;` in a location.
+pub extern "C" fn cmd_status(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    _conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: as in cmd_zone.
+    let (cf, cmd) = unsafe { (&mut *cf, &*cmd) };
+    let r = match NgxHttpCoreModule::location_conf_mut(cf) {
+        Some(clcf) if clcf.handler.is_some() => Err(ConfError::Duplicate),
+        Some(clcf) => {
+            clcf.handler = Some(status::handler);
+            Ok(())
+        }
+        None => Err(ConfError::NoMemory),
+    };
+    directive_result(cf, cmd.name.as_bytes(), r)
+}
+
+/// Every upstream that asked for our method must still have it (`hash` or
+/// `least_conn` after ours would have replaced it).
+fn check_upstreams(cf: &ngx_conf_t) -> Result<(), ConfError> {
+    let replaced = http_upstreams(cf).find(|us| {
+        Module::server_conf(*us).is_some_and(|scf| scf.enabled && scf.registered.is_none())
+    });
+    match replaced {
+        Some(us) => Err(ConfError::Replaced(text(&us.host))),
+        None => Ok(()),
+    }
+}
+
+/// After the http block is parsed.
+pub fn postconfiguration(cf: &mut ngx_conf_t) -> ngx_int_t {
+    let r = check_upstreams(cf);
+    callback_result(cf, b"least_conn_persistent", r)
+}
+
+/// `init_module`: runs once per configuration load, after the error log of
+/// the new configuration is open, so the warning lands there.
+pub fn warn_without_zone(cycle: &ngx_cycle_t) {
+    let Some(mcf) = Module::main_conf(cycle) else {
+        return;
+    };
+    let upstreams = mcf.registry.upstreams().count();
+    if upstreams > 0 && !mcf.registry.has_zone() {
+        // SAFETY: the cycle's log.
+        unsafe { Log::from_ptr(cycle.log) }.module(
+            NGX_LOG_WARN,
+            format_args!(
+                "no \"least_conn_persistent_zone\" is configured: \
+                 {upstreams} upstream(s) balance on per-worker counts, which reloads reset"
+            ),
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! `least_conn_persistent_status;`: serves the status page.
+
+use nginx_sys::{ngx_chain_t, ngx_http_arg, ngx_http_request_t, ngx_int_t, ngx_str_t};
+use ngx::core::{Buffer, Status};
+use ngx::http::{HTTPStatus, HttpModuleMainConf, Method, Request};
+
+use crate::core::status::{parse_format, render, Entry, State, ZoneInfo};
+use crate::shared::registry::Registry;
+
+use super::Module;
+
+pub extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx passes the request this location is handling.
+    let r = unsafe { Request::from_ngx_http_request(r) };
+    respond(r).into()
+}
+
+fn respond(r: &mut Request) -> Status {
+    if r.method() != Method::GET && r.method() != Method::HEAD {
+        return HTTPStatus::NOT_ALLOWED.into();
+    }
+    let rc = r.discard_request_body();
+    if !rc.is_ok() {
+        return rc;
+    }
+    let Ok(format) = parse_format(format_arg(r).as_ref().map(ngx_str_t::as_bytes)) else {
+        return HTTPStatus::BAD_REQUEST.into();
+    };
+    let Some(mcf) = Module::main_conf(r.as_ref()) else {
+        return HTTPStatus::INTERNAL_SERVER_ERROR.into();
+    };
+    let (zone, mut entries) = collect(&mcf.registry);
+    let body = render(format, zone.as_ref(), &mut entries);
+    send(r, format.content_type(), &body)
+}
+
+/// The `format` argument of the query string, if given.
+fn format_arg(r: &mut Request) -> Option<ngx_str_t> {
+    let mut value = ngx_str_t::empty();
+    let name = b"format";
+    // SAFETY: a live request; nginx only reads the name and points `value`
+    // into the request's arguments.
+    let rc = unsafe { ngx_http_arg(r.as_mut(), name.as_ptr().cast_mut(), name.len(), &mut value) };
+    (rc == Status::NGX_OK.0).then_some(value)
+}
+
+/// Every key in the zone, then the servers this configuration counts per
+/// worker (no zone, or it was full).
+fn collect(registry: &Registry) -> (Option<ZoneInfo>, Vec<Entry>) {
+    let mut entries = Vec::new();
+    let zone = registry.zone();
+    if let Some(z) = zone {
+        z.table.for_each(&z.lock(), |e| {
+            entries.push(Entry {
+                key: String::from_utf8_lossy(e.key).into_owned(),
+                count: u64::from(e.count),
+                weight: e.meta.weight,
+                max_conns: e.meta.max_conns,
+                state: State::from_flags(e.meta.flags),
+            })
+        });
+    }
+    for up in registry.upstreams() {
+        for pc in up.peers().filter(|pc| !pc.in_zone()) {
+            entries.push(Entry {
+                key: String::from_utf8_lossy(&pc.key).into_owned(),
+                count: u64::from(pc.local_count()),
+                weight: pc.meta.weight,
+                max_conns: pc.meta.max_conns,
+                state: State::Fallback,
+            });
+        }
+    }
+    (zone.map(|z| z.info()), entries)
+}
+
+fn send(r: &mut Request, content_type: &'static str, body: &str) -> Status {
+    r.set_status(HTTPStatus::OK);
+    r.set_content_length_n(body.len());
+    let headers = &mut r.as_mut().headers_out;
+    headers.content_type = ngx_str_t {
+        len: content_type.len(),
+        data: content_type.as_ptr().cast_mut(),
+    };
+    headers.content_type_len = content_type.len();
+    headers.content_type_lowcase = core::ptr::null_mut();
+
+    let rc = r.send_header();
+    if rc == Status::NGX_ERROR || rc.0 > Status::NGX_OK.0 || r.header_only() {
+        return rc;
+    }
+    let Some(mut buf) = r.pool().create_buffer_from_str(body) else {
+        return Status::NGX_ERROR;
+    };
+    buf.set_last_buf(true);
+    buf.set_last_in_chain(true);
+    let mut out = ngx_chain_t {
+        buf: buf.as_ngx_buf_mut(),
+        next: core::ptr::null_mut(),
+    };
+    r.output_filter(&mut out)
+}

@@ -1,0 +1,159 @@
+//! Configuration parsing helpers and the one place where configuration
+//! errors become `[emerg]` lines.
+
+use core::ffi::c_char;
+use core::fmt;
+
+use nginx_sys::{
+    ngx_conf_t, ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_pagesize, ngx_parse_size, ngx_str_t,
+    NGX_LOG_EMERG,
+};
+use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::http::{HttpModuleMainConf, NgxHttpUpstreamModule};
+use ngx::ngx_conf_log_error;
+
+/// Everything that makes `nginx -t` fail because of us.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConfError {
+    Duplicate,
+    InvalidName(String),
+    InvalidSize(String),
+    TooSmall {
+        name: String,
+        min: usize,
+    },
+    /// Another module declared a shared memory zone of this name.
+    NameTaken(String),
+    MethodRedefined(String),
+    Replaced(String),
+    TooLarge {
+        parameter: &'static str,
+        value: usize,
+        server: String,
+        upstream: String,
+    },
+    NoMemory,
+}
+
+impl fmt::Display for ConfError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfError::Duplicate => write!(f, "is duplicate"),
+            ConfError::InvalidName(s) => write!(f, "has an invalid zone name \"{s}\""),
+            ConfError::InvalidSize(s) => write!(f, "has an invalid zone size \"{s}\""),
+            ConfError::TooSmall { name, min } => write!(
+                f,
+                "zone \"{name}\" is too small, the minimum is {min} bytes (8 pages)"
+            ),
+            ConfError::NameTaken(name) => write!(
+                f,
+                "shared memory zone \"{name}\" is already declared for a different use"
+            ),
+            ConfError::MethodRedefined(up) => write!(
+                f,
+                "in upstream \"{up}\": load balancing method redefined \
+                 (use one method, and put \"keepalive\" after it)"
+            ),
+            ConfError::Replaced(up) => write!(
+                f,
+                "in upstream \"{up}\" is overridden by a load balancing method declared after it"
+            ),
+            ConfError::TooLarge {
+                parameter,
+                value,
+                server,
+                upstream,
+            } => write!(
+                f,
+                "{parameter} {value} of server \"{server}\" in upstream \"{upstream}\" is too large"
+            ),
+            ConfError::NoMemory => write!(f, "could not allocate memory"),
+        }
+    }
+}
+
+fn log_emerg(cf: &mut ngx_conf_t, directive: &[u8], e: &ConfError) {
+    ngx_conf_log_error!(
+        NGX_LOG_EMERG,
+        cf,
+        "\"{}\" {}",
+        String::from_utf8_lossy(directive),
+        e
+    );
+}
+
+/// A directive handler's result as nginx wants it; an error is logged as
+/// `[emerg] "<directive>" <error>`.
+pub fn directive_result(
+    cf: &mut ngx_conf_t,
+    directive: &[u8],
+    r: Result<(), ConfError>,
+) -> *mut c_char {
+    match r {
+        Ok(()) => NGX_CONF_OK,
+        Err(e) => {
+            log_emerg(cf, directive, &e);
+            NGX_CONF_ERROR
+        }
+    }
+}
+
+/// The same for the callbacks that return `NGX_OK`/`NGX_ERROR`
+/// (postconfiguration, an upstream's init).
+pub fn callback_result(
+    cf: &mut ngx_conf_t,
+    directive: &[u8],
+    r: Result<(), ConfError>,
+) -> ngx_int_t {
+    match r {
+        Ok(()) => Status::NGX_OK.into(),
+        Err(e) => {
+            log_emerg(cf, directive, &e);
+            Status::NGX_ERROR.into()
+        }
+    }
+}
+
+/// The arguments of the directive being parsed, after its name.
+///
+/// Not tied to the borrow of `cf`: the array lives in the configuration's
+/// temporary pool until the directive's handler returns, and the handler
+/// still needs `cf` to declare what the arguments name.
+pub fn args<'a>(cf: &ngx_conf_t) -> &'a mut [ngx_str_t] {
+    // SAFETY: inside a directive handler `cf.args` is the parser's array of
+    // ngx_str_t, the directive's name first; nothing else touches it until
+    // the handler returns.
+    let all = unsafe { (*cf.args).as_slice_mut::<ngx_str_t>() };
+    &mut all[1..]
+}
+
+/// The http upstreams this configuration declares (`upstream {}` blocks
+/// and implicit ones from `proxy_pass`).
+pub fn http_upstreams(cf: &ngx_conf_t) -> impl Iterator<Item = &ngx_http_upstream_srv_conf_t> {
+    let list = NgxHttpUpstreamModule::main_conf(cf).map_or(&[][..], |umcf| {
+        // SAFETY: the upstream module's array of srv conf pointers.
+        unsafe {
+            umcf.upstreams
+                .as_slice::<*mut ngx_http_upstream_srv_conf_t>()
+        }
+    });
+    // SAFETY: the array holds nginx's live upstream entries.
+    list.iter().map(|&us| unsafe { &*us })
+}
+
+/// `ngx_parse_size`: "64k", "1m", ...; `None` if invalid.
+pub fn parse_size(text: &mut ngx_str_t) -> Option<usize> {
+    // SAFETY: a valid ngx_str_t; ngx_parse_size only reads it.
+    let size = unsafe { ngx_parse_size(text) };
+    usize::try_from(size).ok()
+}
+
+pub fn page_size() -> usize {
+    // SAFETY: set once by nginx at startup, before any configuration.
+    unsafe { ngx_pagesize }
+}
+
+/// Lossy UTF-8 text of an nginx string, for messages.
+pub fn text(s: &ngx_str_t) -> String {
+    String::from_utf8_lossy(s.as_bytes()).into_owned()
+}

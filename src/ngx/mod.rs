@@ -1,0 +1,14 @@
+//! The thin unsafe edge between nginx and the rest of the module: every raw
+//! pointer nginx hands us outside an `extern "C"` entry point is turned into
+//! a reference here, once, with the reason it is valid.
+//!
+//! - `conf`: directive arguments, typed configuration errors, one `[emerg]` exit;
+//! - `log`: log lines that carry the module's or the zone's name;
+//! - `shm`: shared memory zones (declare, find, lock);
+//! - `peers`: round-robin's peer lists as `core::select` sees them, and the
+//!   per-request `tried` bitmap.
+
+pub mod conf;
+pub mod log;
+pub mod peers;
+pub mod shm;

@@ -1,0 +1,322 @@
+//! Round-robin's peer lists and per-request data, as the balancer uses them.
+//!
+//! Like stock `least_conn`, ours sits on round-robin: its peer lists (with
+//! weights, `max_fails`, `max_conns`, backup list) and its per-request data
+//! (the `tried` bitmap, the current list). This is the only file that walks
+//! those raw lists.
+
+use core::ffi::c_void;
+use core::ptr::NonNull;
+
+use nginx_sys::{
+    ngx_cached_time, ngx_http_upstream_rr_peer_data_t, ngx_http_upstream_rr_peer_t,
+    ngx_http_upstream_rr_peers_t, ngx_int_t, ngx_peer_connection_t, ngx_rwlock_unlock,
+    ngx_rwlock_wlock, time_t,
+};
+
+use crate::core::select::{Load, PeerList};
+
+const BITS: usize = usize::BITS as usize;
+
+/// The peers of one list (primary or backup), in order.
+pub fn each_peer(
+    list: &ngx_http_upstream_rr_peers_t,
+) -> impl Iterator<Item = &ngx_http_upstream_rr_peer_t> {
+    let mut p = list.peer;
+    core::iter::from_fn(move || {
+        // SAFETY: round-robin links the list's peers by `next`; they live in
+        // the configuration pool (or the upstream's zone), as long as `list`.
+        let peer = unsafe { p.as_ref()? };
+        p = peer.next;
+        Some(peer)
+    })
+}
+
+/// An upstream's primary list and, if any, its backup list, as
+/// `ngx_http_upstream_init_round_robin` left them in `peer.data`.
+///
+/// # Safety
+/// `data` is that pointer, of an upstream whose round-robin init succeeded.
+pub unsafe fn lists<'a>(
+    data: *mut c_void,
+) -> (
+    Option<&'a ngx_http_upstream_rr_peers_t>,
+    Option<&'a ngx_http_upstream_rr_peers_t>,
+) {
+    // SAFETY: the function's contract.
+    let primary = unsafe { data.cast::<ngx_http_upstream_rr_peers_t>().as_ref() };
+    let backup = primary.and_then(|p| unsafe { p.next.as_ref() });
+    (primary, backup)
+}
+
+pub fn name(peer: &ngx_http_upstream_rr_peer_t) -> &[u8] {
+    peer.name.as_bytes()
+}
+
+/// nginx's cached current time, in seconds.
+pub fn now() -> time_t {
+    // SAFETY: nginx keeps `ngx_cached_time` pointing at a valid time slot.
+    unsafe { (*ngx_cached_time).sec }
+}
+
+/// A peer of the list being picked from, and its position in that list.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerCursor {
+    peer: NonNull<ngx_http_upstream_rr_peer_t>,
+    pub index: usize,
+}
+
+/// Which peers of the current list this request has tried: round-robin's
+/// bitmap, sized for the larger of the two lists.
+#[derive(Clone, Copy)]
+struct Tried(NonNull<usize>);
+
+impl Tried {
+    /// # Safety (for all three): `i` is below the size of the larger list.
+    #[inline]
+    unsafe fn contains(self, i: usize) -> bool {
+        unsafe { *self.0.as_ptr().add(i / BITS) & (1 << (i % BITS)) != 0 }
+    }
+
+    #[inline]
+    unsafe fn insert(self, i: usize) {
+        unsafe { *self.0.as_ptr().add(i / BITS) |= 1 << (i % BITS) };
+    }
+
+    unsafe fn clear(self, peers: usize) {
+        unsafe { core::ptr::write_bytes(self.0.as_ptr(), 0, peers.div_ceil(BITS)) };
+    }
+}
+
+/// One request's round-robin data.
+#[derive(Clone, Copy, Debug)]
+pub struct RoundRobin(NonNull<ngx_http_upstream_rr_peer_data_t>);
+
+impl RoundRobin {
+    /// # Safety
+    /// `data` is what `ngx_http_upstream_init_round_robin_peer` left in
+    /// `u.peer.data`; it lives as long as the request.
+    pub unsafe fn from_ptr(data: *mut c_void) -> Option<RoundRobin> {
+        NonNull::new(data.cast()).map(RoundRobin)
+    }
+
+    /// For round-robin's own functions (free, SSL sessions).
+    pub fn as_ptr(self) -> *mut c_void {
+        self.0.as_ptr().cast()
+    }
+
+    fn data(&self) -> &ngx_http_upstream_rr_peer_data_t {
+        // SAFETY: from_ptr's contract; the worker is single-threaded.
+        unsafe { self.0.as_ref() }
+    }
+
+    fn data_mut(&mut self) -> &mut ngx_http_upstream_rr_peer_data_t {
+        // SAFETY: as in data().
+        unsafe { self.0.as_mut() }
+    }
+
+    /// The list being picked from: primary, or backup once switched.
+    #[inline]
+    pub fn peers(&self) -> &ngx_http_upstream_rr_peers_t {
+        // SAFETY: round-robin sets `peers` to a list of the upstream.
+        unsafe { &*self.data().peers }
+    }
+
+    fn tried(&self) -> Tried {
+        Tried(NonNull::new(self.data().tried).expect("round-robin allocates the tried bitmap"))
+    }
+
+    /// Round-robin's lock on peers kept in an upstream `zone`.
+    #[inline]
+    pub fn lock(&self) -> PeersLock {
+        PeersLock::new(self.data().peers)
+    }
+
+    /// The current list as `core::select` sees it; `count(i)` gives the
+    /// shared count of the i-th peer (`None`: use round-robin's own `conns`).
+    #[inline]
+    pub fn list<C: Fn(usize) -> Option<u32>>(&self, count: C) -> RrList<'_, C> {
+        RrList {
+            peers: self.peers(),
+            tried: self.tried(),
+            now: now(),
+            count,
+        }
+    }
+
+    /// Points `pc` at the chosen peer and records the choice as round-robin does.
+    #[inline]
+    pub fn connect(&mut self, at: PeerCursor, pc: &mut ngx_peer_connection_t) {
+        let now = now();
+        // SAFETY: `at` comes from the current list, locked by the caller.
+        let best = unsafe { &mut *at.peer.as_ptr() };
+        if now - best.checked > best.fail_timeout {
+            best.checked = now;
+        }
+        pc.sockaddr = best.sockaddr;
+        pc.socklen = best.socklen;
+        pc.name = &mut best.name;
+        best.conns += 1;
+        let tried = self.tried();
+        self.data_mut().current = best;
+        // SAFETY: `at.index` is a position of the current list.
+        unsafe { tried.insert(at.index) };
+    }
+
+    /// Moves the request to the backup list, with nothing tried there yet.
+    /// `false`: already there, or the upstream has none.
+    pub fn switch_to_backup(&mut self) -> bool {
+        let backup = self.peers().next;
+        let Some(b) = NonNull::new(backup) else {
+            return false;
+        };
+        self.data_mut().peers = backup;
+        // SAFETY: the bitmap covers the larger list, and so this one.
+        unsafe { self.tried().clear(b.as_ref().number) };
+        true
+    }
+
+    /// The list being picked from, to remember across a switch to backup.
+    pub fn current(&self) -> CurrentList {
+        CurrentList(NonNull::new(self.data().peers).expect("a request's peer list"))
+    }
+}
+
+/// A list a request picked from.
+#[derive(Clone, Copy, Debug)]
+pub struct CurrentList(NonNull<ngx_http_upstream_rr_peers_t>);
+
+impl CurrentList {
+    /// No peer can take the request: stock's "mark them as live for quick
+    /// recovery", and the upstream's name for the error log.
+    pub fn fail(self, pc: &mut ngx_peer_connection_t) {
+        let _lock = PeersLock::new(self.0.as_ptr());
+        // SAFETY: a list of the upstream (configuration pool or zone).
+        let peers = unsafe { self.0.as_ref() };
+        let mut p = peers.peer;
+        // SAFETY: the list's peers, locked above.
+        while let Some(peer) = unsafe { p.as_mut() } {
+            peer.fails = 0;
+            p = peer.next;
+        }
+        pc.name = peers.name;
+    }
+}
+
+/// Round-robin's write lock on a list kept in an upstream `zone`; nothing
+/// to lock otherwise. Released on drop.
+pub struct PeersLock(NonNull<ngx_http_upstream_rr_peers_t>);
+
+impl PeersLock {
+    fn new(peers: *mut ngx_http_upstream_rr_peers_t) -> PeersLock {
+        let mut peers = NonNull::new(peers).expect("a request's peer list");
+        // SAFETY: a live list; its rwlock is used only with a zone (shpool).
+        unsafe {
+            let p = peers.as_mut();
+            if !p.shpool.is_null() {
+                ngx_rwlock_wlock(&mut p.rwlock);
+            }
+        }
+        PeersLock(peers)
+    }
+}
+
+impl Drop for PeersLock {
+    fn drop(&mut self) {
+        // SAFETY: locked in new().
+        unsafe {
+            let p = self.0.as_mut();
+            if !p.shpool.is_null() {
+                ngx_rwlock_unlock(&mut p.rwlock);
+            }
+        }
+    }
+}
+
+/// A round-robin list with our counts, for `core::select::choose`.
+pub struct RrList<'a, C> {
+    peers: &'a ngx_http_upstream_rr_peers_t,
+    tried: Tried,
+    now: time_t,
+    count: C,
+}
+
+impl<C> RrList<'_, C> {
+    fn peer(&self, c: PeerCursor) -> &ngx_http_upstream_rr_peer_t {
+        // SAFETY: cursors come from this list, locked for this pick.
+        unsafe { c.peer.as_ref() }
+    }
+
+    fn peer_mut(&mut self, mut c: PeerCursor) -> &mut ngx_http_upstream_rr_peer_t {
+        // SAFETY: as in peer(); the worker is single-threaded.
+        unsafe { c.peer.as_mut() }
+    }
+
+    /// The peer's `max_conns` (0: none); configuration keeps it within u32.
+    pub fn max_conns(&self, c: PeerCursor) -> u32 {
+        self.peer(c).max_conns as u32
+    }
+}
+
+impl<C: Fn(usize) -> Option<u32>> PeerList for RrList<'_, C> {
+    type Cursor = PeerCursor;
+
+    fn size(&self) -> usize {
+        self.peers.number
+    }
+
+    #[inline]
+    fn first(&self) -> Option<PeerCursor> {
+        NonNull::new(self.peers.peer).map(|peer| PeerCursor { peer, index: 0 })
+    }
+
+    #[inline]
+    fn next(&self, c: PeerCursor) -> Option<PeerCursor> {
+        NonNull::new(self.peer(c).next).map(|peer| PeerCursor {
+            peer,
+            index: c.index + 1,
+        })
+    }
+
+    #[inline]
+    fn load(&self, c: PeerCursor) -> Option<Load> {
+        let peer = self.peer(c);
+        // SAFETY: `c.index` is a position of this list.
+        if unsafe { self.tried.contains(c.index) } || peer.down != 0 {
+            return None;
+        }
+        if peer.max_fails != 0
+            && peer.fails >= peer.max_fails
+            && self.now - peer.checked <= peer.fail_timeout
+        {
+            return None;
+        }
+        let conns = (self.count)(c.index).unwrap_or(peer.conns as u32);
+        if peer.max_conns != 0 && conns as usize >= peer.max_conns {
+            return None;
+        }
+        // Weights fit in u32: the registry checked at configuration time.
+        Some(Load {
+            conns,
+            weight: peer.weight as u32,
+        })
+    }
+
+    fn step_weight(&mut self, c: PeerCursor) -> i64 {
+        let peer = self.peer_mut(c);
+        let e = peer.effective_weight;
+        peer.current_weight += e;
+        if peer.effective_weight < peer.weight {
+            peer.effective_weight += 1;
+        }
+        e as i64
+    }
+
+    fn current_weight(&self, c: PeerCursor) -> i64 {
+        self.peer(c).current_weight as i64
+    }
+
+    fn lower_current_weight(&mut self, c: PeerCursor, by: i64) {
+        self.peer_mut(c).current_weight -= by as ngx_int_t;
+    }
+}

@@ -1,0 +1,154 @@
+//! Shared memory zones: declaring one at configuration time, and the mapped
+//! zone's slab pool once nginx has created it.
+
+use core::ffi::c_void;
+use core::ptr::{self, NonNull};
+
+use nginx_sys::{
+    ngx_conf_t, ngx_cycle, ngx_list_part_t, ngx_list_t, ngx_shared_memory_add,
+    ngx_shm_zone_init_pt, ngx_shm_zone_t, ngx_slab_pool_t, ngx_str_t,
+};
+use ngx::core::slab::LockedSlabPool;
+use ngx::core::SlabPool;
+
+use super::conf::{text, ConfError};
+use super::log::Log;
+
+/// The zones of one cycle's `shared_memory` list.
+fn zones(list: &ngx_list_t) -> impl Iterator<Item = &ngx_shm_zone_t> {
+    let mut part: *const ngx_list_part_t = &list.part;
+    core::iter::from_fn(move || {
+        // SAFETY: an nginx list: parts chained by `next`, each holding
+        // `nelts` zones; the list outlives the borrow of `list`.
+        let p = unsafe { part.as_ref()? };
+        part = p.next;
+        let elts = unsafe { core::slice::from_raw_parts(p.elts.cast::<ngx_shm_zone_t>(), p.nelts) };
+        Some(elts.iter())
+    })
+    .flatten()
+}
+
+/// Declares a zone of `size` bytes for the module `tag` in the configuration
+/// being parsed; `init` will be called with `data` once it is mapped.
+///
+/// # Safety
+/// `data` lives as long as the configuration's cycle.
+pub unsafe fn declare(
+    cf: &mut ngx_conf_t,
+    name: &mut ngx_str_t,
+    size: usize,
+    tag: *const c_void,
+    init: ngx_shm_zone_init_pt,
+    data: *mut c_void,
+) -> Result<(), ConfError> {
+    // SAFETY: during parsing `cf.cycle` is the cycle being built.
+    let cycle = unsafe { &*cf.cycle };
+    let same_name = zones(&cycle.shared_memory).find(|z| z.shm.name.as_bytes() == name.as_bytes());
+    if same_name.is_some_and(|z| !ptr::eq(z.tag, tag)) {
+        // nginx would say so too, and then we would add a second, misleading
+        // line about memory: say it once, here.
+        return Err(ConfError::NameTaken(text(name)));
+    }
+    // SAFETY: `name` lives in the configuration pool, as nginx requires.
+    let shm = unsafe { ngx_shared_memory_add(cf, name, size, tag.cast_mut()) };
+    // SAFETY: nginx returns null or its new list entry.
+    let shm = unsafe { shm.as_mut() }.ok_or(ConfError::NoMemory)?;
+    if !shm.data.is_null() {
+        return Err(ConfError::Duplicate);
+    }
+    shm.init = init;
+    shm.data = data;
+    Ok(())
+}
+
+/// Whether the running cycle (the one a reload replaces) has a zone of this
+/// name and module.
+pub fn declared_in_running_cycle(name: &[u8], tag: *const c_void) -> bool {
+    // SAFETY: while a configuration loads, `ngx_cycle` is the running cycle
+    // (at startup nginx's zeroed initial cycle, whose list is empty).
+    let running = unsafe { &*ngx_cycle };
+    zones(&running.shared_memory).any(|z| ptr::eq(z.tag, tag) && z.shm.name.as_bytes() == name)
+}
+
+/// A zone nginx has mapped.
+#[derive(Clone, Copy, Debug)]
+pub struct ShmZone {
+    zone: NonNull<ngx_shm_zone_t>,
+    pool: NonNull<ngx_slab_pool_t>,
+}
+
+impl ShmZone {
+    /// # Safety
+    /// `zone` is null or an nginx zone whose memory is mapped for as long as
+    /// the result is used (the zone's init, or a worker of its cycle).
+    pub unsafe fn from_ptr(zone: *mut ngx_shm_zone_t) -> Option<ShmZone> {
+        let zone = NonNull::new(zone)?;
+        let pool = NonNull::new(unsafe { zone.as_ref() }.shm.addr)?.cast();
+        Some(ShmZone { zone, pool })
+    }
+
+    fn zone(&self) -> &ngx_shm_zone_t {
+        // SAFETY: from_ptr's contract.
+        unsafe { self.zone.as_ref() }
+    }
+
+    pub fn name(&self) -> &[u8] {
+        self.zone().shm.name.as_bytes()
+    }
+
+    pub fn size(&self) -> usize {
+        self.zone().shm.size
+    }
+
+    /// The module that declared the zone.
+    pub fn tag(&self) -> *const c_void {
+        self.zone().tag
+    }
+
+    pub fn log(&self) -> Log {
+        // SAFETY: the zone's log is the cycle's.
+        unsafe { Log::from_ptr(self.zone().shm.log) }
+    }
+
+    /// What `declare` was given as `data`.
+    pub fn data(&self) -> *mut c_void {
+        self.zone().data
+    }
+
+    fn slab(&self) -> SlabPool {
+        // SAFETY: mapped (from_ptr's contract).
+        unsafe { SlabPool::from_shm_zone(self.zone()) }.expect("a mapped zone has an address")
+    }
+
+    pub fn lock(&self) -> LockedSlabPool {
+        self.slab().lock()
+    }
+
+    /// The pool's `data` pointer, where the zone's owner keeps its root.
+    pub fn root(&self) -> *mut c_void {
+        // SAFETY: the pool header is at the start of the mapped zone.
+        unsafe { (*self.pool.as_ptr()).data }
+    }
+
+    /// Sets the root, with the zone locked.
+    pub fn set_root(&self, _locked: &LockedSlabPool, root: *mut c_void) {
+        // SAFETY: the pool header, written under the zone's lock.
+        unsafe { (*self.pool.as_ptr()).data = root };
+    }
+
+    /// Silences the slab allocator's own "no memory" line: a full zone is
+    /// reported by the zone's owner, once per load, not as a `[crit]` per
+    /// attempt.
+    pub fn quiet_when_full(&self, _locked: &LockedSlabPool) {
+        // SAFETY: the pool header, written under the zone's lock.
+        unsafe { (*self.pool.as_ptr()).set_log_nomem(0) };
+    }
+
+    /// Bytes of the zone the slab allocator has handed out (whole pages).
+    pub fn used(&self, page_size: usize) -> usize {
+        let _locked = self.lock();
+        // SAFETY: `pfree` is maintained by the allocator under the lock.
+        let free_pages = unsafe { (*self.pool.as_ptr()).pfree };
+        self.size().saturating_sub(free_pages * page_size)
+    }
+}

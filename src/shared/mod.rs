@@ -1,0 +1,8 @@
+//! State shared by all workers and kept across reloads: the zone with its
+//! counter table (`zone`), and the registry of the upstreams and keys each
+//! configuration load declares (`registry`). The http front-end feeds the
+//! registry today; stream upstreams and the Lua C ABI will feed it the same
+//! way, and the per-worker record for crash recovery will live in the zone.
+
+pub mod registry;
+pub mod zone;

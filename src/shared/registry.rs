@@ -1,0 +1,379 @@
+//! The registry: the upstreams a configuration load declares, each with a
+//! key and a handle per server, in the order of the front-end's peer lists.
+//! Keys are built once at configuration time, so that a pick builds no
+//! strings and searches nothing.
+//!
+//! The zone's init stamps the registry's keys into the table
+//! (`Registry::reconcile`); each worker then counts through the handles.
+//! Front-ends (http today; stream and the Lua C ABI later) fill it with
+//! `Registry::add` and count with `UpstreamCounters::acquire`/`release`.
+
+use core::cell::Cell;
+use core::ffi::c_void;
+
+use nginx_sys::{ngx_conf_t, ngx_int_t, ngx_shm_zone_t, ngx_str_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
+use ngx::core::Status;
+
+use crate::core::key;
+use crate::core::table::{Acquire, Meta, Release, SlotRef, Table, FLAG_BACKUP, FLAG_DRAINING};
+use crate::ngx::conf::ConfError;
+use crate::ngx::log::Log;
+use crate::ngx::shm::{self, ShmZone};
+
+use super::zone::{open_table, Locked, ZoneLink};
+
+/// Which of an upstream's lists a server is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum List {
+    Primary,
+    Backup,
+}
+
+/// A server of an upstream: its list and position there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerRef {
+    pub list: List,
+    pub index: usize,
+}
+
+/// What a pick took, so that `release` gives back exactly that.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Held {
+    #[default]
+    Nothing,
+    Shared(SlotRef),
+    /// Counted by this worker alone (no zone, or the zone was full).
+    Local(PeerRef),
+}
+
+#[derive(Debug)]
+pub struct PeerCounter {
+    pub key: Box<[u8]>,
+    pub upstream_len: usize,
+    pub meta: Meta,
+    /// `None`: no zone, or the zone was full; count per worker instead.
+    /// Replaced when a stale handle is looked up again.
+    handle: Cell<Option<SlotRef>>,
+    /// This worker's connections to a peer without a handle (status page).
+    local: Cell<u32>,
+}
+
+impl PeerCounter {
+    fn new(upstream: &[u8], server: &[u8], meta: Meta) -> PeerCounter {
+        let mut k = vec![0; key::key_len(upstream, server)];
+        key::write_key(&mut k, upstream, server);
+        PeerCounter {
+            key: k.into_boxed_slice(),
+            upstream_len: upstream.len(),
+            meta,
+            handle: Cell::new(None),
+            local: Cell::new(0),
+        }
+    }
+
+    pub fn in_zone(&self) -> bool {
+        self.handle.get().is_some()
+    }
+
+    pub fn local_count(&self) -> u32 {
+        self.local.get()
+    }
+
+    /// The count a pick compares, from the zone; `None` when this worker
+    /// counts the peer itself (see `SlotRef::count_hint`).
+    #[inline]
+    pub fn count_hint(&self) -> Option<u32> {
+        self.handle.get().map(|h| h.count_hint())
+    }
+
+    /// Counts a connection and records it in `held`. `false`: at
+    /// `max_conns` (another worker may just have taken the last place),
+    /// pick again.
+    #[inline]
+    fn acquire(
+        &self,
+        me: PeerRef,
+        link: Option<&ZoneLink>,
+        max_conns: u32,
+        held: &mut Held,
+    ) -> bool {
+        if let Some(h) = self.handle.get() {
+            match h.acquire(max_conns) {
+                Acquire::Taken => {
+                    *held = Held::Shared(h);
+                    return true;
+                }
+                Acquire::AtLimit => return false,
+                Acquire::Stale => {}
+            }
+        }
+        self.acquire_slow(me, link, max_conns, held)
+    }
+
+    /// No handle (per-worker counting), or a stale one to look up again.
+    #[cold]
+    #[inline(never)]
+    fn acquire_slow(
+        &self,
+        me: PeerRef,
+        link: Option<&ZoneLink>,
+        max_conns: u32,
+        held: &mut Held,
+    ) -> bool {
+        if self.handle.get().is_some() {
+            self.handle.set(self.refresh(link));
+        }
+        let Some(h) = self.handle.get() else {
+            self.local.set(self.local.get() + 1);
+            *held = Held::Local(me);
+            return true;
+        };
+        // A key just looked up again cannot be stale again: like full.
+        let taken = h.acquire(max_conns) == Acquire::Taken;
+        if taken {
+            *held = Held::Shared(h);
+        }
+        taken
+    }
+
+    /// A handle went stale: a newer configuration removed the key while this
+    /// (older) worker still uses it. Put it back as draining, so that it is
+    /// counted until this worker is done with it and then removed.
+    fn refresh(&self, link: Option<&ZoneLink>) -> Option<SlotRef> {
+        let link = link?;
+        let locked = link.lock();
+        if let Some(h) = link.table.find(&locked, &self.key) {
+            return Some(h);
+        }
+        let draining = if link.epoch == link.table.epoch() {
+            0
+        } else {
+            FLAG_DRAINING
+        };
+        let meta = Meta {
+            flags: self.meta.flags | draining,
+            ..self.meta
+        };
+        let handle = link
+            .table
+            .upsert(&locked, &self.key, self.upstream_len, meta, link.epoch)
+            .ok();
+        drop(locked);
+        Log::cycle().module(
+            NGX_LOG_NOTICE,
+            format_args!(
+                "\"{}\" {} for a worker of an earlier configuration",
+                String::from_utf8_lossy(&self.key),
+                if handle.is_none() {
+                    "could not be re-added (zone full)"
+                } else {
+                    "re-added as draining"
+                }
+            ),
+        );
+        handle
+    }
+}
+
+/// One upstream's counters.
+#[derive(Debug, Default)]
+pub struct UpstreamCounters {
+    pub name: Box<[u8]>,
+    primary: Vec<PeerCounter>,
+    backup: Vec<PeerCounter>,
+    link: Option<ZoneLink>,
+}
+
+impl UpstreamCounters {
+    pub fn new(name: &[u8]) -> UpstreamCounters {
+        UpstreamCounters {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Adds the next server of `list` (in the front-end's peer order).
+    pub fn add_server(&mut self, list: List, server: &[u8], mut meta: Meta) {
+        let peers = match list {
+            List::Primary => &mut self.primary,
+            List::Backup => {
+                meta.flags |= FLAG_BACKUP;
+                &mut self.backup
+            }
+        };
+        peers.push(PeerCounter::new(&self.name, server, meta));
+    }
+
+    pub fn list(&self, list: List) -> &[PeerCounter] {
+        match list {
+            List::Primary => &self.primary,
+            List::Backup => &self.backup,
+        }
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = &PeerCounter> {
+        self.primary.iter().chain(self.backup.iter())
+    }
+
+    /// Counts a connection to the server `me`, within `max_conns` (0: none).
+    /// `false`: at the limit, or no such server.
+    #[inline]
+    pub fn acquire(&self, me: PeerRef, max_conns: u32, held: &mut Held) -> bool {
+        self.list(me.list)
+            .get(me.index)
+            .is_some_and(|pc| pc.acquire(me, self.link.as_ref(), max_conns, held))
+    }
+
+    /// Gives back what a pick took; `log` is the request's.
+    pub fn release(&self, held: Held, log: Log) {
+        match held {
+            Held::Nothing => {}
+            Held::Local(me) => {
+                if let Some(pc) = self.list(me.list).get(me.index) {
+                    pc.local.set(pc.local.get().saturating_sub(1));
+                }
+            }
+            Held::Shared(h) => match h.release() {
+                Release::Released { now_idle_draining } => {
+                    if now_idle_draining {
+                        if let Some(l) = self.link {
+                            l.table.remove_if_drained(&l.lock(), h);
+                        }
+                    }
+                }
+                Release::Underflow | Release::Stale => log.module(
+                    NGX_LOG_ERR,
+                    format_args!(
+                        "release of a counter of upstream \"{}\" that is already 0 (kept at 0)",
+                        String::from_utf8_lossy(&self.name)
+                    ),
+                ),
+            },
+        }
+    }
+}
+
+/// Every upstream one configuration load declares, and its zone.
+#[derive(Debug, Default)]
+pub struct Registry {
+    zone_declared: bool,
+    link: Option<ZoneLink>,
+    upstreams: Vec<UpstreamCounters>,
+}
+
+impl Registry {
+    /// Registers an upstream; the index names it from now on.
+    pub fn add(&mut self, upstream: UpstreamCounters) -> usize {
+        self.upstreams.push(upstream);
+        self.upstreams.len() - 1
+    }
+
+    pub fn upstream(&self, index: usize) -> Option<&UpstreamCounters> {
+        self.upstreams.get(index)
+    }
+
+    pub fn upstreams(&self) -> impl Iterator<Item = &UpstreamCounters> {
+        self.upstreams.iter()
+    }
+
+    pub fn has_zone(&self) -> bool {
+        self.zone_declared
+    }
+
+    /// The zone, once its init has run.
+    pub fn zone(&self) -> Option<&ZoneLink> {
+        self.link.as_ref()
+    }
+
+    /// Declares the zone whose init will stamp this registry's keys.
+    pub fn declare_zone(
+        &mut self,
+        cf: &mut ngx_conf_t,
+        name: &mut ngx_str_t,
+        size: usize,
+        tag: *const c_void,
+    ) -> Result<(), ConfError> {
+        if self.zone_declared {
+            return Err(ConfError::Duplicate);
+        }
+        // SAFETY: the registry lives in the module's main configuration, as
+        // long as the cycle whose zone this is.
+        unsafe {
+            shm::declare(
+                cf,
+                name,
+                size,
+                tag,
+                Some(init_zone),
+                core::ptr::from_mut(self).cast(),
+            )?
+        };
+        self.zone_declared = true;
+        Ok(())
+    }
+
+    /// Stamps every key of this load, hands the handles to its upstreams,
+    /// and removes or drains keys that are gone.
+    fn reconcile(&mut self, shm: ShmZone, table: &'static Table) {
+        let started = std::time::Instant::now();
+        let locked = Locked::new(&shm);
+        let link = ZoneLink {
+            shm,
+            table,
+            epoch: table.begin_epoch(&locked),
+        };
+        self.link = Some(link);
+        let (mut servers, mut full) = (0u32, 0u32);
+        for up in &mut self.upstreams {
+            up.link = Some(link);
+            for pc in up.primary.iter().chain(up.backup.iter()) {
+                servers += 1;
+                let handle = table.upsert(&locked, &pc.key, pc.upstream_len, pc.meta, link.epoch);
+                full += u32::from(handle.is_err());
+                pc.handle.set(handle.ok());
+            }
+        }
+        let sweep = table.sweep(&locked, link.epoch);
+        drop(locked);
+        shm.log().zone(
+            NGX_LOG_NOTICE,
+            shm.name(),
+            format_args!(
+                ": {} servers, {} keys, {} removed, {} draining, in {:.3} ms",
+                servers,
+                table.keys(),
+                sweep.removed,
+                sweep.draining,
+                started.elapsed().as_secs_f64() * 1000.0
+            ),
+        );
+        if full > 0 {
+            shm.log().zone(
+                NGX_LOG_ERR,
+                shm.name(),
+                format_args!(
+                    " is full: {full} of {servers} servers fall back to per-worker counting"
+                ),
+            );
+        }
+    }
+}
+
+/// nginx's init callback for the zone: finds or creates the table, then
+/// reconciles it with the configuration being loaded.
+extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, old_data: *mut c_void) -> ngx_int_t {
+    // SAFETY: nginx calls this with its zone, mapped, whose `data` is the
+    // registry `declare_zone` gave it.
+    let Some(shm) = (unsafe { ShmZone::from_ptr(shm_zone) }) else {
+        return Status::NGX_ERROR.into();
+    };
+    // SAFETY: as above; nothing else uses the registry during the init.
+    let registry = unsafe { &mut *shm.data().cast::<Registry>() };
+    match open_table(shm, old_data.is_null(), shm.tag()) {
+        Ok(table) => {
+            registry.reconcile(shm, table);
+            Status::NGX_OK.into()
+        }
+        Err(_) => Status::NGX_ERROR.into(),
+    }
+}
