@@ -89,7 +89,7 @@ $t->reload();
 ok(!exists counts('u')->{$x}, 'idle removed server: key gone');
 
 # The old worker's retry goes to x, through a stale handle.
-my $reply = do { local $/; <$r> } // '';
+my $reply = http_read($r);
 like($reply, qr/200 OK.*id=x/s, 'old worker\'s retry served by the removed server');
 like($t->read_file('error.log'),
 	qr/\[notice\].*"conn_count:u:\Q$x\E" re-added as draining for a worker of an earlier configuration/,

@@ -103,7 +103,7 @@ sub measure {
 	}
 	$proxy->waitforsocket('127.0.0.1:' . port(8080)) or die "nginx under valgrind did not start\n";
 	for (1 .. $count) {
-		http_get('/') =~ /^HTTP\/1\.1 200/ or die "request failed under valgrind\n";
+		http_get('/', timeout => 120) =~ /^HTTP\/1\.1 200/ or die "request failed under valgrind\n";
 	}
 	kill 'QUIT', $pid;
 	waitpid($pid, 0);

@@ -45,23 +45,33 @@ pub trait PeerList {
 }
 
 /// Which peers tied with the best of the first pass, by position, kept on
-/// the stack. Positions past its capacity answer `None`: the tie-break
+/// the stack. Positions it does not `cover` are not recorded: the tie-break
 /// re-reads those peers instead.
 trait Ties: Default {
+    fn covers(&self, i: usize) -> bool;
+    /// # Panics
+    /// May panic for a position it does not cover.
+    fn contains(&self, i: usize) -> bool;
     fn set(&mut self, i: usize);
-    fn get(&self, i: usize) -> Option<bool>;
 }
 
 /// One word, for upstreams of up to 64 peers: nothing to zero but itself.
 impl Ties for u64 {
-    fn set(&mut self, i: usize) {
-        if i < 64 {
-            *self |= 1 << i;
-        }
+    #[inline]
+    fn covers(&self, i: usize) -> bool {
+        i < 64
     }
 
-    fn get(&self, i: usize) -> Option<bool> {
-        (i < 64).then(|| *self & (1 << i) != 0)
+    #[inline]
+    fn contains(&self, i: usize) -> bool {
+        *self & (1 << i) != 0
+    }
+
+    #[inline]
+    fn set(&mut self, i: usize) {
+        if self.covers(i) {
+            *self |= 1 << i;
+        }
     }
 }
 
@@ -70,18 +80,28 @@ impl Ties for u64 {
 struct TieBits1024([u64; 16]);
 
 impl Ties for TieBits1024 {
-    fn set(&mut self, i: usize) {
-        if let Some(w) = self.0.get_mut(i / 64) {
-            *w |= 1 << (i % 64);
-        }
+    #[inline]
+    fn covers(&self, i: usize) -> bool {
+        i < 1024
     }
 
-    fn get(&self, i: usize) -> Option<bool> {
-        self.0.get(i / 64).map(|w| w & (1 << (i % 64)) != 0)
+    #[inline]
+    fn contains(&self, i: usize) -> bool {
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    #[inline]
+    fn set(&mut self, i: usize) {
+        if self.covers(i) {
+            self.0[i / 64] |= 1 << (i % 64);
+        }
     }
 }
 
 /// Picks the least loaded usable peer, or `None` when no peer is usable.
+/// Always inlined: it is most of a pick, and the caller's loop around it
+/// (count, retry on a lost race) keeps its registers.
+#[inline(always)]
 pub fn choose<L: PeerList>(list: &mut L) -> Option<L::Cursor> {
     if list.size() <= 64 {
         choose_with::<L, u64>(list)
@@ -98,6 +118,7 @@ struct Best<C> {
     position: usize,
 }
 
+#[inline(always)]
 fn choose_with<L: PeerList, T: Ties>(list: &mut L) -> Option<L::Cursor> {
     let mut best: Option<Best<L::Cursor>> = None;
     let mut tied = false;
@@ -139,8 +160,12 @@ fn choose_with<L: PeerList, T: Ties>(list: &mut L) -> Option<L::Cursor> {
 
 /// Smooth weighted round-robin among the peers tied with `best`, which is
 /// the first of them in list order.
+#[inline(always)]
 fn break_tie<L: PeerList, T: Ties>(list: &mut L, best: Best<L::Cursor>, ties: &T) -> L::Cursor {
-    let mut chosen: Option<L::Cursor> = None;
+    // The chosen peer and its current weight (each peer is stepped once, so
+    // the weight read holds). Every tied peer's weight beats the start.
+    let mut chosen = best.cursor;
+    let mut chosen_weight = i64::MIN;
     let mut total = 0i64;
 
     let (mut at, mut position) = (Some(best.cursor), best.position);
@@ -148,21 +173,24 @@ fn break_tie<L: PeerList, T: Ties>(list: &mut L, best: Best<L::Cursor>, ties: &T
         // Within the bitmap the first pass's reading decides; past it the
         // peer is read again (counts may have moved, and a peer that no
         // longer ties simply sits this one out).
-        let is_tied = ties.get(position).unwrap_or_else(|| {
+        let is_tied = if ties.covers(position) {
+            ties.contains(position)
+        } else {
             list.load(c)
                 .is_some_and(|l| l.cmp_ratio(best.load) == Ordering::Equal)
-        });
+        };
         if is_tied {
             total += list.step_weight(c);
-            if chosen.is_none_or(|b| list.current_weight(c) > list.current_weight(b)) {
-                chosen = Some(c);
+            let weight = list.current_weight(c);
+            if weight > chosen_weight {
+                chosen = c;
+                chosen_weight = weight;
             }
         }
         at = list.next(c);
         position += 1;
     }
 
-    let chosen = chosen.unwrap_or(best.cursor);
     list.lower_current_weight(chosen, total);
     chosen
 }

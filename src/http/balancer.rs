@@ -17,7 +17,7 @@ use ngx::core::{Pool, Status};
 use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
 use ngx::ngx_log_debug_mask;
 
-use crate::core::select::choose;
+use crate::core::select::{choose, PeerList};
 use crate::core::table::{Meta, FLAG_DOWN};
 use crate::ngx::conf::{callback_result, ConfError};
 use crate::ngx::log::Log;
@@ -188,33 +188,41 @@ fn try_backup_or_fail(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_
 /// Chooses and counts a peer. A choice can lose a race for the last
 /// `max_conns` place to another worker; choosing again then sees it full.
 fn pick(pd: &mut PeerData) -> Option<PeerCursor> {
-    let counters = pd.upstream.list(pd.list);
-    let tries = pd.rr.peers().number;
+    let PeerData {
+        rr,
+        upstream,
+        list: which,
+        held,
+    } = pd;
+    let counters = upstream.list(*which);
+    let mut list = rr.list(counters);
+    let tries = list.size();
     // Keys must match peers one to one; if they do not (a peer list changed
     // under us), count every peer per worker rather than misattribute.
-    let matched = counters.len() == tries;
-    let counters = if matched { counters } else { &[] };
+    if counters.len() != tries {
+        *held = Held::Nothing;
+        return pick_per_worker(rr);
+    }
+    let zone = upstream.zone();
     for _ in 0..=tries {
-        let (best, max_conns) = {
-            let mut list = pd
-                .rr
-                .list(|i| counters.get(i).and_then(PeerCounter::count_hint));
-            let best = choose(&mut list)?;
-            (best, list.max_conns(best))
-        };
-        if !matched {
-            pd.held = Held::Nothing;
-            return Some(best);
-        }
+        let best = choose(&mut list)?;
         let me = PeerRef {
-            list: pd.list,
+            list: *which,
             index: best.index,
         };
-        if pd.upstream.acquire(me, max_conns, &mut pd.held) {
+        let counter = counters.get(best.index)?;
+        if counter.acquire(me, zone, list.max_conns(best), held) {
             return Some(best);
         }
     }
     None
+}
+
+/// A pick on round-robin's own per-worker counts, counting nothing shared.
+#[cold]
+#[inline(never)]
+fn pick_per_worker(rr: &RoundRobin) -> Option<PeerCursor> {
+    choose(&mut rr.list::<PeerCounter>(&[]))
 }
 
 extern "C" fn free_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void, state: ngx_uint_t) {

@@ -89,30 +89,38 @@ impl Tried {
 }
 
 /// One request's round-robin data.
-#[derive(Clone, Copy, Debug)]
-pub struct RoundRobin(NonNull<ngx_http_upstream_rr_peer_data_t>);
+#[derive(Debug)]
+pub struct RoundRobin {
+    data: NonNull<ngx_http_upstream_rr_peer_data_t>,
+    /// Whether a peer of the current list was tried: until then a pick
+    /// skips the per-peer test of the `tried` bitmap.
+    tried_any: bool,
+}
 
 impl RoundRobin {
     /// # Safety
     /// `data` is what `ngx_http_upstream_init_round_robin_peer` left in
     /// `u.peer.data`; it lives as long as the request.
     pub unsafe fn from_ptr(data: *mut c_void) -> Option<RoundRobin> {
-        NonNull::new(data.cast()).map(RoundRobin)
+        NonNull::new(data.cast()).map(|data| RoundRobin {
+            data,
+            tried_any: false,
+        })
     }
 
     /// For round-robin's own functions (free, SSL sessions).
-    pub fn as_ptr(self) -> *mut c_void {
-        self.0.as_ptr().cast()
+    pub fn as_ptr(&self) -> *mut c_void {
+        self.data.as_ptr().cast()
     }
 
     fn data(&self) -> &ngx_http_upstream_rr_peer_data_t {
         // SAFETY: from_ptr's contract; the worker is single-threaded.
-        unsafe { self.0.as_ref() }
+        unsafe { self.data.as_ref() }
     }
 
     fn data_mut(&mut self) -> &mut ngx_http_upstream_rr_peer_data_t {
         // SAFETY: as in data().
-        unsafe { self.0.as_mut() }
+        unsafe { self.data.as_mut() }
     }
 
     /// The list being picked from: primary, or backup once switched.
@@ -132,15 +140,16 @@ impl RoundRobin {
         PeersLock::new(self.data().peers)
     }
 
-    /// The current list as `core::select` sees it; `count(i)` gives the
-    /// shared count of the i-th peer (`None`: use round-robin's own `conns`).
+    /// The current list as `core::select` sees it, with `counts[i]` giving
+    /// the i-th peer's shared count (past its end, or `None`: round-robin's
+    /// own per-worker `conns`).
     #[inline]
-    pub fn list<C: Fn(usize) -> Option<u32>>(&self, count: C) -> RrList<'_, C> {
+    pub fn list<'a, C: SharedCount>(&'a self, counts: &'a [C]) -> RrList<'a, C> {
         RrList {
             peers: self.peers(),
-            tried: self.tried(),
+            tried: self.tried_any.then(|| self.tried()),
             now: now(),
-            count,
+            counts,
         }
     }
 
@@ -161,6 +170,7 @@ impl RoundRobin {
         self.data_mut().current = best;
         // SAFETY: `at.index` is a position of the current list.
         unsafe { tried.insert(at.index) };
+        self.tried_any = true;
     }
 
     /// Moves the request to the backup list, with nothing tried there yet.
@@ -173,6 +183,7 @@ impl RoundRobin {
         self.data_mut().peers = backup;
         // SAFETY: the bitmap covers the larger list, and so this one.
         unsafe { self.tried().clear(b.as_ref().number) };
+        self.tried_any = false;
         true
     }
 
@@ -233,12 +244,18 @@ impl Drop for PeersLock {
     }
 }
 
+/// Where a peer's count comes from when it is not round-robin's own.
+pub trait SharedCount {
+    fn count_hint(&self) -> Option<u32>;
+}
+
 /// A round-robin list with our counts, for `core::select::choose`.
 pub struct RrList<'a, C> {
     peers: &'a ngx_http_upstream_rr_peers_t,
-    tried: Tried,
+    /// `None`: no peer of this list tried yet.
+    tried: Option<Tried>,
     now: time_t,
-    count: C,
+    counts: &'a [C],
 }
 
 impl<C> RrList<'_, C> {
@@ -258,7 +275,7 @@ impl<C> RrList<'_, C> {
     }
 }
 
-impl<C: Fn(usize) -> Option<u32>> PeerList for RrList<'_, C> {
+impl<C: SharedCount> PeerList for RrList<'_, C> {
     type Cursor = PeerCursor;
 
     fn size(&self) -> usize {
@@ -282,7 +299,7 @@ impl<C: Fn(usize) -> Option<u32>> PeerList for RrList<'_, C> {
     fn load(&self, c: PeerCursor) -> Option<Load> {
         let peer = self.peer(c);
         // SAFETY: `c.index` is a position of this list.
-        if unsafe { self.tried.contains(c.index) } || peer.down != 0 {
+        if self.tried.is_some_and(|t| unsafe { t.contains(c.index) }) || peer.down != 0 {
             return None;
         }
         if peer.max_fails != 0
@@ -291,7 +308,10 @@ impl<C: Fn(usize) -> Option<u32>> PeerList for RrList<'_, C> {
         {
             return None;
         }
-        let conns = (self.count)(c.index).unwrap_or(peer.conns as u32);
+        let conns = match self.counts.get(c.index).and_then(C::count_hint) {
+            Some(n) => n,
+            None => peer.conns as u32,
+        };
         if peer.max_conns != 0 && conns as usize >= peer.max_conns {
             return None;
         }

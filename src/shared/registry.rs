@@ -18,6 +18,7 @@ use crate::core::key;
 use crate::core::table::{Acquire, Meta, Release, SlotRef, Table, FLAG_BACKUP, FLAG_DRAINING};
 use crate::ngx::conf::ConfError;
 use crate::ngx::log::Log;
+use crate::ngx::peers::SharedCount;
 use crate::ngx::shm::{self, ShmZone};
 
 use super::zone::{open_table, Locked, ZoneLink};
@@ -79,18 +80,11 @@ impl PeerCounter {
         self.local.get()
     }
 
-    /// The count a pick compares, from the zone; `None` when this worker
-    /// counts the peer itself (see `SlotRef::count_hint`).
-    #[inline]
-    pub fn count_hint(&self) -> Option<u32> {
-        self.handle.get().map(|h| h.count_hint())
-    }
-
     /// Counts a connection and records it in `held`. `false`: at
     /// `max_conns` (another worker may just have taken the last place),
     /// pick again.
     #[inline]
-    fn acquire(
+    pub fn acquire(
         &self,
         me: PeerRef,
         link: Option<&ZoneLink>,
@@ -175,6 +169,15 @@ impl PeerCounter {
     }
 }
 
+impl SharedCount for PeerCounter {
+    /// The count a pick compares, from the zone; `None` when this worker
+    /// counts the peer itself (see `SlotRef::count_hint`).
+    #[inline]
+    fn count_hint(&self) -> Option<u32> {
+        self.handle.get().map(|h| h.count_hint())
+    }
+}
+
 /// One upstream's counters.
 #[derive(Debug, Default)]
 pub struct UpstreamCounters {
@@ -215,13 +218,10 @@ impl UpstreamCounters {
         self.primary.iter().chain(self.backup.iter())
     }
 
-    /// Counts a connection to the server `me`, within `max_conns` (0: none).
-    /// `false`: at the limit, or no such server.
+    /// The zone this upstream's keys live in, once the zone's init ran.
     #[inline]
-    pub fn acquire(&self, me: PeerRef, max_conns: u32, held: &mut Held) -> bool {
-        self.list(me.list)
-            .get(me.index)
-            .is_some_and(|pc| pc.acquire(me, self.link.as_ref(), max_conns, held))
+    pub fn zone(&self) -> Option<&ZoneLink> {
+        self.link.as_ref()
     }
 
     /// Gives back what a pick took; `log` is the request's.

@@ -18,12 +18,14 @@ use warnings;
 use strict;
 
 use Exporter qw/import/;
-our @EXPORT = qw/port http_get http wait_until/;
+our @EXPORT = qw/port http_get http http_read wait_until/;
 
 use File::Path qw/mkpath rmtree/;
 use File::Spec;
 use File::Temp qw/tempdir/;
 use IO::Socket::INET;
+use Fcntl qw/O_WRONLY O_CREAT O_EXCL/;
+use IO::Select;
 use POSIX qw/:sys_wait_h/;
 use Scalar::Util ();
 use Test::More ();
@@ -36,17 +38,23 @@ our $MODULE = $ENV{TEST_NGINX_MODULE}
 
 my %ports;
 my @instances;
+my $parent = $$;
 
 # Teardown must run before Test::More checks the plan in its own END block
 # (ours runs first: Test::More is loaded before this file). A test object
 # captured by a closure would otherwise live until global destruction.
+# A forked child (a daemon, a helper) never tears down its parent's nginx,
+# and never releases its parent's ports.
 END {
-	$_ && $_->DESTROY() for @instances;
+	if ($$ == $parent) {
+		$_ && $_->DESTROY() for @instances;
+		release_ports();
+	}
 }
 
 sub new {
 	my ($class) = @_;
-	my $self = bless {}, $class;
+	my $self = bless { _pid => $$ }, $class;
 	$self->{_testdir} = tempdir('lcp-test-XXXXXX', TMPDIR => 1,
 		CLEANUP => !$ENV{TEST_NGINX_LEAVE});
 	mkpath("$self->{_testdir}/logs");
@@ -83,16 +91,57 @@ sub plan {
 }
 
 # A free loopback port for each symbolic port number, stable within a file.
+# Ports come from 20000-29999 (below the kernel's ephemeral range, so no
+# client socket takes one), and each is claimed with a lock file that only
+# one process can create: two tests running at once never share a port, even
+# between choosing it and starting nginx on it. Locks left by a process that
+# died are taken over.
+our $PORT_LOCKS = File::Spec->catdir(File::Spec->tmpdir(), 'lcp-test-ports');
+my @port_locks;
+
 sub port {
 	my ($n) = @_;
-	return $ports{$n} //= do {
+	return $ports{$n} //= claim_port();
+}
+
+sub claim_port {
+	mkpath($PORT_LOCKS);
+	for (1 .. 1000) {
+		my $p = 20000 + int(rand(10000));
+		my $lock = "$PORT_LOCKS/$p";
+		my $fh;
+		if (!sysopen($fh, $lock, O_WRONLY | O_CREAT | O_EXCL)) {
+			next unless stale_lock($lock);
+			unlink $lock;
+			sysopen($fh, $lock, O_WRONLY | O_CREAT | O_EXCL) or next;
+		}
+		print $fh $$;
+		close $fh;
+		push @port_locks, $lock;
 		my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
-			LocalPort => 0, Proto => 'tcp', ReuseAddr => 1)
-			or die "no free port: $!\n";
-		my $p = $s->sockport();
-		close $s;
-		$p;
-	};
+			LocalPort => $p, Proto => 'tcp', ReuseAddr => 1);
+		if ($s) {
+			close $s;
+			return $p;
+		}
+	}
+	die "no free port in 20000-29999\n";
+}
+
+# A lock whose owner is gone (or unreadable for a minute: a writer that died
+# between creating and writing it).
+sub stale_lock {
+	my ($lock) = @_;
+	open my $fh, '<', $lock or return 0;
+	my $pid = <$fh> // '';
+	close $fh;
+	return !kill(0, $pid) if $pid =~ /^\d+$/;
+	return time() - (stat $lock)[9] > 60;
+}
+
+sub release_ports {
+	unlink @port_locks;
+	@port_locks = ();
 }
 
 sub write_file {
@@ -103,11 +152,19 @@ sub write_file {
 	return $self;
 }
 
+# Dies when the file is missing: a test must not pass on an empty read.
+# `has_file` asks first where absence is expected.
 sub read_file {
 	my ($self, $name) = @_;
-	open my $fh, '<', "$self->{_testdir}/$name" or return '';
+	open my $fh, '<', "$self->{_testdir}/$name"
+		or die "read_file: $self->{_testdir}/$name: $!\n";
 	local $/;
 	return <$fh> // '';
+}
+
+sub has_file {
+	my ($self, $name) = @_;
+	return -e "$self->{_testdir}/$name";
 }
 
 sub globals {
@@ -181,6 +238,7 @@ sub workers {
 
 sub master_pid {
 	my ($self) = @_;
+	return undef unless $self->has_file('nginx.pid');
 	my $pid = $self->read_file('nginx.pid');
 	chomp $pid;
 	return $pid =~ /^\d+$/ && kill(0, $pid) ? $pid : undef;
@@ -235,12 +293,16 @@ sub reload {
 	return $self;
 }
 
+# QUIT (graceful: workers finish their connections), then TERM, then KILL,
+# each given a few seconds.
 sub stop {
 	my ($self) = @_;
 	return $self unless $self->{_started};
 	if (my $pid = $self->master_pid()) {
-		kill 'TERM', $pid;
-		wait_until(sub { !kill(0, $pid) }, 10) or kill 'KILL', $pid;
+		for my $sig (qw/QUIT TERM KILL/) {
+			kill $sig, $pid;
+			last if wait_until(sub { !kill(0, $pid) }, $sig eq 'QUIT' ? 5 : 3);
+		}
 	}
 	$self->{_started} = 0;
 	return $self;
@@ -250,9 +312,12 @@ sub run_daemon {
 	my ($self, $code, @args) = @_;
 	my $pid = fork() // die "fork: $!\n";
 	if ($pid == 0) {
+		# _exit: a child never runs the parent's END blocks or destructors,
+		# also when the daemon dies.
 		$SIG{TERM} = 'DEFAULT';
-		$code->(@args);
-		POSIX::_exit(0);
+		my $ok = eval { $code->(@args); 1 };
+		print STDERR "daemon: $@" unless $ok;
+		POSIX::_exit($ok ? 0 : 1);
 	}
 	push @{$self->{_daemons}}, $pid;
 	return $self;
@@ -282,6 +347,7 @@ sub alerts_allowed {
 
 sub alerts {
 	my ($self) = @_;
+	return () unless $self->has_file('error.log');
 	my @lines = grep { /\[(alert|crit|emerg)\]/ } split /\n/,
 		$self->read_file('error.log');
 	for my $re (@{$self->{_allowed}}) {
@@ -292,6 +358,7 @@ sub alerts {
 
 sub DESTROY {
 	my ($self) = @_;
+	return if $$ != $self->{_pid};
 	return if $self->{_destroyed}++;
 	local $?;    # waitpid() below must not become the test's exit code
 	$self->stop();
@@ -300,7 +367,7 @@ sub DESTROY {
 		my @a = $self->alerts();
 		Test::More::is(join("\n", @a), '', 'no alerts in error.log');
 	}
-	if ($ENV{TEST_NGINX_CATLOG}) {
+	if ($ENV{TEST_NGINX_CATLOG} && $self->has_file('error.log')) {
 		print STDERR $self->read_file('error.log');
 	}
 }
@@ -320,6 +387,8 @@ sub wait_until {
 }
 
 # One HTTP/1.0 exchange with nginx on port(8080); returns the raw response.
+# Options: port, host, start (return the socket after sending), timeout
+# (seconds for the connect and for the whole reply; 10 unless given).
 sub http_get {
 	my ($uri, %opts) = @_;
 	my $host = $opts{host} // 'localhost';
@@ -328,16 +397,33 @@ sub http_get {
 
 sub http {
 	my ($request, %opts) = @_;
-	my $s = IO::Socket::INET->new(Proto => 'tcp',
+	my $timeout = $opts{timeout} // 10;
+	my $s = IO::Socket::INET->new(Proto => 'tcp', Timeout => $timeout,
 		PeerAddr => '127.0.0.1:' . ($opts{port} // port(8080)))
 		or die "connect: $!\n";
 	$s->autoflush(1);
 	print $s $request;
 	return $s if $opts{start};
-	local $/;
-	my $reply = <$s>;
+	my $reply = http_read($s, $timeout);
 	close $s;
-	return $reply // '';
+	return $reply;
+}
+
+# Reads until the peer closes; dies when that takes over $timeout seconds.
+sub http_read {
+	my ($s, $timeout) = @_;
+	$timeout //= 10;
+	my $end = time() + $timeout;
+	my $sel = IO::Select->new($s);
+	my $reply = '';
+	while (1) {
+		my $left = $end - time();
+		die "http: no complete reply within $timeout s\n"
+			if $left <= 0 || !$sel->can_read($left);
+		my $got = sysread($s, $reply, 65536, length $reply);
+		die "http: read: $!\n" unless defined $got;
+		return $reply if $got == 0;
+	}
 }
 
 1;
