@@ -38,7 +38,7 @@ mod module {
         NGX_HTTP_UPS_CONF,
     };
 
-    use crate::http::{directives, Module};
+    use crate::http::{directives, process, Module};
 
     impl HttpModule for Module {
         fn module() -> &'static ngx_module_t {
@@ -93,8 +93,19 @@ mod module {
 
     extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         // SAFETY: nginx passes the cycle being initialised.
-        directives::warn_without_zone(unsafe { &*cycle });
+        process::init_module(unsafe { &*cycle });
         Status::NGX_OK.into()
+    }
+
+    extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+        // SAFETY: nginx passes this process's cycle.
+        process::init_process(unsafe { &*cycle });
+        Status::NGX_OK.into()
+    }
+
+    extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
+        // SAFETY: nginx passes this process's cycle.
+        process::exit_process(unsafe { &*cycle });
     }
 
     // The `ngx_modules` table a cdylib built outside nginx's build needs.
@@ -109,6 +120,8 @@ mod module {
         commands: unsafe { ptr::addr_of_mut!(COMMANDS[0]) },
         type_: NGX_HTTP_MODULE as ngx_uint_t,
         init_module: Some(init_module),
+        init_process: Some(init_process),
+        exit_process: Some(exit_process),
         ..ngx_module_t::default()
     };
 }

@@ -3,10 +3,13 @@
 //! - `key`: the text of a counter's key and its hash;
 //! - `select`: the least-connections choice over any peer list;
 //! - `table`: the counter table that lives in the shared zone;
+//! - `record`: per-worker records in the table, to give back what a dead
+//!   worker held;
 //! - `sweep`: what a configuration load does with each key already stored;
 //! - `status`: rendering the status page.
 
 pub mod key;
+pub mod record;
 pub mod select;
 pub mod status;
 pub mod sweep;

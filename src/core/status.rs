@@ -75,6 +75,10 @@ pub struct ZoneInfo {
     pub size: usize,
     pub used: usize,
     pub keys: u32,
+    /// Connections given back on behalf of workers that died holding them.
+    pub reclaimed: u64,
+    /// The worker processes recorded in the zone: (pid, connections held).
+    pub workers: Vec<(i32, u64)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,9 +140,14 @@ fn render_json(zone: Option<&ZoneInfo>, entries: &[Entry]) -> String {
             json_str(&mut out, &z.name);
             let _ = write!(
                 out,
-                ",\"size\":{},\"used\":{},\"keys\":{}}}",
-                z.size, z.used, z.keys
+                ",\"size\":{},\"used\":{},\"keys\":{},\"reclaimed\":{},\"workers\":[",
+                z.size, z.used, z.keys, z.reclaimed
             );
+            for (i, (pid, conns)) in z.workers.iter().enumerate() {
+                let sep = if i == 0 { "" } else { "," };
+                let _ = write!(out, "{sep}{{\"pid\":{pid},\"connections\":{conns}}}");
+            }
+            out.push_str("]}");
         }
     }
     out.push_str(",\"counters\":[");
@@ -179,7 +188,8 @@ fn label(out: &mut String, s: &str) {
 const SERVER_METRICS: [(&str, &str); 3] = [
     (
         "least_conn_persistent_connections",
-        "Live connections to the server, counted across all workers and reloads.",
+        "Live connections to the server, counted across all workers and reloads \
+         (state=\"fallback\": this worker's own count, not in the zone).",
     ),
     (
         "least_conn_persistent_weight",
@@ -194,27 +204,52 @@ const SERVER_METRICS: [(&str, &str); 3] = [
 fn render_prometheus(zone: Option<&ZoneInfo>, entries: &[Entry]) -> String {
     let mut out = String::with_capacity(512 + entries.len() * 400);
     if let Some(z) = zone {
-        for (name, help, value) in [
+        for (name, kind, help, value) in [
             (
                 "least_conn_persistent_zone_size_bytes",
+                "gauge",
                 "Size of the shared zone.",
-                z.size,
+                z.size as u64,
             ),
             (
                 "least_conn_persistent_zone_used_bytes",
+                "gauge",
                 "Bytes of the zone in use.",
-                z.used,
+                z.used as u64,
             ),
             (
                 "least_conn_persistent_zone_keys",
+                "gauge",
                 "Counters stored in the zone.",
-                z.keys as usize,
+                u64::from(z.keys),
+            ),
+            (
+                "least_conn_persistent_zone_reclaimed_connections_total",
+                "counter",
+                "Connections given back on behalf of worker processes that died holding them.",
+                z.reclaimed,
+            ),
+            (
+                "least_conn_persistent_zone_workers",
+                "gauge",
+                "Worker processes recorded in the zone.",
+                z.workers.len() as u64,
             ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             let _ = write!(out, "{name}{{zone=\"");
             label(&mut out, &z.name);
             let _ = writeln!(out, "\"}} {value}");
+        }
+        let name = "least_conn_persistent_worker_connections";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Connections each recorded worker process holds.\n# TYPE {name} gauge"
+        );
+        for (pid, conns) in &z.workers {
+            let _ = write!(out, "{name}{{zone=\"");
+            label(&mut out, &z.name);
+            let _ = writeln!(out, "\",pid=\"{pid}\"}} {conns}");
         }
     }
     for (m, (name, help)) in SERVER_METRICS.iter().enumerate() {
@@ -273,6 +308,8 @@ mod tests {
             size: 1 << 20,
             used: 12288,
             keys: 2,
+            reclaimed: 7,
+            workers: vec![(101, 3), (102, 0)],
         };
         let mut e = vec![
             entry("conn_count:b:[::1]:80", 0, State::Draining),
@@ -281,7 +318,8 @@ mod tests {
         let out = render(Format::Json, Some(&zone), &mut e);
         assert_eq!(
             out,
-            "{\"zone\":{\"name\":\"lcp\",\"size\":1048576,\"used\":12288,\"keys\":2},\"counters\":[\n\
+            "{\"zone\":{\"name\":\"lcp\",\"size\":1048576,\"used\":12288,\"keys\":2,\"reclaimed\":7,\
+             \"workers\":[{\"pid\":101,\"connections\":3},{\"pid\":102,\"connections\":0}]},\"counters\":[\n\
              {\"upstream\":\"a\",\"server\":\"127.0.0.1:8081\",\"key\":\"conn_count:a:127.0.0.1:8081\",\
              \"count\":3,\"weight\":2,\"max_conns\":0,\"state\":\"up\"},\n\
              {\"upstream\":\"b\",\"server\":\"[::1]:80\",\"key\":\"conn_count:b:[::1]:80\",\
@@ -305,6 +343,8 @@ mod tests {
             size: 65536,
             used: 8192,
             keys: 1,
+            reclaimed: 4,
+            workers: vec![(101, 3)],
         };
         let mut e = vec![entry("conn_count:a:127.0.0.1:8081", 3, State::Backup)];
         let out = render(Format::Prometheus, Some(&zone), &mut e);
@@ -317,6 +357,14 @@ mod tests {
         ));
         assert!(out.contains("least_conn_persistent_zone_size_bytes{zone=\"lcp\"} 65536\n"));
         assert!(out.contains("least_conn_persistent_zone_keys{zone=\"lcp\"} 1\n"));
+        assert!(out.contains(
+            "# TYPE least_conn_persistent_zone_reclaimed_connections_total counter\n\
+             least_conn_persistent_zone_reclaimed_connections_total{zone=\"lcp\"} 4\n"
+        ));
+        assert!(out.contains("least_conn_persistent_zone_workers{zone=\"lcp\"} 1\n"));
+        assert!(
+            out.contains("least_conn_persistent_worker_connections{zone=\"lcp\",pid=\"101\"} 3\n")
+        );
         // Every sample line is "name{labels} value".
         for line in out.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();

@@ -31,8 +31,8 @@ pub trait Arena {
     unsafe fn free(&self, ptr: NonNull<u8>);
 }
 
-const MAGIC: u64 = 0x4c43_5031_0000_0001; // "LCP1", layout 1
-const SLOTS_PER_BLOCK: usize = 63; // a block is then exactly 4 KiB
+const MAGIC: u64 = 0x4c43_5031_0000_0002; // "LCP1", layout 2 (worker records)
+pub(super) const SLOTS_PER_BLOCK: usize = 63; // a block is then exactly 4 KiB
 
 pub const FLAG_BACKUP: u32 = 1;
 pub const FLAG_DOWN: u32 = 2;
@@ -52,7 +52,7 @@ fn count_of(word: u64) -> u32 {
 #[derive(Debug)]
 pub struct Slot {
     word: AtomicU64,
-    flags: AtomicU32,
+    pub(super) flags: AtomicU32,
     epoch: AtomicU32,
     weight: AtomicU32,
     max_conns: AtomicU32,
@@ -60,6 +60,9 @@ pub struct Slot {
     /// 0 marks a free slot.
     key_len: AtomicU32,
     upstream_len: AtomicU32,
+    /// Where the slot sits: block index * SLOTS_PER_BLOCK + position. Worker
+    /// records keep their share of the count under this number.
+    pub(super) id: AtomicU32,
     key: AtomicPtr<u8>,
     /// Next slot in the bucket chain, or in the free list.
     next: AtomicPtr<Slot>,
@@ -67,9 +70,11 @@ pub struct Slot {
 
 #[repr(C)]
 #[derive(Debug)]
-struct Block {
+pub(super) struct Block {
     next: AtomicPtr<Block>,
-    slots: [Slot; SLOTS_PER_BLOCK],
+    /// 0 for the first block allocated, then 1, 2, ...
+    index: u32,
+    pub(super) slots: [Slot; SLOTS_PER_BLOCK],
 }
 
 #[repr(C)]
@@ -81,7 +86,12 @@ pub struct Table {
     nbuckets: u32,
     buckets: NonNull<AtomicPtr<Slot>>,
     blocks: AtomicPtr<Block>,
+    nblocks: AtomicU32,
     free: AtomicPtr<Slot>,
+    /// The records of the worker processes that count here (`record.rs`).
+    pub(super) workers: AtomicPtr<super::record::WorkerRecord>,
+    /// Connections given back on behalf of workers that died holding them.
+    pub(super) reclaimed: AtomicU64,
 }
 
 /// Per-server data written by each configuration load.
@@ -154,20 +164,39 @@ impl Slot {
             hash: AtomicU32::new(0),
             key_len: AtomicU32::new(0),
             upstream_len: AtomicU32::new(0),
+            id: AtomicU32::new(0),
             key: AtomicPtr::new(ptr::null_mut()),
             next: AtomicPtr::new(ptr::null_mut()),
         }
     }
 
-    fn is_used(&self) -> bool {
+    pub(super) fn is_used(&self) -> bool {
         self.key_len.load(Ordering::Relaxed) != 0
     }
 
     /// # Safety
     /// Zone lock held and the slot in use.
-    unsafe fn key(&self) -> &[u8] {
+    pub(super) unsafe fn key(&self) -> &[u8] {
         let len = self.key_len.load(Ordering::Relaxed) as usize;
         core::slice::from_raw_parts(self.key.load(Ordering::Relaxed), len)
+    }
+
+    /// Takes up to `n` off the count (a dead worker's share); returns how
+    /// many it took. The generation stays: the slot is still the same key.
+    pub(super) fn subtract(&self, n: u32) -> u32 {
+        let mut w = self.word.load(Ordering::Acquire);
+        loop {
+            let take = count_of(w).min(n);
+            match self.word.compare_exchange_weak(
+                w,
+                w - u64::from(take),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return take,
+                Err(now) => w = now,
+            }
+        }
     }
 
     fn meta(&self) -> Meta {
@@ -187,7 +216,7 @@ impl Slot {
 }
 
 impl SlotRef {
-    fn slot(&self) -> &Slot {
+    pub(super) fn slot(&self) -> &Slot {
         // SAFETY: slots live in blocks that are never freed (module docs).
         unsafe { self.slot.as_ref() }
     }
@@ -292,7 +321,10 @@ impl Table {
                 nbuckets,
                 buckets,
                 blocks: AtomicPtr::new(ptr::null_mut()),
+                nblocks: AtomicU32::new(0),
                 free: AtomicPtr::new(ptr::null_mut()),
+                workers: AtomicPtr::new(ptr::null_mut()),
+                reclaimed: AtomicU64::new(0),
             });
         }
         Some(table)
@@ -352,6 +384,19 @@ impl Table {
 
     pub fn find(&self, _locked: &impl Arena, key: &[u8]) -> Option<SlotRef> {
         self.find_slot(key, key::hash(key)).map(Self::handle)
+    }
+
+    /// Stamps `key` with `epoch` and records `meta`, if it is stored.
+    pub fn stamp(
+        &self,
+        _locked: &impl Arena,
+        key: &[u8],
+        meta: Meta,
+        epoch: u32,
+    ) -> Option<SlotRef> {
+        let slot = self.find_slot(key, key::hash(key))?;
+        slot.set_meta(meta, epoch);
+        Some(Self::handle(slot))
     }
 
     /// Finds or adds `key`, stamps it with `epoch` and records `meta`.
@@ -415,14 +460,20 @@ impl Table {
 
     fn grow(&self, locked: &impl Arena) -> Option<()> {
         let block = locked.alloc(size_of::<Block>())?.cast::<Block>();
+        let index = self.nblocks.load(Ordering::Relaxed);
         // SAFETY: fresh, 64-byte aligned memory the size of a Block.
         let block = unsafe {
             ptr::addr_of_mut!((*block.as_ptr()).next).write(AtomicPtr::new(ptr::null_mut()));
+            ptr::addr_of_mut!((*block.as_ptr()).index).write(index);
             for i in 0..SLOTS_PER_BLOCK {
-                ptr::addr_of_mut!((*block.as_ptr()).slots[i]).write(Slot::empty());
+                let slot = Slot::empty();
+                slot.id
+                    .store(index * SLOTS_PER_BLOCK as u32 + i as u32, Ordering::Relaxed);
+                ptr::addr_of_mut!((*block.as_ptr()).slots[i]).write(slot);
             }
             &*block.as_ptr()
         };
+        self.nblocks.store(index + 1, Ordering::Relaxed);
         block
             .next
             .store(self.blocks.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -434,21 +485,33 @@ impl Table {
         Some(())
     }
 
-    fn all_slots(&self) -> impl Iterator<Item = &Slot> {
+    /// Every block, newest first.
+    pub(super) fn blocks(&self) -> impl Iterator<Item = &Block> {
         let mut block = self.blocks.load(Ordering::Acquire);
         core::iter::from_fn(move || {
             // SAFETY: blocks are never freed.
             let b = unsafe { block.as_ref()? };
             block = b.next.load(Ordering::Relaxed);
-            Some(b.slots.iter())
+            Some(b)
         })
-        .flatten()
-        .filter(|s| s.is_used())
+    }
+
+    /// Blocks by index.
+    pub(super) fn blocks_by_index(&self) -> Vec<&Block> {
+        let mut v: Vec<&Block> = self.blocks().collect();
+        v.sort_by_key(|b| b.index);
+        v
+    }
+
+    fn all_slots(&self) -> impl Iterator<Item = &Slot> {
+        self.blocks()
+            .flat_map(|b| b.slots.iter())
+            .filter(|s| s.is_used())
     }
 
     /// Frees `slot` if its count is zero; the generation bump and the zero
     /// check are one CAS, so no worker can count into it meanwhile.
-    fn try_remove(&self, locked: &impl Arena, slot: &Slot) -> bool {
+    pub(super) fn try_remove(&self, locked: &impl Arena, slot: &Slot) -> bool {
         let w = slot.word.load(Ordering::Acquire);
         if count_of(w) != 0 {
             return false;

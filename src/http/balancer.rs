@@ -6,6 +6,7 @@
 //! `max_fails`/`fail_timeout` and `keepalive` work as they do there.
 
 use core::ffi::c_void;
+use std::collections::HashMap;
 
 use nginx_sys::{
     ngx_conf_t, ngx_http_request_t, ngx_http_upstream_free_round_robin_peer,
@@ -57,28 +58,51 @@ fn register(cf: &ngx_conf_t, us: &ngx_http_upstream_srv_conf_t) -> Result<(), Co
     };
     let name = us.host.as_bytes();
     let mut counters = UpstreamCounters::new(name);
+    // Which `server` line gave each address, to name both lines of a
+    // duplicate.
+    let mut lines: HashMap<&[u8], &[u8]> = HashMap::new();
     // SAFETY: round-robin init has just filled peer.data.
     let (primary, backup) = unsafe { peers::lists(us.peer.data) };
     for (list, peers) in [(List::Primary, primary), (List::Backup, backup)] {
-        for peer in peers.into_iter().flat_map(peers::each_peer) {
-            counters.add_server(list, peers::name(peer), meta(name, peer)?);
+        let written = peers::server_lines(us, list == List::Backup);
+        for (i, peer) in peers.into_iter().flat_map(peers::each_peer).enumerate() {
+            let address = peers::name(peer);
+            let line = written.get(i).copied().unwrap_or(address);
+            if let Some(first) = lines.insert(address, line) {
+                return Err(ConfError::DuplicateAddress {
+                    upstream: text(name),
+                    address: text(address),
+                    first: text(first),
+                    second: text(line),
+                });
+            }
+            counters.add_server(list, address, meta(name, peer)?);
         }
     }
     scf.registered = Some(mcf.registry.add(counters));
     Ok(())
 }
 
-/// What the zone records of a server. The pick compares 32-bit weights.
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// What the zone records of a server. The pick compares 32-bit weights and
+/// limits: larger ones are refused rather than cut.
 fn meta(upstream: &[u8], peer: &ngx_http_upstream_rr_peer_t) -> Result<Meta, ConfError> {
-    let weight = u32::try_from(peer.weight).map_err(|_| ConfError::TooLarge {
-        parameter: "weight",
-        value: peer.weight as usize,
-        server: String::from_utf8_lossy(peers::name(peer)).into_owned(),
-        upstream: String::from_utf8_lossy(upstream).into_owned(),
-    })?;
+    let too_large = |parameter, value| ConfError::TooLarge {
+        parameter,
+        value,
+        server: text(peers::name(peer)),
+        upstream: text(upstream),
+    };
+    let weight =
+        u32::try_from(peer.weight).map_err(|_| too_large("weight", peer.weight as usize))?;
+    let max_conns =
+        u32::try_from(peer.max_conns).map_err(|_| too_large("max_conns", peer.max_conns))?;
     Ok(Meta {
         weight,
-        max_conns: peer.max_conns as u32,
+        max_conns,
         flags: if peer.down != 0 { FLAG_DOWN } else { 0 },
     })
 }
@@ -203,7 +227,6 @@ fn pick(pd: &mut PeerData) -> Option<PeerCursor> {
         *held = Held::Nothing;
         return pick_per_worker(rr);
     }
-    let zone = upstream.zone();
     for _ in 0..=tries {
         let best = choose(&mut list)?;
         let me = PeerRef {
@@ -211,7 +234,7 @@ fn pick(pd: &mut PeerData) -> Option<PeerCursor> {
             index: best.index,
         };
         let counter = counters.get(best.index)?;
-        if counter.acquire(me, zone, list.max_conns(best), held) {
+        if counter.acquire(me, upstream, list.max_conns(best), held) {
             return Some(best);
         }
     }

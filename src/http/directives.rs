@@ -4,18 +4,16 @@ use core::ffi::{c_char, c_void};
 use core::ptr;
 
 use nginx_sys::{
-    ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_int_t, NGX_HTTP_UPSTREAM_BACKUP,
-    NGX_HTTP_UPSTREAM_CREATE, NGX_HTTP_UPSTREAM_DOWN, NGX_HTTP_UPSTREAM_FAIL_TIMEOUT,
-    NGX_HTTP_UPSTREAM_MAX_CONNS, NGX_HTTP_UPSTREAM_MAX_FAILS, NGX_HTTP_UPSTREAM_WEIGHT,
-    NGX_LOG_WARN,
+    ngx_command_t, ngx_conf_t, ngx_int_t, NGX_HTTP_UPSTREAM_BACKUP, NGX_HTTP_UPSTREAM_CREATE,
+    NGX_HTTP_UPSTREAM_DOWN, NGX_HTTP_UPSTREAM_FAIL_TIMEOUT, NGX_HTTP_UPSTREAM_MAX_CONNS,
+    NGX_HTTP_UPSTREAM_MAX_FAILS, NGX_HTTP_UPSTREAM_WEIGHT,
 };
-use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf};
+use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleServerConf};
 use ngx::http::{NgxHttpCoreModule, NgxHttpUpstreamModule};
 
 use crate::ngx::conf::{
     args, callback_result, directive_result, http_upstreams, page_size, parse_size, text, ConfError,
 };
-use crate::ngx::log::Log;
 
 use super::{balancer, status, MainConf, Module, SrvConf};
 
@@ -127,23 +125,4 @@ fn check_upstreams(cf: &ngx_conf_t) -> Result<(), ConfError> {
 pub fn postconfiguration(cf: &mut ngx_conf_t) -> ngx_int_t {
     let r = check_upstreams(cf);
     callback_result(cf, b"least_conn_persistent", r)
-}
-
-/// `init_module`: runs once per configuration load, after the error log of
-/// the new configuration is open, so the warning lands there.
-pub fn warn_without_zone(cycle: &ngx_cycle_t) {
-    let Some(mcf) = Module::main_conf(cycle) else {
-        return;
-    };
-    let upstreams = mcf.registry.upstreams().count();
-    if upstreams > 0 && !mcf.registry.has_zone() {
-        // SAFETY: the cycle's log.
-        unsafe { Log::from_ptr(cycle.log) }.module(
-            NGX_LOG_WARN,
-            format_args!(
-                "no \"least_conn_persistent_zone\" is configured: \
-                 {upstreams} upstream(s) balance on per-worker counts, which reloads reset"
-            ),
-        );
-    }
 }

@@ -3,6 +3,7 @@
 
 pub mod balancer;
 pub mod directives;
+pub mod process;
 pub mod status;
 
 use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};

@@ -5,6 +5,7 @@
 //! - `conf`: directive arguments, typed configuration errors, one `[emerg]` exit;
 //! - `log`: log lines that carry the module's or the zone's name;
 //! - `shm`: shared memory zones (declare, find, lock);
+//! - `timer`: one periodic timer per worker;
 //! - `peers`: round-robin's peer lists as `core::select` sees them, and the
 //!   per-request `tried` bitmap.
 
@@ -12,3 +13,4 @@ pub mod conf;
 pub mod log;
 pub mod peers;
 pub mod shm;
+pub mod timer;

@@ -10,8 +10,8 @@ use core::ptr::NonNull;
 
 use nginx_sys::{
     ngx_cached_time, ngx_http_upstream_rr_peer_data_t, ngx_http_upstream_rr_peer_t,
-    ngx_http_upstream_rr_peers_t, ngx_int_t, ngx_peer_connection_t, ngx_rwlock_unlock,
-    ngx_rwlock_wlock, time_t,
+    ngx_http_upstream_rr_peers_t, ngx_http_upstream_server_t, ngx_http_upstream_srv_conf_t,
+    ngx_int_t, ngx_peer_connection_t, ngx_rwlock_unlock, ngx_rwlock_wlock, time_t,
 };
 
 use crate::core::select::{Load, PeerList};
@@ -47,6 +47,22 @@ pub unsafe fn lists<'a>(
     let primary = unsafe { data.cast::<ngx_http_upstream_rr_peers_t>().as_ref() };
     let backup = primary.and_then(|p| unsafe { p.next.as_ref() });
     (primary, backup)
+}
+
+/// For each peer of the primary (or backup) list, in round-robin's order,
+/// the `server` it comes from, as written (a name may give several peers).
+pub fn server_lines(us: &ngx_http_upstream_srv_conf_t, backup: bool) -> Vec<&[u8]> {
+    // SAFETY: null, or the upstream's array of servers (configuration pool).
+    let Some(servers) = (unsafe { us.servers.as_ref() }) else {
+        return Vec::new();
+    };
+    // SAFETY: the array holds ngx_http_upstream_server_t.
+    let servers = unsafe { servers.as_slice::<ngx_http_upstream_server_t>() };
+    servers
+        .iter()
+        .filter(|s| (s.backup() != 0) == backup)
+        .flat_map(|s| core::iter::repeat_n(s.name.as_bytes(), s.naddrs))
+        .collect()
 }
 
 pub fn name(peer: &ngx_http_upstream_rr_peer_t) -> &[u8] {

@@ -61,13 +61,16 @@ pub unsafe fn declare(
     Ok(())
 }
 
-/// Whether the running cycle (the one a reload replaces) has a zone of this
-/// name and module.
-pub fn declared_in_running_cycle(name: &[u8], tag: *const c_void) -> bool {
+/// The names of the zones of module `tag` in the running cycle (the one a
+/// reload replaces).
+pub fn names_in_running_cycle(tag: *const c_void) -> Vec<Vec<u8>> {
     // SAFETY: while a configuration loads, `ngx_cycle` is the running cycle
     // (at startup nginx's zeroed initial cycle, whose list is empty).
     let running = unsafe { &*ngx_cycle };
-    zones(&running.shared_memory).any(|z| ptr::eq(z.tag, tag) && z.shm.name.as_bytes() == name)
+    zones(&running.shared_memory)
+        .filter(|z| ptr::eq(z.tag, tag))
+        .map(|z| z.shm.name.as_bytes().to_vec())
+        .collect()
 }
 
 /// A zone nginx has mapped.

@@ -5,4 +5,5 @@
 //! way, and the per-worker record for crash recovery will live in the zone.
 
 pub mod registry;
+pub mod workers;
 pub mod zone;

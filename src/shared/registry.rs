@@ -3,10 +3,13 @@
 //! Keys are built once at configuration time, so that a pick builds no
 //! strings and searches nothing.
 //!
-//! The zone's init stamps the registry's keys into the table
-//! (`Registry::reconcile`); each worker then counts through the handles.
-//! Front-ends (http today; stream and the Lua C ABI later) fill it with
-//! `Registry::add` and count with `UpstreamCounters::acquire`/`release`.
+//! The zone's init finds the table; once the new configuration can no longer
+//! fail to start, `Registry::commit` stamps its keys into the table (a reload
+//! that fails leaves the zone as the running configuration left it). Each
+//! worker then registers its record (`workers.rs`) and counts through the
+//! handles, attributing every count to itself. Front-ends (http today;
+//! stream and the Lua C ABI later) fill the registry with `Registry::add`
+//! and count with `PeerCounter::acquire` and `UpstreamCounters::release`.
 
 use core::cell::Cell;
 use core::ffi::c_void;
@@ -15,6 +18,7 @@ use nginx_sys::{ngx_conf_t, ngx_int_t, ngx_shm_zone_t, ngx_str_t, NGX_LOG_ERR, N
 use ngx::core::Status;
 
 use crate::core::key;
+use crate::core::record::{CellRef, Counted, RecordRef};
 use crate::core::table::{Acquire, Meta, Release, SlotRef, Table, FLAG_BACKUP, FLAG_DRAINING};
 use crate::ngx::conf::ConfError;
 use crate::ngx::log::Log;
@@ -42,7 +46,7 @@ pub struct PeerRef {
 pub enum Held {
     #[default]
     Nothing,
-    Shared(SlotRef),
+    Shared(Counted),
     /// Counted by this worker alone (no zone, or the zone was full).
     Local(PeerRef),
 }
@@ -52,10 +56,14 @@ pub struct PeerCounter {
     pub key: Box<[u8]>,
     pub upstream_len: usize,
     pub meta: Meta,
-    /// `None`: no zone, or the zone was full; count per worker instead.
-    /// Replaced when a stale handle is looked up again.
-    handle: Cell<Option<SlotRef>>,
-    /// This worker's connections to a peer without a handle (status page).
+    /// The key's counter, once the configuration is committed; `None`: no
+    /// zone, or the zone was full.
+    slot: Option<SlotRef>,
+    /// The counter and this worker's share of it, once the worker has
+    /// registered; replaced when a stale handle is looked up again. `None`:
+    /// this worker counts the peer itself.
+    counted: Cell<Option<Counted>>,
+    /// This worker's connections to a peer it counts itself (status page).
     local: Cell<u32>,
 }
 
@@ -67,13 +75,14 @@ impl PeerCounter {
             key: k.into_boxed_slice(),
             upstream_len: upstream.len(),
             meta,
-            handle: Cell::new(None),
+            slot: None,
+            counted: Cell::new(None),
             local: Cell::new(0),
         }
     }
 
     pub fn in_zone(&self) -> bool {
-        self.handle.get().is_some()
+        self.counted.get().is_some()
     }
 
     pub fn local_count(&self) -> u32 {
@@ -87,21 +96,21 @@ impl PeerCounter {
     pub fn acquire(
         &self,
         me: PeerRef,
-        link: Option<&ZoneLink>,
+        up: &UpstreamCounters,
         max_conns: u32,
         held: &mut Held,
     ) -> bool {
-        if let Some(h) = self.handle.get() {
-            match h.acquire(max_conns) {
+        if let Some(c) = self.counted.get() {
+            match c.acquire(max_conns) {
                 Acquire::Taken => {
-                    *held = Held::Shared(h);
+                    *held = Held::Shared(c);
                     return true;
                 }
                 Acquire::AtLimit => return false,
                 Acquire::Stale => {}
             }
         }
-        self.acquire_slow(me, link, max_conns, held)
+        self.acquire_slow(me, up, max_conns, held)
     }
 
     /// No handle (per-worker counting), or a stale one to look up again.
@@ -110,22 +119,22 @@ impl PeerCounter {
     fn acquire_slow(
         &self,
         me: PeerRef,
-        link: Option<&ZoneLink>,
+        up: &UpstreamCounters,
         max_conns: u32,
         held: &mut Held,
     ) -> bool {
-        if self.handle.get().is_some() {
-            self.handle.set(self.refresh(link));
+        if self.counted.get().is_some() {
+            self.counted.set(self.refresh(up));
         }
-        let Some(h) = self.handle.get() else {
+        let Some(c) = self.counted.get() else {
             self.local.set(self.local.get() + 1);
             *held = Held::Local(me);
             return true;
         };
         // A key just looked up again cannot be stale again: like full.
-        let taken = h.acquire(max_conns) == Acquire::Taken;
+        let taken = c.acquire(max_conns) == Acquire::Taken;
         if taken {
-            *held = Held::Shared(h);
+            *held = Held::Shared(c);
         }
         taken
     }
@@ -133,39 +142,46 @@ impl PeerCounter {
     /// A handle went stale: a newer configuration removed the key while this
     /// (older) worker still uses it. Put it back as draining, so that it is
     /// counted until this worker is done with it and then removed.
-    fn refresh(&self, link: Option<&ZoneLink>) -> Option<SlotRef> {
-        let link = link?;
+    fn refresh(&self, up: &UpstreamCounters) -> Option<Counted> {
+        let link = up.link.as_ref()?;
         let locked = link.lock();
-        if let Some(h) = link.table.find(&locked, &self.key) {
-            return Some(h);
-        }
-        let draining = if link.epoch == link.table.epoch() {
-            0
-        } else {
-            FLAG_DRAINING
-        };
-        let meta = Meta {
-            flags: self.meta.flags | draining,
-            ..self.meta
-        };
-        let handle = link
-            .table
-            .upsert(&locked, &self.key, self.upstream_len, meta, link.epoch)
-            .ok();
-        drop(locked);
-        Log::cycle().module(
-            NGX_LOG_NOTICE,
-            format_args!(
-                "\"{}\" {} for a worker of an earlier configuration",
-                String::from_utf8_lossy(&self.key),
-                if handle.is_none() {
-                    "could not be re-added (zone full)"
+        let slot = match link.table.find(&locked, &self.key) {
+            Some(slot) => Some(slot),
+            None => {
+                let draining = if link.epoch == link.table.epoch() {
+                    0
                 } else {
-                    "re-added as draining"
-                }
-            ),
-        );
-        handle
+                    FLAG_DRAINING
+                };
+                let meta = Meta {
+                    flags: self.meta.flags | draining,
+                    ..self.meta
+                };
+                let slot = link
+                    .table
+                    .upsert(&locked, &self.key, self.upstream_len, meta, link.epoch)
+                    .ok();
+                Log::cycle().module(
+                    NGX_LOG_NOTICE,
+                    format_args!(
+                        "\"{}\" {} for a worker of an earlier configuration",
+                        String::from_utf8_lossy(&self.key),
+                        if slot.is_none() {
+                            "could not be re-added (zone full)"
+                        } else {
+                            "re-added as draining"
+                        }
+                    ),
+                );
+                slot
+            }
+        }?;
+        let mine = up
+            .record
+            .get()
+            .and_then(|record| link.table.cell(&locked, record, slot))
+            .unwrap_or_else(CellRef::unrecorded);
+        Some(Counted { slot, mine })
     }
 }
 
@@ -174,7 +190,7 @@ impl SharedCount for PeerCounter {
     /// counts the peer itself (see `SlotRef::count_hint`).
     #[inline]
     fn count_hint(&self) -> Option<u32> {
-        self.handle.get().map(|h| h.count_hint())
+        self.counted.get().map(|c| c.slot.count_hint())
     }
 }
 
@@ -184,7 +200,10 @@ pub struct UpstreamCounters {
     pub name: Box<[u8]>,
     primary: Vec<PeerCounter>,
     backup: Vec<PeerCounter>,
+    /// Set when the configuration is committed.
     link: Option<ZoneLink>,
+    /// This worker's record, once it has registered.
+    record: Cell<Option<RecordRef>>,
 }
 
 impl UpstreamCounters {
@@ -218,10 +237,8 @@ impl UpstreamCounters {
         self.primary.iter().chain(self.backup.iter())
     }
 
-    /// The zone this upstream's keys live in, once the zone's init ran.
-    #[inline]
-    pub fn zone(&self) -> Option<&ZoneLink> {
-        self.link.as_ref()
+    fn peers_mut(&mut self) -> impl Iterator<Item = &mut PeerCounter> {
+        self.primary.iter_mut().chain(self.backup.iter_mut())
     }
 
     /// Gives back what a pick took; `log` is the request's.
@@ -233,11 +250,11 @@ impl UpstreamCounters {
                     pc.local.set(pc.local.get().saturating_sub(1));
                 }
             }
-            Held::Shared(h) => match h.release() {
+            Held::Shared(c) => match c.release() {
                 Release::Released { now_idle_draining } => {
                     if now_idle_draining {
                         if let Some(l) = self.link {
-                            l.table.remove_if_drained(&l.lock(), h);
+                            l.table.remove_if_drained(&l.lock(), c.slot);
                         }
                     }
                 }
@@ -257,8 +274,13 @@ impl UpstreamCounters {
 #[derive(Debug, Default)]
 pub struct Registry {
     zone_declared: bool,
+    /// The zone's table, found or created by the zone's init.
+    opened: Option<(ShmZone, &'static Table)>,
+    /// Set when the configuration is committed.
     link: Option<ZoneLink>,
     upstreams: Vec<UpstreamCounters>,
+    /// This worker's record, once it has registered.
+    record: Cell<Option<RecordRef>>,
 }
 
 impl Registry {
@@ -280,12 +302,17 @@ impl Registry {
         self.zone_declared
     }
 
-    /// The zone, once its init has run.
+    /// The zone, once the configuration is committed.
     pub fn zone(&self) -> Option<&ZoneLink> {
         self.link.as_ref()
     }
 
-    /// Declares the zone whose init will stamp this registry's keys.
+    /// This worker's record, once registered.
+    pub fn record(&self) -> Option<RecordRef> {
+        self.record.get()
+    }
+
+    /// Declares the zone whose init will find the table for this registry.
     pub fn declare_zone(
         &mut self,
         cf: &mut ngx_conf_t,
@@ -312,9 +339,14 @@ impl Registry {
         Ok(())
     }
 
-    /// Stamps every key of this load, hands the handles to its upstreams,
-    /// and removes or drains keys that are gone.
-    fn reconcile(&mut self, shm: ShmZone, table: &'static Table) {
+    /// Stamps every key of this load into the zone, hands the handles to
+    /// its upstreams, and removes or drains keys that are gone. Called once
+    /// the configuration can no longer fail (`init_module`). Keys freed by
+    /// the sweep are free for the keys this load adds.
+    pub fn commit(&mut self, log: Log) {
+        let Some((shm, table)) = self.opened else {
+            return;
+        };
         let started = std::time::Instant::now();
         let locked = Locked::new(&shm);
         let link = ZoneLink {
@@ -326,16 +358,21 @@ impl Registry {
         let (mut servers, mut full) = (0u32, 0u32);
         for up in &mut self.upstreams {
             up.link = Some(link);
-            for pc in up.primary.iter().chain(up.backup.iter()) {
+            for pc in up.peers_mut() {
                 servers += 1;
-                let handle = table.upsert(&locked, &pc.key, pc.upstream_len, pc.meta, link.epoch);
-                full += u32::from(handle.is_err());
-                pc.handle.set(handle.ok());
+                pc.slot = table.stamp(&locked, &pc.key, pc.meta, link.epoch);
             }
         }
         let sweep = table.sweep(&locked, link.epoch);
+        for pc in self.upstreams.iter_mut().flat_map(|up| up.peers_mut()) {
+            if pc.slot.is_none() {
+                let slot = table.upsert(&locked, &pc.key, pc.upstream_len, pc.meta, link.epoch);
+                full += u32::from(slot.is_err());
+                pc.slot = slot.ok();
+            }
+        }
         drop(locked);
-        shm.log().zone(
+        log.zone(
             NGX_LOG_NOTICE,
             shm.name(),
             format_args!(
@@ -348,7 +385,7 @@ impl Registry {
             ),
         );
         if full > 0 {
-            shm.log().zone(
+            log.zone(
                 NGX_LOG_ERR,
                 shm.name(),
                 format_args!(
@@ -357,10 +394,34 @@ impl Registry {
             );
         }
     }
+
+    /// Points every counter at this worker's cell for it (`record`: this
+    /// worker's record, `None` if it could not be stored). Returns how many
+    /// servers this worker must count itself for want of room.
+    pub fn attach_worker(&self, locked: &Locked, record: Option<RecordRef>) -> usize {
+        let Some(link) = self.link else {
+            return 0;
+        };
+        self.record.set(record);
+        let mut unattributed = 0;
+        for up in &self.upstreams {
+            up.record.set(record);
+            for pc in up.peers() {
+                let Some(slot) = pc.slot else {
+                    continue;
+                };
+                let mine = record.and_then(|r| link.table.cell(locked, r, slot));
+                unattributed += usize::from(mine.is_none());
+                let mine = mine.unwrap_or_else(CellRef::unrecorded);
+                pc.counted.set(Some(Counted { slot, mine }));
+            }
+        }
+        unattributed
+    }
 }
 
-/// nginx's init callback for the zone: finds or creates the table, then
-/// reconciles it with the configuration being loaded.
+/// nginx's init callback for the zone: finds the table a previous load left
+/// or creates one. The configuration is stamped later, by `commit`.
 extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, old_data: *mut c_void) -> ngx_int_t {
     // SAFETY: nginx calls this with its zone, mapped, whose `data` is the
     // registry `declare_zone` gave it.
@@ -371,7 +432,7 @@ extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, old_data: *mut c_void) ->
     let registry = unsafe { &mut *shm.data().cast::<Registry>() };
     match open_table(shm, old_data.is_null(), shm.tag()) {
         Ok(table) => {
-            registry.reconcile(shm, table);
+            registry.opened = Some((shm, table));
             Status::NGX_OK.into()
         }
         Err(_) => Status::NGX_ERROR.into(),

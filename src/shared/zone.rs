@@ -16,7 +16,7 @@ use ngx::core::slab::LockedSlabPool;
 use crate::core::status::ZoneInfo;
 use crate::core::table::{Arena, Table};
 use crate::ngx::conf::page_size;
-use crate::ngx::shm::{declared_in_running_cycle, ShmZone};
+use crate::ngx::shm::{names_in_running_cycle, ShmZone};
 
 /// The zone with its mutex held; released on drop.
 pub struct Locked(LockedSlabPool);
@@ -56,11 +56,17 @@ impl ZoneLink {
     }
 
     pub fn info(&self) -> ZoneInfo {
+        let workers = self.table.workers(&self.lock());
         ZoneInfo {
             name: String::from_utf8_lossy(self.shm.name()).into_owned(),
             size: self.shm.size(),
             used: self.shm.used(page_size()),
             keys: self.table.keys(),
+            reclaimed: self.table.reclaimed(),
+            workers: workers
+                .iter()
+                .map(|w| (w.worker.pid, w.connections))
+                .collect(),
         }
     }
 }
@@ -82,12 +88,8 @@ pub fn open_table(
     if let Some(t) = unsafe { Table::existing(shm.root().cast()) } {
         return Ok(t);
     }
-    if fresh && declared_in_running_cycle(shm.name(), tag) {
-        shm.log().zone(
-            NGX_LOG_NOTICE,
-            shm.name(),
-            format_args!(" changed size: connection counts restart from 0"),
-        );
+    if fresh {
+        note_new_zone(&shm, tag);
     }
     shm.quiet_when_full(&locked.0);
     let Some(table) = Table::create(&locked, Table::buckets_for(shm.size())) else {
@@ -101,4 +103,28 @@ pub fn open_table(
     shm.set_root(&locked.0, table.as_ptr().cast());
     // SAFETY: just created in the zone, as above.
     Ok(unsafe { &*table.as_ptr() })
+}
+
+/// A fresh zone while a zone of ours runs: its counts do not carry over.
+fn note_new_zone(shm: &ShmZone, tag: *const c_void) {
+    let running = names_in_running_cycle(tag);
+    let Some(old) = running.first() else {
+        return;
+    };
+    if old.as_slice() == shm.name() {
+        shm.log().zone(
+            NGX_LOG_NOTICE,
+            shm.name(),
+            format_args!(" changed size: connection counts restart from 0"),
+        );
+    } else {
+        shm.log().zone(
+            NGX_LOG_NOTICE,
+            shm.name(),
+            format_args!(
+                " replaces \"{}\": connection counts restart from 0",
+                String::from_utf8_lossy(old)
+            ),
+        );
+    }
 }

@@ -1,0 +1,65 @@
+//! Process hooks: committing a configuration once it cannot fail any more
+//! (`init_module`), and each worker's start, periodic check and exit.
+
+use nginx_sys::{ngx_cycle, ngx_cycle_t, ngx_terminate, NGX_LOG_WARN};
+use ngx::http::HttpModuleMainConf;
+
+use crate::ngx::log::Log;
+use crate::ngx::timer;
+use crate::shared::workers;
+
+use super::Module;
+
+/// `init_module`: runs once per configuration load, after nginx has bound
+/// the new configuration's listening sockets (nothing can fail it after
+/// this), with the new error log open.
+pub fn init_module(cycle: &ngx_cycle_t) {
+    let Some(mcf) = Module::main_conf_mut(cycle) else {
+        return;
+    };
+    // SAFETY: the cycle's log.
+    let log = unsafe { Log::from_ptr(cycle.log) };
+    mcf.registry.commit(log);
+    let upstreams = mcf.registry.upstreams().count();
+    if upstreams > 0 && !mcf.registry.has_zone() {
+        log.module(
+            NGX_LOG_WARN,
+            format_args!(
+                "no \"least_conn_persistent_zone\" is configured: \
+                 {upstreams} upstream(s) balance on per-worker counts, which reloads reset"
+            ),
+        );
+    }
+}
+
+/// `init_process`: every worker (or the single process).
+pub fn init_process(cycle: &ngx_cycle_t) {
+    let Some(mcf) = Module::main_conf(cycle) else {
+        return;
+    };
+    if mcf.registry.zone().is_none() {
+        return;
+    }
+    // SAFETY: the cycle's log.
+    workers::start(&mcf.registry, unsafe { Log::from_ptr(cycle.log) });
+    timer::every(workers::CHECK_INTERVAL_MS, check);
+}
+
+fn check() {
+    // SAFETY: in a worker, `ngx_cycle` is its cycle.
+    let cycle = unsafe { &*ngx_cycle };
+    if let Some(mcf) = Module::main_conf(cycle) {
+        workers::check(&mcf.registry);
+    }
+}
+
+/// `exit_process`: the worker gives back what it still holds.
+pub fn exit_process(cycle: &ngx_cycle_t) {
+    let Some(mcf) = Module::main_conf(cycle) else {
+        return;
+    };
+    // SAFETY: nginx's flag, set by its signal handler before the exit.
+    let fast = unsafe { ngx_terminate } != 0;
+    // SAFETY: the cycle's log.
+    workers::finish(&mcf.registry, fast, unsafe { Log::from_ptr(cycle.log) });
+}

@@ -1,0 +1,58 @@
+//! One periodic timer per worker process.
+//!
+//! The timer is cancelable: it never keeps a worker that is shutting down
+//! gracefully alive, and it stops re-arming once the worker is exiting.
+
+use core::ptr::{self, addr_of_mut};
+
+use nginx_sys::{ngx_add_timer, ngx_event_t, ngx_exiting, ngx_msec_t, ngx_terminate};
+
+use super::log::Log;
+
+struct Periodic {
+    event: ngx_event_t,
+    interval: ngx_msec_t,
+    tick: Option<fn()>,
+}
+
+// The worker is single-threaded: only its event loop touches this.
+static mut TIMER: Periodic = Periodic {
+    // SAFETY: an all-zero ngx_event_t is how nginx starts every event.
+    event: unsafe { core::mem::zeroed() },
+    interval: 0,
+    tick: None,
+};
+
+/// Calls `tick` every `interval_ms` in this process, from its event loop.
+/// A second call replaces the first's function and interval.
+pub fn every(interval_ms: usize, tick: fn()) {
+    // SAFETY: single-threaded worker; nginx keeps a pointer to the static
+    // event, which lives as long as the process.
+    unsafe {
+        let t = &mut *addr_of_mut!(TIMER);
+        t.interval = interval_ms as ngx_msec_t;
+        t.tick = Some(tick);
+        if t.event.timer_set() != 0 {
+            return;
+        }
+        t.event.handler = Some(on_timer);
+        t.event.log = Log::cycle().as_ptr();
+        t.event.data = ptr::null_mut();
+        t.event.set_cancelable(1);
+        ngx_add_timer(&mut t.event, t.interval);
+    }
+}
+
+extern "C" fn on_timer(ev: *mut ngx_event_t) {
+    // SAFETY: nginx passes our static event; single-threaded worker.
+    let (ev, t) = unsafe { (&mut *ev, &*addr_of_mut!(TIMER)) };
+    if let Some(tick) = t.tick {
+        tick();
+    }
+    // SAFETY: nginx's own flags, read in its event loop.
+    let stopping = unsafe { ngx_exiting != 0 || ngx_terminate != 0 };
+    if !stopping {
+        // SAFETY: our static event, not in the timer tree now.
+        unsafe { ngx_add_timer(ev, t.interval) };
+    }
+}

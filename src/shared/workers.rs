@@ -1,0 +1,125 @@
+//! This worker's record in the zone, and giving back what dead workers held.
+//!
+//! A worker registers when it starts, after giving back the counts of
+//! workers that died (the master starts a replacement for a crashed worker).
+//! Every worker also checks every `CHECK_INTERVAL_MS`: an old-generation
+//! worker that dies while draining is not replaced. A worker that exits
+//! gives back what it still holds; holding anything then is a bug, except
+//! in a fast shutdown (`nginx -s stop`), which drops connections unreleased.
+
+use nginx_sys::{NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN};
+
+use crate::core::record::{is_alive, parse_stat, ProcessId, Reclaimed};
+use crate::ngx::log::Log;
+
+use super::registry::Registry;
+use super::zone::{Locked, ZoneLink};
+
+/// How often every worker looks for dead workers' records.
+pub const CHECK_INTERVAL_MS: usize = 500;
+
+fn proc_stat(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()
+}
+
+/// Whether a process with this pid exists (zombies included).
+fn exists(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// This process, as its record names it.
+fn current() -> Option<ProcessId> {
+    let pid = i32::try_from(std::process::id()).ok()?;
+    let (_, start_time) = parse_stat(&proc_stat(pid)?)?;
+    Some(ProcessId { pid, start_time })
+}
+
+fn keys_text(r: &Reclaimed) -> String {
+    r.keys
+        .iter()
+        .map(|(k, n)| format!("{} ({n})", String::from_utf8_lossy(k)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Gives back the counts of every recorded worker that is gone, one
+/// `[warn]` each.
+fn reclaim_dead(link: &ZoneLink, locked: &Locked, log: Log) {
+    for r in link.table.reclaim_dead(locked, |id| {
+        is_alive(id, exists(id.pid), proc_stat(id.pid).as_deref())
+    }) {
+        log.zone(
+            NGX_LOG_WARN,
+            link.shm.name(),
+            format_args!(
+                ": worker process {} is gone: {} connection(s) it held given back{}{}",
+                r.worker.pid,
+                r.connections,
+                if r.keys.is_empty() { "" } else { ": " },
+                keys_text(&r)
+            ),
+        );
+    }
+}
+
+/// `init_process`: gives back what dead workers held, registers this
+/// worker and points every counter of its configuration at its cells.
+pub fn start(registry: &Registry, log: Log) {
+    let Some(link) = registry.zone() else {
+        return;
+    };
+    let locked = link.lock();
+    reclaim_dead(link, &locked, log);
+    let record = current().and_then(|me| link.table.register_worker(&locked, me));
+    let unattributed = registry.attach_worker(&locked, record);
+    drop(locked);
+    if unattributed > 0 {
+        log.zone(
+            NGX_LOG_ERR,
+            link.shm.name(),
+            format_args!(
+                " has no room to record what this worker holds on {unattributed} server(s): \
+                 they are counted, but not given back if the worker dies; make the zone larger"
+            ),
+        );
+    }
+}
+
+/// The periodic check, in every worker.
+pub fn check(registry: &Registry) {
+    if let Some(link) = registry.zone() {
+        reclaim_dead(link, &link.lock(), Log::cycle());
+    }
+}
+
+/// `exit_process`: gives back what this worker still holds. `fast`: a fast
+/// shutdown, where connections end without being released.
+pub fn finish(registry: &Registry, fast: bool, log: Log) {
+    let (Some(link), Some(record)) = (registry.zone(), registry.record()) else {
+        return;
+    };
+    let r = link.table.reclaim(&link.lock(), record);
+    if r.connections == 0 {
+        return;
+    }
+    let (level, why) = if fast {
+        (NGX_LOG_NOTICE, "fast shutdown")
+    } else {
+        (
+            NGX_LOG_ERR,
+            "a bug: every connection should have been released",
+        )
+    };
+    log.zone(
+        level,
+        link.shm.name(),
+        format_args!(
+            ": worker process {} exits holding {} connection(s) ({why}), given back: {}",
+            r.worker.pid,
+            r.connections,
+            keys_text(&r)
+        ),
+    );
+}
