@@ -365,3 +365,217 @@ fn grow_dir(locked: &impl Arena, r: &WorkerRecord, len: usize) -> Option<()> {
     }
     Some(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::table::tests::HeapArena;
+    use crate::core::table::Meta;
+
+    const M: Meta = Meta {
+        weight: 1,
+        max_conns: 0,
+        flags: 0,
+    };
+
+    fn table(a: &HeapArena) -> &'static Table {
+        // SAFETY: the arena outlives the test's use of the table.
+        unsafe { &*Table::create(a, 64).unwrap().as_ptr() }
+    }
+
+    fn worker(pid: i32) -> ProcessId {
+        ProcessId {
+            pid,
+            start_time: 1000 + pid as u64,
+        }
+    }
+
+    fn counted(t: &Table, a: &HeapArena, rec: RecordRef, key: &[u8]) -> Counted {
+        let slot = t.upsert(a, key, 0, M, t.epoch()).unwrap();
+        Counted {
+            slot,
+            mine: t.cell(a, rec, slot).unwrap(),
+        }
+    }
+
+    fn stat(pid: i32, comm: &str, state: char, start: u64) -> String {
+        format!(
+            "{pid} ({comm}) {state} 1 {pid} {pid} 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 {start} 1000 200"
+        )
+    }
+
+    #[test]
+    fn stat_lines_are_read_past_odd_command_names() {
+        assert_eq!(parse_stat(&stat(7, "nginx", 'S', 4242)), Some(('S', 4242)));
+        assert_eq!(parse_stat(&stat(7, "a) b (c", 'R', 17)), Some(('R', 17)));
+        assert_eq!(parse_stat("7 (nginx) S 1 2"), None);
+        assert_eq!(parse_stat(""), None);
+    }
+
+    #[test]
+    fn liveness_tells_dead_zombie_and_reused_pids_apart() {
+        let w = worker(7);
+        let me = stat(7, "nginx", 'S', w.start_time);
+        assert!(is_alive(w, true, Some(&me)));
+        assert!(!is_alive(w, false, None), "no such pid");
+        assert!(!is_alive(w, false, Some(&me)), "kill(0) decides first");
+        let zombie = stat(7, "nginx", 'Z', w.start_time);
+        assert!(!is_alive(w, true, Some(&zombie)), "a zombie is gone");
+        let reused = stat(7, "bash", 'S', w.start_time + 1);
+        assert!(
+            !is_alive(w, true, Some(&reused)),
+            "a reused pid is not the worker"
+        );
+        assert!(is_alive(w, true, None), "unreadable stat: assume alive");
+        assert!(
+            is_alive(w, true, Some("garbage")),
+            "unparsable stat: assume alive"
+        );
+    }
+
+    #[test]
+    fn counts_are_attributed_and_a_dead_workers_share_given_back() {
+        let a = HeapArena::new(1 << 20);
+        let t = table(&a);
+        t.begin_epoch(&a);
+        let w1 = t.register_worker(&a, worker(1)).unwrap();
+        let w2 = t.register_worker(&a, worker(2)).unwrap();
+        let c1 = counted(t, &a, w1, b"conn_count:u:a");
+        let c2 = counted(t, &a, w2, b"conn_count:u:a");
+        let other = counted(t, &a, w1, b"conn_count:u:b");
+        for _ in 0..3 {
+            assert_eq!(c1.acquire(0), Acquire::Taken);
+        }
+        for _ in 0..2 {
+            assert_eq!(c2.acquire(0), Acquire::Taken);
+        }
+        assert_eq!(other.acquire(0), Acquire::Taken);
+        assert_eq!(c1.slot.count(), Some(5));
+        assert_eq!((c1.mine.get(), c2.mine.get()), (3, 2));
+        assert_eq!(
+            t.workers(&a),
+            vec![
+                WorkerView {
+                    worker: worker(2),
+                    connections: 2
+                },
+                WorkerView {
+                    worker: worker(1),
+                    connections: 4
+                },
+            ]
+        );
+
+        let gone = t.reclaim_dead(&a, |id| id.pid == 2);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].worker, worker(1));
+        assert_eq!(gone[0].connections, 4);
+        let mut keys = gone[0].keys.clone();
+        keys.sort();
+        assert_eq!(
+            keys,
+            vec![
+                (b"conn_count:u:a".to_vec(), 3),
+                (b"conn_count:u:b".to_vec(), 1)
+            ]
+        );
+        assert_eq!(c1.slot.count(), Some(2), "the live worker's 2 remain");
+        assert_eq!(other.slot.count(), Some(0));
+        assert_eq!(t.reclaimed(), 4);
+        assert_eq!(t.workers(&a).len(), 1);
+        // Nothing more to give back: the record is gone.
+        assert!(t.reclaim_dead(&a, |id| id.pid == 2).is_empty());
+        assert_eq!(t.reclaimed(), 4);
+    }
+
+    #[test]
+    fn a_refused_acquire_leaves_the_share_alone() {
+        let a = HeapArena::new(1 << 20);
+        let t = table(&a);
+        t.begin_epoch(&a);
+        let w = t.register_worker(&a, worker(1)).unwrap();
+        let c = counted(t, &a, w, b"k");
+        assert_eq!(c.acquire(1), Acquire::Taken);
+        assert_eq!(c.acquire(1), Acquire::AtLimit);
+        assert_eq!(c.mine.get(), 1);
+        assert!(matches!(c.release(), Release::Released { .. }));
+        assert_eq!(c.mine.get(), 0);
+        assert_eq!(c.slot.count(), Some(0));
+    }
+
+    #[test]
+    fn a_draining_key_held_only_by_the_dead_is_freed() {
+        let a = HeapArena::new(1 << 20);
+        let t = table(&a);
+        t.begin_epoch(&a);
+        let w = t.register_worker(&a, worker(9)).unwrap();
+        let c = counted(t, &a, w, b"conn_count:u:gone");
+        c.acquire(0);
+        let e2 = t.begin_epoch(&a);
+        t.sweep(&a, e2);
+        assert!(c.slot.is_draining());
+        t.reclaim_dead(&a, |_| false);
+        assert_eq!(c.slot.count(), None, "the key was removed");
+        assert_eq!(t.keys(), 0);
+    }
+
+    #[test]
+    fn a_worker_exiting_gives_back_what_it_holds_and_its_memory() {
+        let a = HeapArena::new(1 << 20);
+        let t = table(&a);
+        t.begin_epoch(&a);
+        let before = a.budget.get();
+        let w = t.register_worker(&a, worker(3)).unwrap();
+        // Keys in several blocks, so the directory grows.
+        let cs: Vec<Counted> = (0..300)
+            .map(|i| counted(t, &a, w, format!("conn_count:u:10.0.0.{i}:80").as_bytes()))
+            .collect();
+        cs[0].acquire(0);
+        cs[299].acquire(0);
+        let r = t.reclaim(&a, w);
+        assert_eq!(r.connections, 2);
+        assert_eq!(cs[0].slot.count(), Some(0));
+        assert_eq!(cs[299].slot.count(), Some(0));
+        assert!(t.workers(&a).is_empty());
+        // Freed: the record, its directory and chunks; the keys remain.
+        let keys_cost = before - a.budget.get();
+        let w2 = t.register_worker(&a, worker(4)).unwrap();
+        for c in &cs {
+            t.cell(&a, w2, c.slot).unwrap();
+        }
+        let record_cost = before - a.budget.get() - keys_cost;
+        // 300 keys span 5 blocks: a header, a directory of 8 pointers and
+        // 5 chunks of 63 cells.
+        assert_eq!(
+            record_cost,
+            size_of::<WorkerRecord>() + 8 * 8 + 5 * size_of::<Chunk>()
+        );
+        assert!(record_cost <= 300 * 5, "about 4 bytes per key");
+    }
+
+    #[test]
+    fn a_full_zone_refuses_records_without_harm() {
+        let a = HeapArena::new(1 << 20);
+        let t = table(&a);
+        t.begin_epoch(&a);
+        let slot = t.upsert(&a, b"k", 0, M, t.epoch()).unwrap();
+        a.budget.set(0);
+        assert!(t.register_worker(&a, worker(1)).is_none());
+        a.budget.set(size_of::<WorkerRecord>());
+        let w = t.register_worker(&a, worker(1)).unwrap();
+        assert!(t.cell(&a, w, slot).is_none(), "no room for the chunk");
+        // Counting through the unrecorded cell still counts the slot.
+        let c = Counted {
+            slot,
+            mine: CellRef::unrecorded(),
+        };
+        assert_eq!(c.acquire(0), Acquire::Taken);
+        assert_eq!(slot.count(), Some(1));
+        assert_eq!(t.reclaim(&a, w).connections, 0);
+        assert_eq!(
+            slot.count(),
+            Some(1),
+            "an unrecorded count is not given back"
+        );
+    }
+}
