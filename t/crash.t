@@ -21,7 +21,7 @@ use Test::Nginx::WebSocket;
 
 $SIG{PIPE} = 'IGNORE';    # writes to connections a killed worker dropped
 
-my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(18);
+my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(19);
 $t->alerts_allowed(qr/worker process \d+ exited on signal 9/);
 
 sub conf {
@@ -142,6 +142,8 @@ my $took = time() - $seen;
 ok($matched && $took <= 1.0, sprintf('counts equal the backends\' live connections %.2f s after the respawn', $took))
 	or diag(explain(live(), counted()));
 is(status()->{zone}{reclaimed}, $lost, "the status page counts $lost reclaimed");
+is_deeply([sort map { $_->{pid} } @{status()->{zone}{workers}}], [sort $t->worker_pids()],
+	'the records are exactly the live workers');
 like($t->read_file('error.log'),
 	qr/\[warn\].*least_conn_persistent_zone "lcp": worker process $pid is gone: $lost connection\(s\) it held given back/,
 	'one warning names the dead worker and what it held');

@@ -17,7 +17,7 @@ use Test::Nginx;
 use Test::Nginx::Backend;
 use Test::Nginx::Status;
 
-my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(17);
+my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(21);
 
 $t->write_file_expand('nginx.conf', <<'EOF');
 
@@ -90,6 +90,11 @@ my $st = status();
 is_deeply($st->{zone} && [@{$st->{zone}}{qw/name size/}], ['lcp', 65536], 'zone name and size');
 ok($st->{zone}{used} > 0 && $st->{zone}{used} <= 65536, 'bytes used');
 
+my ($worker) = $t->worker_pids();
+is_deeply($st->{zone}{workers}, [{ pid => $worker, connections => 0 }],
+	'the one worker is recorded, holding nothing');
+is($st->{zone}{reclaimed}, 0, 'nothing reclaimed');
+
 my %by_key = map { ($_->{key} => $_) } @{$st->{counters}};
 is($st->{zone}{keys}, scalar(keys %by_key), 'keys count matches the list');
 
@@ -123,6 +128,10 @@ like($p, qr/^Content-Type: text\/plain; version=0\.0\.4/mi, 'prometheus content 
 like($p, qr/^least_conn_persistent_connections\{upstream="first",server="\Q$a\E",state="up"\} 0$/m,
 	'prometheus sample');
 like($p, qr/^least_conn_persistent_zone_keys\{zone="lcp"\} \d+$/m, 'prometheus zone keys');
+like($p, qr/^# TYPE least_conn_persistent_zone_reclaimed_connections_total counter\n
+	least_conn_persistent_zone_reclaimed_connections_total\{zone="lcp"\}\ 0$/mx, 'prometheus reclaimed counter');
+like($p, qr/^least_conn_persistent_worker_connections\{zone="lcp",pid="$worker"\} 0$/m,
+	'prometheus per-worker connections');
 
 # bad requests
 like(http("POST /status HTTP/1.0\r\nContent-Length: 0\r\n\r\n"), qr/^HTTP\/1\.1 405/, 'POST: 405');
