@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every check: formatting, clippy, the Rust unit tests, the demo in
-# check mode, and the Test::Nginx suite under t/ against a real nginx (which
-# includes t/bench_quick.t: scripts/bench.sh --quick).
+# Runs every check: the layout's dependency rule, formatting, clippy, the
+# Rust unit tests, the demo in check mode, the soak in quick mode, and the
+# Test::Nginx suite under t/ against a real nginx (which includes
+# t/bench_quick.t: scripts/bench.sh --quick).
 # Exits non-zero on the first failure.
 . "$(dirname "$0")/env.sh"
 
@@ -21,5 +22,7 @@ echo ">> cargo test"
 cargo test
 echo ">> scripts/demo.sh --check"
 scripts/demo.sh --check
+echo ">> scripts/soak.sh --quick"
+scripts/soak.sh --quick
 echo ">> prove -r t/"
 prove -r t/
