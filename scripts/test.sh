@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check: the layout's dependency rule, formatting, clippy, the
-# Rust unit tests, the demo in check mode, the soak in quick mode, and the
+# Rust unit tests, the demo in check mode, the soak in quick mode, the
 # Test::Nginx suite under t/ against a real nginx (which includes
-# t/bench_quick.t: scripts/bench.sh --quick).
+# t/bench_quick.t: scripts/bench.sh --quick), and four of its tests again
+# with nginx under valgrind memcheck.
 # Exits non-zero on the first failure.
 . "$(dirname "$0")/env.sh"
 
@@ -26,3 +27,5 @@ echo ">> scripts/soak.sh --quick"
 scripts/soak.sh --quick
 echo ">> prove -r t/"
 prove -r t/
+echo ">> scripts/memcheck.sh (the balancing, reload, crash and status tests under valgrind)"
+scripts/memcheck.sh

@@ -139,7 +139,7 @@ my $seen = respawned($pid);
 ok($seen, 'the master started a replacement worker');
 my $matched = wait_until(sub { same(live(), counted()) }, 3);
 my $took = time() - $seen;
-ok($matched && $took <= 1.0, sprintf('counts equal the backends\' live connections %.2f s after the respawn', $took))
+ok($matched && $took <= 1.0 * $Test::Nginx::SLOW, sprintf('counts equal the backends\' live connections %.2f s after the respawn', $took))
 	or diag(explain(live(), counted()));
 is(status()->{zone}{reclaimed}, $lost, "the status page counts $lost reclaimed");
 is_deeply([sort map { $_->{pid} } @{status()->{zone}{workers}}], [sort $t->worker_pids()],
@@ -178,7 +178,7 @@ my $killed = time();
 kill_worker($pid);
 $matched = wait_until(sub { same(live(), counted()) }, 3);
 $took = time() - $killed;
-ok($matched && $took <= 1.5, sprintf('draining worker\'s share given back %.2f s after the kill', $took));
+ok($matched && $took <= 1.5 * $Test::Nginx::SLOW, sprintf('draining worker\'s share given back %.2f s after the kill', $took));
 ws_close(grep { $_->{worker} != $pid } @old);
 ok(at_rest(), 'at rest after the old generation is gone');
 

@@ -32,6 +32,9 @@ use Test::More ();
 use Time::HiRes qw/sleep time/;
 
 our $NGINX = $ENV{TEST_NGINX_BINARY} // '/usr/sbin/nginx';
+# Every wait and timeout is multiplied by this: nginx under valgrind
+# (scripts/memcheck.sh) runs many times slower.
+our $SLOW = $ENV{TEST_NGINX_SLOW} // 1;
 our $MODULE = $ENV{TEST_NGINX_MODULE}
 	// (File::Spec->rel2abs(__FILE__) =~ s{t/lib/Test/Nginx\.pm$}{}r)
 		. 'target/release/libngx_http_least_conn_persistent_module.so';
@@ -254,8 +257,10 @@ sub children {
 		my $line = <$fh> // next;
 		my ($pid, $ppid) = $line =~ /^(\d+) \(.*\) \S (\d+)/ or next;
 		next unless $ppid == $master;
+		# Any child but nginx's cache processes: under valgrind (memcheck.sh)
+		# a worker's cmdline is valgrind's, not "nginx: worker process".
 		open my $c, '<', "/proc/$pid/cmdline" or next;
-		push @w, $pid if (<$c> // '') =~ /worker process/;
+		push @w, $pid unless (<$c> // '') =~ /cache (manager|loader)/;
 	}
 	return @w;
 }
@@ -377,7 +382,7 @@ sub DESTROY {
 # Polls `$cond` until it is true or `$timeout` seconds pass; returns its value.
 sub wait_until {
 	my ($cond, $timeout) = @_;
-	my $end = time() + ($timeout // 5);
+	my $end = time() + ($timeout // 5) * $SLOW;
 	while (1) {
 		my $v = $cond->();
 		return $v if $v;
@@ -397,7 +402,7 @@ sub http_get {
 
 sub http {
 	my ($request, %opts) = @_;
-	my $timeout = $opts{timeout} // 10;
+	my $timeout = ($opts{timeout} // 10) * $SLOW;
 	my $s = IO::Socket::INET->new(Proto => 'tcp', Timeout => $timeout,
 		PeerAddr => '127.0.0.1:' . ($opts{port} // port(8080)))
 		or die "connect: $!\n";

@@ -24,7 +24,7 @@ use Test::Nginx::Backend;
 sub read_until {
 	my ($s, $done, $timeout) = @_;
 	my $buf = '';
-	my $end = time() + ($timeout // 5);
+	my $end = time() + ($timeout // 5) * $Test::Nginx::SLOW;
 	my $sel = IO::Select->new($s);
 	while (!$done->($buf)) {
 		my $left = $end - time();
@@ -37,7 +37,7 @@ sub read_until {
 
 sub ws_open {
 	my ($uri, %opts) = @_;
-	my $s = IO::Socket::INET->new(Proto => 'tcp', Timeout => 5,
+	my $s = IO::Socket::INET->new(Proto => 'tcp', Timeout => 5 * $Test::Nginx::SLOW,
 		PeerAddr => '127.0.0.1:' . ($opts{port} // port(8080))) or return undef;
 	my $key = encode_base64(join('', map { chr(int(rand(256))) } 1 .. 16), '');
 	syswrite $s, "GET $uri HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
