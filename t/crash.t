@@ -21,7 +21,7 @@ use Test::Nginx::WebSocket;
 
 $SIG{PIPE} = 'IGNORE';    # writes to connections a killed worker dropped
 
-my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(19);
+my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(21);
 $t->alerts_allowed(qr/worker process \d+ exited on signal 9/);
 
 sub conf {
@@ -212,5 +212,17 @@ my $log = $t->read_file('error.log');
 unlike($log, qr/exits holding/, 'no worker exited holding connections');
 my $warns = () = $log =~ /is gone: /g;
 is($warns, 4, 'one warning per killed worker, none for workers that exited');
+
+# 6. A fast shutdown (TERM) drops connections unreleased: each worker gives
+# back what it held, with a [notice], not an [error].
+my @last = ws_open_many(6, '/u');
+my $master = $t->master_pid();
+kill 'TERM', $master;
+ok(wait_until(sub { !kill(0, $master) }, 10), 'nginx stopped at once');
+$log = $t->read_file('error.log');
+my $held = 0;
+$held += $_ for $log =~ /\[notice\].*worker process \d+ exits holding (\d+) connection\(s\) \(fast shutdown\)/g;
+is($held, 6, 'the workers gave back the 6 connections they held, each with a notice');
+ws_close(@last);
 
 ###############################################################################

@@ -349,6 +349,10 @@ mod tests {
         let mut e = vec![entry("conn_count:a:127.0.0.1:8081", 3, State::Backup)];
         let out = render(Format::Prometheus, Some(&zone), &mut e);
         assert!(out.contains("# TYPE least_conn_persistent_connections gauge\n"));
+        assert!(
+            out.contains("(state=\"fallback\": this worker's own count, not in the zone)"),
+            "the HELP text says what fallback series count"
+        );
         assert!(out.contains(
             "least_conn_persistent_connections{upstream=\"a\",server=\"127.0.0.1:8081\",state=\"backup\"} 3\n"
         ));
