@@ -18,10 +18,19 @@ pub struct Load {
 }
 
 impl Load {
+    /// `self`'s and `other`'s connections per unit of weight, as cross
+    /// products: compare them instead of the ratios.
+    #[inline]
+    fn products(self, other: Load) -> (u64, u64) {
+        (
+            u64::from(self.conns) * u64::from(other.weight),
+            u64::from(other.conns) * u64::from(self.weight),
+        )
+    }
+
     /// Orders `self` against `other` by connections per unit of weight.
     fn cmp_ratio(self, other: Load) -> Ordering {
-        let mine = u64::from(self.conns) * u64::from(other.weight);
-        let theirs = u64::from(other.conns) * u64::from(self.weight);
+        let (mine, theirs) = self.products(other);
         mine.cmp(&theirs)
     }
 }
@@ -128,23 +137,22 @@ fn choose_with<L: PeerList, T: Ties>(list: &mut L) -> Option<L::Cursor> {
     let mut position = 0;
     while let Some(cursor) = at {
         if let Some(load) = list.load(cursor) {
-            match best.map(|b| load.cmp_ratio(b.load)) {
-                Some(Ordering::Greater) => {}
-                Some(Ordering::Equal) => {
-                    tied = true;
-                    ties.set(position);
-                }
+            // Two plain comparisons of the cross products (not an
+            // Ordering): this runs once per peer of every pick.
+            let (mine, theirs) = best.map_or((0, 1), |b| load.products(b.load));
+            if mine == theirs {
+                tied = true;
+                ties.set(position);
+            } else if mine < theirs {
                 // Ties of a worse class stay in the bitmap, but all sit
                 // before the new best, where the tie-break does not look.
-                _ => {
-                    best = Some(Best {
-                        cursor,
-                        load,
-                        position,
-                    });
-                    tied = false;
-                    ties.set(position);
-                }
+                best = Some(Best {
+                    cursor,
+                    load,
+                    position,
+                });
+                tied = false;
+                ties.set(position);
             }
         }
         at = list.next(cursor);

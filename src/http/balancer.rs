@@ -22,7 +22,7 @@ use crate::core::select::{choose, PeerList};
 use crate::core::table::{Meta, FLAG_DOWN};
 use crate::ngx::conf::{callback_result, ConfError};
 use crate::ngx::log::Log;
-use crate::ngx::peers::{self, PeerCursor, RoundRobin};
+use crate::ngx::peers::{self, Matched, PeerCursor, PerWorker, RoundRobin};
 use crate::shared::registry::{Held, List, PeerCounter, PeerRef, UpstreamCounters};
 
 use super::Module;
@@ -209,32 +209,38 @@ fn try_backup_or_fail(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_
     Status::NGX_BUSY.into()
 }
 
-/// Chooses and counts a peer. A choice can lose a race for the last
-/// `max_conns` place to another worker; choosing again then sees it full.
+/// Chooses and counts a peer.
 fn pick(pd: &mut PeerData) -> Option<PeerCursor> {
-    let PeerData {
-        rr,
-        upstream,
-        list: which,
-        held,
-    } = pd;
-    let counters = upstream.list(*which);
-    let mut list = rr.list(counters);
-    let tries = list.size();
-    // Keys must match peers one to one; if they do not (a peer list changed
-    // under us), count every peer per worker rather than misattribute.
-    if counters.len() != tries {
-        *held = Held::Nothing;
-        return pick_per_worker(rr);
+    let counters = pd.upstream.list(pd.list);
+    let Some(counts) = Matched::new(counters, pd.rr.peers()) else {
+        pd.held = Held::Nothing;
+        return pick_per_worker(&pd.rr);
+    };
+    // A first attempt has tried nothing: its scan skips the bitmap test.
+    if pd.rr.tried_any() {
+        pick_counted::<true>(pd, counts)
+    } else {
+        pick_counted::<false>(pd, counts)
     }
-    for _ in 0..=tries {
+}
+
+/// A choice can lose a race for the last `max_conns` place to another
+/// worker; choosing again then sees it full.
+#[inline(always)]
+fn pick_counted<const TRIED: bool>(
+    pd: &mut PeerData,
+    counts: Matched<'_, PeerCounter>,
+) -> Option<PeerCursor> {
+    let counters = pd.upstream.list(pd.list);
+    let mut list = pd.rr.list::<_, TRIED>(counts);
+    for _ in 0..=list.size() {
         let best = choose(&mut list)?;
         let me = PeerRef {
-            list: *which,
+            list: pd.list,
             index: best.index,
         };
         let counter = counters.get(best.index)?;
-        if counter.acquire(me, upstream, list.max_conns(best), held) {
+        if counter.acquire(me, pd.upstream, list.max_conns(best), &mut pd.held) {
             return Some(best);
         }
     }
@@ -245,7 +251,11 @@ fn pick(pd: &mut PeerData) -> Option<PeerCursor> {
 #[cold]
 #[inline(never)]
 fn pick_per_worker(rr: &RoundRobin) -> Option<PeerCursor> {
-    choose(&mut rr.list::<PeerCounter>(&[]))
+    if rr.tried_any() {
+        choose(&mut rr.list::<_, true>(PerWorker))
+    } else {
+        choose(&mut rr.list::<_, false>(PerWorker))
+    }
 }
 
 extern "C" fn free_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void, state: ngx_uint_t) {

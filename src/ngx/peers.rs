@@ -156,14 +156,20 @@ impl RoundRobin {
         PeersLock::new(self.data().peers)
     }
 
-    /// The current list as `core::select` sees it, with `counts[i]` giving
-    /// the i-th peer's shared count (past its end, or `None`: round-robin's
-    /// own per-worker `conns`).
+    /// Whether a peer of the current list was tried already: then a pick
+    /// must test the `tried` bitmap (`RrList`'s `TRIED`).
     #[inline]
-    pub fn list<'a, C: SharedCount>(&'a self, counts: &'a [C]) -> RrList<'a, C> {
+    pub fn tried_any(&self) -> bool {
+        self.tried_any
+    }
+
+    /// The current list as `core::select` sees it, with our counts.
+    /// `TRIED`: test the `tried` bitmap (see `tried_any`).
+    #[inline]
+    pub fn list<S: CountSource, const TRIED: bool>(&self, counts: S) -> RrList<'_, S, TRIED> {
         RrList {
             peers: self.peers(),
-            tried: self.tried_any.then(|| self.tried()),
+            tried: self.tried(),
             now: now(),
             counts,
         }
@@ -265,16 +271,60 @@ pub trait SharedCount {
     fn count_hint(&self) -> Option<u32>;
 }
 
-/// A round-robin list with our counts, for `core::select::choose`.
-pub struct RrList<'a, C> {
-    peers: &'a ngx_http_upstream_rr_peers_t,
-    /// `None`: no peer of this list tried yet.
-    tried: Option<Tried>,
-    now: time_t,
-    counts: &'a [C],
+/// The counts a pick compares, by peer position; `None`: round-robin's own
+/// per-worker `conns`.
+pub trait CountSource: Copy {
+    fn count(&self, index: usize) -> Option<u32>;
 }
 
-impl<C> RrList<'_, C> {
+/// Counts matched one to one with the peers of a list.
+pub struct Matched<'a, C>(&'a [C]);
+
+impl<C> Clone for Matched<'_, C> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<C> Copy for Matched<'_, C> {}
+
+impl<'a, C: SharedCount> Matched<'a, C> {
+    /// `None` unless there is exactly one count per peer of `list` (a peer
+    /// list that changed under us is counted per worker instead).
+    pub fn new(counts: &'a [C], list: &ngx_http_upstream_rr_peers_t) -> Option<Self> {
+        (counts.len() == list.number).then_some(Matched(counts))
+    }
+}
+
+impl<C: SharedCount> CountSource for Matched<'_, C> {
+    #[inline]
+    fn count(&self, index: usize) -> Option<u32> {
+        debug_assert!(index < self.0.len());
+        // SAFETY: cursors number the list's peers from 0 below its `number`,
+        // which `new` checked is our length.
+        unsafe { self.0.get_unchecked(index) }.count_hint()
+    }
+}
+
+/// Round-robin's own per-worker counts only.
+#[derive(Clone, Copy)]
+pub struct PerWorker;
+
+impl CountSource for PerWorker {
+    fn count(&self, _: usize) -> Option<u32> {
+        None
+    }
+}
+
+/// A round-robin list with our counts, for `core::select::choose`.
+pub struct RrList<'a, S, const TRIED: bool> {
+    peers: &'a ngx_http_upstream_rr_peers_t,
+    tried: Tried,
+    now: time_t,
+    counts: S,
+}
+
+impl<S, const TRIED: bool> RrList<'_, S, TRIED> {
     fn peer(&self, c: PeerCursor) -> &ngx_http_upstream_rr_peer_t {
         // SAFETY: cursors come from this list, locked for this pick.
         unsafe { c.peer.as_ref() }
@@ -291,7 +341,7 @@ impl<C> RrList<'_, C> {
     }
 }
 
-impl<C: SharedCount> PeerList for RrList<'_, C> {
+impl<S: CountSource, const TRIED: bool> PeerList for RrList<'_, S, TRIED> {
     type Cursor = PeerCursor;
 
     fn size(&self) -> usize {
@@ -315,7 +365,8 @@ impl<C: SharedCount> PeerList for RrList<'_, C> {
     fn load(&self, c: PeerCursor) -> Option<Load> {
         let peer = self.peer(c);
         // SAFETY: `c.index` is a position of this list.
-        if self.tried.is_some_and(|t| unsafe { t.contains(c.index) }) || peer.down != 0 {
+        // SAFETY: `c.index` is a position of this list.
+        if (TRIED && unsafe { self.tried.contains(c.index) }) || peer.down != 0 {
             return None;
         }
         if peer.max_fails != 0
@@ -324,7 +375,7 @@ impl<C: SharedCount> PeerList for RrList<'_, C> {
         {
             return None;
         }
-        let conns = match self.counts.get(c.index).and_then(C::count_hint) {
+        let conns = match self.counts.count(c.index) {
             Some(n) => n,
             None => peer.conns as u32,
         };
