@@ -6,11 +6,16 @@
 //! - `record`: per-worker records in the table, to give back what a dead
 //!   worker held;
 //! - `sweep`: what a configuration load does with each key already stored;
-//! - `status`: rendering the status page.
+//! - `status`: rendering the status page;
+//! - `array_list`: a peer list in arrays, for front-ends without nginx's
+//!   (Lua balancers);
+//! - `tokens`: what a Lua pick took, redeemable once.
 
+pub mod array_list;
 pub mod key;
 pub mod record;
 pub mod select;
 pub mod status;
 pub mod sweep;
 pub mod table;
+pub mod tokens;

@@ -37,6 +37,9 @@ pub(super) const SLOTS_PER_BLOCK: usize = 63; // a block is then exactly 4 KiB
 pub const FLAG_BACKUP: u32 = 1;
 pub const FLAG_DOWN: u32 = 2;
 pub const FLAG_DRAINING: u32 = 4;
+/// Declared from Lua (the C ABI), not by nginx's configuration: reloads do
+/// not sweep it; its `epoch` is the second it was last declared or picked.
+pub const FLAG_LUA: u32 = 8;
 
 const fn pack(generation: u32, count: u32) -> u64 {
     ((generation as u64) << 32) | count as u64
@@ -283,7 +286,17 @@ impl SlotRef {
     }
 
     pub fn is_draining(&self) -> bool {
-        self.slot().flags.load(Ordering::Relaxed) & FLAG_DRAINING != 0
+        self.flags() & FLAG_DRAINING != 0
+    }
+
+    pub fn flags(&self) -> u32 {
+        self.slot().flags.load(Ordering::Relaxed)
+    }
+
+    /// Marks a Lua key as used at second `now` (see `Table::expire_lua`).
+    #[inline]
+    pub fn touch(&self, now: u32) {
+        self.slot().epoch.store(now, Ordering::Relaxed);
     }
 }
 
@@ -545,6 +558,9 @@ impl Table {
     pub fn sweep(&self, locked: &impl Arena, epoch: u32) -> Sweep {
         let mut done = Sweep::default();
         for slot in self.all_slots() {
+            if slot.flags.load(Ordering::Relaxed) & FLAG_LUA != 0 {
+                continue;
+            }
             let w = slot.word.load(Ordering::Acquire);
             let action = plan(slot.epoch.load(Ordering::Relaxed), epoch, count_of(w));
             let removed = action == Action::Remove && self.try_remove(locked, slot);
@@ -555,6 +571,35 @@ impl Table {
             done.removed += u32::from(removed);
         }
         done
+    }
+
+    /// A key no longer declared: removed now if idle, else draining until
+    /// its last connection closes.
+    pub fn drain(&self, locked: &impl Arena, at: SlotRef) {
+        if at.count().is_none() {
+            return;
+        }
+        at.slot().flags.fetch_or(FLAG_DRAINING, Ordering::Relaxed);
+        self.remove_if_drained(locked, at);
+    }
+
+    /// Removes `at` if nothing counts on it (a key just added, given up).
+    pub fn remove_idle(&self, locked: &impl Arena, at: SlotRef) -> bool {
+        at.count() == Some(0) && self.try_remove(locked, at.slot())
+    }
+
+    /// Removes the Lua keys that are idle and were neither declared nor
+    /// picked in the `ttl` seconds before `now`; returns how many.
+    pub fn expire_lua(&self, locked: &impl Arena, now: u32, ttl: u32) -> u32 {
+        let stale: Vec<&Slot> = self
+            .all_slots()
+            .filter(|s| s.flags.load(Ordering::Relaxed) & FLAG_LUA != 0)
+            .filter(|s| now.wrapping_sub(s.epoch.load(Ordering::Relaxed)) > ttl)
+            .collect();
+        stale
+            .into_iter()
+            .filter(|s| self.try_remove(locked, s))
+            .count() as u32
     }
 
     /// Frees a draining key whose last connection just closed.
@@ -808,6 +853,52 @@ pub(crate) mod tests {
         t.upsert(&a, b"conn_count:u:1", 12, M, e2).unwrap();
         t.sweep(&a, e2);
         assert!(t.upsert(&a, b"conn_count:u:3", 12, M, e2).is_ok());
+    }
+
+    #[test]
+    fn lua_keys_are_not_swept_but_expire_when_idle_and_unused() {
+        let a = HeapArena::new(1 << 20);
+        let t = table(&a);
+        let lua = Meta {
+            flags: FLAG_LUA,
+            ..M
+        };
+        t.begin_epoch(&a);
+        let busy = t.upsert(&a, b"conn_count:l:1", 12, lua, 1000).unwrap();
+        let idle = t.upsert(&a, b"conn_count:l:2", 12, lua, 1000).unwrap();
+        let fresh = t.upsert(&a, b"conn_count:l:3", 12, lua, 1000).unwrap();
+        busy.acquire(0);
+        let e2 = t.begin_epoch(&a);
+        assert_eq!(
+            t.sweep(&a, e2),
+            Sweep::default(),
+            "a reload leaves Lua keys alone"
+        );
+        fresh.touch(1590);
+        assert_eq!(t.expire_lua(&a, 1601, 600), 1, "only the idle, unused one");
+        assert_eq!(idle.count(), None);
+        assert_eq!(busy.count(), Some(1));
+        assert_eq!(fresh.count(), Some(0));
+        // Across the wrap of the 32-bit second counter too.
+        fresh.touch(u32::MAX - 10);
+        assert_eq!(t.expire_lua(&a, 100, 600), 0);
+    }
+
+    #[test]
+    fn drain_removes_idle_keys_and_marks_busy_ones() {
+        let a = HeapArena::new(1 << 20);
+        let t = table(&a);
+        let e = t.begin_epoch(&a);
+        let idle = t.upsert(&a, b"i", 0, M, e).unwrap();
+        let busy = t.upsert(&a, b"b", 0, M, e).unwrap();
+        busy.acquire(0);
+        t.drain(&a, idle);
+        t.drain(&a, busy);
+        assert_eq!(idle.count(), None);
+        assert!(busy.is_draining());
+        assert!(!t.remove_idle(&a, busy));
+        busy.release();
+        assert!(t.remove_if_drained(&a, busy));
     }
 
     #[test]

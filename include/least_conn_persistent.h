@@ -1,0 +1,67 @@
+/*
+ * C ABI of ngx-least-conn-persistent, for balancers written in Lua
+ * (OpenResty, Apache APISIX, Kong) through LuaJIT's FFI:
+ * lib/resty/least_conn_persistent.lua feeds the declarations between the
+ * LCP_CDEF markers to ffi.cdef, and the module's .so exports them (nginx
+ * loads modules with RTLD_GLOBAL, so they are ffi.C.lcp_*).
+ *
+ * Every function runs in a worker, in any Lua phase, never blocks on
+ * anything but the zone's lock for a declaration, validates its arguments
+ * and answers an error code (< 0) instead of failing; none keeps a pointer
+ * it was given. Upstream handles and tokens are this worker's: they mean
+ * nothing in another worker or after a reload's new workers start.
+ */
+#ifndef LEAST_CONN_PERSISTENT_H
+#define LEAST_CONN_PERSISTENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define LCP_ABI_VERSION 1
+
+/* LCP_CDEF_BEGIN */
+enum {
+    LCP_OK = 0,
+    LCP_ERR_ARG = -1,        /* a NULL pointer, an empty or over-long string, a bad number */
+    LCP_ERR_NO_ZONE = -2,    /* no least_conn_persistent_zone in this nginx */
+    LCP_ERR_UNKNOWN = -3,    /* no upstream with that handle in this worker */
+    LCP_ERR_ZONE_FULL = -4,  /* the zone has no room for the upstream's keys */
+    LCP_ERR_NO_PEER = -5,    /* every server is skipped, down or at max_conns */
+    LCP_ERR_TOKEN = -6,      /* not a token of this worker */
+    LCP_ALREADY = 1          /* lcp_release: that token was released already */
+};
+
+typedef struct {
+    const char *addr;        /* "host:port" as given; the key is conn_count:<id>:<addr> */
+    size_t      addr_len;    /* 1..255 */
+    uint32_t    weight;      /* 1..1000000 */
+    uint32_t    max_conns;   /* 0: no limit */
+} lcp_server_t;
+
+/* LCP_ABI_VERSION of the loaded module. */
+int lcp_abi_version(void);
+
+/* Declares upstream `id` (1..128 bytes, no ':') with `n` servers (1..1024,
+ * addresses distinct), or declares it again: servers kept keep their
+ * counts, servers gone drain and then go. Returns a handle (>= 0) for this
+ * worker, the same for the same id, or an error. */
+int lcp_declare(const char *id, size_t id_len, const lcp_server_t *servers, size_t n);
+
+/* Picks the least loaded server of upstream `handle` (connections per
+ * weight; ties by smooth weighted round-robin; max_conns across all
+ * workers), skipping server i when bit i of skip[] is set (skip may be NULL
+ * when skip_words is 0), counts one connection on it and writes a token
+ * for lcp_release. Returns the server's index (0-based, in declaration
+ * order) or an error. */
+int lcp_pick(int handle, const uint64_t *skip, size_t skip_words, uint64_t *token);
+
+/* Gives back what the pick that wrote `token` took: LCP_OK, LCP_ALREADY
+ * for a token released before, or LCP_ERR_TOKEN. */
+int lcp_release(uint64_t token);
+
+/* The connections counted on server `index` of upstream `handle`, across
+ * all workers, or an error. */
+int64_t lcp_count(int handle, size_t index);
+/* LCP_CDEF_END */
+
+#endif
