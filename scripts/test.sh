@@ -8,7 +8,7 @@
 . "$(dirname "$0")/env.sh"
 
 nginx_build_env
-ensure_packages perl curl wrk valgrind
+ensure_packages perl curl wrk valgrind libnginx-mod-http-lua lua-resty-core
 cd "$ROOT"
 
 echo ">> layout (dependencies point one way)"

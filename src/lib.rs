@@ -6,7 +6,8 @@
 //! - `ngx`: the thin unsafe edge to nginx (configuration, logs, zones,
 //!   round-robin lists);
 //! - `shared`: the zone and the registry of what each load declares;
-//! - `http`: the http front-end (directives, balancer, status page).
+//! - `http`: the http front-end (directives, balancer, status page);
+//! - `lua`: the C ABI for Lua balancers (`include/least_conn_persistent.h`).
 //!
 //! This file holds the module statics only. `cargo test` builds `core`
 //! alone: its binary cannot link nginx's symbols.
@@ -15,6 +16,8 @@ pub mod core;
 
 #[cfg(not(test))]
 mod http;
+#[cfg(not(test))]
+mod lua;
 #[cfg(not(test))]
 mod ngx;
 #[cfg(not(test))]

@@ -88,6 +88,8 @@ pub struct Entry {
     pub weight: u32,
     pub max_conns: u32,
     pub state: State,
+    /// Declared from Lua (the C ABI), not by an nginx `upstream {}` block.
+    pub lua: bool,
 }
 
 impl Entry {
@@ -162,11 +164,12 @@ fn render_json(zone: Option<&ZoneInfo>, entries: &[Entry]) -> String {
         json_str(&mut out, &e.key);
         let _ = write!(
             out,
-            ",\"count\":{},\"weight\":{},\"max_conns\":{},\"state\":\"{}\"}}",
+            ",\"count\":{},\"weight\":{},\"max_conns\":{},\"state\":\"{}\",\"source\":\"{}\"}}",
             e.count,
             e.weight,
             e.max_conns,
-            e.state.as_str()
+            e.state.as_str(),
+            if e.lua { "lua" } else { "config" }
         );
     }
     out.push_str("\n]}\n");
@@ -278,6 +281,7 @@ mod tests {
             weight: 2,
             max_conns: 0,
             state,
+            lua: false,
         }
     }
 
@@ -321,9 +325,9 @@ mod tests {
             "{\"zone\":{\"name\":\"lcp\",\"size\":1048576,\"used\":12288,\"keys\":2,\"reclaimed\":7,\
              \"workers\":[{\"pid\":101,\"connections\":3},{\"pid\":102,\"connections\":0}]},\"counters\":[\n\
              {\"upstream\":\"a\",\"server\":\"127.0.0.1:8081\",\"key\":\"conn_count:a:127.0.0.1:8081\",\
-             \"count\":3,\"weight\":2,\"max_conns\":0,\"state\":\"up\"},\n\
+             \"count\":3,\"weight\":2,\"max_conns\":0,\"state\":\"up\",\"source\":\"config\"},\n\
              {\"upstream\":\"b\",\"server\":\"[::1]:80\",\"key\":\"conn_count:b:[::1]:80\",\
-             \"count\":0,\"weight\":2,\"max_conns\":0,\"state\":\"draining\"}\n]}\n"
+             \"count\":0,\"weight\":2,\"max_conns\":0,\"state\":\"draining\",\"source\":\"config\"}\n]}\n"
         );
     }
 

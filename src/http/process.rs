@@ -4,7 +4,10 @@
 use nginx_sys::{ngx_cycle, ngx_cycle_t, ngx_terminate, NGX_LOG_WARN};
 use ngx::http::HttpModuleMainConf;
 
+use core::sync::atomic::{AtomicU32, Ordering};
+
 use crate::ngx::log::Log;
+use crate::ngx::peers::now;
 use crate::ngx::timer;
 use crate::shared::workers;
 
@@ -37,19 +40,20 @@ pub fn init_process(cycle: &ngx_cycle_t) {
     let Some(mcf) = Module::main_conf(cycle) else {
         return;
     };
-    if mcf.registry.zone().is_none() {
-        return;
-    }
     // SAFETY: the cycle's log.
     workers::start(&mcf.registry, unsafe { Log::from_ptr(cycle.log) });
-    timer::every(workers::CHECK_INTERVAL_MS, check);
+    if mcf.registry.zone().is_some() {
+        timer::every(workers::CHECK_INTERVAL_MS, check);
+    }
 }
 
 fn check() {
+    static TICKS: AtomicU32 = AtomicU32::new(0);
+    let tick = TICKS.fetch_add(1, Ordering::Relaxed);
     // SAFETY: in a worker, `ngx_cycle` is its cycle.
     let cycle = unsafe { &*ngx_cycle };
     if let Some(mcf) = Module::main_conf(cycle) {
-        workers::check(&mcf.registry);
+        workers::check(&mcf.registry, tick, now() as u32);
     }
 }
 

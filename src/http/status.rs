@@ -5,6 +5,7 @@ use ngx::core::{Buffer, Status};
 use ngx::http::{HTTPStatus, HttpModuleMainConf, Method, Request};
 
 use crate::core::status::{parse_format, render, Entry, State, ZoneInfo};
+use crate::core::table::FLAG_LUA;
 use crate::shared::registry::Registry;
 
 use super::Module;
@@ -57,6 +58,7 @@ fn collect(registry: &Registry) -> (Option<ZoneInfo>, Vec<Entry>) {
                 weight: e.meta.weight,
                 max_conns: e.meta.max_conns,
                 state: State::from_flags(e.meta.flags),
+                lua: e.meta.flags & FLAG_LUA != 0,
             })
         });
     }
@@ -68,6 +70,7 @@ fn collect(registry: &Registry) -> (Option<ZoneInfo>, Vec<Entry>) {
                 weight: pc.meta.weight,
                 max_conns: pc.meta.max_conns,
                 state: State::Fallback,
+                lua: false,
             });
         }
     }

@@ -19,7 +19,9 @@ use ngx::core::Status;
 
 use crate::core::key;
 use crate::core::record::{CellRef, Counted, RecordRef};
-use crate::core::table::{Acquire, Meta, Release, SlotRef, Table, FLAG_BACKUP, FLAG_DRAINING};
+use crate::core::table::{
+    Acquire, Meta, Release, SlotRef, Table, FLAG_BACKUP, FLAG_DRAINING, FLAG_LUA,
+};
 use crate::ngx::conf::ConfError;
 use crate::ngx::log::Log;
 use crate::ngx::peers::SharedCount;
@@ -83,6 +85,31 @@ impl PeerCounter {
 
     pub fn in_zone(&self) -> bool {
         self.counted.get().is_some()
+    }
+
+    /// The count a pick compares: the shared one (see `SlotRef::count_hint`)
+    /// or this worker's own.
+    #[inline]
+    pub fn count_hint_or_local(&self) -> u32 {
+        match self.counted.get() {
+            Some(c) => c.slot.count_hint(),
+            None => self.local.get(),
+        }
+    }
+
+    /// Marks a Lua key as used now (it then does not expire).
+    pub fn touch(&self, now: u32) {
+        if let Some(c) = self.counted.get() {
+            c.slot.touch(now);
+        }
+    }
+
+    /// The live count, across workers when in the zone.
+    pub fn count(&self) -> Option<u32> {
+        match self.counted.get() {
+            Some(c) => c.slot.count(),
+            None => Some(self.local.get()),
+        }
     }
 
     pub fn local_count(&self) -> u32 {
@@ -270,6 +297,15 @@ impl UpstreamCounters {
     }
 }
 
+/// Why a Lua declaration was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeclareError {
+    NoZone,
+    Full,
+    /// A key of the declaration belongs to an nginx `upstream {}` block.
+    Conflict,
+}
+
 /// Every upstream one configuration load declares, and its zone.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -393,6 +429,80 @@ impl Registry {
                 ),
             );
         }
+    }
+
+    /// A Lua upstream (declared through the C ABI, by this worker): its keys
+    /// are stored (or found) in the zone as Lua keys stamped with `now`, and
+    /// the servers of `previous` (its earlier declaration) that are gone
+    /// drain. Keys this call added are given up again if the zone is full.
+    pub fn declare_lua(
+        &self,
+        id: &[u8],
+        servers: &[(&[u8], Meta)],
+        previous: Option<&UpstreamCounters>,
+        now: u32,
+    ) -> Result<UpstreamCounters, DeclareError> {
+        let link = self.link.ok_or(DeclareError::NoZone)?;
+        let mut up = UpstreamCounters::new(id);
+        for &(addr, meta) in servers {
+            let meta = Meta {
+                flags: meta.flags | FLAG_LUA,
+                ..meta
+            };
+            up.add_server(List::Primary, addr, meta);
+        }
+        let locked = link.lock();
+        let mut added = Vec::new();
+        let mut refused = None;
+        for pc in &mut up.primary {
+            let existing = link.table.find(&locked, &pc.key);
+            if existing.is_some_and(|s| s.flags() & FLAG_LUA == 0) {
+                refused = Some(DeclareError::Conflict);
+                break;
+            }
+            match link
+                .table
+                .upsert(&locked, &pc.key, pc.upstream_len, pc.meta, now)
+            {
+                Ok(slot) => {
+                    if existing.is_none() {
+                        added.push(slot);
+                    }
+                    pc.slot = Some(slot);
+                }
+                Err(_) => {
+                    refused = Some(DeclareError::Full);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = refused {
+            for slot in added {
+                link.table.remove_idle(&locked, slot);
+            }
+            return Err(e);
+        }
+        let gone = previous
+            .into_iter()
+            .flat_map(|p| p.peers())
+            .filter(|old| !up.primary.iter().any(|pc| pc.key == old.key));
+        for old in gone {
+            if let Some(c) = old.counted.get() {
+                link.table.drain(&locked, c.slot);
+            }
+        }
+        up.link = Some(link);
+        up.record.set(self.record.get());
+        for pc in &up.primary {
+            let slot = pc.slot.expect("stored above");
+            let mine = self
+                .record
+                .get()
+                .and_then(|r| link.table.cell(&locked, r, slot))
+                .unwrap_or_else(CellRef::unrecorded);
+            pc.counted.set(Some(Counted { slot, mine }));
+        }
+        Ok(up)
     }
 
     /// Points every counter at this worker's cell for it (`record`: this

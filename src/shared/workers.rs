@@ -7,6 +7,9 @@
 //! gives back what it still holds; holding anything then is a bug, except
 //! in a fast shutdown (`nginx -s stop`), which drops connections unreleased.
 
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, Ordering};
+
 use nginx_sys::{NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN};
 
 use crate::core::record::{is_alive, parse_stat, ProcessId, Reclaimed};
@@ -17,6 +20,23 @@ use super::zone::{Locked, ZoneLink};
 
 /// How often every worker looks for dead workers' records.
 pub const CHECK_INTERVAL_MS: usize = 500;
+
+/// Lua keys idle and neither declared nor picked for this long are removed.
+pub const LUA_KEY_TTL_SECS: u32 = 600;
+
+/// How many checks between two looks for expired Lua keys (about a minute).
+const LUA_EXPIRY_EVERY: u32 = 120;
+
+/// This worker's registry (its cycle's), for front-ends that have no
+/// request or configuration to find it through (the Lua C ABI).
+static CURRENT: AtomicPtr<Registry> = AtomicPtr::new(ptr::null_mut());
+
+/// This worker's registry, once the worker has started.
+pub fn registry() -> Option<&'static Registry> {
+    // SAFETY: null, or the registry of this worker's cycle, which lives as
+    // long as the worker; set once in `start`.
+    unsafe { CURRENT.load(Ordering::Acquire).as_ref() }
+}
 
 fn proc_stat(pid: i32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()
@@ -66,7 +86,8 @@ fn reclaim_dead(link: &ZoneLink, locked: &Locked, log: Log) {
 
 /// `init_process`: gives back what dead workers held, registers this
 /// worker and points every counter of its configuration at its cells.
-pub fn start(registry: &Registry, log: Log) {
+pub fn start(registry: &'static Registry, log: Log) {
+    CURRENT.store(ptr::from_ref(registry).cast_mut(), Ordering::Release);
     let Some(link) = registry.zone() else {
         return;
     };
@@ -87,10 +108,26 @@ pub fn start(registry: &Registry, log: Log) {
     }
 }
 
-/// The periodic check, in every worker.
-pub fn check(registry: &Registry) {
-    if let Some(link) = registry.zone() {
-        reclaim_dead(link, &link.lock(), Log::cycle());
+/// The periodic check, in every worker; `now` in seconds. About once a
+/// minute it also removes expired Lua keys.
+pub fn check(registry: &Registry, tick: u32, now: u32) {
+    let Some(link) = registry.zone() else {
+        return;
+    };
+    let locked = link.lock();
+    reclaim_dead(link, &locked, Log::cycle());
+    if tick % LUA_EXPIRY_EVERY == 0 {
+        let expired = link.table.expire_lua(&locked, now, LUA_KEY_TTL_SECS);
+        drop(locked);
+        if expired > 0 {
+            Log::cycle().zone(
+                NGX_LOG_NOTICE,
+                link.shm.name(),
+                format_args!(
+                    ": {expired} Lua key(s) idle and unused for {LUA_KEY_TTL_SECS} s removed"
+                ),
+            );
+        }
     }
 }
 

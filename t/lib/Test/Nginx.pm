@@ -35,6 +35,9 @@ our $NGINX = $ENV{TEST_NGINX_BINARY} // '/usr/sbin/nginx';
 # Every wait and timeout is multiplied by this: nginx under valgrind
 # (scripts/memcheck.sh) runs many times slower.
 our $SLOW = $ENV{TEST_NGINX_SLOW} // 1;
+# Debian's Lua module (libnginx-mod-http-lua) and the Lua library of ours.
+our $LUA_MODULE = '/usr/lib/nginx/modules/ngx_http_lua_module.so';
+our $LUA_LIB = (File::Spec->rel2abs(__FILE__) =~ s{t/lib/Test/Nginx\.pm$}{}r) . 'lib';
 our $MODULE = $ENV{TEST_NGINX_MODULE}
 	// (File::Spec->rel2abs(__FILE__) =~ s{t/lib/Test/Nginx\.pm$}{}r)
 		. 'target/release/libngx_http_least_conn_persistent_module.so';
@@ -60,6 +63,8 @@ sub new {
 	my $self = bless { _pid => $$ }, $class;
 	$self->{_testdir} = tempdir('lcp-test-XXXXXX', TMPDIR => 1,
 		CLEANUP => !$ENV{TEST_NGINX_LEAVE});
+	# Workers (user nobody when run as root) read files here too (Lua).
+	chmod 0755, $self->{_testdir};
 	mkpath("$self->{_testdir}/logs");
 	$self->{_daemons} = [];
 	$self->{_allowed} = [];
@@ -79,8 +84,9 @@ sub has {
 			my $f = $w eq 'module' ? $MODULE : $NGINX;
 			Test::More::BAIL_OUT("$f is missing: run scripts/build.sh") unless -e $f;
 		} elsif ($w eq 'lua') {
-			Test::More::plan(skip_all => 'no lua module')
-				unless -f '/usr/lib/nginx/modules/ngx_http_lua_module.so';
+			# Installed by scripts/test.sh: a missing one must not pass as a skip.
+			Test::More::BAIL_OUT("$LUA_MODULE is missing: apt-get install libnginx-mod-http-lua lua-resty-core")
+				unless -f $LUA_MODULE && -f '/usr/share/lua/5.1/resty/core.lua';
 		}
 	}
 	return $self;
@@ -170,6 +176,12 @@ sub has_file {
 	return -e "$self->{_testdir}/$name";
 }
 
+# load_module lines for Debian's Lua module (and the NDK it needs).
+sub lua_modules {
+	return "load_module /usr/lib/nginx/modules/ndk_http_module.so;\n"
+		. "load_module $LUA_MODULE;\n";
+}
+
 sub globals {
 	my ($self) = @_;
 	my $d = $self->{_testdir};
@@ -191,6 +203,8 @@ sub globals_http {
 sub expand {
 	my ($self, $content) = @_;
 	$content =~ s/%%TEST_GLOBALS%%/$self->globals()/ge;
+	$content =~ s/%%LUA_MODULES%%/lua_modules()/ge;
+	$content =~ s/%%LUA_LIB%%/$LUA_LIB/g;
 	$content =~ s/%%TEST_GLOBALS_HTTP%%/$self->globals_http()/ge;
 	$content =~ s/%%TESTDIR%%/$self->{_testdir}/g;
 	$content =~ s/127\.0\.0\.1:(8\d\d\d)/'127.0.0.1:' . port($1)/ge;

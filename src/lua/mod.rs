@@ -1,0 +1,272 @@
+//! The C ABI for Lua balancers (`include/least_conn_persistent.h`): the
+//! same shared counters, reached through LuaJIT's FFI.
+//!
+//! Each worker keeps its own table of Lua upstreams (declared by its Lua
+//! code) and of outstanding picks (tokens); the counts live in the zone as
+//! Lua keys, attributed to the worker's record like every other count. The
+//! entry points below are the only `extern "C"` code here: each validates
+//! what Lua passed, turns pointers into slices once, and answers a code.
+
+use core::cell::RefCell;
+use core::ffi::c_char;
+use std::collections::HashMap;
+
+use crate::core::array_list::{ArrayList, RoundRobinState};
+use crate::core::select::choose;
+use crate::core::table::Meta;
+use crate::core::tokens::{Redeem, Tokens};
+use crate::ngx::log::Log;
+use crate::ngx::peers::now;
+use crate::shared::registry::{DeclareError, Held, List, PeerRef, UpstreamCounters};
+use crate::shared::workers;
+
+pub const ABI_VERSION: i32 = 1;
+
+const OK: i32 = 0;
+const ERR_ARG: i32 = -1;
+const ERR_NO_ZONE: i32 = -2;
+const ERR_UNKNOWN: i32 = -3;
+const ERR_ZONE_FULL: i32 = -4;
+const ERR_NO_PEER: i32 = -5;
+const ERR_TOKEN: i32 = -6;
+const ALREADY: i32 = 1;
+
+const MAX_ID: usize = 128;
+const MAX_ADDR: usize = 255;
+const MAX_SERVERS: usize = 1024;
+const MAX_WEIGHT: u32 = 1_000_000;
+
+/// `lcp_server_t`.
+#[repr(C)]
+pub struct Server {
+    addr: *const c_char,
+    addr_len: usize,
+    weight: u32,
+    max_conns: u32,
+}
+
+struct LuaUpstream {
+    counters: UpstreamCounters,
+    rr: Vec<RoundRobinState>,
+    limits: Vec<(u32, u32)>,
+}
+
+/// What a token stands for.
+#[derive(Clone, Copy)]
+struct Pick {
+    upstream: usize,
+    held: Held,
+}
+
+#[derive(Default)]
+struct State {
+    upstreams: Vec<LuaUpstream>,
+    by_id: HashMap<Box<[u8]>, usize>,
+    picks: Tokens<Pick>,
+}
+
+thread_local! {
+    // A worker runs Lua on one thread; this is that worker's table.
+    static STATE: RefCell<State> = RefCell::new(State::default());
+}
+
+/// `len` bytes at `ptr`, or `None` for NULL or a length out of 1..=max.
+///
+/// # Safety
+/// A non-null `ptr` points at `len` readable bytes (the caller's contract).
+unsafe fn bytes<'a>(ptr: *const c_char, len: usize, max: usize) -> Option<&'a [u8]> {
+    if ptr.is_null() || len == 0 || len > max {
+        return None;
+    }
+    // SAFETY: the function's contract.
+    Some(unsafe { core::slice::from_raw_parts(ptr.cast(), len) })
+}
+
+fn declare_error(e: DeclareError) -> i32 {
+    match e {
+        DeclareError::NoZone => ERR_NO_ZONE,
+        DeclareError::Full => ERR_ZONE_FULL,
+        DeclareError::Conflict => ERR_ARG,
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn lcp_abi_version() -> i32 {
+    ABI_VERSION
+}
+
+#[no_mangle]
+pub extern "C" fn lcp_declare(
+    id: *const c_char,
+    id_len: usize,
+    servers: *const Server,
+    n: usize,
+) -> i32 {
+    // SAFETY: LuaJIT passes its string's bytes and length.
+    let Some(id) = (unsafe { bytes(id, id_len, MAX_ID) }) else {
+        return ERR_ARG;
+    };
+    if servers.is_null() || n == 0 || n > MAX_SERVERS {
+        return ERR_ARG;
+    }
+    // SAFETY: non-null, `n` elements (the caller's contract: an FFI array).
+    let servers = unsafe { core::slice::from_raw_parts(servers, n) };
+    let mut list = Vec::with_capacity(n);
+    for s in servers {
+        // SAFETY: each address is an FFI string with its length.
+        let Some(addr) = (unsafe { bytes(s.addr, s.addr_len, MAX_ADDR) }) else {
+            return ERR_ARG;
+        };
+        if s.weight == 0 || s.weight > MAX_WEIGHT {
+            return ERR_ARG;
+        }
+        let meta = Meta {
+            weight: s.weight,
+            max_conns: s.max_conns,
+            flags: 0,
+        };
+        list.push((addr, meta));
+    }
+    match declare(id, &list) {
+        Ok(handle) => handle,
+        Err(code) => code,
+    }
+}
+
+/// Checks the declaration and stores it; the upstream's handle.
+fn declare(id: &[u8], servers: &[(&[u8], Meta)]) -> Result<i32, i32> {
+    // Upstream names cannot hold ':', the key's separator.
+    if id.contains(&b':') {
+        return Err(ERR_ARG);
+    }
+    for (i, (addr, _)) in servers.iter().enumerate() {
+        if servers[..i].iter().any(|(other, _)| other == addr) {
+            return Err(ERR_ARG);
+        }
+    }
+    let registry = workers::registry().ok_or(ERR_NO_ZONE)?;
+    STATE.with_borrow_mut(|st| {
+        let existing = st.by_id.get(id).copied();
+        let previous = existing.map(|i| &st.upstreams[i].counters);
+        let counters = registry
+            .declare_lua(id, servers, previous, now() as u32)
+            .map_err(declare_error)?;
+        let up = LuaUpstream {
+            counters,
+            rr: servers
+                .iter()
+                .map(|(_, m)| RoundRobinState::new(m.weight))
+                .collect(),
+            limits: servers
+                .iter()
+                .map(|(_, m)| (m.weight, m.max_conns))
+                .collect(),
+        };
+        let handle = match existing {
+            Some(i) => {
+                st.upstreams[i] = up;
+                i
+            }
+            None => {
+                st.upstreams.push(up);
+                st.by_id.insert(id.into(), st.upstreams.len() - 1);
+                st.upstreams.len() - 1
+            }
+        };
+        i32::try_from(handle).map_err(|_| ERR_ARG)
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn lcp_pick(
+    handle: i32,
+    skip: *const u64,
+    skip_words: usize,
+    token: *mut u64,
+) -> i32 {
+    if token.is_null() || (skip.is_null() && skip_words != 0) || skip_words > MAX_SERVERS / 64 {
+        return ERR_ARG;
+    }
+    let skip = if skip_words == 0 {
+        &[][..]
+    } else {
+        // SAFETY: non-null, `skip_words` words (the caller's contract).
+        unsafe { core::slice::from_raw_parts(skip, skip_words) }
+    };
+    let r = STATE.with_borrow_mut(|st| pick(st, handle, skip));
+    match r {
+        Ok((index, t)) => {
+            // SAFETY: non-null (checked), the caller's uint64_t.
+            unsafe { token.write(t) };
+            index
+        }
+        Err(code) => code,
+    }
+}
+
+fn pick(st: &mut State, handle: i32, skip: &[u64]) -> Result<(i32, u64), i32> {
+    let index = usize::try_from(handle).map_err(|_| ERR_UNKNOWN)?;
+    let up = st.upstreams.get_mut(index).ok_or(ERR_UNKNOWN)?;
+    let counters = up.counters.list(List::Primary);
+    let mut held = Held::Nothing;
+    let mut list = ArrayList {
+        rr: &mut up.rr,
+        limits: &up.limits,
+        skip,
+        count: |i: usize| counters[i].count_hint_or_local(),
+    };
+    // A choice can lose the last max_conns place to another worker: choose
+    // again, which then sees it full.
+    let mut chosen = None;
+    for _ in 0..=counters.len() {
+        let Some(best) = choose(&mut list) else {
+            break;
+        };
+        let me = PeerRef {
+            list: List::Primary,
+            index: best,
+        };
+        let (_, max_conns) = list.limits[best];
+        if counters[best].acquire(me, &up.counters, max_conns, &mut held) {
+            chosen = Some(best);
+            break;
+        }
+    }
+    let best = chosen.ok_or(ERR_NO_PEER)?;
+    counters[best].touch(now() as u32);
+    let t = st.picks.issue(Pick {
+        upstream: index,
+        held,
+    });
+    Ok((best as i32, t))
+}
+
+#[no_mangle]
+pub extern "C" fn lcp_release(token: u64) -> i32 {
+    STATE.with_borrow_mut(|st| match st.picks.redeem(token) {
+        Redeem::Taken(p) => {
+            if let Some(up) = st.upstreams.get(p.upstream) {
+                up.counters.release(p.held, Log::cycle());
+            }
+            OK
+        }
+        Redeem::Already => ALREADY,
+        Redeem::Invalid => ERR_TOKEN,
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn lcp_count(handle: i32, index: usize) -> i64 {
+    STATE.with_borrow(|st| {
+        let Some(up) = usize::try_from(handle)
+            .ok()
+            .and_then(|h| st.upstreams.get(h))
+        else {
+            return i64::from(ERR_UNKNOWN);
+        };
+        match up.counters.list(List::Primary).get(index) {
+            Some(pc) => pc.count().map_or(i64::from(ERR_UNKNOWN), i64::from),
+            None => i64::from(ERR_ARG),
+        }
+    })
+}
