@@ -116,7 +116,7 @@ pub fn check(registry: &Registry, tick: u32, now: u32) {
     };
     let locked = link.lock();
     reclaim_dead(link, &locked, Log::cycle());
-    if tick % LUA_EXPIRY_EVERY == 0 {
+    if tick.is_multiple_of(LUA_EXPIRY_EVERY) {
         let expired = link.table.expire_lua(&locked, now, LUA_KEY_TTL_SECS);
         drop(locked);
         if expired > 0 {
