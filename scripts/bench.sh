@@ -4,7 +4,9 @@
 #   1. balance quality with held WebSockets across reloads,
 #   2. throughput with wrk at 2, 100 and 1,000 servers,
 #   3. instructions per pick under callgrind,
-#   4. zone capacity and reload cost.
+#   4. zone capacity and reload cost,
+#   5. requests/s through balancer_by_lua: our Lua library against pure-Lua
+#      least-connections per worker and round-robin.
 # Loopback only. `--quick` runs every scenario small, as a smoke test, and
 # writes build/bench-quick/BENCHMARKS.md instead.
 . "$(dirname "$0")/env.sh"
@@ -18,7 +20,7 @@ fi
 mkdir -p "$(dirname "$out")"
 
 "$ROOT/scripts/build.sh" >&2
-ensure_packages wrk valgrind perl
+ensure_packages wrk valgrind perl libnginx-mod-http-lua lua-resty-core
 
 started=$(date +%s)
 tmp="$out.tmp"
@@ -51,12 +53,14 @@ section() {
     echo "| nginx | $("$NGINX_BIN" -v 2>&1 | sed 's/.*: //') (Debian) |"
     echo "| rustc | $(rustc --version) |"
     echo "| wrk, valgrind | $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $(valgrind --version) |"
+    echo "| Lua module | libnginx-mod-http-lua $(dpkg-query -W -f='${Version}' libnginx-mod-http-lua), lua-resty-core $(dpkg-query -W -f='${Version}' lua-resty-core) |"
 } >"$tmp"
 
 section "1. Balance quality with held WebSockets" balance.pl
 section "2. Throughput" throughput.pl
 section "3. Cost per pick (callgrind)" callgrind.pl
 section "4. Zone capacity and reload cost" capacity.pl
+section "5. Lua balancers (balancer_by_lua)" lua.pl
 
 if [ -f "$ROOT/scripts/bench/notes.md" ]; then
     { echo; cat "$ROOT/scripts/bench/notes.md"; } >>"$tmp"

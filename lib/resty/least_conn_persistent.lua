@@ -14,9 +14,11 @@
 --   lcp.release(token)                      -- in log_by_lua*, and before a retry
 --
 -- A token is released once: releasing it again returns nil, "already
--- released". Declarations are cached by id and server list: declaring the
--- same upstream again costs a table lookup; declaring it with other servers
--- drains the servers it no longer lists.
+-- released". Declarations are cached by id: declaring again with the same
+-- servers table costs a table lookup (with an equal list, a comparison);
+-- declaring with other servers drains the servers it no longer lists. A
+-- servers table must not be changed in place after it was declared: pass a
+-- new table for a new list.
 
 local ffi = require "ffi"
 local bit = require "bit"
@@ -187,6 +189,12 @@ local token_out = ffi_new("uint64_t[1]")
 -- it is already declared with the same servers. Returns the upstream, or
 -- nil and an error.
 function _M.declare(id, servers)
+    -- The same servers table as last time: nothing to check again (a
+    -- balancer can declare on every request at the cost of this lookup).
+    local up = declared[id]
+    if up and up.source == servers then
+        return up
+    end
     if type(id) ~= "string" or id == "" then
         return nil, "id must be a non-empty string"
     end
@@ -195,8 +203,8 @@ function _M.declare(id, servers)
         return nil, err
     end
     local sig = signature(list)
-    local up = declared[id]
     if up and up.signature == sig then
+        up.source = servers
         return up
     end
     local arr = ffi_new("lcp_server_t[?]", #list)
@@ -211,8 +219,8 @@ function _M.declare(id, servers)
     if rc < 0 then
         return nil, failure(rc)
     end
-    up = setmetatable({ id = id, handle = rc, servers = list, n = #list, signature = sig },
-                      upstream)
+    up = setmetatable({ id = id, handle = rc, servers = list, n = #list, signature = sig,
+                        source = servers }, upstream)
     declared[id] = up
     return up
 end
