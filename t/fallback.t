@@ -20,7 +20,7 @@ my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(12);
 
 sub conf {
 	my ($zone, $downs) = @_;
-	my $down = join "\n", map { "        server 127.0.0.1:" . (20000 + $_) . " down;" } 1 .. $downs;
+	my $down = join "\n", map { "        server 127.0.0.2:" . (20000 + $_) . " down;" } 1 .. $downs;
 	$t->write_file_expand('nginx.conf', <<"EOF");
 
 %%TEST_GLOBALS%%

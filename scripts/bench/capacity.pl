@@ -27,7 +27,8 @@ my $t = Test::Nginx->new();
 sub conf {
 	my ($method, $n, $size, $workers) = @_;
 	$workers //= 2;
-	my $ups = servers(10001, $n, 'down');
+	# Down servers on ports the harness never hands out (it uses 20000-29999).
+	my $ups = servers(40001, $n, 'down');
 	my ($zone, $line) = method_conf($method, stock => int($n / 100 + 1) . 'm', zone => $size);
 	$t->write_file_expand('nginx.conf', <<"EOF");
 %%TEST_GLOBALS%%
