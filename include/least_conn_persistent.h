@@ -56,7 +56,8 @@ int lcp_declare(const char *id, size_t id_len, const lcp_server_t *servers, size
 int lcp_pick(int handle, const uint64_t *skip, size_t skip_words, uint64_t *token);
 
 /* Gives back what the pick that wrote `token` took: LCP_OK, LCP_ALREADY
- * for a token released before, or LCP_ERR_TOKEN. */
+ * for a token released before, or LCP_ERR_TOKEN. Tokens are below 2^52, so
+ * a Lua number holds one exactly. */
 int lcp_release(uint64_t token);
 
 /* The connections counted on server `index` of upstream `handle`, across

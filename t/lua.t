@@ -158,11 +158,13 @@ http {
                 show("forged token", lcp.release(12345))
                 show("nil token", lcp.release(nil))
                 show("forged cdata token", lcp.release(ffi.new("uint64_t", 2^40 + 1)))
+                show("token past 2^52", lcp.release(2^53))
+                show("fractional token", lcp.release(1.5))
                 local up = assert(lcp.declare("one", { { addr = "127.0.0.1:%%PORT_8081%%" } }))
                 local server, token = up:pick({ [0] = true })
                 show("all tried", server, token)
                 server, token = up:pick()
-                show("pick", server.addr == "127.0.0.1:%%PORT_8081%%", up:count(0))
+                show("pick", server.addr == "127.0.0.1:%%PORT_8081%%", up:count(0), type(token))
                 show("release", lcp.release(token))
                 show("release again", lcp.release(token))
                 show("count after", up:count("127.0.0.1:%%PORT_8081%%"))
@@ -272,7 +274,7 @@ like($bad, qr/huge weight: nil server 127\.0\.0\.1:1: weight must be a whole num
 	'checked in Lua and in the module');
 like($bad, qr/C: huge weight: -1\nC: NULL id: -1\nC: NULL servers: -1\nC: id too long: -1\nC: unknown handle: -3\nC: negative handle: -3\nC: NULL skip with words: -1\nC: NULL token: -1\n/,
 	'the C ABI answers error codes');
-like($bad, qr/forged token: nil invalid token\nnil token: nil invalid token\nforged cdata token: nil invalid token\nall tried: nil no server can take the connection\npick: true 1\nrelease: true\nrelease again: nil already released\ncount after: 0\ncount of no server: nil no such server\n/,
+like($bad, qr/forged token: nil invalid token\nnil token: nil invalid token\nforged cdata token: nil invalid token\ntoken past 2\^52: nil invalid token\nfractional token: nil invalid token\nall tried: nil no server can take the connection\npick: true 1 number\nrelease: true\nrelease again: nil already released\ncount after: 0\ncount of no server: nil no such server\n/,
 	'tokens: forged ones refused, a second release a no-op');
 
 ###############################################################################

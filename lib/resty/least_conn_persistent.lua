@@ -77,7 +77,8 @@ int lcp_declare(const char *id, size_t id_len, const lcp_server_t *servers, size
 int lcp_pick(int handle, const uint64_t *skip, size_t skip_words, uint64_t *token);
 
 /* Gives back what the pick that wrote `token` took: LCP_OK, LCP_ALREADY
- * for a token released before, or LCP_ERR_TOKEN. */
+ * for a token released before, or LCP_ERR_TOKEN. Tokens are below 2^52, so
+ * a Lua number holds one exactly. */
 int lcp_release(uint64_t token);
 
 /* The connections counted on server `index` of upstream `handle`, across
@@ -249,7 +250,8 @@ function upstream:pick(tried)
     if rc < 0 then
         return nil, failure(rc)
     end
-    return self.servers[rc + 1], token_out[0]
+    -- Tokens stay below 2^52: a plain number, exact, no cdata to allocate.
+    return self.servers[rc + 1], tonumber(token_out[0])
 end
 
 -- The connections counted on a server (its index or addr), across workers.
@@ -276,7 +278,10 @@ end
 -- "already released" (safe to call twice), or nil and "invalid token".
 function _M.release(token)
     local t = type(token)
-    if t ~= "cdata" and t ~= "number" then
+    if t ~= "number" and t ~= "cdata" then
+        return nil, "invalid token"
+    end
+    if t == "number" and (token < 0 or token >= 4503599627370496 or token ~= floor(token)) then
         return nil, "invalid token"
     end
     local rc = C.lcp_release(token)

@@ -3,8 +3,13 @@
 //! released before is recognised, and a forged one is refused, never
 //! trusted as a pointer.
 //!
-//! Token bits: low 32, the entry's index + 1 (0 is never a token); high 32,
-//! the entry's generation when the token was issued.
+//! Token bits: low 32, the entry's index + 1 (0 is never a token); the 20
+//! above them, the entry's generation when the token was issued. A token is
+//! then below 2^52: a Lua number holds it exactly, so handing it to Lua
+//! allocates nothing (a 64-bit cdata would be a heap object per pick).
+
+/// Generations wrap within 20 bits.
+const GENERATIONS: u32 = 1 << 20;
 
 #[derive(Debug)]
 struct Entry<T> {
@@ -58,6 +63,9 @@ impl<T> Tokens<T> {
 
     /// Takes back the value of `token`, once.
     pub fn redeem(&mut self, token: u64) -> Redeem<T> {
+        if token >> 52 != 0 {
+            return Redeem::Invalid;
+        }
         let (low, generation) = ((token & 0xffff_ffff) as usize, (token >> 32) as u32);
         let Some(index) = low.checked_sub(1) else {
             return Redeem::Invalid;
@@ -67,11 +75,14 @@ impl<T> Tokens<T> {
         };
         if generation == e.generation {
             if let Some(v) = e.value.take() {
-                e.generation = e.generation.wrapping_add(1);
+                e.generation = (e.generation + 1) % GENERATIONS;
                 self.free.push(index as u32);
                 return Redeem::Taken(v);
             }
         }
+        // An older generation of an issued entry: released before. (After
+        // 2^20 reuses of one entry the count wraps; a token kept that long
+        // reads as a newer one and is refused as invalid, never honoured.)
         if generation < e.generation {
             Redeem::Already
         } else {
@@ -115,6 +126,22 @@ mod tests {
             "the old token does not take the new value"
         );
         assert_eq!(t.redeem(b), Redeem::Taken(2));
+    }
+
+    #[test]
+    fn tokens_fit_a_lua_number() {
+        let mut t = Tokens::default();
+        for _ in 0..3 * GENERATIONS as usize + 7 {
+            let tok = t.issue(());
+            assert!(tok < 1 << 52);
+            assert_eq!(t.redeem(tok), Redeem::Taken(()));
+        }
+        let tok = t.issue(());
+        assert_eq!(
+            t.redeem(tok),
+            Redeem::Taken(()),
+            "after the generation wrapped"
+        );
     }
 
     #[test]
