@@ -6,10 +6,24 @@
 # that tree gives the objs/ directory (ngx_auto_config.h) the module must be
 # compiled against to be binary compatible.
 #
+# nginx 1.28 from source: scripts/build.sh --nginx=1.28 builds it from the
+# nginx-src crate into build/nginx-1.28/ and the module against it, into
+# target/nginx-1.28/.
+#
 # Another nginx: NGINX_SOURCE_DIR=/path/to/nginx NGINX_BUILD_DIR=/path/to/nginx/objs scripts/build.sh
 . "$(dirname "$0")/env.sh"
 
-nginx_build_env
+so="$MODULE_SO"
+if [ "${1:-}" = "--nginx=1.28" ]; then
+    shift
+    nginx_128_env
+    so="$MODULE_128_SO"
+elif [ "${1:-}" = "--nginx=debian" ]; then
+    shift
+    nginx_build_env
+else
+    nginx_build_env
+fi
 cd "$ROOT"
 cargo build --release "$@"
-echo ">> built $MODULE_SO" >&2
+echo ">> built $so" >&2

@@ -7,7 +7,12 @@ BUILD_DIR="$ROOT/build"
 NGINX_TREE="$BUILD_DIR/nginx-src"
 MODULE_SO="$ROOT/target/release/libngx_http_least_conn_persistent_module.so"
 NGINX_BIN=${NGINX_BIN:-/usr/sbin/nginx}
-export ROOT BUILD_DIR NGINX_TREE MODULE_SO NGINX_BIN
+# nginx 1.28 built from the nginx-src crate (scripts/build.sh --nginx=1.28).
+NGINX_128_PREFIX="$BUILD_DIR/nginx-1.28"
+NGINX_128_TREE="$BUILD_DIR/nginx-1.28-src"
+NGINX_128_BIN="$NGINX_128_PREFIX/sbin/nginx"
+MODULE_128_SO="$ROOT/target/nginx-1.28/release/libngx_http_least_conn_persistent_module.so"
+export ROOT BUILD_DIR NGINX_TREE MODULE_SO NGINX_BIN NGINX_128_PREFIX NGINX_128_TREE NGINX_128_BIN MODULE_128_SO
 
 # Installs Debian packages that are missing; does nothing when all are there.
 ensure_packages() {
@@ -55,4 +60,42 @@ nginx_build_env() {
     fi
     export NGINX_SOURCE_DIR="$NGINX_TREE"
     export NGINX_BUILD_DIR="$NGINX_TREE/objs"
+}
+
+# Builds nginx 1.28 from the nginx-src crate's vendored tree (once: a stamp
+# records the crate version) into build/nginx-1.28/ (sbin/nginx, and
+# modules/ngx_stream_module.so: stream is dynamic), then exports what
+# nginx-sys needs to build the module against that tree, into its own
+# target directory.
+nginx_128_env() {
+    ensure_packages libclang-dev clang pkg-config build-essential libpcre2-dev libssl-dev zlib1g-dev
+    ensure_rust
+    local manifest="$ROOT/scripts/nginx-1.28/Cargo.toml"
+    local stamp="$NGINX_128_TREE/.built-nginx-src-1.28.5"
+    if [ ! -f "$stamp" ] || [ ! -x "$NGINX_128_BIN" ]; then
+        echo ">> building nginx 1.28 from the nginx-src crate" >&2
+        cargo fetch --manifest-path "$manifest" -q
+        local src
+        src=$(cargo metadata --format-version 1 --manifest-path "$manifest" | perl -MJSON::PP -0ne '
+            for (@{decode_json($_)->{packages}}) {
+                next unless $_->{name} eq "nginx-src";
+                (my $d = $_->{manifest_path}) =~ s{/Cargo\.toml$}{/nginx};
+                print $d;
+            }')
+        [ -d "$src" ] || { echo "nginx-src not found" >&2; exit 1; }
+        rm -rf "$NGINX_128_TREE" "$NGINX_128_PREFIX"
+        mkdir -p "$BUILD_DIR"
+        cp -a "$src" "$NGINX_128_TREE"
+        (
+            cd "$NGINX_128_TREE"
+            ./auto/configure --prefix="$NGINX_128_PREFIX" --with-compat --with-debug --with-threads \
+                --with-http_ssl_module --with-http_v2_module --with-http_realip_module \
+                --with-http_stub_status_module --with-stream=dynamic --with-stream_ssl_module \
+                && make -j"$(nproc)" && make install
+        ) >"$BUILD_DIR/nginx-1.28-build.log" 2>&1 || { tail -30 "$BUILD_DIR/nginx-1.28-build.log" >&2; exit 1; }
+        touch "$stamp"
+    fi
+    export NGINX_SOURCE_DIR="$NGINX_128_TREE"
+    export NGINX_BUILD_DIR="$NGINX_128_TREE/objs"
+    export CARGO_TARGET_DIR="$ROOT/target/nginx-1.28"
 }
