@@ -17,6 +17,8 @@ my @cases = (
 	['all good', 'least_conn_persistent_zone z 64k;',
 		'least_conn_persistent;', 'least_conn_persistent_status;', undef],
 	['upstream before zone is fine', '', 'least_conn_persistent;', '', undef],
+	['keepalive before the method', 'least_conn_persistent_zone z 64k;', "keepalive 8;\n least_conn_persistent;", '',
+		qr/\[emerg\].*"least_conn_persistent" in upstream "u": load balancing method redefined \(use one method, and put "keepalive" after it\)/],
 	['keepalive after the method', 'least_conn_persistent_zone z 64k;',
 		"least_conn_persistent;\n keepalive 8;", '', undef],
 	['zone too small', 'least_conn_persistent_zone z 16k;', '', '',
