@@ -106,14 +106,6 @@ http {
 EOF
 }
 
-sub wrk {
-	my $url = 'http://127.0.0.1:' . port(8080) . '/';
-	`taskset -c 1 wrk -t1 -c32 -d1s $url 2>&1` unless $quick;
-	my $out = `taskset -c 1 wrk -t1 -c32 -d${duration}s $url 2>&1`;
-	die "wrk failed:\n$out" unless $out =~ /Requests\/sec:\s+([\d.]+)/;
-	die "errors during wrk:\n$out" if $out =~ /Non-2xx or 3xx responses/;
-	return $1;
-}
 
 print "| servers | `least_conn_persistent` (Lua, FFI) req/s | Lua least-connections per worker req/s "
 	. "| Lua round-robin req/s | ours / Lua least-connections | pairs: median (min-max) |\n";
@@ -125,7 +117,7 @@ for my $n (@sizes) {
 		for my $m (@methods) {
 			conf($m, $n);
 			$proxy->run();
-			push @{$rps{$m}}, wrk();
+			push @{$rps{$m}}, wrk($duration, $quick);
 			$proxy->stop();
 		}
 	}

@@ -66,16 +66,6 @@ $ups
 EOF
 }
 
-sub wrk {
-	my $url = 'http://127.0.0.1:' . port(8080) . '/';
-	# warm the keepalive caches, then measure
-	`taskset -c 1 wrk -t1 -c32 -d1s $url 2>&1` unless $quick;
-	my $out = `taskset -c 1 wrk -t1 -c32 -d${duration}s $url 2>&1`;
-	die "wrk failed:\n$out" unless $out =~ /Requests\/sec:\s+([\d.]+)/;
-	my $rps = $1;
-	die "errors during wrk:\n$out" if $out =~ /Non-2xx or 3xx responses/;
-	return $rps;
-}
 
 
 print "| servers | `least_conn; zone` req/s (median) | `least_conn_persistent` req/s (median) | ratio "
@@ -88,7 +78,7 @@ for my $n (@sizes) {
 		for my $m (qw/stock persistent/) {
 			conf($m, $n);
 			$proxy->run();
-			push @{$rps{$m}}, wrk();
+			push @{$rps{$m}}, wrk($duration, $quick);
 			$proxy->stop();
 		}
 	}

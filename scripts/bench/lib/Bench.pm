@@ -7,7 +7,7 @@ use warnings;
 use strict;
 
 use Exporter qw/import/;
-our @EXPORT = qw/method_conf servers ok_backend median/;
+our @EXPORT = qw/method_conf servers ok_backend median wrk/;
 
 use Test::Nginx;
 
@@ -53,6 +53,20 @@ $listens
 }
 EOF
 	return $b->run();
+}
+
+# Requests per second wrk measures through the proxy on port(8080), on CPU 1,
+# for $duration seconds (after a 1 s warm-up of the keepalive caches unless
+# $quick). Dies on errors or non-2xx answers.
+sub wrk {
+	my ($duration, $quick) = @_;
+	my $url = 'http://127.0.0.1:' . port(8080) . '/';
+	`taskset -c 1 wrk -t1 -c32 -d1s $url 2>&1` unless $quick;
+	my $out = `taskset -c 1 wrk -t1 -c32 -d${duration}s $url 2>&1`;
+	die "wrk failed:\n$out" unless $out =~ /Requests\/sec:\s+([\d.]+)/;
+	my $rps = $1;
+	die "errors during wrk:\n$out" if $out =~ /Non-2xx or 3xx responses/;
+	return $rps;
 }
 
 sub median {
