@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks least_conn_persistent against stock `least_conn; zone` on the
-# same Debian nginx and machine, and writes BENCHMARKS.md:
+# same nginx and machine, and writes BENCHMARKS.md (Debian's nginx) or, with
+# --nginx=1.28, BENCHMARKS-nginx-1.28.md (nginx 1.28 built from the
+# nginx-src crate; no section 5 there):
 #   1. balance quality with held WebSockets across reloads,
 #   2. throughput with wrk at 2, 100 and 1,000 servers,
 #   3. instructions per pick under callgrind,
@@ -12,15 +14,31 @@
 . "$(dirname "$0")/env.sh"
 
 quick=()
-out="$ROOT/BENCHMARKS.md"
-if [ "${1:-}" = "--quick" ]; then
-    quick=(--quick)
-    out="$BUILD_DIR/bench-quick/BENCHMARKS.md"
-fi
+nginx=debian
+for arg in "$@"; do
+    case "$arg" in
+    --quick) quick=(--quick) ;;
+    --nginx=1.28) nginx=1.28 ;;
+    --nginx=debian) nginx=debian ;;
+    *) echo "usage: scripts/bench.sh [--quick] [--nginx=debian|1.28]" >&2; exit 2 ;;
+    esac
+done
+name=BENCHMARKS.md
+[ "$nginx" = 1.28 ] && name=BENCHMARKS-nginx-1.28.md
+out="$ROOT/$name"
+[ ${#quick[@]} -gt 0 ] && out="$BUILD_DIR/bench-quick/$name"
 mkdir -p "$(dirname "$out")"
 
-"$ROOT/scripts/build.sh" >&2
 ensure_packages wrk valgrind perl libnginx-mod-http-lua lua-resty-core
+if [ "$nginx" = 1.28 ]; then
+    "$ROOT/scripts/build.sh" --nginx=1.28 >&2
+    # The scripts take nginx and the module from the harness' variables.
+    export TEST_NGINX_BINARY="$NGINX_128_BIN" TEST_NGINX_MODULE="$MODULE_128_SO"
+    nginx_label="$("$NGINX_128_BIN" -v 2>&1 | sed 's/.*: //') (built from the nginx-src crate)"
+else
+    "$ROOT/scripts/build.sh" >&2
+    nginx_label="$("$NGINX_BIN" -v 2>&1 | sed 's/.*: //') (Debian)"
+fi
 
 started=$(date +%s)
 tmp="$out.tmp"
@@ -40,7 +58,7 @@ section() {
 {
     echo "# Benchmarks"
     echo
-    echo "Written by \`scripts/bench.sh${quick:+ --quick}\`; rerun it to reproduce every figure."
+    echo "Written by \`scripts/bench.sh${quick:+ --quick}$([ "$nginx" = 1.28 ] && echo ' --nginx=1.28')\`; rerun it to reproduce every figure."
     echo "Both methods run on the same nginx, the same machine, back to back."
     echo
     echo "| machine | |"
@@ -50,7 +68,7 @@ section() {
     echo "| CPU | $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(nproc) cores |"
     echo "| memory | $(free -g | awk '/Mem:/ {print $2 " GiB"}') |"
     echo "| kernel | $(uname -r) |"
-    echo "| nginx | $("$NGINX_BIN" -v 2>&1 | sed 's/.*: //') (Debian) |"
+    echo "| nginx | $nginx_label |"
     echo "| rustc | $(rustc --version) |"
     echo "| wrk, valgrind | $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $(valgrind --version) |"
     echo "| Lua module | libnginx-mod-http-lua $(dpkg-query -W -f='${Version}' libnginx-mod-http-lua), lua-resty-core $(dpkg-query -W -f='${Version}' lua-resty-core) |"
@@ -60,7 +78,10 @@ section "1. Balance quality with held WebSockets" balance.pl
 section "2. Throughput" throughput.pl
 section "3. Cost per pick (callgrind)" callgrind.pl
 section "4. Zone capacity and reload cost" capacity.pl
-section "5. Lua balancers (balancer_by_lua)" lua.pl
+# Debian's Lua module loads only into Debian's nginx.
+if [ "$nginx" = debian ]; then
+    section "5. Lua balancers (balancer_by_lua)" lua.pl
+fi
 
 if [ -f "$ROOT/scripts/bench/notes.md" ]; then
     { echo; cat "$ROOT/scripts/bench/notes.md"; } >>"$tmp"

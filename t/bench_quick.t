@@ -13,7 +13,7 @@ BEGIN { use FindBin; chdir($FindBin::Bin); }
 use lib 'lib';
 use Test::Nginx;
 
-my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(11);
+my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(14);
 
 my $out = `../scripts/bench.sh --quick 2>&1`;
 is($?, 0, 'bench.sh --quick exits 0') or diag($out);
@@ -34,3 +34,11 @@ my $verdicts = () = $md =~ /\*\*(met|missed)\*\*/g;
 like($md, qr/^\| 2 \| \d+ \| \d+ \| \d+ \| \d\.\d{3} \|/m, 'Lua balancers at 2 servers');
 is($verdicts, 6, 'a verdict for every goal');
 like($md, qr/^Whole run: \d+ s\.$/m, 'run time');
+
+# The same against nginx 1.28 built from source.
+$out = `../scripts/bench.sh --quick --nginx=1.28 2>&1`;
+is($?, 0, 'bench.sh --quick --nginx=1.28 exits 0') or diag($out);
+open $fh, '<', '../build/bench-quick/BENCHMARKS-nginx-1.28.md' or die "no BENCHMARKS-nginx-1.28.md: $!\n";
+$md = do { local $/; <$fh> };
+like($md, qr/^\| nginx \| nginx\/1\.28\.\d+ \(built from the nginx-src crate\) \|$/m, 'that nginx');
+like($md, qr/^\| 2 \| \d+ \| \d+ \| \d\.\d\d \| \d+ \| \d+ \| \d\.\d{3} \|$/m, 'its instructions per pick');

@@ -138,7 +138,8 @@ printf "| %d | %.0f | %.0f | %.2f | %.0f | %.0f | %.3f |\n", @$_[0 .. 2], $_->[2
 	@$_[3, 4], $_->[4] / $_->[3] for @rows;
 print "\nWhole request: every instruction the nginx process ran in user space for one proxied request "
 	. "(its total with $requests requests, less its total started and stopped without any).\n";
-print "\nFunctions measured (callgrind names): stock `$names[0]` (unnamed: Debian strips nginx), ours `$names[1]`.\n";
+printf "\nFunctions measured (callgrind names): stock `%s`%s, ours `%s`.\n", $names[0],
+	$names[0] =~ /^0x/ ? ' (unnamed: this nginx is stripped)' : '', $names[1];
 my @missed = grep { $_->[1] > 1.2 } @ratios;
 printf "\nGoal, at most 1.2x stock at every size: **%s**%s.\n", @missed ? 'missed' : 'met',
 	@missed ? ' (' . join(', ', map { sprintf '%.2fx, %+.0f instructions per pick, at %d servers', $_->[1], $_->[2], $_->[0] } @missed) . ')' : '';
