@@ -74,29 +74,9 @@ EOF
 my %backend = (8081 => 'a', 8082 => 'b');
 sub addr { '127.0.0.1:' . port($_[0]) }
 
-# What the backends really hold, as { "127.0.0.1:port" => n }.
-sub live {
-	return { map {
-		my $r = http("GET /count HTTP/1.0\r\n\r\n", port => port($_));
-		my ($n) = $r =~ /\r\n\r\n(\d+)/;
-		(addr($_) => $n // -1)
-	} keys %backend };
-}
-
-sub same {
-	my ($x, $y) = @_;
-	return join(',', map { "$_=$x->{$_}" } sort keys %$x)
-		eq join(',', map { "$_=" . ($y->{$_} // 0) } sort keys %$x);
-}
-
-# Both upstreams' counts summed per server, against the backends.
-sub counted {
-	my %sum;
-	for my $e (entries()) {
-		$sum{$e->{server}} += $e->{count};
-	}
-	return \%sum;
-}
+sub live { live_counts(keys %backend) }
+sub counted { server_counts() }
+sub same { same_counts(@_) }
 
 sub kill_worker {
 	my ($pid) = @_;

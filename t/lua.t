@@ -178,22 +178,9 @@ EOF
 
 my %backend = (8081 => 'a', 8082 => 'b', 8083 => 'c');
 sub addr { '127.0.0.1:' . port($_[0]) }
-sub live {
-	return { map {
-		my $r = http("GET /count HTTP/1.0\r\n\r\n", port => port($_));
-		my ($n) = $r =~ /\r\n\r\n(\d+)/;
-		(addr($_) => $n // -1)
-	} keys %backend };
-}
-sub lua_counts {
-	my %c;
-	$c{$_->{server}} += $_->{count} for grep { $_->{upstream} eq 'ws' } entries();
-	return \%c;
-}
-sub same {
-	my ($x, $y) = @_;
-	return !grep { ($x->{$_} // 0) != ($y->{$_} // 0) } keys %$x, keys %$y;
-}
+sub live { live_counts(keys %backend) }
+sub lua_counts { server_counts('ws') }
+sub same { same_counts(@_) }
 sub spread {
 	my @v = sort { $a <=> $b } values %{$_[0]};
 	return $v[-1] - $v[0];

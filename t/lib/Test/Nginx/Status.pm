@@ -10,10 +10,10 @@ use warnings;
 use strict;
 
 use Exporter qw/import/;
-our @EXPORT = qw/status counts entries wait_counts at_rest/;
+our @EXPORT = qw/status counts entries wait_counts at_rest live_counts server_counts same_counts/;
 
 use JSON::PP;
-use Test::Nginx qw/http_get wait_until port/;
+use Test::Nginx qw/http http_get wait_until port/;
 
 sub status {
 	my ($uri) = @_;
@@ -47,6 +47,34 @@ sub wait_counts {
 			eq join(',', map { "$_=$w{$_}" } sort keys %w);
 	}, $timeout // 5);
 	return $last;
+}
+
+# What the backends (Test::Nginx::Backend) on these symbolic ports really
+# hold: { "127.0.0.1:port" => WebSockets open }, -1 for one that does not answer.
+sub live_counts {
+	my (@ports) = @_;
+	return { map {
+		my $r = http("GET /count HTTP/1.0\r\n\r\n", port => port($_));
+		my ($n) = $r =~ /\r\n\r\n(\d+)/;
+		('127.0.0.1:' . port($_) => $n // -1)
+	} @ports };
+}
+
+# { server => count } summed over the given upstreams (all when none given).
+sub server_counts {
+	my (@upstreams) = @_;
+	my %want = map { ($_ => 1) } @upstreams;
+	my %sum;
+	$sum{$_->{server}} += $_->{count}
+		for grep { !@upstreams || $want{$_->{upstream}} } entries();
+	return \%sum;
+}
+
+# Whether two { server => count } maps agree, a server missing from one
+# counting 0 there.
+sub same_counts {
+	my ($x, $y) = @_;
+	return !grep { ($x->{$_} // 0) != ($y->{$_} // 0) } keys %$x, keys %$y;
 }
 
 # True when every counter of every upstream is 0.
