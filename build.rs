@@ -22,6 +22,18 @@ fn main() {
             println!("cargo::rustc-cfg=ngx_feature=\"{feature}\"");
         }
     }
+    // nginx 1.27.3 added reference counts to round-robin peers (for peers
+    // that `resolve` can free): a get must take the reference that
+    // round-robin's free gives back.
+    println!("cargo::rerun-if-env-changed=DEP_NGINX_VERSION_NUMBER");
+    println!("cargo::rustc-check-cfg=cfg(ngx_peer_refs)");
+    let version: u64 = env::var("DEP_NGINX_VERSION_NUMBER")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    if version >= 1_027_003 {
+        println!("cargo::rustc-cfg=ngx_peer_refs");
+    }
     if cfg!(target_os = "macos") {
         println!("cargo::rustc-link-arg=-undefined");
         println!("cargo::rustc-link-arg=dynamic_lookup");

@@ -188,6 +188,12 @@ impl RoundRobin {
         pc.socklen = best.socklen;
         pc.name = &mut best.name;
         best.conns += 1;
+        // Round-robin's free drops a reference to the peer it frees (nginx
+        // 1.27.3+, as stock least_conn's get takes it).
+        #[cfg(ngx_peer_refs)]
+        {
+            best.refs += 1;
+        }
         let tried = self.tried();
         self.data_mut().current = best;
         // SAFETY: `at.index` is a position of the current list.
