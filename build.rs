@@ -27,12 +27,22 @@ fn main() {
     // round-robin's free gives back.
     println!("cargo::rerun-if-env-changed=DEP_NGINX_VERSION_NUMBER");
     println!("cargo::rustc-check-cfg=cfg(ngx_peer_refs)");
+    println!("cargo::rustc-check-cfg=cfg(ngx_resolve)");
     let version: u64 = env::var("DEP_NGINX_VERSION_NUMBER")
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     if version >= 1_027_003 {
         println!("cargo::rustc-cfg=ngx_peer_refs");
+        // The same release lets `server ... resolve` change the peers of an
+        // upstream in a `zone` at run time, bumping the lists' `config`.
+        let features = env::var("DEP_NGINX_FEATURES").unwrap_or_default();
+        if features
+            .split(',')
+            .any(|f| f.trim() == "http_upstream_zone")
+        {
+            println!("cargo::rustc-cfg=ngx_resolve");
+        }
     }
     if cfg!(target_os = "macos") {
         println!("cargo::rustc-link-arg=-undefined");

@@ -9,10 +9,10 @@ use core::ffi::c_void;
 use std::collections::HashMap;
 
 use nginx_sys::{
-    ngx_conf_t, ngx_http_request_t, ngx_http_upstream_free_round_robin_peer,
+    ngx_conf_t, ngx_cycle_t, ngx_http_request_t, ngx_http_upstream_free_round_robin_peer,
     ngx_http_upstream_init_round_robin, ngx_http_upstream_init_round_robin_peer,
     ngx_http_upstream_rr_peer_t, ngx_http_upstream_srv_conf_t, ngx_http_upstream_t, ngx_int_t,
-    ngx_peer_connection_t, ngx_uint_t,
+    ngx_peer_connection_t, ngx_uint_t, NGX_LOG_NOTICE,
 };
 use ngx::core::{Pool, Status};
 use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
@@ -20,10 +20,10 @@ use ngx::ngx_log_debug_mask;
 
 use crate::core::select::{choose, PeerList};
 use crate::core::table::{Meta, FLAG_DOWN};
-use crate::ngx::conf::{callback_result, ConfError};
+use crate::ngx::conf::{callback_result, http_upstreams, ConfError};
 use crate::ngx::log::Log;
 use crate::ngx::peers::{self, Matched, PeerCursor, PerWorker, RoundRobin};
-use crate::shared::registry::{Held, List, PeerCounter, PeerRef, UpstreamCounters};
+use crate::shared::registry::{Held, List, PeerCounter, Registry, UpstreamCounters};
 
 use super::Module;
 
@@ -87,6 +87,16 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// What the zone records of a server DNS added at run time: its `server`
+/// line's parameters, which configuration checked (SRV weights are 16-bit).
+fn runtime_meta(peer: &ngx_http_upstream_rr_peer_t) -> Meta {
+    Meta {
+        weight: u32::try_from(peer.weight).unwrap_or(u32::MAX),
+        max_conns: u32::try_from(peer.max_conns).unwrap_or(u32::MAX),
+        flags: if peer.down != 0 { FLAG_DOWN } else { 0 },
+    }
+}
+
 /// What the zone records of a server. The pick compares 32-bit weights and
 /// limits: larger ones are refused rather than cut.
 fn meta(upstream: &[u8], peer: &ngx_http_upstream_rr_peer_t) -> Result<Meta, ConfError> {
@@ -105,6 +115,31 @@ fn meta(upstream: &[u8], peer: &ngx_http_upstream_rr_peer_t) -> Result<Meta, Con
         max_conns,
         flags: if peer.down != 0 { FLAG_DOWN } else { 0 },
     })
+}
+
+/// Before the configuration is committed: peers that `resolve` servers
+/// kept across a reload (nginx copies them into the new upstream zone) get
+/// their keys stamped by the commit like configured ones, instead of
+/// draining until a worker's first pick.
+pub fn follow_resolved_peers(cycle: &ngx_cycle_t, registry: &Registry) {
+    for us in http_upstreams(cycle) {
+        let Some(index) = Module::server_conf(us).and_then(|scf| scf.registered) else {
+            continue;
+        };
+        let Some(upstream) = registry.upstream(index) else {
+            continue;
+        };
+        // SAFETY: round-robin init filled peer.data; the upstream zone's
+        // init, which ran before this, pointed it at the zone's copy.
+        let (primary, backup) = unsafe { peers::lists(us.peer.data) };
+        for (list, peers) in [(List::Primary, primary), (List::Backup, backup)] {
+            let Some((peers, version)) = peers.and_then(|p| Some((p, peers::version(p)?))) else {
+                continue;
+            };
+            let each = peers::each_peer(peers).map(|p| (peers::name(p), runtime_meta(p)));
+            upstream.follow(list, version, each);
+        }
+    }
 }
 
 /// `peer.init`, per request.
@@ -176,6 +211,13 @@ extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx
 
 fn get(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
     let lock = pd.rr.lock();
+    if pd.rr.list_changed() {
+        // DNS changed the peers since the request began (`resolve`): as
+        // stock does, this attempt gives up rather than pick from a list
+        // its `tried` bitmap does not fit.
+        pd.rr.current().name_for_errors(pc);
+        return Status::NGX_BUSY.into();
+    }
     if let Some(best) = pick(pd) {
         pd.rr.connect(best, pc);
         ngx_log_debug_mask!(
@@ -211,8 +253,9 @@ fn try_backup_or_fail(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_
 
 /// Chooses and counts a peer.
 fn pick(pd: &mut PeerData) -> Option<PeerCursor> {
+    follow_peer_list(pd);
     let counters = pd.upstream.list(pd.list);
-    let Some(counts) = Matched::new(counters, pd.rr.peers()) else {
+    let Some(counts) = Matched::new(&counters, pd.rr.peers()) else {
         pd.held = Held::Nothing;
         return pick_per_worker(&pd.rr);
     };
@@ -221,6 +264,42 @@ fn pick(pd: &mut PeerData) -> Option<PeerCursor> {
         pick_counted::<true>(pd, counts)
     } else {
         pick_counted::<false>(pd, counts)
+    }
+}
+
+/// Keeps the counters in step with a peer list that DNS changes at run
+/// time (`resolve`): nginx bumps the list's version on every change, under
+/// the lock this pick holds.
+#[inline]
+fn follow_peer_list(pd: &PeerData) {
+    let version = peers::version(pd.rr.peers());
+    if version.is_some() && version != pd.upstream.version(pd.list) {
+        follow_changed_list(pd);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn follow_changed_list(pd: &PeerData) {
+    let peers = pd.rr.peers();
+    let Some(version) = peers::version(peers) else {
+        return;
+    };
+    let each = peers::each_peer(peers).map(|p| (peers::name(p), runtime_meta(p)));
+    let followed = pd.upstream.follow(pd.list, version, each);
+    if followed.added + followed.gone > 0 {
+        Log::cycle().module(
+            NGX_LOG_NOTICE,
+            format_args!(
+                "upstream \"{}\" {:?} list changed at run time: {} added, {} gone \
+                 (removed, or draining until their last connection), {} kept",
+                String::from_utf8_lossy(&pd.upstream.name),
+                pd.list,
+                followed.added,
+                followed.gone,
+                followed.kept
+            ),
+        );
     }
 }
 
@@ -235,12 +314,8 @@ fn pick_counted<const TRIED: bool>(
     let mut list = pd.rr.list::<_, TRIED>(counts);
     for _ in 0..=list.size() {
         let best = choose(&mut list)?;
-        let me = PeerRef {
-            list: pd.list,
-            index: best.index,
-        };
         let counter = counters.get(best.index)?;
-        if counter.acquire(me, pd.upstream, list.max_conns(best), &mut pd.held) {
+        if counter.acquire(pd.upstream, list.max_conns(best), &mut pd.held) {
             return Some(best);
         }
     }

@@ -87,6 +87,12 @@ fn set_method(cf: &mut ngx_conf_t, scf: &mut SrvConf) -> Result<(), ConfError> {
         | NGX_HTTP_UPSTREAM_FAIL_TIMEOUT
         | NGX_HTTP_UPSTREAM_DOWN
         | NGX_HTTP_UPSTREAM_BACKUP) as _;
+    // nginx 1.27.3+: `server ... resolve` (keys follow the addresses DNS
+    // gives at run time; see `balancer::follow_peer_list`).
+    #[cfg(ngx_resolve)]
+    {
+        uscf.flags |= nginx_sys::NGX_HTTP_UPSTREAM_MODIFY as nginx_sys::ngx_uint_t;
+    }
     Ok(())
 }
 

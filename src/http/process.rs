@@ -11,7 +11,7 @@ use crate::ngx::peers::now;
 use crate::ngx::timer;
 use crate::shared::workers;
 
-use super::Module;
+use super::{balancer, Module};
 
 /// `init_module`: runs once per configuration load, after nginx has bound
 /// the new configuration's listening sockets (nothing can fail it after
@@ -22,6 +22,7 @@ pub fn init_module(cycle: &ngx_cycle_t) {
     };
     // SAFETY: the cycle's log.
     let log = unsafe { Log::from_ptr(cycle.log) };
+    balancer::follow_resolved_peers(cycle, &mcf.registry);
     mcf.registry.commit(log);
     let upstreams = mcf.registry.upstreams().count();
     if upstreams > 0 && !mcf.registry.has_zone() {

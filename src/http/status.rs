@@ -63,16 +63,18 @@ fn collect(registry: &Registry) -> (Option<ZoneInfo>, Vec<Entry>) {
         });
     }
     for up in registry.upstreams() {
-        for pc in up.peers().filter(|pc| !pc.in_zone()) {
-            entries.push(Entry {
-                key: String::from_utf8_lossy(&pc.key).into_owned(),
-                count: u64::from(pc.local_count()),
-                weight: pc.meta.weight,
-                max_conns: pc.meta.max_conns,
-                state: State::Fallback,
-                lua: false,
-            });
-        }
+        up.for_each_peer(|pc| {
+            if !pc.in_zone() {
+                entries.push(Entry {
+                    key: String::from_utf8_lossy(&pc.key).into_owned(),
+                    count: u64::from(pc.local_count()),
+                    weight: pc.meta.weight,
+                    max_conns: pc.meta.max_conns,
+                    state: State::Fallback,
+                    lua: false,
+                });
+            }
+        });
     }
     (zone.map(|z| z.info()), entries)
 }

@@ -17,7 +17,7 @@ use crate::core::table::Meta;
 use crate::core::tokens::{Redeem, Tokens};
 use crate::ngx::log::Log;
 use crate::ngx::peers::now;
-use crate::shared::registry::{DeclareError, Held, List, PeerRef, UpstreamCounters};
+use crate::shared::registry::{DeclareError, Held, List, UpstreamCounters};
 use crate::shared::workers;
 
 pub const ABI_VERSION: i32 = 1;
@@ -52,7 +52,7 @@ struct LuaUpstream {
 }
 
 /// What a token stands for.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Pick {
     upstream: usize,
     held: Held,
@@ -222,12 +222,8 @@ fn pick(st: &mut State, handle: i32, skip: &[u64]) -> Result<(i32, u64), i32> {
         let Some(best) = choose(&mut list) else {
             break;
         };
-        let me = PeerRef {
-            list: List::Primary,
-            index: best,
-        };
         let (_, max_conns) = list.limits[best];
-        if counters[best].acquire(me, &up.counters, max_conns, &mut held) {
+        if counters[best].acquire(&up.counters, max_conns, &mut held) {
             chosen = Some(best);
             break;
         }

@@ -9,7 +9,7 @@ use nginx_sys::{
     NGX_LOG_EMERG,
 };
 use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
-use ngx::http::{HttpModuleMainConf, NgxHttpUpstreamModule};
+use ngx::http::{HttpModuleConfExt, HttpModuleMainConf, NgxHttpUpstreamModule};
 use ngx::ngx_conf_log_error;
 
 /// Everything that makes `nginx -t` fail because of us.
@@ -148,8 +148,10 @@ pub fn args<'a>(cf: &ngx_conf_t) -> &'a mut [ngx_str_t] {
 
 /// The http upstreams this configuration declares (`upstream {}` blocks
 /// and implicit ones from `proxy_pass`).
-pub fn http_upstreams(cf: &ngx_conf_t) -> impl Iterator<Item = &ngx_http_upstream_srv_conf_t> {
-    let list = NgxHttpUpstreamModule::main_conf(cf).map_or(&[][..], |umcf| {
+pub fn http_upstreams(
+    conf: &impl HttpModuleConfExt,
+) -> impl Iterator<Item = &ngx_http_upstream_srv_conf_t> {
+    let list = NgxHttpUpstreamModule::main_conf(conf).map_or(&[][..], |umcf| {
         // SAFETY: the upstream module's array of srv conf pointers.
         unsafe {
             umcf.upstreams

@@ -49,6 +49,23 @@ pub unsafe fn lists<'a>(
     (primary, backup)
 }
 
+/// The version of a peer list that DNS can change at run time (nginx's
+/// `config` counter, bumped on every change); `None` for a list that
+/// cannot change (no upstream `zone`, or an nginx before 1.27.3).
+#[inline]
+pub fn version(list: &ngx_http_upstream_rr_peers_t) -> Option<usize> {
+    #[cfg(ngx_resolve)]
+    {
+        // SAFETY: null, or the counter the upstream zone keeps for the list.
+        return unsafe { list.config.as_ref() }.map(|&c| c as usize);
+    }
+    #[cfg(not(ngx_resolve))]
+    {
+        let _ = list;
+        None
+    }
+}
+
 /// For each peer of the primary (or backup) list, in round-robin's order,
 /// the `server` it comes from, as written (a name may give several peers).
 pub fn server_lines(us: &ngx_http_upstream_srv_conf_t, backup: bool) -> Vec<&[u8]> {
@@ -215,6 +232,22 @@ impl RoundRobin {
         true
     }
 
+    /// Whether the peer list changed (DNS, `resolve`) since the request
+    /// began: its `tried` bitmap then no longer fits the list, and stock
+    /// balancers give up the attempt as busy.
+    #[inline]
+    pub fn list_changed(&self) -> bool {
+        #[cfg(ngx_resolve)]
+        {
+            let data = self.data();
+            // SAFETY: null, or the counter the upstream zone keeps for the list.
+            if let Some(config) = unsafe { self.peers().config.as_ref() } {
+                return data.config != *config;
+            }
+        }
+        false
+    }
+
     /// The list being picked from, to remember across a switch to backup.
     pub fn current(&self) -> CurrentList {
         CurrentList(NonNull::new(self.data().peers).expect("a request's peer list"))
@@ -226,6 +259,12 @@ impl RoundRobin {
 pub struct CurrentList(NonNull<ngx_http_upstream_rr_peers_t>);
 
 impl CurrentList {
+    /// Names the upstream in the error log for an attempt given up.
+    pub fn name_for_errors(self, pc: &mut ngx_peer_connection_t) {
+        // SAFETY: a list of the upstream (configuration pool or zone).
+        pc.name = unsafe { self.0.as_ref() }.name;
+    }
+
     /// No peer can take the request: stock's "mark them as live for quick
     /// recovery", and the upstream's name for the error log.
     pub fn fail(self, pc: &mut ngx_peer_connection_t) {

@@ -11,8 +11,10 @@
 //! stream and the Lua C ABI later) fill the registry with `Registry::add`
 //! and count with `PeerCounter::acquire` and `UpstreamCounters::release`.
 
-use core::cell::Cell;
+use core::cell::{Cell, Ref, RefCell};
 use core::ffi::c_void;
+use std::collections::HashMap;
+use std::rc::Rc;
 
 use nginx_sys::{ngx_conf_t, ngx_int_t, ngx_shm_zone_t, ngx_str_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
 use ngx::core::Status;
@@ -36,21 +38,16 @@ pub enum List {
     Backup,
 }
 
-/// A server of an upstream: its list and position there.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PeerRef {
-    pub list: List,
-    pub index: usize,
-}
-
 /// What a pick took, so that `release` gives back exactly that.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub enum Held {
     #[default]
     Nothing,
     Shared(Counted),
-    /// Counted by this worker alone (no zone, or the zone was full).
-    Local(PeerRef),
+    /// Counted by this worker alone (no zone, or the zone was full): the
+    /// server's local count, which stays valid when a list that DNS
+    /// changes (`resolve`) is rebuilt or drops the server.
+    Local(Rc<Cell<u32>>),
 }
 
 #[derive(Debug)]
@@ -66,7 +63,7 @@ pub struct PeerCounter {
     /// this worker counts the peer itself.
     counted: Cell<Option<Counted>>,
     /// This worker's connections to a peer it counts itself (status page).
-    local: Cell<u32>,
+    local: Rc<Cell<u32>>,
 }
 
 impl PeerCounter {
@@ -79,7 +76,7 @@ impl PeerCounter {
             meta,
             slot: None,
             counted: Cell::new(None),
-            local: Cell::new(0),
+            local: Rc::default(),
         }
     }
 
@@ -120,13 +117,7 @@ impl PeerCounter {
     /// `max_conns` (another worker may just have taken the last place),
     /// pick again.
     #[inline]
-    pub fn acquire(
-        &self,
-        me: PeerRef,
-        up: &UpstreamCounters,
-        max_conns: u32,
-        held: &mut Held,
-    ) -> bool {
+    pub fn acquire(&self, up: &UpstreamCounters, max_conns: u32, held: &mut Held) -> bool {
         if let Some(c) = self.counted.get() {
             match c.acquire(max_conns) {
                 Acquire::Taken => {
@@ -137,25 +128,19 @@ impl PeerCounter {
                 Acquire::Stale => {}
             }
         }
-        self.acquire_slow(me, up, max_conns, held)
+        self.acquire_slow(up, max_conns, held)
     }
 
     /// No handle (per-worker counting), or a stale one to look up again.
     #[cold]
     #[inline(never)]
-    fn acquire_slow(
-        &self,
-        me: PeerRef,
-        up: &UpstreamCounters,
-        max_conns: u32,
-        held: &mut Held,
-    ) -> bool {
+    fn acquire_slow(&self, up: &UpstreamCounters, max_conns: u32, held: &mut Held) -> bool {
         if self.counted.get().is_some() {
             self.counted.set(self.refresh(up));
         }
         let Some(c) = self.counted.get() else {
             self.local.set(self.local.get() + 1);
-            *held = Held::Local(me);
+            *held = Held::Local(Rc::clone(&self.local));
             return true;
         };
         // A key just looked up again cannot be stale again: like full.
@@ -175,19 +160,7 @@ impl PeerCounter {
         let slot = match link.table.find(&locked, &self.key) {
             Some(slot) => Some(slot),
             None => {
-                let draining = if link.epoch == link.table.epoch() {
-                    0
-                } else {
-                    FLAG_DRAINING
-                };
-                let meta = Meta {
-                    flags: self.meta.flags | draining,
-                    ..self.meta
-                };
-                let slot = link
-                    .table
-                    .upsert(&locked, &self.key, self.upstream_len, meta, link.epoch)
-                    .ok();
+                let slot = self.store(link, &locked);
                 Log::cycle().module(
                     NGX_LOG_NOTICE,
                     format_args!(
@@ -203,12 +176,25 @@ impl PeerCounter {
                 slot
             }
         }?;
-        let mine = up
-            .record
-            .get()
-            .and_then(|record| link.table.cell(&locked, record, slot))
-            .unwrap_or_else(CellRef::unrecorded);
-        Some(Counted { slot, mine })
+        Some(up.counted(link, &locked, slot))
+    }
+
+    /// Finds or adds this server's key at run time. A worker of an earlier
+    /// configuration adds it as draining: the running configuration does
+    /// not declare it, so it goes once this worker is done with it.
+    fn store(&self, link: &ZoneLink, locked: &Locked) -> Option<SlotRef> {
+        let draining = if link.epoch == link.table.epoch() {
+            0
+        } else {
+            FLAG_DRAINING
+        };
+        let meta = Meta {
+            flags: self.meta.flags | draining,
+            ..self.meta
+        };
+        link.table
+            .upsert(locked, &self.key, self.upstream_len, meta, link.epoch)
+            .ok()
     }
 }
 
@@ -221,12 +207,31 @@ impl SharedCount for PeerCounter {
     }
 }
 
+/// One list of an upstream's counters, in the front-end's peer order.
+#[derive(Debug, Default)]
+struct CounterList {
+    /// Rebuilt (by `UpstreamCounters::follow`) when DNS changes the peers.
+    counters: RefCell<Vec<PeerCounter>>,
+    /// The version of the front-end's peer list the counters match; `None`
+    /// for a list that never changes at run time.
+    version: Cell<Option<usize>>,
+}
+
+/// How a peer list changed, as `UpstreamCounters::follow` found it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Followed {
+    pub kept: usize,
+    pub added: usize,
+    /// Keys of addresses gone: removed if idle, else draining.
+    pub gone: usize,
+}
+
 /// One upstream's counters.
 #[derive(Debug, Default)]
 pub struct UpstreamCounters {
     pub name: Box<[u8]>,
-    primary: Vec<PeerCounter>,
-    backup: Vec<PeerCounter>,
+    primary: CounterList,
+    backup: CounterList,
     /// Set when the configuration is committed.
     link: Option<ZoneLink>,
     /// This worker's record, once it has registered.
@@ -241,42 +246,144 @@ impl UpstreamCounters {
         }
     }
 
-    /// Adds the next server of `list` (in the front-end's peer order).
-    pub fn add_server(&mut self, list: List, server: &[u8], mut meta: Meta) {
-        let peers = match list {
-            List::Primary => &mut self.primary,
-            List::Backup => {
-                meta.flags |= FLAG_BACKUP;
-                &mut self.backup
-            }
-        };
-        peers.push(PeerCounter::new(&self.name, server, meta));
-    }
-
-    pub fn list(&self, list: List) -> &[PeerCounter] {
+    fn counter_list(&self, list: List) -> &CounterList {
         match list {
             List::Primary => &self.primary,
             List::Backup => &self.backup,
         }
     }
 
-    pub fn peers(&self) -> impl Iterator<Item = &PeerCounter> {
-        self.primary.iter().chain(self.backup.iter())
+    /// The server's metadata as the zone records it: backups flagged.
+    fn meta_for(list: List, mut meta: Meta) -> Meta {
+        if list == List::Backup {
+            meta.flags |= FLAG_BACKUP;
+        }
+        meta
+    }
+
+    /// Adds the next server of `list` (in the front-end's peer order).
+    pub fn add_server(&mut self, list: List, server: &[u8], meta: Meta) {
+        let pc = PeerCounter::new(&self.name, server, Self::meta_for(list, meta));
+        match list {
+            List::Primary => &mut self.primary,
+            List::Backup => &mut self.backup,
+        }
+        .counters
+        .get_mut()
+        .push(pc);
+    }
+
+    /// The counters of `list`, one per peer, in the peer list's order.
+    #[inline]
+    pub fn list(&self, list: List) -> Ref<'_, [PeerCounter]> {
+        Ref::map(self.counter_list(list).counters.borrow(), Vec::as_slice)
+    }
+
+    /// Calls `f` for every server, primary then backup.
+    pub fn for_each_peer(&self, mut f: impl FnMut(&PeerCounter)) {
+        for list in [List::Primary, List::Backup] {
+            self.list(list).iter().for_each(&mut f);
+        }
     }
 
     fn peers_mut(&mut self) -> impl Iterator<Item = &mut PeerCounter> {
-        self.primary.iter_mut().chain(self.backup.iter_mut())
+        let (primary, backup) = (
+            self.primary.counters.get_mut(),
+            self.backup.counters.get_mut(),
+        );
+        primary.iter_mut().chain(backup.iter_mut())
+    }
+
+    /// The version of the peer list `list` matches (see `follow`).
+    #[inline]
+    pub fn version(&self, list: List) -> Option<usize> {
+        self.counter_list(list).version.get()
+    }
+
+    /// Rebuilds `list` for the front-end's peers as they are now (`peers`:
+    /// address and metadata, in list order, at `version`): an address kept
+    /// keeps its counter; a new one gets its key, at 0 if new to the zone; a
+    /// gone one's key drains (removed now if idle). Before the configuration
+    /// is committed only the list changes: `commit` stores the keys.
+    pub fn follow<'p>(
+        &self,
+        list: List,
+        version: usize,
+        peers: impl Iterator<Item = (&'p [u8], Meta)>,
+    ) -> Followed {
+        let cl = self.counter_list(list);
+        cl.version.set(Some(version));
+        let mut old: HashMap<Box<[u8]>, PeerCounter> = cl
+            .counters
+            .take()
+            .into_iter()
+            .map(|pc| (pc.key.clone(), pc))
+            .collect();
+        let locked = self.link.as_ref().map(ZoneLink::lock);
+        let mut done = Followed::default();
+        let mut new = Vec::new();
+        for (address, meta) in peers {
+            let meta = Self::meta_for(list, meta);
+            let mut pc = PeerCounter::new(&self.name, address, meta);
+            match old.remove(&pc.key) {
+                Some(kept) => {
+                    done.kept += 1;
+                    pc = kept;
+                    if pc.meta != meta {
+                        pc.meta = meta;
+                        self.restamp(&pc, locked.as_ref());
+                    }
+                }
+                None => {
+                    done.added += 1;
+                    if let (Some(link), Some(locked)) = (self.link.as_ref(), locked.as_ref()) {
+                        pc.slot = pc.store(link, locked);
+                        pc.counted
+                            .set(pc.slot.map(|slot| self.counted(link, locked, slot)));
+                    }
+                }
+            }
+            new.push(pc);
+        }
+        // Keys of a list with duplicates are shared: only keys no peer
+        // keeps drain.
+        for gone in old
+            .values()
+            .filter(|g| !new.iter().any(|pc| pc.key == g.key))
+        {
+            done.gone += 1;
+            if let (Some(link), Some(locked), Some(c)) =
+                (self.link.as_ref(), locked.as_ref(), gone.counted.get())
+            {
+                link.table.drain(locked, c.slot);
+            }
+        }
+        *cl.counters.borrow_mut() = new;
+        done
+    }
+
+    /// Records a kept server's new metadata (weight, max_conns, down).
+    fn restamp(&self, pc: &PeerCounter, locked: Option<&Locked>) {
+        if let (Some(link), Some(locked)) = (self.link.as_ref(), locked) {
+            link.table.stamp(locked, &pc.key, pc.meta, link.epoch);
+        }
+    }
+
+    /// A handle on `slot` that attributes counts to this worker's record.
+    fn counted(&self, link: &ZoneLink, locked: &Locked, slot: SlotRef) -> Counted {
+        let mine = self
+            .record
+            .get()
+            .and_then(|record| link.table.cell(locked, record, slot))
+            .unwrap_or_else(CellRef::unrecorded);
+        Counted { slot, mine }
     }
 
     /// Gives back what a pick took; `log` is the request's.
     pub fn release(&self, held: Held, log: Log) {
         match held {
             Held::Nothing => {}
-            Held::Local(me) => {
-                if let Some(pc) = self.list(me.list).get(me.index) {
-                    pc.local.set(pc.local.get().saturating_sub(1));
-                }
-            }
+            Held::Local(local) => local.set(local.get().saturating_sub(1)),
             Held::Shared(c) => match c.release() {
                 Release::Released { now_idle_draining } => {
                     if now_idle_draining {
@@ -454,7 +561,7 @@ impl Registry {
         let locked = link.lock();
         let mut added = Vec::new();
         let mut refused = None;
-        for pc in &mut up.primary {
+        for pc in up.primary.counters.get_mut() {
             let existing = link.table.find(&locked, &pc.key);
             if existing.is_some_and(|s| s.flags() & FLAG_LUA == 0) {
                 refused = Some(DeclareError::Conflict);
@@ -482,25 +589,21 @@ impl Registry {
             }
             return Err(e);
         }
-        let gone = previous
-            .into_iter()
-            .flat_map(|p| p.peers())
-            .filter(|old| !up.primary.iter().any(|pc| pc.key == old.key));
-        for old in gone {
-            if let Some(c) = old.counted.get() {
-                link.table.drain(&locked, c.slot);
-            }
+        if let Some(previous) = previous {
+            let declared = up.list(List::Primary);
+            previous.for_each_peer(|old| {
+                if let Some(c) = old.counted.get() {
+                    if !declared.iter().any(|pc| pc.key == old.key) {
+                        link.table.drain(&locked, c.slot);
+                    }
+                }
+            });
         }
         up.link = Some(link);
         up.record.set(self.record.get());
-        for pc in &up.primary {
+        for pc in up.list(List::Primary).iter() {
             let slot = pc.slot.expect("stored above");
-            let mine = self
-                .record
-                .get()
-                .and_then(|r| link.table.cell(&locked, r, slot))
-                .unwrap_or_else(CellRef::unrecorded);
-            pc.counted.set(Some(Counted { slot, mine }));
+            pc.counted.set(Some(up.counted(&link, &locked, slot)));
         }
         Ok(up)
     }
@@ -516,15 +619,15 @@ impl Registry {
         let mut unattributed = 0;
         for up in &self.upstreams {
             up.record.set(record);
-            for pc in up.peers() {
+            up.for_each_peer(|pc| {
                 let Some(slot) = pc.slot else {
-                    continue;
+                    return;
                 };
                 let mine = record.and_then(|r| link.table.cell(locked, r, slot));
                 unattributed += usize::from(mine.is_none());
                 let mine = mine.unwrap_or_else(CellRef::unrecorded);
                 pc.counted.set(Some(Counted { slot, mine }));
-            }
+            });
         }
         unattributed
     }
