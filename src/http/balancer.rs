@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use nginx_sys::{
     ngx_conf_t, ngx_cycle_t, ngx_http_request_t, ngx_http_upstream_free_round_robin_peer,
     ngx_http_upstream_init_round_robin, ngx_http_upstream_init_round_robin_peer,
-    ngx_http_upstream_rr_peer_t, ngx_http_upstream_srv_conf_t, ngx_http_upstream_t, ngx_int_t,
-    ngx_peer_connection_t, ngx_uint_t, NGX_LOG_NOTICE,
+    ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t, ngx_http_upstream_srv_conf_t,
+    ngx_http_upstream_t, ngx_int_t, ngx_peer_connection_t, ngx_uint_t, NGX_LOG_INFO,
 };
 use ngx::core::{Pool, Status};
 use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
@@ -117,10 +117,13 @@ fn meta(upstream: &[u8], peer: &ngx_http_upstream_rr_peer_t) -> Result<Meta, Con
     })
 }
 
-/// Before the configuration is committed: peers that `resolve` servers
-/// kept across a reload (nginx copies them into the new upstream zone) get
-/// their keys stamped by the commit like configured ones, instead of
-/// draining until a worker's first pick.
+/// Brings every upstream's counters in step with peer lists that DNS
+/// changes (`resolve`), without waiting for a pick. Before the
+/// configuration is committed (`init_module`), so that peers which
+/// `resolve` servers kept across a reload (nginx copies them into the new
+/// upstream zone) have their keys stamped by the commit like configured
+/// ones; then in each worker's periodic check, so that a new address shows
+/// at 0 and a gone one drains even while no request comes.
 pub fn follow_resolved_peers(cycle: &ngx_cycle_t, registry: &Registry) {
     for us in http_upstreams(cycle) {
         let Some(index) = Module::server_conf(us).and_then(|scf| scf.registered) else {
@@ -133,11 +136,11 @@ pub fn follow_resolved_peers(cycle: &ngx_cycle_t, registry: &Registry) {
         // init, which ran before this, pointed it at the zone's copy.
         let (primary, backup) = unsafe { peers::lists(us.peer.data) };
         for (list, peers) in [(List::Primary, primary), (List::Backup, backup)] {
-            let Some((peers, version)) = peers.and_then(|p| Some((p, peers::version(p)?))) else {
+            let Some(peers) = peers.filter(|p| peers::version(p).is_some()) else {
                 continue;
             };
-            let each = peers::each_peer(peers).map(|p| (peers::name(p), runtime_meta(p)));
-            upstream.follow(list, version, each);
+            let _lock = peers::lock(peers);
+            follow_if_changed(upstream, list, peers);
         }
     }
 }
@@ -274,27 +277,34 @@ fn pick(pd: &mut PeerData) -> Option<PeerCursor> {
 fn follow_peer_list(pd: &PeerData) {
     let version = peers::version(pd.rr.peers());
     if version.is_some() && version != pd.upstream.version(pd.list) {
-        follow_changed_list(pd);
+        follow_if_changed(pd.upstream, pd.list, pd.rr.peers());
     }
 }
 
+/// `peers`: the front-end's list, locked by the caller.
 #[cold]
 #[inline(never)]
-fn follow_changed_list(pd: &PeerData) {
-    let peers = pd.rr.peers();
+fn follow_if_changed(
+    upstream: &UpstreamCounters,
+    list: List,
+    peers: &ngx_http_upstream_rr_peers_t,
+) {
     let Some(version) = peers::version(peers) else {
         return;
     };
+    if upstream.version(list) == Some(version) {
+        return;
+    }
     let each = peers::each_peer(peers).map(|p| (peers::name(p), runtime_meta(p)));
-    let followed = pd.upstream.follow(pd.list, version, each);
+    let followed = upstream.follow(list, version, each);
     if followed.added + followed.gone > 0 {
         Log::cycle().module(
-            NGX_LOG_NOTICE,
+            NGX_LOG_INFO,
             format_args!(
-                "upstream \"{}\" {:?} list changed at run time: {} added, {} gone \
+                "upstream \"{}\": {:?} peers changed at run time: {} added, {} gone \
                  (removed, or draining until their last connection), {} kept",
-                String::from_utf8_lossy(&pd.upstream.name),
-                pd.list,
+                String::from_utf8_lossy(&upstream.name),
+                list,
                 followed.added,
                 followed.gone,
                 followed.kept

@@ -55,6 +55,7 @@ fn check() {
     let cycle = unsafe { &*ngx_cycle };
     if let Some(mcf) = Module::main_conf(cycle) {
         workers::check(&mcf.registry, tick, now() as u32);
+        balancer::follow_resolved_peers(cycle, &mcf.registry);
     }
 }
 

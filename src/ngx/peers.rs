@@ -285,6 +285,11 @@ impl CurrentList {
 /// to lock otherwise. Released on drop.
 pub struct PeersLock(NonNull<ngx_http_upstream_rr_peers_t>);
 
+/// Locks `list` (a list of an upstream) as round-robin does for a pick.
+pub fn lock(list: &ngx_http_upstream_rr_peers_t) -> PeersLock {
+    PeersLock::new(core::ptr::from_ref(list).cast_mut())
+}
+
 impl PeersLock {
     fn new(peers: *mut ngx_http_upstream_rr_peers_t) -> PeersLock {
         let mut peers = NonNull::new(peers).expect("a request's peer list");

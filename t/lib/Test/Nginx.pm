@@ -91,9 +91,35 @@ sub has {
 			# Installed by scripts/test.sh: a missing one must not pass as a skip.
 			Test::More::BAIL_OUT("$LUA_MODULE is missing: apt-get install libnginx-mod-http-lua lua-resty-core")
 				unless -f $LUA_MODULE && -f '/usr/share/lua/5.1/resty/core.lua';
+		} elsif ($w eq 'resolve') {
+			# `server ... resolve` in open-source nginx: 1.27.3 and later.
+			# scripts/test.sh runs the suite against nginx 1.28 too.
+			my $v = nginx_version();
+			Test::More::plan(skip_all => "nginx $v has no \"resolve\" (1.27.3+)")
+				unless version_at_least($v, '1.27.3');
+		} else {
+			die "has(): unknown requirement \"$w\"\n";
 		}
 	}
 	return $self;
+}
+
+# The version of the nginx under test, e.g. "1.28.3".
+sub nginx_version {
+	my $out = `$NGINX -v 2>&1`;
+	my ($v) = $out =~ m{nginx/(\d+\.\d+\.\d+)};
+	Test::More::BAIL_OUT("cannot tell the version of $NGINX: $out") unless $v;
+	return $v;
+}
+
+sub version_at_least {
+	my ($v, $min) = @_;
+	my @v = split /\./, $v;
+	my @m = split /\./, $min;
+	for (0 .. 2) {
+		return $v[$_] > $m[$_] if $v[$_] != $m[$_];
+	}
+	return 1;
 }
 
 sub plan {
@@ -410,7 +436,7 @@ sub wait_until {
 }
 
 # One HTTP/1.0 exchange with nginx on port(8080); returns the raw response.
-# Options: port, host, start (return the socket after sending), timeout
+# Options: port, addr (127.0.0.1 unless given), host, start (return the socket after sending), timeout
 # (seconds for the connect and for the whole reply; 10 unless given).
 sub http_get {
 	my ($uri, %opts) = @_;
@@ -422,7 +448,7 @@ sub http {
 	my ($request, %opts) = @_;
 	my $timeout = ($opts{timeout} // 10) * $SLOW;
 	my $s = IO::Socket::INET->new(Proto => 'tcp', Timeout => $timeout,
-		PeerAddr => '127.0.0.1:' . ($opts{port} // port(8080)))
+		PeerAddr => ($opts{addr} // '127.0.0.1') . ':' . ($opts{port} // port(8080)))
 		or die "connect: $!\n";
 	$s->autoflush(1);
 	print $s $request;

@@ -1,7 +1,8 @@
 package Test::Nginx::Backend;
 
 # A backend daemon for run_daemon(): one process, one select loop, any number
-# of connections on 127.0.0.1:$port.
+# of connections on 127.0.0.1:$port, or on $addr:$port (all of 127.0.0.0/8
+# is local: backends on one port can stand for the addresses of a DNS name).
 #
 # - Plain HTTP/1.x requests get "id=<id> conn=<n>" (n numbers the TCP
 #   connections this backend accepted, so keepalive reuse shows) and an
@@ -30,8 +31,8 @@ sub accept_key {
 }
 
 sub serve {
-	my ($port, $id) = @_;
-	my $server = IO::Socket::INET->new(Proto => 'tcp', LocalAddr => '127.0.0.1',
+	my ($port, $id, $addr) = @_;
+	my $server = IO::Socket::INET->new(Proto => 'tcp', LocalAddr => $addr // '127.0.0.1',
 		LocalPort => $port, Listen => 1024, ReuseAddr => 1)
 		or die "backend $id: cannot listen on $port: $!\n";
 	local $SIG{PIPE} = 'IGNORE';
