@@ -320,11 +320,10 @@ fn pick_counted<const TRIED: bool>(
     pd: &mut PeerData,
     counts: Matched<'_, PeerCounter>,
 ) -> Option<PeerCursor> {
-    let counters = pd.upstream.list(pd.list);
     let mut list = pd.rr.list::<_, TRIED>(counts);
     for _ in 0..=list.size() {
         let best = choose(&mut list)?;
-        let counter = counters.get(best.index)?;
+        let counter = counts.get(best.index)?;
         if counter.acquire(pd.upstream, list.max_conns(best), &mut pd.held) {
             return Some(best);
         }

@@ -344,6 +344,12 @@ impl<'a, C: SharedCount> Matched<'a, C> {
     pub fn new(counts: &'a [C], list: &ngx_http_upstream_rr_peers_t) -> Option<Self> {
         (counts.len() == list.number).then_some(Matched(counts))
     }
+
+    /// The count of the peer at `index`.
+    #[inline]
+    pub fn get(&self, index: usize) -> Option<&'a C> {
+        self.0.get(index)
+    }
 }
 
 impl<C: SharedCount> CountSource for Matched<'_, C> {
