@@ -90,3 +90,8 @@ echo >>"$tmp"
 echo "Whole run: $(( $(date +%s) - started )) s." >>"$tmp"
 mv "$tmp" "$out"
 echo ">> wrote $out" >&2
+# BENCHMARKS.md ends with both nginx versions' ratios side by side (copied
+# from the two files, whichever run was the latest).
+if [ ${#quick[@]} -eq 0 ]; then
+    perl "$ROOT/scripts/bench/beside.pl" "$ROOT"
+fi
