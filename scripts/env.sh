@@ -39,12 +39,12 @@ ensure_rust() {
 # and exports NGINX_SOURCE_DIR/NGINX_BUILD_DIR for nginx-sys. Skipped when
 # the caller already points them at another nginx.
 nginx_build_env() {
-    ensure_packages nginx nginx-dev libclang-dev clang pkg-config build-essential \
-        libpcre2-dev libssl-dev zlib1g-dev
+    ensure_packages nginx nginx-dev libnginx-mod-stream libclang-dev clang pkg-config \
+        build-essential libpcre2-dev libssl-dev zlib1g-dev
     ensure_rust
     [ -n "${NGINX_SOURCE_DIR:-}" ] && return 0
     local stamp
-    stamp="$NGINX_TREE/.configured-$(dpkg-query -W -f='${Version}' nginx-dev)"
+    stamp="$NGINX_TREE/.configured-$(dpkg-query -W -f='${Version}' nginx-dev)-stream"
     if [ ! -f "$stamp" ]; then
         echo ">> configuring a copy of /usr/share/nginx/src" >&2
         rm -rf "$NGINX_TREE"
@@ -54,7 +54,12 @@ nginx_build_env() {
             cd "$NGINX_TREE"
             # shellcheck disable=SC1091
             . ./conf_flags
-            ./configure "${NGX_CONF_FLAGS[@]}" >"$BUILD_DIR/configure.log" 2>&1
+            # Debian's flags leave stream out; its nginx has it as a dynamic
+            # module (libnginx-mod-stream), built with these: the stream
+            # module of ours needs the bindings, and the same structures.
+            ./configure "${NGX_CONF_FLAGS[@]}" --with-stream=dynamic --with-stream_ssl_module \
+                --with-stream_ssl_preread_module --with-stream_realip_module \
+                >"$BUILD_DIR/configure.log" 2>&1
         ) || { tail -20 "$BUILD_DIR/configure.log" >&2; exit 1; }
         touch "$stamp"
     fi

@@ -1,39 +1,19 @@
-//! The balancer nginx calls: `init_upstream` per upstream at configuration
-//! time, `init_peer` per request, then `get`/`free` per attempt.
-//!
-//! Like stock least_conn it sits on round-robin's peer lists and per-request
-//! data (tried bitmap, fails, checked), and chains round-robin's `free`, so
-//! `max_fails`/`fail_timeout` and `keepalive` work as they do there.
-
-use core::ffi::c_void;
-use std::collections::HashMap;
+//! The http side of the balancer: nginx calls `init_upstream` per upstream
+//! at configuration time and `init_peer` per request; the pick and release
+//! themselves are `shared::balance`'s, common to every front-end.
 
 use nginx_sys::{
-    ngx_conf_t, ngx_cycle_t, ngx_http_request_t, ngx_http_upstream_free_round_robin_peer,
-    ngx_http_upstream_init_round_robin, ngx_http_upstream_init_round_robin_peer,
-    ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t, ngx_http_upstream_srv_conf_t,
-    ngx_http_upstream_t, ngx_int_t, ngx_peer_connection_t, ngx_uint_t, NGX_LOG_INFO,
+    ngx_conf_t, ngx_cycle_t, ngx_http_request_t, ngx_http_upstream_init_round_robin,
+    ngx_http_upstream_init_round_robin_peer, ngx_http_upstream_srv_conf_t, ngx_int_t,
 };
 use ngx::core::{Pool, Status};
 use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
-use ngx::ngx_log_debug_mask;
 
-use crate::core::select::{choose, PeerList};
-use crate::core::table::{Meta, FLAG_DOWN};
 use crate::ngx::conf::{callback_result, http_upstreams, ConfError};
-use crate::ngx::log::Log;
-use crate::ngx::peers::{self, Matched, PeerCursor, PerWorker, RoundRobin};
-use crate::shared::registry::{Held, List, PeerCounter, Registry, UpstreamCounters};
+use crate::shared::balance;
+use crate::shared::registry::Registry;
 
 use super::Module;
-
-/// Per-request state, in the request pool.
-struct PeerData {
-    rr: RoundRobin,
-    upstream: &'static UpstreamCounters,
-    list: List,
-    held: Held,
-}
 
 /// `peer.init_upstream`: round-robin's lists, plus our keys for them.
 pub extern "C" fn init_upstream(
@@ -51,98 +31,23 @@ pub extern "C" fn init_upstream(
     callback_result(cf, b"least_conn_persistent", r)
 }
 
-/// Adds the upstream's servers, in round-robin's order, to the registry.
 fn register(cf: &ngx_conf_t, us: &ngx_http_upstream_srv_conf_t) -> Result<(), ConfError> {
     let (Some(mcf), Some(scf)) = (Module::main_conf_mut(cf), Module::server_conf_mut(us)) else {
         return Err(ConfError::NoMemory);
     };
-    let name = us.host.as_bytes();
-    let mut counters = UpstreamCounters::new(name);
-    // Which `server` line gave each address, to name both lines of a
-    // duplicate.
-    let mut lines: HashMap<&[u8], &[u8]> = HashMap::new();
-    // SAFETY: round-robin init has just filled peer.data.
-    let (primary, backup) = unsafe { peers::lists(us.peer.data) };
-    for (list, peers) in [(List::Primary, primary), (List::Backup, backup)] {
-        let written = peers::server_lines(us, list == List::Backup);
-        for (i, peer) in peers.into_iter().flat_map(peers::each_peer).enumerate() {
-            let address = peers::name(peer);
-            let line = written.get(i).copied().unwrap_or(address);
-            if let Some(first) = lines.insert(address, line) {
-                return Err(ConfError::DuplicateAddress {
-                    upstream: text(name),
-                    address: text(address),
-                    first: text(first),
-                    second: text(line),
-                });
-            }
-            counters.add_server(list, address, meta(name, peer)?);
-        }
-    }
-    scf.registered = Some(mcf.registry.add(counters));
+    scf.registered = Some(balance::register(&mut mcf.registry, us)?);
     Ok(())
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+/// The upstreams that use the method, with their place in the registry.
+fn ours(cycle: &ngx_cycle_t) -> impl Iterator<Item = (&ngx_http_upstream_srv_conf_t, usize)> {
+    http_upstreams(cycle)
+        .filter_map(|us| Some((us, Module::server_conf(us).and_then(|scf| scf.registered)?)))
 }
 
-/// What the zone records of a server DNS added at run time: its `server`
-/// line's parameters, which configuration checked (SRV weights are 16-bit).
-fn runtime_meta(peer: &ngx_http_upstream_rr_peer_t) -> Meta {
-    Meta {
-        weight: u32::try_from(peer.weight).unwrap_or(u32::MAX),
-        max_conns: u32::try_from(peer.max_conns).unwrap_or(u32::MAX),
-        flags: if peer.down != 0 { FLAG_DOWN } else { 0 },
-    }
-}
-
-/// What the zone records of a server. The pick compares 32-bit weights and
-/// limits: larger ones are refused rather than cut.
-fn meta(upstream: &[u8], peer: &ngx_http_upstream_rr_peer_t) -> Result<Meta, ConfError> {
-    let too_large = |parameter, value| ConfError::TooLarge {
-        parameter,
-        value,
-        server: text(peers::name(peer)),
-        upstream: text(upstream),
-    };
-    let weight =
-        u32::try_from(peer.weight).map_err(|_| too_large("weight", peer.weight as usize))?;
-    let max_conns =
-        u32::try_from(peer.max_conns).map_err(|_| too_large("max_conns", peer.max_conns))?;
-    Ok(Meta {
-        weight,
-        max_conns,
-        flags: if peer.down != 0 { FLAG_DOWN } else { 0 },
-    })
-}
-
-/// Brings every upstream's counters in step with peer lists that DNS
-/// changes (`resolve`), without waiting for a pick. Before the
-/// configuration is committed (`init_module`), so that peers which
-/// `resolve` servers kept across a reload (nginx copies them into the new
-/// upstream zone) have their keys stamped by the commit like configured
-/// ones; then in each worker's periodic check, so that a new address shows
-/// at 0 and a gone one drains even while no request comes.
+/// See `balance::follow_resolved_peers`.
 pub fn follow_resolved_peers(cycle: &ngx_cycle_t, registry: &Registry) {
-    for us in http_upstreams(cycle) {
-        let Some(index) = Module::server_conf(us).and_then(|scf| scf.registered) else {
-            continue;
-        };
-        let Some(upstream) = registry.upstream(index) else {
-            continue;
-        };
-        // SAFETY: round-robin init filled peer.data; the upstream zone's
-        // init, which ran before this, pointed it at the zone's copy.
-        let (primary, backup) = unsafe { peers::lists(us.peer.data) };
-        for (list, peers) in [(List::Primary, primary), (List::Backup, backup)] {
-            let Some(peers) = peers.filter(|p| peers::version(p).is_some()) else {
-                continue;
-            };
-            let _lock = peers::lock(peers);
-            follow_if_changed(upstream, list, peers);
-        }
-    }
+    balance::follow_resolved_peers(registry, ours(cycle));
 }
 
 /// `peer.init`, per request.
@@ -157,222 +62,18 @@ extern "C" fn init_peer(
     }
     // SAFETY: as above; `r.upstream` is set before peer.init.
     let (r, us) = unsafe { (&*r, &*us) };
-    let Some(u) = (unsafe { r.upstream.as_mut() }) else {
-        return Status::NGX_ERROR.into();
-    };
-    match install(r, us, u) {
+    match install(r, us) {
         Some(()) => Status::NGX_OK.into(),
         None => Status::NGX_ERROR.into(),
     }
 }
 
-/// Wraps round-robin's per-request data in ours and takes over get/free.
-fn install(
-    r: &ngx_http_request_t,
-    us: &ngx_http_upstream_srv_conf_t,
-    u: &mut ngx_http_upstream_t,
-) -> Option<()> {
+fn install(r: &ngx_http_request_t, us: &ngx_http_upstream_srv_conf_t) -> Option<()> {
     let index = Module::server_conf(us)?.registered?;
     let upstream = Module::main_conf(r)?.registry.upstream(index)?;
-    // SAFETY: round-robin's per-request data, just set up; the request's.
-    let rr = unsafe { RoundRobin::from_ptr(u.peer.data) }?;
+    // SAFETY: set before peer.init; the request's.
+    let u = unsafe { r.upstream.as_mut() }?;
     // SAFETY: the request's pool, for the request's lifetime.
     let pool = unsafe { Pool::from_ngx_pool(r.pool) };
-    let pd = pool.alloc(size_of::<PeerData>()).cast::<PeerData>();
-    if pd.is_null() {
-        return None;
-    }
-    // SAFETY: fresh pool memory, sized and aligned (nginx aligns pool
-    // allocations to pointers) for PeerData; nothing to drop.
-    unsafe {
-        pd.write(PeerData {
-            rr,
-            upstream,
-            list: List::Primary,
-            held: Held::Nothing,
-        })
-    };
-    u.peer.data = pd.cast();
-    u.peer.get = Some(get_peer);
-    u.peer.free = Some(free_peer);
-    #[cfg(ngx_feature = "http_ssl")]
-    {
-        u.peer.set_session = Some(set_session);
-        u.peer.save_session = Some(save_session);
-    }
-    Some(())
-}
-
-extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
-    // SAFETY: nginx passes the connection being set up and the data
-    // init_peer installed; the request (and so both) outlives this call.
-    let (pc, pd) = unsafe { (&mut *pc, &mut *data.cast::<PeerData>()) };
-    pc.set_cached(0);
-    pc.connection = core::ptr::null_mut();
-    get(pc, pd)
-}
-
-fn get(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
-    let lock = pd.rr.lock();
-    if pd.rr.list_changed() {
-        // DNS changed the peers since the request began (`resolve`): as
-        // stock does, this attempt gives up rather than pick from a list
-        // its `tried` bitmap does not fit.
-        pd.rr.current().name_for_errors(pc);
-        return Status::NGX_BUSY.into();
-    }
-    if let Some(best) = pick(pd) {
-        pd.rr.connect(best, pc);
-        ngx_log_debug_mask!(
-            DebugMask::Http,
-            pc.log,
-            "least_conn_persistent: get peer {} of {:?} list, holding {:?}",
-            best.index,
-            pd.list,
-            pd.held
-        );
-        return Status::NGX_OK.into();
-    }
-    drop(lock);
-    try_backup_or_fail(pc, pd)
-}
-
-/// No peer of the current list can take the request: try the backup list
-/// once, else fail as stock does. Kept out of line: the pick stays small.
-#[cold]
-#[inline(never)]
-fn try_backup_or_fail(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
-    let failed = pd.rr.current();
-    if pd.list == List::Primary && pd.rr.switch_to_backup() {
-        pd.list = List::Backup;
-        let rc = get(pc, pd);
-        if rc != Status::NGX_BUSY.0 {
-            return rc;
-        }
-    }
-    failed.fail(pc);
-    Status::NGX_BUSY.into()
-}
-
-/// Chooses and counts a peer.
-fn pick(pd: &mut PeerData) -> Option<PeerCursor> {
-    follow_peer_list(pd);
-    let counters = pd.upstream.list(pd.list);
-    let Some(counts) = Matched::new(&counters, pd.rr.peers()) else {
-        pd.held = Held::Nothing;
-        return pick_per_worker(&pd.rr);
-    };
-    // A first attempt has tried nothing: its scan skips the bitmap test.
-    if pd.rr.tried_any() {
-        pick_counted::<true>(pd, counts)
-    } else {
-        pick_counted::<false>(pd, counts)
-    }
-}
-
-/// Keeps the counters in step with a peer list that DNS changes at run
-/// time (`resolve`): nginx bumps the list's version on every change, under
-/// the lock this pick holds.
-#[inline]
-fn follow_peer_list(pd: &PeerData) {
-    let version = peers::version(pd.rr.peers());
-    if version.is_some() && version != pd.upstream.version(pd.list) {
-        follow_if_changed(pd.upstream, pd.list, pd.rr.peers());
-    }
-}
-
-/// `peers`: the front-end's list, locked by the caller.
-#[cold]
-#[inline(never)]
-fn follow_if_changed(
-    upstream: &UpstreamCounters,
-    list: List,
-    peers: &ngx_http_upstream_rr_peers_t,
-) {
-    let Some(version) = peers::version(peers) else {
-        return;
-    };
-    if upstream.version(list) == Some(version) {
-        return;
-    }
-    let each = peers::each_peer(peers).map(|p| (peers::name(p), runtime_meta(p)));
-    let followed = upstream.follow(list, version, each);
-    if followed.added + followed.gone > 0 {
-        Log::cycle().module(
-            NGX_LOG_INFO,
-            format_args!(
-                "upstream \"{}\": {:?} peers changed at run time: {} added, {} gone \
-                 (removed, or draining until their last connection), {} kept",
-                String::from_utf8_lossy(&upstream.name),
-                list,
-                followed.added,
-                followed.gone,
-                followed.kept
-            ),
-        );
-    }
-}
-
-/// A choice can lose a race for the last `max_conns` place to another
-/// worker; choosing again then sees it full.
-#[inline(always)]
-fn pick_counted<const TRIED: bool>(
-    pd: &mut PeerData,
-    counts: Matched<'_, PeerCounter>,
-) -> Option<PeerCursor> {
-    let mut list = pd.rr.list::<_, TRIED>(counts);
-    for _ in 0..=list.size() {
-        let best = choose(&mut list)?;
-        let counter = counts.get(best.index)?;
-        if counter.acquire(pd.upstream, list.max_conns(best), &mut pd.held) {
-            return Some(best);
-        }
-    }
-    None
-}
-
-/// A pick on round-robin's own per-worker counts, counting nothing shared.
-#[cold]
-#[inline(never)]
-fn pick_per_worker(rr: &RoundRobin) -> Option<PeerCursor> {
-    if rr.tried_any() {
-        choose(&mut rr.list::<_, true>(PerWorker))
-    } else {
-        choose(&mut rr.list::<_, false>(PerWorker))
-    }
-}
-
-extern "C" fn free_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void, state: ngx_uint_t) {
-    // SAFETY: as in get_peer.
-    let (pc, pd) = unsafe { (&mut *pc, &mut *data.cast::<PeerData>()) };
-    let held = core::mem::take(&mut pd.held);
-    ngx_log_debug_mask!(
-        DebugMask::Http,
-        pc.log,
-        "least_conn_persistent: free {:?}, state {}",
-        held,
-        state
-    );
-    // SAFETY: the connection's log.
-    pd.upstream.release(held, unsafe { Log::from_ptr(pc.log) });
-    // SAFETY: round-robin's own per-request data, as its free expects.
-    unsafe { ngx_http_upstream_free_round_robin_peer(pc, pd.rr.as_ptr(), state) };
-}
-
-#[cfg(ngx_feature = "http_ssl")]
-extern "C" fn set_session(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
-    // SAFETY: round-robin's session hooks take its own per-request data.
-    unsafe {
-        let pd = &*data.cast::<PeerData>();
-        nginx_sys::ngx_http_upstream_set_round_robin_peer_session(pc, pd.rr.as_ptr())
-    }
-}
-
-#[cfg(ngx_feature = "http_ssl")]
-extern "C" fn save_session(pc: *mut ngx_peer_connection_t, data: *mut c_void) {
-    // SAFETY: as in set_session.
-    unsafe {
-        let pd = &*data.cast::<PeerData>();
-        nginx_sys::ngx_http_upstream_save_round_robin_peer_session(pc, pd.rr.as_ptr())
-    }
+    balance::install(&pool, &mut u.peer, upstream)
 }

@@ -6,6 +6,8 @@
 //! - `log`: log lines that carry the module's or the zone's name;
 //! - `shm`: shared memory zones (declare, find, lock);
 //! - `timer`: one periodic timer per worker;
+//! - `subsystem`: the names of the subsystem this build balances (http, or
+//!   stream with the `stream` feature);
 //! - `peers`: round-robin's peer lists as `core::select` sees them, and the
 //!   per-request `tried` bitmap.
 
@@ -13,4 +15,5 @@ pub mod conf;
 pub mod log;
 pub mod peers;
 pub mod shm;
+pub mod subsystem;
 pub mod timer;

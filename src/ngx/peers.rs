@@ -8,10 +8,9 @@
 use core::ffi::c_void;
 use core::ptr::NonNull;
 
+use super::subsystem::{RrPeer, RrPeerData, RrPeers, UpstreamServer, UpstreamSrvConf};
 use nginx_sys::{
-    ngx_cached_time, ngx_http_upstream_rr_peer_data_t, ngx_http_upstream_rr_peer_t,
-    ngx_http_upstream_rr_peers_t, ngx_http_upstream_server_t, ngx_http_upstream_srv_conf_t,
-    ngx_int_t, ngx_peer_connection_t, ngx_rwlock_unlock, ngx_rwlock_wlock, time_t,
+    ngx_cached_time, ngx_int_t, ngx_peer_connection_t, ngx_rwlock_unlock, ngx_rwlock_wlock, time_t,
 };
 
 use crate::core::select::{Load, PeerList};
@@ -19,9 +18,7 @@ use crate::core::select::{Load, PeerList};
 const BITS: usize = usize::BITS as usize;
 
 /// The peers of one list (primary or backup), in order.
-pub fn each_peer(
-    list: &ngx_http_upstream_rr_peers_t,
-) -> impl Iterator<Item = &ngx_http_upstream_rr_peer_t> {
+pub fn each_peer(list: &RrPeers) -> impl Iterator<Item = &RrPeer> {
     let mut p = list.peer;
     core::iter::from_fn(move || {
         // SAFETY: round-robin links the list's peers by `next`; they live in
@@ -33,18 +30,13 @@ pub fn each_peer(
 }
 
 /// An upstream's primary list and, if any, its backup list, as
-/// `ngx_http_upstream_init_round_robin` left them in `peer.data`.
+/// round-robin's init (`init_round_robin`) left them in `peer.data`.
 ///
 /// # Safety
 /// `data` is that pointer, of an upstream whose round-robin init succeeded.
-pub unsafe fn lists<'a>(
-    data: *mut c_void,
-) -> (
-    Option<&'a ngx_http_upstream_rr_peers_t>,
-    Option<&'a ngx_http_upstream_rr_peers_t>,
-) {
+pub unsafe fn lists<'a>(data: *mut c_void) -> (Option<&'a RrPeers>, Option<&'a RrPeers>) {
     // SAFETY: the function's contract.
-    let primary = unsafe { data.cast::<ngx_http_upstream_rr_peers_t>().as_ref() };
+    let primary = unsafe { data.cast::<RrPeers>().as_ref() };
     let backup = primary.and_then(|p| unsafe { p.next.as_ref() });
     (primary, backup)
 }
@@ -53,7 +45,7 @@ pub unsafe fn lists<'a>(
 /// `config` counter, bumped on every change); `None` for a list that
 /// cannot change (no upstream `zone`, or an nginx before 1.27.3).
 #[inline]
-pub fn version(list: &ngx_http_upstream_rr_peers_t) -> Option<usize> {
+pub fn version(list: &RrPeers) -> Option<usize> {
     #[cfg(ngx_resolve)]
     {
         // SAFETY: null, or the counter the upstream zone keeps for the list.
@@ -68,13 +60,13 @@ pub fn version(list: &ngx_http_upstream_rr_peers_t) -> Option<usize> {
 
 /// For each peer of the primary (or backup) list, in round-robin's order,
 /// the `server` it comes from, as written (a name may give several peers).
-pub fn server_lines(us: &ngx_http_upstream_srv_conf_t, backup: bool) -> Vec<&[u8]> {
+pub fn server_lines(us: &UpstreamSrvConf, backup: bool) -> Vec<&[u8]> {
     // SAFETY: null, or the upstream's array of servers (configuration pool).
     let Some(servers) = (unsafe { us.servers.as_ref() }) else {
         return Vec::new();
     };
-    // SAFETY: the array holds ngx_http_upstream_server_t.
-    let servers = unsafe { servers.as_slice::<ngx_http_upstream_server_t>() };
+    // SAFETY: the array holds UpstreamServer.
+    let servers = unsafe { servers.as_slice::<UpstreamServer>() };
     servers
         .iter()
         .filter(|s| (s.backup() != 0) == backup)
@@ -82,7 +74,7 @@ pub fn server_lines(us: &ngx_http_upstream_srv_conf_t, backup: bool) -> Vec<&[u8
         .collect()
 }
 
-pub fn name(peer: &ngx_http_upstream_rr_peer_t) -> &[u8] {
+pub fn name(peer: &RrPeer) -> &[u8] {
     peer.name.as_bytes()
 }
 
@@ -95,7 +87,7 @@ pub fn now() -> time_t {
 /// A peer of the list being picked from, and its position in that list.
 #[derive(Clone, Copy, Debug)]
 pub struct PeerCursor {
-    peer: NonNull<ngx_http_upstream_rr_peer_t>,
+    peer: NonNull<RrPeer>,
     pub index: usize,
 }
 
@@ -124,7 +116,7 @@ impl Tried {
 /// One request's round-robin data.
 #[derive(Debug)]
 pub struct RoundRobin {
-    data: NonNull<ngx_http_upstream_rr_peer_data_t>,
+    data: NonNull<RrPeerData>,
     /// Whether a peer of the current list was tried: until then a pick
     /// skips the per-peer test of the `tried` bitmap.
     tried_any: bool,
@@ -132,7 +124,7 @@ pub struct RoundRobin {
 
 impl RoundRobin {
     /// # Safety
-    /// `data` is what `ngx_http_upstream_init_round_robin_peer` left in
+    /// `data` is what round-robin's `init_round_robin_peer` left in
     /// `u.peer.data`; it lives as long as the request.
     pub unsafe fn from_ptr(data: *mut c_void) -> Option<RoundRobin> {
         NonNull::new(data.cast()).map(|data| RoundRobin {
@@ -146,19 +138,19 @@ impl RoundRobin {
         self.data.as_ptr().cast()
     }
 
-    fn data(&self) -> &ngx_http_upstream_rr_peer_data_t {
+    fn data(&self) -> &RrPeerData {
         // SAFETY: from_ptr's contract; the worker is single-threaded.
         unsafe { self.data.as_ref() }
     }
 
-    fn data_mut(&mut self) -> &mut ngx_http_upstream_rr_peer_data_t {
+    fn data_mut(&mut self) -> &mut RrPeerData {
         // SAFETY: as in data().
         unsafe { self.data.as_mut() }
     }
 
     /// The list being picked from: primary, or backup once switched.
     #[inline]
-    pub fn peers(&self) -> &ngx_http_upstream_rr_peers_t {
+    pub fn peers(&self) -> &RrPeers {
         // SAFETY: round-robin sets `peers` to a list of the upstream.
         unsafe { &*self.data().peers }
     }
@@ -256,7 +248,7 @@ impl RoundRobin {
 
 /// A list a request picked from.
 #[derive(Clone, Copy, Debug)]
-pub struct CurrentList(NonNull<ngx_http_upstream_rr_peers_t>);
+pub struct CurrentList(NonNull<RrPeers>);
 
 impl CurrentList {
     /// Names the upstream in the error log for an attempt given up.
@@ -283,15 +275,15 @@ impl CurrentList {
 
 /// Round-robin's write lock on a list kept in an upstream `zone`; nothing
 /// to lock otherwise. Released on drop.
-pub struct PeersLock(NonNull<ngx_http_upstream_rr_peers_t>);
+pub struct PeersLock(NonNull<RrPeers>);
 
 /// Locks `list` (a list of an upstream) as round-robin does for a pick.
-pub fn lock(list: &ngx_http_upstream_rr_peers_t) -> PeersLock {
+pub fn lock(list: &RrPeers) -> PeersLock {
     PeersLock::new(core::ptr::from_ref(list).cast_mut())
 }
 
 impl PeersLock {
-    fn new(peers: *mut ngx_http_upstream_rr_peers_t) -> PeersLock {
+    fn new(peers: *mut RrPeers) -> PeersLock {
         let mut peers = NonNull::new(peers).expect("a request's peer list");
         // SAFETY: a live list; its rwlock is used only with a zone (shpool).
         unsafe {
@@ -341,7 +333,7 @@ impl<C> Copy for Matched<'_, C> {}
 impl<'a, C: SharedCount> Matched<'a, C> {
     /// `None` unless there is exactly one count per peer of `list` (a peer
     /// list that changed under us is counted per worker instead).
-    pub fn new(counts: &'a [C], list: &ngx_http_upstream_rr_peers_t) -> Option<Self> {
+    pub fn new(counts: &'a [C], list: &RrPeers) -> Option<Self> {
         (counts.len() == list.number).then_some(Matched(counts))
     }
 
@@ -374,19 +366,19 @@ impl CountSource for PerWorker {
 
 /// A round-robin list with our counts, for `core::select::choose`.
 pub struct RrList<'a, S, const TRIED: bool> {
-    peers: &'a ngx_http_upstream_rr_peers_t,
+    peers: &'a RrPeers,
     tried: Tried,
     now: time_t,
     counts: S,
 }
 
 impl<S, const TRIED: bool> RrList<'_, S, TRIED> {
-    fn peer(&self, c: PeerCursor) -> &ngx_http_upstream_rr_peer_t {
+    fn peer(&self, c: PeerCursor) -> &RrPeer {
         // SAFETY: cursors come from this list, locked for this pick.
         unsafe { c.peer.as_ref() }
     }
 
-    fn peer_mut(&mut self, mut c: PeerCursor) -> &mut ngx_http_upstream_rr_peer_t {
+    fn peer_mut(&mut self, mut c: PeerCursor) -> &mut RrPeer {
         // SAFETY: as in peer(); the worker is single-threaded.
         unsafe { c.peer.as_mut() }
     }

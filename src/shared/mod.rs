@@ -4,6 +4,7 @@
 //! registry today; stream upstreams and the Lua C ABI will feed it the same
 //! way, and the per-worker record for crash recovery will live in the zone.
 
+pub mod balance;
 pub mod registry;
 pub mod workers;
 pub mod zone;

@@ -1,0 +1,21 @@
+//! The nginx subsystem this build balances: http, or stream with the cargo
+//! feature `stream`. One crate builds two modules (two `.so` files, as
+//! Debian ships each subsystem's modules separately): their round-robin
+//! structures and functions have the same shape under different names, so
+//! the code above this file is written once against these names.
+
+#[cfg(not(feature = "stream"))]
+pub use nginx_sys::{
+    ngx_http_upstream_free_round_robin_peer as free_round_robin_peer,
+    ngx_http_upstream_rr_peer_data_t as RrPeerData, ngx_http_upstream_rr_peer_t as RrPeer,
+    ngx_http_upstream_rr_peers_t as RrPeers, ngx_http_upstream_server_t as UpstreamServer,
+    ngx_http_upstream_srv_conf_t as UpstreamSrvConf,
+};
+
+#[cfg(feature = "stream")]
+pub use nginx_sys::{
+    ngx_stream_upstream_free_round_robin_peer as free_round_robin_peer,
+    ngx_stream_upstream_rr_peer_data_t as RrPeerData, ngx_stream_upstream_rr_peer_t as RrPeer,
+    ngx_stream_upstream_rr_peers_t as RrPeers, ngx_stream_upstream_server_t as UpstreamServer,
+    ngx_stream_upstream_srv_conf_t as UpstreamSrvConf,
+};

@@ -1,0 +1,340 @@
+//! The balancer the front-ends share (http, and stream built with the
+//! `stream` feature): registering an upstream's servers once round-robin
+//! has set it up, and per connection attempt the pick (`get`) and release
+//! (`free`) nginx calls through `ngx_peer_connection_t`.
+//!
+//! Like stock least_conn it sits on round-robin's peer lists and per-request
+//! data (tried bitmap, fails, checked), and chains round-robin's `free` and
+//! SSL session hooks, so `max_fails`/`fail_timeout`, `keepalive` and session
+//! reuse work as they do there. A front-end only finds the registry and the
+//! pool for its kind of request and calls `register` and `install`.
+
+use core::ffi::c_void;
+use std::collections::HashMap;
+
+use nginx_sys::{
+    ngx_event_save_peer_session_pt, ngx_event_set_peer_session_pt, ngx_int_t,
+    ngx_peer_connection_t, ngx_uint_t, NGX_LOG_INFO,
+};
+use ngx::core::{Pool, Status};
+use ngx::ngx_log_debug_mask;
+
+use crate::core::select::{choose, PeerList};
+use crate::core::table::{Meta, FLAG_DOWN};
+use crate::ngx::conf::ConfError;
+use crate::ngx::log::Log;
+use crate::ngx::peers::{self, Matched, PeerCursor, PerWorker, RoundRobin};
+use crate::ngx::subsystem::{free_round_robin_peer, RrPeer, RrPeers, UpstreamSrvConf};
+
+use super::registry::{Held, List, PeerCounter, Registry, UpstreamCounters};
+
+/// Per-request state, in the request's (or session's) pool.
+struct PeerData {
+    rr: RoundRobin,
+    upstream: &'static UpstreamCounters,
+    list: List,
+    held: Held,
+    /// Round-robin's SSL session hooks, called with its own data.
+    rr_set_session: ngx_event_set_peer_session_pt,
+    rr_save_session: ngx_event_save_peer_session_pt,
+}
+
+/// Adds an upstream's servers, in round-robin's order, to the registry,
+/// once round-robin's init has set the upstream up; returns its index.
+pub fn register(registry: &mut Registry, us: &UpstreamSrvConf) -> Result<usize, ConfError> {
+    let name = us.host.as_bytes();
+    let mut counters = UpstreamCounters::new(name);
+    // Which `server` line gave each address, to name both lines of a
+    // duplicate.
+    let mut lines: HashMap<&[u8], &[u8]> = HashMap::new();
+    // SAFETY: round-robin init has just filled peer.data.
+    let (primary, backup) = unsafe { peers::lists(us.peer.data) };
+    for (list, peers) in [(List::Primary, primary), (List::Backup, backup)] {
+        let written = peers::server_lines(us, list == List::Backup);
+        for (i, peer) in peers.into_iter().flat_map(peers::each_peer).enumerate() {
+            let address = peers::name(peer);
+            let line = written.get(i).copied().unwrap_or(address);
+            if let Some(first) = lines.insert(address, line) {
+                return Err(ConfError::DuplicateAddress {
+                    upstream: text(name),
+                    address: text(address),
+                    first: text(first),
+                    second: text(line),
+                });
+            }
+            counters.add_server(list, address, meta(name, peer)?);
+        }
+    }
+    Ok(registry.add(counters))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// What the zone records of a server DNS added at run time: its `server`
+/// line's parameters, which configuration checked (SRV weights are 16-bit).
+fn runtime_meta(peer: &RrPeer) -> Meta {
+    Meta {
+        weight: u32::try_from(peer.weight).unwrap_or(u32::MAX),
+        max_conns: u32::try_from(peer.max_conns).unwrap_or(u32::MAX),
+        flags: if peer.down != 0 { FLAG_DOWN } else { 0 },
+    }
+}
+
+/// What the zone records of a server. The pick compares 32-bit weights and
+/// limits: larger ones are refused rather than cut.
+fn meta(upstream: &[u8], peer: &RrPeer) -> Result<Meta, ConfError> {
+    let too_large = |parameter, value| ConfError::TooLarge {
+        parameter,
+        value,
+        server: text(peers::name(peer)),
+        upstream: text(upstream),
+    };
+    let weight =
+        u32::try_from(peer.weight).map_err(|_| too_large("weight", peer.weight as usize))?;
+    let max_conns =
+        u32::try_from(peer.max_conns).map_err(|_| too_large("max_conns", peer.max_conns))?;
+    Ok(Meta {
+        weight,
+        max_conns,
+        flags: if peer.down != 0 { FLAG_DOWN } else { 0 },
+    })
+}
+
+/// Brings every upstream's counters in step with peer lists that DNS
+/// changes (`resolve`), without waiting for a pick. Before the
+/// configuration is committed (`init_module`), so that peers which
+/// `resolve` servers kept across a reload (nginx copies them into the new
+/// upstream zone) have their keys stamped by the commit like configured
+/// ones; then in each worker's periodic check, so that a new address shows
+/// at 0 and a gone one drains even while no request comes.
+pub fn follow_resolved_peers<'a>(
+    registry: &Registry,
+    upstreams: impl Iterator<Item = (&'a UpstreamSrvConf, usize)>,
+) {
+    for (us, index) in upstreams {
+        let Some(upstream) = registry.upstream(index) else {
+            continue;
+        };
+        // SAFETY: round-robin init filled peer.data; the upstream zone's
+        // init, which ran before this, pointed it at the zone's copy.
+        let (primary, backup) = unsafe { peers::lists(us.peer.data) };
+        for (list, peers) in [(List::Primary, primary), (List::Backup, backup)] {
+            let Some(peers) = peers.filter(|p| peers::version(p).is_some()) else {
+                continue;
+            };
+            let _lock = peers::lock(peers);
+            follow_if_changed(upstream, list, peers);
+        }
+    }
+}
+
+/// Wraps round-robin's per-request data (just set up by the front-end's
+/// `init_round_robin_peer`) in ours and takes over the peer connection's
+/// hooks. `None`: no memory.
+pub fn install(
+    pool: &Pool,
+    pc: &mut ngx_peer_connection_t,
+    upstream: &'static UpstreamCounters,
+) -> Option<()> {
+    // SAFETY: round-robin's per-request data, just set up; the request's.
+    let rr = unsafe { RoundRobin::from_ptr(pc.data) }?;
+    let pd = pool.alloc(size_of::<PeerData>()).cast::<PeerData>();
+    if pd.is_null() {
+        return None;
+    }
+    // SAFETY: fresh pool memory, sized and aligned (nginx aligns pool
+    // allocations to pointers) for PeerData; nothing to drop.
+    unsafe {
+        pd.write(PeerData {
+            rr,
+            upstream,
+            list: List::Primary,
+            held: Held::Nothing,
+            rr_set_session: pc.set_session,
+            rr_save_session: pc.save_session,
+        })
+    };
+    pc.data = pd.cast();
+    pc.get = Some(get_peer);
+    pc.free = Some(free_peer);
+    if pc.set_session.is_some() {
+        pc.set_session = Some(set_session);
+    }
+    if pc.save_session.is_some() {
+        pc.save_session = Some(save_session);
+    }
+    Some(())
+}
+
+extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
+    // SAFETY: nginx passes the connection being set up and the data
+    // init_peer installed; the request (and so both) outlives this call.
+    let (pc, pd) = unsafe { (&mut *pc, &mut *data.cast::<PeerData>()) };
+    pc.set_cached(0);
+    pc.connection = core::ptr::null_mut();
+    get(pc, pd)
+}
+
+fn get(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
+    let lock = pd.rr.lock();
+    if pd.rr.list_changed() {
+        // DNS changed the peers since the request began (`resolve`): as
+        // stock does, this attempt gives up rather than pick from a list
+        // its `tried` bitmap does not fit.
+        pd.rr.current().name_for_errors(pc);
+        return Status::NGX_BUSY.into();
+    }
+    if let Some(best) = pick(pd) {
+        pd.rr.connect(best, pc);
+        ngx_log_debug_mask!(
+            DebugMask::Http,
+            pc.log,
+            "least_conn_persistent: get peer {} of {:?} list, holding {:?}",
+            best.index,
+            pd.list,
+            pd.held
+        );
+        return Status::NGX_OK.into();
+    }
+    drop(lock);
+    try_backup_or_fail(pc, pd)
+}
+
+/// No peer of the current list can take the request: try the backup list
+/// once, else fail as stock does. Kept out of line: the pick stays small.
+#[cold]
+#[inline(never)]
+fn try_backup_or_fail(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
+    let failed = pd.rr.current();
+    if pd.list == List::Primary && pd.rr.switch_to_backup() {
+        pd.list = List::Backup;
+        let rc = get(pc, pd);
+        if rc != Status::NGX_BUSY.0 {
+            return rc;
+        }
+    }
+    failed.fail(pc);
+    Status::NGX_BUSY.into()
+}
+
+/// Chooses and counts a peer.
+fn pick(pd: &mut PeerData) -> Option<PeerCursor> {
+    follow_peer_list(pd);
+    let counters = pd.upstream.list(pd.list);
+    let Some(counts) = Matched::new(&counters, pd.rr.peers()) else {
+        pd.held = Held::Nothing;
+        return pick_per_worker(&pd.rr);
+    };
+    // A first attempt has tried nothing: its scan skips the bitmap test.
+    if pd.rr.tried_any() {
+        pick_counted::<true>(pd, counts)
+    } else {
+        pick_counted::<false>(pd, counts)
+    }
+}
+
+/// Keeps the counters in step with a peer list that DNS changes at run
+/// time (`resolve`): nginx bumps the list's version on every change, under
+/// the lock this pick holds.
+#[inline]
+fn follow_peer_list(pd: &PeerData) {
+    let version = peers::version(pd.rr.peers());
+    if version.is_some() && version != pd.upstream.version(pd.list) {
+        follow_if_changed(pd.upstream, pd.list, pd.rr.peers());
+    }
+}
+
+/// `peers`: the front-end's list, locked by the caller.
+#[cold]
+#[inline(never)]
+fn follow_if_changed(upstream: &UpstreamCounters, list: List, peers: &RrPeers) {
+    let Some(version) = peers::version(peers) else {
+        return;
+    };
+    if upstream.version(list) == Some(version) {
+        return;
+    }
+    let each = peers::each_peer(peers).map(|p| (peers::name(p), runtime_meta(p)));
+    let followed = upstream.follow(list, version, each);
+    if followed.added + followed.gone > 0 {
+        Log::cycle().module(
+            NGX_LOG_INFO,
+            format_args!(
+                "upstream \"{}\": {:?} peers changed at run time: {} added, {} gone \
+                 (removed, or draining until their last connection), {} kept",
+                String::from_utf8_lossy(&upstream.name),
+                list,
+                followed.added,
+                followed.gone,
+                followed.kept
+            ),
+        );
+    }
+}
+
+/// A choice can lose a race for the last `max_conns` place to another
+/// worker; choosing again then sees it full.
+#[inline(always)]
+fn pick_counted<const TRIED: bool>(
+    pd: &mut PeerData,
+    counts: Matched<'_, PeerCounter>,
+) -> Option<PeerCursor> {
+    let mut list = pd.rr.list::<_, TRIED>(counts);
+    for _ in 0..=list.size() {
+        let best = choose(&mut list)?;
+        let counter = counts.get(best.index)?;
+        if counter.acquire(pd.upstream, list.max_conns(best), &mut pd.held) {
+            return Some(best);
+        }
+    }
+    None
+}
+
+/// A pick on round-robin's own per-worker counts, counting nothing shared.
+#[cold]
+#[inline(never)]
+fn pick_per_worker(rr: &RoundRobin) -> Option<PeerCursor> {
+    if rr.tried_any() {
+        choose(&mut rr.list::<_, true>(PerWorker))
+    } else {
+        choose(&mut rr.list::<_, false>(PerWorker))
+    }
+}
+
+extern "C" fn free_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void, state: ngx_uint_t) {
+    // SAFETY: as in get_peer.
+    let (pc, pd) = unsafe { (&mut *pc, &mut *data.cast::<PeerData>()) };
+    let held = core::mem::take(&mut pd.held);
+    ngx_log_debug_mask!(
+        DebugMask::Http,
+        pc.log,
+        "least_conn_persistent: free {:?}, state {}",
+        held,
+        state
+    );
+    // SAFETY: the connection's log.
+    pd.upstream.release(held, unsafe { Log::from_ptr(pc.log) });
+    // SAFETY: round-robin's own per-request data, as its free expects.
+    unsafe { free_round_robin_peer(pc, pd.rr.as_ptr(), state) };
+}
+
+extern "C" fn set_session(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
+    // SAFETY: the data `install` set; round-robin's hook takes its own.
+    let pd = unsafe { &*data.cast::<PeerData>() };
+    match pd.rr_set_session {
+        // SAFETY: round-robin's hook, with the arguments it expects.
+        Some(f) => unsafe { f(pc, pd.rr.as_ptr()) },
+        None => Status::NGX_OK.into(),
+    }
+}
+
+extern "C" fn save_session(pc: *mut ngx_peer_connection_t, data: *mut c_void) {
+    // SAFETY: as in set_session.
+    let pd = unsafe { &*data.cast::<PeerData>() };
+    if let Some(f) = pd.rr_save_session {
+        // SAFETY: as in set_session.
+        unsafe { f(pc, pd.rr.as_ptr()) };
+    }
+}
