@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the module against the nginx that will load it.
+# Builds the modules (http, and stream as its own file) against the nginx
+# that will load them.
 #
 # By default that is Debian's /usr/sbin/nginx: its nginx-dev package ships the
 # headers and `configure` with the flags Debian used, so configuring a copy of
@@ -14,10 +15,12 @@
 . "$(dirname "$0")/env.sh"
 
 so="$MODULE_SO"
+stream_so="$STREAM_MODULE_SO"
 if [ "${1:-}" = "--nginx=1.28" ]; then
     shift
     nginx_128_env
     so="$MODULE_128_SO"
+    stream_so="$STREAM_MODULE_128_SO"
 elif [ "${1:-}" = "--nginx=debian" ]; then
     shift
     nginx_build_env
@@ -27,3 +30,10 @@ fi
 cd "$ROOT"
 cargo build --release "$@"
 echo ">> built $so" >&2
+# The stream module: the same crate with the `stream` feature, in its own
+# target directory (the two builds differ in every file).
+target="${CARGO_TARGET_DIR:-$ROOT/target}"
+CARGO_TARGET_DIR="$target/stream" cargo build --release --features stream "$@"
+cp "$target/stream/release/libngx_http_least_conn_persistent_module.so" "$stream_so.tmp"
+mv "$stream_so.tmp" "$stream_so"
+echo ">> built $stream_so" >&2

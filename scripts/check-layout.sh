@@ -14,8 +14,10 @@ forbid() {
         fail=1
     fi
 }
-forbid core '\bnginx_sys\b|(^|[^:])\bngx::|crate::(ngx|shared|http)\b' "src/core must not use nginx or the layers above it"
-forbid ngx 'crate::(shared|http)\b' "src/ngx must not use shared state or front-ends"
-forbid shared 'crate::http\b' "src/shared must not use a front-end"
-[ "$fail" = 0 ] && echo "layout: core <- shared <- http, ngx beside: ok"
+forbid core '\bnginx_sys\b|(^|[^:])\bngx::|crate::(ngx|shared|http|stream|lua)\b' "src/core must not use nginx or the layers above it"
+forbid ngx 'crate::(shared|http|stream|lua)\b' "src/ngx must not use shared state or front-ends"
+forbid shared 'crate::(http|stream|lua)\b' "src/shared must not use a front-end"
+forbid http 'crate::(stream|lua)\b' "front-ends must not use each other"
+forbid stream 'crate::(http|lua)\b' "front-ends must not use each other"
+[ "$fail" = 0 ] && echo "layout: core <- shared <- http, stream, lua; ngx beside: ok"
 exit "$fail"

@@ -18,8 +18,9 @@ echo ">> cargo fmt --check"
 cargo fmt --check
 echo ">> cargo clippy -D warnings"
 cargo clippy --release --all-targets -- -D warnings
-echo ">> cargo build --release"
-cargo build --release
+CARGO_TARGET_DIR="$ROOT/target/stream" cargo clippy --release --features stream -- -D warnings
+echo ">> scripts/build.sh (the http module and the stream module)"
+scripts/build.sh
 echo ">> cargo test"
 cargo test
 echo ">> scripts/demo.sh --check"

@@ -7,26 +7,37 @@
 //!   round-robin lists);
 //! - `shared`: the zone and the registry of what each load declares;
 //! - `http`: the http front-end (directives, balancer, status page);
+//! - `stream`: the stream front-end, built instead of http and Lua by the
+//!   `stream` feature, as its own module file;
 //! - `lua`: the C ABI for Lua balancers (`include/least_conn_persistent.h`).
 //!
 //! This file holds the module statics only. `cargo test` builds `core`
 //! alone: its binary cannot link nginx's symbols.
 
+// The stream build leaves out what only http uses (status page, Lua ABI).
+#![cfg_attr(feature = "stream", allow(dead_code))]
+
 pub mod core;
 
-#[cfg(not(test))]
+#[cfg(all(not(test), not(feature = "stream")))]
 mod http;
-#[cfg(not(test))]
+#[cfg(all(not(test), not(feature = "stream")))]
 mod lua;
 #[cfg(not(test))]
 mod ngx;
 #[cfg(not(test))]
 mod shared;
+// The `stream` feature builds the stream module instead (its statics are in
+// stream/module.rs): an http-only nginx never needs nginx's stream module.
+#[cfg(all(not(test), feature = "stream"))]
+mod stream;
 
-#[cfg(not(test))]
+#[cfg(all(not(test), not(feature = "stream")))]
 pub use module::*;
+#[cfg(all(not(test), feature = "stream"))]
+pub use stream::module::*;
 
-#[cfg(not(test))]
+#[cfg(all(not(test), not(feature = "stream")))]
 mod module {
     use ::core::ffi::c_void;
     use ::core::ptr;

@@ -106,14 +106,26 @@ impl Entry {
 }
 
 pub fn render(format: Format, zone: Option<&ZoneInfo>, entries: &mut [Entry]) -> String {
+    render_subsystem(format, None, zone, entries)
+}
+
+/// As `render`, for another subsystem's zone (`"stream"`): JSON then names
+/// it in a `subsystem` field, and every Prometheus series has a
+/// `subsystem` label, so that both pages can be scraped together.
+pub fn render_subsystem(
+    format: Format,
+    subsystem: Option<&str>,
+    zone: Option<&ZoneInfo>,
+    entries: &mut [Entry],
+) -> String {
     entries.sort_by(|a, b| {
         a.key
             .cmp(&b.key)
             .then(a.state.as_str().cmp(b.state.as_str()))
     });
     match format {
-        Format::Json => render_json(zone, entries),
-        Format::Prometheus => render_prometheus(zone, entries),
+        Format::Json => render_json(subsystem, zone, entries),
+        Format::Prometheus => render_prometheus(subsystem, zone, entries),
     }
 }
 
@@ -132,9 +144,15 @@ fn json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
-fn render_json(zone: Option<&ZoneInfo>, entries: &[Entry]) -> String {
+fn render_json(subsystem: Option<&str>, zone: Option<&ZoneInfo>, entries: &[Entry]) -> String {
     let mut out = String::with_capacity(128 + entries.len() * 160);
-    out.push_str("{\"zone\":");
+    out.push('{');
+    if let Some(s) = subsystem {
+        out.push_str("\"subsystem\":");
+        json_str(&mut out, s);
+        out.push(',');
+    }
+    out.push_str("\"zone\":");
     match zone {
         None => out.push_str("null"),
         Some(z) => {
@@ -204,8 +222,19 @@ const SERVER_METRICS: [(&str, &str); 3] = [
     ),
 ];
 
-fn render_prometheus(zone: Option<&ZoneInfo>, entries: &[Entry]) -> String {
+fn render_prometheus(
+    subsystem: Option<&str>,
+    zone: Option<&ZoneInfo>,
+    entries: &[Entry],
+) -> String {
     let mut out = String::with_capacity(512 + entries.len() * 400);
+    // The labels every series starts with.
+    let mut first = String::new();
+    if let Some(s) = subsystem {
+        first.push_str("subsystem=\"");
+        label(&mut first, s);
+        first.push_str("\",");
+    }
     if let Some(z) = zone {
         for (name, kind, help, value) in [
             (
@@ -240,7 +269,7 @@ fn render_prometheus(zone: Option<&ZoneInfo>, entries: &[Entry]) -> String {
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            let _ = write!(out, "{name}{{zone=\"");
+            let _ = write!(out, "{name}{{{first}zone=\"");
             label(&mut out, &z.name);
             let _ = writeln!(out, "\"}} {value}");
         }
@@ -250,7 +279,7 @@ fn render_prometheus(zone: Option<&ZoneInfo>, entries: &[Entry]) -> String {
             "# HELP {name} Connections each recorded worker process holds.\n# TYPE {name} gauge"
         );
         for (pid, conns) in &z.workers {
-            let _ = write!(out, "{name}{{zone=\"");
+            let _ = write!(out, "{name}{{{first}zone=\"");
             label(&mut out, &z.name);
             let _ = writeln!(out, "\",pid=\"{pid}\"}} {conns}");
         }
@@ -260,7 +289,7 @@ fn render_prometheus(zone: Option<&ZoneInfo>, entries: &[Entry]) -> String {
         for e in entries {
             let (upstream, server) = e.parts();
             let value = [e.count, u64::from(e.weight), u64::from(e.max_conns)][m];
-            let _ = write!(out, "{name}{{upstream=\"");
+            let _ = write!(out, "{name}{{{first}upstream=\"");
             label(&mut out, upstream);
             out.push_str("\",server=\"");
             label(&mut out, server);
@@ -283,6 +312,26 @@ mod tests {
             state,
             lua: false,
         }
+    }
+
+    #[test]
+    fn another_subsystem_is_named_in_json_and_every_series() {
+        let zone = ZoneInfo {
+            name: "s".into(),
+            size: 65536,
+            used: 8192,
+            keys: 1,
+            reclaimed: 0,
+            workers: vec![(7, 1)],
+        };
+        let mut e = vec![entry("conn_count:u:127.0.0.1:1", 1, State::Up)];
+        let json = render_subsystem(Format::Json, Some("stream"), Some(&zone), &mut e);
+        assert!(json.starts_with("{\"subsystem\":\"stream\",\"zone\":{\"name\":\"s\""));
+        let text = render_subsystem(Format::Prometheus, Some("stream"), Some(&zone), &mut e);
+        let series: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(series.len(), 5 + 1 + 3);
+        assert!(series.iter().all(|l| l.contains("{subsystem=\"stream\",")));
+        assert!(!render(Format::Prometheus, Some(&zone), &mut e).contains("subsystem"));
     }
 
     #[test]

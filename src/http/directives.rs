@@ -11,15 +11,9 @@ use nginx_sys::{
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleServerConf};
 use ngx::http::{NgxHttpCoreModule, NgxHttpUpstreamModule};
 
-use crate::ngx::conf::{
-    args, callback_result, directive_result, http_upstreams, page_size, parse_size, text, ConfError,
-};
+use crate::ngx::conf::{callback_result, directive_result, http_upstreams, text, ConfError};
 
 use super::{balancer, status, MainConf, Module, SrvConf};
-
-/// The smallest zone: a few pages for the slab allocator, the table, and
-/// some keys.
-const MIN_ZONE_PAGES: usize = 8;
 
 /// `least_conn_persistent_zone <name> <size>;`
 pub extern "C" fn cmd_zone(
@@ -35,26 +29,8 @@ pub extern "C" fn cmd_zone(
 }
 
 fn add_zone(cf: &mut ngx_conf_t, mcf: &mut MainConf) -> Result<(), ConfError> {
-    if mcf.registry.has_zone() {
-        return Err(ConfError::Duplicate);
-    }
-    // NGX_CONF_TAKE2: exactly two arguments.
-    let [name, size_text] = args(cf) else {
-        unreachable!("nginx checks the number of arguments");
-    };
-    if name.is_empty() {
-        return Err(ConfError::InvalidName(text(name)));
-    }
-    let size = parse_size(size_text).ok_or_else(|| ConfError::InvalidSize(text(size_text)))?;
-    let min = MIN_ZONE_PAGES * page_size();
-    if size < min {
-        return Err(ConfError::TooSmall {
-            name: text(name),
-            min,
-        });
-    }
     let tag = ptr::from_ref(Module::module()).cast();
-    mcf.registry.declare_zone(cf, name, size, tag)
+    mcf.registry.zone_directive(cf, tag)
 }
 
 /// `least_conn_persistent;` in an `upstream {}` block.

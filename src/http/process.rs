@@ -1,7 +1,7 @@
 //! Process hooks: committing a configuration once it cannot fail any more
 //! (`init_module`), and each worker's start, periodic check and exit.
 
-use nginx_sys::{ngx_cycle, ngx_cycle_t, ngx_terminate, NGX_LOG_WARN};
+use nginx_sys::{ngx_cycle, ngx_cycle_t, ngx_terminate};
 use ngx::http::HttpModuleMainConf;
 
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -23,17 +23,7 @@ pub fn init_module(cycle: &ngx_cycle_t) {
     // SAFETY: the cycle's log.
     let log = unsafe { Log::from_ptr(cycle.log) };
     balancer::follow_resolved_peers(cycle, &mcf.registry);
-    mcf.registry.commit(log);
-    let upstreams = mcf.registry.upstreams().count();
-    if upstreams > 0 && !mcf.registry.has_zone() {
-        log.module(
-            NGX_LOG_WARN,
-            format_args!(
-                "no \"least_conn_persistent_zone\" is configured: \
-                 {upstreams} upstream(s) balance on per-worker counts, which reloads reset"
-            ),
-        );
-    }
+    workers::commit(&mut mcf.registry, log);
 }
 
 /// `init_process`: every worker (or the single process).

@@ -2,11 +2,12 @@
 
 use nginx_sys::{ngx_chain_t, ngx_http_arg, ngx_http_request_t, ngx_int_t, ngx_str_t};
 use ngx::core::{Buffer, Status};
-use ngx::http::{HTTPStatus, HttpModuleMainConf, Method, Request};
+use ngx::http::{HTTPStatus, HttpModule, HttpModuleMainConf, Method, Request};
 
-use crate::core::status::{parse_format, render, Entry, State, ZoneInfo};
+use crate::core::status::{parse_format, render, render_subsystem, Entry, State, ZoneInfo};
 use crate::core::table::FLAG_LUA;
 use crate::shared::registry::Registry;
+use crate::shared::zone::{tables_of_other_modules, ZoneLink};
 
 use super::Module;
 
@@ -24,44 +25,61 @@ fn respond(r: &mut Request) -> Status {
     if !rc.is_ok() {
         return rc;
     }
-    let Ok(format) = parse_format(format_arg(r).as_ref().map(ngx_str_t::as_bytes)) else {
+    let Ok(format) = parse_format(query_arg(r, b"format").as_ref().map(ngx_str_t::as_bytes)) else {
         return HTTPStatus::BAD_REQUEST.into();
     };
-    let Some(mcf) = Module::main_conf(r.as_ref()) else {
-        return HTTPStatus::INTERNAL_SERVER_ERROR.into();
+    let body = match query_arg(r, b"subsystem").as_ref().map(ngx_str_t::as_bytes) {
+        None | Some(b"http") => {
+            let Some(mcf) = Module::main_conf(r.as_ref()) else {
+                return HTTPStatus::INTERNAL_SERVER_ERROR.into();
+            };
+            let (zone, mut entries) = collect(&mcf.registry);
+            render(format, zone.as_ref(), &mut entries)
+        }
+        Some(b"stream") => {
+            // The stream module's zone, found among this cycle's zones.
+            let tag = core::ptr::from_ref(Module::module()).cast();
+            let Some(zone) = tables_of_other_modules(tag).into_iter().next() else {
+                return HTTPStatus::NOT_FOUND.into();
+            };
+            let mut entries = zone_entries(&zone);
+            render_subsystem(format, Some("stream"), Some(&zone.info()), &mut entries)
+        }
+        Some(_) => return HTTPStatus::BAD_REQUEST.into(),
     };
-    let (zone, mut entries) = collect(&mcf.registry);
-    let body = render(format, zone.as_ref(), &mut entries);
     send(r, format.content_type(), &body)
 }
 
-/// The `format` argument of the query string, if given.
-fn format_arg(r: &mut Request) -> Option<ngx_str_t> {
+/// An argument of the query string, if given.
+fn query_arg(r: &mut Request, name: &[u8]) -> Option<ngx_str_t> {
     let mut value = ngx_str_t::empty();
-    let name = b"format";
     // SAFETY: a live request; nginx only reads the name and points `value`
     // into the request's arguments.
     let rc = unsafe { ngx_http_arg(r.as_mut(), name.as_ptr().cast_mut(), name.len(), &mut value) };
     (rc == Status::NGX_OK.0).then_some(value)
 }
 
+/// Every key in a zone.
+fn zone_entries(z: &ZoneLink) -> Vec<Entry> {
+    let mut entries = Vec::new();
+    z.table.for_each(&z.lock(), |e| {
+        entries.push(Entry {
+            key: String::from_utf8_lossy(e.key).into_owned(),
+            count: u64::from(e.count),
+            weight: e.meta.weight,
+            max_conns: e.meta.max_conns,
+            state: State::from_flags(e.meta.flags),
+            lua: e.meta.flags & FLAG_LUA != 0,
+        })
+    });
+    entries
+}
+
 /// Every key in the zone, then the servers this configuration counts per
 /// worker (no zone, or it was full).
 fn collect(registry: &Registry) -> (Option<ZoneInfo>, Vec<Entry>) {
-    let mut entries = Vec::new();
     let zone = registry.zone();
-    if let Some(z) = zone {
-        z.table.for_each(&z.lock(), |e| {
-            entries.push(Entry {
-                key: String::from_utf8_lossy(e.key).into_owned(),
-                count: u64::from(e.count),
-                weight: e.meta.weight,
-                max_conns: e.meta.max_conns,
-                state: State::from_flags(e.meta.flags),
-                lua: e.meta.flags & FLAG_LUA != 0,
-            })
-        });
-    }
+    let mut entries = zone.map(zone_entries).unwrap_or_default();
     for up in registry.upstreams() {
         up.for_each_peer(|pc| {
             if !pc.in_zone() {

@@ -15,5 +15,7 @@ pub mod conf;
 pub mod log;
 pub mod peers;
 pub mod shm;
+#[cfg(feature = "stream")]
+pub mod stream;
 pub mod subsystem;
 pub mod timer;

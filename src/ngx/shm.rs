@@ -73,6 +73,17 @@ pub fn names_in_running_cycle(tag: *const c_void) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The mapped zones of this process's cycle (a worker's), of any module.
+pub fn mapped_zones() -> Vec<ShmZone> {
+    // SAFETY: in a worker `ngx_cycle` is its cycle, whose zones stay mapped
+    // while it runs.
+    let cycle = unsafe { &*ngx_cycle };
+    zones(&cycle.shared_memory)
+        // SAFETY: as above.
+        .filter_map(|z| unsafe { ShmZone::from_ptr(ptr::from_ref(z).cast_mut()) })
+        .collect()
+}
+
 /// A zone nginx has mapped.
 #[derive(Clone, Copy, Debug)]
 pub struct ShmZone {
@@ -131,6 +142,17 @@ impl ShmZone {
     pub fn root(&self) -> *mut c_void {
         // SAFETY: the pool header is at the start of the mapped zone.
         unsafe { (*self.pool.as_ptr()).data }
+    }
+
+    /// The root, if it points inside the zone with room for `len` bytes
+    /// after it, 8-aligned: a zone of another module may keep anything
+    /// there, and only such a pointer may be read to look for a table.
+    pub fn root_inside(&self, len: usize) -> Option<NonNull<u8>> {
+        let root = self.root() as usize;
+        let start = self.zone().shm.addr as usize;
+        let end = start.checked_add(self.size())?;
+        let inside = root >= start && root.checked_add(len)? <= end && root.is_multiple_of(8);
+        inside.then(|| NonNull::new(root as *mut u8)).flatten()
     }
 
     /// Sets the root, with the zone locked.

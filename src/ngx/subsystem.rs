@@ -19,3 +19,9 @@ pub use nginx_sys::{
     ngx_stream_upstream_rr_peers_t as RrPeers, ngx_stream_upstream_server_t as UpstreamServer,
     ngx_stream_upstream_srv_conf_t as UpstreamSrvConf,
 };
+
+/// The subsystem's name, for messages that must say which module speaks.
+#[cfg(not(feature = "stream"))]
+pub const NAME: &str = "http";
+#[cfg(feature = "stream")]
+pub const NAME: &str = "stream";

@@ -13,8 +13,8 @@ use core::ffi::c_void;
 use std::collections::HashMap;
 
 use nginx_sys::{
-    ngx_event_save_peer_session_pt, ngx_event_set_peer_session_pt, ngx_int_t,
-    ngx_peer_connection_t, ngx_uint_t, NGX_LOG_INFO,
+    ngx_event_notify_peer_pt, ngx_event_save_peer_session_pt, ngx_event_set_peer_session_pt,
+    ngx_int_t, ngx_peer_connection_t, ngx_uint_t, NGX_LOG_INFO,
 };
 use ngx::core::{Pool, Status};
 use ngx::ngx_log_debug_mask;
@@ -34,9 +34,11 @@ struct PeerData {
     upstream: &'static UpstreamCounters,
     list: List,
     held: Held,
-    /// Round-robin's SSL session hooks, called with its own data.
+    /// Round-robin's other hooks (SSL sessions; stream's `notify`, which
+    /// clears a peer's failures once connected), called with its own data.
     rr_set_session: ngx_event_set_peer_session_pt,
     rr_save_session: ngx_event_save_peer_session_pt,
+    rr_notify: ngx_event_notify_peer_pt,
 }
 
 /// Adds an upstream's servers, in round-robin's order, to the registry,
@@ -154,6 +156,7 @@ pub fn install(
             held: Held::Nothing,
             rr_set_session: pc.set_session,
             rr_save_session: pc.save_session,
+            rr_notify: pc.notify,
         })
     };
     pc.data = pd.cast();
@@ -164,6 +167,9 @@ pub fn install(
     }
     if pc.save_session.is_some() {
         pc.save_session = Some(save_session);
+    }
+    if pc.notify.is_some() {
+        pc.notify = Some(notify);
     }
     Some(())
 }
@@ -336,5 +342,14 @@ extern "C" fn save_session(pc: *mut ngx_peer_connection_t, data: *mut c_void) {
     if let Some(f) = pd.rr_save_session {
         // SAFETY: as in set_session.
         unsafe { f(pc, pd.rr.as_ptr()) };
+    }
+}
+
+extern "C" fn notify(pc: *mut ngx_peer_connection_t, data: *mut c_void, kind: ngx_uint_t) {
+    // SAFETY: as in set_session.
+    let pd = unsafe { &*data.cast::<PeerData>() };
+    if let Some(f) = pd.rr_notify {
+        // SAFETY: as in set_session.
+        unsafe { f(pc, pd.rr.as_ptr(), kind) };
     }
 }

@@ -24,7 +24,11 @@ use crate::core::record::{CellRef, Counted, RecordRef};
 use crate::core::table::{
     Acquire, Meta, Release, SlotRef, Table, FLAG_BACKUP, FLAG_DRAINING, FLAG_LUA,
 };
-use crate::ngx::conf::ConfError;
+use crate::ngx::conf::{args, page_size, parse_size, text, ConfError};
+
+/// The smallest zone: a few pages for the slab allocator, the table, and
+/// some keys.
+const MIN_ZONE_PAGES: usize = 8;
 use crate::ngx::log::Log;
 use crate::ngx::peers::SharedCount;
 use crate::ngx::shm::{self, ShmZone};
@@ -455,8 +459,37 @@ impl Registry {
         self.record.get()
     }
 
+    /// `least_conn_persistent_zone <name> <size>;`, in any front-end's main
+    /// context: checks the arguments and declares the zone (`tag`: the
+    /// front-end module's, so that two front-ends cannot share a name).
+    pub fn zone_directive(
+        &mut self,
+        cf: &mut ngx_conf_t,
+        tag: *const c_void,
+    ) -> Result<(), ConfError> {
+        if self.has_zone() {
+            return Err(ConfError::Duplicate);
+        }
+        // NGX_CONF_TAKE2: exactly two arguments.
+        let [name, size_text] = args(cf) else {
+            unreachable!("nginx checks the number of arguments");
+        };
+        if name.is_empty() {
+            return Err(ConfError::InvalidName(text(name)));
+        }
+        let size = parse_size(size_text).ok_or_else(|| ConfError::InvalidSize(text(size_text)))?;
+        let min = MIN_ZONE_PAGES * page_size();
+        if size < min {
+            return Err(ConfError::TooSmall {
+                name: text(name),
+                min,
+            });
+        }
+        self.declare_zone(cf, name, size, tag)
+    }
+
     /// Declares the zone whose init will find the table for this registry.
-    pub fn declare_zone(
+    fn declare_zone(
         &mut self,
         cf: &mut ngx_conf_t,
         name: &mut ngx_str_t,

@@ -14,6 +14,7 @@ use nginx_sys::{NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN};
 
 use crate::core::record::{is_alive, parse_stat, ProcessId, Reclaimed};
 use crate::ngx::log::Log;
+use crate::ngx::subsystem;
 
 use super::registry::Registry;
 use super::zone::{Locked, ZoneLink};
@@ -30,6 +31,23 @@ const LUA_EXPIRY_EVERY: u32 = 120;
 /// This worker's registry (its cycle's), for front-ends that have no
 /// request or configuration to find it through (the Lua C ABI).
 static CURRENT: AtomicPtr<Registry> = AtomicPtr::new(ptr::null_mut());
+
+/// Commits a configuration load (`Registry::commit`), and warns when its
+/// upstreams have no zone to count in.
+pub fn commit(registry: &mut Registry, log: Log) {
+    registry.commit(log);
+    let upstreams = registry.upstreams().count();
+    if upstreams > 0 && !registry.has_zone() {
+        log.module(
+            NGX_LOG_WARN,
+            format_args!(
+                "no \"least_conn_persistent_zone\" is configured: \
+                 {upstreams} {} upstream(s) balance on per-worker counts, which reloads reset",
+                subsystem::NAME
+            ),
+        );
+    }
+}
 
 /// This worker's registry, once the worker has started.
 pub fn registry() -> Option<&'static Registry> {

@@ -16,7 +16,7 @@ use ngx::core::slab::LockedSlabPool;
 use crate::core::status::ZoneInfo;
 use crate::core::table::{Arena, Table};
 use crate::ngx::conf::page_size;
-use crate::ngx::shm::{names_in_running_cycle, ShmZone};
+use crate::ngx::shm::{mapped_zones, names_in_running_cycle, ShmZone};
 
 /// The zone with its mutex held; released on drop.
 pub struct Locked(LockedSlabPool);
@@ -69,6 +69,27 @@ impl ZoneLink {
                 .collect(),
         }
     }
+}
+
+/// The counter tables in zones of other modules of ours (`own_tag`: the
+/// asking module's): the http status page shows the stream module's zone
+/// this way, as the two are separate `.so` files that share no symbol.
+pub fn tables_of_other_modules(own_tag: *const c_void) -> Vec<ZoneLink> {
+    mapped_zones()
+        .into_iter()
+        .filter(|shm| !core::ptr::eq(shm.tag(), own_tag))
+        .filter_map(|shm| {
+            let root = shm.root_inside(size_of::<Table>())?;
+            // SAFETY: an 8-aligned pointer inside the zone with room for a
+            // table header, which `existing` recognises by its magic.
+            let table = unsafe { Table::existing(root.as_ptr()) }?;
+            Some(ZoneLink {
+                shm,
+                table,
+                epoch: table.epoch(),
+            })
+        })
+        .collect()
 }
 
 /// The zone cannot even hold the table's header and buckets.

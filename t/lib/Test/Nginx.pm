@@ -41,6 +41,14 @@ our $LUA_LIB = (File::Spec->rel2abs(__FILE__) =~ s{t/lib/Test/Nginx\.pm$}{}r) . 
 our $MODULE = $ENV{TEST_NGINX_MODULE}
 	// (File::Spec->rel2abs(__FILE__) =~ s{t/lib/Test/Nginx\.pm$}{}r)
 		. 'target/release/libngx_http_least_conn_persistent_module.so';
+# Our stream module (scripts/build.sh puts it beside the http one), and
+# nginx's own stream module, which must be loaded before it: Debian's, or
+# the one in the modules/ directory beside another nginx's sbin/.
+our $STREAM_MODULE = $ENV{TEST_NGINX_STREAM_MODULE}
+	// ($MODULE =~ s{libngx_http_least_conn_persistent_module\.so$}{libngx_stream_least_conn_persistent_module.so}r);
+our $NGINX_STREAM_MODULE = $ENV{TEST_NGINX_NGINX_STREAM_MODULE}
+	// ($NGINX eq '/usr/sbin/nginx' ? '/usr/lib/nginx/modules/ngx_stream_module.so'
+		: ($NGINX =~ s{/sbin/nginx$}{/modules/ngx_stream_module.so}r));
 
 my %ports;
 my @instances;
@@ -91,6 +99,11 @@ sub has {
 			# Installed by scripts/test.sh: a missing one must not pass as a skip.
 			Test::More::BAIL_OUT("$LUA_MODULE is missing: apt-get install libnginx-mod-http-lua lua-resty-core")
 				unless -f $LUA_MODULE && -f '/usr/share/lua/5.1/resty/core.lua';
+		} elsif ($w eq 'stream') {
+			# Built by scripts/build.sh with the http module: a missing one
+			# must not pass as a skip.
+			-f $_ or Test::More::BAIL_OUT("$_ is missing: run scripts/build.sh")
+				for $STREAM_MODULE, $NGINX_STREAM_MODULE;
 		} elsif ($w eq 'resolve') {
 			# `server ... resolve` in open-source nginx: 1.27.3 and later.
 			# scripts/test.sh runs the suite against nginx 1.28 too.
@@ -212,6 +225,10 @@ sub lua_modules {
 		. "load_module $LUA_MODULE;\n";
 }
 
+sub stream_modules {
+	return "load_module $NGINX_STREAM_MODULE;\nload_module $STREAM_MODULE;\n";
+}
+
 sub globals {
 	my ($self) = @_;
 	my $d = $self->{_testdir};
@@ -234,6 +251,7 @@ sub expand {
 	my ($self, $content) = @_;
 	$content =~ s/%%TEST_GLOBALS%%/$self->globals()/ge;
 	$content =~ s/%%LUA_MODULES%%/lua_modules()/ge;
+	$content =~ s/%%STREAM_MODULES%%/stream_modules()/ge;
 	$content =~ s/%%LUA_LIB%%/$LUA_LIB/g;
 	$content =~ s/%%TEST_GLOBALS_HTTP%%/$self->globals_http()/ge;
 	$content =~ s/%%TESTDIR%%/$self->{_testdir}/g;

@@ -1,0 +1,105 @@
+//! The stream module's statics: its context, directives and hooks, and the
+//! `ngx_modules` table of this `.so`.
+
+use core::ffi::c_void;
+use core::ptr;
+
+use ::ngx::core::{Pool, Status};
+use ::ngx::ngx_string;
+use nginx_sys::{
+    ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_int_t, ngx_module_t, ngx_stream_module_t,
+    ngx_uint_t, NGX_CONF_NOARGS, NGX_CONF_TAKE2, NGX_STREAM_MAIN_CONF, NGX_STREAM_MODULE,
+    NGX_STREAM_UPS_CONF,
+};
+
+use crate::ngx::stream::{MAIN_CONF_OFFSET, SRV_CONF_OFFSET};
+
+use super::{directives, process, MainConf, SrvConf};
+
+/// Allocates a `T` in the configuration's pool (dropped with it).
+///
+/// # Safety
+/// `cf` is the configuration nginx passes to a create hook.
+unsafe fn create<T: Default>(cf: *mut ngx_conf_t) -> *mut c_void {
+    // SAFETY: the function's contract.
+    let pool = unsafe { Pool::from_ngx_pool((*cf).pool) };
+    pool.allocate(T::default()).cast()
+}
+
+extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
+    // SAFETY: nginx calls this with the configuration being parsed.
+    unsafe { create::<MainConf>(cf) }
+}
+
+extern "C" fn create_srv_conf(cf: *mut ngx_conf_t) -> *mut c_void {
+    // SAFETY: as above.
+    unsafe { create::<SrvConf>(cf) }
+}
+
+extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+    // SAFETY: nginx passes the configuration being loaded.
+    directives::postconfiguration(unsafe { &mut *cf })
+}
+
+static CTX: ngx_stream_module_t = ngx_stream_module_t {
+    preconfiguration: None,
+    postconfiguration: Some(postconfiguration),
+    create_main_conf: Some(create_main_conf),
+    init_main_conf: None,
+    create_srv_conf: Some(create_srv_conf),
+    merge_srv_conf: None,
+};
+
+static mut COMMANDS: [ngx_command_t; 3] = [
+    ngx_command_t {
+        name: ngx_string!("least_conn_persistent_zone"),
+        type_: (NGX_STREAM_MAIN_CONF | NGX_CONF_TAKE2) as ngx_uint_t,
+        set: Some(directives::cmd_zone),
+        conf: MAIN_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("least_conn_persistent"),
+        type_: (NGX_STREAM_UPS_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
+        set: Some(directives::cmd_method),
+        conf: SRV_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t::empty(),
+];
+
+extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    // SAFETY: nginx passes the cycle being initialised.
+    process::init_module(unsafe { &*cycle });
+    Status::NGX_OK.into()
+}
+
+extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    // SAFETY: nginx passes this process's cycle.
+    process::init_process(unsafe { &*cycle });
+    Status::NGX_OK.into()
+}
+
+extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
+    // SAFETY: nginx passes this process's cycle.
+    process::exit_process(unsafe { &*cycle });
+}
+
+// The `ngx_modules` table a cdylib built outside nginx's build needs.
+#[cfg(feature = "export-modules")]
+::ngx::ngx_modules!(ngx_stream_least_conn_persistent_module);
+
+#[used]
+#[allow(non_upper_case_globals)]
+#[cfg_attr(not(feature = "export-modules"), no_mangle)]
+pub static mut ngx_stream_least_conn_persistent_module: ngx_module_t = ngx_module_t {
+    ctx: ptr::addr_of!(CTX) as *mut c_void,
+    commands: unsafe { ptr::addr_of_mut!(COMMANDS[0]) },
+    type_: NGX_STREAM_MODULE as ngx_uint_t,
+    init_module: Some(init_module),
+    init_process: Some(init_process),
+    exit_process: Some(exit_process),
+    ..ngx_module_t::default()
+};
