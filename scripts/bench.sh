@@ -78,9 +78,10 @@ section "1. Balance quality with held WebSockets" balance.pl
 section "2. Throughput" throughput.pl
 section "3. Cost per pick (callgrind)" callgrind.pl
 section "4. Zone capacity and reload cost" capacity.pl
+section "5. Balance quality in stream {} with held TCP connections" stream_balance.pl
 # Debian's Lua module loads only into Debian's nginx.
 if [ "$nginx" = debian ]; then
-    section "5. Lua balancers (balancer_by_lua)" lua.pl
+    section "6. Lua balancers (balancer_by_lua)" lua.pl
 fi
 
 if [ -f "$ROOT/scripts/bench/notes.md" ]; then

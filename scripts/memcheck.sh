@@ -25,10 +25,10 @@ WRAP
 chmod +x "$out/nginx"
 
 tests=("$@")
-[ ${#tests[@]} -gt 0 ] || tests=(t/balance.t t/reload.t t/crash.t t/status.t)
+[ ${#tests[@]} -gt 0 ] || tests=(t/balance.t t/reload.t t/crash.t t/status.t t/stream.t)
 cd "$ROOT"
 prove_rc=0
-TEST_NGINX_BINARY="$out/nginx" TEST_NGINX_SLOW=${TEST_NGINX_SLOW:-8} prove "${tests[@]}" || prove_rc=$?
+TEST_NGINX_NGINX_STREAM_MODULE="$NGINX_STREAM_SO" TEST_NGINX_BINARY="$out/nginx" TEST_NGINX_SLOW=${TEST_NGINX_SLOW:-8} prove "${tests[@]}" || prove_rc=$?
 
 rc=0
 perl "$ROOT/scripts/memcheck-report.pl" "$out"/vg.*.log || rc=$?

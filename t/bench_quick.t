@@ -13,7 +13,7 @@ BEGIN { use FindBin; chdir($FindBin::Bin); }
 use lib 'lib';
 use Test::Nginx;
 
-my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(14);
+my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(15);
 
 my $out = `../scripts/bench.sh --quick 2>&1`;
 is($?, 0, 'bench.sh --quick exits 0') or diag($out);
@@ -32,7 +32,9 @@ like($md, qr/^\| keys stored in a 1 MiB zone \(keys alone[^|]*\| \d+ \|/m, 'zone
 like($md, qr/^\| 4,001 keys in a 1 MiB zone with 16 worker records.*\| 4001, 0, \d+ bytes \|/m, 'capacity with worker records');
 my $verdicts = () = $md =~ /\*\*(met|missed)\*\*/g;
 like($md, qr/^\| 2 \| \d+ \| \d+ \| \d+ \| \d\.\d{3} \|/m, 'Lua balancers at 2 servers');
-is($verdicts, 6, 'a verdict for every goal');
+is($verdicts, 7, 'a verdict for every goal (stream balance included)');
+like($md, qr/^\| 20 over 2, reload adding a 3rd, 12 more \| `least_conn_persistent` \| \d+ \| \d+ \| \d+ \| \d+ \|$/m,
+	'stream balance');
 like($md, qr/^Whole run: \d+ s\.$/m, 'run time');
 
 # The same against nginx 1.28 built from source.

@@ -16,26 +16,35 @@ BEGIN { use FindBin; chdir($FindBin::Bin); }
 use lib 'lib';
 use Test::Nginx;
 use Test::Nginx::Backend;
+use Test::Nginx::Hold;
 
 my $t = Test::Nginx->new()->has(qw/nginx module/);
 plan(skip_all => 'dpkg -i needs root') unless $> == 0;
 plan(skip_all => 'the package is for Debian\'s nginx') unless $Test::Nginx::NGINX eq '/usr/sbin/nginx';
-$t->plan(12);
+$t->plan(18);
 
 my $pkg = 'libnginx-mod-http-least-conn-persistent';
 my $so = '/usr/lib/nginx/modules/ngx_http_least_conn_persistent_module.so';
 my $enabled = '/etc/nginx/modules-enabled/50-mod-http-least-conn-persistent.conf';
+# The stream module's package: loads after nginx's stream module (50-).
+my $spkg = 'libnginx-mod-stream-least-conn-persistent';
+my $sso = '/usr/lib/nginx/modules/ngx_stream_least_conn_persistent_module.so';
+my $senabled = '/etc/nginx/modules-enabled/60-mod-stream-least-conn-persistent.conf';
 
-sub installed { `dpkg-query -W -f='\${Status}' $pkg 2>/dev/null` =~ /install ok installed/ }
+sub installed {
+	my $p = $_[0] // $pkg;
+	`dpkg-query -W -f='\${Status}' $p 2>/dev/null` =~ /install ok installed/;
+}
 sub etc_state { scalar `find /etc/nginx -printf '%p %l\\n' 2>/dev/null | sort | md5sum` }
 
-ok(!installed(), 'not installed before the test') or BAIL_OUT("$pkg is installed: purge it first");
+ok(!installed() && !installed($spkg), 'not installed before the test')
+	or BAIL_OUT("$pkg or $spkg is installed: purge them first");
 my $before = etc_state();
 
-my $deb = `../scripts/package.sh 2>/dev/null`;
-chomp $deb;
-($deb) = $deb =~ /(\S+\.deb)\s*\z/;
-ok($deb && -f $deb, 'package.sh built ' . ($deb // 'nothing'));
+my $built = `../scripts/package.sh 2>/dev/null`;
+my ($deb) = $built =~ /^(\S+-http-\S+\.deb)$/m;
+my ($sdeb) = $built =~ /^(\S+-stream-\S+\.deb)$/m;
+ok($deb && -f $deb && $sdeb && -f $sdeb, 'package.sh built ' . ($deb // 'nothing') . ' and ' . ($sdeb // 'nothing'));
 like(`dpkg-deb -f $deb Depends`, qr/\bnginx-abi-1\.22\.1-7\b/, 'it depends on the exact nginx ABI');
 
 system("dpkg -i $deb >/dev/null 2>&1");
@@ -74,6 +83,46 @@ $t->run();
 like(http_get('/'), qr/200 OK.*id=a/s, 'a request through the installed module');
 like(http_get('/status'), qr/"key":"conn_count:u:127\.0\.0\.1:\d+","count":0/, 'counted and released');
 $t->stop();
+
+# The stream package: needs nginx's stream module, loads after it.
+like(`dpkg-deb -f $sdeb Depends`, qr/\bnginx-abi-1\.22\.1-7\b.*\blibnginx-mod-stream\b/,
+	'the stream package depends on the nginx ABI and on nginx\'s stream module');
+system("dpkg -i $sdeb >/dev/null 2>&1");
+ok(installed($spkg) && -f $sso && -l $senabled, 'dpkg -i installs the stream module, enabled');
+my @order = sort grep { /mod-stream/ } map { s{.*/}{}r } glob '/etc/nginx/modules-enabled/*.conf';
+is_deeply(\@order, ['50-mod-stream.conf', '60-mod-stream-least-conn-persistent.conf'],
+	'nginx\'s stream module loads first');
+$sys = `$Test::Nginx::NGINX -t 2>&1`;
+is($? >> 8, 0, 'nginx -t passes on the system configuration with both') or diag($sys);
+
+$t->write_file_expand('nginx.conf', <<"EOF");
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+load_module $sso;
+pid $d/nginx.pid;
+error_log $d/error.log notice;
+events {
+}
+stream {
+    least_conn_persistent_zone lcps 64k;
+    upstream u {
+        least_conn_persistent;
+        server 127.0.0.1:8091;
+    }
+    server {
+        listen 127.0.0.1:8090;
+        proxy_pass u;
+    }
+}
+EOF
+$t->run_daemon(\&Test::Nginx::Hold::serve, port(8091), 's');
+$t->waitforsocket('127.0.0.1:' . port(8091));
+$t->run();
+my $c = hold_open(port(8090));
+is($c && $c->{backend}, 's', 'a stream connection through the installed module');
+hold_close($c) if $c;
+$t->stop();
+system("dpkg --purge $spkg >/dev/null 2>&1");
+ok(!installed($spkg) && !-e $sso && !-e $senabled && !-l $senabled, 'dpkg --purge removes the stream module');
 
 system("dpkg --purge $pkg >/dev/null 2>&1");
 ok(!installed() && !-e $so, 'dpkg --purge removes it');

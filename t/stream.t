@@ -20,7 +20,7 @@ use Test::Nginx qw/port http_get wait_until/;
 use Test::Nginx::Hold;
 use Test::Nginx::Status;
 
-my $t = Test::Nginx->new()->has(qw/nginx module stream/)->plan(35);
+my $t = Test::Nginx->new()->has(qw/nginx module stream/)->plan(38);
 $t->alerts_allowed(qr/worker process \d+ exited on signal 9/);
 
 sub conf {
@@ -169,7 +169,7 @@ ok(wait_until(sub { !grep { $_->{server} eq addr(8092) } stream_entries('u') }),
 
 # A worker killed while holding connections: its counts are given back.
 my ($victim, $held) = map { ($_->{pid}, $_->{connections}) }
-	sort { $b->{connections} <=> $a->{connections} }
+	sort { ($b->{connections} // 0) <=> ($a->{connections} // 0) }
 	grep { my $p = $_->{pid}; grep { $_ == $p } $t->worker_pids() }
 	@{status('/status?subsystem=stream')->{zone}{workers}};
 ok($held, "a current worker ($victim) holds $held connection(s)");
@@ -189,6 +189,17 @@ like(http_get('/status?subsystem=stream&format=prometheus'),
 	qr/least_conn_persistent_connections\{subsystem="stream",upstream="u",server="\Q${\addr(8091)}\E",state="up"\} 0/,
 	'Prometheus series of the stream zone carry subsystem="stream"');
 like(http_get('/status?subsystem=mail'), qr{^HTTP/1\.1 400 }, 'an unknown subsystem: 400');
+
+# Without a zone: per-worker counts, and the log says so.
+$t->write_file('nginx.conf', $t->read_file('nginx.conf') =~ s/least_conn_persistent_zone s 1m;//r);
+$t->reload();
+my @f = hold_open_many(4, port(8081));
+is(scalar @f, 4, 'without a zone, connections are still balanced (per worker)');
+like($t->read_file('error.log'),
+	qr/\[warn\].*no "least_conn_persistent_zone" is configured: 4 stream upstream\(s\) balance on per-worker counts/,
+	'and the log says the stream upstreams count per worker');
+like(http_get('/status?subsystem=stream'), qr{^HTTP/1\.1 404 }, 'no stream zone to show: 404');
+hold_close(@f);
 
 ###############################################################################
 
