@@ -1,0 +1,243 @@
+//! The status page as one self-contained HTML page (`?format=html`): a
+//! table per upstream, with each server's live connections as a bar scaled
+//! to the upstream's largest, and the zone's size and use. No script, font
+//! or style from elsewhere (it works on an isolated host), no JavaScript at
+//! all: the page refreshes itself with `<meta http-equiv="refresh">`, and
+//! the bars are `<meter>` elements, so without styles it is still a
+//! readable table. Every name it shows is escaped.
+
+use std::fmt::Write;
+
+use super::status::{Entry, ZoneInfo};
+
+/// Seconds between two refreshes unless `?refresh=` says otherwise.
+pub const DEFAULT_REFRESH: u32 = 5;
+/// The longest refresh `?refresh=` accepts (0: never).
+pub const MAX_REFRESH: u32 = 3600;
+
+const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}\
+h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em}\
+table{border-collapse:collapse;min-width:40em}\
+th,td{padding:.25em .8em;border-bottom:1px solid #ddd;text-align:left}\
+td.n{text-align:right;font-variant-numeric:tabular-nums}\
+meter{width:16em;height:1em}\
+.up{color:#176b17}.down{color:#a11}.draining{color:#a60}.backup{color:#555}.fallback{color:#a11}\
+.zone{color:#444}small{color:#666}";
+
+/// `&`, `<`, `>`, `"` and `'` as entities: names come from configurations
+/// and Lua, and end up in text and attributes.
+pub fn escape(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn bytes(n: usize) -> String {
+    match n {
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / f64::from(1 << 20)),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / f64::from(1 << 10)),
+        n => format!("{n} B"),
+    }
+}
+
+fn zone_line(out: &mut String, zone: Option<&ZoneInfo>) {
+    out.push_str("<p class=\"zone\">");
+    let Some(z) = zone else {
+        out.push_str("No <code>least_conn_persistent_zone</code>: every count is per worker.</p>\n");
+        return;
+    };
+    out.push_str("Zone <b id=\"zone-name\">");
+    escape(out, &z.name);
+    let held: u64 = z.workers.iter().map(|(_, c)| c).sum();
+    let _ = writeln!(
+        out,
+        "</b>: <span id=\"zone-used\">{}</span> used of {} ({:.1}%), {} keys; \
+         {} worker process(es) recorded, holding {}; \
+         <span id=\"zone-reclaimed\">{}</span> connection(s) reclaimed from workers that died.</p>",
+        bytes(z.used),
+        bytes(z.size),
+        z.used as f64 * 100.0 / z.size.max(1) as f64,
+        z.keys,
+        z.workers.len(),
+        held,
+        z.reclaimed
+    );
+}
+
+fn upstream_table(out: &mut String, name: &str, entries: &[&Entry]) {
+    let largest = entries.iter().map(|e| e.count).max().unwrap_or(0).max(1);
+    out.push_str("<h2>upstream <code>");
+    escape(out, name);
+    out.push_str("</code></h2>\n<table data-upstream=\"");
+    escape(out, name);
+    out.push_str(
+        "\">\n<thead><tr><th>server</th><th>state</th><th>connections</th><th></th>\
+         <th>weight</th><th>max_conns</th></tr></thead>\n<tbody>\n",
+    );
+    for e in entries {
+        let (_, server) = e.parts();
+        let state = e.state.as_str();
+        out.push_str("<tr data-server=\"");
+        escape(out, server);
+        let _ = write!(out, "\" data-state=\"{state}\" data-count=\"{}\"><td>", e.count);
+        escape(out, server);
+        if e.lua {
+            out.push_str(" <small>(Lua)</small>");
+        }
+        let _ = writeln!(
+            out,
+            "</td><td class=\"{state}\">{state}</td><td class=\"n\">{count}</td>\
+             <td><meter min=\"0\" max=\"{largest}\" value=\"{count}\">{count}</meter></td>\
+             <td class=\"n\">{weight}</td><td class=\"n\">{max_conns}</td></tr>",
+            count = e.count,
+            weight = e.weight,
+            max_conns = if e.max_conns == 0 {
+                "-".to_string()
+            } else {
+                e.max_conns.to_string()
+            },
+        );
+    }
+    out.push_str("</tbody>\n</table>\n");
+}
+
+/// The page. `entries` sorted by key (so grouped by upstream); `refresh`:
+/// seconds between reloads, 0 for none.
+pub fn render_html(
+    subsystem: Option<&str>,
+    zone: Option<&ZoneInfo>,
+    entries: &[Entry],
+    refresh: u32,
+) -> String {
+    let mut out = String::with_capacity(2048 + entries.len() * 400);
+    out.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n");
+    if refresh > 0 {
+        let _ = writeln!(out, "<meta http-equiv=\"refresh\" content=\"{refresh}\">");
+    }
+    let title = match subsystem {
+        Some(s) => format!("least_conn_persistent ({s})"),
+        None => "least_conn_persistent".to_string(),
+    };
+    out.push_str("<title>");
+    escape(&mut out, &title);
+    let _ = writeln!(out, "</title>\n<style>{STYLE}</style>\n</head><body>");
+    out.push_str("<h1>");
+    escape(&mut out, &title);
+    out.push_str("</h1>\n");
+    zone_line(&mut out, zone);
+    if refresh > 0 {
+        let _ = writeln!(
+            out,
+            "<p><small>Refreshes every {refresh} s (<code>?format=html&amp;refresh=N</code>; \
+             0 stops it).</small></p>"
+        );
+    }
+    let mut start = 0;
+    while start < entries.len() {
+        let upstream = entries[start].parts().0;
+        let len = entries[start..]
+            .iter()
+            .take_while(|e| e.parts().0 == upstream)
+            .count();
+        let group: Vec<&Entry> = entries[start..start + len].iter().collect();
+        upstream_table(&mut out, upstream, &group);
+        start += len;
+    }
+    if entries.is_empty() {
+        out.push_str("<p>No counters.</p>\n");
+    }
+    out.push_str("</body></html>\n");
+    out
+}
+
+/// `?refresh=`: whole seconds from 0 to `MAX_REFRESH`.
+pub fn parse_refresh(arg: Option<&[u8]>) -> Option<u32> {
+    let Some(text) = arg else {
+        return Some(DEFAULT_REFRESH);
+    };
+    if text.is_empty() || text.len() > 4 || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u32 = std::str::from_utf8(text).ok()?.parse().ok()?;
+    (n <= MAX_REFRESH).then_some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::status::State;
+
+    fn entry(key: &str, count: u64, state: State) -> Entry {
+        Entry {
+            key: key.into(),
+            count,
+            weight: 1,
+            max_conns: 0,
+            state,
+            lua: false,
+        }
+    }
+
+    #[test]
+    fn names_are_escaped_in_text_and_attributes() {
+        let e = [entry("conn_count:<u&\"x'>:127.0.0.1:1", 1, State::Up)];
+        let page = render_html(None, None, &e, 5);
+        assert!(page.contains("<code>&lt;u&amp;&quot;x&#39;&gt;</code>"));
+        assert!(page.contains("data-upstream=\"&lt;u&amp;&quot;x&#39;&gt;\""));
+        assert!(!page.contains("<u&"));
+    }
+
+    #[test]
+    fn one_table_per_upstream_bars_scaled_to_its_largest() {
+        let e = [
+            entry("conn_count:a:10.0.0.1:80", 4, State::Up),
+            entry("conn_count:a:10.0.0.2:80", 2, State::Draining),
+            entry("conn_count:b:10.0.0.3:80", 0, State::Up),
+        ];
+        let page = render_html(None, None, &e, 5);
+        assert_eq!(page.matches("<table ").count(), 2);
+        assert!(page.contains("<meter min=\"0\" max=\"4\" value=\"2\">2</meter>"));
+        assert!(page.contains("data-server=\"10.0.0.2:80\" data-state=\"draining\" data-count=\"2\""));
+        // An upstream at rest still draws empty bars (max 1, not 0).
+        assert!(page.contains("<meter min=\"0\" max=\"1\" value=\"0\">0</meter>"));
+    }
+
+    #[test]
+    fn refresh_and_zone() {
+        let zone = ZoneInfo {
+            name: "lcp".into(),
+            size: 1 << 20,
+            used: 36864,
+            keys: 3,
+            reclaimed: 2,
+            workers: vec![(1, 5), (2, 7)],
+        };
+        let page = render_html(Some("stream"), Some(&zone), &[], 2);
+        assert!(page.contains("<meta http-equiv=\"refresh\" content=\"2\">"));
+        assert!(page.contains("<title>least_conn_persistent (stream)</title>"));
+        assert!(page.contains("36.0 KiB</span> used of 1.0 MiB (3.5%), 3 keys"));
+        assert!(page.contains("holding 12"));
+        assert!(page.contains("<span id=\"zone-reclaimed\">2</span>"));
+        assert!(!render_html(None, None, &[], 0).contains("http-equiv"));
+        // Self-contained: nothing fetched from elsewhere.
+        assert!(!page.contains("src=") && !page.contains("href="));
+    }
+
+    #[test]
+    fn refresh_argument() {
+        assert_eq!(parse_refresh(None), Some(DEFAULT_REFRESH));
+        assert_eq!(parse_refresh(Some(b"0")), Some(0));
+        assert_eq!(parse_refresh(Some(b"30")), Some(30));
+        assert_eq!(parse_refresh(Some(b"3601")), None);
+        assert_eq!(parse_refresh(Some(b"-1")), None);
+        assert_eq!(parse_refresh(Some(b"")), None);
+        assert_eq!(parse_refresh(Some(b"99999999999")), None);
+    }
+}
