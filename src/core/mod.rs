@@ -16,6 +16,7 @@ pub mod key;
 pub mod record;
 pub mod select;
 pub mod status;
+pub mod status_html;
 pub mod sweep;
 pub mod table;
 pub mod tokens;

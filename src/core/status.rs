@@ -1,4 +1,5 @@
-//! The status page: every counter, as JSON or in Prometheus' text format.
+//! The status page: every counter, as JSON, in Prometheus' text format, or
+//! as an HTML page (`status_html.rs`).
 //!
 //! Rendering is kept apart from the request handler so that the exact output
 //! is tested without nginx.
@@ -12,6 +13,10 @@ use super::table::{FLAG_BACKUP, FLAG_DOWN, FLAG_DRAINING};
 pub enum Format {
     Json,
     Prometheus,
+    /// Refreshing itself every `refresh` seconds (0: never).
+    Html {
+        refresh: u32,
+    },
 }
 
 /// `?format=` was given a value we do not serve.
@@ -22,6 +27,9 @@ pub fn parse_format(arg: Option<&[u8]>) -> Result<Format, UnknownFormat> {
     match arg {
         None | Some(b"json") => Ok(Format::Json),
         Some(b"prometheus") => Ok(Format::Prometheus),
+        Some(b"html") => Ok(Format::Html {
+            refresh: super::status_html::DEFAULT_REFRESH,
+        }),
         Some(_) => Err(UnknownFormat),
     }
 }
@@ -31,6 +39,7 @@ impl Format {
         match self {
             Format::Json => "application/json",
             Format::Prometheus => "text/plain; version=0.0.4",
+            Format::Html { .. } => "text/html; charset=utf-8",
         }
     }
 }
@@ -58,7 +67,7 @@ impl State {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             State::Up => "up",
             State::Down => "down",
@@ -93,7 +102,8 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn parts(&self) -> (&str, &str) {
+    /// (upstream, server) from the key.
+    pub(crate) fn parts(&self) -> (&str, &str) {
         match split_key(self.key.as_bytes()) {
             // Both halves are slices of a &str cut at ASCII bytes.
             Some((u, s)) => (
@@ -126,6 +136,9 @@ pub fn render_subsystem(
     match format {
         Format::Json => render_json(subsystem, zone, entries),
         Format::Prometheus => render_prometheus(subsystem, zone, entries),
+        Format::Html { refresh } => {
+            super::status_html::render_html(subsystem, zone, entries, refresh)
+        }
     }
 }
 
@@ -339,6 +352,7 @@ mod tests {
         assert_eq!(parse_format(None), Ok(Format::Json));
         assert_eq!(parse_format(Some(b"json")), Ok(Format::Json));
         assert_eq!(parse_format(Some(b"prometheus")), Ok(Format::Prometheus));
+        assert_eq!(parse_format(Some(b"html")), Ok(Format::Html { refresh: 5 }));
         assert_eq!(parse_format(Some(b"xml")), Err(UnknownFormat));
         assert_eq!(parse_format(Some(b"")), Err(UnknownFormat));
     }

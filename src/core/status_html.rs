@@ -50,7 +50,9 @@ fn bytes(n: usize) -> String {
 fn zone_line(out: &mut String, zone: Option<&ZoneInfo>) {
     out.push_str("<p class=\"zone\">");
     let Some(z) = zone else {
-        out.push_str("No <code>least_conn_persistent_zone</code>: every count is per worker.</p>\n");
+        out.push_str(
+            "No <code>least_conn_persistent_zone</code>: every count is per worker.</p>\n",
+        );
         return;
     };
     out.push_str("Zone <b id=\"zone-name\">");
@@ -86,7 +88,11 @@ fn upstream_table(out: &mut String, name: &str, entries: &[&Entry]) {
         let state = e.state.as_str();
         out.push_str("<tr data-server=\"");
         escape(out, server);
-        let _ = write!(out, "\" data-state=\"{state}\" data-count=\"{}\"><td>", e.count);
+        let _ = write!(
+            out,
+            "\" data-state=\"{state}\" data-count=\"{}\"><td>",
+            e.count
+        );
         escape(out, server);
         if e.lua {
             out.push_str(" <small>(Lua)</small>");
@@ -204,7 +210,9 @@ mod tests {
         let page = render_html(None, None, &e, 5);
         assert_eq!(page.matches("<table ").count(), 2);
         assert!(page.contains("<meter min=\"0\" max=\"4\" value=\"2\">2</meter>"));
-        assert!(page.contains("data-server=\"10.0.0.2:80\" data-state=\"draining\" data-count=\"2\""));
+        assert!(
+            page.contains("data-server=\"10.0.0.2:80\" data-state=\"draining\" data-count=\"2\"")
+        );
         // An upstream at rest still draws empty bars (max 1, not 0).
         assert!(page.contains("<meter min=\"0\" max=\"1\" value=\"0\">0</meter>"));
     }

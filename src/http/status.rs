@@ -4,7 +4,8 @@ use nginx_sys::{ngx_chain_t, ngx_http_arg, ngx_http_request_t, ngx_int_t, ngx_st
 use ngx::core::{Buffer, Status};
 use ngx::http::{HTTPStatus, HttpModule, HttpModuleMainConf, Method, Request};
 
-use crate::core::status::{parse_format, render, render_subsystem, Entry, State, ZoneInfo};
+use crate::core::status::{parse_format, render, render_subsystem, Entry, Format, State, ZoneInfo};
+use crate::core::status_html::parse_refresh;
 use crate::core::table::FLAG_LUA;
 use crate::shared::registry::Registry;
 use crate::shared::zone::{tables_of_other_modules, ZoneLink};
@@ -25,9 +26,18 @@ fn respond(r: &mut Request) -> Status {
     if !rc.is_ok() {
         return rc;
     }
-    let Ok(format) = parse_format(query_arg(r, b"format").as_ref().map(ngx_str_t::as_bytes)) else {
+    let Ok(mut format) = parse_format(query_arg(r, b"format").as_ref().map(ngx_str_t::as_bytes))
+    else {
         return HTTPStatus::BAD_REQUEST.into();
     };
+    if let Format::Html { refresh } = &mut format {
+        let Some(seconds) =
+            parse_refresh(query_arg(r, b"refresh").as_ref().map(ngx_str_t::as_bytes))
+        else {
+            return HTTPStatus::BAD_REQUEST.into();
+        };
+        *refresh = seconds;
+    }
     let body = match query_arg(r, b"subsystem").as_ref().map(ngx_str_t::as_bytes) {
         None | Some(b"http") => {
             let Some(mcf) = Module::main_conf(r.as_ref()) else {

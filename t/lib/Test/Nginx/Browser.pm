@@ -26,13 +26,25 @@ our $CHROMIUM = $ENV{TEST_NGINX_CHROMIUM} // '/usr/bin/chromium';
 
 sub available { -x $CHROMIUM }
 
+# One GET to DevTools' HTTP endpoint; its body, or undef. DevTools keeps
+# the connection open: the body is read by its Content-Length.
 sub http_local {
 	my ($port, $path) = @_;
 	my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 2) or return undef;
-	print $s "GET $path HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-	local $/;
-	my $r = <$s> // '';
-	return $r =~ /\r\n\r\n(.*)\z/s ? $1 : undef;
+	syswrite $s, "GET $path HTTP/1.1\r\nHost: 127.0.0.1:$port\r\n\r\n";
+	my ($buf, $end) = ('', time() + 5);
+	my $sel = IO::Select->new($s);
+	while (time() < $end) {
+		if ($buf =~ /\A(.*?)\r\n\r\n/s) {
+			my $head = $1;
+			my ($len) = $head =~ /^Content-Length:\s*(\d+)/mi;
+			my $body = substr($buf, length($head) + 4);
+			return $body if defined $len && length $body >= $len;
+		}
+		$sel->can_read(0.5) or next;
+		sysread($s, $buf, 65536, length $buf) or last;
+	}
+	return undef;
 }
 
 # Starts Chromium on $url; dies unless its DevTools answer within 30 s.
