@@ -42,17 +42,17 @@ mod module {
     use ::core::ffi::c_void;
     use ::core::ptr;
 
-    use ::ngx::core::Status;
     use ::ngx::http::HttpModule;
     use ::ngx::ngx_string;
     use nginx_sys::{
-        ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_http_module_t, ngx_int_t, ngx_module_t,
-        ngx_uint_t, NGX_CONF_NOARGS, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+        ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_int_t, ngx_module_t, ngx_uint_t,
+        NGX_CONF_NOARGS, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
         NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF_OFFSET,
         NGX_HTTP_UPS_CONF,
     };
 
-    use crate::http::{directives, process, Module};
+    use crate::http::{directives, Module};
+    use crate::shared::lifecycle;
 
     impl HttpModule for Module {
         fn module() -> &'static ngx_module_t {
@@ -105,23 +105,6 @@ mod module {
         ngx_command_t::empty(),
     ];
 
-    extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
-        // SAFETY: nginx passes the cycle being initialised.
-        process::init_module(unsafe { &*cycle });
-        Status::NGX_OK.into()
-    }
-
-    extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
-        // SAFETY: nginx passes this process's cycle.
-        process::init_process(unsafe { &*cycle });
-        Status::NGX_OK.into()
-    }
-
-    extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
-        // SAFETY: nginx passes this process's cycle.
-        process::exit_process(unsafe { &*cycle });
-    }
-
     // The `ngx_modules` table a cdylib built outside nginx's build needs.
     #[cfg(feature = "export-modules")]
     ::ngx::ngx_modules!(ngx_http_least_conn_persistent_module);
@@ -133,9 +116,9 @@ mod module {
         ctx: ptr::addr_of!(CTX) as *mut c_void,
         commands: unsafe { ptr::addr_of_mut!(COMMANDS[0]) },
         type_: NGX_HTTP_MODULE as ngx_uint_t,
-        init_module: Some(init_module),
-        init_process: Some(init_process),
-        exit_process: Some(exit_process),
+        init_module: Some(lifecycle::init_module::<Module>),
+        init_process: Some(lifecycle::init_process::<Module>),
+        exit_process: Some(lifecycle::exit_process::<Module>),
         ..ngx_module_t::default()
     };
 }

@@ -3,11 +3,7 @@
 use core::ffi::{c_char, c_void};
 use core::ptr;
 
-use nginx_sys::{
-    ngx_command_t, ngx_conf_t, ngx_int_t, NGX_HTTP_UPSTREAM_BACKUP, NGX_HTTP_UPSTREAM_CREATE,
-    NGX_HTTP_UPSTREAM_DOWN, NGX_HTTP_UPSTREAM_FAIL_TIMEOUT, NGX_HTTP_UPSTREAM_MAX_CONNS,
-    NGX_HTTP_UPSTREAM_MAX_FAILS, NGX_HTTP_UPSTREAM_WEIGHT,
-};
+use nginx_sys::{ngx_command_t, ngx_conf_t, ngx_int_t};
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleServerConf};
 use ngx::http::{NgxHttpCoreModule, NgxHttpUpstreamModule};
 
@@ -47,29 +43,7 @@ pub extern "C" fn cmd_method(
 
 fn set_method(cf: &mut ngx_conf_t, scf: &mut SrvConf) -> Result<(), ConfError> {
     let uscf = NgxHttpUpstreamModule::server_conf_mut(cf).ok_or(ConfError::NoMemory)?;
-    if scf.enabled {
-        return Err(ConfError::Duplicate);
-    }
-    if uscf.peer.init_upstream.is_some() {
-        return Err(ConfError::MethodRedefined(text(&uscf.host)));
-    }
-    scf.enabled = true;
-    uscf.peer.init_upstream = Some(balancer::init_upstream);
-    // The server parameters stock least_conn accepts.
-    uscf.flags = (NGX_HTTP_UPSTREAM_CREATE
-        | NGX_HTTP_UPSTREAM_WEIGHT
-        | NGX_HTTP_UPSTREAM_MAX_CONNS
-        | NGX_HTTP_UPSTREAM_MAX_FAILS
-        | NGX_HTTP_UPSTREAM_FAIL_TIMEOUT
-        | NGX_HTTP_UPSTREAM_DOWN
-        | NGX_HTTP_UPSTREAM_BACKUP) as _;
-    // nginx 1.27.3+: `server ... resolve` (keys follow the addresses DNS
-    // gives at run time; see `balancer::follow_peer_list`).
-    #[cfg(ngx_resolve)]
-    {
-        uscf.flags |= nginx_sys::NGX_HTTP_UPSTREAM_MODIFY as nginx_sys::ngx_uint_t;
-    }
-    Ok(())
+    scf.claim(uscf, Some(balancer::init_upstream))
 }
 
 /// `least_conn_persistent_status;` in a location.

@@ -8,25 +8,11 @@ pub mod status;
 
 use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
 
-use crate::shared::registry::Registry;
-
 /// The http module. Its `HttpModule` impl (which names the module's static)
 /// is in lib.rs, with the other module statics.
 pub struct Module;
 
-#[derive(Debug, Default)]
-pub struct MainConf {
-    pub registry: Registry,
-}
-
-#[derive(Debug, Default)]
-pub struct SrvConf {
-    /// `least_conn_persistent;` was given in this upstream.
-    pub enabled: bool,
-    /// The upstream's place in the registry, set by our `init_upstream`;
-    /// still `None` after configuration means a later method replaced ours.
-    pub registered: Option<usize>,
-}
+pub use crate::shared::module_conf::{MainConf, SrvConf};
 
 // SAFETY: the types match what create_main_conf/create_srv_conf allocate
 // (ngx's default constructors for these associated types).

@@ -5,6 +5,8 @@
 //! way, and the per-worker record for crash recovery will live in the zone.
 
 pub mod balance;
+pub mod lifecycle;
+pub mod module_conf;
 pub mod registry;
 pub mod workers;
 pub mod zone;

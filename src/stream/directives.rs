@@ -3,11 +3,7 @@
 use core::ffi::{c_char, c_void};
 use core::ptr;
 
-use nginx_sys::{
-    ngx_command_t, ngx_conf_t, ngx_int_t, ngx_uint_t, NGX_STREAM_UPSTREAM_BACKUP,
-    NGX_STREAM_UPSTREAM_CREATE, NGX_STREAM_UPSTREAM_DOWN, NGX_STREAM_UPSTREAM_FAIL_TIMEOUT,
-    NGX_STREAM_UPSTREAM_MAX_CONNS, NGX_STREAM_UPSTREAM_MAX_FAILS, NGX_STREAM_UPSTREAM_WEIGHT,
-};
+use nginx_sys::{ngx_command_t, ngx_conf_t, ngx_int_t};
 
 use crate::ngx::conf::{callback_result, directive_result, text, ConfError};
 use crate::ngx::stream;
@@ -42,28 +38,7 @@ pub extern "C" fn cmd_method(
 
 fn set_method(cf: &mut ngx_conf_t, scf: &mut SrvConf) -> Result<(), ConfError> {
     let uscf = stream::current_upstream(cf).ok_or(ConfError::NoMemory)?;
-    if scf.enabled {
-        return Err(ConfError::Duplicate);
-    }
-    if uscf.peer.init_upstream.is_some() {
-        return Err(ConfError::MethodRedefined(text(&uscf.host)));
-    }
-    scf.enabled = true;
-    uscf.peer.init_upstream = Some(balancer::init_upstream);
-    // The server parameters stock least_conn accepts.
-    uscf.flags = (NGX_STREAM_UPSTREAM_CREATE
-        | NGX_STREAM_UPSTREAM_WEIGHT
-        | NGX_STREAM_UPSTREAM_MAX_CONNS
-        | NGX_STREAM_UPSTREAM_MAX_FAILS
-        | NGX_STREAM_UPSTREAM_FAIL_TIMEOUT
-        | NGX_STREAM_UPSTREAM_DOWN
-        | NGX_STREAM_UPSTREAM_BACKUP) as ngx_uint_t;
-    // nginx 1.27.3+: `server ... resolve`, as in http.
-    #[cfg(ngx_resolve)]
-    {
-        uscf.flags |= nginx_sys::NGX_STREAM_UPSTREAM_MODIFY as ngx_uint_t;
-    }
-    Ok(())
+    scf.claim(uscf, Some(balancer::init_upstream))
 }
 
 /// Every upstream that asked for our method must still have it.

@@ -13,21 +13,8 @@ use nginx_sys::ngx_stream_upstream_srv_conf_t;
 use nginx_sys::{ngx_conf_t, ngx_cycle_t, ngx_module_t, ngx_stream_session_t};
 
 use crate::ngx::stream;
-use crate::shared::registry::Registry;
 
-#[derive(Debug, Default)]
-pub struct MainConf {
-    pub registry: Registry,
-}
-
-#[derive(Debug, Default)]
-pub struct SrvConf {
-    /// `least_conn_persistent;` was given in this upstream.
-    pub enabled: bool,
-    /// The upstream's place in the registry, set by our `init_upstream`;
-    /// still `None` after configuration means a later method replaced ours.
-    pub registered: Option<usize>,
-}
+pub use crate::shared::module_conf::{MainConf, SrvConf};
 
 fn module() -> &'static ngx_module_t {
     // SAFETY: nginx writes the module's indices once, at load time.

@@ -4,15 +4,15 @@
 use core::ffi::c_void;
 use core::ptr;
 
-use ::ngx::core::{Pool, Status};
+use ::ngx::core::Pool;
 use ::ngx::ngx_string;
 use nginx_sys::{
-    ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_int_t, ngx_module_t, ngx_stream_module_t,
-    ngx_uint_t, NGX_CONF_NOARGS, NGX_CONF_TAKE2, NGX_STREAM_MAIN_CONF, NGX_STREAM_MODULE,
-    NGX_STREAM_UPS_CONF,
+    ngx_command_t, ngx_conf_t, ngx_int_t, ngx_module_t, ngx_stream_module_t, ngx_uint_t,
+    NGX_CONF_NOARGS, NGX_CONF_TAKE2, NGX_STREAM_MAIN_CONF, NGX_STREAM_MODULE, NGX_STREAM_UPS_CONF,
 };
 
 use crate::ngx::stream::{MAIN_CONF_OFFSET, SRV_CONF_OFFSET};
+use crate::shared::lifecycle;
 
 use super::{directives, process, MainConf, SrvConf};
 
@@ -70,23 +70,6 @@ static mut COMMANDS: [ngx_command_t; 3] = [
     ngx_command_t::empty(),
 ];
 
-extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
-    // SAFETY: nginx passes the cycle being initialised.
-    process::init_module(unsafe { &*cycle });
-    Status::NGX_OK.into()
-}
-
-extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
-    // SAFETY: nginx passes this process's cycle.
-    process::init_process(unsafe { &*cycle });
-    Status::NGX_OK.into()
-}
-
-extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
-    // SAFETY: nginx passes this process's cycle.
-    process::exit_process(unsafe { &*cycle });
-}
-
 // The `ngx_modules` table a cdylib built outside nginx's build needs.
 #[cfg(feature = "export-modules")]
 ::ngx::ngx_modules!(ngx_stream_least_conn_persistent_module);
@@ -98,8 +81,8 @@ pub static mut ngx_stream_least_conn_persistent_module: ngx_module_t = ngx_modul
     ctx: ptr::addr_of!(CTX) as *mut c_void,
     commands: unsafe { ptr::addr_of_mut!(COMMANDS[0]) },
     type_: NGX_STREAM_MODULE as ngx_uint_t,
-    init_module: Some(init_module),
-    init_process: Some(init_process),
-    exit_process: Some(exit_process),
+    init_module: Some(lifecycle::init_module::<process::Stream>),
+    init_process: Some(lifecycle::init_process::<process::Stream>),
+    exit_process: Some(lifecycle::exit_process::<process::Stream>),
     ..ngx_module_t::default()
 };

@@ -1,56 +1,23 @@
-//! Process hooks of the stream module, as http's: commit once the
-//! configuration cannot fail, each worker's start, periodic check and exit.
+//! Where the process hooks (`shared::lifecycle`) find the stream module's
+//! registry and upstreams.
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use nginx_sys::ngx_cycle_t;
 
-use nginx_sys::{ngx_cycle, ngx_cycle_t, ngx_terminate};
-
-use crate::ngx::log::Log;
-use crate::ngx::peers::now;
-use crate::ngx::timer;
-use crate::shared::workers;
+use crate::shared::lifecycle::FrontEnd;
+use crate::shared::module_conf::MainConf;
+use crate::shared::registry::Registry;
 
 use super::{balancer, cycle_main_conf};
 
-pub fn init_module(cycle: &ngx_cycle_t) {
-    let Some(mcf) = cycle_main_conf(cycle) else {
-        return;
-    };
-    // SAFETY: the cycle's log.
-    let log = unsafe { Log::from_ptr(cycle.log) };
-    balancer::follow_resolved_peers(cycle, &mcf.registry);
-    workers::commit(&mut mcf.registry, log);
-}
+/// The stream front-end, for the process hooks.
+pub struct Stream;
 
-pub fn init_process(cycle: &ngx_cycle_t) {
-    let Some(mcf) = cycle_main_conf(cycle) else {
-        return;
-    };
-    let registry = &mcf.registry;
-    // SAFETY: the cycle's log.
-    workers::start(registry, unsafe { Log::from_ptr(cycle.log) });
-    if registry.zone().is_some() {
-        timer::every(workers::CHECK_INTERVAL_MS, check);
+impl FrontEnd for Stream {
+    fn main_conf(cycle: &ngx_cycle_t) -> Option<&'static mut MainConf> {
+        cycle_main_conf(cycle)
     }
-}
 
-fn check() {
-    static TICKS: AtomicU32 = AtomicU32::new(0);
-    let tick = TICKS.fetch_add(1, Ordering::Relaxed);
-    // SAFETY: in a worker, `ngx_cycle` is its cycle.
-    let cycle = unsafe { &*ngx_cycle };
-    if let Some(mcf) = cycle_main_conf(cycle) {
-        workers::check(&mcf.registry, tick, now() as u32);
-        balancer::follow_resolved_peers(cycle, &mcf.registry);
+    fn follow_resolved_peers(cycle: &ngx_cycle_t, registry: &Registry) {
+        balancer::follow_resolved_peers(cycle, registry);
     }
-}
-
-pub fn exit_process(cycle: &ngx_cycle_t) {
-    let Some(mcf) = cycle_main_conf(cycle) else {
-        return;
-    };
-    // SAFETY: nginx's flag, set by its signal handler before the exit.
-    let fast = unsafe { ngx_terminate } != 0;
-    // SAFETY: the cycle's log.
-    workers::finish(&mcf.registry, fast, unsafe { Log::from_ptr(cycle.log) });
 }

@@ -1,0 +1,61 @@
+//! The configuration every front-end module keeps (http's and stream's):
+//! the registry of a load in the main context, and per upstream whether it
+//! asked for the method and where its counters are.
+
+use nginx_sys::ngx_uint_t;
+
+use crate::ngx::conf::{text, ConfError};
+use crate::ngx::subsystem::{
+    InitUpstream, UpstreamSrvConf, UPSTREAM_BACKUP, UPSTREAM_CREATE, UPSTREAM_DOWN,
+    UPSTREAM_FAIL_TIMEOUT, UPSTREAM_MAX_CONNS, UPSTREAM_MAX_FAILS, UPSTREAM_WEIGHT,
+};
+
+use super::registry::Registry;
+
+#[derive(Debug, Default)]
+pub struct MainConf {
+    pub registry: Registry,
+}
+
+#[derive(Debug, Default)]
+pub struct SrvConf {
+    /// `least_conn_persistent;` was given in this upstream.
+    pub enabled: bool,
+    /// The upstream's place in the registry, set by our `init_upstream`;
+    /// still `None` after configuration means a later method replaced ours.
+    pub registered: Option<usize>,
+}
+
+impl SrvConf {
+    /// `least_conn_persistent;` in `uscf`, the upstream block being parsed:
+    /// takes over its balancer (`init`: the front-end's `init_upstream`)
+    /// and accepts the server parameters stock least_conn accepts.
+    pub fn claim(
+        &mut self,
+        uscf: &mut UpstreamSrvConf,
+        init: InitUpstream,
+    ) -> Result<(), ConfError> {
+        if self.enabled {
+            return Err(ConfError::Duplicate);
+        }
+        if uscf.peer.init_upstream.is_some() {
+            return Err(ConfError::MethodRedefined(text(&uscf.host)));
+        }
+        self.enabled = true;
+        uscf.peer.init_upstream = init;
+        uscf.flags = (UPSTREAM_CREATE
+            | UPSTREAM_WEIGHT
+            | UPSTREAM_MAX_CONNS
+            | UPSTREAM_MAX_FAILS
+            | UPSTREAM_FAIL_TIMEOUT
+            | UPSTREAM_DOWN
+            | UPSTREAM_BACKUP) as ngx_uint_t;
+        // nginx 1.27.3+: `server ... resolve` (keys follow the addresses DNS
+        // gives at run time; see `balance::follow_resolved_peers`).
+        #[cfg(ngx_resolve)]
+        {
+            uscf.flags |= crate::ngx::subsystem::UPSTREAM_MODIFY as ngx_uint_t;
+        }
+        Ok(())
+    }
+}
