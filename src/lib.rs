@@ -45,30 +45,24 @@ mod module {
     use ::ngx::http::HttpModule;
     use ::ngx::ngx_string;
     use nginx_sys::{
-        ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_int_t, ngx_module_t, ngx_uint_t,
-        NGX_CONF_NOARGS, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
-        NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF_OFFSET,
-        NGX_HTTP_UPS_CONF,
+        ngx_command_t, ngx_http_module_t, ngx_module_t, ngx_uint_t, NGX_CONF_NOARGS,
+        NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+        NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF,
     };
 
     use crate::http::{directives, Module};
-    use crate::shared::lifecycle;
+    use crate::shared::front_end;
 
     impl HttpModule for Module {
         fn module() -> &'static ngx_module_t {
             // SAFETY: nginx writes the module's indices once, at load time.
             unsafe { &*ptr::addr_of!(ngx_http_least_conn_persistent_module) }
         }
-
-        unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
-            // SAFETY: nginx passes the configuration being loaded.
-            directives::postconfiguration(unsafe { &mut *cf })
-        }
     }
 
     static CTX: ngx_http_module_t = ngx_http_module_t {
         preconfiguration: None,
-        postconfiguration: Some(Module::postconfiguration),
+        postconfiguration: Some(front_end::postconfiguration::<Module>),
         create_main_conf: Some(Module::create_main_conf),
         init_main_conf: None,
         create_srv_conf: Some(Module::create_srv_conf),
@@ -81,7 +75,7 @@ mod module {
         ngx_command_t {
             name: ngx_string!("least_conn_persistent_zone"),
             type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2) as ngx_uint_t,
-            set: Some(directives::cmd_zone),
+            set: Some(front_end::cmd_zone::<Module>),
             conf: NGX_HTTP_MAIN_CONF_OFFSET,
             offset: 0,
             post: ptr::null_mut(),
@@ -89,7 +83,7 @@ mod module {
         ngx_command_t {
             name: ngx_string!("least_conn_persistent"),
             type_: (NGX_HTTP_UPS_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
-            set: Some(directives::cmd_method),
+            set: Some(front_end::cmd_method::<Module>),
             conf: NGX_HTTP_SRV_CONF_OFFSET,
             offset: 0,
             post: ptr::null_mut(),
@@ -116,9 +110,9 @@ mod module {
         ctx: ptr::addr_of!(CTX) as *mut c_void,
         commands: unsafe { ptr::addr_of_mut!(COMMANDS[0]) },
         type_: NGX_HTTP_MODULE as ngx_uint_t,
-        init_module: Some(lifecycle::init_module::<Module>),
-        init_process: Some(lifecycle::init_process::<Module>),
-        exit_process: Some(lifecycle::exit_process::<Module>),
+        init_module: Some(front_end::init_module::<Module>),
+        init_process: Some(front_end::init_process::<Module>),
+        exit_process: Some(front_end::exit_process::<Module>),
         ..ngx_module_t::default()
     };
 }

@@ -15,8 +15,10 @@ pub use nginx_sys::{
 };
 #[cfg(not(feature = "stream"))]
 pub use nginx_sys::{
-    ngx_http_upstream_init_pt as InitUpstream, NGX_HTTP_UPSTREAM_BACKUP as UPSTREAM_BACKUP,
-    NGX_HTTP_UPSTREAM_CREATE as UPSTREAM_CREATE, NGX_HTTP_UPSTREAM_DOWN as UPSTREAM_DOWN,
+    ngx_http_upstream_init_peer_pt as InitPeer, ngx_http_upstream_init_pt as InitUpstream,
+    ngx_http_upstream_init_round_robin as init_round_robin,
+    NGX_HTTP_UPSTREAM_BACKUP as UPSTREAM_BACKUP, NGX_HTTP_UPSTREAM_CREATE as UPSTREAM_CREATE,
+    NGX_HTTP_UPSTREAM_DOWN as UPSTREAM_DOWN,
     NGX_HTTP_UPSTREAM_FAIL_TIMEOUT as UPSTREAM_FAIL_TIMEOUT,
     NGX_HTTP_UPSTREAM_MAX_CONNS as UPSTREAM_MAX_CONNS,
     NGX_HTTP_UPSTREAM_MAX_FAILS as UPSTREAM_MAX_FAILS, NGX_HTTP_UPSTREAM_WEIGHT as UPSTREAM_WEIGHT,
@@ -33,8 +35,10 @@ pub use nginx_sys::{
 };
 #[cfg(feature = "stream")]
 pub use nginx_sys::{
-    ngx_stream_upstream_init_pt as InitUpstream, NGX_STREAM_UPSTREAM_BACKUP as UPSTREAM_BACKUP,
-    NGX_STREAM_UPSTREAM_CREATE as UPSTREAM_CREATE, NGX_STREAM_UPSTREAM_DOWN as UPSTREAM_DOWN,
+    ngx_stream_upstream_init_peer_pt as InitPeer, ngx_stream_upstream_init_pt as InitUpstream,
+    ngx_stream_upstream_init_round_robin as init_round_robin,
+    NGX_STREAM_UPSTREAM_BACKUP as UPSTREAM_BACKUP, NGX_STREAM_UPSTREAM_CREATE as UPSTREAM_CREATE,
+    NGX_STREAM_UPSTREAM_DOWN as UPSTREAM_DOWN,
     NGX_STREAM_UPSTREAM_FAIL_TIMEOUT as UPSTREAM_FAIL_TIMEOUT,
     NGX_STREAM_UPSTREAM_MAX_CONNS as UPSTREAM_MAX_CONNS,
     NGX_STREAM_UPSTREAM_MAX_FAILS as UPSTREAM_MAX_FAILS,

@@ -12,9 +12,9 @@ use nginx_sys::{
 };
 
 use crate::ngx::stream::{MAIN_CONF_OFFSET, SRV_CONF_OFFSET};
-use crate::shared::lifecycle;
+use crate::shared::front_end;
 
-use super::{directives, process, MainConf, SrvConf};
+use super::{MainConf, SrvConf, Stream};
 
 /// Allocates a `T` in the configuration's pool (dropped with it).
 ///
@@ -36,14 +36,9 @@ extern "C" fn create_srv_conf(cf: *mut ngx_conf_t) -> *mut c_void {
     unsafe { create::<SrvConf>(cf) }
 }
 
-extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
-    // SAFETY: nginx passes the configuration being loaded.
-    directives::postconfiguration(unsafe { &mut *cf })
-}
-
 static CTX: ngx_stream_module_t = ngx_stream_module_t {
     preconfiguration: None,
-    postconfiguration: Some(postconfiguration),
+    postconfiguration: Some(front_end::postconfiguration::<Stream>),
     create_main_conf: Some(create_main_conf),
     init_main_conf: None,
     create_srv_conf: Some(create_srv_conf),
@@ -54,7 +49,7 @@ static mut COMMANDS: [ngx_command_t; 3] = [
     ngx_command_t {
         name: ngx_string!("least_conn_persistent_zone"),
         type_: (NGX_STREAM_MAIN_CONF | NGX_CONF_TAKE2) as ngx_uint_t,
-        set: Some(directives::cmd_zone),
+        set: Some(front_end::cmd_zone::<Stream>),
         conf: MAIN_CONF_OFFSET,
         offset: 0,
         post: ptr::null_mut(),
@@ -62,7 +57,7 @@ static mut COMMANDS: [ngx_command_t; 3] = [
     ngx_command_t {
         name: ngx_string!("least_conn_persistent"),
         type_: (NGX_STREAM_UPS_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
-        set: Some(directives::cmd_method),
+        set: Some(front_end::cmd_method::<Stream>),
         conf: SRV_CONF_OFFSET,
         offset: 0,
         post: ptr::null_mut(),
@@ -81,8 +76,8 @@ pub static mut ngx_stream_least_conn_persistent_module: ngx_module_t = ngx_modul
     ctx: ptr::addr_of!(CTX) as *mut c_void,
     commands: unsafe { ptr::addr_of_mut!(COMMANDS[0]) },
     type_: NGX_STREAM_MODULE as ngx_uint_t,
-    init_module: Some(lifecycle::init_module::<process::Stream>),
-    init_process: Some(lifecycle::init_process::<process::Stream>),
-    exit_process: Some(lifecycle::exit_process::<process::Stream>),
+    init_module: Some(front_end::init_module::<Stream>),
+    init_process: Some(front_end::init_process::<Stream>),
+    exit_process: Some(front_end::exit_process::<Stream>),
     ..ngx_module_t::default()
 };

@@ -1,0 +1,169 @@
+//! What every front-end module (http's, stream's) does the same way, written
+//! once over the `FrontEnd` trait: the two directives, the upstream's
+//! `init_upstream`, the check once a block is parsed, and the process hooks
+//! (committing a configuration once it cannot fail any more, each worker's
+//! start, periodic check and exit). A front-end says only where nginx keeps
+//! its configuration and how a request starts (`init_peer`).
+
+use core::ffi::{c_char, c_void};
+use core::ptr;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use nginx_sys::{
+    ngx_command_t, ngx_conf_t, ngx_cycle, ngx_cycle_t, ngx_int_t, ngx_module_t, ngx_terminate,
+};
+use ngx::core::Status;
+
+use crate::ngx::conf::{callback_result, directive_result, text, ConfError};
+use crate::ngx::log::Log;
+use crate::ngx::peers::now;
+use crate::ngx::subsystem::{init_round_robin, InitPeer, UpstreamSrvConf};
+use crate::ngx::timer;
+
+use super::balance;
+use super::module_conf::{MainConf, SrvConf};
+use super::workers;
+
+/// Where a front-end's configuration is, and how its requests start.
+pub trait FrontEnd {
+    /// The module's static, whose indices nginx sets at load time.
+    fn module() -> &'static ngx_module_t;
+    /// The module's main configuration, while `cf` is parsed.
+    fn main_conf(cf: &ngx_conf_t) -> Option<&'static mut MainConf>;
+    /// The module's main configuration in a cycle, if it has the block.
+    fn cycle_main_conf(cycle: &ngx_cycle_t) -> Option<&'static mut MainConf>;
+    /// The module's configuration of an upstream.
+    fn srv_conf(us: &UpstreamSrvConf) -> Option<&'static mut SrvConf>;
+    /// The `upstream {}` block being parsed.
+    fn upstream_being_parsed(cf: &ngx_conf_t) -> Option<&'static mut UpstreamSrvConf>;
+    /// The upstreams of the configuration being parsed, or of a cycle.
+    fn upstreams(cf: &ngx_conf_t) -> Vec<&UpstreamSrvConf>;
+    fn cycle_upstreams(cycle: &ngx_cycle_t) -> Vec<&UpstreamSrvConf>;
+    /// `peer.init`, per request (or session).
+    fn init_peer() -> InitPeer;
+}
+
+/// `least_conn_persistent_zone <name> <size>;` in the main block.
+pub extern "C" fn cmd_zone<F: FrontEnd>(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes the configuration being parsed, this command, and
+    // our main configuration (the command's MAIN_CONF_OFFSET).
+    let (cf, cmd, mcf) = unsafe { (&mut *cf, &*cmd, &mut *conf.cast::<MainConf>()) };
+    let tag = ptr::from_ref(F::module()).cast();
+    let r = mcf.registry.zone_directive(cf, tag);
+    directive_result(cf, cmd.name.as_bytes(), r)
+}
+
+/// `least_conn_persistent;` in an `upstream {}` block.
+pub extern "C" fn cmd_method<F: FrontEnd>(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: as in cmd_zone; `conf` is our srv conf of this upstream.
+    let (cf, cmd, scf) = unsafe { (&mut *cf, &*cmd, &mut *conf.cast::<SrvConf>()) };
+    let r = F::upstream_being_parsed(cf)
+        .ok_or(ConfError::NoMemory)
+        .and_then(|uscf| scf.claim(uscf, Some(init_upstream::<F>)));
+    directive_result(cf, cmd.name.as_bytes(), r)
+}
+
+/// `peer.init_upstream`: round-robin's lists, plus our keys for them.
+extern "C" fn init_upstream<F: FrontEnd>(
+    cf: *mut ngx_conf_t,
+    us: *mut UpstreamSrvConf,
+) -> ngx_int_t {
+    // SAFETY: nginx passes the configuration and the upstream being set up.
+    if unsafe { init_round_robin(cf, us) } != Status::NGX_OK.0 {
+        return Status::NGX_ERROR.into();
+    }
+    // SAFETY: as above.
+    let (cf, us) = unsafe { (&mut *cf, &mut *us) };
+    us.peer.init = F::init_peer();
+    let r = match (F::main_conf(cf), F::srv_conf(us)) {
+        (Some(mcf), Some(scf)) => {
+            balance::register(&mut mcf.registry, us).map(|index| scf.registered = Some(index))
+        }
+        _ => Err(ConfError::NoMemory),
+    };
+    callback_result(cf, b"least_conn_persistent", r)
+}
+
+/// After the block is parsed: every upstream that asked for our method must
+/// still have it (`hash` or `least_conn` after ours would have replaced it).
+pub extern "C" fn postconfiguration<F: FrontEnd>(cf: *mut ngx_conf_t) -> ngx_int_t {
+    // SAFETY: nginx passes the configuration being loaded.
+    let cf = unsafe { &mut *cf };
+    let replaced = F::upstreams(cf)
+        .into_iter()
+        .find(|us| F::srv_conf(us).is_some_and(|scf| scf.enabled && scf.registered.is_none()));
+    let r = match replaced {
+        Some(us) => Err(ConfError::Replaced(text(&us.host))),
+        None => Ok(()),
+    };
+    callback_result(cf, b"least_conn_persistent", r)
+}
+
+/// `balance::follow_resolved_peers` over the upstreams that use the method.
+fn follow_resolved_peers<F: FrontEnd>(cycle: &ngx_cycle_t, mcf: &MainConf) {
+    let ours = F::cycle_upstreams(cycle)
+        .into_iter()
+        .filter_map(|us| Some((us, F::srv_conf(us)?.registered?)));
+    balance::follow_resolved_peers(&mcf.registry, ours);
+}
+
+/// `init_module`: once per configuration load, after nginx has bound the
+/// new configuration's listening sockets (nothing can fail it after this),
+/// with the new error log open.
+pub extern "C" fn init_module<F: FrontEnd>(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    // SAFETY: nginx passes the cycle being initialised.
+    let cycle = unsafe { &*cycle };
+    if let Some(mcf) = F::cycle_main_conf(cycle) {
+        // SAFETY: the cycle's log.
+        let log = unsafe { Log::from_ptr(cycle.log) };
+        follow_resolved_peers::<F>(cycle, mcf);
+        workers::commit(&mut mcf.registry, log);
+    }
+    Status::NGX_OK.into()
+}
+
+/// `init_process`: every worker (or the single process).
+pub extern "C" fn init_process<F: FrontEnd>(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    // SAFETY: nginx passes this process's cycle.
+    let cycle = unsafe { &*cycle };
+    if let Some(mcf) = F::cycle_main_conf(cycle) {
+        let registry = &mcf.registry;
+        // SAFETY: the cycle's log.
+        workers::start(registry, unsafe { Log::from_ptr(cycle.log) });
+        if registry.zone().is_some() {
+            timer::every(workers::CHECK_INTERVAL_MS, check::<F>);
+        }
+    }
+    Status::NGX_OK.into()
+}
+
+fn check<F: FrontEnd>() {
+    static TICKS: AtomicU32 = AtomicU32::new(0);
+    let tick = TICKS.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: in a worker, `ngx_cycle` is its cycle.
+    let cycle = unsafe { &*ngx_cycle };
+    if let Some(mcf) = F::cycle_main_conf(cycle) {
+        workers::check(&mcf.registry, tick, now() as u32);
+        follow_resolved_peers::<F>(cycle, mcf);
+    }
+}
+
+/// `exit_process`: the worker gives back what it still holds.
+pub extern "C" fn exit_process<F: FrontEnd>(cycle: *mut ngx_cycle_t) {
+    // SAFETY: nginx passes this process's cycle.
+    let cycle = unsafe { &*cycle };
+    if let Some(mcf) = F::cycle_main_conf(cycle) {
+        // SAFETY: nginx's flag, set by its signal handler before the exit.
+        let fast = unsafe { ngx_terminate } != 0;
+        // SAFETY: the cycle's log.
+        workers::finish(&mcf.registry, fast, unsafe { Log::from_ptr(cycle.log) });
+    }
+}
