@@ -313,10 +313,10 @@ fn render_prometheus(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn entry(key: &str, count: u64, state: State) -> Entry {
+    pub(crate) fn entry(key: &str, count: u64, state: State) -> Entry {
         Entry {
             key: key.into(),
             count,

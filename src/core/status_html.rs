@@ -178,18 +178,8 @@ pub fn parse_refresh(arg: Option<&[u8]>) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::status::tests::entry;
     use crate::core::status::State;
-
-    fn entry(key: &str, count: u64, state: State) -> Entry {
-        Entry {
-            key: key.into(),
-            count,
-            weight: 1,
-            max_conns: 0,
-            state,
-            lua: false,
-        }
-    }
 
     #[test]
     fn names_are_escaped_in_text_and_attributes() {
