@@ -7,8 +7,8 @@ use core::ptr;
 use ::ngx::core::Pool;
 use ::ngx::ngx_string;
 use nginx_sys::{
-    ngx_command_t, ngx_conf_t, ngx_int_t, ngx_module_t, ngx_stream_module_t, ngx_uint_t,
-    NGX_CONF_NOARGS, NGX_CONF_TAKE2, NGX_STREAM_MAIN_CONF, NGX_STREAM_MODULE, NGX_STREAM_UPS_CONF,
+    ngx_command_t, ngx_conf_t, ngx_module_t, ngx_stream_module_t, ngx_uint_t, NGX_CONF_NOARGS,
+    NGX_CONF_TAKE2, NGX_STREAM_MAIN_CONF, NGX_STREAM_MODULE, NGX_STREAM_UPS_CONF,
 };
 
 use crate::ngx::stream::{MAIN_CONF_OFFSET, SRV_CONF_OFFSET};
