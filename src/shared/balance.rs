@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use nginx_sys::{
     ngx_event_notify_peer_pt, ngx_event_save_peer_session_pt, ngx_event_set_peer_session_pt,
-    ngx_int_t, ngx_peer_connection_t, ngx_uint_t, NGX_LOG_INFO,
+    ngx_int_t, ngx_peer_connection_t, ngx_uint_t, NGX_LOG_ERR, NGX_LOG_INFO,
 };
 use ngx::core::{Pool, Status};
 use ngx::ngx_log_debug_mask;
@@ -264,6 +264,18 @@ fn follow_if_changed(upstream: &UpstreamCounters, list: List, peers: &RrPeers) {
     }
     let each = peers::each_peer(peers).map(|p| (peers::name(p), runtime_meta(p)));
     let followed = upstream.follow(list, version, each);
+    if let (true, Some(zone)) = (followed.full > 0, upstream.zone_name()) {
+        Log::cycle().zone(
+            NGX_LOG_ERR,
+            zone,
+            format_args!(
+                " is full: {} address(es) that DNS added to upstream \"{}\" fall back to \
+                 per-worker counting",
+                followed.full,
+                String::from_utf8_lossy(&upstream.name)
+            ),
+        );
+    }
     if followed.added + followed.gone > 0 {
         Log::cycle().module(
             NGX_LOG_INFO,

@@ -228,6 +228,8 @@ pub struct Followed {
     pub added: usize,
     /// Keys of addresses gone: removed if idle, else draining.
     pub gone: usize,
+    /// New addresses the zone had no room for: counted per worker.
+    pub full: usize,
 }
 
 /// One upstream's counters.
@@ -298,6 +300,11 @@ impl UpstreamCounters {
         primary.iter_mut().chain(backup.iter_mut())
     }
 
+    /// The name of the zone the upstream counts in, once committed.
+    pub fn zone_name(&self) -> Option<&[u8]> {
+        self.link.as_ref().map(|l| l.shm.name())
+    }
+
     /// The version of the peer list `list` matches (see `follow`).
     #[inline]
     pub fn version(&self, list: List) -> Option<usize> {
@@ -342,6 +349,7 @@ impl UpstreamCounters {
                     done.added += 1;
                     if let (Some(link), Some(locked)) = (self.link.as_ref(), locked.as_ref()) {
                         pc.slot = pc.store(link, locked);
+                        done.full += usize::from(pc.slot.is_none());
                         pc.counted
                             .set(pc.slot.map(|slot| self.counted(link, locked, slot)));
                     }
