@@ -17,14 +17,8 @@ use Test::Nginx;
 use Test::Nginx::Backend;
 use Test::Nginx::WebSocket;
 
-my $quick = grep { $_ eq '--quick' } @ARGV;
-my $scale = $quick ? 0.2 : 1;    # --quick: a fifth of the connections
-my @names = qw/a b c/;
 my @ports = (8081, 8082, 8083);
-
-my $t = Test::Nginx->new();
-$t->run_daemon(\&Test::Nginx::Backend::serve, port($ports[$_]), $names[$_]) for 0 .. 2;
-$t->waitforsocket('127.0.0.1:' . port($_)) for @ports;
+my $t = held_backends(\&Test::Nginx::Backend::serve, @ports);
 
 sub conf {
 	my ($method, @servers) = @_;
@@ -72,7 +66,7 @@ sub settle {
 		or die "backends hold " . sum(@{live()}) . " connections, expected $want\n";
 }
 
-sub n { int($_[0] * $scale + 0.5) }
+sub n { scaled($_[0]) }
 
 my %scenario = (
 	a => sub {

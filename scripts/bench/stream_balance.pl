@@ -17,14 +17,8 @@ use List::Util qw/max min sum/;
 use Test::Nginx;
 use Test::Nginx::Hold;
 
-my $quick = grep { $_ eq '--quick' } @ARGV;
-my $scale = $quick ? 0.2 : 1;    # --quick: a fifth of the connections
-my @names = qw/a b c/;
 my @ports = (8091, 8092, 8093);
-
-my $t = Test::Nginx->new();
-$t->run_daemon(\&Test::Nginx::Hold::serve, port($ports[$_]), $names[$_]) for 0 .. 2;
-$t->waitforsocket('127.0.0.1:' . port($_)) for @ports;
+my $t = held_backends(\&Test::Nginx::Hold::serve, @ports);
 
 sub conf {
 	my ($method, @servers) = @_;
@@ -60,7 +54,7 @@ sub settle {
 		or die "backends hold " . sum(@{live()}) . " connections, expected $want\n";
 }
 
-sub n { int($_[0] * $scale + 0.5) }
+sub n { scaled($_[0]) }
 
 print "| scenario | method | a | b | c | spread (max-min) |\n|---|---|---|---|---|---|\n";
 my %spread;

@@ -7,7 +7,7 @@ use warnings;
 use strict;
 
 use Exporter qw/import/;
-our @EXPORT = qw/method_conf servers ok_backend median wrk/;
+our @EXPORT = qw/method_conf servers ok_backend median wrk held_backends scaled/;
 
 use Test::Nginx;
 
@@ -19,6 +19,24 @@ sub method_conf {
 		? ('', "least_conn;\n        zone stock " . ($size{stock} // '1m') . ";")
 		: ('least_conn_persistent_zone lcp ' . ($size{zone} // '1m') . ';',
 			'least_conn_persistent;');
+}
+
+# A harness with three backends (a, b, c) on the symbolic ports given,
+# served by $serve (Test::Nginx::Backend's or Test::Nginx::Hold's), up.
+sub held_backends {
+	my ($serve, @ports) = @_;
+	my @names = qw/a b c/;
+	my $t = Test::Nginx->new();
+	$t->run_daemon($serve, port($ports[$_]), $names[$_]) for 0 .. $#ports;
+	$t->waitforsocket('127.0.0.1:' . port($_)) for @ports;
+	return $t;
+}
+
+# $n connections, or a fifth of them with --quick among the arguments.
+sub scaled {
+	my ($n) = @_;
+	my $quick = grep { $_ eq '--quick' } @ARGV;
+	return int($n * ($quick ? 0.2 : 1) + 0.5);
 }
 
 # `server` lines for $n consecutive loopback ports from $first.
