@@ -20,7 +20,7 @@ use Test::Nginx qw/port http_get wait_until/;
 use Test::Nginx::Hold;
 use Test::Nginx::Status;
 
-my $t = Test::Nginx->new()->has(qw/nginx module stream/)->plan(38);
+my $t = Test::Nginx->new()->has(qw/nginx module stream/)->plan(39);
 $t->alerts_allowed(qr/worker process \d+ exited on signal 9/);
 
 sub conf {
@@ -189,6 +189,9 @@ like(http_get('/status?subsystem=stream&format=prometheus'),
 	qr/least_conn_persistent_connections\{subsystem="stream",upstream="u",server="\Q${\addr(8091)}\E",state="up"\} 0/,
 	'Prometheus series of the stream zone carry subsystem="stream"');
 like(http_get('/status?subsystem=mail'), qr{^HTTP/1\.1 400 }, 'an unknown subsystem: 400');
+like(http_get('/status?subsystem=stream&format=html'),
+	qr{<title>least_conn_persistent \(stream\)</title>.*<table data-upstream="u">}s,
+	'and the HTML page of the stream zone');
 
 # Without a zone: per-worker counts, and the log says so.
 $t->write_file('nginx.conf', $t->read_file('nginx.conf') =~ s/least_conn_persistent_zone s 1m;//r);
