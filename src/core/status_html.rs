@@ -73,7 +73,7 @@ fn zone_line(out: &mut String, zone: Option<&ZoneInfo>) {
     );
 }
 
-fn upstream_table(out: &mut String, name: &str, entries: &[&Entry]) {
+fn upstream_table(out: &mut String, name: &str, entries: &[Entry]) {
     let largest = entries.iter().map(|e| e.count).max().unwrap_or(0).max(1);
     out.push_str("<h2>upstream <code>");
     escape(out, name);
@@ -145,16 +145,8 @@ pub fn render_html(
              0 stops it).</small></p>"
         );
     }
-    let mut start = 0;
-    while start < entries.len() {
-        let upstream = entries[start].parts().0;
-        let len = entries[start..]
-            .iter()
-            .take_while(|e| e.parts().0 == upstream)
-            .count();
-        let group: Vec<&Entry> = entries[start..start + len].iter().collect();
-        upstream_table(&mut out, upstream, &group);
-        start += len;
+    for group in entries.chunk_by(|a, b| a.parts().0 == b.parts().0) {
+        upstream_table(&mut out, group[0].parts().0, group);
     }
     if entries.is_empty() {
         out.push_str("<p>No counters.</p>\n");

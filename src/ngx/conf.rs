@@ -5,8 +5,8 @@ use core::ffi::c_char;
 use core::fmt;
 
 use nginx_sys::{
-    ngx_conf_t, ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_pagesize, ngx_parse_size, ngx_str_t,
-    NGX_LOG_EMERG,
+    ngx_array_t, ngx_conf_t, ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_pagesize, ngx_parse_size,
+    ngx_str_t, NGX_LOG_EMERG,
 };
 use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::http::{HttpModuleConfExt, HttpModuleMainConf, NgxHttpUpstreamModule};
@@ -151,13 +151,16 @@ pub fn args<'a>(cf: &ngx_conf_t) -> &'a mut [ngx_str_t] {
 pub fn http_upstreams(
     conf: &impl HttpModuleConfExt,
 ) -> impl Iterator<Item = &ngx_http_upstream_srv_conf_t> {
-    let list = NgxHttpUpstreamModule::main_conf(conf).map_or(&[][..], |umcf| {
-        // SAFETY: the upstream module's array of srv conf pointers.
-        unsafe {
-            umcf.upstreams
-                .as_slice::<*mut ngx_http_upstream_srv_conf_t>()
-        }
-    });
+    upstream_confs(NgxHttpUpstreamModule::main_conf(conf).map(|umcf| &umcf.upstreams))
+}
+
+/// The entries of an upstream module's `upstreams` array (http's or
+/// stream's): pointers to each upstream's configuration.
+pub fn upstream_confs<'a, T: 'a>(
+    upstreams: Option<&'a ngx_array_t>,
+) -> impl Iterator<Item = &'a T> {
+    // SAFETY: the upstream module's array of srv conf pointers.
+    let list = upstreams.map_or(&[][..], |a| unsafe { a.as_slice::<*mut T>() });
     // SAFETY: the array holds nginx's live upstream entries.
     list.iter().map(|&us| unsafe { &*us })
 }

@@ -231,13 +231,12 @@ impl RoundRobin {
     pub fn list_changed(&self) -> bool {
         #[cfg(ngx_resolve)]
         {
-            let data = self.data();
-            // SAFETY: null, or the counter the upstream zone keeps for the list.
-            if let Some(config) = unsafe { self.peers().config.as_ref() } {
-                return data.config != *config;
-            }
+            version(self.peers()).is_some_and(|v| v != self.data().config as usize)
         }
-        false
+        #[cfg(not(ngx_resolve))]
+        {
+            false
+        }
     }
 
     /// The list being picked from, to remember across a switch to backup.
@@ -412,7 +411,6 @@ impl<S: CountSource, const TRIED: bool> PeerList for RrList<'_, S, TRIED> {
     #[inline]
     fn load(&self, c: PeerCursor) -> Option<Load> {
         let peer = self.peer(c);
-        // SAFETY: `c.index` is a position of this list.
         // SAFETY: `c.index` is a position of this list.
         if (TRIED && unsafe { self.tried.contains(c.index) }) || peer.down != 0 {
             return None;

@@ -6,6 +6,7 @@
 
 use core::mem::offset_of;
 
+use super::conf::upstream_confs;
 use nginx_sys::{
     ngx_conf_t, ngx_cycle_t, ngx_module_t, ngx_stream_conf_ctx_t, ngx_stream_module,
     ngx_stream_session_t, ngx_stream_upstream_main_conf_t, ngx_stream_upstream_module,
@@ -108,15 +109,7 @@ pub fn current_upstream<'a>(cf: &ngx_conf_t) -> Option<&'a mut ngx_stream_upstre
 fn upstream_list(
     umcf: Option<&mut ngx_stream_upstream_main_conf_t>,
 ) -> impl Iterator<Item = &ngx_stream_upstream_srv_conf_t> {
-    let list = umcf.map_or(&[][..], |umcf| {
-        // SAFETY: the upstream module's array of srv conf pointers.
-        unsafe {
-            umcf.upstreams
-                .as_slice::<*mut ngx_stream_upstream_srv_conf_t>()
-        }
-    });
-    // SAFETY: the array holds nginx's live upstream entries.
-    list.iter().map(|&us| unsafe { &*us })
+    upstream_confs(umcf.map(|umcf| &umcf.upstreams))
 }
 
 /// The stream upstreams of the configuration being parsed.

@@ -74,8 +74,9 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// What the zone records of a server DNS added at run time: its `server`
-/// line's parameters, which configuration checked (SRV weights are 16-bit).
+/// What the zone records of a server: weight, `max_conns`, `down`. For a
+/// server DNS added at run time the `server` line's parameters, which
+/// configuration checked (SRV weights are 16-bit), always fit.
 fn runtime_meta(peer: &RrPeer) -> Meta {
     Meta {
         weight: u32::try_from(peer.weight).unwrap_or(u32::MAX),
@@ -84,8 +85,8 @@ fn runtime_meta(peer: &RrPeer) -> Meta {
     }
 }
 
-/// What the zone records of a server. The pick compares 32-bit weights and
-/// limits: larger ones are refused rather than cut.
+/// `runtime_meta` at configuration time: the pick compares 32-bit weights
+/// and limits, so larger ones are refused rather than cut.
 fn meta(upstream: &[u8], peer: &RrPeer) -> Result<Meta, ConfError> {
     let too_large = |parameter, value| ConfError::TooLarge {
         parameter,
@@ -93,15 +94,13 @@ fn meta(upstream: &[u8], peer: &RrPeer) -> Result<Meta, ConfError> {
         server: text(peers::name(peer)),
         upstream: text(upstream),
     };
-    let weight =
-        u32::try_from(peer.weight).map_err(|_| too_large("weight", peer.weight as usize))?;
-    let max_conns =
-        u32::try_from(peer.max_conns).map_err(|_| too_large("max_conns", peer.max_conns))?;
-    Ok(Meta {
-        weight,
-        max_conns,
-        flags: if peer.down != 0 { FLAG_DOWN } else { 0 },
-    })
+    if u32::try_from(peer.weight).is_err() {
+        return Err(too_large("weight", peer.weight as usize));
+    }
+    if u32::try_from(peer.max_conns).is_err() {
+        return Err(too_large("max_conns", peer.max_conns));
+    }
+    Ok(runtime_meta(peer))
 }
 
 /// Brings every upstream's counters in step with peer lists that DNS

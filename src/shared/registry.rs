@@ -357,12 +357,9 @@ impl UpstreamCounters {
             }
             new.push(pc);
         }
-        // Keys of a list with duplicates are shared: only keys no peer
-        // keeps drain.
-        for gone in old
-            .values()
-            .filter(|g| !new.iter().any(|pc| pc.key == g.key))
-        {
+        // What is left in `old` no new peer claimed (a key a new list has
+        // twice was taken by its first peer and shared by the second).
+        for gone in old.values() {
             done.gone += 1;
             if let (Some(link), Some(locked), Some(c)) =
                 (self.link.as_ref(), locked.as_ref(), gone.counted.get())
