@@ -109,6 +109,12 @@ pub extern "C" fn postconfiguration<F: FrontEnd>(cf: *mut ngx_conf_t) -> ngx_int
 
 /// `balance::follow_resolved_peers` over the upstreams that use the method.
 fn follow_resolved_peers<F: FrontEnd>(cycle: &ngx_cycle_t, mcf: &MainConf) {
+    // Peer lists change at run time only through `resolve` (nginx 1.27.3+):
+    // before that there is nothing to follow, and the periodic check need
+    // not walk the upstreams.
+    if !cfg!(ngx_resolve) {
+        return;
+    }
     let ours = F::cycle_upstreams(cycle)
         .into_iter()
         .filter_map(|us| Some((us, F::srv_conf(us)?.registered?)));
