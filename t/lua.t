@@ -19,7 +19,7 @@ use Test::Nginx::Status;
 use Test::Nginx::WebSocket;
 
 $SIG{PIPE} = 'IGNORE';
-my $t = Test::Nginx->new()->has(qw/nginx module lua/)->plan(23);
+my $t = Test::Nginx->new()->has(qw/nginx module lua/)->plan(28);
 $t->alerts_allowed(qr/worker process \d+ exited on signal 9/);
 
 # The Lua list of servers the `ws` upstream declares; a reload picks up a
@@ -171,6 +171,15 @@ http {
                 show("count of no server", up:count(7))
             }
         }
+
+        # A Lua balancer that forgets to release: picks and never gives back.
+        location /leak {
+            content_by_lua_block {
+                local up = assert(lcp.declare("leak", { { addr = "127.0.0.1:%%PORT_8081%%" } }))
+                local server, token = up:pick()
+                ngx.say(server and "picked" or token)
+            }
+        }
     }
 }
 
@@ -263,5 +272,17 @@ like($bad, qr/C: huge weight: -1\nC: NULL id: -1\nC: NULL servers: -1\nC: id too
 	'the C ABI answers error codes');
 like($bad, qr/forged token: nil invalid token\nnil token: nil invalid token\nforged cdata token: nil invalid token\ntoken past 2\^52: nil invalid token\nfractional token: nil invalid token\nall tried: nil no server can take the connection\npick: true 1 number\nrelease: true\nrelease again: nil already released\ncount after: 0\ncount of no server: nil no such server\n/,
 	'tokens: forged ones refused, a second release a no-op');
+
+# Lua code that never releases: the worker gives the count back when it
+# exits, and the [error] says whose fault it was.
+my @leaks = grep { /picked/ } map { http_get('/leak') } 1 .. 3;
+is(scalar @leaks, 3, 'three picks never released');
+is_deeply(server_counts('leak'), { addr(8081) => 3 }, 'counted until their workers exit');
+$t->reload();
+ok(wait_until(sub { !$t->old_worker_pids() }, 10), 'the old workers exit');
+ok(wait_until(sub { same(server_counts('leak'), { addr(8081) => 0 }) }, 3), 'and give the 3 back');
+my $leaked = 0;
+$leaked += $_ for $t->read_file('error.log') =~ /\[error\].*exits holding (\d+) connection\(s\) \(its Lua code never released \1 pick\(s\): release every token/g;
+is($leaked, 3, 'an [error] per worker names the Lua picks never released, 3 in all');
 
 ###############################################################################

@@ -237,6 +237,11 @@ fn pick(st: &mut State, handle: i32, skip: &[u64]) -> Result<(i32, u64), i32> {
     Ok((best as i32, t))
 }
 
+/// Picks this worker's Lua code has not released.
+pub fn unreleased_picks() -> usize {
+    STATE.with_borrow(|st| st.picks.outstanding())
+}
+
 #[no_mangle]
 pub extern "C" fn lcp_release(token: u64) -> i32 {
     STATE.with_borrow_mut(|st| match st.picks.redeem(token) {

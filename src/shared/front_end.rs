@@ -41,6 +41,11 @@ pub trait FrontEnd {
     fn cycle_upstreams(cycle: &ngx_cycle_t) -> Vec<&UpstreamSrvConf>;
     /// `peer.init`, per request (or session).
     fn init_peer() -> InitPeer;
+    /// Picks this worker's code outside nginx's balancer (Lua) took and has
+    /// not released: at exit, they say why the worker still holds counts.
+    fn unreleased_lua_picks() -> usize {
+        0
+    }
 }
 
 /// `least_conn_persistent_zone <name> <size>;` in the main block.
@@ -170,6 +175,7 @@ pub extern "C" fn exit_process<F: FrontEnd>(cycle: *mut ngx_cycle_t) {
         // SAFETY: nginx's flag, set by its signal handler before the exit.
         let fast = unsafe { ngx_terminate } != 0;
         // SAFETY: the cycle's log.
-        workers::finish(&mcf.registry, fast, unsafe { Log::from_ptr(cycle.log) });
+        let log = unsafe { Log::from_ptr(cycle.log) };
+        workers::finish(&mcf.registry, fast, F::unreleased_lua_picks(), log);
     }
 }

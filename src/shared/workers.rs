@@ -150,8 +150,9 @@ pub fn check(registry: &Registry, tick: u32, now: u32) {
 }
 
 /// `exit_process`: gives back what this worker still holds. `fast`: a fast
-/// shutdown, where connections end without being released.
-pub fn finish(registry: &Registry, fast: bool, log: Log) {
+/// shutdown, where connections end without being released; `lua`: picks
+/// the worker's Lua code took and never released.
+pub fn finish(registry: &Registry, fast: bool, lua: usize, log: Log) {
     let (Some(link), Some(record)) = (registry.zone(), registry.record()) else {
         return;
     };
@@ -160,11 +161,19 @@ pub fn finish(registry: &Registry, fast: bool, log: Log) {
         return;
     }
     let (level, why) = if fast {
-        (NGX_LOG_NOTICE, "fast shutdown")
+        (NGX_LOG_NOTICE, "fast shutdown".to_owned())
+    } else if lua > 0 {
+        (
+            NGX_LOG_ERR,
+            format!(
+                "its Lua code never released {lua} pick(s): release every token, \
+                 before a retry and in log_by_lua*"
+            ),
+        )
     } else {
         (
             NGX_LOG_ERR,
-            "a bug: every connection should have been released",
+            "a bug: every connection should have been released".to_owned(),
         )
     };
     log.zone(
