@@ -45,7 +45,7 @@ mod module {
     use ::ngx::http::HttpModule;
     use ::ngx::ngx_string;
     use nginx_sys::{
-        ngx_command_t, ngx_http_module_t, ngx_module_t, ngx_uint_t, NGX_CONF_NOARGS,
+        ngx_command_t, ngx_cycle_t, ngx_http_module_t, ngx_module_t, ngx_uint_t, NGX_CONF_NOARGS,
         NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
         NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF,
     };
@@ -112,7 +112,15 @@ mod module {
         type_: NGX_HTTP_MODULE as ngx_uint_t,
         init_module: Some(front_end::init_module::<Module>),
         init_process: Some(front_end::init_process::<Module>),
-        exit_process: Some(front_end::exit_process::<Module>),
+        exit_process: Some(exit_process),
         ..ngx_module_t::default()
     };
+
+    /// `exit_process`: as every front-end's, and naming the picks this
+    /// worker's Lua code never released, if it holds counts at exit.
+    extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
+        // SAFETY: nginx passes this process's cycle.
+        let cycle = unsafe { &*cycle };
+        front_end::finish_process::<Module>(cycle, crate::lua::unreleased_picks());
+    }
 }

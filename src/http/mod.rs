@@ -60,8 +60,4 @@ impl FrontEnd for Module {
     fn init_peer() -> InitPeer {
         Some(balancer::init_peer)
     }
-
-    fn unreleased_lua_picks() -> usize {
-        crate::lua::unreleased_picks()
-    }
 }

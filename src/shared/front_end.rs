@@ -41,11 +41,6 @@ pub trait FrontEnd {
     fn cycle_upstreams(cycle: &ngx_cycle_t) -> Vec<&UpstreamSrvConf>;
     /// `peer.init`, per request (or session).
     fn init_peer() -> InitPeer;
-    /// Picks this worker's code outside nginx's balancer (Lua) took and has
-    /// not released: at exit, they say why the worker still holds counts.
-    fn unreleased_lua_picks() -> usize {
-        0
-    }
 }
 
 /// `least_conn_persistent_zone <name> <size>;` in the main block.
@@ -167,15 +162,15 @@ fn check<F: FrontEnd>() {
     }
 }
 
-/// `exit_process`: the worker gives back what it still holds.
-pub extern "C" fn exit_process<F: FrontEnd>(cycle: *mut ngx_cycle_t) {
-    // SAFETY: nginx passes this process's cycle.
-    let cycle = unsafe { &*cycle };
+/// What a module's `exit_process` does: the worker gives back what it still
+/// holds. `lua_unreleased`: picks its Lua code took and never released
+/// (the log line then says so).
+pub fn finish_process<F: FrontEnd>(cycle: &ngx_cycle_t, lua_unreleased: usize) {
     if let Some(mcf) = F::cycle_main_conf(cycle) {
         // SAFETY: nginx's flag, set by its signal handler before the exit.
         let fast = unsafe { ngx_terminate } != 0;
         // SAFETY: the cycle's log.
         let log = unsafe { Log::from_ptr(cycle.log) };
-        workers::finish(&mcf.registry, fast, F::unreleased_lua_picks(), log);
+        workers::finish(&mcf.registry, fast, lua_unreleased, log);
     }
 }

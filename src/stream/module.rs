@@ -7,8 +7,8 @@ use core::ptr;
 use ::ngx::core::Pool;
 use ::ngx::ngx_string;
 use nginx_sys::{
-    ngx_command_t, ngx_conf_t, ngx_module_t, ngx_stream_module_t, ngx_uint_t, NGX_CONF_NOARGS,
-    NGX_CONF_TAKE2, NGX_STREAM_MAIN_CONF, NGX_STREAM_MODULE, NGX_STREAM_UPS_CONF,
+    ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_module_t, ngx_stream_module_t, ngx_uint_t,
+    NGX_CONF_NOARGS, NGX_CONF_TAKE2, NGX_STREAM_MAIN_CONF, NGX_STREAM_MODULE, NGX_STREAM_UPS_CONF,
 };
 
 use crate::ngx::stream::{MAIN_CONF_OFFSET, SRV_CONF_OFFSET};
@@ -78,6 +78,13 @@ pub static mut ngx_stream_least_conn_persistent_module: ngx_module_t = ngx_modul
     type_: NGX_STREAM_MODULE as ngx_uint_t,
     init_module: Some(front_end::init_module::<Stream>),
     init_process: Some(front_end::init_process::<Stream>),
-    exit_process: Some(front_end::exit_process::<Stream>),
+    exit_process: Some(exit_process),
     ..ngx_module_t::default()
 };
+
+/// `exit_process`: the worker gives back what it still holds (stream has
+/// no Lua picks).
+extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
+    // SAFETY: nginx passes this process's cycle.
+    front_end::finish_process::<Stream>(unsafe { &*cycle }, 0);
+}
