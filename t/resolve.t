@@ -17,7 +17,7 @@ use Time::HiRes qw/time/;
 BEGIN { use FindBin; chdir($FindBin::Bin); }
 
 use lib 'lib';
-use Test::Nginx qw/port http http_get wait_until/;
+use Test::Nginx qw/port http_get wait_until/;
 use Test::Nginx::Backend;
 use Test::Nginx::DNS;
 use Test::Nginx::Status;
@@ -83,13 +83,7 @@ $t->waitforsocket(addr($_)) for qw/a b c/;
 $t->run();
 
 # What the backends really hold, by address.
-sub live {
-	return { map {
-		my $r = eval { http("GET /count HTTP/1.0\r\n\r\n", port => $p, addr => $ip{$_}) } // '';
-		my ($n) = $r =~ /\r\n\r\n(\d+)/;
-		(addr($_) => $n // -1)
-	} @_ };
-}
+sub live { return { map { (addr($_) => live_count($p, $ip{$_})) } @_ } }
 
 sub spread {
 	my @v = sort { $a <=> $b } @_;

@@ -15,7 +15,7 @@ use Test::More;
 BEGIN { use FindBin; chdir($FindBin::Bin); }
 
 use lib 'lib';
-use Test::Nginx qw/port http wait_until/;
+use Test::Nginx qw/port wait_until/;
 use Test::Nginx::Backend;
 use Test::Nginx::DNS;
 use Test::Nginx::Status;
@@ -83,13 +83,7 @@ $t->waitforsocket(addr($_)) for qw/a b c/;
 $t->run();
 
 # What the backends really hold, by address.
-sub live {
-	return { map {
-		my $r = eval { http("GET /count HTTP/1.0\r\n\r\n", port => $p, addr => $ip{$_}) } // '';
-		my ($n) = $r =~ /\r\n\r\n(\d+)/;
-		(addr($_) => $n // -1)
-	} @_ };
-}
+sub live { return { map { (addr($_) => live_count($p, $ip{$_})) } @_ } }
 
 sub keys_for { my ($b) = @_; scalar grep { $_->{server} eq addr($b) } entries('u') }
 

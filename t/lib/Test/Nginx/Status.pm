@@ -10,7 +10,7 @@ use warnings;
 use strict;
 
 use Exporter qw/import/;
-our @EXPORT = qw/status counts entries wait_counts at_rest live_counts server_counts same_counts/;
+our @EXPORT = qw/status counts entries wait_counts at_rest live_count live_counts server_counts same_counts/;
 
 use JSON::PP;
 use Test::Nginx qw/http http_get wait_until port/;
@@ -49,15 +49,20 @@ sub wait_counts {
 	return $last;
 }
 
-# What the backends (Test::Nginx::Backend) on these symbolic ports really
-# hold: { "127.0.0.1:port" => WebSockets open }, -1 for one that does not answer.
+# The WebSockets a backend (Test::Nginx::Backend) on $port (a real port)
+# and $addr (127.0.0.1 unless given) really holds; -1 if it does not answer.
+sub live_count {
+	my ($port, $addr) = @_;
+	my $r = eval { http("GET /count HTTP/1.0\r\n\r\n", port => $port, addr => $addr) } // '';
+	my ($n) = $r =~ /\r\n\r\n(\d+)/;
+	return $n // -1;
+}
+
+# What the backends on these symbolic ports really hold:
+# { "127.0.0.1:port" => WebSockets open }, -1 for one that does not answer.
 sub live_counts {
 	my (@ports) = @_;
-	return { map {
-		my $r = http("GET /count HTTP/1.0\r\n\r\n", port => port($_));
-		my ($n) = $r =~ /\r\n\r\n(\d+)/;
-		('127.0.0.1:' . port($_) => $n // -1)
-	} @ports };
+	return { map { ('127.0.0.1:' . port($_) => live_count(port($_))) } @ports };
 }
 
 # { server => count } summed over the given upstreams (all when none given).
