@@ -75,9 +75,7 @@ http {
 EOF
 
 answer(qw/a b/);
-$t->run_daemon(\&Test::Nginx::DNS::serve, port(8053), $dns);
-ok(wait_until(sub { (Test::Nginx::DNS::query(port(8053), 'b.test') // 0) == 2 }),
-	'DNS responder answers');
+ok(Test::Nginx::DNS::start($t, port(8053), $dns, 'b.test'), 'DNS responder answers');
 $t->run_daemon(\&Test::Nginx::Backend::serve, $p, $_, $ip{$_}) for qw/a b c/;
 $t->waitforsocket(addr($_)) for qw/a b c/;
 $t->run();

@@ -69,8 +69,7 @@ $filler
 EOF
 
 Test::Nginx::DNS::set_answers($dns, 'b.test' => ['127.0.0.2']);
-$t->run_daemon(\&Test::Nginx::DNS::serve, port(8053), $dns);
-wait_until(sub { (Test::Nginx::DNS::query(port(8053), 'b.test') // 0) == 1 })
+Test::Nginx::DNS::start($t, port(8053), $dns, 'b.test')
 	or BAIL_OUT('the DNS responder does not answer');
 $t->run_daemon(\&Test::Nginx::Backend::serve, $p, 'a', '127.0.0.2');
 $t->waitforsocket("127.0.0.2:$p");

@@ -75,8 +75,7 @@ http {
 EOF
 
 answer(a => 'a', b => 'b');
-$t->run_daemon(\&Test::Nginx::DNS::serve, port(8053), $dns);
-wait_until(sub { (Test::Nginx::DNS::query(port(8053), 'b.test') // 0) == 1 })
+Test::Nginx::DNS::start($t, port(8053), $dns, 'b.test')
 	or BAIL_OUT('the DNS responder does not answer');
 $t->run_daemon(\&Test::Nginx::Backend::serve, $p, $_, $ip{$_}) for qw/a b c/;
 $t->waitforsocket(addr($_)) for qw/a b c/;

@@ -60,8 +60,7 @@ http {
 EOF
 
 answer(qw/a b/);
-$t->run_daemon(\&Test::Nginx::DNS::serve, port(8053), $dns);
-wait_until(sub { (Test::Nginx::DNS::query(port(8053), 's.test') // 0) == 2 })
+Test::Nginx::DNS::start($t, port(8053), $dns, 's.test')
 	or BAIL_OUT('the DNS responder does not answer');
 $t->run_daemon(\&Test::Nginx::Hold::serve, $p, $_, $ip{$_}) for qw/a b c/;
 $t->waitforsocket(addr($_)) for qw/a b c/;

@@ -8,8 +8,8 @@ package Test::Nginx::DNS;
 # lines has several addresses. It is read again for every query. A name it
 # does not list gets NXDOMAIN; other query types get an empty answer.
 #
-#   $t->run_daemon(\&Test::Nginx::DNS::serve, port(8053), $t->testdir . '/dns');
 #   Test::Nginx::DNS::set_answers($t->testdir . '/dns', 'b.test' => ['127.0.0.2']);
+#   Test::Nginx::DNS::start($t, port(8053), $t->testdir . '/dns', 'b.test') or BAIL_OUT(...);
 
 use warnings;
 use strict;
@@ -17,6 +17,7 @@ use strict;
 use IO::Select;
 use IO::Socket::INET;
 use Socket qw/inet_aton/;
+use Test::Nginx qw/wait_until/;
 
 use constant { TYPE_A => 1, CLASS_IN => 1, TTL => 1 };
 
@@ -98,6 +99,15 @@ sub query {
 		$end += 16;
 	}
 	return @addrs;
+}
+
+# Runs the responder as one of $t's daemons and waits until it answers
+# for $name with the addresses the file lists; false if it never does.
+sub start {
+	my ($t, $port, $file, $name) = @_;
+	$t->run_daemon(\&serve, $port, $file);
+	my $want = join ' ', @{answers($file)->{lc $name} // []};
+	return wait_until(sub { join(' ', query($port, $name)) eq $want });
 }
 
 sub serve {
