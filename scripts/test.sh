@@ -9,7 +9,7 @@
 . "$(dirname "$0")/env.sh"
 
 nginx_build_env
-ensure_packages perl curl wrk valgrind libnginx-mod-http-lua lua-resty-core debhelper dpkg-dev fakeroot \
+ensure_packages perl curl openssl wrk valgrind libnginx-mod-http-lua lua-resty-core debhelper dpkg-dev fakeroot \
     chromium
 cd "$ROOT"
 
