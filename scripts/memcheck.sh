@@ -6,29 +6,47 @@
 # valgrind. Errors in nginx's or libc's own code are counted and listed
 # apart, not judged.
 #
-#   scripts/memcheck.sh [t/some.t ...]    (default: balance, reload, crash, status)
+#   scripts/memcheck.sh [t/some.t ...]    (default: balance, reload, crash, status, stream)
+#   scripts/memcheck.sh --nginx=1.28 [t/some.t ...]
+#                                         (nginx 1.28 from scripts/build.sh --nginx=1.28;
+#                                          default: the resolve tests, which only it runs)
 #
 # Slow: waits in the tests are stretched (TEST_NGINX_SLOW) for valgrind.
 . "$(dirname "$0")/env.sh"
 
-"$ROOT/scripts/build.sh" >&2
+nginx=debian
+case "${1:-}" in
+    --nginx=1.28) nginx=1.28; shift ;;
+    --nginx=debian) shift ;;
+    --nginx=*) echo "usage: scripts/memcheck.sh [--nginx=debian|1.28] [t/some.t ...]" >&2; exit 2 ;;
+esac
+tests=("$@")
+if [ "$nginx" = 1.28 ]; then
+    "$ROOT/scripts/build.sh" --nginx=1.28 >&2
+    bin=$NGINX_128_BIN module=$MODULE_128_SO nginx_stream=$NGINX_128_STREAM_SO
+    out="$BUILD_DIR/memcheck-1.28"
+    [ ${#tests[@]} -gt 0 ] || tests=(t/resolve.t t/resolve_shared.t t/stream_resolve.t)
+else
+    "$ROOT/scripts/build.sh" >&2
+    bin=$NGINX_BIN module=$MODULE_SO nginx_stream=$NGINX_STREAM_SO
+    out="$BUILD_DIR/memcheck"
+    [ ${#tests[@]} -gt 0 ] || tests=(t/balance.t t/reload.t t/crash.t t/status.t t/stream.t)
+fi
 ensure_packages valgrind perl
 
-out="$BUILD_DIR/memcheck"
 rm -rf "$out"
 mkdir -p "$out"
 cat >"$out/nginx" <<WRAP
 #!/bin/sh
 exec valgrind --tool=memcheck --error-limit=no --num-callers=40 \\
-    --log-file="$out/vg.%p.log" "$NGINX_BIN" "\$@"
+    --log-file="$out/vg.%p.log" "$bin" "\$@"
 WRAP
 chmod +x "$out/nginx"
 
-tests=("$@")
-[ ${#tests[@]} -gt 0 ] || tests=(t/balance.t t/reload.t t/crash.t t/status.t t/stream.t)
 cd "$ROOT"
 prove_rc=0
-TEST_NGINX_NGINX_STREAM_MODULE="$NGINX_STREAM_SO" TEST_NGINX_BINARY="$out/nginx" TEST_NGINX_SLOW=${TEST_NGINX_SLOW:-8} prove "${tests[@]}" || prove_rc=$?
+TEST_NGINX_NGINX_STREAM_MODULE="$nginx_stream" TEST_NGINX_MODULE="$module" TEST_NGINX_BINARY="$out/nginx" \
+    TEST_NGINX_SLOW=${TEST_NGINX_SLOW:-8} prove "${tests[@]}" || prove_rc=$?
 
 rc=0
 perl "$ROOT/scripts/memcheck-report.pl" "$out"/vg.*.log || rc=$?

@@ -2,9 +2,9 @@
 # Runs every check: the layout's dependency rule, formatting, clippy, the
 # Rust unit tests, the demo in check mode, the soak in quick mode, the
 # Test::Nginx suite under t/ against a real nginx (which includes
-# t/bench_quick.t: scripts/bench.sh --quick), four of its tests again with
+# t/bench_quick.t: scripts/bench.sh --quick), five of its tests again with
 # nginx under valgrind memcheck, and the suite again against nginx 1.28
-# built from the nginx-src crate.
+# built from the nginx-src crate, its resolve tests also under memcheck.
 # Exits non-zero on the first failure.
 . "$(dirname "$0")/env.sh"
 
@@ -30,7 +30,7 @@ echo ">> scripts/soak.sh --quick"
 scripts/soak.sh --quick
 echo ">> prove -r t/"
 prove -r t/
-echo ">> scripts/memcheck.sh (the balancing, reload, crash and status tests under valgrind)"
+echo ">> scripts/memcheck.sh (the balancing, reload, crash, status and stream tests under valgrind)"
 scripts/memcheck.sh
 echo ">> nginx 1.28 (from the nginx-src crate): build, then prove t/ against it"
 scripts/build.sh --nginx=1.28
@@ -38,3 +38,5 @@ scripts/build.sh --nginx=1.28
 # Debian's nginx); bench_quick.t drives Debian's nginx only, so it is left out.
 TEST_NGINX_BINARY="$NGINX_128_BIN" TEST_NGINX_MODULE="$MODULE_128_SO" \
     prove $(ls t/*.t | grep -v bench_quick)
+echo ">> scripts/memcheck.sh --nginx=1.28 (the resolve tests, which only 1.28 runs, under valgrind)"
+scripts/memcheck.sh --nginx=1.28
