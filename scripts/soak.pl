@@ -12,6 +12,11 @@
 # keys exactly those configured; zone `used` back to its baseline; no
 # underflow [error]; no [alert] or [crit] but nginx's own line about a
 # killed worker. Prints one line per check and exits non-zero on a failure.
+#
+# On nginx 1.27.3+ (`resolve`) an upstream `dns` follows a name whose
+# addresses (127.0.0.2-5, a DNS responder of our own) change twice per
+# reload step; clients hold WebSockets through it too, and at rest its keys
+# must be exactly the name's last addresses.
 
 use warnings;
 use strict;
@@ -22,6 +27,7 @@ use POSIX ();
 use Time::HiRes qw/time sleep/;
 use Test::Nginx;
 use Test::Nginx::Backend;
+use Test::Nginx::DNS;
 use Test::Nginx::Status;
 use Test::Nginx::WebSocket;
 
@@ -37,11 +43,41 @@ my $refusing = 8089;    # nothing listens there
 
 sub addr { '127.0.0.1:' . port($_[0]) }
 
+# `resolve` (nginx 1.27.3+): the name d.test, answered from a file.
+my $resolve = Test::Nginx::version_at_least(Test::Nginx::nginx_version(), '1.27.3');
+my @dns_ips = map { "127.0.0.$_" } 2 .. 5;
+my $dns_port = port(8085);
+my $dns_file = $t->testdir . '/dns';
+sub answer { Test::Nginx::DNS::set_answers($dns_file, 'd.test' => [@_]) }
+sub dns_keys { map { "conn_count:dns:$_:$dns_port" } @_ }
+# d.test's addresses at the start and at the end (the zone's baseline).
+my @dns_rest = @dns_ips[0, 2];
+sub dns_keys_are {
+	my (@want) = sort(dns_keys(@_));
+	return wait_until(sub { join(',', sort map { $_->{key} } entries('dns')) eq join(',', @want) }, 10);
+}
+
 # Upstreams `ws` and `ka` get the given backends; `retry` tries the
 # refusing server first (weight 10) and goes on to the others.
 sub conf {
 	my (@up) = @_;
 	my $list = join '', map { "        server 127.0.0.1:$_;\n" } @up;
+	my $dns = $resolve ? <<"EOF" : '';
+    resolver 127.0.0.1:%%PORT_8053%% valid=1s ipv6=off;
+    resolver_timeout 1s;
+    upstream dns {
+        zone dns 64k;
+        least_conn_persistent;
+        server d.test:$dns_port resolve;
+    }
+EOF
+	my $dns_location = $resolve ? <<"EOF" : '';
+        location /dns {
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_pass http://dns;
+        }
+EOF
 	$t->write_file_expand('nginx.conf', <<"EOF");
 %%TEST_GLOBALS%%
 worker_processes 2;
@@ -62,7 +98,7 @@ $list        keepalive 8;
         least_conn_persistent;
         server 127.0.0.1:$refusing weight=10 max_fails=0;
 $list    }
-    server {
+$dns    server {
         listen 127.0.0.1:8080 reuseport;
         proxy_http_version 1.1;
         proxy_read_timeout 1h;
@@ -71,7 +107,7 @@ $list    }
             proxy_set_header Connection "upgrade";
             proxy_pass http://ws;
         }
-        location /ka {
+$dns_location        location /ka {
             proxy_set_header Connection "";
             proxy_pass http://ka;
         }
@@ -96,13 +132,14 @@ sub check {
 sub client {
 	my ($deadline, $out) = @_;
 	srand($$ ^ time());
-	my %n = (ws => 0, ka => 0, retry => 0);
+	my %n = (ws => 0, ka => 0, retry => 0, dns => 0);
 	my @held;
 	while (time() < $deadline) {
 		my $r = rand();
 		if ($r < 0.35 && @held < 40) {
-			my $ws = eval { ws_open('/ws') };
-			if ($ws) { push @held, $ws; $n{ws}++ }
+			my $dns = $resolve && rand() < 0.5;
+			my $ws = eval { ws_open($dns ? '/dns' : '/ws') };
+			if ($ws) { push @held, $ws; $n{ws}++; $n{dns} += $dns }
 		} elsif ($r < 0.6 && @held) {
 			ws_close(splice(@held, int(rand(@held)), 1));
 		} elsif ($r < 0.85) {
@@ -113,15 +150,24 @@ sub client {
 		sleep 0.005;
 	}
 	ws_close(@held);
-	print $out "$n{ws} $n{ka} $n{retry}\n";
+	print $out "$n{ws} $n{ka} $n{retry} $n{dns}\n";
 	close $out;
 }
 
 $t->run_daemon(\&Test::Nginx::Backend::serve, port($_), "b$_") for @backends;
 $t->waitforsocket(addr($_)) for @backends;
+if ($resolve) {
+	answer(@dns_rest);
+	Test::Nginx::DNS::start($t, port(8053), $dns_file, 'd.test')
+		or die "the DNS responder does not answer\n";
+	$t->run_daemon(\&Test::Nginx::Backend::serve, $dns_port, "d$_", $dns_ips[$_]) for 0 .. $#dns_ips;
+	$t->waitforsocket("$_:$dns_port") for @dns_ips;
+}
 my @all_keys = conf(@backends);
 $t->run();
-# Baseline: the full configuration, both workers registered, nothing held.
+# Baseline: the full configuration (and d.test's keys), both workers
+# registered, nothing held.
+!$resolve || dns_keys_are(@dns_rest) or die "the keys of d.test's addresses did not appear\n";
 at_rest() or die "not at rest at the start\n";
 my $baseline = status()->{zone}{used};
 
@@ -141,6 +187,16 @@ close $to_parent;
 
 my %kill_at = map { (int($reloads * $_ / ($kills + 1)) => 1) } 1 .. $kills;
 my ($done_reloads, @killed) = (0);
+# d.test's address sets as the status page showed them, and how many
+# times the answers changed.
+my (%dns_seen, $dns_changes);
+sub change_dns {
+	my @ips = grep { rand() < 0.5 } @dns_ips;
+	@ips = ($dns_ips[int(rand(@dns_ips))]) unless @ips;
+	answer(@ips);
+	$dns_changes++;
+	$dns_seen{join ',', sort map { $_->{server} } grep { $_->{state} ne 'draining' } entries('dns')}++;
+}
 my $started = time();
 for my $i (1 .. $reloads) {
 	my @up = grep { rand() < 0.6 } @backends;
@@ -155,12 +211,17 @@ for my $i (1 .. $reloads) {
 		push @killed, $victim;
 	}
 	my $next = $started + $i * $seconds / $reloads;
+	if ($resolve) {
+		sleep(($next - time()) / 2) if $next > time();
+		change_dns();
+	}
 	sleep($next - time()) if $next > time();
+	change_dns() if $resolve;
 }
-my @n = (0, 0, 0);
+my @n = (0, 0, 0, 0);
 for (<$from_clients>) {
 	my @c = split;
-	$n[$_] += $c[$_] for 0 .. 2;
+	$n[$_] += $c[$_] for 0 .. 3;
 }
 my $opened = $n[0] + $n[1] + $n[2];
 waitpid($_, 0) for @kids;
@@ -170,13 +231,22 @@ my $elapsed = time() - $started;
 @all_keys = conf(@backends);
 $t->reload();
 wait_until(sub { !$t->old_worker_pids() }, 30);
+if ($resolve) {
+	# d.test back to its first two addresses: its keys must become exactly theirs.
+	answer(@dns_rest);
+	push @all_keys, dns_keys(@dns_rest);
+	dns_keys_are(@dns_rest);
+}
 
 check($done_reloads >= $reloads && $elapsed <= $seconds + 5,
 	sprintf('%d reloads in %.1f s', $done_reloads, $elapsed));
-check($opened >= $min_conns && $n[0] > 0,
-	"$opened connections opened and closed (at least $min_conns): $n[0] WebSockets, "
-	. "$n[1] requests over upstream keepalive, $n[2] past a refusing server");
+check($opened >= $min_conns && $n[0] > 0 && (!$resolve || $n[3] > 0),
+	"$opened connections opened and closed (at least $min_conns): $n[0] WebSockets"
+	. ($resolve ? " ($n[3] through the resolved upstream)" : '')
+	. ", $n[1] requests over upstream keepalive, $n[2] past a refusing server");
 check(@killed == $kills, scalar(@killed) . ' workers killed with SIGKILL');
+check(keys %dns_seen >= 2, "resolve: d.test's answers changed $dns_changes times; the status page showed "
+	. scalar(keys %dns_seen) . ' different address sets') if $resolve;
 check(at_rest(10), 'at rest, every counter is 0');
 my @keys = sort map { $_->{key} } entries();
 check(join(',', @keys) eq join(',', sort @all_keys),

@@ -5,9 +5,28 @@
 # and 3 workers killed with SIGKILL; then checks that every counter is back
 # to 0, the keys are exactly those configured, the zone's `used` is back to
 # its baseline and the error log is clean. `--quick`: a fifth of the size
-# (scripts/test.sh runs it).
+# (scripts/test.sh runs it). `--nginx=1.28`: against nginx 1.28 from
+# scripts/build.sh --nginx=1.28, where DNS also changes a `resolve`
+# upstream's addresses throughout.
+#
+#   scripts/soak.sh [--quick] [--nginx=debian|1.28]
 . "$(dirname "$0")/env.sh"
 
-"$ROOT/scripts/build.sh" >&2
+args=()
+nginx=debian
+for a in "$@"; do
+    case "$a" in
+        --nginx=1.28) nginx=1.28 ;;
+        --nginx=debian) ;;
+        --quick) args+=("$a") ;;
+        *) echo "usage: scripts/soak.sh [--quick] [--nginx=debian|1.28]" >&2; exit 2 ;;
+    esac
+done
 ensure_packages perl
-exec perl "$ROOT/scripts/soak.pl" "$@"
+if [ "$nginx" = 1.28 ]; then
+    "$ROOT/scripts/build.sh" --nginx=1.28 >&2
+    export TEST_NGINX_BINARY="$NGINX_128_BIN" TEST_NGINX_MODULE="$MODULE_128_SO"
+else
+    "$ROOT/scripts/build.sh" >&2
+fi
+exec perl "$ROOT/scripts/soak.pl" "${args[@]}"

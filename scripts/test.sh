@@ -4,7 +4,8 @@
 # Test::Nginx suite under t/ against a real nginx (which includes
 # t/bench_quick.t: scripts/bench.sh --quick), five of its tests again with
 # nginx under valgrind memcheck, and the suite again against nginx 1.28
-# built from the nginx-src crate, its resolve tests also under memcheck.
+# built from the nginx-src crate, with the quick soak (DNS changing a
+# resolve upstream throughout) and the resolve tests under memcheck.
 # Exits non-zero on the first failure.
 . "$(dirname "$0")/env.sh"
 
@@ -38,5 +39,7 @@ scripts/build.sh --nginx=1.28
 # Debian's nginx); bench_quick.t drives Debian's nginx only, so it is left out.
 TEST_NGINX_BINARY="$NGINX_128_BIN" TEST_NGINX_MODULE="$MODULE_128_SO" \
     prove $(ls t/*.t | grep -v bench_quick)
+echo ">> scripts/soak.sh --quick --nginx=1.28 (with DNS changing a resolve upstream throughout)"
+scripts/soak.sh --quick --nginx=1.28
 echo ">> scripts/memcheck.sh --nginx=1.28 (the resolve tests, which only 1.28 runs, under valgrind)"
 scripts/memcheck.sh --nginx=1.28
