@@ -72,13 +72,7 @@ $t->run();
 my $new_master;
 sub children_of {
 	my ($master) = @_;
-	my @w;
-	for my $stat (glob '/proc/[0-9]*/stat') {
-		open my $fh, '<', $stat or next;
-		my ($pid, $ppid) = (<$fh> // '') =~ /^(\d+) \(.*\) \S (\d+)/ or next;
-		push @w, $pid if $ppid == $master && $pid != ($new_master // 0);
-	}
-	return @w;
+	return grep { $_ != ($new_master // 0) } $t->children($master);
 }
 
 ###############################################################################

@@ -309,10 +309,11 @@ sub master_pid {
 	return $pid =~ /^\d+$/ && kill(0, $pid) ? $pid : undef;
 }
 
-# Pids of the master's worker processes, old and new.
+# Pids of the master's worker processes, old and new; of `$master` when
+# given (the old master during a binary upgrade).
 sub children {
-	my ($self) = @_;
-	my $master = $self->master_pid() or return ();
+	my ($self, $master) = @_;
+	$master //= $self->master_pid() or return ();
 	my @w;
 	for my $stat (glob '/proc/[0-9]*/stat') {
 		open my $fh, '<', $stat or next;
