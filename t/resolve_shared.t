@@ -4,6 +4,7 @@
 # address (nginx 1.27.3+). Counts are kept by address, so the two peers
 # share that address's key: it counts what the backend holds through
 # either name, once, and keeps doing so when one name moves away again.
+# Also: an address that comes back while it still drains keeps its count.
 # A DNS responder of our own answers for a.test and b.test; backends on
 # 127.0.0.2-4 (one port), WebSockets held across every change.
 
@@ -21,7 +22,7 @@ use Test::Nginx::DNS;
 use Test::Nginx::Status;
 use Test::Nginx::WebSocket;
 
-my $t = Test::Nginx->new()->has(qw/nginx module resolve/)->plan(14);
+my $t = Test::Nginx->new()->has(qw/nginx module resolve/)->plan(18);
 
 my $dns = $t->testdir . '/dns';
 my $p = port(8081);
@@ -102,7 +103,19 @@ is_deeply(tally(@shared), { a => 10 }, 'new connections go to the one address bo
 is(keys_for('a'), 1, 'that address has one key, not one per name');
 is_deeply(counts('u'), live(qw/a b/), 'counts equal what the backends hold (' . join('/', map { counts('u')->{addr($_)} } qw/a b/) . ')');
 
-my @on_b = grep { $_->{backend} eq 'b' } @first;
+# b.test comes back to its address while that still drains: the key is
+# up again with the count it kept, and new connections see it.
+answer(a => 'a', b => 'b');
+ok(wait_until(sub { grep { $_->{server} eq addr('b') && $_->{state} eq 'up' } entries('u') }),
+	'an address back while draining is up again');
+is(counts('u')->{addr('b')}, 10, 'with the 10 it kept');
+my @back = ws_open_many(10, '/u');
+is_deeply(tally(@back), { b => 10 }, 'so the next 10 go there (20/20)');
+
+answer(a => 'a', b => 'a');
+my @on_b = grep { $_->{backend} eq 'b' } @first, @back;
+ok(wait_until(sub { grep { $_->{server} eq addr('b') && $_->{state} eq 'draining' } entries('u') }),
+	'and drains again when b.test leaves it again');
 ws_close(@on_b);
 ok(wait_until(sub { !keys_for('b') }), 'the drained address goes once its connections close');
 
