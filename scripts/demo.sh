@@ -11,7 +11,11 @@
 . "$(dirname "$0")/env.sh"
 
 check=()
-[ "${1:-}" = "--check" ] && check=(--check)
+case "$#:${1:-}" in
+    0:) ;;
+    1:--check) check=(--check) ;;
+    *) echo "usage: scripts/demo.sh [--check]" >&2; exit 2 ;;
+esac
 PORT=${LCP_DEMO_PORT:-8080}
 
 "$ROOT/scripts/build.sh" >&2

@@ -1,0 +1,33 @@
+#!/usr/bin/perl
+
+# The scripts refuse what they do not understand before doing anything:
+# a usage line and exit code 2, not a build, a demo or a benchmark run with
+# a mistyped option ignored.
+
+use warnings;
+use strict;
+
+use Test::More;
+use Time::HiRes qw/time/;
+
+BEGIN { use FindBin; chdir($FindBin::Bin); }
+
+my @cases = (
+	['demo.sh', '--chek'],
+	['demo.sh', '--check extra'],
+	['soak.sh', '--bogus'],
+	['memcheck.sh', '--nginx=2.0'],
+	['bench.sh', '--bogus'],
+);
+plan(tests => 3 * @cases);
+
+for my $c (@cases) {
+	my ($script, $args) = @$c;
+	my $started = time();
+	my $out = `../scripts/$script $args 2>&1`;
+	my $rc = $? >> 8;
+	is($rc, 2, "scripts/$script $args: exit code 2");
+	like($out, qr{\Ausage: scripts/\Q$script\E }, 'and a usage line, first')
+		or diag($out);
+	ok(time() - $started < 5, 'before building or starting anything');
+}
