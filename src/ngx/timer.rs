@@ -5,12 +5,19 @@
 
 use core::ptr::{self, addr_of_mut};
 
-use nginx_sys::{ngx_add_timer, ngx_event_t, ngx_exiting, ngx_msec_t, ngx_terminate};
+use nginx_sys::{
+    ngx_add_timer, ngx_connection_t, ngx_event_t, ngx_exiting, ngx_msec_t, ngx_terminate,
+};
 
 use super::log::Log;
 
 struct Periodic {
     event: ngx_event_t,
+    /// What `event.data` points at. nginx's debug lines read a timer's
+    /// `data` as a connection (`ngx_event_ident`: its `fd`), so a standalone
+    /// event needs one: a connection of no socket, as nginx's cache manager
+    /// gives its own timer.
+    no_connection: ngx_connection_t,
     interval: ngx_msec_t,
     tick: Option<fn()>,
 }
@@ -19,6 +26,8 @@ struct Periodic {
 static mut TIMER: Periodic = Periodic {
     // SAFETY: an all-zero ngx_event_t is how nginx starts every event.
     event: unsafe { core::mem::zeroed() },
+    // SAFETY: as above; `every` sets its fd to -1.
+    no_connection: unsafe { core::mem::zeroed() },
     interval: 0,
     tick: None,
 };
@@ -37,7 +46,8 @@ pub fn every(interval_ms: usize, tick: fn()) {
         }
         t.event.handler = Some(on_timer);
         t.event.log = Log::cycle().as_ptr();
-        t.event.data = ptr::null_mut();
+        t.no_connection.fd = -1;
+        t.event.data = ptr::from_mut(&mut t.no_connection).cast();
         t.event.set_cancelable(1);
         ngx_add_timer(&mut t.event, t.interval);
     }
