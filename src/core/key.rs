@@ -2,9 +2,58 @@
 //!
 //! The format is the one Apache APISIX settled on for the same problem, so
 //! operators who know one know the other. `<server>` is the peer address as
-//! nginx prints it (`127.0.0.1:8081`, `[::1]:8081`), one key per address.
+//! nginx prints it (`127.0.0.1:8081`, `[::1]:8081`). Each peer has its own
+//! key, as stock `least_conn` counts each peer on its own: an address an
+//! upstream lists again (a second `server` line, the same address as primary
+//! and as `backup`, a name resolving to an address another line gives) is
+//! `<address>#2` the second time, `#3` the third (see `server_names`).
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 
 pub const KEY_PREFIX: &[u8] = b"conn_count:";
+
+/// What follows an address listed again, before its occurrence number.
+pub const OCCURRENCE_MARK: u8 = b'#';
+
+/// The `<server>` part of each key of one peer list, in the list's order:
+/// an address's first occurrence is the address itself, a later one
+/// `<address>#<n>` (n = 2, 3, ...). Names `taken` (the upstream's other
+/// list holds them) are skipped, so that no two peers of an upstream ever
+/// share a key. The same list gives the same names, whatever the order of
+/// other addresses: keys stay stable across reloads.
+pub fn server_names<'a>(
+    addresses: impl IntoIterator<Item = &'a [u8]>,
+    taken: impl Fn(&[u8]) -> bool,
+) -> Vec<Cow<'a, [u8]>> {
+    let mut next: HashMap<&[u8], usize> = HashMap::new();
+    let mut given: HashSet<Cow<'a, [u8]>> = HashSet::new();
+    let mut names = Vec::new();
+    for address in addresses {
+        let n = next.entry(address).or_insert(1);
+        let name = loop {
+            let name = occurrence(address, *n);
+            *n += 1;
+            if !taken(&name) && !given.contains(&name) {
+                break name;
+            }
+        };
+        given.insert(name.clone());
+        names.push(name);
+    }
+    names
+}
+
+/// The name of an address' `n`th occurrence (1-based).
+fn occurrence(address: &[u8], n: usize) -> Cow<'_, [u8]> {
+    if n == 1 {
+        return Cow::Borrowed(address);
+    }
+    let mut name = address.to_vec();
+    name.push(OCCURRENCE_MARK);
+    name.extend_from_slice(n.to_string().as_bytes());
+    Cow::Owned(name)
+}
 
 /// Bytes needed for the key of `server` in `upstream`.
 pub fn key_len(upstream: &[u8], server: &[u8]) -> usize {
@@ -72,6 +121,50 @@ mod tests {
         );
         assert_eq!(split_key(b"other:ws:1"), None);
         assert_eq!(split_key(b"conn_count:nocolon"), None);
+    }
+
+    fn names(addresses: &[&str], taken: &[&str]) -> Vec<String> {
+        server_names(addresses.iter().map(|a| a.as_bytes()), |n| {
+            taken.iter().any(|t| t.as_bytes() == n)
+        })
+        .into_iter()
+        .map(|n| String::from_utf8(n.into_owned()).unwrap())
+        .collect()
+    }
+
+    #[test]
+    fn distinct_addresses_are_their_own_names() {
+        assert_eq!(names(&["a:1", "b:1"], &[]), ["a:1", "b:1"]);
+    }
+
+    #[test]
+    fn an_address_listed_again_is_numbered() {
+        assert_eq!(
+            names(&["a:1", "b:1", "a:1", "a:1", "b:1"], &[]),
+            ["a:1", "b:1", "a:1#2", "a:1#3", "b:1#2"]
+        );
+    }
+
+    #[test]
+    fn names_the_other_list_holds_are_skipped() {
+        // The backup list of `server a:1; server a:1 backup; server a:1 backup;`.
+        assert_eq!(names(&["a:1", "a:1"], &["a:1"]), ["a:1#2", "a:1#3"]);
+        assert_eq!(names(&["a:1", "a:1"], &["a:1#2"]), ["a:1", "a:1#3"]);
+    }
+
+    #[test]
+    fn an_address_that_looks_numbered_never_collides() {
+        // A unix socket may have '#' in its path.
+        let n = names(&["unix:/s", "unix:/s#2", "unix:/s"], &[]);
+        assert_eq!(n, ["unix:/s", "unix:/s#2", "unix:/s#3"]);
+        let n = names(&["unix:/s", "unix:/s", "unix:/s#2"], &[]);
+        assert_eq!(n, ["unix:/s", "unix:/s#2", "unix:/s#2#2"]);
+    }
+
+    #[test]
+    fn the_same_list_gives_the_same_names() {
+        let list = ["a:1", "a:1", "c:1", "a:1"];
+        assert_eq!(names(&list, &["a:1#3"]), names(&list, &["a:1#3"]));
     }
 
     #[test]

@@ -32,14 +32,6 @@ pub enum ConfError {
         server: String,
         upstream: String,
     },
-    /// Two servers (or one name) of an upstream give the same address: one
-    /// key, so their weights and limits would overwrite each other.
-    DuplicateAddress {
-        upstream: String,
-        address: String,
-        first: String,
-        second: String,
-    },
     NoMemory,
 }
 
@@ -74,17 +66,6 @@ impl fmt::Display for ConfError {
             } => write!(
                 f,
                 "{parameter} {value} of server \"{server}\" in upstream \"{upstream}\" is too large"
-            ),
-            ConfError::DuplicateAddress {
-                upstream,
-                address,
-                first,
-                second,
-            } => write!(
-                f,
-                "in upstream \"{upstream}\": server \"{first}\" and server \"{second}\" \
-                 both give the address {address}; connections are counted per address, \
-                 so list it once (with the combined weight)"
             ),
             ConfError::NoMemory => write!(f, "could not allocate memory"),
         }

@@ -8,7 +8,7 @@
 use core::ffi::c_void;
 use core::ptr::NonNull;
 
-use super::subsystem::{RrPeer, RrPeerData, RrPeers, UpstreamServer, UpstreamSrvConf};
+use super::subsystem::{RrPeer, RrPeerData, RrPeers};
 use nginx_sys::{
     ngx_cached_time, ngx_int_t, ngx_peer_connection_t, ngx_rwlock_unlock, ngx_rwlock_wlock, time_t,
 };
@@ -56,22 +56,6 @@ pub fn version(list: &RrPeers) -> Option<usize> {
         let _ = list;
         None
     }
-}
-
-/// For each peer of the primary (or backup) list, in round-robin's order,
-/// the `server` it comes from, as written (a name may give several peers).
-pub fn server_lines(us: &UpstreamSrvConf, backup: bool) -> Vec<&[u8]> {
-    // SAFETY: null, or the upstream's array of servers (configuration pool).
-    let Some(servers) = (unsafe { us.servers.as_ref() }) else {
-        return Vec::new();
-    };
-    // SAFETY: the array holds UpstreamServer.
-    let servers = unsafe { servers.as_slice::<UpstreamServer>() };
-    servers
-        .iter()
-        .filter(|s| (s.backup() != 0) == backup)
-        .flat_map(|s| core::iter::repeat_n(s.name.as_bytes(), s.naddrs))
-        .collect()
 }
 
 pub fn name(peer: &RrPeer) -> &[u8] {

@@ -10,8 +10,7 @@ pub use nginx_sys::NGX_HTTP_UPSTREAM_MODIFY as UPSTREAM_MODIFY;
 pub use nginx_sys::{
     ngx_http_upstream_free_round_robin_peer as free_round_robin_peer,
     ngx_http_upstream_rr_peer_data_t as RrPeerData, ngx_http_upstream_rr_peer_t as RrPeer,
-    ngx_http_upstream_rr_peers_t as RrPeers, ngx_http_upstream_server_t as UpstreamServer,
-    ngx_http_upstream_srv_conf_t as UpstreamSrvConf,
+    ngx_http_upstream_rr_peers_t as RrPeers, ngx_http_upstream_srv_conf_t as UpstreamSrvConf,
 };
 #[cfg(not(feature = "stream"))]
 pub use nginx_sys::{
@@ -30,8 +29,7 @@ pub use nginx_sys::NGX_STREAM_UPSTREAM_MODIFY as UPSTREAM_MODIFY;
 pub use nginx_sys::{
     ngx_stream_upstream_free_round_robin_peer as free_round_robin_peer,
     ngx_stream_upstream_rr_peer_data_t as RrPeerData, ngx_stream_upstream_rr_peer_t as RrPeer,
-    ngx_stream_upstream_rr_peers_t as RrPeers, ngx_stream_upstream_server_t as UpstreamServer,
-    ngx_stream_upstream_srv_conf_t as UpstreamSrvConf,
+    ngx_stream_upstream_rr_peers_t as RrPeers, ngx_stream_upstream_srv_conf_t as UpstreamSrvConf,
 };
 #[cfg(feature = "stream")]
 pub use nginx_sys::{

@@ -10,7 +10,6 @@
 //! pool for its kind of request and calls `register` and `install`.
 
 use core::ffi::c_void;
-use std::collections::HashMap;
 
 use nginx_sys::{
     ngx_event_notify_peer_pt, ngx_event_save_peer_session_pt, ngx_event_set_peer_session_pt,
@@ -43,29 +42,20 @@ struct PeerData {
 
 /// Adds an upstream's servers, in round-robin's order, to the registry,
 /// once round-robin's init has set the upstream up; returns its index.
+/// Every peer is counted on its own, as stock `least_conn` does: an address
+/// listed twice is two peers, with two keys (`key::server_names`).
 pub fn register(registry: &mut Registry, us: &UpstreamSrvConf) -> Result<usize, ConfError> {
     let name = us.host.as_bytes();
     let mut counters = UpstreamCounters::new(name);
-    // Which `server` line gave each address, to name both lines of a
-    // duplicate.
-    let mut lines: HashMap<&[u8], &[u8]> = HashMap::new();
     // SAFETY: round-robin init has just filled peer.data.
     let (primary, backup) = unsafe { peers::lists(us.peer.data) };
     for (list, peers) in [(List::Primary, primary), (List::Backup, backup)] {
-        let written = peers::server_lines(us, list == List::Backup);
-        for (i, peer) in peers.into_iter().flat_map(peers::each_peer).enumerate() {
-            let address = peers::name(peer);
-            let line = written.get(i).copied().unwrap_or(address);
-            if let Some(first) = lines.insert(address, line) {
-                return Err(ConfError::DuplicateAddress {
-                    upstream: text(name),
-                    address: text(address),
-                    first: text(first),
-                    second: text(line),
-                });
-            }
-            counters.add_server(list, address, meta(name, peer)?);
-        }
+        let servers = peers
+            .into_iter()
+            .flat_map(peers::each_peer)
+            .map(|peer| Ok((peers::name(peer), meta(name, peer)?)))
+            .collect::<Result<Vec<_>, ConfError>>()?;
+        counters.set_list(list, servers);
     }
     Ok(registry.add(counters))
 }

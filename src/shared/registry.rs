@@ -42,6 +42,15 @@ pub enum List {
     Backup,
 }
 
+impl List {
+    fn other(self) -> List {
+        match self {
+            List::Primary => List::Backup,
+            List::Backup => List::Primary,
+        }
+    }
+}
+
 /// What a pick took, so that `release` gives back exactly that.
 #[derive(Clone, Debug, Default)]
 pub enum Held {
@@ -82,6 +91,12 @@ impl PeerCounter {
             counted: Cell::new(None),
             local: Rc::default(),
         }
+    }
+
+    /// The `<server>` part of the key: the address, numbered when the
+    /// upstream lists it again.
+    pub fn server(&self) -> &[u8] {
+        &self.key[key::KEY_PREFIX.len() + self.upstream_len + 1..]
     }
 
     pub fn in_zone(&self) -> bool {
@@ -267,16 +282,32 @@ impl UpstreamCounters {
         meta
     }
 
-    /// Adds the next server of `list` (in the front-end's peer order).
-    pub fn add_server(&mut self, list: List, server: &[u8], meta: Meta) {
-        let pc = PeerCounter::new(&self.name, server, Self::meta_for(list, meta));
-        match list {
-            List::Primary => &mut self.primary,
-            List::Backup => &mut self.backup,
-        }
-        .counters
-        .get_mut()
-        .push(pc);
+    /// Sets `list`'s servers (address and metadata, in the front-end's peer
+    /// order), each with its own key (see `key::server_names`).
+    pub fn set_list<'a>(
+        &mut self,
+        list: List,
+        servers: impl IntoIterator<Item = (&'a [u8], Meta)>,
+    ) {
+        let counters = self.counters_for(list, servers);
+        *self.counter_list(list).counters.borrow_mut() = counters;
+    }
+
+    /// A counter per server of `list`, keyed apart from each other and from
+    /// the upstream's other list.
+    fn counters_for<'a>(
+        &self,
+        list: List,
+        servers: impl IntoIterator<Item = (&'a [u8], Meta)>,
+    ) -> Vec<PeerCounter> {
+        let (addresses, metas): (Vec<&[u8]>, Vec<Meta>) = servers.into_iter().unzip();
+        let other = self.list(list.other());
+        let names = key::server_names(addresses, |name| other.iter().any(|pc| pc.server() == name));
+        names
+            .iter()
+            .zip(metas)
+            .map(|(name, meta)| PeerCounter::new(&self.name, name, Self::meta_for(list, meta)))
+            .collect()
     }
 
     /// The counters of `list`, one per peer, in the peer list's order.
@@ -322,6 +353,7 @@ impl UpstreamCounters {
         version: usize,
         peers: impl Iterator<Item = (&'p [u8], Meta)>,
     ) -> Followed {
+        let fresh = self.counters_for(list, peers);
         let cl = self.counter_list(list);
         cl.version.set(Some(version));
         let mut old: HashMap<Box<[u8]>, PeerCounter> = cl
@@ -333,9 +365,8 @@ impl UpstreamCounters {
         let locked = self.link.as_ref().map(ZoneLink::lock);
         let mut done = Followed::default();
         let mut new = Vec::new();
-        for (address, meta) in peers {
-            let meta = Self::meta_for(list, meta);
-            let mut pc = PeerCounter::new(&self.name, address, meta);
+        for mut pc in fresh {
+            let meta = pc.meta;
             match old.remove(&pc.key) {
                 Some(kept) => {
                     done.kept += 1;
@@ -357,8 +388,7 @@ impl UpstreamCounters {
             }
             new.push(pc);
         }
-        // What is left in `old` no new peer claimed (a key a new list has
-        // twice was taken by its first peer and shared by the second).
+        // What is left in `old` no new peer claimed.
         for gone in old.values() {
             done.gone += 1;
             if let (Some(link), Some(locked), Some(c)) =
@@ -589,13 +619,13 @@ impl Registry {
     ) -> Result<UpstreamCounters, DeclareError> {
         let link = self.link.ok_or(DeclareError::NoZone)?;
         let mut up = UpstreamCounters::new(id);
-        for &(addr, meta) in servers {
-            let meta = Meta {
-                flags: meta.flags | FLAG_LUA,
-                ..meta
-            };
-            up.add_server(List::Primary, addr, meta);
-        }
+        up.set_list(
+            List::Primary,
+            servers.iter().map(|&(addr, meta)| {
+                let flags = meta.flags | FLAG_LUA;
+                (addr, Meta { flags, ..meta })
+            }),
+        );
         let locked = link.lock();
         let mut added = Vec::new();
         let mut refused = None;
