@@ -20,7 +20,7 @@ use Test::Nginx::Backend;
 use Test::Nginx::Status;
 use Test::Nginx::WebSocket;
 
-my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(13);
+my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(16);
 
 sub conf {
 	my ($twice) = @_;
@@ -51,6 +51,14 @@ http {
         least_conn_persistent;
         server 127.0.0.1:8081 max_conns=1;
         server 127.0.0.1:8081 backup;
+    }
+
+    # A name giving an address a line lists already: the literal line keeps
+    # the plain key (lines rank by name), the name's peer gets #2.
+    upstream named {
+        least_conn_persistent;
+        server localhost:%%PORT_8081%%;
+        server 127.0.0.1:8081;
     }
 
     upstream weighted {
@@ -130,6 +138,12 @@ my @w = ws_open_many(7, '/weighted');
 is_deeply(wait_counts('weighted', { $a => 4, "$a#2" => 1, $b => 2 }),
 	{ $a => 4, "$a#2" => 1, $b => 2 }, 'weights and limits are per line');
 ws_close(@w);
+
+# A name and a literal line on one address.
+my %named = map { ($_->{server} => $_->{state}) } entries('named');
+is($named{$a}, 'up', 'the literal line keeps the address as its key');
+is($named{"$a#2"}, 'up', 'the name giving it again has the #2 key');
+is(scalar(grep { /^\Q$a\E/ } keys %named), 2, 'and no other key on that address');
 
 ok(at_rest(), 'all counters back to 0');
 

@@ -16,30 +16,49 @@ pub const KEY_PREFIX: &[u8] = b"conn_count:";
 /// What follows an address listed again, before its occurrence number.
 pub const OCCURRENCE_MARK: u8 = b'#';
 
-/// The `<server>` part of each key of one peer list, in the list's order:
-/// an address's first occurrence is the address itself, a later one
-/// `<address>#<n>` (n = 2, 3, ...). Names `taken` (the upstream's other
-/// list holds them) are skipped, so that no two peers of an upstream ever
-/// share a key. The same list gives the same names, whatever the order of
-/// other addresses: keys stay stable across reloads.
+/// One peer as naming sees it: its address, and the `server` line (as
+/// written) that gave it.
+#[derive(Clone, Copy, Debug)]
+pub struct Occurrence<'a> {
+    pub address: &'a [u8],
+    pub line: &'a [u8],
+}
+
+/// The `<server>` part of each key of one peer list, in the list's order.
+///
+/// An address's first occurrence is the address itself, later ones
+/// `<address>#<n>` (n = 2, 3, ...). Occurrences of one address are ranked by
+/// the `server` line that gave them, then by position: two names resolving
+/// to one address are told apart by name, whatever order DNS added them in,
+/// and identical lines by their order. A name that is some peer's own
+/// address (a unix socket path may hold '#'), or that `taken` holds (the
+/// names of the upstream's primary list, when naming its backup list), is
+/// skipped, so no two peers of an upstream share a key and an address always
+/// keeps its own name when it is listed once.
 pub fn server_names<'a>(
-    addresses: impl IntoIterator<Item = &'a [u8]>,
+    peers: &[Occurrence<'a>],
     taken: impl Fn(&[u8]) -> bool,
 ) -> Vec<Cow<'a, [u8]>> {
+    let mut ranked: Vec<usize> = (0..peers.len()).collect();
+    ranked.sort_by_key(|&i| (peers[i].address, peers[i].line));
+    let addresses: HashSet<&[u8]> = peers.iter().map(|p| p.address).collect();
     let mut next: HashMap<&[u8], usize> = HashMap::new();
     let mut given: HashSet<Cow<'a, [u8]>> = HashSet::new();
-    let mut names = Vec::new();
-    for address in addresses {
+    let mut names = vec![Cow::Borrowed(&b""[..]); peers.len()];
+    for i in ranked {
+        let address = peers[i].address;
         let n = next.entry(address).or_insert(1);
         let name = loop {
             let name = occurrence(address, *n);
             *n += 1;
-            if !taken(&name) && !given.contains(&name) {
+            let own = *n == 2;
+            let free = !taken(&name) && !given.contains(&name);
+            if free && (own || !addresses.contains(&name[..])) {
                 break name;
             }
         };
         given.insert(name.clone());
-        names.push(name);
+        names[i] = name;
     }
     names
 }
@@ -123,13 +142,24 @@ mod tests {
         assert_eq!(split_key(b"conn_count:nocolon"), None);
     }
 
+    fn named(peers: &[(&str, &str)], taken: &[&str]) -> Vec<String> {
+        let peers: Vec<Occurrence> = peers
+            .iter()
+            .map(|(a, l)| Occurrence {
+                address: a.as_bytes(),
+                line: l.as_bytes(),
+            })
+            .collect();
+        server_names(&peers, |n| taken.iter().any(|t| t.as_bytes() == n))
+            .into_iter()
+            .map(|n| String::from_utf8(n.into_owned()).unwrap())
+            .collect()
+    }
+
+    /// Peers each from a line that is its own address.
     fn names(addresses: &[&str], taken: &[&str]) -> Vec<String> {
-        server_names(addresses.iter().map(|a| a.as_bytes()), |n| {
-            taken.iter().any(|t| t.as_bytes() == n)
-        })
-        .into_iter()
-        .map(|n| String::from_utf8(n.into_owned()).unwrap())
-        .collect()
+        let peers: Vec<(&str, &str)> = addresses.iter().map(|a| (*a, *a)).collect();
+        named(&peers, taken)
     }
 
     #[test]
@@ -153,18 +183,28 @@ mod tests {
     }
 
     #[test]
-    fn an_address_that_looks_numbered_never_collides() {
-        // A unix socket may have '#' in its path.
+    fn an_address_that_looks_numbered_keeps_its_own_name() {
+        // A unix socket may have '#' in its path: wherever a second
+        // `unix:/s` is listed, the socket `unix:/s#2` keeps its name.
         let n = names(&["unix:/s", "unix:/s#2", "unix:/s"], &[]);
         assert_eq!(n, ["unix:/s", "unix:/s#2", "unix:/s#3"]);
         let n = names(&["unix:/s", "unix:/s", "unix:/s#2"], &[]);
-        assert_eq!(n, ["unix:/s", "unix:/s#2", "unix:/s#2#2"]);
+        assert_eq!(n, ["unix:/s", "unix:/s#3", "unix:/s#2"]);
     }
 
     #[test]
-    fn the_same_list_gives_the_same_names() {
-        let list = ["a:1", "a:1", "c:1", "a:1"];
-        assert_eq!(names(&list, &["a:1#3"]), names(&list, &["a:1#3"]));
+    fn names_resolving_to_one_address_are_told_apart_by_line() {
+        let one = named(&[("a:1", "b.test"), ("a:1", "a.test")], &[]);
+        let other = named(&[("a:1", "a.test"), ("a:1", "b.test")], &[]);
+        assert_eq!(one, ["a:1#2", "a:1"]);
+        assert_eq!(other, ["a:1", "a:1#2"]);
+    }
+
+    #[test]
+    fn other_addresses_do_not_move_a_name() {
+        let a = names(&["a:1", "a:1", "c:1"], &[]);
+        let b = names(&["c:1", "x:1", "a:1", "a:1"], &[]);
+        assert_eq!((&a[0], &a[1]), (&b[2], &b[3]));
     }
 
     #[test]

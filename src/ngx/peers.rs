@@ -13,6 +13,7 @@ use nginx_sys::{
     ngx_cached_time, ngx_int_t, ngx_peer_connection_t, ngx_rwlock_unlock, ngx_rwlock_wlock, time_t,
 };
 
+use crate::core::key::Occurrence;
 use crate::core::select::{Load, PeerList};
 
 const BITS: usize = usize::BITS as usize;
@@ -60,6 +61,15 @@ pub fn version(list: &RrPeers) -> Option<usize> {
 
 pub fn name(peer: &RrPeer) -> &[u8] {
     peer.name.as_bytes()
+}
+
+/// A peer as keys are named: its address, and the `server` line (as
+/// written) that gave it.
+pub fn occurrence(peer: &RrPeer) -> Occurrence<'_> {
+    Occurrence {
+        address: peer.name.as_bytes(),
+        line: peer.server.as_bytes(),
+    }
 }
 
 /// nginx's cached current time, in seconds.

@@ -53,7 +53,7 @@ pub fn register(registry: &mut Registry, us: &UpstreamSrvConf) -> Result<usize, 
         let servers = peers
             .into_iter()
             .flat_map(peers::each_peer)
-            .map(|peer| Ok((peers::name(peer), meta(name, peer)?)))
+            .map(|peer| Ok((peers::occurrence(peer), meta(name, peer)?)))
             .collect::<Result<Vec<_>, ConfError>>()?;
         counters.set_list(list, servers);
     }
@@ -235,9 +235,10 @@ fn pick(pd: &mut PeerData) -> Option<PeerCursor> {
 /// the lock this pick holds.
 #[inline]
 fn follow_peer_list(pd: &PeerData) {
-    let version = peers::version(pd.rr.peers());
-    if version.is_some() && version != pd.upstream.version(pd.list) {
-        follow_if_changed(pd.upstream, pd.list, pd.rr.peers());
+    if let Some(version) = peers::version(pd.rr.peers()) {
+        if pd.upstream.needs_follow(pd.list, version) {
+            follow_if_changed(pd.upstream, pd.list, pd.rr.peers());
+        }
     }
 }
 
@@ -248,10 +249,10 @@ fn follow_if_changed(upstream: &UpstreamCounters, list: List, peers: &RrPeers) {
     let Some(version) = peers::version(peers) else {
         return;
     };
-    if upstream.version(list) == Some(version) {
+    if !upstream.needs_follow(list, version) {
         return;
     }
-    let each = peers::each_peer(peers).map(|p| (peers::name(p), runtime_meta(p)));
+    let each = peers::each_peer(peers).map(|p| (peers::occurrence(p), runtime_meta(p)));
     let followed = upstream.follow(list, version, each);
     if let (true, Some(zone)) = (followed.full > 0, upstream.zone_name()) {
         Log::cycle().zone(

@@ -19,7 +19,7 @@ use std::rc::Rc;
 use nginx_sys::{ngx_conf_t, ngx_int_t, ngx_shm_zone_t, ngx_str_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
 use ngx::core::Status;
 
-use crate::core::key;
+use crate::core::key::{self, Occurrence};
 use crate::core::record::{CellRef, Counted, RecordRef};
 use crate::core::table::{
     Acquire, Meta, Release, SlotRef, Table, FLAG_BACKUP, FLAG_DRAINING, FLAG_LUA,
@@ -40,15 +40,6 @@ use super::zone::{open_table, Locked, ZoneLink};
 pub enum List {
     Primary,
     Backup,
-}
-
-impl List {
-    fn other(self) -> List {
-        match self {
-            List::Primary => List::Backup,
-            List::Backup => List::Primary,
-        }
-    }
 }
 
 /// What a pick took, so that `release` gives back exactly that.
@@ -257,6 +248,10 @@ pub struct UpstreamCounters {
     link: Option<ZoneLink>,
     /// This worker's record, once it has registered.
     record: Cell<Option<RecordRef>>,
+    /// How many times the primary list was named, and the count the backup
+    /// list's names were made against (see `note_named`).
+    primary_names: Cell<u64>,
+    backup_named_against: Cell<u64>,
 }
 
 impl UpstreamCounters {
@@ -282,32 +277,58 @@ impl UpstreamCounters {
         meta
     }
 
-    /// Sets `list`'s servers (address and metadata, in the front-end's peer
-    /// order), each with its own key (see `key::server_names`).
+    /// Sets `list`'s servers (each peer's address and `server` line, and
+    /// its metadata, in the front-end's peer order), each with its own key.
     pub fn set_list<'a>(
         &mut self,
         list: List,
-        servers: impl IntoIterator<Item = (&'a [u8], Meta)>,
+        servers: impl IntoIterator<Item = (Occurrence<'a>, Meta)>,
     ) {
         let counters = self.counters_for(list, servers);
         *self.counter_list(list).counters.borrow_mut() = counters;
+        self.note_named(list);
     }
 
-    /// A counter per server of `list`, keyed apart from each other and from
-    /// the upstream's other list.
+    /// A counter per server of `list`, keyed apart from each other and, for
+    /// the backup list, from the primary list (`key::server_names`): the
+    /// primary list's keys depend on it alone, the backup list's on both.
     fn counters_for<'a>(
         &self,
         list: List,
-        servers: impl IntoIterator<Item = (&'a [u8], Meta)>,
+        servers: impl IntoIterator<Item = (Occurrence<'a>, Meta)>,
     ) -> Vec<PeerCounter> {
-        let (addresses, metas): (Vec<&[u8]>, Vec<Meta>) = servers.into_iter().unzip();
-        let other = self.list(list.other());
-        let names = key::server_names(addresses, |name| other.iter().any(|pc| pc.server() == name));
+        let (peers, metas): (Vec<Occurrence>, Vec<Meta>) = servers.into_iter().unzip();
+        let names = match list {
+            List::Primary => key::server_names(&peers, |_| false),
+            List::Backup => {
+                let primary = self.list(List::Primary);
+                key::server_names(&peers, |name| primary.iter().any(|pc| pc.server() == name))
+            }
+        };
         names
             .iter()
             .zip(metas)
             .map(|(name, meta)| PeerCounter::new(&self.name, name, Self::meta_for(list, meta)))
             .collect()
+    }
+
+    /// Records that `list` was (re)named: the backup list's names depend on
+    /// the primary list's, so a new primary list calls for naming the
+    /// backup list again (`needs_follow`).
+    fn note_named(&self, list: List) {
+        match list {
+            List::Primary => self.primary_names.set(self.primary_names.get() + 1),
+            List::Backup => self.backup_named_against.set(self.primary_names.get()),
+        }
+    }
+
+    /// Whether `list`, now at `version` in the front-end, must be followed:
+    /// DNS changed it, or (the backup list) the primary list it was named
+    /// against changed.
+    #[inline]
+    pub fn needs_follow(&self, list: List, version: usize) -> bool {
+        self.version(list) != Some(version)
+            || (list == List::Backup && self.backup_named_against.get() != self.primary_names.get())
     }
 
     /// The counters of `list`, one per peer, in the peer list's order.
@@ -343,34 +364,38 @@ impl UpstreamCounters {
     }
 
     /// Rebuilds `list` for the front-end's peers as they are now (`peers`:
-    /// address and metadata, in list order, at `version`): an address kept
-    /// keeps its counter; a new one gets its key, at 0 if new to the zone; a
-    /// gone one's key drains (removed now if idle). Before the configuration
-    /// is committed only the list changes: `commit` stores the keys.
+    /// address, `server` line and metadata, in list order, at `version`): a
+    /// key kept keeps its counter; a new one is added, at 0 if new to the
+    /// zone; a gone one drains (removed now if idle). Before the
+    /// configuration is committed only the list changes: `commit` stores
+    /// the keys. Everything is allocated before the zone is locked and freed
+    /// after.
     pub fn follow<'p>(
         &self,
         list: List,
         version: usize,
-        peers: impl Iterator<Item = (&'p [u8], Meta)>,
+        peers: impl Iterator<Item = (Occurrence<'p>, Meta)>,
     ) -> Followed {
         let fresh = self.counters_for(list, peers);
         let cl = self.counter_list(list);
         cl.version.set(Some(version));
+        self.note_named(list);
         let mut old: HashMap<Box<[u8]>, PeerCounter> = cl
             .counters
             .take()
             .into_iter()
             .map(|pc| (pc.key.clone(), pc))
             .collect();
+        let mut new = Vec::with_capacity(fresh.len());
+        let mut replaced = Vec::with_capacity(fresh.len());
         let locked = self.link.as_ref().map(ZoneLink::lock);
         let mut done = Followed::default();
-        let mut new = Vec::new();
         for mut pc in fresh {
             let meta = pc.meta;
             match old.remove(&pc.key) {
                 Some(kept) => {
                     done.kept += 1;
-                    pc = kept;
+                    replaced.push(core::mem::replace(&mut pc, kept));
                     if pc.meta != meta {
                         pc.meta = meta;
                         self.restamp(&pc, locked.as_ref());
@@ -397,7 +422,9 @@ impl UpstreamCounters {
                 link.table.drain(locked, c.slot);
             }
         }
+        drop(locked);
         *cl.counters.borrow_mut() = new;
+        drop((replaced, old));
         done
     }
 
@@ -621,9 +648,13 @@ impl Registry {
         let mut up = UpstreamCounters::new(id);
         up.set_list(
             List::Primary,
-            servers.iter().map(|&(addr, meta)| {
+            servers.iter().map(|&(address, meta)| {
                 let flags = meta.flags | FLAG_LUA;
-                (addr, Meta { flags, ..meta })
+                let occurrence = Occurrence {
+                    address,
+                    line: address,
+                };
+                (occurrence, Meta { flags, ..meta })
             }),
         );
         let locked = link.lock();
