@@ -10,7 +10,7 @@ package Test::Nginx::Udp;
 # - "count": answers "count=<n>", n being the open sessions.
 # - "release": sends "bye" to every open session (a second response, which
 #   ends a session under `proxy_responses 2`), forgets them, and answers
-#   "released=<n>".
+#   "released=<n>". "release <n>": the same for n of them only.
 # - "forget": forgets every open session without a word (sessions nginx
 #   ended itself, at `proxy_timeout`), answers "forgot=<n>".
 # - "quiet ...": opens (or keeps) a session and does not answer.
@@ -48,10 +48,12 @@ sub serve {
 		next unless defined $from;
 		if ($data eq 'count') {
 			send($s, 'count=' . keys(%open), 0, $from);
-		} elsif ($data eq 'release') {
-			send($s, 'bye', 0, $_) for keys %open;
-			send($s, 'released=' . keys(%open), 0, $from);
-			%open = ();
+		} elsif ($data =~ /^release(?: (\d+))?$/) {
+			my @bye = (sort keys %open)[0 .. ($1 // keys %open) - 1];
+			@bye = grep { defined } @bye;
+			send($s, 'bye', 0, $_) for @bye;
+			delete @open{@bye};
+			send($s, 'released=' . @bye, 0, $from);
 		} elsif ($data eq 'forget') {
 			send($s, 'forgot=' . keys(%open), 0, $from);
 			%open = ();
@@ -116,9 +118,11 @@ sub udp_held {
 	return $r =~ /^count=(\d+)$/ ? $1 : -1;
 }
 
-# Ends the backend's open sessions (a "bye" to each); how many, or -1.
+# Ends the backend's open sessions (a "bye" to each), or $n of them; how
+# many it ended, or -1.
 sub udp_release {
-	my $r = udp_ask($_[0], 'release') // return -1;
+	my ($port, $n) = @_;
+	my $r = udp_ask($port, 'release' . (defined $n ? " $n" : '')) // return -1;
 	return $r =~ /^released=(\d+)$/ ? $1 : -1;
 }
 
