@@ -162,10 +162,11 @@ sub scounts {
 	return { map { ($name{$_->{server}} // $_->{server} => $_->{count}) } stream_entries($_[0]) };
 }
 
-# Waits until an upstream's counts are %$want; returns whether they were.
+# Waits until an upstream's counts are %$want, server for server (a
+# missing entry is no 0); returns whether they were.
 sub counts_become {
 	my ($upstream, $want, $timeout) = @_;
-	return wait_until(sub { same_counts(scounts($upstream), $want) }, $timeout // 5);
+	return wait_until(sub { show(scounts($upstream)) eq show($want) }, $timeout // 5);
 }
 
 # { backend id => sessions it has open }, as the backends see them.
@@ -176,14 +177,20 @@ sub show { my ($h) = @_; join ' ', map { "$_=$h->{$_}" } sort keys %$h }
 # Sessions whose client got the "bye" that ended them.
 sub got_bye { return scalar grep { (udp_read($_->{sock}, 2) // '') eq 'bye' } @_ }
 
-sub all_zero { return !grep { $_->{count} } stream_entries() }
+sub all_zero {
+	my @e = stream_entries();
+	return @e && !grep { $_->{count} } @e;
+}
 
+# The sessions these workers hold, as the zone records them; undef when it
+# records none of them.
 sub workers_holding {
 	my ($pids) = @_;
 	my %want = map { ($_ => 1) } @$pids;
+	my @w = grep { $want{$_->{pid}} } @{stream_status()->{zone}{workers} // []};
 	my $n = 0;
-	$n += $_->{connections} for grep { $want{$_->{pid}} } @{stream_status()->{zone}{workers} // []};
-	return $n;
+	$n += $_->{connections} for @w;
+	return @w ? $n : undef;
 }
 
 $t->run_daemon(\&Test::Nginx::Udp::serve, port($id{$_}), $_) for sort keys %id;
