@@ -290,7 +290,9 @@ sub run {
 	wait_until(sub { $self->master_pid() }, 5) or die "no nginx pid file\n";
 	wait_until(sub { scalar $self->worker_pids() >= $self->workers() }, 5)
 		or die "nginx workers did not start\n";
-	for my $listen ($self->read_file('nginx.conf') =~ /listen\s+([\d.]+:\d+)/g) {
+	# TCP listens only: a UDP one (`listen ... udp`) cannot be probed by a
+	# connect; nginx has bound it before its workers start.
+	for my $listen ($self->read_file('nginx.conf') =~ /listen\s+([\d.]+:\d+)(?![^;]*\budp\b)/g) {
 		$self->waitforsocket($listen) or die "nginx does not listen on $listen\n";
 	}
 	return $self;
