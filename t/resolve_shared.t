@@ -23,7 +23,7 @@ use Test::Nginx::DNS;
 use Test::Nginx::Status;
 use Test::Nginx::WebSocket;
 
-my $t = Test::Nginx->new()->has(qw/nginx module resolve/)->plan(19);
+my $t = Test::Nginx->new()->has(qw/nginx module resolve/)->plan(20);
 
 my $dns = $t->testdir . '/dns';
 my $p = port(8081);
@@ -111,13 +111,16 @@ answer(a => 'a', b => 'a');
 ok(wait_until(sub { up('a') == 2 && !up('b') }), 'the address both names give has two keys up, b\'s drains');
 my @shared = ws_open_many(10, '/u');
 is_deeply(tally(@shared), { a => 10 }, 'new connections go to the one address both names give');
-is_deeply([sort map { $_->{count} } up('a')], [10, 10], 'each of its two peers has its share (10/10)');
+is_deeply({ map { ($_->{server} => $_->{count}) } up('a') }, { addr('a') => 10, addr('a') . '#2' => 10 },
+	'a.test keeps the address\'s key, b.test\'s peer has #2; each has its share (10/10)');
 counted_as_live(qw/a b/);
 
 # b.test comes back to its address while that still drains: its key is up
 # again with the count it kept; b.test's key on a's address drains.
 answer(a => 'a', b => 'b');
 ok(wait_until(sub { up('b') == 1 && up('a') == 1 }), 'an address back while draining is up again');
+my ($left) = grep { $_->{server} eq addr('a') . '#2' } keys_for('a');
+is($left && $left->{state}, 'draining', 'and b.test\'s key on a\'s address drains');
 is(counted('b'), 10, 'with the 10 it kept');
 my ($on_a) = up('a');
 my @back = ws_open_many(10, '/u');
