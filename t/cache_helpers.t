@@ -65,20 +65,7 @@ stream {
 
 EOF
 
-# nginx's cache manager and loader: the master's children that Test::Nginx
-# does not count as workers.
-sub helper_pids {
-	my $master = $t->master_pid() or return ();
-	my @h;
-	for my $stat (glob '/proc/[0-9]*/stat') {
-		open my $fh, '<', $stat or next;
-		my ($pid, $ppid) = (<$fh> // '') =~ /^(\d+) \(.*\) \S (\d+)/ or next;
-		next unless $ppid == $master;
-		open my $c, '<', "/proc/$pid/cmdline" or next;
-		push @h, $pid if (<$c> // '') =~ /cache (manager|loader)/;
-	}
-	return sort @h;
-}
+sub helper_pids { sort $t->cache_helpers() }
 
 sub records {
 	my ($uri) = @_;

@@ -22,7 +22,7 @@ use Test::Nginx::Backend;
 my $t = Test::Nginx->new()->has(qw/nginx module stream/);
 plan(skip_all => 'nginx built without --with-debug')
 	unless `$Test::Nginx::NGINX -V 2>&1` =~ /--with-debug/;
-$t->plan(13);
+$t->plan(16);
 
 # 8083 and 8084: nothing listens (connection refused), so a request there
 # logs an [error] to the log it really uses.
@@ -52,6 +52,10 @@ http {
     server {
         listen       127.0.0.1:8080;
         location / { proxy_pass http://u; }
+        location /debug {
+            error_log %%TESTDIR%%/debug.log debug;
+            proxy_pass http://u;
+        }
         location /notice {
             error_log %%TESTDIR%%/notice.log notice;
             proxy_pass http://u;
@@ -113,6 +117,13 @@ my $http = logged_by(sub { $reply = http_get('/') }, $free);
 like($reply, qr/200 OK.*id=a/s, 'http request');
 like($http, $pick, 'http: the pick is logged with what it counted');
 like($http, $free, 'http: the release is logged');
+
+# A location's own debug log gets the request's lines.
+like(http_get('/debug'), qr/200 OK.*id=a/s, 'request logged at debug level in its location');
+my $debug = '';
+wait_until(sub { ($debug = $t->read_file('debug.log')) =~ $free }, 3);
+like($debug, $pick, 'http: the pick is in the location\'s debug log');
+like($debug, $free, 'http: the release is in the location\'s debug log');
 
 # The stream server proxies TCP to the same HTTP backend.
 my $stream = logged_by(sub { $reply = http_get('/', port => port(8085)) }, $free);

@@ -186,10 +186,11 @@ local function normalize(servers)
             return nil, "server " .. s.addr .. ": max_conns must be a whole number in 0..4294967295"
         end
         s.index = i - 1
-        s.host, s.port = split_addr(s.addr)
-        if not s.host then
-            return nil, "server " .. s.addr .. ": " .. s.port
+        local host, port_or_err = split_addr(s.addr)
+        if not host then
+            return nil, "server " .. s.addr .. ": " .. port_or_err
         end
+        s.host, s.port = host, port_or_err
     end
     return list
 end
