@@ -22,7 +22,8 @@
 /* LCP_CDEF_BEGIN */
 enum {
     LCP_OK = 0,
-    LCP_ERR_ARG = -1,        /* a NULL pointer, an empty or over-long string, a bad number */
+    LCP_ERR_ARG = -1,        /* a NULL pointer, an empty or over-long string, a bad number
+                              * or address */
     LCP_ERR_NO_ZONE = -2,    /* no least_conn_persistent_zone in this nginx */
     LCP_ERR_UNKNOWN = -3,    /* no upstream with that handle in this worker */
     LCP_ERR_ZONE_FULL = -4,  /* the zone has no room for the upstream's keys */
@@ -32,7 +33,8 @@ enum {
 };
 
 typedef struct {
-    const char *addr;        /* "host:port" as given; the key is conn_count:<id>:<addr> */
+    const char *addr;        /* "host:port" or "[IPv6]:port", port 1..65535, no '#' in the
+                              * host: the key is conn_count:<id>:<addr> */
     size_t      addr_len;    /* 1..255 */
     uint32_t    weight;      /* 1..1000000 */
     uint32_t    max_conns;   /* 0: no limit */

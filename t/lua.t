@@ -266,7 +266,7 @@ ok(wait_until(sub { !grep { $_->{upstream} eq 'ws' && $_->{server} eq addr(8083)
 # Bad input: errors, never a crash.
 my $bad = http_get('/bad');
 like($bad, qr/\r\n\r\nnil id: nil id must be a non-empty string\nempty list: nil no servers\n/s, 'bad declarations: nil, err');
-like($bad, qr/huge weight: nil server 127\.0\.0\.1:1: weight must be a whole number.*\nno port: nil server nowhere: addr must be host:port\ncolon in id: nil bad argument\ntwice the same: nil bad argument\nan nginx upstream's key: nil bad argument\n/s,
+like($bad, qr/huge weight: nil server 127\.0\.0\.1:1: weight must be a whole number.*\nno port: nil server nowhere: addr must be host:port or \[IPv6\]:port\ncolon in id: nil bad argument\ntwice the same: nil bad argument\nan nginx upstream's key: nil bad argument\n/s,
 	'checked in Lua and in the module');
 like($bad, qr/C: huge weight: -1\nC: NULL id: -1\nC: NULL servers: -1\nC: id too long: -1\nC: unknown handle: -3\nC: negative handle: -3\nC: NULL skip with words: -1\nC: NULL token: -1\n/,
 	'the C ABI answers error codes');

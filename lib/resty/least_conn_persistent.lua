@@ -43,7 +43,8 @@ local floor = math.floor
 ffi.cdef[[
 enum {
     LCP_OK = 0,
-    LCP_ERR_ARG = -1,        /* a NULL pointer, an empty or over-long string, a bad number */
+    LCP_ERR_ARG = -1,        /* a NULL pointer, an empty or over-long string, a bad number
+                              * or address */
     LCP_ERR_NO_ZONE = -2,    /* no least_conn_persistent_zone in this nginx */
     LCP_ERR_UNKNOWN = -3,    /* no upstream with that handle in this worker */
     LCP_ERR_ZONE_FULL = -4,  /* the zone has no room for the upstream's keys */
@@ -53,7 +54,8 @@ enum {
 };
 
 typedef struct {
-    const char *addr;        /* "host:port" as given; the key is conn_count:<id>:<addr> */
+    const char *addr;        /* "host:port" or "[IPv6]:port", port 1..65535, no '#' in the
+                              * host: the key is conn_count:<id>:<addr> */
     size_t      addr_len;    /* 1..255 */
     uint32_t    weight;      /* 1..1000000 */
     uint32_t    max_conns;   /* 0: no limit */
@@ -114,11 +116,32 @@ local function failure(rc)
     return errors[tonumber(rc)] or ("error " .. tostring(rc))
 end
 
--- "host:port" or "[v6]:port" into host and port.
+-- "host:port" or "[IPv6]:port" into host and port, or nil and what is
+-- wrong. The module refuses the same addresses (src/core/address.rs): a
+-- port must be 1..65535 without leading zeros, and a host has no '#' (the
+-- keys of a server listed twice in an nginx upstream end in "#2"), no ':'
+-- outside brackets, no spaces, control or non-ASCII bytes.
 local function split_addr(addr)
-    local host, port = addr:match("^%[(.+)%]:(%d+)$")
-    if not host then
-        host, port = addr:match("^([^:]+):(%d+)$")
+    local host, port
+    if addr:sub(1, 1) == "[" then
+        local v6, rest = addr:match("^%[([^%]]*)%](.*)$")
+        if not v6 or not v6:find(":", 1, true) or v6:find("[^%x:.]") then
+            return nil, "host must be a name or an IPv4 address, or an IPv6 address in "
+                        .. "brackets (no '#', spaces or control characters)"
+        end
+        host, port = v6, rest:match("^:(.*)$")
+    else
+        host, port = addr:match("^(.*):(.-)$")
+        if host and (host == "" or host:find("[^!-~]") or host:find("[#:%[%]]")) then
+            return nil, "host must be a name or an IPv4 address, or an IPv6 address in "
+                        .. "brackets (no '#', spaces or control characters)"
+        end
+    end
+    if not port or port == "" then
+        return nil, "addr must be host:port or [IPv6]:port"
+    end
+    if not port:match("^[1-9]%d?%d?%d?%d?$") or tonumber(port) > 65535 then
+        return nil, "port must be a number in 1..65535"
     end
     return host, tonumber(port)
 end
@@ -163,10 +186,11 @@ local function normalize(servers)
             return nil, "server " .. s.addr .. ": max_conns must be a whole number in 0..4294967295"
         end
         s.index = i - 1
-        s.host, s.port = split_addr(s.addr)
-        if not s.host then
-            return nil, "server " .. s.addr .. ": addr must be host:port"
+        local host, port_or_err = split_addr(s.addr)
+        if not host then
+            return nil, "server " .. s.addr .. ": " .. port_or_err
         end
+        s.host, s.port = host, port_or_err
     end
     return list
 end

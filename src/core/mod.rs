@@ -1,5 +1,6 @@
 //! Pure logic, with no nginx types: everything here runs under `cargo test`.
 //!
+//! - `address`: the server addresses a Lua balancer may declare;
 //! - `key`: the text of a counter's key and its hash;
 //! - `select`: the least-connections choice over any peer list;
 //! - `table`: the counter table that lives in the shared zone;
@@ -11,6 +12,7 @@
 //!   (Lua balancers);
 //! - `tokens`: what a Lua pick took, redeemable once.
 
+pub mod address;
 pub mod array_list;
 pub mod key;
 pub mod record;

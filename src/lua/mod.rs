@@ -11,6 +11,7 @@ use core::cell::RefCell;
 use core::ffi::c_char;
 use std::collections::HashMap;
 
+use crate::core::address;
 use crate::core::array_list::{ArrayList, RoundRobinState};
 use crate::core::select::choose;
 use crate::core::table::Meta;
@@ -117,6 +118,11 @@ pub extern "C" fn lcp_declare(
         let Some(addr) = (unsafe { bytes(s.addr, s.addr_len, MAX_ADDR) }) else {
             return ERR_ARG;
         };
+        // The Lua library checks the same rules (and says which failed);
+        // callers of the C ABI may not have.
+        if address::parse(addr).is_err() {
+            return ERR_ARG;
+        }
         if s.weight == 0 || s.weight > MAX_WEIGHT {
             return ERR_ARG;
         }

@@ -6,6 +6,7 @@
 //! - `log`: log lines that carry the module's or the zone's name;
 //! - `shm`: shared memory zones (declare, find, lock);
 //! - `timer`: one periodic timer per worker;
+//! - `process`: whether this process is a worker (not a cache helper);
 //! - `subsystem`: the names of the subsystem this build balances (http, or
 //!   stream with the `stream` feature);
 //! - `peers`: round-robin's peer lists as `core::select` sees them, and the
@@ -14,6 +15,7 @@
 pub mod conf;
 pub mod log;
 pub mod peers;
+pub mod process;
 pub mod shm;
 #[cfg(feature = "stream")]
 pub mod stream;

@@ -17,6 +17,7 @@ use ngx::core::Status;
 use crate::ngx::conf::{callback_result, directive_result, text, ConfError};
 use crate::ngx::log::Log;
 use crate::ngx::peers::now;
+use crate::ngx::process;
 use crate::ngx::subsystem::{init_round_robin, InitPeer, UpstreamSrvConf};
 use crate::ngx::timer;
 
@@ -136,8 +137,14 @@ pub extern "C" fn init_module<F: FrontEnd>(cycle: *mut ngx_cycle_t) -> ngx_int_t
     Status::NGX_OK.into()
 }
 
-/// `init_process`: every worker (or the single process).
+/// `init_process`: every worker (or the single process). nginx calls it in
+/// its cache manager and loader too: they balance nothing, so they take no
+/// worker record (a helper's record would be reclaimed with a spurious
+/// "is gone" warning once it exits) and run no periodic check.
 pub extern "C" fn init_process<F: FrontEnd>(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    if !process::serves_connections() {
+        return Status::NGX_OK.into();
+    }
     // SAFETY: nginx passes this process's cycle.
     let cycle = unsafe { &*cycle };
     if let Some(mcf) = F::cycle_main_conf(cycle) {

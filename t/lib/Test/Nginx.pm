@@ -229,13 +229,18 @@ sub stream_modules {
 	return "load_module $NGINX_STREAM_MODULE;\nload_module $STREAM_MODULE;\n";
 }
 
+# The main error log is written at `debug` (nginx here is built
+# --with-debug), as in nginx's own test suite: every test runs every debug
+# line nginx and the module write, so a debug path that crashes a worker
+# ("[alert] ... exited on signal 11") fails the teardown check of any test.
+# A check of what is logged at the usual levels gets its own error_log.
 sub globals {
 	my ($self) = @_;
 	my $d = $self->{_testdir};
 	return <<"EOF";
 load_module $MODULE;
 pid $d/nginx.pid;
-error_log $d/error.log notice;
+error_log $d/error.log debug;
 EOF
 }
 
@@ -315,19 +320,43 @@ sub master_pid {
 # given (the old master during a binary upgrade).
 sub children {
 	my ($self, $master) = @_;
+	my %helper = map { ($_ => 1) } $self->cache_helpers($master);
+	return grep { !$helper{$_} } $self->all_children($master);
+}
+
+# Pids of the master's cache manager and cache loader (`proxy_cache_path`).
+# Their title says so, but not under valgrind (memcheck.sh), where every
+# child's cmdline is valgrind's: the master's log names them too ("start
+# cache manager process N", a [notice]).
+sub cache_helpers {
+	my ($self, $master) = @_;
+	my @all = $self->all_children($master);
+	my %logged;
+	if ($self->read_file('nginx.conf') =~ /_cache_path\b/ && $self->has_file('error.log')) {
+		%logged = map { ($_ => 1) }
+			$self->read_file('error.log') =~ /start cache (?:manager|loader) process (\d+)/g;
+	}
+	return grep { $logged{$_} || titled_cache_helper($_) } @all;
+}
+
+sub titled_cache_helper {
+	my ($pid) = @_;
+	open my $c, '<', "/proc/$pid/cmdline" or return 0;
+	return (<$c> // '') =~ /cache (manager|loader)/;
+}
+
+# Every child process of the master (or of `$master`).
+sub all_children {
+	my ($self, $master) = @_;
 	$master //= $self->master_pid() or return ();
-	my @w;
+	my @c;
 	for my $stat (glob '/proc/[0-9]*/stat') {
 		open my $fh, '<', $stat or next;
 		my $line = <$fh> // next;
 		my ($pid, $ppid) = $line =~ /^(\d+) \(.*\) \S (\d+)/ or next;
-		next unless $ppid == $master;
-		# Any child but nginx's cache processes: under valgrind (memcheck.sh)
-		# a worker's cmdline is valgrind's, not "nginx: worker process".
-		open my $c, '<', "/proc/$pid/cmdline" or next;
-		push @w, $pid unless (<$c> // '') =~ /cache (manager|loader)/;
+		push @c, $pid if $ppid == $master;
 	}
-	return @w;
+	return @c;
 }
 
 # Workers of the running configuration. An old worker may not have retitled
