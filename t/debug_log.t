@@ -22,7 +22,7 @@ use Test::Nginx::Backend;
 my $t = Test::Nginx->new()->has(qw/nginx module stream/);
 plan(skip_all => 'nginx built without --with-debug')
 	unless `$Test::Nginx::NGINX -V 2>&1` =~ /--with-debug/;
-$t->plan(16);
+$t->plan(18);
 
 # 8083 and 8084: nothing listens (connection refused), so a request there
 # logs an [error] to the log it really uses.
@@ -87,6 +87,11 @@ stream {
         proxy_pass su;
     }
     server {
+        listen 127.0.0.1:8088;
+        error_log %%TESTDIR%%/stream_masked.log debug_stream;
+        proxy_pass su;
+    }
+    server {
         listen 127.0.0.1:8087;
         error_log %%TESTDIR%%/stream_notice.log notice;
         proxy_pass srefused;
@@ -130,6 +135,13 @@ my $stream = logged_by(sub { $reply = http_get('/', port => port(8085)) }, $free
 like($reply, qr/200 OK.*id=a/s, 'stream session');
 like($stream, $pick, 'stream: the pick is logged with what it counted');
 like($stream, $free, 'stream: the release is logged');
+
+# A log that shows only the stream subsystem's debug lines shows ours.
+http_get('/', port => port(8088));
+my $masked = '';
+wait_until(sub { ($masked = $t->read_file('stream_masked.log')) =~ $free }, 3);
+like($masked, $pick, 'stream: the pick carries the stream debug mask (debug_stream)');
+like($masked, $free, 'stream: so does the release');
 
 # At notice level: the request's own log gets its [error], not our lines.
 like(http_get('/notice'), qr/200 OK/, 'request logged at notice level');

@@ -48,3 +48,10 @@ pub use nginx_sys::{
 pub const NAME: &str = "http";
 #[cfg(feature = "stream")]
 pub const NAME: &str = "stream";
+
+/// The debug mask of the subsystem's lines: `error_log ... debug_http` (or
+/// `debug_stream`) shows them, as it shows nginx's own for that subsystem.
+#[cfg(not(feature = "stream"))]
+pub const DEBUG_MASK: ngx::log::DebugMask = ngx::log::DebugMask::Http;
+#[cfg(feature = "stream")]
+pub const DEBUG_MASK: ngx::log::DebugMask = ngx::log::DebugMask::Stream;

@@ -16,14 +16,14 @@ use nginx_sys::{
     ngx_int_t, ngx_peer_connection_t, ngx_uint_t, NGX_LOG_ERR, NGX_LOG_INFO,
 };
 use ngx::core::{Pool, Status};
-use ngx::ngx_log_debug_mask;
+use ngx::ngx_log_debug;
 
 use crate::core::select::{choose, PeerList};
 use crate::core::table::{Meta, FLAG_DOWN};
 use crate::ngx::conf::ConfError;
 use crate::ngx::log::Log;
 use crate::ngx::peers::{self, Matched, PeerCursor, PerWorker, RoundRobin};
-use crate::ngx::subsystem::{free_round_robin_peer, RrPeer, RrPeers, UpstreamSrvConf};
+use crate::ngx::subsystem::{self, free_round_robin_peer, RrPeer, RrPeers, UpstreamSrvConf};
 
 use super::registry::{Held, List, PeerCounter, Registry, UpstreamCounters};
 
@@ -183,8 +183,8 @@ fn get(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
     }
     if let Some(best) = pick(pd) {
         pd.rr.connect(best, pc);
-        ngx_log_debug_mask!(
-            DebugMask::Http,
+        ngx_log_debug!(
+            mask: subsystem::DEBUG_MASK,
             pc.log,
             "least_conn_persistent: get peer {} of {:?} list, holding {:?}",
             best.index,
@@ -315,8 +315,8 @@ extern "C" fn free_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void, state
     // SAFETY: as in get_peer.
     let (pc, pd) = unsafe { (&mut *pc, &mut *data.cast::<PeerData>()) };
     let held = core::mem::take(&mut pd.held);
-    ngx_log_debug_mask!(
-        DebugMask::Http,
+    ngx_log_debug!(
+        mask: subsystem::DEBUG_MASK,
         pc.log,
         "least_conn_persistent: free {:?}, state {}",
         held,
