@@ -27,14 +27,15 @@ if [ "${1:-}" = "--nginx=1.28" ]; then
     nginx_128_env
     so="$MODULE_128_SO"
     stream_so="$STREAM_MODULE_128_SO"
-elif [[ "${1:-}" == --nginx=/* || "${1:-}" == --nginx=./* || "${1:-}" == --nginx=../* ]]; then
+elif [ "${1:-}" = "--nginx=debian" ]; then
+    shift
+    nginx_build_env
+elif [[ "${1:-}" == --nginx=?* ]]; then
+    # Any other value: a configured nginx source tree.
     nginx_source_env "${1#--nginx=}"
     shift
     so="$CARGO_TARGET_DIR/release/libngx_http_least_conn_persistent_module.so"
     stream_so="$CARGO_TARGET_DIR/release/libngx_stream_least_conn_persistent_module.so"
-elif [ "${1:-}" = "--nginx=debian" ]; then
-    shift
-    nginx_build_env
 else
     nginx_build_env
 fi
