@@ -44,6 +44,22 @@ fn main() {
             println!("cargo::rustc-cfg=ngx_resolve");
         }
     }
+    // nginx 1.29.6 added session affinity (`sticky`, http only): it sets a
+    // hint (`pc->hint`, a server's route) for the balancer's get, expects the
+    // chosen peer's route back in `pc->sid`, and a `server ... drain` peer
+    // (`down` = NGX_HTTP_UPSTREAM_DRAINING) still takes the sessions that
+    // stick to it. `sticky` wraps the method declared before it.
+    println!("cargo::rustc-check-cfg=cfg(ngx_sticky)");
+    if version >= 1_029_006 {
+        println!("cargo::rustc-cfg=ngx_sticky");
+    }
+    // nginx 1.29.7 made upstream keepalive the default and hooks it in after
+    // every upstream's method is set up (init_main_conf), wherever
+    // `keepalive` stands in the block: it no longer takes the method's place.
+    println!("cargo::rustc-check-cfg=cfg(ngx_keepalive_any_order)");
+    if version >= 1_029_007 {
+        println!("cargo::rustc-cfg=ngx_keepalive_any_order");
+    }
     if cfg!(target_os = "macos") {
         println!("cargo::rustc-link-arg=-undefined");
         println!("cargo::rustc-link-arg=dynamic_lookup");

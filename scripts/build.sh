@@ -11,7 +11,13 @@
 # nginx-src crate into build/nginx-1.28/ and the module against it, into
 # target/nginx-1.28/.
 #
-# Another nginx: NGINX_SOURCE_DIR=/path/to/nginx NGINX_BUILD_DIR=/path/to/nginx/objs scripts/build.sh
+# Another nginx, configured and built from source (e.g. mainline, see
+# scripts/mainline.sh): scripts/build.sh --nginx=/path/to/nginx-source builds
+# the modules against that tree (its objs/ must exist) into
+# target/nginx-<version>/release/ (both .so files there).
+#
+# Or set everything yourself: NGINX_SOURCE_DIR=/path/to/nginx
+# NGINX_BUILD_DIR=/path/to/nginx/objs scripts/build.sh
 . "$(dirname "$0")/env.sh"
 
 so="$MODULE_SO"
@@ -24,6 +30,12 @@ if [ "${1:-}" = "--nginx=1.28" ]; then
 elif [ "${1:-}" = "--nginx=debian" ]; then
     shift
     nginx_build_env
+elif [[ "${1:-}" == --nginx=?* ]]; then
+    # Any other value: a configured nginx source tree.
+    nginx_source_env "${1#--nginx=}"
+    shift
+    so="$CARGO_TARGET_DIR/release/libngx_http_least_conn_persistent_module.so"
+    stream_so="$CARGO_TARGET_DIR/release/libngx_stream_least_conn_persistent_module.so"
 else
     nginx_build_env
 fi

@@ -112,3 +112,22 @@ nginx_128_env() {
     export NGINX_BUILD_DIR="$NGINX_128_TREE/objs"
     export CARGO_TARGET_DIR="$ROOT/target/nginx-1.28"
 }
+
+# An nginx configured and built from a source tree of its own (mainline, say:
+# scripts/mainline.sh): the module is built against that tree's objs/, into
+# target/nginx-<version>/ (the version read from src/core/nginx.h).
+nginx_source_env() {
+    ensure_packages libclang-dev clang pkg-config build-essential libpcre2-dev libssl-dev zlib1g-dev
+    ensure_rust
+    local src
+    src=$(cd "$1" && pwd) || { echo "no nginx source directory $1" >&2; exit 2; }
+    [ -f "$src/src/core/nginx.h" ] && [ -f "$src/objs/ngx_auto_config.h" ] || {
+        echo "$src is not a configured nginx source tree (src/core/nginx.h, objs/ngx_auto_config.h)" >&2
+        exit 2
+    }
+    local version
+    version=$(sed -n 's/^#define NGINX_VERSION *"\(.*\)"$/\1/p' "$src/src/core/nginx.h")
+    export NGINX_SOURCE_DIR="$src"
+    export NGINX_BUILD_DIR="$src/objs"
+    export CARGO_TARGET_DIR="$ROOT/target/nginx-$version"
+}

@@ -12,15 +12,33 @@ BEGIN { use FindBin; chdir($FindBin::Bin); }
 use lib 'lib';
 use Test::Nginx;
 
+# What changed in nginx: 1.29.6 added `sticky`, which (like `keepalive` did
+# before 1.29.7) wraps the method declared before it, so must follow ours;
+# 1.29.7 hooks `keepalive` in after every method, wherever it stands.
+my $version = Test::Nginx::nginx_version();
+my $has_sticky = Test::Nginx::version_at_least($version, '1.29.6');
+my $keepalive_any_order = Test::Nginx::version_at_least($version, '1.29.7');
+my $wrappers = $keepalive_any_order ? '"sticky"'
+	: $has_sticky ? '"keepalive" and "sticky"' : '"keepalive"';
+my $redefined = qr/\[emerg\].*"least_conn_persistent" in upstream "u": load balancing method redefined \(use one method, and put \Q$wrappers\E after it\)/;
+
 my @cases = (
 	# [name, http-level lines, upstream lines, location lines, expected error or undef]
 	['all good', 'least_conn_persistent_zone z 64k;',
 		'least_conn_persistent;', 'least_conn_persistent_status;', undef],
 	['upstream before zone is fine', '', 'least_conn_persistent;', '', undef],
-	['keepalive before the method', 'least_conn_persistent_zone z 64k;', "keepalive 8;\n least_conn_persistent;", '',
-		qr/\[emerg\].*"least_conn_persistent" in upstream "u": load balancing method redefined \(use one method, and put "keepalive" after it\)/],
+	["keepalive before the method (nginx $version)", 'least_conn_persistent_zone z 64k;',
+		"keepalive 8;\n least_conn_persistent;", '', $keepalive_any_order ? undef : $redefined],
 	['keepalive after the method', 'least_conn_persistent_zone z 64k;',
 		"least_conn_persistent;\n keepalive 8;", '', undef],
+	($has_sticky ? (
+		['sticky before the method', 'least_conn_persistent_zone z 64k;',
+			"sticky cookie srv;\n least_conn_persistent;", '', $redefined],
+		['sticky after the method', 'least_conn_persistent_zone z 64k;',
+			"least_conn_persistent;\n sticky cookie srv;", '', undef],
+		['drain and route', 'least_conn_persistent_zone z 64k;',
+			"least_conn_persistent;\n server 127.0.0.1:8083 drain route=c;", '', undef],
+	) : ()),
 	['zone too small', 'least_conn_persistent_zone z 16k;', '', '',
 		qr/\[emerg\].*"least_conn_persistent_zone" zone "z" is too small/],
 	['zone bad size', 'least_conn_persistent_zone z 12q;', '', '',

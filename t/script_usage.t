@@ -18,6 +18,9 @@ my @cases = (
 	['soak.sh', '--bogus'],
 	['memcheck.sh', '--nginx=2.0'],
 	['bench.sh', '--bogus'],
+	['mainline.sh', ''],
+	['mainline.sh', '--bogus /tmp'],
+	['mainline.sh', '/nonexistent-nginx-tree'],
 );
 plan(tests => 3 * @cases);
 

@@ -52,6 +52,11 @@ http {
         ssl_certificate %%TESTDIR%%/backend.crt;
         ssl_certificate_key %%TESTDIR%%/backend.key;
         ssl_session_cache shared:backend:1m;
+        # Closes each connection after its response, so that every request
+        # makes a new TLS connection, which can resume a session: nginx
+        # 1.29.7+ keeps upstream connections alive by default, and a request
+        # on a kept connection makes no handshake at all.
+        keepalive_timeout 0;
         location / { return 200 "reused=$ssl_session_reused port=$server_port\n"; }
     }
 

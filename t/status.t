@@ -17,7 +17,7 @@ use Test::Nginx;
 use Test::Nginx::Backend;
 use Test::Nginx::Status;
 
-my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(21);
+my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(25);
 
 $t->write_file_expand('nginx.conf', <<'EOF');
 
@@ -138,3 +138,20 @@ like(http("POST /status HTTP/1.0\r\nContent-Length: 0\r\n\r\n"), qr/^HTTP\/1\.1 
 like(http_get('/status?format=xml'), qr/^HTTP\/1\.1 400/, 'unknown format: 400');
 my $head = http("HEAD /status HTTP/1.0\r\n\r\n");
 like($head, qr/^HTTP\/1\.1 200.*Content-Length: [1-9]\d*\r\n.*\r\n\r\n\z/s, 'HEAD: headers only');
+
+# HEAD over HTTP/1.1 on a kept-alive connection: a body there would be read
+# as the start of the next response. Then a pipelined pair of GETs: the
+# second (nginx marks it `pipeline`) must get its body too; both with the
+# same Content-Length as a lone GET.
+my ($len) = http_get('/status') =~ /^Content-Length: (\d+)\r$/mi;
+my $head11 = http("HEAD /status HTTP/1.1\r\nHost: localhost\r\n\r\n"
+	. "GET /status?format=prometheus HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+my @heads = split /(?=^HTTP\/1\.1 )/m, $head11;
+is(scalar @heads, 2, 'HEAD then GET on one HTTP/1.1 connection: two responses');
+like($heads[0] // '', qr/\AHTTP\/1\.1 200.*Content-Length: $len\r\n.*\r\n\r\n\z/s,
+	'HTTP/1.1 HEAD: headers only, with the length of the page');
+my $pipelined = http("GET /status HTTP/1.1\r\nHost: localhost\r\n\r\n"
+	. "GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+my @bodies = map { /\r\n\r\n(.*)\z/s ? $1 : '' } split /(?=^HTTP\/1\.1 )/m, $pipelined;
+is(scalar(grep { length } @bodies), 2, 'pipelined GETs: both get the page');
+ok(!grep({ length != $len } @bodies), "pipelined GETs: each body is Content-Length ($len) long");

@@ -119,7 +119,7 @@ fn send(r: &mut Request, content_type: &'static str, body: &str) -> Status {
     headers.content_type_lowcase = core::ptr::null_mut();
 
     let rc = r.send_header();
-    if rc == Status::NGX_ERROR || rc.0 > Status::NGX_OK.0 || r.header_only() {
+    if rc == Status::NGX_ERROR || rc.0 > Status::NGX_OK.0 || headers_only(r) {
         return rc;
     }
     let Some(mut buf) = r.pool().create_buffer_from_str(body) else {
@@ -132,4 +132,17 @@ fn send(r: &mut Request, content_type: &'static str, body: &str) -> Status {
         next: core::ptr::null_mut(),
     };
     r.output_filter(&mut out)
+}
+
+/// Whether the response ends with its headers: a HEAD request (for the 200
+/// this page sends, the one case where nginx's header filter sets
+/// `r->header_only`; a subrequest is a GET).
+///
+/// Read from the method rather than `r->header_only`: from nginx 1.29.3 (an
+/// `in_port_t port` before them) bindgen misplaces the request's bit-fields
+/// by 2 bits (it misses that gcc moves `uri_changes` to the next 32-bit
+/// word): its accessor reads `pipeline` instead, which sent a body to HEAD
+/// and none to a pipelined GET.
+fn headers_only(r: &Request) -> bool {
+    r.method() == Method::HEAD
 }

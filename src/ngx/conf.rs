@@ -52,7 +52,7 @@ impl fmt::Display for ConfError {
             ConfError::MethodRedefined(up) => write!(
                 f,
                 "in upstream \"{up}\": load balancing method redefined \
-                 (use one method, and put \"keepalive\" after it)"
+                 (use one method, and put {WRAPPERS_AFTER} after it)"
             ),
             ConfError::Replaced(up) => write!(
                 f,
@@ -71,6 +71,19 @@ impl fmt::Display for ConfError {
         }
     }
 }
+
+/// The directives that wrap an upstream's method and so must follow it: one
+/// before the method would set the upstream's init (which ours refuses, as
+/// it would lose what that directive set up).
+#[cfg(any(feature = "stream", not(ngx_sticky)))]
+const WRAPPERS_AFTER: &str = "\"keepalive\"";
+/// nginx 1.29.6: `sticky` too (http).
+#[cfg(all(not(feature = "stream"), ngx_sticky, not(ngx_keepalive_any_order)))]
+const WRAPPERS_AFTER: &str = "\"keepalive\" and \"sticky\"";
+/// nginx 1.29.7+: `keepalive` hooks in after every method, wherever it
+/// stands; only `sticky` must follow.
+#[cfg(all(not(feature = "stream"), ngx_keepalive_any_order))]
+const WRAPPERS_AFTER: &str = "\"sticky\"";
 
 fn log_emerg(cf: &mut ngx_conf_t, directive: &[u8], e: &ConfError) {
     ngx_conf_log_error!(

@@ -10,7 +10,8 @@ use core::ptr::NonNull;
 
 use super::subsystem::{RrPeer, RrPeerData, RrPeers};
 use nginx_sys::{
-    ngx_cached_time, ngx_int_t, ngx_peer_connection_t, ngx_rwlock_unlock, ngx_rwlock_wlock, time_t,
+    ngx_cached_time, ngx_int_t, ngx_peer_connection_t, ngx_rwlock_unlock, ngx_rwlock_wlock,
+    ngx_uint_t, time_t,
 };
 
 use crate::core::key::Occurrence;
@@ -47,16 +48,15 @@ pub unsafe fn lists<'a>(data: *mut c_void) -> (Option<&'a RrPeers>, Option<&'a R
 /// cannot change (no upstream `zone`, or an nginx before 1.27.3).
 #[inline]
 pub fn version(list: &RrPeers) -> Option<usize> {
+    // SAFETY: null, or the counter the upstream zone keeps for the list.
     #[cfg(ngx_resolve)]
-    {
-        // SAFETY: null, or the counter the upstream zone keeps for the list.
-        return unsafe { list.config.as_ref() }.map(|&c| c as usize);
-    }
+    let version = unsafe { list.config.as_ref() }.copied();
     #[cfg(not(ngx_resolve))]
-    {
+    let version = {
         let _ = list;
         None
-    }
+    };
+    version
 }
 
 pub fn name(peer: &RrPeer) -> &[u8] {
@@ -190,6 +190,12 @@ impl RoundRobin {
         pc.sockaddr = best.sockaddr;
         pc.socklen = best.socklen;
         pc.name = &mut best.name;
+        // nginx 1.29.6+: the chosen server's route, which `sticky` puts in
+        // its cookie or learns for the session.
+        #[cfg(all(ngx_sticky, not(feature = "stream")))]
+        {
+            pc.sid = &mut best.sid;
+        }
         best.conns += 1;
         // Round-robin's free drops a reference to the peer it frees (nginx
         // 1.27.3+, as stock least_conn's get takes it).
@@ -225,7 +231,7 @@ impl RoundRobin {
     pub fn list_changed(&self) -> bool {
         #[cfg(ngx_resolve)]
         {
-            version(self.peers()).is_some_and(|v| v != self.data().config as usize)
+            version(self.peers()).is_some_and(|v| v != self.data().config)
         }
         #[cfg(not(ngx_resolve))]
         {
@@ -382,6 +388,87 @@ impl<S, const TRIED: bool> RrList<'_, S, TRIED> {
     }
 }
 
+impl<S: CountSource, const TRIED: bool> RrList<'_, S, TRIED> {
+    /// `load`, where a peer whose `down` holds only bits of `ignored` still
+    /// counts as up (a draining server, for the sessions that stick to it).
+    #[inline(always)]
+    fn load_unless_down(&self, c: PeerCursor, ignored: ngx_uint_t) -> Option<Load> {
+        let peer = self.peer(c);
+        // SAFETY: `c.index` is a position of this list.
+        if (TRIED && unsafe { self.tried.contains(c.index) }) || peer.down & !ignored != 0 {
+            return None;
+        }
+        if peer.max_fails != 0
+            && peer.fails >= peer.max_fails
+            && self.now - peer.checked <= peer.fail_timeout
+        {
+            return None;
+        }
+        let conns = match self.counts.count(c.index) {
+            Some(n) => n,
+            None => peer.conns as u32,
+        };
+        if peer.max_conns != 0 && conns as usize >= peer.max_conns {
+            return None;
+        }
+        // Weights fit in u32: the registry checked at configuration time.
+        Some(Load {
+            conns,
+            weight: peer.weight as u32,
+        })
+    }
+
+    /// nginx 1.29.6+: the peer whose route (`sid`: `route=`, or the md5 of
+    /// its address) is `hint`, the server a `sticky` session asks for, if it
+    /// can take the request as round-robin's lookup by route decides: not
+    /// tried, not down (draining is fine: it keeps its sessions), not failed,
+    /// below `max_conns` (by our count).
+    #[cfg(all(ngx_sticky, not(feature = "stream")))]
+    pub fn find_route(&self, hint: &[u8]) -> Option<PeerCursor> {
+        let mut at = self.first();
+        while let Some(c) = at {
+            if self.peer(c).sid.as_bytes() == hint {
+                let draining = nginx_sys::NGX_HTTP_UPSTREAM_DRAINING as ngx_uint_t;
+                return self.load_unless_down(c, draining).map(|_| c);
+            }
+            at = self.next(c);
+        }
+        None
+    }
+}
+
+#[cfg(not(all(ngx_sticky, not(feature = "stream"))))]
+impl<S: CountSource, const TRIED: bool> RrList<'_, S, TRIED> {
+    /// No `sticky` before nginx 1.29.6 (nor in stream): no route to find.
+    #[inline(always)]
+    pub fn find_route(&self, _hint: &[u8]) -> Option<PeerCursor> {
+        None
+    }
+}
+
+/// The route (a server's `sid`) that `sticky` asks this attempt to go to
+/// (nginx 1.29.6+, http): `pc->hint`, set by sticky's get around its call
+/// of ours.
+#[cfg(all(ngx_sticky, not(feature = "stream")))]
+#[inline]
+pub fn route_hint<'a>(pc: &ngx_peer_connection_t) -> Option<&'a [u8]> {
+    // SAFETY: null, or a string sticky's get keeps (on its stack, or in the
+    // request) until our get, which it calls, has returned: the pick is done
+    // with it by then.
+    let hint = unsafe { pc.hint.as_ref() }?;
+    if hint.len == 0 || hint.data.is_null() {
+        return None;
+    }
+    // SAFETY: as above; `len` bytes at `data`.
+    Some(unsafe { core::slice::from_raw_parts(hint.data, hint.len) })
+}
+
+#[cfg(not(all(ngx_sticky, not(feature = "stream"))))]
+#[inline(always)]
+pub fn route_hint<'a>(_pc: &ngx_peer_connection_t) -> Option<&'a [u8]> {
+    None
+}
+
 impl<S: CountSource, const TRIED: bool> PeerList for RrList<'_, S, TRIED> {
     type Cursor = PeerCursor;
 
@@ -404,29 +491,7 @@ impl<S: CountSource, const TRIED: bool> PeerList for RrList<'_, S, TRIED> {
 
     #[inline]
     fn load(&self, c: PeerCursor) -> Option<Load> {
-        let peer = self.peer(c);
-        // SAFETY: `c.index` is a position of this list.
-        if (TRIED && unsafe { self.tried.contains(c.index) }) || peer.down != 0 {
-            return None;
-        }
-        if peer.max_fails != 0
-            && peer.fails >= peer.max_fails
-            && self.now - peer.checked <= peer.fail_timeout
-        {
-            return None;
-        }
-        let conns = match self.counts.count(c.index) {
-            Some(n) => n,
-            None => peer.conns as u32,
-        };
-        if peer.max_conns != 0 && conns as usize >= peer.max_conns {
-            return None;
-        }
-        // Weights fit in u32: the registry checked at configuration time.
-        Some(Load {
-            conns,
-            weight: peer.weight as u32,
-        })
+        self.load_unless_down(c, 0)
     }
 
     fn step_weight(&mut self, c: PeerCursor) -> i64 {

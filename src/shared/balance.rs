@@ -181,7 +181,7 @@ fn get(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
         pd.rr.current().name_for_errors(pc);
         return Status::NGX_BUSY.into();
     }
-    if let Some(best) = pick(pd) {
+    if let Some(best) = pick(pd, peers::route_hint(pc)) {
         pd.rr.connect(best, pc);
         ngx_log_debug!(
             mask: subsystem::DEBUG_MASK,
@@ -214,19 +214,21 @@ fn try_backup_or_fail(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_
     Status::NGX_BUSY.into()
 }
 
-/// Chooses and counts a peer.
-fn pick(pd: &mut PeerData) -> Option<PeerCursor> {
+/// Chooses and counts a peer: the server a `sticky` session asks for
+/// (`route`, nginx 1.29.6+) if it can take the request, else the least
+/// loaded, as stock least_conn does.
+fn pick(pd: &mut PeerData, route: Option<&[u8]>) -> Option<PeerCursor> {
     follow_peer_list(pd);
     let counters = pd.upstream.list(pd.list);
     let Some(counts) = Matched::new(&counters, pd.rr.peers()) else {
         pd.held = Held::Nothing;
-        return pick_per_worker(&pd.rr);
+        return pick_per_worker(&pd.rr, route);
     };
     // A first attempt has tried nothing: its scan skips the bitmap test.
     if pd.rr.tried_any() {
-        pick_counted::<true>(pd, counts)
+        pick_counted::<true>(pd, counts, route)
     } else {
-        pick_counted::<false>(pd, counts)
+        pick_counted::<false>(pd, counts, route)
     }
 }
 
@@ -288,8 +290,15 @@ fn follow_if_changed(upstream: &UpstreamCounters, list: List, peers: &RrPeers) {
 fn pick_counted<const TRIED: bool>(
     pd: &mut PeerData,
     counts: Matched<'_, PeerCounter>,
+    route: Option<&[u8]>,
 ) -> Option<PeerCursor> {
     let mut list = pd.rr.list::<_, TRIED>(counts);
+    if let Some(best) = route.and_then(|r| list.find_route(r)) {
+        let counter = counts.get(best.index)?;
+        if counter.acquire(pd.upstream, list.max_conns(best), &mut pd.held) {
+            return Some(best);
+        }
+    }
     for _ in 0..=list.size() {
         let best = choose(&mut list)?;
         let counter = counts.get(best.index)?;
@@ -303,11 +312,17 @@ fn pick_counted<const TRIED: bool>(
 /// A pick on round-robin's own per-worker counts, counting nothing shared.
 #[cold]
 #[inline(never)]
-fn pick_per_worker(rr: &RoundRobin) -> Option<PeerCursor> {
+fn pick_per_worker(rr: &RoundRobin, route: Option<&[u8]>) -> Option<PeerCursor> {
     if rr.tried_any() {
-        choose(&mut rr.list::<_, true>(PerWorker))
+        let mut list = rr.list::<_, true>(PerWorker);
+        route
+            .and_then(|r| list.find_route(r))
+            .or_else(|| choose(&mut list))
     } else {
-        choose(&mut rr.list::<_, false>(PerWorker))
+        let mut list = rr.list::<_, false>(PerWorker);
+        route
+            .and_then(|r| list.find_route(r))
+            .or_else(|| choose(&mut list))
     }
 }
 
