@@ -6,7 +6,7 @@ use core::fmt;
 
 use nginx_sys::{
     ngx_array_t, ngx_conf_t, ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_pagesize, ngx_parse_size,
-    ngx_str_t, NGX_LOG_EMERG,
+    ngx_str_t, NGX_LOG_EMERG, NGX_LOG_WARN,
 };
 use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::http::{HttpModuleConfExt, HttpModuleMainConf, NgxHttpUpstreamModule};
@@ -24,8 +24,6 @@ pub enum ConfError {
     },
     /// Another module declared a shared memory zone of this name.
     NameTaken(String),
-    MethodRedefined(String),
-    Replaced(String),
     TooLarge {
         parameter: &'static str,
         value: usize,
@@ -49,15 +47,6 @@ impl fmt::Display for ConfError {
                 f,
                 "shared memory zone \"{name}\" is already declared for a different use"
             ),
-            ConfError::MethodRedefined(up) => write!(
-                f,
-                "in upstream \"{up}\": load balancing method redefined \
-                 (use one method, and put {WRAPPERS_AFTER} after it)"
-            ),
-            ConfError::Replaced(up) => write!(
-                f,
-                "in upstream \"{up}\" is overridden by a load balancing method declared after it"
-            ),
             ConfError::TooLarge {
                 parameter,
                 value,
@@ -70,6 +59,46 @@ impl fmt::Display for ConfError {
             ConfError::NoMemory => write!(f, "could not allocate memory"),
         }
     }
+}
+
+/// What `nginx -t` warns about and accepts, as stock nginx accepts it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConfWarning {
+    /// Another method, or a directive that wraps one, came before ours in
+    /// the upstream: ours replaces it, as a stock method does.
+    MethodRedefined(String),
+    /// A method declared after ours replaced it.
+    Replaced(String),
+}
+
+impl fmt::Display for ConfWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfWarning::MethodRedefined(up) => write!(
+                f,
+                "in upstream \"{up}\": load balancing method redefined; what was declared \
+                 before it is dropped, as stock nginx drops it (use one method, and put \
+                 {WRAPPERS_AFTER} after it)"
+            ),
+            ConfWarning::Replaced(up) => write!(
+                f,
+                "in upstream \"{up}\" is overridden by a load balancing method declared after \
+                 it, which balances that upstream, as stock nginx does; its connections are \
+                 not counted in the zone"
+            ),
+        }
+    }
+}
+
+/// Logs `[warn] "<directive>" <warning>` at the line being parsed.
+pub fn log_warning(cf: &mut ngx_conf_t, directive: &[u8], w: &ConfWarning) {
+    ngx_conf_log_error!(
+        NGX_LOG_WARN,
+        cf,
+        "\"{}\" {}",
+        String::from_utf8_lossy(directive),
+        w
+    );
 }
 
 /// The directives that wrap an upstream's method and so must follow it: one

@@ -14,7 +14,9 @@ use nginx_sys::{
 };
 use ngx::core::Status;
 
-use crate::ngx::conf::{callback_result, directive_result, text, ConfError};
+use crate::ngx::conf::{
+    callback_result, directive_result, log_warning, text, ConfError, ConfWarning,
+};
 use crate::ngx::log::Log;
 use crate::ngx::peers::now;
 use crate::ngx::process;
@@ -69,7 +71,10 @@ pub extern "C" fn cmd_method<F: FrontEnd>(
     let r = F::upstream_being_parsed(cf)
         .ok_or(ConfError::NoMemory)
         .and_then(|uscf| scf.claim(uscf, Some(init_upstream::<F>)));
-    directive_result(cf, cmd.name.as_bytes(), r)
+    if let Ok(Some(warning)) = &r {
+        log_warning(cf, cmd.name.as_bytes(), warning);
+    }
+    directive_result(cf, cmd.name.as_bytes(), r.map(drop))
 }
 
 /// `peer.init_upstream`: round-robin's lists, plus our keys for them.
@@ -93,19 +98,25 @@ extern "C" fn init_upstream<F: FrontEnd>(
     callback_result(cf, b"least_conn_persistent", r)
 }
 
-/// After the block is parsed: every upstream that asked for our method must
-/// still have it (`hash` or `least_conn` after ours would have replaced it).
+/// After the block is parsed: an upstream that asked for our method and
+/// lost it to a method declared after it (`hash` or `least_conn` after ours)
+/// is balanced by that method, as stock nginx does; a warning says so.
 pub extern "C" fn postconfiguration<F: FrontEnd>(cf: *mut ngx_conf_t) -> ngx_int_t {
     // SAFETY: nginx passes the configuration being loaded.
     let cf = unsafe { &mut *cf };
-    let replaced = F::upstreams(cf)
+    let replaced: Vec<String> = F::upstreams(cf)
         .into_iter()
-        .find(|us| F::srv_conf(us).is_some_and(|scf| scf.enabled && scf.registered.is_none()));
-    let r = match replaced {
-        Some(us) => Err(ConfError::Replaced(text(&us.host))),
-        None => Ok(()),
-    };
-    callback_result(cf, b"least_conn_persistent", r)
+        .filter(|us| F::srv_conf(us).is_some_and(|scf| scf.enabled && scf.registered.is_none()))
+        .map(|us| text(&us.host))
+        .collect();
+    for upstream in replaced {
+        log_warning(
+            cf,
+            b"least_conn_persistent",
+            &ConfWarning::Replaced(upstream),
+        );
+    }
+    Status::NGX_OK.into()
 }
 
 /// `balance::follow_resolved_peers` over the upstreams that use the method.

@@ -4,7 +4,7 @@
 
 use nginx_sys::ngx_uint_t;
 
-use crate::ngx::conf::{text, ConfError};
+use crate::ngx::conf::{text, ConfError, ConfWarning};
 use crate::ngx::subsystem::{
     InitUpstream, UpstreamSrvConf, UPSTREAM_BACKUP, UPSTREAM_CREATE, UPSTREAM_DOWN,
     UPSTREAM_FAIL_TIMEOUT, UPSTREAM_MAX_CONNS, UPSTREAM_MAX_FAILS, UPSTREAM_WEIGHT,
@@ -29,18 +29,21 @@ pub struct SrvConf {
 impl SrvConf {
     /// `least_conn_persistent;` in `uscf`, the upstream block being parsed:
     /// takes over its balancer (`init`: the front-end's `init_upstream`)
-    /// and accepts the server parameters stock least_conn accepts.
+    /// and accepts the server parameters stock least_conn accepts. Like a
+    /// stock method, it replaces one declared before it, with a warning.
     pub fn claim(
         &mut self,
         uscf: &mut UpstreamSrvConf,
         init: InitUpstream,
-    ) -> Result<(), ConfError> {
+    ) -> Result<Option<ConfWarning>, ConfError> {
         if self.enabled {
             return Err(ConfError::Duplicate);
         }
-        if uscf.peer.init_upstream.is_some() {
-            return Err(ConfError::MethodRedefined(text(&uscf.host)));
-        }
+        let redefined = uscf
+            .peer
+            .init_upstream
+            .is_some()
+            .then(|| ConfWarning::MethodRedefined(text(&uscf.host)));
         self.enabled = true;
         uscf.peer.init_upstream = init;
         uscf.flags = (UPSTREAM_CREATE
@@ -56,6 +59,6 @@ impl SrvConf {
         {
             uscf.flags |= crate::ngx::subsystem::UPSTREAM_MODIFY as ngx_uint_t;
         }
-        Ok(())
+        Ok(redefined)
     }
 }
