@@ -18,6 +18,8 @@ my @cases = (
 	['soak.sh', '--bogus'],
 	['memcheck.sh', '--nginx=2.0'],
 	['bench.sh', '--bogus'],
+	['nginx-tests.sh', '--bogus'],
+	['nginx-tests.sh', '--nginx=1.30 /tmp'],
 );
 plan(tests => 3 * @cases);
 
