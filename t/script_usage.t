@@ -21,6 +21,8 @@ my @cases = (
 	['mainline.sh', ''],
 	['mainline.sh', '--bogus /tmp'],
 	['mainline.sh', '/nonexistent-nginx-tree'],
+	['nginx-tests.sh', '--bogus'],
+	['nginx-tests.sh', '--nginx=1.30 /tmp'],
 );
 plan(tests => 3 * @cases);
 
