@@ -22,7 +22,7 @@ for my $name (qw/example.conf lua-example.conf/) {
 	$conf =~ s{/usr/lib/nginx/modules/libngx_http_least_conn_persistent_module\.so}{$Test::Nginx::MODULE};
 	$conf =~ s{/usr/local/share/lua/5\.1/\?\.lua}{$Test::Nginx::LUA_LIB/?.lua};
 	# Keep nginx -t's files inside the test's directory.
-	$conf =~ s{^(events \{)}{pid $d/nginx.pid;\nerror_log $d/error.log;\n\n$1}m;
+	$conf =~ s{^(events \{)}{pid $d/nginx.pid;\nerror_log $d/error.log debug;\n\n$1}m;
 	$conf =~ s{^(http \{)}{$1\n    access_log off;\n    client_body_temp_path $d/cb;\n    proxy_temp_path $d/p;\n    fastcgi_temp_path $d/f;\n    uwsgi_temp_path $d/u;\n    scgi_temp_path $d/s;}m;
 	$t->write_file('nginx.conf', $conf);
 	my ($rc, $out) = $t->test_config();
