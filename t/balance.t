@@ -16,7 +16,7 @@ use Test::Nginx::Backend;
 use Test::Nginx::Status;
 use Test::Nginx::WebSocket;
 
-my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(16);
+my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(17);
 
 # proxy_next_upstream errors against a backend that is not listening yet
 $t->alerts_allowed(qr/connect\(\) failed/);
@@ -66,6 +66,14 @@ http {
         server 127.0.0.1:8083 max_conns=10;
     }
 
+    # Past 32 bits, as stock nginx accepts them: compared as 2^32 - 1 (not
+    # cut to their low bits: max_conns would be 1, the weight 705032704).
+    upstream huge {
+        least_conn_persistent;
+        server 127.0.0.1:8081 weight=5000000000 max_conns=4294967297;
+        server 127.0.0.1:8083 weight=705032705;
+    }
+
     upstream backed {
         least_conn_persistent;
         server 127.0.0.1:8081 max_conns=2;
@@ -87,6 +95,7 @@ http {
         location /downed { proxy_pass http://downed; }
         location /capped { proxy_pass http://capped; }
         location /backed { proxy_pass http://backed; }
+        location /huge { proxy_pass http://huge; }
         location /status { least_conn_persistent_status; }
     }
 }
@@ -145,6 +154,11 @@ ok(keys %workers >= 2, 'connections came through both workers');
 is_deeply(counts('capped'), { map { ('127.0.0.1:' . port($_) => 10) } 8081, 8083 },
 	'shared counts hold the cap');
 ws_close(@c);
+
+# weight and max_conns past 32 bits
+my @h = ws_open_many(4, '/huge');
+is_deeply(tally(@h), { a => 3, c => 1 }, 'weight and max_conns past 2^32 compare as 2^32 - 1');
+ws_close(@h);
 
 # backup only when the primary is at max_conns
 my @b = ws_open_many(2, '/backed');

@@ -74,6 +74,8 @@ is_deeply(scounts(), { $a => 3, "$a#2" => 3, $b => 3, "$b#2" => 0 },
 	'each line counted on its own key, the backup line too');
 is(held(port(8091)) + held(port(8092)), 9, 'the backends hold what the keys count');
 hold_close(@held);
-ok(wait_until(sub { !grep { $_ } values %{scounts()} }), 'every counter back to 0');
+my $zero = { $a => 0, "$a#2" => 0, $b => 0, "$b#2" => 0 };
+ok(wait_until(sub { Test::Nginx::Status::same_counts(scounts(), $zero) && keys %{scounts()} == 4 }),
+	'every counter back to 0');
 
 ###############################################################################

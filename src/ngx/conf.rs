@@ -24,12 +24,6 @@ pub enum ConfError {
     },
     /// Another module declared a shared memory zone of this name.
     NameTaken(String),
-    TooLarge {
-        parameter: &'static str,
-        value: usize,
-        server: String,
-        upstream: String,
-    },
     NoMemory,
 }
 
@@ -47,15 +41,6 @@ impl fmt::Display for ConfError {
                 f,
                 "shared memory zone \"{name}\" is already declared for a different use"
             ),
-            ConfError::TooLarge {
-                parameter,
-                value,
-                server,
-                upstream,
-            } => write!(
-                f,
-                "{parameter} {value} of server \"{server}\" in upstream \"{upstream}\" is too large"
-            ),
             ConfError::NoMemory => write!(f, "could not allocate memory"),
         }
     }
@@ -69,6 +54,15 @@ pub enum ConfWarning {
     MethodRedefined(String),
     /// A method declared after ours replaced it.
     Replaced(String),
+    /// `least_conn_persistent;` given twice in one upstream.
+    Repeated(String),
+    /// A `weight` or `max_conns` past what the pick compares (32 bits).
+    Saturated {
+        parameter: &'static str,
+        value: usize,
+        server: String,
+        upstream: String,
+    },
 }
 
 impl fmt::Display for ConfWarning {
@@ -77,14 +71,28 @@ impl fmt::Display for ConfWarning {
             ConfWarning::MethodRedefined(up) => write!(
                 f,
                 "in upstream \"{up}\": load balancing method redefined; what was declared \
-                 before it is dropped, as stock nginx drops it (use one method, and put \
-                 {WRAPPERS_AFTER} after it)"
+                 before it is dropped, as stock nginx drops it (use one method{WRAPPERS_AFTER})"
             ),
             ConfWarning::Replaced(up) => write!(
                 f,
                 "in upstream \"{up}\" is overridden by a load balancing method declared after \
                  it, which balances that upstream, as stock nginx does; its connections are \
                  not counted in the zone"
+            ),
+            ConfWarning::Repeated(up) => write!(
+                f,
+                "in upstream \"{up}\": load balancing method redefined (given twice)"
+            ),
+            ConfWarning::Saturated {
+                parameter,
+                value,
+                server,
+                upstream,
+            } => write!(
+                f,
+                "{parameter} {value} of server \"{server}\" in upstream \"{upstream}\" is \
+                 compared as {}, the largest 32-bit value",
+                u32::MAX
             ),
         }
     }
@@ -102,17 +110,21 @@ pub fn log_warning(cf: &mut ngx_conf_t, directive: &[u8], w: &ConfWarning) {
 }
 
 /// The directives that wrap an upstream's method and so must follow it: one
-/// before the method would set the upstream's init (which ours refuses, as
-/// it would lose what that directive set up).
-#[cfg(any(feature = "stream", not(ngx_sticky)))]
-const WRAPPERS_AFTER: &str = "\"keepalive\"";
+/// before the method sets the upstream's init, which the method then
+/// replaces (as every stock method does), losing what that directive set up.
+/// http before nginx 1.29.6: `keepalive`.
+#[cfg(all(not(feature = "stream"), not(ngx_sticky)))]
+const WRAPPERS_AFTER: &str = ", and put \"keepalive\" after it";
 /// nginx 1.29.6: `sticky` too (http).
 #[cfg(all(not(feature = "stream"), ngx_sticky, not(ngx_keepalive_any_order)))]
-const WRAPPERS_AFTER: &str = "\"keepalive\" and \"sticky\"";
+const WRAPPERS_AFTER: &str = ", and put \"keepalive\" and \"sticky\" after it";
 /// nginx 1.29.7+: `keepalive` hooks in after every method, wherever it
 /// stands; only `sticky` must follow.
 #[cfg(all(not(feature = "stream"), ngx_keepalive_any_order))]
-const WRAPPERS_AFTER: &str = "\"sticky\"";
+const WRAPPERS_AFTER: &str = ", and put \"sticky\" after it";
+/// stream has neither.
+#[cfg(feature = "stream")]
+const WRAPPERS_AFTER: &str = "";
 
 fn log_emerg(cf: &mut ngx_conf_t, directive: &[u8], e: &ConfError) {
     ngx_conf_log_error!(

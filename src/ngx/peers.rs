@@ -78,6 +78,13 @@ pub fn now() -> time_t {
     unsafe { (*ngx_cached_time).sec }
 }
 
+/// A weight or `max_conns` as the pick compares it: 32 bits, larger ones
+/// (which stock nginx accepts; configuration warns) at the most.
+#[inline(always)]
+pub fn saturate(value: impl TryInto<u32>) -> u32 {
+    value.try_into().unwrap_or(u32::MAX)
+}
+
 /// A peer of the list being picked from, and its position in that list.
 #[derive(Clone, Copy, Debug)]
 pub struct PeerCursor {
@@ -256,19 +263,12 @@ impl CurrentList {
         pc.name = unsafe { self.0.as_ref() }.name;
     }
 
-    /// No peer can take the request: stock's "mark them as live for quick
-    /// recovery", and the upstream's name for the error log.
+    /// No peer can take the request: the upstream's name for the error log,
+    /// as stock does. (Stock's old \"mark them as live for quick recovery\",
+    /// which cleared every peer's `fails` here, went in nginx 1.11.5: a
+    /// failed peer waits out its `fail_timeout`.)
     pub fn fail(self, pc: &mut ngx_peer_connection_t) {
-        let _lock = PeersLock::new(self.0.as_ptr());
-        // SAFETY: a list of the upstream (configuration pool or zone).
-        let peers = unsafe { self.0.as_ref() };
-        let mut p = peers.peer;
-        // SAFETY: the list's peers, locked above.
-        while let Some(peer) = unsafe { p.as_mut() } {
-            peer.fails = 0;
-            p = peer.next;
-        }
-        pc.name = peers.name;
+        self.name_for_errors(pc);
     }
 }
 
@@ -384,7 +384,7 @@ impl<S, const TRIED: bool> RrList<'_, S, TRIED> {
 
     /// The peer's `max_conns` (0: none); configuration keeps it within u32.
     pub fn max_conns(&self, c: PeerCursor) -> u32 {
-        self.peer(c).max_conns as u32
+        saturate(self.peer(c).max_conns)
     }
 }
 
@@ -411,10 +411,9 @@ impl<S: CountSource, const TRIED: bool> RrList<'_, S, TRIED> {
         if peer.max_conns != 0 && conns as usize >= peer.max_conns {
             return None;
         }
-        // Weights fit in u32: the registry checked at configuration time.
         Some(Load {
             conns,
-            weight: peer.weight as u32,
+            weight: saturate(peer.weight),
         })
     }
 

@@ -20,7 +20,7 @@ use ngx::ngx_log_debug;
 
 use crate::core::select::{choose, PeerList};
 use crate::core::table::{Meta, FLAG_DOWN};
-use crate::ngx::conf::ConfError;
+use crate::ngx::conf::ConfWarning;
 use crate::ngx::log::Log;
 use crate::ngx::peers::{self, Matched, PeerCursor, PerWorker, RoundRobin};
 use crate::ngx::subsystem::{self, free_round_robin_peer, RrPeer, RrPeers, UpstreamSrvConf};
@@ -41,56 +41,58 @@ struct PeerData {
 }
 
 /// Adds an upstream's servers, in round-robin's order, to the registry,
-/// once round-robin's init has set the upstream up; returns its index.
-/// Every peer is counted on its own, as stock `least_conn` does: an address
-/// listed twice is two peers, with two keys (`key::server_names`).
-pub fn register(registry: &mut Registry, us: &UpstreamSrvConf) -> Result<usize, ConfError> {
+/// once round-robin's init has set the upstream up; returns its index, and
+/// what configuration should warn about. Every peer is counted on its own,
+/// as stock `least_conn` does: an address listed twice is two peers, with
+/// two keys (`key::server_names`).
+pub fn register(registry: &mut Registry, us: &UpstreamSrvConf) -> (usize, Vec<ConfWarning>) {
     let name = us.host.as_bytes();
     let mut counters = UpstreamCounters::new(name);
+    let mut warnings = Vec::new();
     // SAFETY: round-robin init has just filled peer.data.
     let (primary, backup) = unsafe { peers::lists(us.peer.data) };
     for (list, peers) in [(List::Primary, primary), (List::Backup, backup)] {
-        let servers = peers
+        let servers: Vec<_> = peers
             .into_iter()
             .flat_map(peers::each_peer)
-            .map(|peer| Ok((peers::occurrence(peer), meta(name, peer)?)))
-            .collect::<Result<Vec<_>, ConfError>>()?;
+            .inspect(|peer| warnings.extend(saturated(name, peer)))
+            .map(|peer| (peers::occurrence(peer), runtime_meta(peer)))
+            .collect();
         counters.set_list(list, servers);
     }
-    Ok(registry.add(counters))
+    (registry.add(counters), warnings)
 }
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// What the zone records of a server: weight, `max_conns`, `down`. For a
-/// server DNS added at run time the `server` line's parameters, which
-/// configuration checked (SRV weights are 16-bit), always fit.
+/// What the zone records of a server: weight, `max_conns`, `down`, as the
+/// pick compares them (32 bits at the most).
 fn runtime_meta(peer: &RrPeer) -> Meta {
     Meta {
-        weight: u32::try_from(peer.weight).unwrap_or(u32::MAX),
-        max_conns: u32::try_from(peer.max_conns).unwrap_or(u32::MAX),
+        weight: peers::saturate(peer.weight),
+        max_conns: peers::saturate(peer.max_conns),
         flags: if peer.down != 0 { FLAG_DOWN } else { 0 },
     }
 }
 
-/// `runtime_meta` at configuration time: the pick compares 32-bit weights
-/// and limits, so larger ones are refused rather than cut.
-fn meta(upstream: &[u8], peer: &RrPeer) -> Result<Meta, ConfError> {
-    let too_large = |parameter, value| ConfError::TooLarge {
+/// A server's `weight` or `max_conns` past 32 bits: stock nginx accepts
+/// them, the pick compares them at u32::MAX; configuration says so.
+fn saturated(upstream: &[u8], peer: &RrPeer) -> Vec<ConfWarning> {
+    [
+        ("weight", peer.weight.unsigned_abs()),
+        ("max_conns", peer.max_conns),
+    ]
+    .into_iter()
+    .filter(|&(_, value)| u32::try_from(value).is_err())
+    .map(|(parameter, value)| ConfWarning::Saturated {
         parameter,
         value,
         server: text(peers::name(peer)),
         upstream: text(upstream),
-    };
-    if u32::try_from(peer.weight).is_err() {
-        return Err(too_large("weight", peer.weight as usize));
-    }
-    if u32::try_from(peer.max_conns).is_err() {
-        return Err(too_large("max_conns", peer.max_conns));
-    }
-    Ok(runtime_meta(peer))
+    })
+    .collect()
 }
 
 /// Brings every upstream's counters in step with peer lists that DNS

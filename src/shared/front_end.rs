@@ -70,7 +70,7 @@ pub extern "C" fn cmd_method<F: FrontEnd>(
     let (cf, cmd, scf) = unsafe { (&mut *cf, &*cmd, &mut *conf.cast::<SrvConf>()) };
     let r = F::upstream_being_parsed(cf)
         .ok_or(ConfError::NoMemory)
-        .and_then(|uscf| scf.claim(uscf, Some(init_upstream::<F>)));
+        .map(|uscf| scf.claim(uscf, Some(init_upstream::<F>)));
     if let Ok(Some(warning)) = &r {
         log_warning(cf, cmd.name.as_bytes(), warning);
     }
@@ -91,7 +91,12 @@ extern "C" fn init_upstream<F: FrontEnd>(
     us.peer.init = F::init_peer();
     let r = match (F::main_conf(cf), F::srv_conf(us)) {
         (Some(mcf), Some(scf)) => {
-            balance::register(&mut mcf.registry, us).map(|index| scf.registered = Some(index))
+            let (index, warnings) = balance::register(&mut mcf.registry, us);
+            for w in &warnings {
+                log_warning(cf, b"least_conn_persistent", w);
+            }
+            scf.registered = Some(index);
+            Ok(())
         }
         _ => Err(ConfError::NoMemory),
     };

@@ -4,7 +4,7 @@
 
 use nginx_sys::ngx_uint_t;
 
-use crate::ngx::conf::{text, ConfError, ConfWarning};
+use crate::ngx::conf::{text, ConfWarning};
 use crate::ngx::subsystem::{
     InitUpstream, UpstreamSrvConf, UPSTREAM_BACKUP, UPSTREAM_CREATE, UPSTREAM_DOWN,
     UPSTREAM_FAIL_TIMEOUT, UPSTREAM_MAX_CONNS, UPSTREAM_MAX_FAILS, UPSTREAM_WEIGHT,
@@ -30,20 +30,17 @@ impl SrvConf {
     /// `least_conn_persistent;` in `uscf`, the upstream block being parsed:
     /// takes over its balancer (`init`: the front-end's `init_upstream`)
     /// and accepts the server parameters stock least_conn accepts. Like a
-    /// stock method, it replaces one declared before it, with a warning.
-    pub fn claim(
-        &mut self,
-        uscf: &mut UpstreamSrvConf,
-        init: InitUpstream,
-    ) -> Result<Option<ConfWarning>, ConfError> {
-        if self.enabled {
-            return Err(ConfError::Duplicate);
-        }
-        let redefined = uscf
-            .peer
-            .init_upstream
-            .is_some()
-            .then(|| ConfWarning::MethodRedefined(text(&uscf.host)));
+    /// stock method, it replaces one declared before it (or itself, given
+    /// twice), with a warning.
+    pub fn claim(&mut self, uscf: &mut UpstreamSrvConf, init: InitUpstream) -> Option<ConfWarning> {
+        let redefined = if self.enabled {
+            Some(ConfWarning::Repeated(text(&uscf.host)))
+        } else {
+            uscf.peer
+                .init_upstream
+                .is_some()
+                .then(|| ConfWarning::MethodRedefined(text(&uscf.host)))
+        };
         self.enabled = true;
         uscf.peer.init_upstream = init;
         uscf.flags = (UPSTREAM_CREATE
@@ -59,6 +56,6 @@ impl SrvConf {
         {
             uscf.flags |= crate::ngx::subsystem::UPSTREAM_MODIFY as ngx_uint_t;
         }
-        Ok(redefined)
+        redefined
     }
 }

@@ -42,6 +42,15 @@ pub enum List {
     Backup,
 }
 
+impl List {
+    fn other(self) -> List {
+        match self {
+            List::Primary => List::Backup,
+            List::Backup => List::Primary,
+        }
+    }
+}
+
 /// What a pick took, so that `release` gives back exactly that.
 #[derive(Clone, Debug, Default)]
 pub enum Held {
@@ -386,6 +395,11 @@ impl UpstreamCounters {
             .into_iter()
             .map(|pc| (pc.key.clone(), pc))
             .collect();
+        let held_by_other: Vec<Box<[u8]>> = self
+            .list(list.other())
+            .iter()
+            .map(|pc| pc.key.clone())
+            .collect();
         let mut new = Vec::with_capacity(fresh.len());
         let mut replaced = Vec::with_capacity(fresh.len());
         let locked = self.link.as_ref().map(ZoneLink::lock);
@@ -413,9 +427,14 @@ impl UpstreamCounters {
             }
             new.push(pc);
         }
-        // What is left in `old` no new peer claimed.
+        // What is left in `old` no new peer claimed. A key the other list
+        // holds too is not drained: for a moment, until that list is named
+        // again, DNS can give one list a name the other still counts on.
         for gone in old.values() {
             done.gone += 1;
+            if held_by_other.contains(&gone.key) {
+                continue;
+            }
             if let (Some(link), Some(locked), Some(c)) =
                 (self.link.as_ref(), locked.as_ref(), gone.counted.get())
             {
@@ -424,7 +443,7 @@ impl UpstreamCounters {
         }
         drop(locked);
         *cl.counters.borrow_mut() = new;
-        drop((replaced, old));
+        drop((replaced, old, held_by_other));
         done
     }
 

@@ -82,9 +82,10 @@ sub same_counts {
 	return !grep { ($x->{$_} // 0) != ($y->{$_} // 0) } keys %$x, keys %$y;
 }
 
-# True when every counter of every upstream is 0.
+# True when the status page lists counters and every one is 0 (an empty
+# page is not at rest: it would hide a page that lost its counters).
 sub at_rest {
-	return wait_until(sub { !grep { $_->{count} } entries() }, $_[0] // 5);
+	return wait_until(sub { my @e = entries(); @e && !grep { $_->{count} } @e }, $_[0] // 5);
 }
 
 1;
