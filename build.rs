@@ -49,8 +49,10 @@ fn main() {
     // chosen peer's route back in `pc->sid`, and a `server ... drain` peer
     // (`down` = NGX_HTTP_UPSTREAM_DRAINING) still takes the sessions that
     // stick to it. `sticky` wraps the method declared before it.
+    // Built `--without-http_upstream_sticky_module`, nginx has neither
+    // sticky's fields nor NGX_HTTP_UPSTREAM_DRAINING: configure's header says.
     println!("cargo::rustc-check-cfg=cfg(ngx_sticky)");
-    if version >= 1_029_006 {
+    if version >= 1_029_006 && configured("NGX_HTTP_UPSTREAM_STICKY") {
         println!("cargo::rustc-cfg=ngx_sticky");
     }
     // nginx 1.29.7 made upstream keepalive the default and hooks it in after
@@ -63,5 +65,23 @@ fn main() {
     if cfg!(target_os = "macos") {
         println!("cargo::rustc-link-arg=-undefined");
         println!("cargo::rustc-link-arg=dynamic_lookup");
+    }
+}
+
+/// Whether the nginx tree's configure defined `name` (objs/ngx_auto_config.h
+/// in NGINX_BUILD_DIR); true when that header cannot be read, as nginx's
+/// defaults have it.
+fn configured(name: &str) -> bool {
+    println!("cargo::rerun-if-env-changed=NGINX_BUILD_DIR");
+    let Ok(dir) = env::var("NGINX_BUILD_DIR") else {
+        return true;
+    };
+    let header = std::path::Path::new(&dir).join("ngx_auto_config.h");
+    println!("cargo::rerun-if-changed={}", header.display());
+    match std::fs::read_to_string(&header) {
+        Ok(text) => text
+            .lines()
+            .any(|l| l.split_whitespace().eq(["#define", name, "1"])),
+        Err(_) => true,
     }
 }
