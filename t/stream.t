@@ -82,16 +82,7 @@ http {
 EOF
 }
 
-# The stream zone's counters, as the http status page shows them.
-sub stream_entries {
-	my ($upstream) = @_;
-	return grep { !defined $upstream || $_->{upstream} eq $upstream }
-		@{status('/status?subsystem=stream')->{counters} // []};
-}
 
-sub scounts {
-	return { map { ($_->{server} => $_->{count}) } stream_entries($_[0]) };
-}
 
 # { server => count } summed over upstreams, against what the backends hold.
 sub sum_counts {
@@ -121,7 +112,7 @@ $t->run();
 
 my @first = hold_open_many(100, port(8081));
 is_deeply(hold_tally(@first), { a => 50, b => 50 }, '100 held over two servers: 50/50');
-is_deeply(scounts('u'), { addr(8091) => 50, addr(8092) => 50 }, 'stream status shows the counts');
+is_deeply(stream_counts('u'), { addr(8091) => 50, addr(8092) => 50 }, 'stream status shows the counts');
 
 my @w = hold_open_many(8, port(8082));
 is_deeply(hold_tally(@w), { a => 6, b => 2 }, 'weight 3:1 gives 6/2');
@@ -130,13 +121,13 @@ is_deeply(hold_tally(@w), { a => 6, b => 2 }, 'weight 3:1 gives 6/2');
 my @m = hold_open_many(6, port(8083));
 is_deeply(hold_tally(@m), { a => 3, b => 3 }, 'max_conns=3 each: 3/3');
 ok(!hold_open(port(8083), timeout => 3), 'a 7th connection is refused');
-is_deeply(scounts('m'), { addr(8091) => 3, addr(8092) => 3 }, 'and counted nowhere');
+is_deeply(stream_counts('m'), { addr(8091) => 3, addr(8092) => 3 }, 'and counted nowhere');
 
 # Retries: 8099 refuses, the retry goes to 8093; the refused attempt is
 # released, once.
 my @r = hold_open_many(4, port(8084));
 is_deeply(hold_tally(@r), { c => 4 }, 'connections refused by one server are retried on the other');
-is_deeply(scounts('r'), { addr(8099) => 0, addr(8093) => 4 }, 'the refused attempts were released');
+is_deeply(stream_counts('r'), { addr(8099) => 0, addr(8093) => 4 }, 'the refused attempts were released');
 unlike($t->read_file('error.log'), qr/already 0/, 'and released once (no release below 0)');
 
 ok(same_counts(sum_counts(), live(8091, 8092, 8093)), 'counts equal what the backends hold');
@@ -145,10 +136,10 @@ ok(same_counts(sum_counts(), live(8091, 8092, 8093)), 'counts equal what the bac
 conf(u => [8091, 8092, 8093]);
 $t->reload();
 ok(scalar $t->old_worker_pids(), 'old workers hold the connections');
-is_deeply(scounts('u'), { addr(8091) => 50, addr(8092) => 50, addr(8093) => 0 },
+is_deeply(stream_counts('u'), { addr(8091) => 50, addr(8092) => 50, addr(8093) => 0 },
 	'counts survive the reload; the new server starts at 0');
 my @next = hold_open_many(60, port(8081));
-my $c = scounts('u');
+my $c = stream_counts('u');
 is(spread($c), 1, 'after 60 more, all within one: '
 	. join('/', map { $c->{addr($_)} } 8091 .. 8093));
 ok($c->{addr(8093)} >= 53, "the new server took $c->{addr(8093)} of the 60");

@@ -54,11 +54,6 @@ http {
 
 EOF2
 
-sub scounts {
-	return { map { ($_->{server} => $_->{count}) }
-		@{status('/status?subsystem=stream')->{counters} // []} };
-}
-
 $t->run_daemon(\&Test::Nginx::Hold::serve, port($_->[0]), $_->[1])
 	for [8091, 'a'], [8092, 'b'];
 $t->waitforsocket('127.0.0.1:' . port($_)) for 8091, 8092;
@@ -70,12 +65,12 @@ my ($a, $b) = map { '127.0.0.1:' . port($_) } 8091, 8092;
 
 my @held = hold_open_many(9, port(8081));
 is_deeply(hold_tally(@held), { a => 6, b => 3 }, 'an address listed twice gets two shares');
-is_deeply(scounts(), { $a => 3, "$a#2" => 3, $b => 3, "$b#2" => 0 },
+is_deeply(stream_counts(), { $a => 3, "$a#2" => 3, $b => 3, "$b#2" => 0 },
 	'each line counted on its own key, the backup line too');
 is(held(port(8091)) + held(port(8092)), 9, 'the backends hold what the keys count');
 hold_close(@held);
 my $zero = { $a => 0, "$a#2" => 0, $b => 0, "$b#2" => 0 };
-ok(wait_until(sub { Test::Nginx::Status::same_counts(scounts(), $zero) && keys %{scounts()} == 4 }),
+ok(wait_until(sub { Test::Nginx::Status::same_counts(stream_counts(), $zero) && keys %{stream_counts()} == 4 }),
 	'every counter back to 0');
 
 ###############################################################################

@@ -150,12 +150,6 @@ sub addr { '127.0.0.1:' . port($_[0]) }
 # The stream zone's counters, as the http status page shows them.
 sub stream_status { status('/status?subsystem=stream') }
 
-sub stream_entries {
-	my ($upstream) = @_;
-	return grep { !defined $upstream || $_->{upstream} eq $upstream }
-		@{stream_status()->{counters} // []};
-}
-
 # { backend id => count } of an upstream.
 sub scounts {
 	my %name = map { (addr($id{$_}) => $_) } keys %id;

@@ -10,7 +10,8 @@ use warnings;
 use strict;
 
 use Exporter qw/import/;
-our @EXPORT = qw/status counts entries wait_counts at_rest live_count live_counts server_counts same_counts/;
+our @EXPORT = qw/status counts entries stream_entries stream_counts wait_counts at_rest live_count live_counts
+	server_counts same_counts/;
 
 use JSON::PP;
 use Test::Nginx qw/http http_get wait_until port/;
@@ -27,6 +28,19 @@ sub entries {
 	my ($upstream) = @_;
 	return grep { !defined $upstream || $_->{upstream} eq $upstream }
 		@{status()->{counters} // []};
+}
+
+# The stream zone's counter entries (the http status page, ?subsystem=stream)
+# of one upstream (all when undef).
+sub stream_entries {
+	my ($upstream) = @_;
+	return grep { !defined $upstream || $_->{upstream} eq $upstream }
+		@{status('/status?subsystem=stream')->{counters} // []};
+}
+
+# { server => count } for a stream upstream (all when undef).
+sub stream_counts {
+	return { map { ($_->{server} => $_->{count}) } stream_entries($_[0]) };
 }
 
 # { server => count } for an upstream; draining entries included.
