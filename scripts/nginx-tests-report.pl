@@ -65,7 +65,7 @@ three ways on the same nginx binary:
 - **(a) as written**;
 - **(b) least_conn**: stock `least_conn;` put first in every upstream block that has no
   balancing method (blocks with one keep it: `least_conn`, `hash`, `ip_hash`, `random`,
-  `sticky`, `least_time`);
+  `least_time`; `sticky`, nginx 1.29.6+, is no method: it wraps the one put before it);
 - **(c) least_conn_persistent**: ours, `least_conn_persistent;` in place of `least_conn;` and
   first in every upstream block with no method, `least_conn_persistent_zone
   lcp_nginx_tests_http 1m;` / `lcp_nginx_tests_stream 1m;` in every `http {}` / `stream {}`, and
