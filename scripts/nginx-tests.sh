@@ -240,7 +240,7 @@ for v in "${versions[@]}"; do
     for f in "${files[@]}"; do
         for way in a b c; do
             run_one "$v" "$way" "$f" "$work/$v/bin/nginx" "$mods"
-            printf '>> %-8s %-36s %s: %s\n' "$v" "$f" "$way" "$(tail -1 "$work/logs/$v/$way/$f.out")" >&2
+            printf '>> %-12s %-36s %s: %s\n' "$v" "$f" "$way" "$(tail -1 "$work/logs/$v/$way/$f.out")" >&2
         done
     done
 done
