@@ -33,6 +33,16 @@ my %notes = (
     'stream_upstream_service_reload.t' => 'SRV peers carried over a reload (counts follow them); nginx 1.27.3+',
     'upstream_keepalive.t' => 'keepalive after the method (the method goes first in each block)',
     'upstream_hash_memcached.t' => 'hash only: (b) and (c) run it unchanged but for our zone and modules',
+    'upstream_sticky.t' => 'sticky cookie (nginx 1.29.6+): the method goes before `sticky`; new sessions placed by the method, returning ones by sticky',
+    'upstream_sticky_route.t' => 'sticky route (nginx 1.29.6+), `route=` on servers',
+    'upstream_sticky_learn.t' => 'sticky learn (nginx 1.29.6+)',
+    'upstream_sticky_learn_header.t' => 'sticky learn (nginx 1.29.6+), from a header',
+    'upstream_sticky_next.t' => 'sticky with retries (nginx 1.29.6+)',
+    'upstream_sticky_drain.t' => 'sticky route with `server ... drain` (set by a reload): no new sessions, sticky ones still go to it',
+    'upstream_sticky_resolve.t' => 'sticky with resolved servers',
+    'upstream_max_conns_sticky.t' => 'a sticky session goes to another server once its own is at `max_conns`',
+    'upstream_least_time.t' => 'least_time (nginx 1.31+): blocks keep it, so ours is not used',
+    'stream_upstream_least_time.t' => 'least_time (nginx 1.31+): blocks keep it; ours only in the one block with no method',
 );
 
 my (%version, @versions);
@@ -65,7 +75,7 @@ three ways on the same nginx binary:
 - **(a) as written**;
 - **(b) least_conn**: stock `least_conn;` put first in every upstream block that has no
   balancing method (blocks with one keep it: `least_conn`, `hash`, `ip_hash`, `random`,
-  `sticky`, `least_time`);
+  `least_time`; `sticky`, nginx 1.29.6+, is no method: it wraps the one put before it);
 - **(c) least_conn_persistent**: ours, `least_conn_persistent;` in place of `least_conn;` and
   first in every upstream block with no method, `least_conn_persistent_zone
   lcp_nginx_tests_http 1m;` / `lcp_nginx_tests_stream 1m;` in every `http {}` / `stream {}`, and
@@ -87,8 +97,8 @@ runs the same binary and answers `-V` without the ones whose `.so` is absent.
 HEAD
 for my $v (@versions) {
     my $i = $version{$v};
-    print "- nginx $i->{version} (`", rel($i->{bin}), "`), modules `", rel($i->{http_so}), "` and `",
-        rel($i->{stream_so}), "`\n";
+    print "- nginx $i->{version} (`", rel($i->{bin}), "`", built_from_source($v), "), modules `",
+        rel($i->{http_so}), "` and `", rel($i->{stream_so}), "`\n";
 }
 my @extra = grep { !/^(?:upstream|proxy_next_upstream|stream_upstream|stream_udp_upstream)/ } @files;
 my $extra = @extra ? join(', ', map { "`$_`" } @extra) : 'none beyond the first globs';
@@ -214,6 +224,13 @@ sub blocks {
     push @parts, "+$c->{added}" if $c->{added};
     push @parts, "lc $c->{replaced}" if $c->{replaced};
     return ($c->{upstreams} // 0) . (@parts ? ': ' . join(', ', @parts) : '');
+}
+
+# An nginx given to scripts/nginx-tests.sh as a build directory (mainline,
+# say): run by hand, CI cannot reach it.
+sub built_from_source {
+    my ($v) = @_;
+    return $v =~ /^(?:debian|1\.28)$/ ? '' : ', built from source; by hand, CI cannot reach it';
 }
 
 sub rel {

@@ -25,9 +25,11 @@ die "usage: nginx-tests-rewrite.pl least_conn|ours IN.t OUT.t [HTTP_SO STREAM_SO
     unless defined $out && ($mode eq 'least_conn' || ($mode eq 'ours' && defined $stream_so));
 
 my $method = $mode eq 'ours' ? 'least_conn_persistent' : 'least_conn';
-# Balancing methods of nginx and nginx plus: a block with one of these
-# keeps it (least_conn becomes ours in `ours` mode).
-my %methods = map { $_ => 1 } qw/least_conn hash ip_hash random sticky least_time/;
+# Balancing methods of nginx (least_time: 1.31+ and nginx plus): a block
+# with one of these keeps it (least_conn becomes ours in `ours` mode).
+# `sticky` (1.29.6+) is none: it wraps the block's method, which goes before
+# it, so a block with sticky alone gets one like any other.
+my %methods = map { $_ => 1 } qw/least_conn hash ip_hash random least_time/;
 my %count = (upstreams => 0, added => 0, replaced => 0, other => 0, zones => 0, load_module => 0);
 
 open my $fh, '<', $in or die "$in: $!\n";

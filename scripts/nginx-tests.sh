@@ -4,7 +4,7 @@
 #   (a) the test files as written;
 #   (b) stock `least_conn;` in every upstream block that has no balancing
 #       method (blocks with one keep it: least_conn, hash, ip_hash, random,
-#       sticky, least_time);
+#       least_time; `sticky` is no method: it wraps the one put before it);
 #   (c) ours: `least_conn_persistent;` in place of `least_conn;` and in every
 #       upstream block with no method, a least_conn_persistent_zone in every
 #       http {} and stream {}, and the load_module lines.
@@ -12,7 +12,19 @@
 # temporary directory; the checkout is only read. Each file runs alone
 # (`prove -v`, one after another), and the doc has one table per nginx.
 #
-#   scripts/nginx-tests.sh [--nginx=debian|1.28|both] [--only=GLOB] [--doc=FILE] [--keep] [NGINX_TESTS_DIR]
+#   scripts/nginx-tests.sh [--nginx=NGINX[,NGINX...]] [--only=GLOB] [--doc=FILE] [--keep] [NGINX_TESTS_DIR]
+#
+# NGINX, one or more, comma-separated, run in that order (default: both):
+#   debian  Debian's /usr/sbin/nginx (1.22.1);
+#   1.28    nginx 1.28 from the nginx-src crate (scripts/build.sh --nginx=1.28);
+#   both    debian,1.28: what CI-less users run;
+#   DIR     an nginx built from source (mainline, say: by hand only, CI cannot
+#           reach it): scripts/mainline.sh's --dir (DIR/src, installed in
+#           DIR/nginx), or a source tree configured and built in place (its
+#           objs/nginx and objs/*.so). The modules are built against it
+#           (scripts/build.sh --nginx=SOURCE_DIR, into target/nginx-<version>/);
+#           nginx itself is not built here: scripts/mainline.sh --no-test does.
+# So the doc with all three: scripts/nginx-tests.sh --nginx=both,/path/to/mainline-dir NGINX_TESTS_DIR
 #
 # NGINX_TESTS_DIR (or the NGINX_TESTS environment variable): a checkout of
 # nginx-tests. With none, the script says how to get one and exits 0 (a skip:
@@ -21,8 +33,10 @@
 # rewritten files, each run's output and nginx's test directories).
 . "$(dirname "$0")/env.sh"
 
+# The usage line, then what was wrong (if said).
 usage() {
-    echo "usage: scripts/nginx-tests.sh [--nginx=debian|1.28|both] [--only=GLOB] [--doc=FILE] [--keep] [NGINX_TESTS_DIR]" >&2
+    echo "usage: scripts/nginx-tests.sh [--nginx=debian|1.28|both|NGINX_BUILD_DIR[,...]] [--only=GLOB] [--doc=FILE] [--keep] [NGINX_TESTS_DIR]" >&2
+    [ $# -eq 0 ] || echo "scripts/nginx-tests.sh: $*" >&2
     exit 2
 }
 
@@ -30,12 +44,56 @@ nginx=both only='' doc="$ROOT/docs/nginx-tests.md" keep='' dir="${NGINX_TESTS:-}
 command_line="scripts/nginx-tests.sh $*"
 for a in "$@"; do
     case "$a" in
-        --nginx=debian | --nginx=1.28 | --nginx=both) nginx=${a#--nginx=} ;;
+        --nginx=?*) nginx=${a#--nginx=} ;;
         --only=?*) only=${a#--only=} ;;
         --doc=?*) doc=${a#--doc=} ;;
         --keep) keep=1 ;;
         -*) usage ;;
         *) [ -z "${dir_arg:-}" ] || usage; dir_arg=$a; dir=$a ;;
+    esac
+done
+
+# The nginx versions: a label each (a directory name under the work
+# directory: debian, 1.28, or nginx-<version> for a build directory), and
+# for a build directory its source tree, binary and modules directory.
+# Checked before anything is built.
+versions=()
+declare -A src_of bin_of mods_of
+add_version() {
+    local v
+    for v in "${versions[@]}"; do [ "$v" = "$1" ] && return 0; done
+    versions+=("$1")
+}
+# A build directory: scripts/mainline.sh's DIR (DIR/src, DIR/nginx) or a
+# source tree built in place (objs/nginx).
+add_build_dir() {
+    local d=$1 src bin mods version
+    [ -d "$d" ] || usage "--nginx: no directory $d (debian, 1.28, both, or an nginx build directory)"
+    d=$(cd "$d" && pwd)
+    if [ -f "$d/src/src/core/nginx.h" ]; then
+        src="$d/src" bin="$d/nginx/sbin/nginx" mods="$d/nginx/modules"
+    elif [ -f "$d/src/core/nginx.h" ]; then
+        src="$d" bin="$d/objs/nginx" mods="$d/objs"
+    else
+        usage "--nginx: $d is neither scripts/mainline.sh's --dir (src/, nginx/) nor an nginx source tree"
+    fi
+    [ -f "$src/objs/ngx_auto_config.h" ] && [ -x "$bin" ] || {
+        echo "nginx-tests: no nginx built in $d (no $bin): build it first, e.g." \
+            "scripts/mainline.sh --no-test --dir=$d /path/to/nginx.git" >&2
+        exit 1
+    }
+    version=$(sed -n 's/^#define NGINX_VERSION *"\(.*\)"$/\1/p' "$src/src/core/nginx.h")
+    add_version "nginx-$version"
+    src_of[nginx-$version]=$src bin_of[nginx-$version]=$bin mods_of[nginx-$version]=$mods
+}
+IFS=, read -ra specs <<<"$nginx"
+[ ${#specs[@]} -gt 0 ] || usage "--nginx: nothing given"
+for spec in "${specs[@]}"; do
+    case "$spec" in
+        debian | 1.28) add_version "$spec" ;;
+        both) add_version debian; add_version 1.28 ;;
+        '') usage "--nginx: an empty item in $nginx" ;;
+        *) add_build_dir "$spec" ;;
     esac
 done
 
@@ -73,14 +131,13 @@ select_files() {
 mapfile -t files < <(select_files)
 [ ${#files[@]} -gt 0 ] || { echo "nginx-tests: no file matches" >&2; exit 1; }
 
-versions=()
-case "$nginx" in
-    debian) versions=(debian) ;;
-    1.28) versions=(1.28) ;;
-    both) versions=(debian 1.28) ;;
-esac
+# The modules, built against each nginx (nginx itself too, for 1.28).
 for v in "${versions[@]}"; do
-    if [ "$v" = 1.28 ]; then "$ROOT/scripts/build.sh" --nginx=1.28 >&2; else "$ROOT/scripts/build.sh" >&2; fi
+    case "$v" in
+        debian) "$ROOT/scripts/build.sh" >&2 ;;
+        1.28) "$ROOT/scripts/build.sh" --nginx=1.28 >&2 ;;
+        *) "$ROOT/scripts/build.sh" --nginx="${src_of[$v]}" >&2 ;;
+    esac
 done
 
 work=$(mktemp -d /tmp/ntr.XXXXXX)
@@ -161,12 +218,21 @@ run_one() {
 : >"$work/rewrites.tsv"
 : >"$work/versions.tsv"
 for v in "${versions[@]}"; do
-    if [ "$v" = 1.28 ]; then
-        bin=$NGINX_128_BIN http_so=$MODULE_128_SO stream_so=$STREAM_MODULE_128_SO nginx_stream=$NGINX_128_STREAM_SO
-    else
-        bin=$NGINX_BIN http_so=$MODULE_SO stream_so=$STREAM_MODULE_SO nginx_stream=$NGINX_STREAM_SO
-    fi
-    mods=$(dirname "$nginx_stream")
+    case "$v" in
+        debian)
+            bin=$NGINX_BIN http_so=$MODULE_SO stream_so=$STREAM_MODULE_SO
+            mods=$(dirname "$NGINX_STREAM_SO")
+            ;;
+        1.28)
+            bin=$NGINX_128_BIN http_so=$MODULE_128_SO stream_so=$STREAM_MODULE_128_SO
+            mods=$(dirname "$NGINX_128_STREAM_SO")
+            ;;
+        *)
+            bin=${bin_of[$v]} mods=${mods_of[$v]}
+            http_so="$ROOT/target/$v/release/libngx_http_least_conn_persistent_module.so"
+            stream_so="$ROOT/target/$v/release/libngx_stream_least_conn_persistent_module.so"
+            ;;
+    esac
     printf '%s\t%s\t%s\t%s\t%s\n' "$v" "$bin" "$("$bin" -v 2>&1 | sed 's/^nginx version: //')" \
         "$http_so" "$stream_so" >>"$work/versions.tsv"
     make_wrapper "$v" "$bin" "$mods"
@@ -174,7 +240,7 @@ for v in "${versions[@]}"; do
     for f in "${files[@]}"; do
         for way in a b c; do
             run_one "$v" "$way" "$f" "$work/$v/bin/nginx" "$mods"
-            printf '>> %-8s %-36s %s: %s\n' "$v" "$f" "$way" "$(tail -1 "$work/logs/$v/$way/$f.out")" >&2
+            printf '>> %-12s %-36s %s: %s\n' "$v" "$f" "$way" "$(tail -1 "$work/logs/$v/$way/$f.out")" >&2
         done
     done
 done

@@ -23,6 +23,9 @@ my @cases = (
 	['mainline.sh', '/nonexistent-nginx-tree'],
 	['nginx-tests.sh', '--bogus'],
 	['nginx-tests.sh', '--nginx=1.30 /tmp'],
+	['nginx-tests.sh', '--nginx=both,/nonexistent-nginx-tree /tmp'],
+	['nginx-tests.sh', '--nginx=/tmp /tmp'],
+	['nginx-tests.sh', '--nginx=both,, /tmp'],
 );
 plan(tests => 3 * @cases);
 
