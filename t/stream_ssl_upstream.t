@@ -81,8 +81,6 @@ $t->run();
 # One connection through the stream proxy: what the backend said.
 sub through { return http('', port => port(8090)) }
 
-sub stream_entries { @{status('/status?subsystem=stream')->{counters} // []} }
-
 my @r = map { through() } 1 .. 6;
 is(scalar(grep { /^reused=/ } @r), 6, 'six connections over TLS to the upstream');
 my %ports;
