@@ -12,6 +12,9 @@
 nginx_build_env
 ensure_packages perl curl openssl wrk valgrind libnginx-mod-http-lua lua-resty-core debhelper dpkg-dev fakeroot \
     chromium
+# Other Debian nginx modules enabled beside ours, as nginx-full and
+# nginx-extras have them: t/package.t must pass there too.
+ensure_packages libnginx-mod-stream-geoip libnginx-mod-http-geoip libnginx-mod-mail
 cd "$ROOT"
 
 echo ">> layout (dependencies point one way)"
