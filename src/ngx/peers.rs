@@ -382,7 +382,8 @@ impl<S, const TRIED: bool> RrList<'_, S, TRIED> {
         unsafe { c.peer.as_mut() }
     }
 
-    /// The peer's `max_conns` (0: none); configuration keeps it within u32.
+    /// The peer's `max_conns` (0: none), saturated to 32 bits as the pick
+    /// compares it.
     pub fn max_conns(&self, c: PeerCursor) -> u32 {
         saturate(self.peer(c).max_conns)
     }
