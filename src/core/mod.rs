@@ -10,10 +10,12 @@
 //! - `status`: rendering the status page;
 //! - `array_list`: a peer list in arrays, for front-ends without nginx's
 //!   (Lua balancers);
-//! - `tokens`: what a Lua pick took, redeemable once.
+//! - `tokens`: what a Lua pick took, redeemable once;
+//! - `crash`: named points where tests make the process die.
 
 pub mod address;
 pub mod array_list;
+pub mod crash;
 pub mod key;
 pub mod record;
 pub mod select;
