@@ -101,7 +101,7 @@ pub(crate) mod testing {
 
     /// The payload of the panic that stands for a death at a point.
     #[derive(Debug)]
-    pub struct Died(pub &'static str);
+    pub struct Died;
 
     fn panic_at_target(name: &'static str) {
         TARGET.with(|t| {
@@ -110,7 +110,7 @@ pub(crate) mod testing {
                     if n <= 1 {
                         t.set(None);
                         HIT.with(|h| h.set(true));
-                        std::panic::panic_any(Died(name));
+                        std::panic::panic_any(Died);
                     }
                     t.set(Some((target, n - 1)));
                 }
