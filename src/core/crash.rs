@@ -21,7 +21,7 @@ pub const POINTS: &[&str] = &[
     // table.rs: removing a key
     "remove.retired",
     "remove.unlinked",
-    "remove.freed",
+    "remove.freeing",
     // table.rs: a new block of slots
     "grow.allocated",
     "grow.linked",

@@ -16,6 +16,8 @@
 pub mod address;
 pub mod array_list;
 pub mod crash;
+#[cfg(test)]
+mod crash_tests;
 pub mod key;
 pub mod record;
 pub mod select;

@@ -3,10 +3,12 @@
 //! SIGSEGV, the OOM killer) can be given back.
 //!
 //! Every worker registers a record in the zone when it starts. For each
-//! table block whose keys its configuration uses it gets a chunk of 63
-//! cells, one per slot of the block (the slot's `id` says which): a cell is
-//! this worker's share of that slot's count. Only the owning worker writes
-//! its cells; anyone reads them only once the owner is gone.
+//! table block whose keys it counts on it gets a chunk of 63 cells, one per
+//! slot of the block (the slot's `id` says which), allocated the first time
+//! it counts on one of them: a cell is this worker's share of that slot's
+//! count, and the record keeps the running total of its cells (the status
+//! page reads that, not every cell). Only the owning worker writes its
+//! cells; anyone reads them only once the owner is gone.
 //!
 //! Counting updates the cell before the shared count on acquire, and after
 //! it on release, so a worker killed between the two updates makes the
@@ -14,13 +16,19 @@
 //! that connection closes and the release stops at zero), never one too few
 //! (a count that stayed high for ever).
 //!
+//! Crash consistency follows the table's discipline (`table.rs`): a record
+//! is linked with one store, its memory goes through the journal, and the
+//! give-back of a dead worker's cell is journalled, so a process that dies
+//! giving it back leaves the next lock holder to finish exactly that cell.
+//!
 //! Memory, all from the zone: a record header (64 bytes), a directory of 8
-//! bytes per table block, and 256 bytes per block of 63 keys it uses: about
-//! 4 bytes per key per live worker.
+//! bytes per table block, and 256 bytes per block of 63 keys it counts on:
+//! at most about 4 bytes per key per live worker.
 
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
+use super::crash;
 use super::table::{Acquire, Arena, Release, SlotRef, Table, FLAG_DRAINING, SLOTS_PER_BLOCK};
 
 /// A worker process, told apart from a later process that reuses its pid
@@ -42,18 +50,31 @@ pub fn parse_stat(stat: &str) -> Option<(char, u64)> {
     Some((state, start_time))
 }
 
-/// Whether the process recorded as `id` still runs, given whether its pid
-/// exists (`kill(pid, 0)`) and what `/proc/<pid>/stat` says (`None`:
-/// unreadable). A zombie is gone (it waits for the master to reap it); a
-/// different start time means the pid now belongs to another process. When
-/// the pid exists but its stat cannot be read, nothing is known: alive.
-pub fn is_alive(id: ProcessId, exists: bool, stat: Option<&str>) -> bool {
-    if !exists {
+/// What `kill(pid, 0)` said of a pid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// No such process (ESRCH).
+    Gone,
+    /// A process this one may signal: of the same user, as every worker is.
+    Ours,
+    /// A process of another user (EPERM).
+    Foreign,
+}
+
+/// Whether the process recorded as `id` still runs, given what `kill(pid,
+/// 0)` said and what `/proc/<pid>/stat` says (`None`: unreadable). A zombie
+/// is gone (it waits for the master to reap it); a different start time
+/// means the pid now belongs to another process. When the stat file cannot
+/// be read (`hidepid`), the signal decides: a process of our own user with
+/// that pid is taken for the worker, one of another user is not (workers
+/// all run as nginx's `user`).
+pub fn is_alive(id: ProcessId, signal: Signal, stat: Option<&str>) -> bool {
+    if signal == Signal::Gone {
         return false;
     }
     match stat.and_then(parse_stat) {
         Some((state, start_time)) => state != 'Z' && state != 'X' && start_time == id.start_time,
-        None => true,
+        None => signal == Signal::Ours,
     }
 }
 
@@ -71,6 +92,8 @@ pub struct WorkerRecord {
     /// `dir_len` chunk pointers, by block index; null: nothing counted there.
     dir: AtomicPtr<AtomicPtr<Chunk>>,
     dir_len: AtomicU32,
+    /// The sum of the cells, kept by the owner as it counts.
+    total: AtomicU32,
 }
 
 /// A worker's own record.
@@ -82,37 +105,81 @@ pub struct RecordRef(NonNull<WorkerRecord>);
 unsafe impl Send for RecordRef {}
 unsafe impl Sync for RecordRef {}
 
-/// A worker's share of one slot's count.
+/// A worker's share of one slot's count, and its record's running total.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CellRef(NonNull<AtomicU32>);
+pub struct CellRef {
+    cell: NonNull<AtomicU32>,
+    total: NonNull<AtomicU32>,
+}
 
 // SAFETY: as for RecordRef; only the owning worker writes the cell.
 unsafe impl Send for CellRef {}
 unsafe impl Sync for CellRef {}
 
-/// Where a worker counts its share when the zone had no room for it: a cell
+/// Where a worker counts its share when the zone had no room for it: cells
 /// in the process's own memory, which no reclaim ever reads.
 static UNRECORDED: AtomicU32 = AtomicU32::new(0);
+static UNRECORDED_TOTAL: AtomicU32 = AtomicU32::new(0);
+
+/// Set when this process has given back what it holds (`stop_counting`):
+/// a release after that (a later module's exit hook) must not give back
+/// again, nor write cells that are freed.
+#[cfg(not(test))]
+static STOPPED: AtomicBool = AtomicBool::new(false);
+#[cfg(test)]
+std::thread_local! {
+    // Per test thread: a test that stops counting leaves the others be.
+    static STOPPED: AtomicBool = const { AtomicBool::new(false) };
+}
+
+fn stopped() -> bool {
+    #[cfg(not(test))]
+    return STOPPED.load(Ordering::Relaxed);
+    #[cfg(test)]
+    STOPPED.with(|s| s.load(Ordering::Relaxed))
+}
+
+/// Makes every later release of this process a no-op: call before giving
+/// back what it holds at exit.
+pub fn stop_counting() {
+    #[cfg(not(test))]
+    STOPPED.store(true, Ordering::Release);
+    #[cfg(test)]
+    STOPPED.with(|s| s.store(true, Ordering::Release));
+}
 
 impl CellRef {
     /// The cell for counts that cannot be recorded in the zone.
     pub fn unrecorded() -> CellRef {
-        CellRef(NonNull::from(&UNRECORDED))
+        CellRef {
+            cell: NonNull::from(&UNRECORDED),
+            total: NonNull::from(&UNRECORDED_TOTAL),
+        }
+    }
+
+    pub fn is_recorded(&self) -> bool {
+        !ptr::eq(self.cell.as_ptr(), &UNRECORDED)
     }
 
     fn cell(&self) -> &AtomicU32 {
-        // SAFETY: chunks are freed only when their worker is gone.
-        unsafe { self.0.as_ref() }
+        // SAFETY: chunks are freed only when their worker is done counting.
+        unsafe { self.cell.as_ref() }
     }
 
-    /// Only the owner writes: a load and a store, no locked instruction.
+    fn total(&self) -> &AtomicU32 {
+        // SAFETY: as for the cell: records outlive their worker's counting.
+        unsafe { self.total.as_ref() }
+    }
+
+    /// Only the owner writes: loads and stores, no locked instruction.
     #[inline]
     fn add(&self, n: i32) {
-        let c = self.cell();
-        c.store(
-            c.load(Ordering::Relaxed).saturating_add_signed(n),
-            Ordering::Relaxed,
-        );
+        for c in [self.cell(), self.total()] {
+            c.store(
+                c.load(Ordering::Relaxed).saturating_add_signed(n),
+                Ordering::Relaxed,
+            );
+        }
     }
 
     pub fn get(&self) -> u32 {
@@ -141,20 +208,83 @@ impl Counted {
 
     #[inline]
     pub fn release(&self) -> Release {
+        if stopped() {
+            return Release::Released {
+                now_idle_draining: false,
+            };
+        }
         let r = self.slot.release();
         self.mine.add(-1);
         r
     }
 }
 
+/// Room for the keys a give-back names in its log line, filled under the
+/// lock without allocating.
+pub const KEYS_TEXT_LEN: usize = 480;
+
+/// "key (n), key (n)" of the keys given back, as many as fit.
+#[derive(Clone, Debug)]
+pub struct KeysText {
+    buf: [u8; KEYS_TEXT_LEN],
+    len: usize,
+    /// Keys that did not fit.
+    pub more: u32,
+}
+
+impl Default for KeysText {
+    fn default() -> Self {
+        KeysText {
+            buf: [0; KEYS_TEXT_LEN],
+            len: 0,
+            more: 0,
+        }
+    }
+}
+
+impl KeysText {
+    fn push(&mut self, key: &[u8], n: u32) {
+        let mut digits = [0u8; 10];
+        let mut at = digits.len();
+        let mut v = n;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        let sep: &[u8] = if self.len == 0 { b"" } else { b", " };
+        let parts: [&[u8]; 5] = [sep, key, b" (", &digits[at..], b")"];
+        let need: usize = parts.iter().map(|p| p.len()).sum();
+        if self.more > 0 || self.len + need > KEYS_TEXT_LEN {
+            self.more += 1;
+            return;
+        }
+        for p in parts {
+            self.buf[self.len..self.len + p.len()].copy_from_slice(p);
+            self.len += p.len();
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0 && self.more == 0
+    }
+}
+
 /// What a reclaim gave back for one worker.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Reclaimed {
     pub worker: ProcessId,
     /// Connections subtracted from the shared counts.
     pub connections: u64,
     /// The keys they were counted under, with how many each.
-    pub keys: Vec<(Vec<u8>, u32)>,
+    pub keys: KeysText,
 }
 
 /// A live record as the status page shows it.
@@ -162,6 +292,14 @@ pub struct Reclaimed {
 pub struct WorkerView {
     pub worker: ProcessId,
     pub connections: u64,
+}
+
+/// A record as a look for dead workers saw it: probed without the lock,
+/// given back (`Table::reclaim_seen`) only if still there unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordSeen {
+    pub worker: ProcessId,
+    rec: RecordRef,
 }
 
 impl WorkerRecord {
@@ -177,8 +315,8 @@ impl WorkerRecord {
         if dir.is_null() {
             return &[];
         }
-        // SAFETY: `dir_len` pointers, allocated with the record or grown
-        // under the lock.
+        // SAFETY: at least `dir_len` pointers (the directory is replaced
+        // before its length grows), allocated under the lock.
         unsafe { core::slice::from_raw_parts(dir, self.dir_len.load(Ordering::Relaxed) as usize) }
     }
 
@@ -190,11 +328,10 @@ impl WorkerRecord {
         })
     }
 
-    fn connections(&self) -> u64 {
-        self.chunks()
-            .flat_map(|(_, c)| c.cells.iter())
-            .map(|c| u64::from(c.load(Ordering::Relaxed)))
-            .sum()
+    fn reaches(&self, chunk: *mut u8) -> bool {
+        ptr::eq(self, chunk.cast())
+            || self.dir.load(Ordering::Relaxed).cast() == chunk
+            || self.chunks().any(|(_, c)| ptr::eq(c, chunk.cast()))
     }
 }
 
@@ -209,11 +346,20 @@ impl Table {
         })
     }
 
+    /// Records on the list (read without the lock: a hint for sizing).
+    pub fn nrecords(&self) -> usize {
+        self.nrecords.load(Ordering::Relaxed) as usize
+    }
+
     /// Adds a record for the worker `id`; `None` when the zone is full.
     pub fn register_worker(&self, locked: &impl Arena, id: ProcessId) -> Option<RecordRef> {
+        self.check(locked);
         let rec = locked
             .alloc(size_of::<WorkerRecord>())?
             .cast::<WorkerRecord>();
+        self.journal
+            .alloc
+            .store(rec.as_ptr().cast(), Ordering::Relaxed);
         // SAFETY: fresh memory of the right size and alignment.
         unsafe {
             rec.write(WorkerRecord {
@@ -222,42 +368,114 @@ impl Table {
                 next: AtomicPtr::new(self.workers.load(Ordering::Relaxed)),
                 dir: AtomicPtr::new(ptr::null_mut()),
                 dir_len: AtomicU32::new(0),
+                total: AtomicU32::new(0),
             })
         };
+        crash::point("register.allocated");
         self.workers.store(rec.as_ptr(), Ordering::Release);
+        self.journal.alloc.store(ptr::null_mut(), Ordering::Relaxed);
+        self.nrecords.fetch_add(1, Ordering::Relaxed);
         Some(RecordRef(rec))
     }
 
     /// The cell of `rec` for `slot`, allocated if needed; `None` when the
     /// zone is full.
     pub fn cell(&self, locked: &impl Arena, rec: RecordRef, slot: SlotRef) -> Option<CellRef> {
+        self.check(locked);
         // SAFETY: the caller's own record, live.
         let r = unsafe { rec.0.as_ref() };
         let id = slot.slot().id.load(Ordering::Relaxed) as usize;
         let (block, at) = (id / SLOTS_PER_BLOCK, id % SLOTS_PER_BLOCK);
         if block >= r.dir().len() {
-            grow_dir(locked, r, block + 1)?;
+            self.grow_dir(locked, r, block + 1)?;
         }
         let entry = &r.dir()[block];
         if entry.load(Ordering::Relaxed).is_null() {
             let chunk = locked.alloc(size_of::<Chunk>())?.cast::<Chunk>();
+            self.journal
+                .alloc
+                .store(chunk.as_ptr().cast(), Ordering::Relaxed);
             // SAFETY: fresh memory; AtomicU32 zeroes are valid cells.
             unsafe { ptr::write_bytes(chunk.as_ptr(), 0, 1) };
+            crash::point("cell.allocated");
             entry.store(chunk.as_ptr(), Ordering::Release);
+            self.journal.alloc.store(ptr::null_mut(), Ordering::Relaxed);
         }
         // SAFETY: just checked or allocated.
         let chunk = unsafe { &*entry.load(Ordering::Relaxed) };
-        Some(CellRef(NonNull::from(&chunk.cells[at])))
+        Some(CellRef {
+            cell: NonNull::from(&chunk.cells[at]),
+            total: NonNull::from(&r.total),
+        })
     }
 
-    /// The records of live workers, with what each holds.
-    pub fn workers(&self, _locked: &impl Arena) -> Vec<WorkerView> {
-        self.records()
-            .map(|r| WorkerView {
+    /// Makes room in `r`'s directory for `len` blocks.
+    fn grow_dir(&self, locked: &impl Arena, r: &WorkerRecord, len: usize) -> Option<()> {
+        let old = r.dir();
+        let len = len.max(old.len() * 2).max(8);
+        let new = locked
+            .alloc(len * size_of::<AtomicPtr<Chunk>>())?
+            .cast::<AtomicPtr<Chunk>>();
+        self.journal
+            .alloc
+            .store(new.as_ptr().cast(), Ordering::Relaxed);
+        // SAFETY: fresh memory for `len` pointers.
+        unsafe {
+            for i in 0..len {
+                let p = old
+                    .get(i)
+                    .map_or(ptr::null_mut(), |c| c.load(Ordering::Relaxed));
+                new.add(i).write(AtomicPtr::new(p));
+            }
+        }
+        let old_ptr = r.dir.load(Ordering::Relaxed);
+        self.journal
+            .freeing
+            .store(old_ptr.cast(), Ordering::Relaxed);
+        // The longer directory first, then its length: a reader never
+        // reads past the directory it finds.
+        r.dir.store(new.as_ptr(), Ordering::Release);
+        r.dir_len.store(len as u32, Ordering::Release);
+        self.journal.alloc.store(ptr::null_mut(), Ordering::Relaxed);
+        if let Some(o) = NonNull::new(old_ptr) {
+            // SAFETY: the old directory, replaced above.
+            unsafe { locked.free(o.cast()) };
+        }
+        self.journal
+            .freeing
+            .store(ptr::null_mut(), Ordering::Relaxed);
+        Some(())
+    }
+
+    /// Copies the live records, with what each holds, into `out`, as many
+    /// as its capacity allows (reserved before locking: nothing is
+    /// allocated under the lock).
+    pub fn workers_into(&self, locked: &impl Arena, out: &mut Vec<WorkerView>) {
+        self.check(locked);
+        for r in self.records() {
+            if out.len() == out.capacity() {
+                break;
+            }
+            out.push(WorkerView {
                 worker: r.id(),
-                connections: r.connections(),
-            })
-            .collect()
+                connections: u64::from(r.total.load(Ordering::Relaxed)),
+            });
+        }
+    }
+
+    /// Copies the records into `out`, as many as its capacity allows, for
+    /// a look for dead workers that probes them without the lock.
+    pub fn records_into(&self, locked: &impl Arena, out: &mut Vec<RecordSeen>) {
+        self.check(locked);
+        for r in self.records() {
+            if out.len() == out.capacity() {
+                break;
+            }
+            out.push(RecordSeen {
+                worker: r.id(),
+                rec: RecordRef(NonNull::from(r)),
+            });
+        }
     }
 
     /// Connections given back so far on behalf of dead workers.
@@ -265,105 +483,173 @@ impl Table {
         self.reclaimed.load(Ordering::Relaxed)
     }
 
-    /// Gives back every count of each recorded worker that `alive` says is
-    /// gone, and frees its record.
-    pub fn reclaim_dead(
-        &self,
-        locked: &impl Arena,
-        mut alive: impl FnMut(ProcessId) -> bool,
-    ) -> Vec<Reclaimed> {
-        let dead: Vec<NonNull<WorkerRecord>> = self
+    /// Gives back what a worker found dead held, if its record is still on
+    /// the list as `seen` saw it (another worker may have done it since).
+    pub fn reclaim_seen(&self, locked: &impl Arena, seen: RecordSeen) -> Option<Reclaimed> {
+        self.check(locked);
+        let listed = self
             .records()
-            .filter(|r| !alive(r.id()))
-            .map(NonNull::from)
-            .collect();
-        let out: Vec<Reclaimed> = dead
-            .into_iter()
-            .map(|r| self.reclaim(locked, RecordRef(r)))
-            .collect();
-        let total: u64 = out.iter().map(|r| r.connections).sum();
-        self.reclaimed.fetch_add(total, Ordering::Relaxed);
-        out
+            .any(|r| ptr::eq(r, seen.rec.0.as_ptr()) && r.id() == seen.worker);
+        if !listed {
+            return None;
+        }
+        Some(self.give_back_record(locked, seen.rec, true))
     }
 
     /// Gives back what `rec` holds and frees it: a worker exiting, or one
-    /// found dead. The caller counts what a dead one gave back.
+    /// found dead. Cell by cell, each give-back journalled; the record is
+    /// unlinked last, so a reclaim cut short is taken up again.
     pub fn reclaim(&self, locked: &impl Arena, rec: RecordRef) -> Reclaimed {
+        self.give_back_record(locked, rec, false)
+    }
+
+    /// `reclaim`; `dead`: on behalf of a dead worker, counted in `reclaimed`.
+    fn give_back_record(&self, locked: &impl Arena, rec: RecordRef, dead: bool) -> Reclaimed {
+        self.check(locked);
         // SAFETY: a record of this table, which nobody else frees while we
         // hold the lock.
         let r = unsafe { rec.0.as_ref() };
-        let blocks = self.blocks_by_index();
         let mut out = Reclaimed {
             worker: r.id(),
             connections: 0,
-            keys: Vec::new(),
+            keys: KeysText::default(),
         };
         for (index, chunk) in r.chunks() {
+            let block = self.block(index);
             for (at, cell) in chunk.cells.iter().enumerate() {
-                let held = cell.swap(0, Ordering::Relaxed);
-                let Some(slot) = blocks.get(index).map(|b| &b.slots[at]) else {
-                    continue;
-                };
-                if held == 0 || !slot.is_used() {
+                let held = cell.load(Ordering::Relaxed);
+                if held == 0 {
                     continue;
                 }
-                let taken = slot.subtract(held);
+                let Some(slot) = block.map(|b| &b.slots[at]).filter(|s| s.is_used()) else {
+                    cell.store(0, Ordering::Relaxed);
+                    continue;
+                };
+                let taken = self.give_back(cell, slot, held, dead);
                 out.connections += u64::from(taken);
                 // SAFETY: lock held; a used slot.
-                out.keys.push((unsafe { slot.key() }.to_vec(), taken));
+                out.keys.push(unsafe { slot.key() }, taken);
                 if slot.flags.load(Ordering::Relaxed) & FLAG_DRAINING != 0 {
                     self.try_remove(locked, slot);
                 }
             }
         }
-        self.unlink(locked, r);
+        self.free_record(locked, r);
         out
     }
 
-    fn unlink(&self, locked: &impl Arena, r: &WorkerRecord) {
+    /// Subtracts a dead worker's share `held` of `slot` and clears its
+    /// cell, journalled so that a kill in between is finished by repair
+    /// (`finish_give_back`) rather than lost or done twice.
+    fn give_back(&self, cell: &AtomicU32, slot: &super::table::Slot, held: u32, dead: bool) -> u32 {
+        let j = &self.journal;
+        j.cell_slot
+            .store(ptr::from_ref(slot).cast_mut(), Ordering::Relaxed);
+        j.cell_held.store(held, Ordering::Relaxed);
+        j.cell_dead.store(u32::from(dead), Ordering::Relaxed);
+        j.cell_subtracted.store(0, Ordering::Relaxed);
+        j.cell
+            .store(ptr::from_ref(cell).cast_mut(), Ordering::Release);
+        let taken = slot.subtract(held);
+        if dead {
+            self.reclaimed
+                .fetch_add(u64::from(taken), Ordering::Relaxed);
+        }
+        j.cell_subtracted.store(1, Ordering::Release);
+        crash::point("reclaim.subtracted");
+        cell.store(0, Ordering::Relaxed);
+        j.cell.store(ptr::null_mut(), Ordering::Release);
+        taken
+    }
+
+    /// Repair: finishes the give-back of a cell the journal names.
+    pub(super) fn finish_give_back(&self) {
+        let j = &self.journal;
+        // SAFETY: the journal names a cell of a record still listed (a
+        // record is unlinked only after its last give-back) and a slot.
+        let Some(cell) = (unsafe { j.cell.load(Ordering::Acquire).as_ref() }) else {
+            return;
+        };
+        // SAFETY: as above; slots live in blocks that are never freed.
+        let slot = unsafe { &*j.cell_slot.load(Ordering::Relaxed) };
+        if j.cell_subtracted.load(Ordering::Acquire) == 0 {
+            let taken = slot.subtract(j.cell_held.load(Ordering::Relaxed));
+            if j.cell_dead.load(Ordering::Relaxed) != 0 {
+                self.reclaimed
+                    .fetch_add(u64::from(taken), Ordering::Relaxed);
+            }
+        }
+        cell.store(0, Ordering::Relaxed);
+        j.cell.store(ptr::null_mut(), Ordering::Release);
+    }
+
+    /// Frees a record whose cells are given back: its chunks and directory
+    /// while it is still listed, then the record itself, through the
+    /// journal.
+    fn free_record(&self, locked: &impl Arena, r: &WorkerRecord) {
+        for c in r.dir() {
+            if let Some(chunk) = NonNull::new(c.load(Ordering::Relaxed)) {
+                self.free_reachable_once(locked, chunk.cast(), || {
+                    c.store(ptr::null_mut(), Ordering::Relaxed)
+                });
+            }
+        }
+        if let Some(d) = NonNull::new(r.dir.load(Ordering::Relaxed)) {
+            self.free_reachable_once(locked, d.cast(), || {
+                r.dir_len.store(0, Ordering::Relaxed);
+                r.dir.store(ptr::null_mut(), Ordering::Relaxed);
+            });
+        }
+        self.free_reachable_once(locked, NonNull::from(r).cast(), || {
+            self.unlink(r);
+            crash::point("reclaim.unlinked");
+        });
+    }
+
+    /// Frees `chunk` once `unlink` has made it unreachable, with the
+    /// journal naming it meanwhile.
+    fn free_reachable_once(&self, locked: &impl Arena, chunk: NonNull<u8>, unlink: impl FnOnce()) {
+        self.journal
+            .freeing
+            .store(chunk.as_ptr(), Ordering::Relaxed);
+        unlink();
+        // SAFETY: zone memory of this table, just made unreachable.
+        unsafe { locked.free(chunk) };
+        self.journal
+            .freeing
+            .store(ptr::null_mut(), Ordering::Relaxed);
+    }
+
+    fn unlink(&self, r: &WorkerRecord) {
         let mut link = &self.workers;
         // SAFETY: lock held; `r` is on the list.
         unsafe {
-            while !ptr::eq(link.load(Ordering::Relaxed), r) {
-                link = &(*link.load(Ordering::Relaxed)).next;
-            }
-            link.store(r.next.load(Ordering::Relaxed), Ordering::Release);
-            for c in r.dir() {
-                if let Some(c) = NonNull::new(c.load(Ordering::Relaxed)) {
-                    locked.free(c.cast());
+            while let Some(at) = link.load(Ordering::Relaxed).as_ref() {
+                if ptr::eq(at, r) {
+                    link.store(r.next.load(Ordering::Relaxed), Ordering::Release);
+                    self.nrecords.fetch_sub(1, Ordering::Relaxed);
+                    return;
                 }
+                link = &at.next;
             }
-            if let Some(d) = NonNull::new(r.dir.load(Ordering::Relaxed)) {
-                locked.free(d.cast());
-            }
-            locked.free(NonNull::from(r).cast());
         }
     }
-}
 
-/// Makes room in `r`'s directory for `len` blocks.
-fn grow_dir(locked: &impl Arena, r: &WorkerRecord, len: usize) -> Option<()> {
-    let old = r.dir();
-    let len = len.max(old.len() * 2).max(8);
-    let new = locked
-        .alloc(len * size_of::<AtomicPtr<Chunk>>())?
-        .cast::<AtomicPtr<Chunk>>();
-    // SAFETY: fresh memory for `len` pointers.
-    unsafe {
-        for i in 0..len {
-            let p = old
-                .get(i)
-                .map_or(ptr::null_mut(), |c| c.load(Ordering::Relaxed));
-            new.add(i).write(AtomicPtr::new(p));
-        }
+    #[cfg(test)]
+    pub(crate) fn records_count(&self) -> usize {
+        self.records().count()
     }
-    let old_ptr = r.dir.swap(new.as_ptr(), Ordering::Release);
-    r.dir_len.store(len as u32, Ordering::Relaxed);
-    if let Some(o) = NonNull::new(old_ptr) {
-        // SAFETY: the old directory, replaced above.
-        unsafe { locked.free(o.cast()) };
+
+    /// Repair: recounts the records.
+    pub(super) fn repair_records(&self, _locked: &impl Arena) {
+        let n = self.records().count() as u32;
+        self.nrecords.store(n, Ordering::Relaxed);
     }
-    Some(())
+
+    /// Whether a record, its directory or one of its chunks is `chunk`.
+    pub(super) fn record_reaches(&self, chunk: *mut u8) -> bool {
+        self.records().any(|r| r.reaches(chunk))
+    }
 }
 
 #[cfg(test)]
@@ -388,6 +674,23 @@ mod tests {
             pid,
             start_time: 1000 + pid as u64,
         }
+    }
+
+    fn workers(t: &Table, a: &HeapArena) -> Vec<WorkerView> {
+        let mut out = Vec::with_capacity(64);
+        t.workers_into(a, &mut out);
+        out
+    }
+
+    /// The look for dead workers as workers.rs does it: copy, probe
+    /// outside the lock, give back what is still there.
+    fn reclaim_dead(t: &Table, a: &HeapArena, alive: impl Fn(ProcessId) -> bool) -> Vec<Reclaimed> {
+        let mut seen = Vec::with_capacity(t.nrecords());
+        t.records_into(a, &mut seen);
+        seen.into_iter()
+            .filter(|s| !alive(s.worker))
+            .filter_map(|s| t.reclaim_seen(a, s))
+            .collect()
     }
 
     fn counted(t: &Table, a: &HeapArena, rec: RecordRef, key: &[u8]) -> Counted {
@@ -416,20 +719,33 @@ mod tests {
     fn liveness_tells_dead_zombie_and_reused_pids_apart() {
         let w = worker(7);
         let me = stat(7, "nginx", 'S', w.start_time);
-        assert!(is_alive(w, true, Some(&me)));
-        assert!(!is_alive(w, false, None), "no such pid");
-        assert!(!is_alive(w, false, Some(&me)), "kill(0) decides first");
+        assert!(is_alive(w, Signal::Ours, Some(&me)));
+        assert!(!is_alive(w, Signal::Gone, None), "no such pid");
+        assert!(
+            !is_alive(w, Signal::Gone, Some(&me)),
+            "kill(0) decides first"
+        );
         let zombie = stat(7, "nginx", 'Z', w.start_time);
-        assert!(!is_alive(w, true, Some(&zombie)), "a zombie is gone");
+        assert!(
+            !is_alive(w, Signal::Ours, Some(&zombie)),
+            "a zombie is gone"
+        );
         let reused = stat(7, "bash", 'S', w.start_time + 1);
         assert!(
-            !is_alive(w, true, Some(&reused)),
+            !is_alive(w, Signal::Ours, Some(&reused)),
             "a reused pid is not the worker"
         );
-        assert!(is_alive(w, true, None), "unreadable stat: assume alive");
         assert!(
-            is_alive(w, true, Some("garbage")),
-            "unparsable stat: assume alive"
+            is_alive(w, Signal::Ours, None),
+            "unreadable stat (hidepid), a process of ours: alive"
+        );
+        assert!(
+            !is_alive(w, Signal::Foreign, None),
+            "unreadable stat, a process of another user: not a worker"
+        );
+        assert!(
+            is_alive(w, Signal::Ours, Some("garbage")),
+            "unparsable stat: the signal decides"
         );
     }
 
@@ -453,7 +769,7 @@ mod tests {
         assert_eq!(c1.slot.count(), Some(5));
         assert_eq!((c1.mine.get(), c2.mine.get()), (3, 2));
         assert_eq!(
-            t.workers(&a),
+            workers(t, &a),
             vec![
                 WorkerView {
                     worker: worker(2),
@@ -466,26 +782,40 @@ mod tests {
             ]
         );
 
-        let gone = t.reclaim_dead(&a, |id| id.pid == 2);
+        let gone = reclaim_dead(t, &a, |id| id.pid == 2);
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].worker, worker(1));
         assert_eq!(gone[0].connections, 4);
-        let mut keys = gone[0].keys.clone();
-        keys.sort();
         assert_eq!(
-            keys,
-            vec![
-                (b"conn_count:u:a".to_vec(), 3),
-                (b"conn_count:u:b".to_vec(), 1)
-            ]
+            gone[0].keys.as_bytes(),
+            b"conn_count:u:a (3), conn_count:u:b (1)"
         );
         assert_eq!(c1.slot.count(), Some(2), "the live worker's 2 remain");
         assert_eq!(other.slot.count(), Some(0));
         assert_eq!(t.reclaimed(), 4);
-        assert_eq!(t.workers(&a).len(), 1);
+        assert_eq!(workers(t, &a).len(), 1);
         // Nothing more to give back: the record is gone.
-        assert!(t.reclaim_dead(&a, |id| id.pid == 2).is_empty());
+        assert!(reclaim_dead(t, &a, |id| id.pid == 2).is_empty());
         assert_eq!(t.reclaimed(), 4);
+    }
+
+    #[test]
+    fn releases_after_the_worker_gave_everything_back_do_nothing() {
+        let a = HeapArena::new(1 << 20);
+        let t = table(&a);
+        t.begin_epoch(&a);
+        let w = t.register_worker(&a, worker(1)).unwrap();
+        let c = counted(t, &a, w, b"k");
+        let other = t.register_worker(&a, worker(2)).unwrap();
+        let o = counted(t, &a, other, b"k");
+        c.acquire(0);
+        o.acquire(0);
+        // Exit: stop counting, then give back (and free the cells).
+        stop_counting();
+        assert_eq!(t.reclaim(&a, w).connections, 1);
+        // A later module's exit hook releases the connection again.
+        assert!(matches!(c.release(), Release::Released { .. }));
+        assert_eq!(c.slot.count(), Some(1), "the other worker's stays");
     }
 
     #[test]
@@ -514,7 +844,7 @@ mod tests {
         let e2 = t.begin_epoch(&a);
         t.sweep(&a, e2);
         assert!(c.slot.is_draining());
-        t.reclaim_dead(&a, |_| false);
+        reclaim_dead(t, &a, |_| false);
         assert_eq!(c.slot.count(), None, "the key was removed");
         assert_eq!(t.keys(), 0);
     }
@@ -536,7 +866,7 @@ mod tests {
         assert_eq!(r.connections, 2);
         assert_eq!(cs[0].slot.count(), Some(0));
         assert_eq!(cs[299].slot.count(), Some(0));
-        assert!(t.workers(&a).is_empty());
+        assert!(workers(t, &a).is_empty());
         // Freed: the record, its directory and chunks; the keys remain.
         let keys_cost = before - a.budget.get();
         let w2 = t.register_worker(&a, worker(4)).unwrap();

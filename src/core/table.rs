@@ -15,15 +15,52 @@
 //! reused slot nor race with its removal. Everything else (buckets, keys,
 //! metadata) changes only under the zone lock, which the caller proves by
 //! passing the `Arena` it got from locking the zone.
+//!
+//! # Crash consistency: one discipline
+//!
+//! nginx's master force-unlocks the zone mutex of a process that died
+//! holding it and carries on, so a locked section can stop at any
+//! instruction and the table must still be usable. The discipline:
+//!
+//! 1. **The blocks are the truth.** A slot is in use exactly when its
+//!    `key_len` is non-zero, and that is written last when a key is added
+//!    (after its key bytes, hash and metadata) and first when one is removed
+//!    (right after the generation bump that retires its handles). Chains,
+//!    the free list, `keys` and `nblocks` are indexes derived from the
+//!    blocks; a block is linked with one store of the list head.
+//! 2. **Dirty while locked.** Locking the zone marks the table dirty and
+//!    unlocking clears the mark (`enter`/`leave`, called only by the zone's
+//!    lock guard). Whoever locks a dirty table finds it as a dead holder
+//!    left it and repairs it first (`repair`): it rebuilds the chains, the
+//!    free list and the counters from the blocks, and finishes the one
+//!    step the journal names.
+//! 3. **A one-entry journal for what the blocks cannot tell.** Zone memory
+//!    just allocated and not yet reachable (`journal.alloc`), memory being
+//!    freed (`journal.freeing`, set before it is made unreachable), and the
+//!    dead worker's cell being given back (`record.rs`). Repair frees what
+//!    is allocated but unreachable and finishes a give-back.
+//!
+//! Two gaps remain, each the few instructions between an effect and its
+//! journal entry: a kill between the slab allocator returning memory and
+//! the journal naming it leaks that chunk; a kill between a free returning
+//! and the journal forgetting it makes the repair free it again, which
+//! nginx's slab allocator recognises (`chunk is already free`) and ignores.
+//! A kill inside nginx's slab allocator itself is beyond any repair here.
+//! The named crash points (`crash.rs`) sit between every two steps.
 
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
+use super::crash;
 use super::key;
 use super::sweep::{plan, Action};
 
-/// Memory of the zone, handed out only while the zone lock is held.
+/// Memory of the zone, handed out only while the zone lock is held: the
+/// zone's lock guard, which table methods take as proof of the lock.
 pub trait Arena {
+    /// Whether this is the lock of `table`'s zone (another zone's lock
+    /// proves nothing about this table).
+    fn holds(&self, table: &Table) -> bool;
     /// Memory aligned to 64 bytes for sizes of 64 and more, to 8 otherwise.
     fn alloc(&self, size: usize) -> Option<NonNull<u8>>;
     /// # Safety
@@ -31,7 +68,7 @@ pub trait Arena {
     unsafe fn free(&self, ptr: NonNull<u8>);
 }
 
-const MAGIC: u64 = 0x4c43_5031_0000_0002; // "LCP1", layout 2 (worker records)
+const MAGIC: u64 = 0x4c43_5031_0000_0003; // "LCP1", layout 3 (dirty mark, journal)
 pub(super) const SLOTS_PER_BLOCK: usize = 63; // a block is then exactly 4 KiB
 
 pub const FLAG_BACKUP: u32 = 1;
@@ -95,6 +132,34 @@ pub struct Table {
     pub(super) workers: AtomicPtr<super::record::WorkerRecord>,
     /// Connections given back on behalf of workers that died holding them.
     pub(super) reclaimed: AtomicU64,
+    /// Non-zero while a process holds the zone lock (module docs).
+    dirty: AtomicU32,
+    /// Times a table left dirty was repaired.
+    repairs: AtomicU32,
+    pub(super) journal: Journal,
+    /// Records on the `workers` list.
+    pub(super) nrecords: AtomicU32,
+    /// When (ms, the callers' monotonic clock) the next look for dead
+    /// workers is due; the worker whose compare-and-swap moves it does it.
+    next_check: AtomicU64,
+}
+
+/// What repair needs and the blocks cannot tell (module docs).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(super) struct Journal {
+    /// Zone memory allocated and perhaps not yet reachable.
+    pub(super) alloc: AtomicPtr<u8>,
+    /// Zone memory being freed, perhaps already unreachable.
+    pub(super) freeing: AtomicPtr<u8>,
+    /// A dead worker's cell being given back, and its slot and share.
+    pub(super) cell: AtomicPtr<AtomicU32>,
+    pub(super) cell_slot: AtomicPtr<Slot>,
+    pub(super) cell_held: AtomicU32,
+    /// 1: on behalf of a dead worker (counted in `reclaimed`).
+    pub(super) cell_dead: AtomicU32,
+    /// Set once the share is subtracted from the slot's count.
+    pub(super) cell_subtracted: AtomicU32,
 }
 
 /// Per-server data written by each configuration load.
@@ -338,6 +403,11 @@ impl Table {
                 free: AtomicPtr::new(ptr::null_mut()),
                 workers: AtomicPtr::new(ptr::null_mut()),
                 reclaimed: AtomicU64::new(0),
+                dirty: AtomicU32::new(0),
+                repairs: AtomicU32::new(0),
+                journal: Journal::default(),
+                nrecords: AtomicU32::new(0),
+                next_check: AtomicU64::new(0),
             });
         }
         Some(table)
@@ -360,15 +430,62 @@ impl Table {
         self.keys.load(Ordering::Relaxed)
     }
 
+    /// Times a table left dirty by a dead lock holder was repaired.
+    pub fn repairs(&self) -> u32 {
+        self.repairs.load(Ordering::Relaxed)
+    }
+
+    /// Refuses a lock that is not this table's zone's: a bug, caught before
+    /// it changes anything.
+    pub(super) fn check(&self, locked: &impl Arena) {
+        assert!(locked.holds(self), "a table used under another zone's lock");
+    }
+
+    /// Called by the zone's lock guard right after locking: repairs what a
+    /// holder that died left, then marks the table dirty until `leave`.
+    /// Returns whether a repair was needed.
+    pub fn enter(&self, locked: &impl Arena) -> bool {
+        self.check(locked);
+        let dirty = self.dirty.load(Ordering::Acquire) != 0;
+        if dirty {
+            self.repair(locked);
+        }
+        self.dirty.store(1, Ordering::Release);
+        dirty
+    }
+
+    /// Called by the zone's lock guard right before unlocking.
+    pub fn leave(&self, _locked: &impl Arena) {
+        self.dirty.store(0, Ordering::Release);
+    }
+
     /// Starts a configuration load; keys it upserts are stamped with the result.
-    pub fn begin_epoch(&self, _locked: &impl Arena) -> u32 {
+    pub fn begin_epoch(&self, locked: &impl Arena) -> u32 {
+        self.check(locked);
         self.epoch.fetch_add(1, Ordering::AcqRel).wrapping_add(1)
+    }
+
+    /// Whether the due time of the look for dead workers has come at `now`
+    /// (ms) and this caller won it: the next one is then due `interval`
+    /// later. Lock-free: of all workers ticking, one a period does the work.
+    pub fn claim_check(&self, now: u64, interval: u64) -> bool {
+        let due = self.next_check.load(Ordering::Acquire);
+        now >= due
+            && self
+                .next_check
+                .compare_exchange(due, now + interval, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
     }
 
     fn bucket(&self, hash: u32) -> &AtomicPtr<Slot> {
         let i = (hash & (self.nbuckets - 1)) as usize;
         // SAFETY: i < nbuckets; the array lives as long as the table.
         unsafe { &*self.buckets.as_ptr().add(i) }
+    }
+
+    fn buckets(&self) -> &[AtomicPtr<Slot>] {
+        // SAFETY: nbuckets pointers, living as long as the table.
+        unsafe { core::slice::from_raw_parts(self.buckets.as_ptr(), self.nbuckets as usize) }
     }
 
     fn chain(&self, hash: u32) -> impl Iterator<Item = &Slot> {
@@ -384,7 +501,7 @@ impl Table {
     fn find_slot(&self, key: &[u8], hash: u32) -> Option<&Slot> {
         self.chain(hash).find(|s| {
             // SAFETY: lock held by our caller; chained slots are used.
-            s.hash.load(Ordering::Relaxed) == hash && unsafe { s.key() } == key
+            s.is_used() && s.hash.load(Ordering::Relaxed) == hash && unsafe { s.key() } == key
         })
     }
 
@@ -395,24 +512,40 @@ impl Table {
         }
     }
 
-    pub fn find(&self, _locked: &impl Arena, key: &[u8]) -> Option<SlotRef> {
+    pub fn find(&self, locked: &impl Arena, key: &[u8]) -> Option<SlotRef> {
+        self.check(locked);
         self.find_slot(key, key::hash(key)).map(Self::handle)
+    }
+
+    /// Records `meta` and `epoch` on a key found stored, unless a later
+    /// configuration declares it: an older worker (following DNS, or
+    /// looking up a stale handle) never marks a key the current
+    /// configuration declares as draining, nor moves its epoch back. Lua
+    /// keys' epochs are seconds, and always move on.
+    fn restamp(slot: &Slot, meta: Meta, epoch: u32) {
+        let stored = slot.epoch.load(Ordering::Relaxed);
+        let newer_stored = (stored.wrapping_sub(epoch) as i32) > 0;
+        if meta.flags & FLAG_LUA != 0 || !newer_stored {
+            slot.set_meta(meta, epoch);
+        }
     }
 
     /// Stamps `key` with `epoch` and records `meta`, if it is stored.
     pub fn stamp(
         &self,
-        _locked: &impl Arena,
+        locked: &impl Arena,
         key: &[u8],
         meta: Meta,
         epoch: u32,
     ) -> Option<SlotRef> {
+        self.check(locked);
         let slot = self.find_slot(key, key::hash(key))?;
-        slot.set_meta(meta, epoch);
+        Self::restamp(slot, meta, epoch);
         Some(Self::handle(slot))
     }
 
-    /// Finds or adds `key`, stamps it with `epoch` and records `meta`.
+    /// Finds or adds `key`, stamps it with `epoch` and records `meta` (see
+    /// `restamp` for a key a later configuration declares).
     pub fn upsert(
         &self,
         locked: &impl Arena,
@@ -421,27 +554,31 @@ impl Table {
         meta: Meta,
         epoch: u32,
     ) -> Result<SlotRef, Full> {
+        self.check(locked);
         let hash = key::hash(key);
         if let Some(slot) = self.find_slot(key, hash) {
-            slot.set_meta(meta, epoch);
+            Self::restamp(slot, meta, epoch);
             return Ok(Self::handle(slot));
         }
         if key.is_empty() || key.len() > u32::MAX as usize {
             return Err(Full);
         }
-        let slot = self.pop_free(locked).ok_or(Full)?;
-        let Some(bytes) = locked.alloc(key.len()) else {
-            self.push_free(slot);
-            return Err(Full);
-        };
+        let slot = self.free_slot(locked).ok_or(Full)?;
+        let bytes = locked.alloc(key.len()).ok_or(Full)?;
+        // Reachable from the slot at once: a kill from here on leaves an
+        // unused slot holding a key, whose bytes repair frees.
+        slot.key.store(bytes.as_ptr(), Ordering::Relaxed);
+        crash::point("insert.claimed");
         // SAFETY: fresh chunk of key.len() bytes.
         unsafe { ptr::copy_nonoverlapping(key.as_ptr(), bytes.as_ptr(), key.len()) };
-        slot.key.store(bytes.as_ptr(), Ordering::Relaxed);
-        slot.key_len.store(key.len() as u32, Ordering::Relaxed);
         slot.upstream_len
             .store(upstream_len as u32, Ordering::Relaxed);
         slot.hash.store(hash, Ordering::Relaxed);
         slot.set_meta(meta, epoch);
+        // Published: from here the slot is the key's, chained or not.
+        slot.key_len.store(key.len() as u32, Ordering::Release);
+        self.pop_free(slot);
+        crash::point("insert.published");
         let bucket = self.bucket(hash);
         slot.next
             .store(bucket.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -450,20 +587,24 @@ impl Table {
         Ok(Self::handle(slot))
     }
 
-    fn pop_free(&self, locked: &impl Arena) -> Option<&Slot> {
+    /// The head of the free list (growing the table if it is empty), still
+    /// on the list: `upsert` takes it off once the slot is published.
+    fn free_slot(&self, locked: &impl Arena) -> Option<&Slot> {
         if self.free.load(Ordering::Relaxed).is_null() {
             self.grow(locked)?;
         }
         // SAFETY: the free list links free slots inside live blocks.
-        let slot = unsafe { &*self.free.load(Ordering::Relaxed) };
+        unsafe { self.free.load(Ordering::Relaxed).as_ref() }
+    }
+
+    /// Takes `slot`, the head of the free list, off it.
+    fn pop_free(&self, slot: &Slot) {
+        debug_assert!(ptr::eq(self.free.load(Ordering::Relaxed), slot));
         self.free
             .store(slot.next.load(Ordering::Relaxed), Ordering::Relaxed);
-        Some(slot)
     }
 
     fn push_free(&self, slot: &Slot) {
-        slot.key_len.store(0, Ordering::Relaxed);
-        slot.key.store(ptr::null_mut(), Ordering::Relaxed);
         slot.flags.store(0, Ordering::Relaxed);
         slot.next
             .store(self.free.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -473,6 +614,10 @@ impl Table {
 
     fn grow(&self, locked: &impl Arena) -> Option<()> {
         let block = locked.alloc(size_of::<Block>())?.cast::<Block>();
+        self.journal
+            .alloc
+            .store(block.as_ptr().cast(), Ordering::Relaxed);
+        crash::point("grow.allocated");
         let index = self.nblocks.load(Ordering::Relaxed);
         // SAFETY: fresh, 64-byte aligned memory the size of a Block.
         let block = unsafe {
@@ -486,12 +631,14 @@ impl Table {
             }
             &*block.as_ptr()
         };
-        self.nblocks.store(index + 1, Ordering::Relaxed);
         block
             .next
             .store(self.blocks.load(Ordering::Relaxed), Ordering::Relaxed);
         self.blocks
             .store(ptr::from_ref(block).cast_mut(), Ordering::Release);
+        self.journal.alloc.store(ptr::null_mut(), Ordering::Relaxed);
+        crash::point("grow.linked");
+        self.nblocks.store(index + 1, Ordering::Relaxed);
         for slot in block.slots.iter().rev() {
             self.push_free(slot);
         }
@@ -509,11 +656,10 @@ impl Table {
         })
     }
 
-    /// Blocks by index.
-    pub(super) fn blocks_by_index(&self) -> Vec<&Block> {
-        let mut v: Vec<&Block> = self.blocks().collect();
-        v.sort_by_key(|b| b.index);
-        v
+    /// The block of index `index` (blocks are listed newest first, with
+    /// indexes counting down from `nblocks - 1`).
+    pub(super) fn block(&self, index: usize) -> Option<&Block> {
+        self.blocks().find(|b| b.index as usize == index)
     }
 
     fn all_slots(&self) -> impl Iterator<Item = &Slot> {
@@ -526,7 +672,7 @@ impl Table {
     /// check are one CAS, so no worker can count into it meanwhile.
     pub(super) fn try_remove(&self, locked: &impl Arena, slot: &Slot) -> bool {
         let w = slot.word.load(Ordering::Acquire);
-        if count_of(w) != 0 {
+        if count_of(w) != 0 || !slot.is_used() {
             return false;
         }
         let retired = pack(generation_of(w).wrapping_add(1), 0);
@@ -537,38 +683,65 @@ impl Table {
         {
             return false;
         }
+        // Retracted: from here the slot is free, chained or not.
+        slot.key_len.store(0, Ordering::Release);
+        crash::point("remove.retired");
         let hash = slot.hash.load(Ordering::Relaxed);
         let mut link = self.bucket(hash);
-        // SAFETY: lock held; the slot is chained in its bucket.
+        // SAFETY: lock held; the slot is chained in its bucket unless a
+        // repair already rebuilt the chain without it.
         unsafe {
-            while link.load(Ordering::Relaxed) != ptr::from_ref(slot).cast_mut() {
-                link = &(*link.load(Ordering::Relaxed)).next;
-            }
-            link.store(slot.next.load(Ordering::Relaxed), Ordering::Release);
-            if let Some(k) = NonNull::new(slot.key.load(Ordering::Relaxed)) {
-                locked.free(k);
+            while let Some(at) = link.load(Ordering::Relaxed).as_ref() {
+                if ptr::eq(at, slot) {
+                    link.store(slot.next.load(Ordering::Relaxed), Ordering::Release);
+                    break;
+                }
+                link = &at.next;
             }
         }
+        crash::point("remove.unlinked");
+        self.free_key(locked, slot);
         self.push_free(slot);
         self.keys.fetch_sub(1, Ordering::Relaxed);
         true
     }
 
-    /// Removes or drains every key the load of `epoch` did not declare.
+    /// Frees the key bytes of a slot no longer in use.
+    fn free_key(&self, locked: &impl Arena, slot: &Slot) {
+        let Some(k) = NonNull::new(slot.key.load(Ordering::Relaxed)) else {
+            return;
+        };
+        self.journal.freeing.store(k.as_ptr(), Ordering::Relaxed);
+        slot.key.store(ptr::null_mut(), Ordering::Relaxed);
+        crash::point("remove.freeing");
+        // SAFETY: the slot's own key chunk, now unreachable.
+        unsafe { locked.free(k) };
+        self.journal
+            .freeing
+            .store(ptr::null_mut(), Ordering::Relaxed);
+    }
+
+    /// Removes or drains every key the load of `epoch` did not declare. A
+    /// key is marked draining before its count is read, so that a last
+    /// release in between sees the mark and removes it.
     pub fn sweep(&self, locked: &impl Arena, epoch: u32) -> Sweep {
+        self.check(locked);
         let mut done = Sweep::default();
         for slot in self.all_slots() {
             if slot.flags.load(Ordering::Relaxed) & FLAG_LUA != 0 {
                 continue;
             }
-            let w = slot.word.load(Ordering::Acquire);
-            let action = plan(slot.epoch.load(Ordering::Relaxed), epoch, count_of(w));
-            let removed = action == Action::Remove && self.try_remove(locked, slot);
-            if action == Action::Drain || (action == Action::Remove && !removed) {
-                slot.flags.fetch_or(FLAG_DRAINING, Ordering::Relaxed);
-                done.draining += 1;
+            let key_epoch = slot.epoch.load(Ordering::Relaxed);
+            if plan(key_epoch, epoch, 1) == Action::Keep {
+                continue;
             }
+            slot.flags.fetch_or(FLAG_DRAINING, Ordering::Relaxed);
+            crash::point("sweep.marked");
+            let count = count_of(slot.word.load(Ordering::Acquire));
+            let removed =
+                plan(key_epoch, epoch, count) == Action::Remove && self.try_remove(locked, slot);
             done.removed += u32::from(removed);
+            done.draining += u32::from(!removed);
         }
         done
     }
@@ -576,6 +749,7 @@ impl Table {
     /// A key no longer declared: removed now if idle, else draining until
     /// its last connection closes.
     pub fn drain(&self, locked: &impl Arena, at: SlotRef) {
+        self.check(locked);
         if at.count().is_none() {
             return;
         }
@@ -585,31 +759,35 @@ impl Table {
 
     /// Removes `at` if nothing counts on it (a key just added, given up).
     pub fn remove_idle(&self, locked: &impl Arena, at: SlotRef) -> bool {
+        self.check(locked);
         at.count() == Some(0) && self.try_remove(locked, at.slot())
     }
 
     /// Removes the Lua keys that are idle and were neither declared nor
     /// picked in the `ttl` seconds before `now`; returns how many.
     pub fn expire_lua(&self, locked: &impl Arena, now: u32, ttl: u32) -> u32 {
-        let stale: Vec<&Slot> = self
-            .all_slots()
-            .filter(|s| s.flags.load(Ordering::Relaxed) & FLAG_LUA != 0)
-            .filter(|s| now.wrapping_sub(s.epoch.load(Ordering::Relaxed)) > ttl)
-            .collect();
-        stale
-            .into_iter()
-            .filter(|s| self.try_remove(locked, s))
-            .count() as u32
+        self.check(locked);
+        let mut removed = 0;
+        for slot in self.all_slots() {
+            let lua = slot.flags.load(Ordering::Relaxed) & FLAG_LUA != 0;
+            let unused = now.wrapping_sub(slot.epoch.load(Ordering::Relaxed)) > ttl;
+            if lua && unused && self.try_remove(locked, slot) {
+                removed += 1;
+            }
+        }
+        removed
     }
 
     /// Frees a draining key whose last connection just closed.
     pub fn remove_if_drained(&self, locked: &impl Arena, at: SlotRef) -> bool {
+        self.check(locked);
         let slot = at.slot();
         at.count() == Some(0) && at.is_draining() && self.try_remove(locked, slot)
     }
 
     /// Calls `f` for every key, under the lock the caller holds.
-    pub fn for_each(&self, _locked: &impl Arena, mut f: impl FnMut(EntryView<'_>)) {
+    pub fn for_each(&self, locked: &impl Arena, mut f: impl FnMut(EntryView<'_>)) {
+        self.check(locked);
         for slot in self.all_slots() {
             f(EntryView {
                 // SAFETY: lock held; used slot.
@@ -619,6 +797,80 @@ impl Table {
                 meta: slot.meta(),
             });
         }
+    }
+
+    /// Brings a table a dead lock holder left back to a valid state (module
+    /// docs): rebuilds the indexes from the blocks, frees memory the journal
+    /// names that nothing reaches, finishes a give-back, and removes the
+    /// draining keys nothing counts on any more. Idempotent: a holder that
+    /// dies repairing leaves work for the next.
+    fn repair(&self, locked: &impl Arena) {
+        self.repairs.fetch_add(1, Ordering::Relaxed);
+        self.finish_give_back();
+        self.rebuild_indexes(locked);
+        self.repair_records(locked);
+        for p in [&self.journal.alloc, &self.journal.freeing] {
+            let chunk = p.load(Ordering::Relaxed);
+            if let Some(c) = NonNull::new(chunk) {
+                if !self.reaches(chunk) {
+                    // SAFETY: zone memory nothing reaches: allocated and
+                    // never linked, or unlinked and not yet freed.
+                    unsafe { locked.free(c) };
+                }
+            }
+            p.store(ptr::null_mut(), Ordering::Relaxed);
+        }
+        for slot in self.all_slots() {
+            if slot.flags.load(Ordering::Relaxed) & FLAG_DRAINING != 0 {
+                self.try_remove(locked, slot);
+            }
+        }
+    }
+
+    /// Chains, free list, key and block counts, from the blocks.
+    fn rebuild_indexes(&self, locked: &impl Arena) {
+        for b in self.buckets() {
+            b.store(ptr::null_mut(), Ordering::Relaxed);
+        }
+        self.free.store(ptr::null_mut(), Ordering::Relaxed);
+        let (mut keys, mut blocks) = (0, 0);
+        for block in self.blocks() {
+            blocks += 1;
+            for slot in block.slots.iter().rev() {
+                if slot.is_used() {
+                    keys += 1;
+                    let bucket = self.bucket(slot.hash.load(Ordering::Relaxed));
+                    slot.next
+                        .store(bucket.load(Ordering::Relaxed), Ordering::Relaxed);
+                    bucket.store(ptr::from_ref(slot).cast_mut(), Ordering::Relaxed);
+                } else {
+                    // A key added or removed half way: its bytes go.
+                    // (The chunk the journal is freeing is left to it.)
+                    if let Some(k) = NonNull::new(slot.key.load(Ordering::Relaxed)) {
+                        slot.key.store(ptr::null_mut(), Ordering::Relaxed);
+                        if k.as_ptr() != self.journal.freeing.load(Ordering::Relaxed) {
+                            // SAFETY: the key chunk of a slot not in use,
+                            // reachable from nowhere else.
+                            unsafe { locked.free(k) };
+                        }
+                    }
+                    self.push_free(slot);
+                }
+            }
+        }
+        self.keys.store(keys, Ordering::Relaxed);
+        self.nblocks.store(blocks, Ordering::Relaxed);
+    }
+
+    /// Whether `chunk` is zone memory the table reaches: a block, a key, or
+    /// a worker record's memory.
+    fn reaches(&self, chunk: *mut u8) -> bool {
+        self.blocks().any(|b| ptr::eq(b, chunk.cast()))
+            || self
+                .blocks()
+                .flat_map(|b| b.slots.iter())
+                .any(|s| s.key.load(Ordering::Relaxed) == chunk)
+            || self.record_reaches(chunk)
     }
 }
 
@@ -645,6 +897,9 @@ pub(crate) mod tests {
     }
 
     impl Arena for HeapArena {
+        fn holds(&self, _table: &Table) -> bool {
+            true
+        }
         fn alloc(&self, size: usize) -> Option<NonNull<u8>> {
             if size > self.budget.get() {
                 return None;
@@ -663,6 +918,59 @@ pub(crate) mod tests {
                 .unwrap();
             self.budget.set(self.budget.get() + layout.size());
             dealloc(ptr.as_ptr(), layout);
+        }
+    }
+
+    impl HeapArena {
+        /// Bytes handed out and not freed.
+        pub fn used(&self) -> usize {
+            self.live.borrow().values().map(|l| l.size()).sum()
+        }
+    }
+
+    impl Table {
+        /// Checks every invariant the crash discipline promises: the
+        /// indexes match the blocks, nothing is journalled, no lock mark.
+        pub(crate) fn validate(&self) {
+            assert_eq!(self.dirty.load(Ordering::Relaxed), 0, "left dirty");
+            assert!(self.journal.alloc.load(Ordering::Relaxed).is_null());
+            assert!(self.journal.freeing.load(Ordering::Relaxed).is_null());
+            assert!(self.journal.cell.load(Ordering::Relaxed).is_null());
+            let used: Vec<&Slot> = self.all_slots().collect();
+            assert_eq!(self.keys() as usize, used.len(), "key count");
+            assert_eq!(
+                self.nblocks.load(Ordering::Relaxed) as usize,
+                self.blocks().count()
+            );
+            let mut chained = 0;
+            for b in self.buckets() {
+                let mut at = b.load(Ordering::Relaxed);
+                while let Some(s) = unsafe { at.as_ref() } {
+                    assert!(s.is_used(), "a free slot in a chain");
+                    assert!(ptr::eq(self.bucket(s.hash.load(Ordering::Relaxed)), b));
+                    chained += 1;
+                    at = s.next.load(Ordering::Relaxed);
+                }
+            }
+            assert_eq!(chained, used.len(), "every used slot chained once");
+            let mut free = 0;
+            let mut at = self.free.load(Ordering::Relaxed);
+            while let Some(s) = unsafe { at.as_ref() } {
+                assert!(!s.is_used(), "a used slot on the free list");
+                assert!(
+                    s.key.load(Ordering::Relaxed).is_null(),
+                    "a free slot with a key"
+                );
+                free += 1;
+                at = s.next.load(Ordering::Relaxed);
+            }
+            assert_eq!(free + used.len(), self.blocks().count() * SLOTS_PER_BLOCK);
+            for (i, s) in used.iter().enumerate() {
+                for o in &used[i + 1..] {
+                    assert!(unsafe { s.key() != o.key() }, "a key stored twice");
+                }
+            }
+            assert_eq!(self.nrecords(), self.records_count());
         }
     }
 
@@ -808,6 +1116,57 @@ pub(crate) mod tests {
         assert_eq!(t.upsert(&a, b"k", 0, M, e3), Ok(r));
         assert!(!r.is_draining());
         assert_eq!(r.count(), Some(1));
+    }
+
+    #[test]
+    fn an_older_configuration_never_overrides_a_newer_one() {
+        let a = HeapArena::new(1 << 20);
+        let t = table(&a);
+        let old = t.begin_epoch(&a);
+        let new = t.begin_epoch(&a);
+        let r = t.upsert(&a, b"k", 0, M, new).unwrap();
+        // An old worker following DNS stores the key as draining.
+        let draining = Meta {
+            flags: FLAG_DRAINING,
+            weight: 9,
+            ..M
+        };
+        assert_eq!(t.upsert(&a, b"k", 0, draining, old), Ok(r));
+        assert_eq!(t.stamp(&a, b"k", draining, old), Some(r));
+        assert!(!r.is_draining());
+        assert_eq!(keys_of(t, &a), vec![("k".into(), 0, 0)]);
+        let e3 = t.begin_epoch(&a);
+        t.sweep(&a, e3);
+        assert_eq!(r.count(), None, "stamped by `new`, not by `old`: swept");
+        // A newer stamp does move it on.
+        let r = t.upsert(&a, b"k", 0, M, e3).unwrap();
+        let e4 = t.begin_epoch(&a);
+        assert_eq!(t.upsert(&a, b"k", 0, draining, e4), Ok(r));
+        assert!(r.is_draining());
+    }
+
+    #[test]
+    fn a_sweep_marks_draining_before_it_reads_the_count() {
+        let a = HeapArena::new(1 << 20);
+        let t = table(&a);
+        let r = t.upsert(&a, b"k", 0, M, t.begin_epoch(&a)).unwrap();
+        r.acquire(0);
+        let e2 = t.begin_epoch(&a);
+        // The last release lands between the mark and the read of the
+        // count: the sweep then sees 0 and removes the key.
+        let done = crate::core::crash::testing::die_at("sweep.marked", 1, || {
+            t.sweep(&a, e2);
+        });
+        assert!(done);
+        assert!(r.is_draining(), "marked before the count is read");
+        assert_eq!(
+            r.release(),
+            Release::Released {
+                now_idle_draining: true
+            },
+            "the releaser sees the mark and removes it"
+        );
+        assert!(t.remove_if_drained(&a, r));
     }
 
     #[test]

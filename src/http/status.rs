@@ -52,8 +52,8 @@ fn respond(r: &mut Request) -> Status {
             let Some(zone) = tables_of_other_modules(tag).into_iter().next() else {
                 return HTTPStatus::NOT_FOUND.into();
             };
-            let mut entries = zone_entries(&zone);
-            render_subsystem(format, Some("stream"), Some(&zone.info()), &mut entries)
+            let (info, mut entries) = zone_entries(&zone);
+            render_subsystem(format, Some("stream"), Some(&info), &mut entries)
         }
         Some(_) => return HTTPStatus::BAD_REQUEST.into(),
     };
@@ -69,27 +69,32 @@ fn query_arg(r: &mut Request, name: &[u8]) -> Option<ngx_str_t> {
     (rc == Status::NGX_OK.0).then_some(value)
 }
 
-/// Every key in a zone.
-fn zone_entries(z: &ZoneLink) -> Vec<Entry> {
-    let mut entries = Vec::new();
-    z.table.for_each(&z.lock(), |e| {
-        entries.push(Entry {
-            key: String::from_utf8_lossy(e.key).into_owned(),
+/// Every key in a zone, and the zone's figures, from one short hold of its
+/// lock (`ZoneLink::snapshot`).
+fn zone_entries(z: &ZoneLink) -> (ZoneInfo, Vec<Entry>) {
+    let snap = z.snapshot();
+    let entries = snap
+        .entries
+        .iter()
+        .map(|e| Entry {
+            key: String::from_utf8_lossy(snap.key(e)).into_owned(),
             count: u64::from(e.count),
             weight: e.meta.weight,
             max_conns: e.meta.max_conns,
             state: State::from_flags(e.meta.flags),
             lua: e.meta.flags & FLAG_LUA != 0,
         })
-    });
-    entries
+        .collect();
+    (snap.info, entries)
 }
 
 /// Every key in the zone, then the servers this configuration counts per
 /// worker (no zone, or it was full).
 fn collect(registry: &Registry) -> (Option<ZoneInfo>, Vec<Entry>) {
-    let zone = registry.zone();
-    let mut entries = zone.map(zone_entries).unwrap_or_default();
+    let (info, mut entries) = match registry.zone().map(zone_entries) {
+        Some((info, entries)) => (Some(info), entries),
+        None => (None, Vec::new()),
+    };
     for up in registry.upstreams() {
         up.for_each_peer(|pc| {
             if !pc.in_zone() {
@@ -104,7 +109,7 @@ fn collect(registry: &Registry) -> (Option<ZoneInfo>, Vec<Entry>) {
             }
         });
     }
-    (zone.map(|z| z.info()), entries)
+    (info, entries)
 }
 
 fn send(r: &mut Request, content_type: &'static str, body: &str) -> Status {

@@ -78,6 +78,13 @@ pub fn now() -> time_t {
     unsafe { (*ngx_cached_time).sec }
 }
 
+/// nginx's cached monotonic clock, in milliseconds: the same clock in every
+/// process of the machine.
+pub fn now_ms() -> u64 {
+    // SAFETY: a plain integer nginx updates with its cached time.
+    unsafe { nginx_sys::ngx_current_msec as u64 }
+}
+
 /// A weight or `max_conns` as the pick compares it: 32 bits, larger ones
 /// (which stock nginx accepts; configuration warns) at the most.
 #[inline(always)]

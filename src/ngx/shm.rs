@@ -169,9 +169,9 @@ impl ShmZone {
         unsafe { (*self.pool.as_ptr()).set_log_nomem(0) };
     }
 
-    /// Bytes of the zone the slab allocator has handed out (whole pages).
-    pub fn used(&self, page_size: usize) -> usize {
-        let _locked = self.lock();
+    /// Bytes of the zone the slab allocator has handed out (whole pages),
+    /// with the zone locked by the caller.
+    pub fn used_locked(&self, _locked: &LockedSlabPool, page_size: usize) -> usize {
         // SAFETY: `pfree` is maintained by the allocator under the lock.
         let free_pages = unsafe { (*self.pool.as_ptr()).pfree };
         self.size().saturating_sub(free_pages * page_size)

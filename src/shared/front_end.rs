@@ -7,7 +7,6 @@
 
 use core::ffi::{c_char, c_void};
 use core::ptr;
-use core::sync::atomic::{AtomicU32, Ordering};
 
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_cycle, ngx_cycle_t, ngx_int_t, ngx_module_t, ngx_terminate,
@@ -18,7 +17,7 @@ use crate::ngx::conf::{
     callback_result, directive_result, log_warning, text, ConfError, ConfWarning,
 };
 use crate::ngx::log::Log;
-use crate::ngx::peers::now;
+use crate::ngx::peers::{now, now_ms};
 use crate::ngx::process;
 use crate::ngx::subsystem::{init_round_robin, InitPeer, UpstreamSrvConf};
 use crate::ngx::timer;
@@ -175,12 +174,10 @@ pub extern "C" fn init_process<F: FrontEnd>(cycle: *mut ngx_cycle_t) -> ngx_int_
 }
 
 fn check<F: FrontEnd>() {
-    static TICKS: AtomicU32 = AtomicU32::new(0);
-    let tick = TICKS.fetch_add(1, Ordering::Relaxed);
     // SAFETY: in a worker, `ngx_cycle` is its cycle.
     let cycle = unsafe { &*ngx_cycle };
     if let Some(mcf) = F::cycle_main_conf(cycle) {
-        workers::check(&mcf.registry, tick, now() as u32);
+        workers::check(&mcf.registry, now() as u32, now_ms());
         follow_resolved_peers::<F>(cycle, mcf);
     }
 }

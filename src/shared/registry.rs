@@ -605,12 +605,13 @@ impl Registry {
             return;
         };
         let started = std::time::Instant::now();
-        let locked = Locked::new(&shm);
-        let link = ZoneLink {
+        let mut link = ZoneLink {
             shm,
             table,
-            epoch: table.begin_epoch(&locked),
+            epoch: 0,
         };
+        let locked = link.lock();
+        link.epoch = table.begin_epoch(&locked);
         self.link = Some(link);
         let (mut servers, mut full) = (0u32, 0u32);
         for up in &mut self.upstreams {

@@ -2,8 +2,9 @@
 //!
 //! A worker registers when it starts, after giving back the counts of
 //! workers that died (the master starts a replacement for a crashed worker).
-//! Every worker also checks every `CHECK_INTERVAL_MS`: an old-generation
-//! worker that dies while draining is not replaced. A worker that exits
+//! The workers also check every `CHECK_INTERVAL_MS` (one of them a period,
+//! see `check`): an old-generation worker that dies while draining is not
+//! replaced. A worker that exits
 //! gives back what it still holds; holding anything then is a bug, except
 //! in a fast shutdown (`nginx -s stop`), which drops connections unreleased.
 
@@ -12,12 +13,13 @@ use core::sync::atomic::{AtomicPtr, Ordering};
 
 use nginx_sys::{NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN};
 
-use crate::core::record::{is_alive, parse_stat, ProcessId, Reclaimed};
+use crate::core::crash;
+use crate::core::record::{is_alive, parse_stat, stop_counting, ProcessId, Reclaimed, Signal};
 use crate::ngx::log::Log;
 use crate::ngx::subsystem;
 
 use super::registry::Registry;
-use super::zone::{Locked, ZoneLink};
+use super::zone::ZoneLink;
 
 /// How often every worker looks for dead workers' records.
 pub const CHECK_INTERVAL_MS: usize = 500;
@@ -25,7 +27,8 @@ pub const CHECK_INTERVAL_MS: usize = 500;
 /// Lua keys idle and neither declared nor picked for this long are removed.
 pub const LUA_KEY_TTL_SECS: u32 = 600;
 
-/// How many checks between two looks for expired Lua keys (about a minute).
+/// How many check periods between two looks for expired Lua keys (about a
+/// minute).
 const LUA_EXPIRY_EVERY: u32 = 120;
 
 /// This worker's registry (its cycle's), for front-ends that have no
@@ -60,11 +63,26 @@ fn proc_stat(pid: i32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()
 }
 
-/// Whether a process with this pid exists (zombies included).
-fn exists(pid: i32) -> bool {
+/// What `kill(pid, 0)` says of `pid`.
+fn signal(pid: i32) -> Signal {
     // SAFETY: signal 0 only checks that the process exists.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    if unsafe { libc::kill(pid, 0) } == 0 {
+        return Signal::Ours;
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::ESRCH) => Signal::Gone,
+        Some(libc::EPERM) => Signal::Foreign,
+        _ => Signal::Ours,
+    }
+}
+
+/// Whether the worker `id` still runs. The stat file (start time, zombie)
+/// is read only when the pid exists.
+fn alive(id: ProcessId) -> bool {
+    match signal(id.pid) {
+        Signal::Gone => false,
+        s => is_alive(id, s, proc_stat(id.pid).as_deref()),
+    }
 }
 
 /// This process, as its record names it.
@@ -75,19 +93,37 @@ fn current() -> Option<ProcessId> {
 }
 
 fn keys_text(r: &Reclaimed) -> String {
-    r.keys
-        .iter()
-        .map(|(k, n)| format!("{} ({n})", String::from_utf8_lossy(k)))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let mut text = String::from_utf8_lossy(r.keys.as_bytes()).into_owned();
+    if r.keys.more > 0 {
+        text.push_str(&format!(" and {} more", r.keys.more));
+    }
+    text
 }
 
 /// Gives back the counts of every recorded worker that is gone, one
-/// `[warn]` each.
-fn reclaim_dead(link: &ZoneLink, locked: &Locked, log: Log) {
-    for r in link.table.reclaim_dead(locked, |id| {
-        is_alive(id, exists(id.pid), proc_stat(id.pid).as_deref())
-    }) {
+/// `[warn]` each. Two short holds of the zone lock: one copies the records
+/// (into room reserved before it), the other gives back those found dead;
+/// the probing (`kill`, `/proc`) and the logging happen outside both.
+fn reclaim_dead(link: &ZoneLink, log: Log) {
+    let mut seen = Vec::with_capacity(link.table.nrecords() + 8);
+    {
+        let locked = link.lock();
+        link.table.records_into(&locked, &mut seen);
+        crash::point("check.locked");
+    }
+    seen.retain(|s| !alive(s.worker));
+    if seen.is_empty() {
+        return;
+    }
+    let mut gone: Vec<Reclaimed> = Vec::with_capacity(seen.len());
+    {
+        let locked = link.lock();
+        gone.extend(
+            seen.iter()
+                .filter_map(|s| link.table.reclaim_seen(&locked, *s)),
+        );
+    }
+    for r in &gone {
         log.zone(
             NGX_LOG_WARN,
             link.shm.name(),
@@ -96,7 +132,7 @@ fn reclaim_dead(link: &ZoneLink, locked: &Locked, log: Log) {
                 r.worker.pid,
                 r.connections,
                 if r.keys.is_empty() { "" } else { ": " },
-                keys_text(&r)
+                keys_text(r)
             ),
         );
     }
@@ -109,9 +145,10 @@ pub fn start(registry: &'static Registry, log: Log) {
     let Some(link) = registry.zone() else {
         return;
     };
+    reclaim_dead(link, log);
+    let me = current();
     let locked = link.lock();
-    reclaim_dead(link, &locked, log);
-    let record = current().and_then(|me| link.table.register_worker(&locked, me));
+    let record = me.and_then(|me| link.table.register_worker(&locked, me));
     let unattributed = registry.attach_worker(&locked, record);
     drop(locked);
     if unattributed > 0 {
@@ -126,17 +163,22 @@ pub fn start(registry: &'static Registry, log: Log) {
     }
 }
 
-/// The periodic check, in every worker; `now` in seconds. About once a
-/// minute it also removes expired Lua keys.
-pub fn check(registry: &Registry, tick: u32, now: u32) {
+/// The periodic check, in every worker; `now` in seconds, `now_ms` on
+/// nginx's monotonic clock. Of all the workers ticking, only the one that
+/// claims the period (`Table::claim_check`, one compare-and-swap) looks for
+/// dead workers, so the work per period does not grow with the workers.
+/// About once a minute that one also removes expired Lua keys.
+pub fn check(registry: &Registry, now: u32, now_ms: u64) {
     let Some(link) = registry.zone() else {
         return;
     };
-    let locked = link.lock();
-    reclaim_dead(link, &locked, Log::cycle());
-    if tick.is_multiple_of(LUA_EXPIRY_EVERY) {
-        let expired = link.table.expire_lua(&locked, now, LUA_KEY_TTL_SECS);
-        drop(locked);
+    let interval = CHECK_INTERVAL_MS as u64;
+    if !link.table.claim_check(now_ms, interval) {
+        return;
+    }
+    reclaim_dead(link, Log::cycle());
+    if (now_ms / interval).is_multiple_of(u64::from(LUA_EXPIRY_EVERY)) {
+        let expired = link.table.expire_lua(&link.lock(), now, LUA_KEY_TTL_SECS);
         if expired > 0 {
             Log::cycle().zone(
                 NGX_LOG_NOTICE,
@@ -151,11 +193,14 @@ pub fn check(registry: &Registry, tick: u32, now: u32) {
 
 /// `exit_process`: gives back what this worker still holds. `fast`: a fast
 /// shutdown, where connections end without being released; `lua`: picks
-/// the worker's Lua code took and never released.
+/// the worker's Lua code took and never released. Counting stops first: a
+/// later module's exit hook that releases then changes nothing, and writes
+/// no cell freed here.
 pub fn finish(registry: &Registry, fast: bool, lua: usize, log: Log) {
     let (Some(link), Some(record)) = (registry.zone(), registry.record()) else {
         return;
     };
+    stop_counting();
     let r = link.table.reclaim(&link.lock(), record);
     if r.connections == 0 {
         return;

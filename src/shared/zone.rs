@@ -13,32 +13,64 @@ use nginx_sys::{NGX_LOG_ERR, NGX_LOG_NOTICE};
 use ngx::allocator::Allocator;
 use ngx::core::slab::LockedSlabPool;
 
+use crate::core::crash;
 use crate::core::status::ZoneInfo;
-use crate::core::table::{Arena, Table};
+use crate::core::table::{Arena, Meta, Table};
 use crate::ngx::conf::page_size;
 use crate::ngx::shm::{mapped_zones, names_in_running_cycle, ShmZone};
 
-/// The zone with its mutex held; released on drop.
-pub struct Locked(LockedSlabPool);
+/// The zone with its mutex held, as proof of the lock for its table's
+/// methods; released on drop. Only `ZoneLink::lock` and `open_table` make
+/// one: locking marks the table dirty (repairing what a dead holder left),
+/// unlocking clears the mark (`Table::enter`, `Table::leave`).
+pub struct Locked {
+    pool: LockedSlabPool,
+    table: Option<&'static Table>,
+}
 
 impl Locked {
-    pub fn new(shm: &ShmZone) -> Locked {
-        Locked(shm.lock())
+    fn new(shm: &ShmZone, table: Option<&'static Table>) -> Locked {
+        let locked = Locked {
+            pool: shm.lock(),
+            table,
+        };
+        if let Some(t) = table {
+            t.enter(&locked);
+        }
+        locked
+    }
+
+    /// Sets the table once `open_table` found or made it.
+    fn enter(&mut self, table: &'static Table) -> bool {
+        self.table = Some(table);
+        table.enter(self)
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        if let Some(t) = self.table {
+            t.leave(self);
+        }
     }
 }
 
 impl Arena for Locked {
+    fn holds(&self, table: &Table) -> bool {
+        self.table.is_some_and(|t| core::ptr::eq(t, table))
+    }
+
     fn alloc(&self, size: usize) -> Option<NonNull<u8>> {
         let align = if size >= 64 { 64 } else { 8 };
         let layout = Layout::from_size_align(size, align).ok()?;
-        self.0.allocate(layout).ok().map(|p| p.cast())
+        self.pool.allocate(layout).ok().map(|p| p.cast())
     }
 
     unsafe fn free(&self, ptr: NonNull<u8>) {
         // Slab frees ignore the layout; any non-zero size does.
         let layout = Layout::from_size_align(1, 1).expect("a valid layout");
         // SAFETY: the caller's contract (Arena::free).
-        unsafe { self.0.deallocate(ptr, layout) };
+        unsafe { self.pool.deallocate(ptr, layout) };
     }
 }
 
@@ -50,23 +82,81 @@ pub struct ZoneLink {
     pub epoch: u32,
 }
 
+/// One key as copied for the status page.
+#[derive(Clone, Copy, Debug)]
+pub struct CopiedEntry {
+    /// Where its key is in `Snapshot::key_bytes`.
+    pub key: (usize, usize),
+    pub count: u32,
+    pub meta: Meta,
+}
+
+/// What the status page shows of a zone, copied in one short hold.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub info: ZoneInfo,
+    pub entries: Vec<CopiedEntry>,
+    pub key_bytes: Vec<u8>,
+}
+
+impl Snapshot {
+    pub fn key(&self, e: &CopiedEntry) -> &[u8] {
+        &self.key_bytes[e.key.0..e.key.0 + e.key.1]
+    }
+}
+
 impl ZoneLink {
     pub fn lock(&self) -> Locked {
-        Locked::new(&self.shm)
+        Locked::new(&self.shm, Some(self.table))
     }
 
-    pub fn info(&self) -> ZoneInfo {
-        let workers = self.table.workers(&self.lock());
-        ZoneInfo {
-            name: String::from_utf8_lossy(self.shm.name()).into_owned(),
-            size: self.shm.size(),
-            used: self.shm.used(page_size()),
-            keys: self.table.keys(),
-            reclaimed: self.table.reclaimed(),
-            workers: workers
+    /// Everything the status page shows, copied in one hold of the lock into
+    /// room reserved before it (nothing is allocated or logged under it);
+    /// if keys were added meanwhile and do not fit, again with more room.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut room = (self.table.keys() as usize + 16, self.table.nrecords() + 8);
+        loop {
+            let mut snap = Snapshot {
+                entries: Vec::with_capacity(room.0),
+                key_bytes: Vec::with_capacity(room.0 * 64),
+                ..Snapshot::default()
+            };
+            let mut workers = Vec::with_capacity(room.1);
+            let mut fits = true;
+            {
+                let locked = self.lock();
+                crash::point("status.locked");
+                self.table.for_each(&locked, |e| {
+                    let at = snap.key_bytes.len();
+                    if snap.entries.len() == snap.entries.capacity()
+                        || at + e.key.len() > snap.key_bytes.capacity()
+                    {
+                        fits = false;
+                        return;
+                    }
+                    snap.key_bytes.extend_from_slice(e.key);
+                    snap.entries.push(CopiedEntry {
+                        key: (at, e.key.len()),
+                        count: e.count,
+                        meta: e.meta,
+                    });
+                });
+                self.table.workers_into(&locked, &mut workers);
+                snap.info.used = self.shm.used_locked(&locked.pool, page_size());
+            }
+            if !fits {
+                room = (room.0 * 2, room.1 * 2);
+                continue;
+            }
+            snap.info.name = String::from_utf8_lossy(self.shm.name()).into_owned();
+            snap.info.size = self.shm.size();
+            snap.info.keys = snap.entries.len() as u32;
+            snap.info.reclaimed = self.table.reclaimed();
+            snap.info.workers = workers
                 .iter()
                 .map(|w| (w.worker.pid, w.connections))
-                .collect(),
+                .collect();
+            return snap;
         }
     }
 }
@@ -103,17 +193,28 @@ pub fn open_table(
     fresh: bool,
     tag: *const c_void,
 ) -> Result<&'static Table, TooSmall> {
-    let locked = Locked::new(&shm);
+    let mut locked = Locked::new(&shm, None);
     // SAFETY: the root is null or the table a load of ours put there; the
     // table lives as long as the mapping, which outlives every cycle using it.
     if let Some(t) = unsafe { Table::existing(shm.root().cast()) } {
+        let repaired = locked.enter(t);
+        drop(locked);
+        if repaired {
+            shm.log().zone(
+                NGX_LOG_NOTICE,
+                shm.name(),
+                format_args!(
+                    " was left locked by a process that died: its table is repaired \
+                     ({} repair(s) so far)",
+                    t.repairs()
+                ),
+            );
+        }
         return Ok(t);
     }
-    if fresh {
-        note_new_zone(&shm, tag);
-    }
-    shm.quiet_when_full(&locked.0);
+    shm.quiet_when_full(&locked.pool);
     let Some(table) = Table::create(&locked, Table::buckets_for(shm.size())) else {
+        drop(locked);
         shm.log().zone(
             NGX_LOG_ERR,
             shm.name(),
@@ -121,9 +222,15 @@ pub fn open_table(
         );
         return Err(TooSmall);
     };
-    shm.set_root(&locked.0, table.as_ptr().cast());
+    shm.set_root(&locked.pool, table.as_ptr().cast());
     // SAFETY: just created in the zone, as above.
-    Ok(unsafe { &*table.as_ptr() })
+    let table = unsafe { &*table.as_ptr() };
+    locked.enter(table);
+    drop(locked);
+    if fresh {
+        note_new_zone(&shm, tag);
+    }
+    Ok(table)
 }
 
 /// A fresh zone while a zone of ours runs: its counts do not carry over.
