@@ -19,9 +19,13 @@ use crate::ngx::conf::page_size;
 use crate::ngx::shm::{mapped_zones, names_in_running_cycle, ShmZone};
 
 /// The zone with its mutex held; released on drop.
-pub struct Locked(LockedSlabPool);
+pub struct Locked(
+    LockedSlabPool,
+    #[cfg(feature = "lock-stats")] crate::ngx::lock_stats::Taken,
+);
 
 impl Locked {
+    #[cfg(not(feature = "lock-stats"))]
     pub fn new(shm: &ShmZone) -> Locked {
         Locked(shm.lock())
     }
@@ -51,6 +55,7 @@ pub struct ZoneLink {
 }
 
 impl ZoneLink {
+    #[cfg_attr(feature = "lock-stats", track_caller)]
     pub fn lock(&self) -> Locked {
         Locked::new(&self.shm)
     }
@@ -147,5 +152,26 @@ fn note_new_zone(shm: &ShmZone, tag: *const c_void) {
                 String::from_utf8_lossy(old)
             ),
         );
+    }
+}
+
+// The `lock-stats` feature (benchmarks only, src/ngx/lock_stats.rs): the
+// guard times the wait for the mutex and, as it is dropped, the hold, per
+// place in the code that asked for it.
+
+#[cfg(feature = "lock-stats")]
+impl Locked {
+    #[track_caller]
+    pub fn new(shm: &ShmZone) -> Locked {
+        let (pool, taken) = crate::ngx::lock_stats::Taken::wait_for(|| shm.lock());
+        Locked(pool, taken)
+    }
+}
+
+#[cfg(feature = "lock-stats")]
+impl Drop for Locked {
+    fn drop(&mut self) {
+        // Before the fields drop: the mutex is still held.
+        self.1.release();
     }
 }
