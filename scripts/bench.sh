@@ -8,7 +8,10 @@
 #   3. instructions per pick under callgrind,
 #   4. zone capacity and reload cost,
 #   5. requests/s through balancer_by_lua: our Lua library against pure-Lua
-#      least-connections per worker and round-robin.
+#      least-connections per worker and round-robin,
+#   7. at 64 workers: idle CPU with two generations, zone mutex hold times
+#      (a build with the `lock-stats` feature, full runs only), zone memory
+#      per key and per worker.
 # Loopback only. `--quick` runs every scenario small, as a smoke test, and
 # writes build/bench-quick/BENCHMARKS.md instead.
 . "$(dirname "$0")/env.sh"
@@ -32,11 +35,15 @@ mkdir -p "$(dirname "$out")"
 ensure_packages wrk valgrind perl libnginx-mod-http-lua lua-resty-core
 if [ "$nginx" = 1.28 ]; then
     "$ROOT/scripts/build.sh" --nginx=1.28 >&2
+    [ ${#quick[@]} -gt 0 ] || "$ROOT/scripts/build.sh" --nginx=1.28 --lock-stats >&2
     # The scripts take nginx and the module from the harness' variables.
     export TEST_NGINX_BINARY="$NGINX_128_BIN" TEST_NGINX_MODULE="$MODULE_128_SO"
+    export TEST_NGINX_LOCK_STATS_MODULE="$LOCK_STATS_128_SO"
     nginx_label="$("$NGINX_128_BIN" -v 2>&1 | sed 's/.*: //') (built from the nginx-src crate)"
 else
     "$ROOT/scripts/build.sh" >&2
+    [ ${#quick[@]} -gt 0 ] || "$ROOT/scripts/build.sh" --lock-stats >&2
+    export TEST_NGINX_LOCK_STATS_MODULE="$LOCK_STATS_SO"
     nginx_label="$("$NGINX_BIN" -v 2>&1 | sed 's/.*: //') (Debian)"
 fi
 
@@ -83,6 +90,7 @@ section "5. Balance quality in stream {} with held TCP connections" stream_balan
 if [ "$nginx" = debian ]; then
     section "6. Lua balancers (balancer_by_lua)" lua.pl
 fi
+section "7. At 64 workers: idle CPU, zone mutex holds, zone memory" scale.pl
 
 if [ -f "$ROOT/scripts/bench/notes.md" ]; then
     { echo; cat "$ROOT/scripts/bench/notes.md"; } >>"$tmp"

@@ -18,6 +18,12 @@
 #
 # Or set everything yourself: NGINX_SOURCE_DIR=/path/to/nginx
 # NGINX_BUILD_DIR=/path/to/nginx/objs scripts/build.sh
+#
+# --lock-stats (after any --nginx=): the http module only, with the
+# `lock-stats` feature (zone mutex hold times in the error log, for
+# scripts/bench/scale.pl; never for packages), into a target directory of
+# its own (target/lock-stats/, or target/nginx-<version>/lock-stats/): the
+# normal build outputs are left as they are.
 . "$(dirname "$0")/env.sh"
 
 so="$MODULE_SO"
@@ -40,6 +46,13 @@ else
     nginx_build_env
 fi
 cd "$ROOT"
+if [ "${1:-}" = "--lock-stats" ]; then
+    shift
+    target="${CARGO_TARGET_DIR:-$ROOT/target}/lock-stats"
+    CARGO_TARGET_DIR="$target" cargo build --release --features lock-stats "$@"
+    echo ">> built $target/release/libngx_http_least_conn_persistent_module.so (lock-stats)" >&2
+    exit 0
+fi
 cargo build --release "$@"
 echo ">> built $so" >&2
 # The stream module: the same crate with the `stream` feature, in its own

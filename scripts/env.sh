@@ -16,11 +16,16 @@ MODULE_128_SO="$ROOT/target/nginx-1.28/release/libngx_http_least_conn_persistent
 # target directory of its own, copied to this name beside the http one.
 STREAM_MODULE_SO="$ROOT/target/release/libngx_stream_least_conn_persistent_module.so"
 STREAM_MODULE_128_SO="$ROOT/target/nginx-1.28/release/libngx_stream_least_conn_persistent_module.so"
+# The http module with the `lock-stats` feature (scripts/build.sh --lock-stats),
+# for the benchmark's zone mutex hold times.
+LOCK_STATS_SO="$ROOT/target/lock-stats/release/libngx_http_least_conn_persistent_module.so"
+LOCK_STATS_128_SO="$ROOT/target/nginx-1.28/lock-stats/release/libngx_http_least_conn_persistent_module.so"
 # nginx's own stream module, which must be loaded before ours.
 NGINX_STREAM_SO=/usr/lib/nginx/modules/ngx_stream_module.so
 NGINX_128_STREAM_SO="$NGINX_128_PREFIX/modules/ngx_stream_module.so"
 export ROOT BUILD_DIR NGINX_TREE MODULE_SO NGINX_BIN NGINX_128_PREFIX NGINX_128_TREE NGINX_128_BIN MODULE_128_SO
 export STREAM_MODULE_SO STREAM_MODULE_128_SO NGINX_STREAM_SO NGINX_128_STREAM_SO
+export LOCK_STATS_SO LOCK_STATS_128_SO
 
 # Installs Debian packages that are missing; does nothing when all are there.
 ensure_packages() {

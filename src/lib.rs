@@ -113,6 +113,8 @@ mod module {
         init_module: Some(front_end::init_module::<Module>),
         init_process: Some(front_end::init_process::<Module>),
         exit_process: Some(exit_process),
+        #[cfg(feature = "lock-stats")]
+        exit_master: Some(crate::ngx::lock_stats::exit_master),
         ..ngx_module_t::default()
     };
 

@@ -11,13 +11,17 @@
 //! - `array_list`: a peer list in arrays, for front-ends without nginx's
 //!   (Lua balancers);
 //! - `tokens`: what a Lua pick took, redeemable once;
-//! - `crash`: named points where tests make the process die.
+//! - `crash`: named points where tests make the process die;
+//! - `histogram`: durations per bucket (feature `lock-stats`, for the
+//!   benchmark only).
 
 pub mod address;
 pub mod array_list;
 pub mod crash;
 #[cfg(test)]
 mod crash_tests;
+#[cfg(any(test, feature = "lock-stats"))]
+pub mod histogram;
 pub mod key;
 pub mod record;
 pub mod select;

@@ -6,6 +6,8 @@
 //! - `log`: log lines that carry the module's or the zone's name;
 //! - `shm`: shared memory zones (declare, find, lock);
 //! - `timer`: one periodic timer per worker;
+//! - `lock_stats`: hold times of the zone mutex (feature `lock-stats`, for
+//!   the benchmark only);
 //! - `process`: whether this process is a worker (not a cache helper);
 //! - `subsystem`: the names of the subsystem this build balances (http, or
 //!   stream with the `stream` feature);
@@ -13,6 +15,8 @@
 //!   per-request `tried` bitmap.
 
 pub mod conf;
+#[cfg(feature = "lock-stats")]
+pub mod lock_stats;
 pub mod log;
 pub mod peers;
 pub mod process;

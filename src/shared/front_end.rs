@@ -157,6 +157,8 @@ pub extern "C" fn init_module<F: FrontEnd>(cycle: *mut ngx_cycle_t) -> ngx_int_t
 /// worker record (a helper's record would be reclaimed with a spurious
 /// "is gone" warning once it exits) and run no periodic check.
 pub extern "C" fn init_process<F: FrontEnd>(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    #[cfg(feature = "lock-stats")]
+    crate::ngx::lock_stats::forked();
     if !process::serves_connections() {
         return Status::NGX_OK.into();
     }
@@ -193,4 +195,6 @@ pub fn finish_process<F: FrontEnd>(cycle: &ngx_cycle_t, lua_unreleased: usize) {
         let log = unsafe { Log::from_ptr(cycle.log) };
         workers::finish(&mcf.registry, fast, lua_unreleased, log);
     }
+    #[cfg(feature = "lock-stats")]
+    crate::ngx::lock_stats::dump("worker");
 }

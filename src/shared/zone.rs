@@ -26,13 +26,22 @@ use crate::ngx::shm::{mapped_zones, names_in_running_cycle, ShmZone};
 pub struct Locked {
     pool: LockedSlabPool,
     table: Option<&'static Table>,
+    #[cfg(feature = "lock-stats")]
+    stats: crate::ngx::lock_stats::Taken,
 }
 
 impl Locked {
+    #[cfg_attr(feature = "lock-stats", track_caller)]
     fn new(shm: &ShmZone, table: Option<&'static Table>) -> Locked {
+        #[cfg(not(feature = "lock-stats"))]
         let locked = Locked {
             pool: shm.lock(),
             table,
+        };
+        #[cfg(feature = "lock-stats")]
+        let locked = {
+            let (pool, stats) = crate::ngx::lock_stats::Taken::wait_for(|| shm.lock());
+            Locked { pool, table, stats }
         };
         if let Some(t) = table {
             t.enter(&locked);
@@ -52,6 +61,9 @@ impl Drop for Locked {
         if let Some(t) = self.table {
             t.leave(self);
         }
+        // Before the fields drop: the mutex is still held.
+        #[cfg(feature = "lock-stats")]
+        self.stats.release();
     }
 }
 
@@ -106,6 +118,7 @@ impl Snapshot {
 }
 
 impl ZoneLink {
+    #[cfg_attr(feature = "lock-stats", track_caller)]
     pub fn lock(&self) -> Locked {
         Locked::new(&self.shm, Some(self.table))
     }
