@@ -30,6 +30,7 @@ const ERR_UNKNOWN: i32 = -3;
 const ERR_ZONE_FULL: i32 = -4;
 const ERR_NO_PEER: i32 = -5;
 const ERR_TOKEN: i32 = -6;
+const ERR_TOO_MANY_PICKS: i32 = -7;
 const ALREADY: i32 = 1;
 
 const MAX_ID: usize = 128;
@@ -211,6 +212,11 @@ pub extern "C" fn lcp_pick(
 }
 
 fn pick(st: &mut State, handle: i32, skip: &[u64]) -> Result<(i32, u64), i32> {
+    // No token to hand out (`tokens::MAX_OUTSTANDING` picks unreleased):
+    // refused before anything is counted.
+    if st.picks.is_full() {
+        return Err(ERR_TOO_MANY_PICKS);
+    }
     let index = usize::try_from(handle).map_err(|_| ERR_UNKNOWN)?;
     let up = st.upstreams.get_mut(index).ok_or(ERR_UNKNOWN)?;
     let counters = up.counters.list(List::Primary);
@@ -240,7 +246,15 @@ fn pick(st: &mut State, handle: i32, skip: &[u64]) -> Result<(i32, u64), i32> {
         upstream: index,
         held,
     });
-    Ok((best as i32, t))
+    match t {
+        Ok(t) => Ok((best as i32, t)),
+        // Not full above, and nothing issued since: cannot happen, but a
+        // pick without a token must not stay counted.
+        Err(p) => {
+            up.counters.release(p.held, Log::cycle());
+            Err(ERR_TOO_MANY_PICKS)
+        }
+    }
 }
 
 /// Picks this worker's Lua code has not released.
