@@ -19,7 +19,7 @@ use Test::Nginx::Status;
 use Test::Nginx::WebSocket;
 
 $SIG{PIPE} = 'IGNORE';
-my $t = Test::Nginx->new()->has(qw/nginx module lua/)->plan(29);
+my $t = Test::Nginx->new()->has(qw/nginx module lua/)->plan(31);
 $t->alerts_allowed(qr/worker process \d+ exited on signal 9/);
 
 # The Lua list of servers the `ws` upstream declares; a reload picks up a
@@ -172,6 +172,23 @@ http {
             }
         }
 
+        # 1024 servers declared, then declared again with half of them
+        # replaced, in one worker.
+        location /big {
+            content_by_lua_block {
+                local function list(from)
+                    local l = {}
+                    for port = from, from + 1023 do
+                        l[#l + 1] = { addr = "127.0.0.1:" .. port }
+                    end
+                    return l
+                end
+                assert(lcp.declare("big", list(20000)))
+                local up, err = lcp.declare("big", list(20512))
+                ngx.say(up and "declared again" or err)
+            }
+        }
+
         # Picks never released, until the worker has no token left to give;
         # then all released.
         location /exhaust {
@@ -299,6 +316,12 @@ like($bad, qr/C: huge weight: -1\nC: NULL id: -1\nC: NULL servers: -1\nC: id too
 	'the C ABI answers error codes');
 like($bad, qr/forged token: nil invalid token\nnil token: nil invalid token\nforged cdata token: nil invalid token\ntoken past 2\^52: nil invalid token\nfractional token: nil invalid token\nall tried: nil no server can take the connection\npick: true 1 number\nrelease: true\nrelease again: nil already released\ncount after: 0\ncount of no server: nil no such server\n/,
 	'tokens: forged ones refused, a second release a no-op');
+
+# A redeclaration of 1024 servers: the 512 gone (idle) are removed, the 512
+# kept and the 512 new are there.
+like(http_get('/big'), qr/declared again/, '1024 servers declared again, half replaced');
+my @big = sort { $a <=> $b } map { $_->{server} =~ /:(\d+)$/ } entries('big');
+is_deeply([scalar @big, $big[0], $big[-1]], [1024, 20512, 21535], 'the zone holds exactly the new 1024');
 
 # A worker's tokens run out: refused with an error, nothing counted, and
 # picks work again once tokens are released.

@@ -9,7 +9,7 @@
 
 use core::cell::RefCell;
 use core::ffi::c_char;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::core::address;
 use crate::core::array_list::{ArrayList, RoundRobinState};
@@ -146,10 +146,10 @@ fn declare(id: &[u8], servers: &[(&[u8], Meta)]) -> Result<i32, i32> {
     if id.contains(&b':') {
         return Err(ERR_ARG);
     }
-    for (i, (addr, _)) in servers.iter().enumerate() {
-        if servers[..i].iter().any(|(other, _)| other == addr) {
-            return Err(ERR_ARG);
-        }
+    // Distinct addresses, checked in one pass (up to 1024 servers).
+    let mut seen = HashSet::with_capacity(servers.len());
+    if !servers.iter().all(|(addr, _)| seen.insert(*addr)) {
+        return Err(ERR_ARG);
     }
     let registry = workers::registry().ok_or(ERR_NO_ZONE)?;
     STATE.with_borrow_mut(|st| {
