@@ -3,9 +3,15 @@
 //!
 //! Each worker keeps its own table of Lua upstreams (declared by its Lua
 //! code) and of outstanding picks (tokens); the counts live in the zone as
-//! Lua keys, attributed to the worker's record like every other count. The
-//! entry points below are the only `extern "C"` code here: each validates
-//! what Lua passed, turns pointers into slices once, and answers a code.
+//! Lua keys, attributed to the worker's record like every other count. A
+//! worker holds at most `tokens::MAX_OUTSTANDING` (2^20 - 1) picks
+//! unreleased, the index space of a token that a Lua number holds exactly
+//! (`core/tokens.rs`); past that `lcp_pick` answers `ERR_TOO_MANY_PICKS`
+//! and counts nothing.
+//!
+//! The entry points below are the only `extern "C"` code here: each
+//! validates what Lua passed, turns pointers into slices once, and answers
+//! a code.
 
 use core::cell::RefCell;
 use core::ffi::c_char;
