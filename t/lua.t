@@ -19,7 +19,7 @@ use Test::Nginx::Status;
 use Test::Nginx::WebSocket;
 
 $SIG{PIPE} = 'IGNORE';
-my $t = Test::Nginx->new()->has(qw/nginx module lua/)->plan(28);
+my $t = Test::Nginx->new()->has(qw/nginx module lua/)->plan(31);
 $t->alerts_allowed(qr/worker process \d+ exited on signal 9/);
 
 # The Lua list of servers the `ws` upstream declares; a reload picks up a
@@ -172,6 +172,50 @@ http {
             }
         }
 
+        # 1024 servers declared, then declared again with half of them
+        # replaced, in one worker.
+        location /big {
+            content_by_lua_block {
+                local function list(from)
+                    local l = {}
+                    for port = from, from + 1023 do
+                        l[#l + 1] = { addr = "127.0.0.1:" .. port }
+                    end
+                    return l
+                end
+                assert(lcp.declare("big", list(20000)))
+                local up, err = lcp.declare("big", list(20512))
+                ngx.say(up and "declared again" or err)
+            }
+        }
+
+        # Picks never released, until the worker has no token left to give;
+        # then all released.
+        location /exhaust {
+            content_by_lua_block {
+                local up = assert(lcp.declare("many", { { addr = "127.0.0.1:%%PORT_8081%%" } }))
+                local tokens, n, err, top = {}, 0, "none", 0
+                while n < 1100000 do
+                    local server, token = up:pick()
+                    if not server then
+                        err = token
+                        break
+                    end
+                    n = n + 1
+                    tokens[n] = token
+                    if token > top then top = token end
+                end
+                ngx.say("picks: ", n, " then: ", err, " counted: ", up:count(0),
+                        " below 2^52: ", top < 2^52)
+                for i = 1, n do
+                    assert(lcp.release(tokens[i]))
+                end
+                ngx.say("released: ", up:count(0))
+                local server, token = up:pick()
+                ngx.say("picked again: ", server ~= nil, " ", tostring(lcp.release(token)))
+            }
+        }
+
         # A Lua balancer that forgets to release: picks and never gives back.
         location /leak {
             content_by_lua_block {
@@ -272,6 +316,17 @@ like($bad, qr/C: huge weight: -1\nC: NULL id: -1\nC: NULL servers: -1\nC: id too
 	'the C ABI answers error codes');
 like($bad, qr/forged token: nil invalid token\nnil token: nil invalid token\nforged cdata token: nil invalid token\ntoken past 2\^52: nil invalid token\nfractional token: nil invalid token\nall tried: nil no server can take the connection\npick: true 1 number\nrelease: true\nrelease again: nil already released\ncount after: 0\ncount of no server: nil no such server\n/,
 	'tokens: forged ones refused, a second release a no-op');
+
+# A redeclaration of 1024 servers: the 512 gone (idle) are removed, the 512
+# kept and the 512 new are there.
+like(http_get('/big'), qr/declared again/, '1024 servers declared again, half replaced');
+my @big = sort { $a <=> $b } map { $_->{server} =~ /:(\d+)$/ } entries('big');
+is_deeply([scalar @big, $big[0], $big[-1]], [1024, 20512, 21535], 'the zone holds exactly the new 1024');
+
+# A worker's tokens run out: refused with an error, nothing counted, and
+# picks work again once tokens are released.
+like(http_get('/exhaust'), qr/picks: 1048575 then: too many unreleased picks in this worker counted: 1048575 below 2\^52: true\nreleased: 0\npicked again: true true\n/,
+	'1,048,575 picks unreleased in a worker, then refused, not wrapped');
 
 # Lua code that never releases: the worker gives the count back when it
 # exits, and the [error] says whose fault it was.

@@ -17,7 +17,7 @@ use Test::Nginx;
 use Test::Nginx::Backend;
 use Test::Nginx::Status;
 
-my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(25);
+my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(27);
 
 $t->write_file_expand('nginx.conf', <<'EOF');
 
@@ -119,6 +119,9 @@ my @conn = map { /conn=(\d+)/ ? $1 : 0 } @r;
 ok($conn[0] && $conn[0] == $conn[1] && $conn[1] == $conn[2], "keepalive reuses one connection (@conn)");
 my $slow = http_get('/slow?ms=1500', start => 1);
 ok(wait_until(sub { (counts('ka')->{$a} // 0) == 1 }), 'a request in flight counts 1');
+like(http_get('/status?format=prometheus'), qr/^least_conn_persistent_zone_workers_holding_connections\{zone="lcp"\}\ 1\n
+	(?:\#.*\n)+least_conn_persistent_zone_worker_connections\{zone="lcp"\}\ 1$/mx,
+	'prometheus: the worker holding it, and its connection');
 close $slow;
 ok(at_rest(), 'idle keepalive connections do not count');
 
@@ -130,8 +133,11 @@ like($p, qr/^least_conn_persistent_connections\{upstream="first",server="\Q$a\E"
 like($p, qr/^least_conn_persistent_zone_keys\{zone="lcp"\} \d+$/m, 'prometheus zone keys');
 like($p, qr/^# TYPE least_conn_persistent_zone_reclaimed_connections_total counter\n
 	least_conn_persistent_zone_reclaimed_connections_total\{zone="lcp"\}\ 0$/mx, 'prometheus reclaimed counter');
-like($p, qr/^least_conn_persistent_worker_connections\{zone="lcp",pid="$worker"\} 0$/m,
-	'prometheus per-worker connections');
+like($p, qr/^least_conn_persistent_zone_workers\{zone="lcp"\}\ 1\n
+	(?:\#.*\n)+least_conn_persistent_zone_workers_holding_connections\{zone="lcp"\}\ 0\n
+	(?:\#.*\n)+least_conn_persistent_zone_worker_connections\{zone="lcp"\}\ 0$/mx,
+	'prometheus: workers recorded, holding connections, their connections');
+unlike($p, qr/pid/, 'prometheus: no series per process (a pid label would churn at every reload)');
 
 # bad requests
 like(http("POST /status HTTP/1.0\r\nContent-Length: 0\r\n\r\n"), qr/^HTTP\/1\.1 405/, 'POST: 405');

@@ -50,6 +50,8 @@ enum {
     LCP_ERR_ZONE_FULL = -4,  /* the zone has no room for the upstream's keys */
     LCP_ERR_NO_PEER = -5,    /* every server is skipped, down or at max_conns */
     LCP_ERR_TOKEN = -6,      /* not a token of this worker */
+    LCP_ERR_TOO_MANY_PICKS = -7, /* lcp_pick: 1,048,575 picks of this worker are not
+                              * released (tokens hold 20 bits of index) */
     LCP_ALREADY = 1          /* lcp_release: that token was released already */
 };
 
@@ -75,12 +77,13 @@ int lcp_declare(const char *id, size_t id_len, const lcp_server_t *servers, size
  * workers), skipping server i when bit i of skip[] is set (skip may be NULL
  * when skip_words is 0), counts one connection on it and writes a token
  * for lcp_release. Returns the server's index (0-based, in declaration
- * order) or an error. */
+ * order) or an error (nothing is counted then). */
 int lcp_pick(int handle, const uint64_t *skip, size_t skip_words, uint64_t *token);
 
 /* Gives back what the pick that wrote `token` took: LCP_OK, LCP_ALREADY
  * for a token released before, or LCP_ERR_TOKEN. Tokens are below 2^52, so
- * a Lua number holds one exactly. */
+ * a Lua number holds one exactly: 20 bits of index, 32 of generation (a
+ * token stays released through 2^32 reuses of its index). */
 int lcp_release(uint64_t token);
 
 /* The connections counted on server `index` of upstream `handle`, across
@@ -110,6 +113,7 @@ local errors = {
     [tonumber(C.LCP_ERR_ZONE_FULL)] = "least_conn_persistent_zone is full",
     [tonumber(C.LCP_ERR_NO_PEER)] = "no server can take the connection",
     [tonumber(C.LCP_ERR_TOKEN)] = "invalid token",
+    [tonumber(C.LCP_ERR_TOO_MANY_PICKS)] = "too many unreleased picks in this worker",
 }
 
 local function failure(rc)

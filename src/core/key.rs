@@ -107,6 +107,20 @@ pub fn hash(key: &[u8]) -> u32 {
     })
 }
 
+/// The values of `previous` (key, value) whose key `declared` does not
+/// hold, in `previous`' order: what declaring an upstream again leaves out.
+/// Linear: one set of the declared keys, one pass over the previous ones.
+pub fn undeclared<'k, T>(
+    declared: impl Iterator<Item = &'k [u8]>,
+    previous: impl Iterator<Item = (&'k [u8], T)>,
+) -> Vec<T> {
+    let declared: HashSet<&[u8]> = declared.collect();
+    previous
+        .filter(|(key, _)| !declared.contains(key))
+        .map(|(_, value)| value)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +227,33 @@ mod tests {
         assert_eq!(hash(b""), 0x811c_9dc5);
         assert_eq!(hash(b"a"), 0xe40c_292c);
         assert_eq!(hash(b"foobar"), 0xbf9c_f968);
+    }
+
+    fn byte_keys(names: &[&'static str]) -> Vec<&'static [u8]> {
+        names.iter().map(|n| n.as_bytes()).collect()
+    }
+
+    #[test]
+    fn undeclared_keys_are_exactly_the_previous_ones_not_listed() {
+        let declared = byte_keys(&["b", "c", "d"]);
+        let previous = byte_keys(&["a", "b", "c", "e"]);
+        let gone = undeclared(declared.iter().copied(), previous.iter().copied().zip(0..));
+        assert_eq!(gone, vec![0, 3], "a and e, in their order");
+        let kept = undeclared(previous.iter().copied(), previous.iter().copied().zip(0..));
+        assert!(kept.is_empty(), "the same list: nothing left out");
+        let all = undeclared(std::iter::empty(), previous.iter().copied().zip(0..));
+        assert_eq!(all, vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn undeclared_among_a_thousand_servers_replaced_by_others() {
+        let addr = |i: u32| format!("conn_count:lua:10.0.{}.{}:80", i / 256, i % 256).into_bytes();
+        let old: Vec<Vec<u8>> = (0..1024).map(addr).collect();
+        let new: Vec<Vec<u8>> = (512..1536).map(addr).collect();
+        let gone = undeclared(
+            new.iter().map(Vec::as_slice),
+            old.iter().map(Vec::as_slice).zip(0..),
+        );
+        assert_eq!(gone, (0..512).collect::<Vec<_>>());
     }
 }

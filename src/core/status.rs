@@ -280,21 +280,25 @@ fn render_prometheus(
                 "Worker processes recorded in the zone.",
                 z.workers.len() as u64,
             ),
+            (
+                "least_conn_persistent_zone_workers_holding_connections",
+                "gauge",
+                "Recorded worker processes that hold at least one connection.",
+                z.workers.iter().filter(|&&(_, conns)| conns > 0).count() as u64,
+            ),
+            (
+                "least_conn_persistent_zone_worker_connections",
+                "gauge",
+                "Connections the recorded worker processes hold, summed.",
+                z.workers.iter().map(|&(_, conns)| conns).sum(),
+            ),
         ] {
+            // No series per process: a `pid` label would start new series
+            // at every reload (the JSON and HTML pages list the pids).
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             let _ = write!(out, "{name}{{{first}zone=\"");
             label(&mut out, &z.name);
             let _ = writeln!(out, "\"}} {value}");
-        }
-        let name = "least_conn_persistent_worker_connections";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Connections each recorded worker process holds.\n# TYPE {name} gauge"
-        );
-        for (pid, conns) in &z.workers {
-            let _ = write!(out, "{name}{{{first}zone=\"");
-            label(&mut out, &z.name);
-            let _ = writeln!(out, "\",pid=\"{pid}\"}} {conns}");
         }
     }
     for (m, (name, help)) in SERVER_METRICS.iter().enumerate() {
@@ -342,7 +346,7 @@ pub(crate) mod tests {
         assert!(json.starts_with("{\"subsystem\":\"stream\",\"zone\":{\"name\":\"s\""));
         let text = render_subsystem(Format::Prometheus, Some("stream"), Some(&zone), &mut e);
         let series: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        assert_eq!(series.len(), 5 + 1 + 3);
+        assert_eq!(series.len(), 7 + 3);
         assert!(series.iter().all(|l| l.contains("{subsystem=\"stream\",")));
         assert!(!render(Format::Prometheus, Some(&zone), &mut e).contains("subsystem"));
     }
@@ -411,7 +415,7 @@ pub(crate) mod tests {
             used: 8192,
             keys: 1,
             reclaimed: 4,
-            workers: vec![(101, 3)],
+            workers: vec![(101, 3), (102, 0)],
         };
         let mut e = vec![entry("conn_count:a:127.0.0.1:8081", 3, State::Backup)];
         let out = render(Format::Prometheus, Some(&zone), &mut e);
@@ -432,14 +436,41 @@ pub(crate) mod tests {
             "# TYPE least_conn_persistent_zone_reclaimed_connections_total counter\n\
              least_conn_persistent_zone_reclaimed_connections_total{zone=\"lcp\"} 4\n"
         ));
-        assert!(out.contains("least_conn_persistent_zone_workers{zone=\"lcp\"} 1\n"));
-        assert!(
-            out.contains("least_conn_persistent_worker_connections{zone=\"lcp\",pid=\"101\"} 3\n")
-        );
+        assert!(out.contains("least_conn_persistent_zone_workers{zone=\"lcp\"} 2\n"));
+        assert!(out
+            .contains("least_conn_persistent_zone_workers_holding_connections{zone=\"lcp\"} 1\n"));
+        assert!(out.contains("least_conn_persistent_zone_worker_connections{zone=\"lcp\"} 3\n"));
+        assert!(!out.contains("pid"), "no series per process");
         // Every sample line is "name{labels} value".
         for line in out.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();
             value.parse::<u64>().unwrap();
         }
+    }
+
+    #[test]
+    fn prometheus_series_do_not_change_with_the_worker_pids() {
+        // A reload replaces every worker: the same connections held by
+        // processes with other pids must give the same series.
+        let zone = |workers| ZoneInfo {
+            name: "lcp".into(),
+            size: 65536,
+            used: 8192,
+            keys: 1,
+            reclaimed: 0,
+            workers,
+        };
+        let mut e = vec![entry("conn_count:a:127.0.0.1:8081", 5, State::Up)];
+        let before = render(
+            Format::Prometheus,
+            Some(&zone(vec![(101, 5), (102, 0)])),
+            &mut e,
+        );
+        let after = render(
+            Format::Prometheus,
+            Some(&zone(vec![(201, 0), (202, 5)])),
+            &mut e,
+        );
+        assert_eq!(before, after);
     }
 }

@@ -3,13 +3,19 @@
 //!
 //! Each worker keeps its own table of Lua upstreams (declared by its Lua
 //! code) and of outstanding picks (tokens); the counts live in the zone as
-//! Lua keys, attributed to the worker's record like every other count. The
-//! entry points below are the only `extern "C"` code here: each validates
-//! what Lua passed, turns pointers into slices once, and answers a code.
+//! Lua keys, attributed to the worker's record like every other count. A
+//! worker holds at most `tokens::MAX_OUTSTANDING` (2^20 - 1) picks
+//! unreleased, the index space of a token that a Lua number holds exactly
+//! (`core/tokens.rs`); past that `lcp_pick` answers `ERR_TOO_MANY_PICKS`
+//! and counts nothing.
+//!
+//! The entry points below are the only `extern "C"` code here: each
+//! validates what Lua passed, turns pointers into slices once, and answers
+//! a code.
 
 use core::cell::RefCell;
 use core::ffi::c_char;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::core::address;
 use crate::core::array_list::{ArrayList, RoundRobinState};
@@ -30,6 +36,7 @@ const ERR_UNKNOWN: i32 = -3;
 const ERR_ZONE_FULL: i32 = -4;
 const ERR_NO_PEER: i32 = -5;
 const ERR_TOKEN: i32 = -6;
+const ERR_TOO_MANY_PICKS: i32 = -7;
 const ALREADY: i32 = 1;
 
 const MAX_ID: usize = 128;
@@ -145,10 +152,10 @@ fn declare(id: &[u8], servers: &[(&[u8], Meta)]) -> Result<i32, i32> {
     if id.contains(&b':') {
         return Err(ERR_ARG);
     }
-    for (i, (addr, _)) in servers.iter().enumerate() {
-        if servers[..i].iter().any(|(other, _)| other == addr) {
-            return Err(ERR_ARG);
-        }
+    // Distinct addresses, checked in one pass (up to 1024 servers).
+    let mut seen = HashSet::with_capacity(servers.len());
+    if !servers.iter().all(|(addr, _)| seen.insert(*addr)) {
+        return Err(ERR_ARG);
     }
     let registry = workers::registry().ok_or(ERR_NO_ZONE)?;
     STATE.with_borrow_mut(|st| {
@@ -211,6 +218,11 @@ pub extern "C" fn lcp_pick(
 }
 
 fn pick(st: &mut State, handle: i32, skip: &[u64]) -> Result<(i32, u64), i32> {
+    // No token to hand out (`tokens::MAX_OUTSTANDING` picks unreleased):
+    // refused before anything is counted.
+    if st.picks.is_full() {
+        return Err(ERR_TOO_MANY_PICKS);
+    }
     let index = usize::try_from(handle).map_err(|_| ERR_UNKNOWN)?;
     let up = st.upstreams.get_mut(index).ok_or(ERR_UNKNOWN)?;
     let counters = up.counters.list(List::Primary);
@@ -240,7 +252,15 @@ fn pick(st: &mut State, handle: i32, skip: &[u64]) -> Result<(i32, u64), i32> {
         upstream: index,
         held,
     });
-    Ok((best as i32, t))
+    match t {
+        Ok(t) => Ok((best as i32, t)),
+        // Not full above, and nothing issued since: cannot happen, but a
+        // pick without a token must not stay counted.
+        Err(p) => {
+            up.counters.release(p.held, Log::cycle());
+            Err(ERR_TOO_MANY_PICKS)
+        }
+    }
 }
 
 /// Picks this worker's Lua code has not released.

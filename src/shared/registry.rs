@@ -657,6 +657,8 @@ impl Registry {
     /// are stored (or found) in the zone as Lua keys stamped with `now`, and
     /// the servers of `previous` (its earlier declaration) that are gone
     /// drain. Keys this call added are given up again if the zone is full.
+    /// Linear in the servers; everything is allocated before the zone is
+    /// locked, and nothing is logged under it.
     pub fn declare_lua(
         &self,
         id: &[u8],
@@ -677,10 +679,11 @@ impl Registry {
                 (occurrence, Meta { flags, ..meta })
             }),
         );
+        let gone = previous.map_or_else(Vec::new, |previous| Self::undeclared(&up, previous));
+        let mut added = Vec::with_capacity(servers.len());
         let locked = link.lock();
-        let mut added = Vec::new();
         let mut refused = None;
-        for pc in up.primary.counters.get_mut() {
+        for (i, pc) in up.primary.counters.get_mut().iter_mut().enumerate() {
             let existing = link.table.find(&locked, &pc.key);
             if existing.is_some_and(|s| s.flags() & FLAG_LUA == 0) {
                 refused = Some(DeclareError::Conflict);
@@ -701,22 +704,19 @@ impl Registry {
                     break;
                 }
             }
+            if i == 0 {
+                crate::core::crash::point("lua.declared");
+            }
         }
         if let Some(e) = refused {
-            for slot in added {
+            for &slot in &added {
                 link.table.remove_idle(&locked, slot);
             }
+            drop(locked);
             return Err(e);
         }
-        if let Some(previous) = previous {
-            let declared = up.list(List::Primary);
-            previous.for_each_peer(|old| {
-                if let Some(c) = old.counted.get() {
-                    if !declared.iter().any(|pc| pc.key == old.key) {
-                        link.table.drain(&locked, c.slot);
-                    }
-                }
-            });
+        for &slot in &gone {
+            link.table.drain(&locked, slot);
         }
         up.link = Some(link);
         up.record.set(self.record.get());
@@ -724,7 +724,21 @@ impl Registry {
             let slot = pc.slot.expect("stored above");
             pc.counted.set(Some(up.counted(&link, &locked, slot)));
         }
+        drop(locked);
         Ok(up)
+    }
+
+    /// The counters of `previous` (the earlier declaration of Lua upstream
+    /// `up`) whose keys `up` no longer lists: what declaring it again
+    /// drains. Linear (`key::undeclared`), done before the zone is locked.
+    fn undeclared(up: &UpstreamCounters, previous: &UpstreamCounters) -> Vec<SlotRef> {
+        let declared = up.list(List::Primary);
+        let (primary, backup) = (previous.list(List::Primary), previous.list(List::Backup));
+        let counted = primary
+            .iter()
+            .chain(backup.iter())
+            .filter_map(|old| Some((&*old.key, old.counted.get()?.slot)));
+        key::undeclared(declared.iter().map(|pc| &*pc.key), counted)
     }
 
     /// Points every counter at this worker's cell for it (`record`: this
