@@ -142,6 +142,17 @@ pub struct Table {
     /// When (ms, the callers' monotonic clock) the next look for dead
     /// workers is due; the worker whose compare-and-swap moves it does it.
     next_check: AtomicU64,
+    /// When (ms) the next look for expired Lua keys is due.
+    next_lua_expiry: AtomicU64,
+}
+
+/// Moves `due` on by `interval` if `now` has reached it, for one caller.
+fn claim(due: &AtomicU64, now: u64, interval: u64) -> bool {
+    let at = due.load(Ordering::Acquire);
+    now >= at
+        && due
+            .compare_exchange(at, now + interval, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
 }
 
 /// What repair needs and the blocks cannot tell (module docs).
@@ -408,6 +419,7 @@ impl Table {
                 journal: Journal::default(),
                 nrecords: AtomicU32::new(0),
                 next_check: AtomicU64::new(0),
+                next_lua_expiry: AtomicU64::new(0),
             });
         }
         Some(table)
@@ -469,12 +481,12 @@ impl Table {
     /// (ms) and this caller won it: the next one is then due `interval`
     /// later. Lock-free: of all workers ticking, one a period does the work.
     pub fn claim_check(&self, now: u64, interval: u64) -> bool {
-        let due = self.next_check.load(Ordering::Acquire);
-        now >= due
-            && self
-                .next_check
-                .compare_exchange(due, now + interval, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
+        claim(&self.next_check, now, interval)
+    }
+
+    /// As `claim_check`, for the look for expired Lua keys.
+    pub fn claim_lua_expiry(&self, now: u64, interval: u64) -> bool {
+        claim(&self.next_lua_expiry, now, interval)
     }
 
     fn bucket(&self, hash: u32) -> &AtomicPtr<Slot> {
@@ -1116,6 +1128,18 @@ pub(crate) mod tests {
         assert_eq!(t.upsert(&a, b"k", 0, M, e3), Ok(r));
         assert!(!r.is_draining());
         assert_eq!(r.count(), Some(1));
+    }
+
+    #[test]
+    fn one_caller_a_period_claims_the_check() {
+        let a = HeapArena::new(1 << 20);
+        let t = table(&a);
+        assert!(t.claim_check(1000, 500));
+        assert!(!t.claim_check(1000, 500), "claimed already");
+        assert!(!t.claim_check(1499, 500), "not due yet");
+        assert!(t.claim_check(1500, 500));
+        assert!(t.claim_lua_expiry(1500, 60_000), "a clock of its own");
+        assert!(!t.claim_lua_expiry(2000, 60_000));
     }
 
     #[test]

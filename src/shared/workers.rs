@@ -27,9 +27,14 @@ pub const CHECK_INTERVAL_MS: usize = 500;
 /// Lua keys idle and neither declared nor picked for this long are removed.
 pub const LUA_KEY_TTL_SECS: u32 = 600;
 
-/// How many check periods between two looks for expired Lua keys (about a
-/// minute).
-const LUA_EXPIRY_EVERY: u32 = 120;
+/// How often the Lua keys are looked at for expiry.
+const LUA_EXPIRY_INTERVAL_MS: u64 = 60_000;
+
+/// A live worker's start time (`/proc/<pid>/stat`, to tell a reused pid
+/// apart) is read every this many checks, each record in its turn: in
+/// between, `kill(pid, 0)` alone says whether the pid is gone. A pid is
+/// reused only after the kernel has gone round its whole pid space.
+const STAT_EVERY: usize = 20;
 
 /// This worker's registry (its cycle's), for front-ends that have no
 /// request or configuration to find it through (the Lua C ABI).
@@ -77,10 +82,12 @@ fn signal(pid: i32) -> Signal {
 }
 
 /// Whether the worker `id` still runs. The stat file (start time, zombie)
-/// is read only when the pid exists.
-fn alive(id: ProcessId) -> bool {
+/// is read only when the pid exists and `read_stat` says it is this
+/// record's turn.
+fn alive(id: ProcessId, read_stat: bool) -> bool {
     match signal(id.pid) {
         Signal::Gone => false,
+        Signal::Ours if !read_stat => true,
         s => is_alive(id, s, proc_stat(id.pid).as_deref()),
     }
 }
@@ -104,14 +111,18 @@ fn keys_text(r: &Reclaimed) -> String {
 /// `[warn]` each. Two short holds of the zone lock: one copies the records
 /// (into room reserved before it), the other gives back those found dead;
 /// the probing (`kill`, `/proc`) and the logging happen outside both.
-fn reclaim_dead(link: &ZoneLink, log: Log) {
+fn reclaim_dead(link: &ZoneLink, log: Log, period: usize) {
     let mut seen = Vec::with_capacity(link.table.nrecords() + 8);
     {
         let locked = link.lock();
         link.table.records_into(&locked, &mut seen);
         crash::point("check.locked");
     }
-    seen.retain(|s| !alive(s.worker));
+    let mut index = 0;
+    seen.retain(|s| {
+        index += 1;
+        !alive(s.worker, (period + index).is_multiple_of(STAT_EVERY))
+    });
     if seen.is_empty() {
         return;
     }
@@ -145,7 +156,8 @@ pub fn start(registry: &'static Registry, log: Log) {
     let Some(link) = registry.zone() else {
         return;
     };
-    reclaim_dead(link, log);
+    // A replacement for a crashed worker gives back what it held at once.
+    reclaim_dead(link, log, 0);
     let me = current();
     let locked = link.lock();
     let record = me.and_then(|me| link.table.register_worker(&locked, me));
@@ -176,8 +188,8 @@ pub fn check(registry: &Registry, now: u32, now_ms: u64) {
     if !link.table.claim_check(now_ms, interval) {
         return;
     }
-    reclaim_dead(link, Log::cycle());
-    if (now_ms / interval).is_multiple_of(u64::from(LUA_EXPIRY_EVERY)) {
+    reclaim_dead(link, Log::cycle(), (now_ms / interval) as usize);
+    if link.table.claim_lua_expiry(now_ms, LUA_EXPIRY_INTERVAL_MS) {
         let expired = link.table.expire_lua(&link.lock(), now, LUA_KEY_TTL_SECS);
         if expired > 0 {
             Log::cycle().zone(
