@@ -18,11 +18,12 @@ use nginx_sys::{
 use ngx::core::{Pool, Status};
 use ngx::ngx_log_debug;
 
+use crate::core::follow::PeerListCopy;
 use crate::core::select::{choose, PeerList};
-use crate::core::table::{Meta, FLAG_DOWN};
+use crate::core::table::{Acquire, Meta, FLAG_DOWN};
 use crate::ngx::conf::ConfWarning;
 use crate::ngx::log::Log;
-use crate::ngx::peers::{self, Matched, PeerCursor, PerWorker, RoundRobin};
+use crate::ngx::peers::{self, Matched, PeerCursor, PeersLock, PerWorker, RoundRobin};
 use crate::ngx::subsystem::{self, free_round_robin_peer, RrPeer, RrPeers, UpstreamSrvConf};
 
 use super::registry::{Held, List, PeerCounter, Registry, UpstreamCounters};
@@ -117,8 +118,12 @@ pub fn follow_resolved_peers<'a>(
             let Some(peers) = peers.filter(|p| peers::version(p).is_some()) else {
                 continue;
             };
-            let _lock = peers::lock(peers);
-            follow_if_changed(upstream, list, peers);
+            let lock = peers::lock(peers);
+            let copy = copy_if_changed(upstream, list, peers);
+            drop(lock);
+            if let Some(copy) = copy {
+                follow_copy(upstream, list, &copy);
+            }
         }
     }
 }
@@ -175,28 +180,114 @@ extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx
 }
 
 fn get(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
+    match attempt(pc, pd) {
+        Attempt::Done(rc) => rc,
+        Attempt::Blocked(blocked, lock) => get_unblocked(pc, pd, blocked, lock),
+    }
+}
+
+/// How an attempt at a pick under round-robin's lock ended.
+enum Attempt {
+    Done(ngx_int_t),
+    /// The pick needs the zone first: the lock is handed on, to be
+    /// released before the zone is locked.
+    Blocked(Blocked, PeersLock),
+}
+
+/// What the pick needs done on the zone, which it must not lock while it
+/// holds round-robin's lock (a spin lock that nothing frees if the process
+/// dies holding it).
+#[derive(Clone, Copy, Debug)]
+enum Blocked {
+    /// DNS changed the peer list: the counters must follow it.
+    Follow,
+    /// The counter of the peer at this position of the current list went
+    /// stale (`PeerCounter::try_acquire`).
+    Stale(usize),
+}
+
+/// What a pick found.
+enum Picked {
+    Peer(PeerCursor),
+    NoPeer,
+    Blocked(Blocked),
+}
+
+/// One pick under round-robin's lock, as stock least_conn does it.
+#[inline(always)]
+fn attempt(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> Attempt {
     let lock = pd.rr.lock();
     if pd.rr.list_changed() {
         // DNS changed the peers since the request began (`resolve`): as
         // stock does, this attempt gives up rather than pick from a list
         // its `tried` bitmap does not fit.
         pd.rr.current().name_for_errors(pc);
-        return Status::NGX_BUSY.into();
+        return Attempt::Done(Status::NGX_BUSY.into());
     }
-    if let Some(best) = pick(pd, peers::route_hint(pc)) {
-        pd.rr.connect(best, pc);
-        ngx_log_debug!(
-            mask: subsystem::DEBUG_MASK,
-            pc.log,
-            "least_conn_persistent: get peer {} of {:?} list, holding {:?}",
-            best.index,
-            pd.list,
-            pd.held
-        );
-        return Status::NGX_OK.into();
+    match pick(pd, peers::route_hint(pc)) {
+        Picked::Peer(best) => {
+            pd.rr.connect(best, pc);
+            ngx_log_debug!(
+                mask: subsystem::DEBUG_MASK,
+                pc.log,
+                "least_conn_persistent: get peer {} of {:?} list, holding {:?}",
+                best.index,
+                pd.list,
+                pd.held
+            );
+            Attempt::Done(Status::NGX_OK.into())
+        }
+        Picked::NoPeer => {
+            drop(lock);
+            Attempt::Done(try_backup_or_fail(pc, pd))
+        }
+        Picked::Blocked(blocked) => Attempt::Blocked(blocked, lock),
     }
-    drop(lock);
-    try_backup_or_fail(pc, pd)
+}
+
+/// How many times one pick looks a stale counter up again before it
+/// counts that peer per worker: each time, the key was removed again in
+/// the moment between the look-up and the count.
+const MAX_REFRESHES: u32 = 4;
+
+/// The pick needs the zone: does that with round-robin's lock released,
+/// then picks again under the lock (where DNS may have changed the list
+/// meanwhile: that just means following again, or, as stock does, giving
+/// up as busy once the request's list changed). Kept out of line: the pick
+/// stays small.
+#[cold]
+#[inline(never)]
+fn get_unblocked(
+    pc: &mut ngx_peer_connection_t,
+    pd: &mut PeerData,
+    mut blocked: Blocked,
+    mut lock: PeersLock,
+) -> ngx_int_t {
+    let mut refreshes = 0;
+    loop {
+        match blocked {
+            Blocked::Follow => {
+                let copy = copy_peer_list(pd.rr.peers());
+                drop(lock);
+                follow_copy(pd.upstream, pd.list, &copy);
+            }
+            Blocked::Stale(index) => {
+                drop(lock);
+                refreshes += 1;
+                if let Some(counter) = pd.upstream.list(pd.list).get(index) {
+                    if refreshes > MAX_REFRESHES {
+                        counter.count_locally();
+                    } else {
+                        counter.refresh(pd.upstream);
+                    }
+                }
+            }
+        }
+        (blocked, lock) = match attempt(pc, pd) {
+            Attempt::Done(rc) => return rc,
+            Attempt::Blocked(b, l) => (b, l),
+        };
+    }
 }
 
 /// No peer of the current list can take the request: try the backup list
@@ -218,13 +309,20 @@ fn try_backup_or_fail(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_
 
 /// Chooses and counts a peer: the server a `sticky` session asks for
 /// (`route`, nginx 1.29.6+) if it can take the request, else the least
-/// loaded, as stock least_conn does.
-fn pick(pd: &mut PeerData, route: Option<&[u8]>) -> Option<PeerCursor> {
-    follow_peer_list(pd);
+/// loaded, as stock least_conn does. The counters must first follow a peer
+/// list that DNS changed (`resolve`): nginx bumps the list's version on
+/// every change, under the lock this pick holds.
+#[inline]
+fn pick(pd: &mut PeerData, route: Option<&[u8]>) -> Picked {
+    if let Some(version) = peers::version(pd.rr.peers()) {
+        if pd.upstream.needs_follow(pd.list, version) {
+            return Picked::Blocked(Blocked::Follow);
+        }
+    }
     let counters = pd.upstream.list(pd.list);
     let Some(counts) = Matched::new(&counters, pd.rr.peers()) else {
         pd.held = Held::Nothing;
-        return pick_per_worker(&pd.rr, route);
+        return pick_per_worker(&pd.rr, route).map_or(Picked::NoPeer, Picked::Peer);
     };
     // A first attempt has tried nothing: its scan skips the bitmap test.
     if pd.rr.tried_any() {
@@ -234,30 +332,45 @@ fn pick(pd: &mut PeerData, route: Option<&[u8]>) -> Option<PeerCursor> {
     }
 }
 
-/// Keeps the counters in step with a peer list that DNS changes at run
-/// time (`resolve`): nginx bumps the list's version on every change, under
-/// the lock this pick holds.
-#[inline]
-fn follow_peer_list(pd: &PeerData) {
-    if let Some(version) = peers::version(pd.rr.peers()) {
-        if pd.upstream.needs_follow(pd.list, version) {
-            follow_if_changed(pd.upstream, pd.list, pd.rr.peers());
-        }
-    }
+/// A copy of `peers` (the front-end's list, locked by the caller) for
+/// `follow_copy` if the counters must follow it.
+fn copy_if_changed(
+    upstream: &UpstreamCounters,
+    list: List,
+    peers: &RrPeers,
+) -> Option<PeerListCopy> {
+    let version = peers::version(peers)?;
+    upstream
+        .needs_follow(list, version)
+        .then(|| copy_peer_list(peers))
 }
 
-/// `peers`: the front-end's list, locked by the caller.
+/// What following needs of `peers` (a list that DNS changes, locked by the
+/// caller), owned, so that the zone is worked on once the lock is released.
 #[cold]
 #[inline(never)]
-fn follow_if_changed(upstream: &UpstreamCounters, list: List, peers: &RrPeers) {
-    let Some(version) = peers::version(peers) else {
-        return;
-    };
-    if !upstream.needs_follow(list, version) {
-        return;
-    }
+fn copy_peer_list(peers: &RrPeers) -> PeerListCopy {
+    let version = peers::version(peers).unwrap_or_default();
     let each = peers::each_peer(peers).map(|p| (peers::occurrence(p), runtime_meta(p)));
-    let followed = upstream.follow(list, version, each);
+    PeerListCopy::new(version, each)
+}
+
+/// Follows a copy of the peer list (`copy_peer_list`), with no peer lock
+/// held: the zone is locked in `UpstreamCounters::follow`, and what changed
+/// is logged after.
+#[cold]
+#[inline(never)]
+fn follow_copy(upstream: &UpstreamCounters, list: List, copy: &PeerListCopy) {
+    ngx_log_debug!(
+        mask: subsystem::DEBUG_MASK,
+        Log::cycle().as_ptr(),
+        "least_conn_persistent: upstream \"{}\" {:?} peers at version {} copied, \
+         round-robin lock released: following",
+        String::from_utf8_lossy(&upstream.name),
+        list,
+        copy.version
+    );
+    let followed = upstream.follow(list, copy);
     if let (true, Some(zone)) = (followed.full > 0, upstream.zone_name()) {
         Log::cycle().zone(
             NGX_LOG_ERR,
@@ -293,22 +406,40 @@ fn pick_counted<const TRIED: bool>(
     pd: &mut PeerData,
     counts: Matched<'_, PeerCounter>,
     route: Option<&[u8]>,
-) -> Option<PeerCursor> {
+) -> Picked {
     let mut list = pd.rr.list::<_, TRIED>(counts);
     if let Some(best) = route.and_then(|r| list.find_route(r)) {
-        let counter = counts.get(best.index)?;
-        if counter.acquire(pd.upstream, list.max_conns(best), &mut pd.held) {
-            return Some(best);
+        if let Some(picked) = take(&mut pd.held, counts, best, list.max_conns(best)) {
+            return picked;
         }
     }
     for _ in 0..=list.size() {
-        let best = choose(&mut list)?;
-        let counter = counts.get(best.index)?;
-        if counter.acquire(pd.upstream, list.max_conns(best), &mut pd.held) {
-            return Some(best);
+        let Some(best) = choose(&mut list) else {
+            break;
+        };
+        if let Some(picked) = take(&mut pd.held, counts, best, list.max_conns(best)) {
+            return picked;
         }
     }
-    None
+    Picked::NoPeer
+}
+
+/// Counts a connection to `best`; `None`: at `max_conns`, choose again.
+#[inline(always)]
+fn take(
+    held: &mut Held,
+    counts: Matched<'_, PeerCounter>,
+    best: PeerCursor,
+    max_conns: u32,
+) -> Option<Picked> {
+    let Some(counter) = counts.get(best.index) else {
+        return Some(Picked::NoPeer);
+    };
+    match counter.try_acquire(max_conns, held) {
+        Acquire::Taken => Some(Picked::Peer(best)),
+        Acquire::AtLimit => None,
+        Acquire::Stale => Some(Picked::Blocked(Blocked::Stale(best.index))),
+    }
 }
 
 /// A pick on round-robin's own per-worker counts, counting nothing shared.
