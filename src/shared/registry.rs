@@ -22,7 +22,9 @@ use ngx::core::Status;
 use crate::core::follow::{runtime_stamp, PeerListCopy};
 use crate::core::key::{self, Occurrence};
 use crate::core::record::{CellRef, Counted, RecordRef};
-use crate::core::table::{Acquire, Meta, Release, SlotRef, Table, FLAG_BACKUP, FLAG_LUA};
+use crate::core::table::{
+    Acquire, Meta, Release, SlotRef, Table, FLAG_BACKUP, FLAG_DRAINING, FLAG_LUA,
+};
 use crate::ngx::conf::{args, page_size, parse_size, text, ConfError};
 
 /// The smallest zone: a few pages for the slab allocator, the table, and
@@ -236,55 +238,47 @@ impl PeerCounter {
         let now = peers::now() as u32;
         let locked = link.lock();
         let found = link.table.find(&locked, &self.key);
-        let readded = if found.is_some() {
-            None
-        } else {
-            Some(self.store(link, &locked, now))
+        let readded = match found {
+            Some(_) => None,
+            None => Some(self.store(link, &locked, now)),
         };
-        let phase = match found.or(readded.flatten()) {
+        let phase = match found.or(readded.flatten().map(|(slot, _)| slot)) {
             Some(slot) => Phase::Counting(up.counted(link, &locked, slot)),
             None => Phase::Local,
         };
         self.phase.set(phase);
         drop(locked);
         if let Some(stored) = readded {
-            self.note_readded(stored);
+            self.note_readded(stored.map(|(_, meta)| meta));
         }
     }
 
-    /// What `refresh` did with a key it found gone (`stored`: where it put
-    /// it back, `None`: no room).
-    fn note_readded(&self, stored: Option<SlotRef>) {
+    /// What `refresh` did with a key it found gone (`stored`: the metadata
+    /// it put it back with, `None`: no room).
+    fn note_readded(&self, stored: Option<Meta>) {
         let key = String::from_utf8_lossy(&self.key);
-        let Some(slot) = stored else {
-            Log::cycle().module(
-                NGX_LOG_NOTICE,
-                format_args!(
-                    "\"{key}\" was removed while this worker still used it and could not be \
-                     re-added (zone full): this worker counts it itself"
-                ),
-            );
-            return;
+        let message = match stored {
+            None => {
+                format!("\"{key}\" could not be re-added (zone full): this worker counts it itself")
+            }
+            Some(meta) if meta.flags & FLAG_DRAINING != 0 => {
+                format!("\"{key}\" re-added as draining for a worker of an earlier configuration")
+            }
+            Some(_) => format!("\"{key}\" re-added: it was removed while this worker used it"),
         };
-        let how = if slot.is_draining() {
-            "as draining (a worker of an earlier configuration still uses it)"
-        } else {
-            "(this worker still uses it)"
-        };
-        Log::cycle().module(
-            NGX_LOG_NOTICE,
-            format_args!("\"{key}\" was removed and is re-added {how}"),
-        );
+        Log::cycle().module(NGX_LOG_NOTICE, format_args!("{message}"));
     }
 
     /// Finds or adds this server's key at run time (`now`: the current
     /// second), stamped as `follow::runtime_stamp` says: draining for a
     /// worker of an earlier configuration, with the second for a Lua key.
-    fn store(&self, link: &ZoneLink, locked: &Locked, now: u32) -> Option<SlotRef> {
+    /// Returns it and the metadata it was stored with.
+    fn store(&self, link: &ZoneLink, locked: &Locked, now: u32) -> Option<(SlotRef, Meta)> {
         let (meta, stamp) = runtime_stamp(self.meta, link.epoch, link.table.epoch(), now);
         link.table
             .upsert(locked, &self.key, self.upstream_len, meta, stamp)
             .ok()
+            .map(|slot| (slot, meta))
     }
 }
 
@@ -487,7 +481,7 @@ impl UpstreamCounters {
                     done.added += 1;
                     if let (Some(link), Some(locked)) = (self.link.as_ref(), locked.as_ref()) {
                         let phase = match pc.store(link, locked, now) {
-                            Some(slot) => Phase::Counting(self.counted(link, locked, slot)),
+                            Some((slot, _)) => Phase::Counting(self.counted(link, locked, slot)),
                             None => Phase::Local,
                         };
                         done.full += usize::from(matches!(phase, Phase::Local));
