@@ -122,7 +122,7 @@ pub fn follow_resolved_peers<'a>(
             let copy = copy_if_changed(upstream, list, peers);
             drop(lock);
             if let Some(copy) = copy {
-                follow_copy(upstream, list, &copy);
+                follow_copy(upstream, list, &copy, "periodic");
             }
         }
     }
@@ -269,10 +269,18 @@ fn get_unblocked(
             Blocked::Follow => {
                 let copy = copy_peer_list(pd.rr.peers());
                 drop(lock);
-                follow_copy(pd.upstream, pd.list, &copy);
+                follow_copy(pd.upstream, pd.list, &copy, "pick");
             }
             Blocked::Stale(index) => {
                 drop(lock);
+                ngx_log_debug!(
+                    mask: subsystem::DEBUG_MASK,
+                    pc.log,
+                    "least_conn_persistent: the counter of peer {} of {:?} list is stale, \
+                     round-robin lock released: looking it up again",
+                    index,
+                    pd.list
+                );
                 refreshes += 1;
                 if let Some(counter) = pd.upstream.list(pd.list).get(index) {
                     if refreshes > MAX_REFRESHES {
@@ -357,18 +365,20 @@ fn copy_peer_list(peers: &RrPeers) -> PeerListCopy {
 
 /// Follows a copy of the peer list (`copy_peer_list`), with no peer lock
 /// held: the zone is locked in `UpstreamCounters::follow`, and what changed
-/// is logged after.
+/// is logged after. `by`: who copied it (`pick`, or `periodic`: the
+/// periodic check or the configuration load), for the debug log.
 #[cold]
 #[inline(never)]
-fn follow_copy(upstream: &UpstreamCounters, list: List, copy: &PeerListCopy) {
+fn follow_copy(upstream: &UpstreamCounters, list: List, copy: &PeerListCopy, by: &str) {
     ngx_log_debug!(
         mask: subsystem::DEBUG_MASK,
         Log::cycle().as_ptr(),
-        "least_conn_persistent: upstream \"{}\" {:?} peers at version {} copied, \
+        "least_conn_persistent: upstream \"{}\" {:?} peers at version {} copied ({}), \
          round-robin lock released: following",
         String::from_utf8_lossy(&upstream.name),
         list,
-        copy.version
+        copy.version,
+        by
     );
     let followed = upstream.follow(list, copy);
     if let (true, Some(zone)) = (followed.full > 0, upstream.zone_name()) {
