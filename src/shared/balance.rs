@@ -34,6 +34,9 @@ struct PeerData {
     upstream: &'static UpstreamCounters,
     list: List,
     held: Held,
+    /// Stale counters this request's picks looked up again (see
+    /// `MAX_REFRESHES`).
+    refreshes: u8,
     /// Round-robin's other hooks (SSL sessions; stream's `notify`, which
     /// clears a peer's failures once connected), called with its own data.
     rr_set_session: ngx_event_set_peer_session_pt,
@@ -150,6 +153,7 @@ pub fn install(
             upstream,
             list: List::Primary,
             held: Held::Nothing,
+            refreshes: 0,
             rr_set_session: pc.set_session,
             rr_save_session: pc.save_session,
             rr_notify: pc.notify,
@@ -180,122 +184,73 @@ extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx
 }
 
 fn get(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
-    match attempt(pc, pd) {
-        Attempt::Done(rc) => rc,
-        Attempt::Blocked(blocked, lock) => get_unblocked(pc, pd, blocked, lock),
-    }
-}
-
-/// How an attempt at a pick under round-robin's lock ended.
-enum Attempt {
-    Done(ngx_int_t),
-    /// The pick needs the zone first: the lock is handed on, to be
-    /// released before the zone is locked.
-    Blocked(Blocked, PeersLock),
-}
-
-/// What the pick needs done on the zone, which it must not lock while it
-/// holds round-robin's lock (a spin lock that nothing frees if the process
-/// dies holding it).
-#[derive(Clone, Copy, Debug)]
-enum Blocked {
-    /// DNS changed the peer list: the counters must follow it.
-    Follow,
-    /// The counter of the peer at this position of the current list went
-    /// stale (`PeerCounter::try_acquire`).
-    Stale(usize),
-}
-
-/// What a pick found.
-enum Picked {
-    Peer(PeerCursor),
-    NoPeer,
-    Blocked(Blocked),
-}
-
-/// One pick under round-robin's lock, as stock least_conn does it.
-#[inline(always)]
-fn attempt(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> Attempt {
     let lock = pd.rr.lock();
     if pd.rr.list_changed() {
         // DNS changed the peers since the request began (`resolve`): as
         // stock does, this attempt gives up rather than pick from a list
         // its `tried` bitmap does not fit.
         pd.rr.current().name_for_errors(pc);
-        return Attempt::Done(Status::NGX_BUSY.into());
+        return Status::NGX_BUSY.into();
     }
-    match pick(pd, peers::route_hint(pc)) {
-        Picked::Peer(best) => {
-            pd.rr.connect(best, pc);
-            ngx_log_debug!(
-                mask: subsystem::DEBUG_MASK,
-                pc.log,
-                "least_conn_persistent: get peer {} of {:?} list, holding {:?}",
-                best.index,
-                pd.list,
-                pd.held
-            );
-            Attempt::Done(Status::NGX_OK.into())
-        }
-        Picked::NoPeer => {
-            drop(lock);
-            Attempt::Done(try_backup_or_fail(pc, pd))
-        }
-        Picked::Blocked(blocked) => Attempt::Blocked(blocked, lock),
+    if let Some(best) = pick(pd, peers::route_hint(pc)) {
+        pd.rr.connect(best, pc);
+        ngx_log_debug!(
+            mask: subsystem::DEBUG_MASK,
+            pc.log,
+            "least_conn_persistent: get peer {} of {:?} list, holding {:?}",
+            best.index,
+            pd.list,
+            pd.held
+        );
+        return Status::NGX_OK.into();
     }
+    get_slow(pc, pd, lock)
 }
 
-/// How many times one pick looks a stale counter up again before it
-/// counts that peer per worker: each time, the key was removed again in
-/// the moment between the look-up and the count.
-const MAX_REFRESHES: u32 = 4;
+/// How many times the picks of one request look stale counters up again
+/// before they count those peers per worker: each time, a key was removed
+/// again in the moment between the look-up and the count.
+const MAX_REFRESHES: u8 = 4;
 
-/// The pick needs the zone: does that with round-robin's lock released,
-/// then picks again under the lock (where DNS may have changed the list
-/// meanwhile: that just means following again, or, as stock does, giving
-/// up as busy once the request's list changed). Kept out of line: the pick
-/// stays small.
+/// The pick chose nothing (`lock`: round-robin's, still held). It may need
+/// the zone first, which it must not lock while it holds round-robin's lock
+/// (a spin lock that nothing frees if the process dies holding it): DNS
+/// changed the peer list, or a counter went stale. Then the zone is worked
+/// on with the lock released, and the pick runs again under it (where DNS
+/// may have changed the list meanwhile: that just means following again,
+/// or, as stock does, giving up as busy once the request's list changed).
+/// Else no peer can take the request. Kept out of line: the pick stays
+/// small.
 #[cold]
 #[inline(never)]
-fn get_unblocked(
-    pc: &mut ngx_peer_connection_t,
-    pd: &mut PeerData,
-    mut blocked: Blocked,
-    mut lock: PeersLock,
-) -> ngx_int_t {
-    let mut refreshes = 0;
-    loop {
-        match blocked {
-            Blocked::Follow => {
-                let copy = copy_peer_list(pd.rr.peers());
-                drop(lock);
-                follow_copy(pd.upstream, pd.list, &copy, "pick");
-            }
-            Blocked::Stale(index) => {
-                drop(lock);
-                ngx_log_debug!(
-                    mask: subsystem::DEBUG_MASK,
-                    pc.log,
-                    "least_conn_persistent: the counter of peer {} of {:?} list is stale, \
-                     round-robin lock released: looking it up again",
-                    index,
-                    pd.list
-                );
-                refreshes += 1;
-                if let Some(counter) = pd.upstream.list(pd.list).get(index) {
-                    if refreshes > MAX_REFRESHES {
-                        counter.count_locally();
-                    } else {
-                        counter.refresh(pd.upstream);
-                    }
-                }
-            }
-        }
-        (blocked, lock) = match attempt(pc, pd) {
-            Attempt::Done(rc) => return rc,
-            Attempt::Blocked(b, l) => (b, l),
-        };
+fn get_slow(pc: &mut ngx_peer_connection_t, pd: &mut PeerData, lock: PeersLock) -> ngx_int_t {
+    if needs_follow(pd) {
+        let copy = copy_peer_list(pd.rr.peers());
+        drop(lock);
+        follow_copy(pd.upstream, pd.list, &copy, "pick");
+        return get(pc, pd);
     }
+    let stale = pd.upstream.list(pd.list).iter().any(PeerCounter::is_stale);
+    drop(lock);
+    if !stale {
+        return try_backup_or_fail(pc, pd);
+    }
+    ngx_log_debug!(
+        mask: subsystem::DEBUG_MASK,
+        pc.log,
+        "least_conn_persistent: a counter of the {:?} list is stale, round-robin lock \
+         released: looking it up again",
+        pd.list
+    );
+    pd.refreshes = pd.refreshes.saturating_add(1);
+    for counter in pd.upstream.list(pd.list).iter().filter(|c| c.is_stale()) {
+        if pd.refreshes > MAX_REFRESHES {
+            counter.count_locally();
+        } else {
+            counter.refresh(pd.upstream);
+        }
+    }
+    get(pc, pd)
 }
 
 /// No peer of the current list can take the request: try the backup list
@@ -317,20 +272,18 @@ fn try_backup_or_fail(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_
 
 /// Chooses and counts a peer: the server a `sticky` session asks for
 /// (`route`, nginx 1.29.6+) if it can take the request, else the least
-/// loaded, as stock least_conn does. The counters must first follow a peer
-/// list that DNS changed (`resolve`): nginx bumps the list's version on
-/// every change, under the lock this pick holds.
+/// loaded, as stock least_conn does. `None` also when the counters must
+/// first follow the list (see `needs_follow`) or one went stale (see
+/// `get_slow`).
 #[inline]
-fn pick(pd: &mut PeerData, route: Option<&[u8]>) -> Picked {
-    if let Some(version) = peers::version(pd.rr.peers()) {
-        if pd.upstream.needs_follow(pd.list, version) {
-            return Picked::Blocked(Blocked::Follow);
-        }
+fn pick(pd: &mut PeerData, route: Option<&[u8]>) -> Option<PeerCursor> {
+    if needs_follow(pd) {
+        return None;
     }
     let counters = pd.upstream.list(pd.list);
     let Some(counts) = Matched::new(&counters, pd.rr.peers()) else {
         pd.held = Held::Nothing;
-        return pick_per_worker(&pd.rr, route).map_or(Picked::NoPeer, Picked::Peer);
+        return pick_per_worker(&pd.rr, route);
     };
     // A first attempt has tried nothing: its scan skips the bitmap test.
     if pd.rr.tried_any() {
@@ -338,6 +291,14 @@ fn pick(pd: &mut PeerData, route: Option<&[u8]>) -> Picked {
     } else {
         pick_counted::<false>(pd, counts, route)
     }
+}
+
+/// Whether the counters must follow a peer list that DNS changed
+/// (`resolve`): nginx bumps the list's version on every change, under the
+/// lock the pick holds.
+#[inline]
+fn needs_follow(pd: &PeerData) -> bool {
+    peers::version(pd.rr.peers()).is_some_and(|v| pd.upstream.needs_follow(pd.list, v))
 }
 
 /// A copy of `peers` (the front-end's list, locked by the caller) for
@@ -410,46 +371,33 @@ fn follow_copy(upstream: &UpstreamCounters, list: List, copy: &PeerListCopy, by:
 }
 
 /// A choice can lose a race for the last `max_conns` place to another
-/// worker; choosing again then sees it full.
+/// worker; choosing again then sees it full. A stale counter stops the
+/// pick (`get_slow` looks it up again).
 #[inline(always)]
 fn pick_counted<const TRIED: bool>(
     pd: &mut PeerData,
     counts: Matched<'_, PeerCounter>,
     route: Option<&[u8]>,
-) -> Picked {
+) -> Option<PeerCursor> {
     let mut list = pd.rr.list::<_, TRIED>(counts);
     if let Some(best) = route.and_then(|r| list.find_route(r)) {
-        if let Some(picked) = take(&mut pd.held, counts, best, list.max_conns(best)) {
-            return picked;
+        let counter = counts.get(best.index)?;
+        match counter.try_acquire(list.max_conns(best), &mut pd.held) {
+            Acquire::Taken => return Some(best),
+            Acquire::AtLimit => {}
+            Acquire::Stale => return None,
         }
     }
     for _ in 0..=list.size() {
-        let Some(best) = choose(&mut list) else {
-            break;
-        };
-        if let Some(picked) = take(&mut pd.held, counts, best, list.max_conns(best)) {
-            return picked;
+        let best = choose(&mut list)?;
+        let counter = counts.get(best.index)?;
+        match counter.try_acquire(list.max_conns(best), &mut pd.held) {
+            Acquire::Taken => return Some(best),
+            Acquire::AtLimit => {}
+            Acquire::Stale => return None,
         }
     }
-    Picked::NoPeer
-}
-
-/// Counts a connection to `best`; `None`: at `max_conns`, choose again.
-#[inline(always)]
-fn take(
-    held: &mut Held,
-    counts: Matched<'_, PeerCounter>,
-    best: PeerCursor,
-    max_conns: u32,
-) -> Option<Picked> {
-    let Some(counter) = counts.get(best.index) else {
-        return Some(Picked::NoPeer);
-    };
-    match counter.try_acquire(max_conns, held) {
-        Acquire::Taken => Some(Picked::Peer(best)),
-        Acquire::AtLimit => None,
-        Acquire::Stale => Some(Picked::Blocked(Blocked::Stale(best.index))),
-    }
+    None
 }
 
 /// A pick on round-robin's own per-worker counts, counting nothing shared.

@@ -76,6 +76,9 @@ enum Phase {
     Stored(SlotRef),
     /// Counting in the zone, this worker's share in its own cell.
     Counting(Counted),
+    /// The key was removed while this worker counted on it: to be looked
+    /// up again (`refresh`), with no peer lock held.
+    Stale,
     /// Counted by this worker alone: the zone had no room for the key.
     Local,
 }
@@ -124,7 +127,7 @@ impl PeerCounter {
     fn slot(&self) -> Option<SlotRef> {
         match self.phase.get() {
             Phase::Stored(slot) | Phase::Counting(Counted { slot, .. }) => Some(slot),
-            Phase::Declared | Phase::Local => None,
+            Phase::Declared | Phase::Stale | Phase::Local => None,
         }
     }
 
@@ -176,18 +179,31 @@ impl PeerCounter {
     /// Counts a connection and records it in `held`: `Taken`. `AtLimit`: at
     /// `max_conns` (another worker may just have taken the last place), pick
     /// again. `Stale`: a newer configuration removed the key (or a Lua key
-    /// expired); the caller lets go of any peer lock, calls `refresh`, and
-    /// picks again.
+    /// expired); the counter is left `is_stale` until the caller, with any
+    /// peer lock let go, calls `refresh`, and picks again.
     #[inline]
     pub fn try_acquire(&self, max_conns: u32, held: &mut Held) -> Acquire {
         let Some(c) = self.counted() else {
             return self.acquire_local(held);
         };
         let r = c.acquire(max_conns);
-        if r == Acquire::Taken {
-            *held = Held::Shared(c);
+        match r {
+            Acquire::Taken => *held = Held::Shared(c),
+            Acquire::AtLimit => {}
+            Acquire::Stale => self.mark_stale(),
         }
         r
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn mark_stale(&self) {
+        self.phase.set(Phase::Stale);
+    }
+
+    /// Whether the key was found removed, to be looked up again (`refresh`).
+    pub fn is_stale(&self) -> bool {
+        matches!(self.phase.get(), Phase::Stale)
     }
 
     /// `try_acquire` for a caller that holds no peer lock (Lua's pick): a
@@ -233,6 +249,7 @@ impl PeerCounter {
     #[inline(never)]
     pub fn refresh(&self, up: &UpstreamCounters) {
         let Some(link) = up.link.as_ref() else {
+            self.count_locally();
             return;
         };
         let now = peers::now() as u32;
