@@ -454,18 +454,18 @@ impl UpstreamCounters {
         self.counter_list(list).version.get()
     }
 
-    /// Rebuilds `list` for the front-end's peers as they are now (`peers`,
-    /// copied from the list with round-robin's lock held, which the caller
+    /// Rebuilds `list` for the front-end's peers as they are now (`copy`,
+    /// taken from the list with round-robin's lock held, which the caller
     /// has released since: this locks the zone): a key kept keeps its
     /// counter; a new one is added, at 0 if new to the zone; a gone one
     /// drains (removed now if idle). Before the configuration is committed
     /// only the list changes: `commit` stores the keys. Everything is
     /// allocated before the zone is locked and freed after; nothing is
     /// logged (the caller logs what `Followed` says).
-    pub fn follow(&self, list: List, peers: &PeerListCopy) -> Followed {
-        let fresh = self.counters_for(list, peers.iter());
+    pub fn follow(&self, list: List, copy: &PeerListCopy) -> Followed {
+        let fresh = self.counters_for(list, copy.iter());
         let cl = self.counter_list(list);
-        cl.version.set(Some(peers.version));
+        cl.version.set(Some(copy.version));
         self.note_named(list);
         let mut old: HashMap<Box<[u8]>, PeerCounter> = cl
             .counters
