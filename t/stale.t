@@ -4,6 +4,8 @@
 # has removed: its handle is stale (the slot's generation moved on), so it
 # puts the key back as draining, counts the connection there, and the key
 # goes once that connection closes. Nothing is counted into a wrong key.
+# The pick lets go of round-robin's lock before it locks the zone for that,
+# and logs only once the zone is unlocked.
 
 use warnings;
 use strict;
@@ -17,8 +19,9 @@ use IO::Socket::INET;
 use Test::Nginx;
 use Test::Nginx::Backend;
 use Test::Nginx::Status;
+use Test::Nginx::LockOrder;
 
-my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(7);
+my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(9);
 
 
 sub conf {
@@ -94,6 +97,14 @@ like($reply, qr/200 OK.*id=x/s, 'old worker\'s retry served by the removed serve
 like($t->read_file('error.log'),
 	qr/\[notice\].*"conn_count:u:\Q$x\E" re-added as draining for a worker of an earlier configuration/,
 	'stale handle looked the key up again');
+SKIP: {
+	skip 'nginx built without --with-debug', 2
+		unless `$Test::Nginx::NGINX -V 2>&1` =~ /--with-debug/;
+	my ($seen, @bad) = zone_work_after($t->read_file('error.log'),
+		qr/is stale, round-robin lock released/);
+	is($seen, 1, 'the pick let go of round-robin\'s lock to look the key up again');
+	is_deeply(\@bad, [], 'then locked the zone, and logged nothing until it unlocked it');
+}
 unlike($t->read_file('error.log'), qr/already 0/, 'no release of an uncounted connection');
 ok(wait_until(sub { !exists counts('u')->{$x} }), 'draining key removed after the retry finished');
 ok(at_rest(), 'every counter back to 0');

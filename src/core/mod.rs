@@ -7,6 +7,8 @@
 //! - `record`: per-worker records in the table, to give back what a dead
 //!   worker held;
 //! - `sweep`: what a configuration load does with each key already stored;
+//! - `follow`: keys a worker stores at run time (DNS, stale handles), and
+//!   the copy of a peer list that following DNS works from;
 //! - `status`: rendering the status page;
 //! - `array_list`: a peer list in arrays, for front-ends without nginx's
 //!   (Lua balancers);
@@ -22,6 +24,7 @@ pub mod crash;
 mod crash_tests;
 #[cfg(any(test, feature = "lock-stats"))]
 pub mod histogram;
+pub mod follow;
 pub mod key;
 pub mod record;
 pub mod select;

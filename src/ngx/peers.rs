@@ -20,7 +20,7 @@ use crate::core::select::{Load, PeerList};
 const BITS: usize = usize::BITS as usize;
 
 /// The peers of one list (primary or backup), in order.
-pub fn each_peer(list: &RrPeers) -> impl Iterator<Item = &RrPeer> {
+pub fn each_peer(list: &RrPeers) -> impl Iterator<Item = &RrPeer> + Clone {
     let mut p = list.peer;
     core::iter::from_fn(move || {
         // SAFETY: round-robin links the list's peers by `next`; they live in

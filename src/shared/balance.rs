@@ -18,11 +18,12 @@ use nginx_sys::{
 use ngx::core::{Pool, Status};
 use ngx::ngx_log_debug;
 
+use crate::core::follow::PeerListCopy;
 use crate::core::select::{choose, PeerList};
-use crate::core::table::{Meta, FLAG_DOWN};
+use crate::core::table::{Acquire, Meta, FLAG_DOWN};
 use crate::ngx::conf::ConfWarning;
 use crate::ngx::log::Log;
-use crate::ngx::peers::{self, Matched, PeerCursor, PerWorker, RoundRobin};
+use crate::ngx::peers::{self, Matched, PeerCursor, PeersLock, PerWorker, RoundRobin};
 use crate::ngx::subsystem::{self, free_round_robin_peer, RrPeer, RrPeers, UpstreamSrvConf};
 
 use super::registry::{Held, List, PeerCounter, Registry, UpstreamCounters};
@@ -33,6 +34,9 @@ struct PeerData {
     upstream: &'static UpstreamCounters,
     list: List,
     held: Held,
+    /// Stale counters this request's picks looked up again (see
+    /// `MAX_REFRESHES`).
+    refreshes: u8,
     /// Round-robin's other hooks (SSL sessions; stream's `notify`, which
     /// clears a peer's failures once connected), called with its own data.
     rr_set_session: ngx_event_set_peer_session_pt,
@@ -117,8 +121,12 @@ pub fn follow_resolved_peers<'a>(
             let Some(peers) = peers.filter(|p| peers::version(p).is_some()) else {
                 continue;
             };
-            let _lock = peers::lock(peers);
-            follow_if_changed(upstream, list, peers);
+            let lock = peers::lock(peers);
+            let copy = copy_if_changed(upstream, list, peers);
+            drop(lock);
+            if let Some(copy) = copy {
+                follow_copy(upstream, list, &copy, "periodic");
+            }
         }
     }
 }
@@ -145,6 +153,7 @@ pub fn install(
             upstream,
             list: List::Primary,
             held: Held::Nothing,
+            refreshes: 0,
             rr_set_session: pc.set_session,
             rr_save_session: pc.save_session,
             rr_notify: pc.notify,
@@ -195,8 +204,53 @@ fn get(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
         );
         return Status::NGX_OK.into();
     }
+    get_slow(pc, pd, lock)
+}
+
+/// How many times the picks of one request look stale counters up again
+/// before they count those peers per worker: each time, a key was removed
+/// again in the moment between the look-up and the count.
+const MAX_REFRESHES: u8 = 4;
+
+/// The pick chose nothing (`lock`: round-robin's, still held). It may need
+/// the zone first, which it must not lock while it holds round-robin's lock
+/// (a spin lock that nothing frees if the process dies holding it): DNS
+/// changed the peer list, or a counter went stale. Then the zone is worked
+/// on with the lock released, and the pick runs again under it (where DNS
+/// may have changed the list meanwhile: that just means following again,
+/// or, as stock does, giving up as busy once the request's list changed).
+/// Else no peer can take the request. Kept out of line: the pick stays
+/// small.
+#[cold]
+#[inline(never)]
+fn get_slow(pc: &mut ngx_peer_connection_t, pd: &mut PeerData, lock: PeersLock) -> ngx_int_t {
+    if needs_follow(pd) {
+        let copy = copy_peer_list(pd.rr.peers());
+        drop(lock);
+        follow_copy(pd.upstream, pd.list, &copy, "pick");
+        return get(pc, pd);
+    }
+    let stale = pd.upstream.list(pd.list).iter().any(PeerCounter::is_stale);
     drop(lock);
-    try_backup_or_fail(pc, pd)
+    if !stale {
+        return try_backup_or_fail(pc, pd);
+    }
+    ngx_log_debug!(
+        mask: subsystem::DEBUG_MASK,
+        pc.log,
+        "least_conn_persistent: a counter of the {:?} list is stale, round-robin lock \
+         released: looking it up again",
+        pd.list
+    );
+    pd.refreshes = pd.refreshes.saturating_add(1);
+    for counter in pd.upstream.list(pd.list).iter().filter(|c| c.is_stale()) {
+        if pd.refreshes > MAX_REFRESHES {
+            counter.count_locally();
+        } else {
+            counter.refresh(pd.upstream);
+        }
+    }
+    get(pc, pd)
 }
 
 /// No peer of the current list can take the request: try the backup list
@@ -218,9 +272,14 @@ fn try_backup_or_fail(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_
 
 /// Chooses and counts a peer: the server a `sticky` session asks for
 /// (`route`, nginx 1.29.6+) if it can take the request, else the least
-/// loaded, as stock least_conn does.
+/// loaded, as stock least_conn does. `None` also when the counters must
+/// first follow the list (see `needs_follow`) or one went stale (see
+/// `get_slow`).
+#[inline]
 fn pick(pd: &mut PeerData, route: Option<&[u8]>) -> Option<PeerCursor> {
-    follow_peer_list(pd);
+    if needs_follow(pd) {
+        return None;
+    }
     let counters = pd.upstream.list(pd.list);
     let Some(counts) = Matched::new(&counters, pd.rr.peers()) else {
         pd.held = Held::Nothing;
@@ -234,30 +293,55 @@ fn pick(pd: &mut PeerData, route: Option<&[u8]>) -> Option<PeerCursor> {
     }
 }
 
-/// Keeps the counters in step with a peer list that DNS changes at run
-/// time (`resolve`): nginx bumps the list's version on every change, under
-/// the lock this pick holds.
+/// Whether the counters must follow a peer list that DNS changed
+/// (`resolve`): nginx bumps the list's version on every change, under the
+/// lock the pick holds.
 #[inline]
-fn follow_peer_list(pd: &PeerData) {
-    if let Some(version) = peers::version(pd.rr.peers()) {
-        if pd.upstream.needs_follow(pd.list, version) {
-            follow_if_changed(pd.upstream, pd.list, pd.rr.peers());
-        }
-    }
+fn needs_follow(pd: &PeerData) -> bool {
+    peers::version(pd.rr.peers()).is_some_and(|v| pd.upstream.needs_follow(pd.list, v))
 }
 
-/// `peers`: the front-end's list, locked by the caller.
+/// A copy of `peers` (the front-end's list, locked by the caller) for
+/// `follow_copy` if the counters must follow it.
+fn copy_if_changed(
+    upstream: &UpstreamCounters,
+    list: List,
+    peers: &RrPeers,
+) -> Option<PeerListCopy> {
+    let version = peers::version(peers)?;
+    upstream
+        .needs_follow(list, version)
+        .then(|| copy_peer_list(peers))
+}
+
+/// What following needs of `peers` (a list that DNS changes, locked by the
+/// caller), owned, so that the zone is worked on once the lock is released.
 #[cold]
 #[inline(never)]
-fn follow_if_changed(upstream: &UpstreamCounters, list: List, peers: &RrPeers) {
-    let Some(version) = peers::version(peers) else {
-        return;
-    };
-    if !upstream.needs_follow(list, version) {
-        return;
-    }
+fn copy_peer_list(peers: &RrPeers) -> PeerListCopy {
+    let version = peers::version(peers).unwrap_or_default();
     let each = peers::each_peer(peers).map(|p| (peers::occurrence(p), runtime_meta(p)));
-    let followed = upstream.follow(list, version, each);
+    PeerListCopy::new(version, each)
+}
+
+/// Follows a copy of the peer list (`copy_peer_list`), with no peer lock
+/// held: the zone is locked in `UpstreamCounters::follow`, and what changed
+/// is logged after. `by`: who copied it (`pick`, or `periodic`: the
+/// periodic check or the configuration load), for the debug log.
+#[cold]
+#[inline(never)]
+fn follow_copy(upstream: &UpstreamCounters, list: List, copy: &PeerListCopy, by: &str) {
+    ngx_log_debug!(
+        mask: subsystem::DEBUG_MASK,
+        Log::cycle().as_ptr(),
+        "least_conn_persistent: upstream \"{}\" {:?} peers at version {} copied ({}), \
+         round-robin lock released: following",
+        String::from_utf8_lossy(&upstream.name),
+        list,
+        copy.version,
+        by
+    );
+    let followed = upstream.follow(list, copy);
     if let (true, Some(zone)) = (followed.full > 0, upstream.zone_name()) {
         Log::cycle().zone(
             NGX_LOG_ERR,
@@ -287,7 +371,8 @@ fn follow_if_changed(upstream: &UpstreamCounters, list: List, peers: &RrPeers) {
 }
 
 /// A choice can lose a race for the last `max_conns` place to another
-/// worker; choosing again then sees it full.
+/// worker; choosing again then sees it full. A stale counter stops the
+/// pick (`get_slow` looks it up again).
 #[inline(always)]
 fn pick_counted<const TRIED: bool>(
     pd: &mut PeerData,
@@ -297,15 +382,19 @@ fn pick_counted<const TRIED: bool>(
     let mut list = pd.rr.list::<_, TRIED>(counts);
     if let Some(best) = route.and_then(|r| list.find_route(r)) {
         let counter = counts.get(best.index)?;
-        if counter.acquire(pd.upstream, list.max_conns(best), &mut pd.held) {
-            return Some(best);
+        match counter.try_acquire(list.max_conns(best), &mut pd.held) {
+            Acquire::Taken => return Some(best),
+            Acquire::AtLimit => {}
+            Acquire::Stale => return None,
         }
     }
     for _ in 0..=list.size() {
         let best = choose(&mut list)?;
         let counter = counts.get(best.index)?;
-        if counter.acquire(pd.upstream, list.max_conns(best), &mut pd.held) {
-            return Some(best);
+        match counter.try_acquire(list.max_conns(best), &mut pd.held) {
+            Acquire::Taken => return Some(best),
+            Acquire::AtLimit => {}
+            Acquire::Stale => return None,
         }
     }
     None

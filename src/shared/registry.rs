@@ -19,6 +19,7 @@ use std::rc::Rc;
 use nginx_sys::{ngx_conf_t, ngx_int_t, ngx_shm_zone_t, ngx_str_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
 use ngx::core::Status;
 
+use crate::core::follow::{runtime_stamp, PeerListCopy};
 use crate::core::key::{self, Occurrence};
 use crate::core::record::{CellRef, Counted, RecordRef};
 use crate::core::table::{
@@ -30,7 +31,7 @@ use crate::ngx::conf::{args, page_size, parse_size, text, ConfError};
 /// some keys.
 const MIN_ZONE_PAGES: usize = 8;
 use crate::ngx::log::Log;
-use crate::ngx::peers::SharedCount;
+use crate::ngx::peers::{self, SharedCount};
 use crate::ngx::shm::{self, ShmZone};
 
 use super::zone::{open_table, Locked, ZoneLink};
@@ -63,20 +64,44 @@ pub enum Held {
     Local(Rc<Cell<u32>>),
 }
 
+/// Where a server's counter is, as a configuration load, a worker's start
+/// and run-time changes move it along.
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    /// Not stored in a zone: before the configuration is committed, or for
+    /// good when no zone is configured. A pick counts it per worker.
+    Declared,
+    /// The key is in the zone (the commit stored it); no worker has
+    /// attributed counts to itself yet.
+    Stored(SlotRef),
+    /// Counting in the zone, this worker's share in its own cell.
+    Counting(Counted),
+    /// The key was removed while this worker counted on it: to be looked
+    /// up again (`refresh`), with no peer lock held.
+    Stale,
+    /// Counted by this worker alone: the zone had no room for the key.
+    Local,
+}
+
 #[derive(Debug)]
 pub struct PeerCounter {
     pub key: Box<[u8]>,
     pub upstream_len: usize,
     pub meta: Meta,
-    /// The key's counter, once the configuration is committed; `None`: no
-    /// zone, or the zone was full.
-    slot: Option<SlotRef>,
-    /// The counter and this worker's share of it, once the worker has
-    /// registered; replaced when a stale handle is looked up again. `None`:
-    /// this worker counts the peer itself.
-    counted: Cell<Option<Counted>>,
+    /// Changed through `&self`: a stale handle is looked up again while
+    /// the list it is in is borrowed.
+    phase: Cell<Phase>,
     /// This worker's connections to a peer it counts itself (status page).
     local: Rc<Cell<u32>>,
+}
+
+/// The counter's handle in the zone, as a pick holds it.
+#[inline]
+fn counting(phase: Phase) -> Option<Counted> {
+    match phase {
+        Phase::Counting(c) => Some(c),
+        _ => None,
+    }
 }
 
 impl PeerCounter {
@@ -87,8 +112,7 @@ impl PeerCounter {
             key: k.into_boxed_slice(),
             upstream_len: upstream.len(),
             meta,
-            slot: None,
-            counted: Cell::new(None),
+            phase: Cell::new(Phase::Declared),
             local: Rc::default(),
         }
     }
@@ -99,15 +123,35 @@ impl PeerCounter {
         &self.key[key::KEY_PREFIX.len() + self.upstream_len + 1..]
     }
 
+    /// The key's slot in the zone, once stored.
+    fn slot(&self) -> Option<SlotRef> {
+        match self.phase.get() {
+            Phase::Stored(slot) | Phase::Counting(Counted { slot, .. }) => Some(slot),
+            Phase::Declared | Phase::Stale | Phase::Local => None,
+        }
+    }
+
+    /// The handle this worker counts through, once it counts in the zone.
+    #[inline]
+    fn counted(&self) -> Option<Counted> {
+        counting(self.phase.get())
+    }
+
+    /// Stored by the commit (`None`: the zone is full): counted per worker
+    /// then.
+    fn stored_or_local(slot: Option<SlotRef>) -> Phase {
+        slot.map_or(Phase::Local, Phase::Stored)
+    }
+
     pub fn in_zone(&self) -> bool {
-        self.counted.get().is_some()
+        self.counted().is_some()
     }
 
     /// The count a pick compares: the shared one (see `SlotRef::count_hint`)
     /// or this worker's own.
     #[inline]
     pub fn count_hint_or_local(&self) -> u32 {
-        match self.counted.get() {
+        match self.counted() {
             Some(c) => c.slot.count_hint(),
             None => self.local.get(),
         }
@@ -115,14 +159,14 @@ impl PeerCounter {
 
     /// Marks a Lua key as used now (it then does not expire).
     pub fn touch(&self, now: u32) {
-        if let Some(c) = self.counted.get() {
+        if let Some(c) = self.counted() {
             c.slot.touch(now);
         }
     }
 
     /// The live count, across workers when in the zone.
     pub fn count(&self) -> Option<u32> {
-        match self.counted.get() {
+        match self.counted() {
             Some(c) => c.slot.count(),
             None => Some(self.local.get()),
         }
@@ -132,88 +176,126 @@ impl PeerCounter {
         self.local.get()
     }
 
-    /// Counts a connection and records it in `held`. `false`: at
-    /// `max_conns` (another worker may just have taken the last place),
-    /// pick again.
+    /// Counts a connection and records it in `held`: `Taken`. `AtLimit`: at
+    /// `max_conns` (another worker may just have taken the last place), pick
+    /// again. `Stale`: a newer configuration removed the key (or a Lua key
+    /// expired); the counter is left `is_stale` until the caller, with any
+    /// peer lock let go, calls `refresh`, and picks again.
     #[inline]
-    pub fn acquire(&self, up: &UpstreamCounters, max_conns: u32, held: &mut Held) -> bool {
-        if let Some(c) = self.counted.get() {
-            match c.acquire(max_conns) {
-                Acquire::Taken => {
-                    *held = Held::Shared(c);
-                    return true;
-                }
-                Acquire::AtLimit => return false,
-                Acquire::Stale => {}
-            }
+    pub fn try_acquire(&self, max_conns: u32, held: &mut Held) -> Acquire {
+        let Some(c) = self.counted() else {
+            return self.acquire_local(held);
+        };
+        let r = c.acquire(max_conns);
+        match r {
+            Acquire::Taken => *held = Held::Shared(c),
+            Acquire::AtLimit => {}
+            Acquire::Stale => self.mark_stale(),
         }
-        self.acquire_slow(up, max_conns, held)
+        r
     }
 
-    /// No handle (per-worker counting), or a stale one to look up again.
     #[cold]
     #[inline(never)]
-    fn acquire_slow(&self, up: &UpstreamCounters, max_conns: u32, held: &mut Held) -> bool {
-        if self.counted.get().is_some() {
-            self.counted.set(self.refresh(up));
-        }
-        let Some(c) = self.counted.get() else {
-            self.local.set(self.local.get() + 1);
-            *held = Held::Local(Rc::clone(&self.local));
-            return true;
-        };
-        // A key just looked up again cannot be stale again: like full.
-        let taken = c.acquire(max_conns) == Acquire::Taken;
-        if taken {
-            *held = Held::Shared(c);
-        }
-        taken
+    fn mark_stale(&self) {
+        self.phase.set(Phase::Stale);
     }
 
-    /// A handle went stale: a newer configuration removed the key while this
-    /// (older) worker still uses it. Put it back as draining, so that it is
-    /// counted until this worker is done with it and then removed.
-    fn refresh(&self, up: &UpstreamCounters) -> Option<Counted> {
-        let link = up.link.as_ref()?;
-        let locked = link.lock();
-        let slot = match link.table.find(&locked, &self.key) {
-            Some(slot) => Some(slot),
-            None => {
-                let slot = self.store(link, &locked);
-                Log::cycle().module(
-                    NGX_LOG_NOTICE,
-                    format_args!(
-                        "\"{}\" {} for a worker of an earlier configuration",
-                        String::from_utf8_lossy(&self.key),
-                        if slot.is_none() {
-                            "could not be re-added (zone full)"
-                        } else {
-                            "re-added as draining"
-                        }
-                    ),
-                );
-                slot
+    /// Whether the key was found removed, to be looked up again (`refresh`).
+    pub fn is_stale(&self) -> bool {
+        matches!(self.phase.get(), Phase::Stale)
+    }
+
+    /// `try_acquire` for a caller that holds no peer lock (Lua's pick): a
+    /// stale handle is looked up again on the spot. `false`: at
+    /// `max_conns`, pick again.
+    pub fn acquire(&self, up: &UpstreamCounters, max_conns: u32, held: &mut Held) -> bool {
+        match self.try_acquire(max_conns, held) {
+            Acquire::Taken => true,
+            Acquire::AtLimit => false,
+            Acquire::Stale => {
+                self.refresh(up);
+                // A key just looked up again is stale again only if removed
+                // in the meantime: like full.
+                self.try_acquire(max_conns, held) == Acquire::Taken
             }
-        }?;
-        Some(up.counted(link, &locked, slot))
+        }
     }
 
-    /// Finds or adds this server's key at run time. A worker of an earlier
-    /// configuration adds it as draining: the running configuration does
-    /// not declare it, so it goes once this worker is done with it.
-    fn store(&self, link: &ZoneLink, locked: &Locked) -> Option<SlotRef> {
-        let draining = if link.epoch == link.table.epoch() {
-            0
-        } else {
-            FLAG_DRAINING
+    /// Per-worker counting: no zone, or no room in it.
+    #[cold]
+    #[inline(never)]
+    fn acquire_local(&self, held: &mut Held) -> Acquire {
+        self.local.set(self.local.get() + 1);
+        *held = Held::Local(Rc::clone(&self.local));
+        Acquire::Taken
+    }
+
+    /// Gives up on the zone for this server: this worker counts it itself,
+    /// as when the zone is full (a counter that keeps going stale the
+    /// moment it is looked up again).
+    pub fn count_locally(&self) {
+        self.phase.set(Phase::Local);
+    }
+
+    /// Looks a stale handle up again (see `try_acquire`): a newer
+    /// configuration removed the key while this (older) worker still uses
+    /// it, or a Lua key went. Puts it back (draining, for a worker of an
+    /// earlier configuration, so that it is counted until this worker is
+    /// done with it and then removed); with no room for it, this worker
+    /// counts the server itself. Locks the zone: the caller must hold no
+    /// peer lock. Logs once the zone is unlocked.
+    #[cold]
+    #[inline(never)]
+    pub fn refresh(&self, up: &UpstreamCounters) {
+        let Some(link) = up.link.as_ref() else {
+            self.count_locally();
+            return;
         };
-        let meta = Meta {
-            flags: self.meta.flags | draining,
-            ..self.meta
+        let now = peers::now() as u32;
+        let locked = link.lock();
+        let found = link.table.find(&locked, &self.key);
+        let readded = match found {
+            Some(_) => None,
+            None => Some(self.store(link, &locked, now)),
         };
+        let phase = match found.or(readded.flatten().map(|(slot, _)| slot)) {
+            Some(slot) => Phase::Counting(up.counted(link, &locked, slot)),
+            None => Phase::Local,
+        };
+        self.phase.set(phase);
+        drop(locked);
+        if let Some(stored) = readded {
+            self.note_readded(stored.map(|(_, meta)| meta));
+        }
+    }
+
+    /// What `refresh` did with a key it found gone (`stored`: the metadata
+    /// it put it back with, `None`: no room).
+    fn note_readded(&self, stored: Option<Meta>) {
+        let key = String::from_utf8_lossy(&self.key);
+        let message = match stored {
+            None => {
+                format!("\"{key}\" could not be re-added (zone full): this worker counts it itself")
+            }
+            Some(meta) if meta.flags & FLAG_DRAINING != 0 => {
+                format!("\"{key}\" re-added as draining for a worker of an earlier configuration")
+            }
+            Some(_) => format!("\"{key}\" re-added: it was removed while this worker used it"),
+        };
+        Log::cycle().module(NGX_LOG_NOTICE, format_args!("{message}"));
+    }
+
+    /// Finds or adds this server's key at run time (`now`: the current
+    /// second), stamped as `follow::runtime_stamp` says: draining for a
+    /// worker of an earlier configuration, with the second for a Lua key.
+    /// Returns it and the metadata it was stored with.
+    fn store(&self, link: &ZoneLink, locked: &Locked, now: u32) -> Option<(SlotRef, Meta)> {
+        let (meta, stamp) = runtime_stamp(self.meta, link.epoch, link.table.epoch(), now);
         link.table
-            .upsert(locked, &self.key, self.upstream_len, meta, link.epoch)
+            .upsert(locked, &self.key, self.upstream_len, meta, stamp)
             .ok()
+            .map(|slot| (slot, meta))
     }
 }
 
@@ -222,7 +304,7 @@ impl SharedCount for PeerCounter {
     /// counts the peer itself (see `SlotRef::count_hint`).
     #[inline]
     fn count_hint(&self) -> Option<u32> {
-        self.counted.get().map(|c| c.slot.count_hint())
+        self.counted().map(|c| c.slot.count_hint())
     }
 }
 
@@ -372,22 +454,18 @@ impl UpstreamCounters {
         self.counter_list(list).version.get()
     }
 
-    /// Rebuilds `list` for the front-end's peers as they are now (`peers`:
-    /// address, `server` line and metadata, in list order, at `version`): a
-    /// key kept keeps its counter; a new one is added, at 0 if new to the
-    /// zone; a gone one drains (removed now if idle). Before the
-    /// configuration is committed only the list changes: `commit` stores
-    /// the keys. Everything is allocated before the zone is locked and freed
-    /// after.
-    pub fn follow<'p>(
-        &self,
-        list: List,
-        version: usize,
-        peers: impl Iterator<Item = (Occurrence<'p>, Meta)>,
-    ) -> Followed {
-        let fresh = self.counters_for(list, peers);
+    /// Rebuilds `list` for the front-end's peers as they are now (`copy`,
+    /// taken from the list with round-robin's lock held, which the caller
+    /// has released since: this locks the zone): a key kept keeps its
+    /// counter; a new one is added, at 0 if new to the zone; a gone one
+    /// drains (removed now if idle). Before the configuration is committed
+    /// only the list changes: `commit` stores the keys. Everything is
+    /// allocated before the zone is locked and freed after; nothing is
+    /// logged (the caller logs what `Followed` says).
+    pub fn follow(&self, list: List, copy: &PeerListCopy) -> Followed {
+        let fresh = self.counters_for(list, copy.iter());
         let cl = self.counter_list(list);
-        cl.version.set(Some(version));
+        cl.version.set(Some(copy.version));
         self.note_named(list);
         let mut old: HashMap<Box<[u8]>, PeerCounter> = cl
             .counters
@@ -402,6 +480,7 @@ impl UpstreamCounters {
             .collect();
         let mut new = Vec::with_capacity(fresh.len());
         let mut replaced = Vec::with_capacity(fresh.len());
+        let now = peers::now() as u32;
         let locked = self.link.as_ref().map(ZoneLink::lock);
         let mut done = Followed::default();
         for mut pc in fresh {
@@ -418,14 +497,20 @@ impl UpstreamCounters {
                 None => {
                     done.added += 1;
                     if let (Some(link), Some(locked)) = (self.link.as_ref(), locked.as_ref()) {
-                        pc.slot = pc.store(link, locked);
-                        done.full += usize::from(pc.slot.is_none());
-                        pc.counted
-                            .set(pc.slot.map(|slot| self.counted(link, locked, slot)));
+                        let phase = match pc.store(link, locked, now) {
+                            Some((slot, _)) => Phase::Counting(self.counted(link, locked, slot)),
+                            None => Phase::Local,
+                        };
+                        done.full += usize::from(matches!(phase, Phase::Local));
+                        pc.phase.set(phase);
                     }
                 }
             }
             new.push(pc);
+        }
+        if locked.is_some() {
+            // New keys stored, gone ones not yet drained.
+            crate::core::crash::point("follow.locked");
         }
         // What is left in `old` no new peer claimed. A key the other list
         // holds too is not drained: for a moment, until that list is named
@@ -436,7 +521,7 @@ impl UpstreamCounters {
                 continue;
             }
             if let (Some(link), Some(locked), Some(c)) =
-                (self.link.as_ref(), locked.as_ref(), gone.counted.get())
+                (self.link.as_ref(), locked.as_ref(), gone.counted())
             {
                 link.table.drain(locked, c.slot);
             }
@@ -618,15 +703,17 @@ impl Registry {
             up.link = Some(link);
             for pc in up.peers_mut() {
                 servers += 1;
-                pc.slot = table.stamp(&locked, &pc.key, pc.meta, link.epoch);
+                if let Some(slot) = table.stamp(&locked, &pc.key, pc.meta, link.epoch) {
+                    pc.phase.set(Phase::Stored(slot));
+                }
             }
         }
         let sweep = table.sweep(&locked, link.epoch);
         for pc in self.upstreams.iter_mut().flat_map(|up| up.peers_mut()) {
-            if pc.slot.is_none() {
+            if matches!(pc.phase.get(), Phase::Declared) {
                 let slot = table.upsert(&locked, &pc.key, pc.upstream_len, pc.meta, link.epoch);
                 full += u32::from(slot.is_err());
-                pc.slot = slot.ok();
+                pc.phase.set(PeerCounter::stored_or_local(slot.ok()));
             }
         }
         drop(locked);
@@ -697,7 +784,7 @@ impl Registry {
                     if existing.is_none() {
                         added.push(slot);
                     }
-                    pc.slot = Some(slot);
+                    pc.phase.set(Phase::Stored(slot));
                 }
                 Err(_) => {
                     refused = Some(DeclareError::Full);
@@ -721,8 +808,9 @@ impl Registry {
         up.link = Some(link);
         up.record.set(self.record.get());
         for pc in up.list(List::Primary).iter() {
-            let slot = pc.slot.expect("stored above");
-            pc.counted.set(Some(up.counted(&link, &locked, slot)));
+            let slot = pc.slot().expect("stored above");
+            pc.phase
+                .set(Phase::Counting(up.counted(&link, &locked, slot)));
         }
         drop(locked);
         Ok(up)
@@ -737,7 +825,7 @@ impl Registry {
         let counted = primary
             .iter()
             .chain(backup.iter())
-            .filter_map(|old| Some((&*old.key, old.counted.get()?.slot)));
+            .filter_map(|old| Some((&*old.key, old.slot()?)));
         key::undeclared(declared.iter().map(|pc| &*pc.key), counted)
     }
 
@@ -753,13 +841,13 @@ impl Registry {
         for up in &self.upstreams {
             up.record.set(record);
             up.for_each_peer(|pc| {
-                let Some(slot) = pc.slot else {
+                let Some(slot) = pc.slot() else {
                     return;
                 };
                 let mine = record.and_then(|r| link.table.cell(locked, r, slot));
                 unattributed += usize::from(mine.is_none());
                 let mine = mine.unwrap_or_else(CellRef::unrecorded);
-                pc.counted.set(Some(Counted { slot, mine }));
+                pc.phase.set(Phase::Counting(Counted { slot, mine }));
             });
         }
         unattributed
