@@ -22,9 +22,9 @@ pub mod array_list;
 pub mod crash;
 #[cfg(test)]
 mod crash_tests;
+pub mod follow;
 #[cfg(any(test, feature = "lock-stats"))]
 pub mod histogram;
-pub mod follow;
 pub mod key;
 pub mod record;
 pub mod select;

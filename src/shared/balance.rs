@@ -230,8 +230,21 @@ fn get_slow(pc: &mut ngx_peer_connection_t, pd: &mut PeerData, lock: PeersLock) 
         follow_copy(pd.upstream, pd.list, &copy, "pick");
         return get(pc, pd);
     }
+    let needs_cells = pd.upstream.needs_cells(pd.list)
+        || pd
+            .upstream
+            .list(pd.list)
+            .iter()
+            .any(PeerCounter::needs_cell);
     let stale = pd.upstream.list(pd.list).iter().any(PeerCounter::is_stale);
     drop(lock);
+    if needs_cells {
+        // This worker's first pick of the list: its cells, then again.
+        pd.upstream.attach_cells(pd.list);
+        if !stale {
+            return get(pc, pd);
+        }
+    }
     if !stale {
         return try_backup_or_fail(pc, pd);
     }
@@ -273,11 +286,11 @@ fn try_backup_or_fail(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_
 /// Chooses and counts a peer: the server a `sticky` session asks for
 /// (`route`, nginx 1.29.6+) if it can take the request, else the least
 /// loaded, as stock least_conn does. `None` also when the counters must
-/// first follow the list (see `needs_follow`) or one went stale (see
-/// `get_slow`).
+/// first follow the list (see `needs_follow`), this worker has no cells for
+/// the list yet (its first pick of it), or one went stale (see `get_slow`).
 #[inline]
 fn pick(pd: &mut PeerData, route: Option<&[u8]>) -> Option<PeerCursor> {
-    if needs_follow(pd) {
+    if needs_follow(pd) || pd.upstream.needs_cells(pd.list) {
         return None;
     }
     let counters = pd.upstream.list(pd.list);

@@ -71,8 +71,10 @@ enum Phase {
     /// Not stored in a zone: before the configuration is committed, or for
     /// good when no zone is configured. A pick counts it per worker.
     Declared,
-    /// The key is in the zone (the commit stored it); no worker has
-    /// attributed counts to itself yet.
+    /// The key is in the zone (the commit stored it); this worker has no
+    /// cell for it yet: its first pick of the list allocates the cells
+    /// (`UpstreamCounters::attach_cells`), so a worker takes zone memory
+    /// only for the lists it counts on. Picks compare its shared count.
     Stored(SlotRef),
     /// Counting in the zone, this worker's share in its own cell.
     Counting(Counted),
@@ -143,31 +145,37 @@ impl PeerCounter {
         slot.map_or(Phase::Local, Phase::Stored)
     }
 
+    /// Whether the server is counted in the zone (not by this worker alone).
     pub fn in_zone(&self) -> bool {
-        self.counted().is_some()
+        !matches!(self.phase.get(), Phase::Declared | Phase::Local)
+    }
+
+    /// Whether this worker has no cell for the key yet (see `Phase::Stored`).
+    pub fn needs_cell(&self) -> bool {
+        matches!(self.phase.get(), Phase::Stored(_))
     }
 
     /// The count a pick compares: the shared one (see `SlotRef::count_hint`)
     /// or this worker's own.
     #[inline]
     pub fn count_hint_or_local(&self) -> u32 {
-        match self.counted() {
-            Some(c) => c.slot.count_hint(),
+        match self.slot() {
+            Some(slot) => slot.count_hint(),
             None => self.local.get(),
         }
     }
 
     /// Marks a Lua key as used now (it then does not expire).
     pub fn touch(&self, now: u32) {
-        if let Some(c) = self.counted() {
-            c.slot.touch(now);
+        if let Some(slot) = self.slot() {
+            slot.touch(now);
         }
     }
 
     /// The live count, across workers when in the zone.
     pub fn count(&self) -> Option<u32> {
-        match self.counted() {
-            Some(c) => c.slot.count(),
+        match self.slot() {
+            Some(slot) => slot.count(),
             None => Some(self.local.get()),
         }
     }
@@ -181,10 +189,13 @@ impl PeerCounter {
     /// again. `Stale`: a newer configuration removed the key (or a Lua key
     /// expired); the counter is left `is_stale` until the caller, with any
     /// peer lock let go, calls `refresh`, and picks again.
+    /// A counter with no cell yet (`needs_cell`) answers `Stale` too,
+    /// unchanged: the caller then gets this worker's cells for the list
+    /// (`UpstreamCounters::attach_cells`) and picks again.
     #[inline]
     pub fn try_acquire(&self, max_conns: u32, held: &mut Held) -> Acquire {
         let Some(c) = self.counted() else {
-            return self.acquire_local(held);
+            return self.acquire_uncounted(held);
         };
         let r = c.acquire(max_conns);
         match r {
@@ -222,10 +233,14 @@ impl PeerCounter {
         }
     }
 
-    /// Per-worker counting: no zone, or no room in it.
+    /// No cell yet (see `try_acquire`), or per-worker counting: no zone,
+    /// or no room in it.
     #[cold]
     #[inline(never)]
-    fn acquire_local(&self, held: &mut Held) -> Acquire {
+    fn acquire_uncounted(&self, held: &mut Held) -> Acquire {
+        if self.needs_cell() {
+            return Acquire::Stale;
+        }
         self.local.set(self.local.get() + 1);
         *held = Held::Local(Rc::clone(&self.local));
         Acquire::Taken
@@ -304,7 +319,7 @@ impl SharedCount for PeerCounter {
     /// counts the peer itself (see `SlotRef::count_hint`).
     #[inline]
     fn count_hint(&self) -> Option<u32> {
-        self.counted().map(|c| c.slot.count_hint())
+        self.slot().map(|slot| slot.count_hint())
     }
 }
 
@@ -316,6 +331,9 @@ struct CounterList {
     /// The version of the front-end's peer list the counters match; `None`
     /// for a list that never changes at run time.
     version: Cell<Option<usize>>,
+    /// Set once this worker has its cells for the list's keys
+    /// (`UpstreamCounters::attach_cells`); cleared when the list is rebuilt.
+    cells: Cell<bool>,
 }
 
 /// How a peer list changed, as `UpstreamCounters::follow` found it.
@@ -466,6 +484,7 @@ impl UpstreamCounters {
         let fresh = self.counters_for(list, copy.iter());
         let cl = self.counter_list(list);
         cl.version.set(Some(copy.version));
+        cl.cells.set(false);
         self.note_named(list);
         let mut old: HashMap<Box<[u8]>, PeerCounter> = cl
             .counters
@@ -536,6 +555,50 @@ impl UpstreamCounters {
     fn restamp(&self, pc: &PeerCounter, locked: Option<&Locked>) {
         if let (Some(link), Some(locked)) = (self.link.as_ref(), locked) {
             link.table.stamp(locked, &pc.key, pc.meta, link.epoch);
+        }
+    }
+
+    /// Whether this worker's first pick of `list` must first get its cells
+    /// (`attach_cells`, with no peer lock held).
+    #[inline]
+    pub fn needs_cells(&self, list: List) -> bool {
+        !self.counter_list(list).cells.get()
+    }
+
+    /// Gives this worker a cell for every key of `list` it has none for
+    /// (`Phase::Stored`), in one hold of the zone lock: the first pick of
+    /// the list in this worker. The caller holds no peer lock. Logs once
+    /// unlocked if the zone had no room for some.
+    #[cold]
+    #[inline(never)]
+    pub fn attach_cells(&self, list: List) {
+        self.counter_list(list).cells.set(true);
+        let Some(link) = self.link.as_ref() else {
+            return;
+        };
+        let counters = self.list(list);
+        let mut unrecorded = 0usize;
+        {
+            let locked = link.lock();
+            for pc in counters.iter() {
+                if let Phase::Stored(slot) = pc.phase.get() {
+                    let counted = self.counted(link, &locked, slot);
+                    unrecorded += usize::from(!counted.mine.is_recorded());
+                    pc.phase.set(Phase::Counting(counted));
+                }
+            }
+        }
+        if unrecorded > 0 && self.record.get().is_some() {
+            Log::cycle().zone(
+                NGX_LOG_ERR,
+                link.shm.name(),
+                format_args!(
+                    " has no room to record what this worker holds on {unrecorded} server(s) of \
+                     upstream \"{}\": they are counted, but not given back if the worker dies; \
+                     make the zone larger",
+                    String::from_utf8_lossy(&self.name)
+                ),
+            );
         }
     }
 
@@ -829,26 +892,19 @@ impl Registry {
         key::undeclared(declared.iter().map(|pc| &*pc.key), counted)
     }
 
-    /// Points every counter at this worker's cell for it (`record`: this
-    /// worker's record, `None` if it could not be stored). Returns how many
-    /// servers this worker must count itself for want of room.
-    pub fn attach_worker(&self, locked: &Locked, record: Option<RecordRef>) -> usize {
-        let Some(link) = self.link else {
-            return 0;
-        };
+    /// Hands this worker's record to every upstream (`None`: the zone had
+    /// no room for it). The cells come later, as the worker first counts
+    /// on each list (`UpstreamCounters::attach_cells`). Returns how many
+    /// servers this worker counts without a record (they are not given back
+    /// if it dies).
+    pub fn attach_worker(&self, record: Option<RecordRef>) -> usize {
         self.record.set(record);
         let mut unattributed = 0;
         for up in &self.upstreams {
             up.record.set(record);
-            up.for_each_peer(|pc| {
-                let Some(slot) = pc.slot() else {
-                    return;
-                };
-                let mine = record.and_then(|r| link.table.cell(locked, r, slot));
-                unattributed += usize::from(mine.is_none());
-                let mine = mine.unwrap_or_else(CellRef::unrecorded);
-                pc.phase.set(Phase::Counting(Counted { slot, mine }));
-            });
+            if record.is_none() {
+                up.for_each_peer(|pc| unattributed += usize::from(pc.slot().is_some()));
+            }
         }
         unattributed
     }

@@ -149,8 +149,8 @@ fn reclaim_dead(link: &ZoneLink, log: Log, period: usize) {
     }
 }
 
-/// `init_process`: gives back what dead workers held, registers this
-/// worker and points every counter of its configuration at its cells.
+/// `init_process`: gives back what dead workers held and registers this
+/// worker (its cells come as it first counts on each list).
 pub fn start(registry: &'static Registry, log: Log) {
     CURRENT.store(ptr::from_ref(registry).cast_mut(), Ordering::Release);
     let Some(link) = registry.zone() else {
@@ -159,10 +159,8 @@ pub fn start(registry: &'static Registry, log: Log) {
     // A replacement for a crashed worker gives back what it held at once.
     reclaim_dead(link, log, 0);
     let me = current();
-    let locked = link.lock();
-    let record = me.and_then(|me| link.table.register_worker(&locked, me));
-    let unattributed = registry.attach_worker(&locked, record);
-    drop(locked);
+    let record = me.and_then(|me| link.table.register_worker(&link.lock(), me));
+    let unattributed = registry.attach_worker(record);
     if unattributed > 0 {
         log.zone(
             NGX_LOG_ERR,
