@@ -18,7 +18,22 @@
 #
 # Or set everything yourself: NGINX_SOURCE_DIR=/path/to/nginx
 # NGINX_BUILD_DIR=/path/to/nginx/objs scripts/build.sh
+#
+# --crash-points (with any of the above): the crash tests' build (cargo
+# feature `crash-points`, src/core/crash.rs), both .so files in a target
+# directory of their own, `crash-points/` inside the usual one
+# (target/crash-points/release/, target/nginx-1.28/crash-points/release/;
+# scripts/env.sh names them CRASH_MODULE_SO etc.), so the normal modules are
+# left as they are. Never for packages.
 . "$(dirname "$0")/env.sh"
+
+# --crash-points may come anywhere; everything else goes on as before.
+crash_points=
+args=()
+for a in "$@"; do
+    if [ "$a" = --crash-points ]; then crash_points=1; else args+=("$a"); fi
+done
+set -- "${args[@]+"${args[@]}"}"
 
 so="$MODULE_SO"
 stream_so="$STREAM_MODULE_SO"
@@ -40,12 +55,22 @@ else
     nginx_build_env
 fi
 cd "$ROOT"
-cargo build --release "$@"
+features=()
+if [ -n "$crash_points" ]; then
+    # The same names, one directory down: target/.../crash-points/release/.
+    target="${CARGO_TARGET_DIR:-$ROOT/target}/crash-points"
+    export CARGO_TARGET_DIR="$target"
+    so="${so%/release/*}/crash-points/release/${so##*/}"
+    stream_so="${stream_so%/release/*}/crash-points/release/${stream_so##*/}"
+    features=(--features crash-points)
+fi
+cargo build --release "${features[@]+"${features[@]}"}" "$@"
 echo ">> built $so" >&2
 # The stream module: the same crate with the `stream` feature, in its own
 # target directory (the two builds differ in every file).
 target="${CARGO_TARGET_DIR:-$ROOT/target}"
-CARGO_TARGET_DIR="$target/stream" cargo build --release --features stream "$@"
+stream_features=stream${crash_points:+,crash-points}
+CARGO_TARGET_DIR="$target/stream" cargo build --release --features "$stream_features" "$@"
 cp "$target/stream/release/libngx_http_least_conn_persistent_module.so" "$stream_so.tmp"
 mv "$stream_so.tmp" "$stream_so"
 echo ">> built $stream_so" >&2
