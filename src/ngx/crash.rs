@@ -3,15 +3,16 @@
 //! process that finds a request file in nginx's prefix (`-p`) when it starts
 //! dies with SIGKILL at the n-th pass of the point the file names.
 //!
-//! The file holds one line, `<point> <n>` (n from 1), and is named after
-//! the subsystem, so that the http and the stream module, loaded together,
-//! each take only their own:
-//! - `crash-at-<subsystem>` (`crash-at-http`, `crash-at-stream`): for a
-//!   worker. The first worker to start once the file is there takes it by
-//!   renaming it to `crash-at-<subsystem>.<pid>`: one worker is armed, the
-//!   replacement the master starts after the death is not, and the test
-//!   learns the victim's pid from the new name.
-//! - `crash-at-<subsystem>-master`: taken the same way by the master when
+//! Request files live in `<prefix>/crash-points/`, a directory the test
+//! makes writable for the workers' user (workers run as `nobody` under a
+//! root master). A file holds one line, `<point> <n>` (n from 1), and is
+//! named after the subsystem, so that the http and the stream module,
+//! loaded together, each take only their own:
+//! - `http`, `stream`: for a worker. The first worker to start once the
+//!   file is there takes it by renaming it to `<name>.<pid>`: one worker is
+//!   armed, the replacement the master starts after the death is not, and
+//!   the test learns the victim's pid from the new name.
+//! - `http-master`, `stream-master`: taken the same way by the master when
 //!   it loads a configuration (`init_module`, before the load is committed).
 //!
 //! Each process arms at most one point. Workers inherit the master's memory
@@ -93,7 +94,7 @@ fn hook(name: &'static str) {
     }
 }
 
-/// `<prefix>/crash-at-<subsystem>[-master]`; none for a helper.
+/// `<prefix>/crash-points/<subsystem>[-master]`; none for a helper.
 fn request_file(cycle: &ngx_cycle_t, role: Role) -> Option<PathBuf> {
     let prefix = Path::new(OsStr::from_bytes(cycle.prefix.as_bytes()));
     let suffix = match role {
@@ -101,7 +102,7 @@ fn request_file(cycle: &ngx_cycle_t, role: Role) -> Option<PathBuf> {
         Role::Master => "-master",
         Role::Helper => return None,
     };
-    Some(prefix.join(format!("crash-at-{}{suffix}", subsystem::NAME)))
+    Some(prefix.join(format!("crash-points/{}{suffix}", subsystem::NAME)))
 }
 
 /// Takes the request file (renamed to `<file>.<pid>`, which only one
