@@ -9,17 +9,25 @@
 # scripts/build.sh --nginx=1.28, where DNS also changes a `resolve`
 # upstream's addresses throughout.
 #
-#   scripts/soak.sh [--quick] [--nginx=debian|1.28]
+# `--kill-storm` (scripts/kill_storm.pl): at least 300 workers of 8 killed
+# with SIGKILL right after bursts of closes, during reloads that change the
+# servers, DNS changes (nginx 1.28) and Lua redeclarations (Debian's nginx);
+# then every count at 0, the keys exactly those configured, `used` at its
+# baseline. With --quick: 40 kills (scripts/test.sh runs it).
+#
+#   scripts/soak.sh [--quick] [--kill-storm] [--nginx=debian|1.28]
 . "$(dirname "$0")/env.sh"
 
 args=()
 nginx=debian
+script=soak.pl
 for a in "$@"; do
     case "$a" in
         --nginx=1.28) nginx=1.28 ;;
         --nginx=debian) ;;
         --quick) args+=("$a") ;;
-        *) echo "usage: scripts/soak.sh [--quick] [--nginx=debian|1.28]" >&2; exit 2 ;;
+        --kill-storm) script=kill_storm.pl ;;
+        *) echo "usage: scripts/soak.sh [--quick] [--kill-storm] [--nginx=debian|1.28]" >&2; exit 2 ;;
     esac
 done
 ensure_packages perl
@@ -29,4 +37,4 @@ if [ "$nginx" = 1.28 ]; then
 else
     "$ROOT/scripts/build.sh" >&2
 fi
-exec perl "$ROOT/scripts/soak.pl" "${args[@]}"
+exec perl "$ROOT/scripts/$script" "${args[@]+"${args[@]}"}"
