@@ -22,7 +22,7 @@
 #
 # The list of points is read from src/core/crash.rs, so a point without a
 # test here fails, as does a listed point that no `crash::point` call in
-# src/ places.
+# src/ places. TEST_CRASH_POINTS=insert.*,status.locked runs only those.
 
 use warnings;
 use strict;
@@ -526,14 +526,16 @@ package main;
 
 # A worker of an earlier configuration retries through a key a reload
 # removed: its stale handle puts the key back (`upsert`, worker side), as
-# t/stale.t shows. `$grow`: the table's block is full then (63 keys,
-# SLOTS_PER_BLOCK), so the upsert needs a new block.
+# t/stale.t shows. `$grow`: the table's blocks are full then, so the upsert
+# needs a new block.
 sub stale_upsert {
 	my ($point, $n, $grow) = @_;
 	# Before: u holds x (8083); after, it does not. With `$grow`, fillers
-	# keep the table at 63 keys in both: w (2), u (2) and 59; w, u (1) and 60.
-	my $before = { u => [$black_hole, 8083], $grow ? (filler => 59) : () };
-	my $after = { u => [$black_hole], $grow ? (filler => 60) : () };
+	# keep the table at a full block in both: w (2), u (2) and the rest;
+	# w, u (1) and one filler more.
+	my $f = slots_per_block() - 4;
+	my $before = { u => [$black_hole, 8083], $grow ? (filler => $f) : () };
+	my $after = { u => [$black_hole], $grow ? (filler => $f + 1) : () };
 	my $c = Crash->new(black_hole => 1.5);
 	$c->conf(%$after)->run();
 	$c->baseline();
@@ -552,10 +554,18 @@ sub stale_upsert {
 	eval { Test::Nginx::http_read($retry, 5) };
 	$c->after_death($victim) or return $c->finish();
 	return $c->settle(conf => $after) unless $grow;
-	# 64 keys take two blocks. The block the dead worker allocated is in
-	# use or was given back, never lost: exactly one page (a block) more
-	# than the baseline.
-	$c->settle(conf => { u => [$black_hole, 8083], filler => 60 }, extra => 4096);
+	# A key more than a block holds takes two blocks. The block the dead
+	# worker allocated is in use or was given back, never lost: exactly one
+	# page (a block) more than the baseline.
+	$c->settle(conf => { u => [$black_hole, 8083], filler => $f + 1 }, extra => 4096);
+}
+
+# Slots in a block of the table (a block is a page, 4 KiB).
+sub slots_per_block {
+	open my $f, '<', '../src/core/table.rs' or die "../src/core/table.rs: $!\n";
+	my ($n) = do { local $/; <$f> } =~ /const SLOTS_PER_BLOCK: usize = (\d+);/
+		or die "no SLOTS_PER_BLOCK in src/core/table.rs\n";
+	return $n;
 }
 
 # The last connection of a draining key closes in a worker of an earlier
@@ -592,6 +602,9 @@ sub worker_start {
 	$c->arm($point, $n);
 	$c->t->reload();
 	my $victim = $c->armed() or die "no worker took the request\n";
+	# Connections through the new workers too, for a table that gives a
+	# worker its record or cells at its first count rather than at start.
+	$c->hold(4);
 	$c->after_death($victim) or return $c->finish();
 	$c->settle(conf => { workers => 2 });
 }
@@ -713,6 +726,7 @@ sub master_sweep {
 	kill 'KILL', @workers;
 	wait_until(sub { !grep { kill 0, $_ } @workers }, 5);
 	$c->close_held();
+	# A fresh master: none of its workers is old.
 	$c->t->{_old_workers} = {};
 	$c->conf();
 	$c->run();
