@@ -357,12 +357,15 @@ sub arm {
 	$self->{request} = $file;
 }
 
-# The pid of the process that took the request.
+# The pid of the process that took the last request.
 sub armed {
 	my ($self, $timeout) = @_;
 	my $glob = $self->t->testdir . "/$self->{request}.*";
+	my $seen = $self->{taken} //= {};
 	my $pid;
-	wait_until(sub { ($pid) = map { /\.(\d+)$/ } glob $glob; $pid }, $timeout // 5);
+	wait_until(sub { ($pid) = grep { !$seen->{$_} } map { /\.(\d+)$/ } glob $glob; $pid },
+		$timeout // 5);
+	$seen->{$pid} = 1 if $pid;
 	return $pid;
 }
 
@@ -803,6 +806,24 @@ subtest 'stream: remove.retired' => sub {
 		or plan(skip_all => "no stream modules ($Test::Nginx::STREAM_MODULE)");
 	my $ok = eval { drained_remove('remove.retired', 1, stream => 1); 1 };
 	ok($ok, 'the test ran to its end') or diag($@);
+} unless $only;
+
+# A request naming no point, or no pass, arms nothing and says so.
+subtest 'a bad request' => sub {
+	my $c = Crash->new();
+	$c->t->alerts_allowed(qr/crash point request "(no\.such\.point 1|status\.locked 0)" names no known point/);
+	$c->conf()->run();
+	for my $bad ('no.such.point 1', 'status.locked 0') {
+		$c->arm(split ' ', $bad);
+		$c->t->reload();
+		my $pid = $c->armed();
+		ok($pid, "a worker took \"$bad\"");
+		like($c->t->read_file('error.log'), qr/\[alert\] $pid#\d+: .*crash point request "\Q$bad\E" names no known point and pass/,
+			'and refused it with an [alert]');
+		like(Test::Nginx::http_get('/status'), qr/^HTTP\/1\.1 200 /, 'it serves, unarmed');
+		ok(kill(0, $pid), 'and lives');
+	}
+	$c->finish();
 } unless $only;
 
 done_testing();
