@@ -486,8 +486,9 @@ sub settle {
 		or diag("keys: @{$self->keys_now()}\nwant: @{$self->{keys}}");
 	ok($self->records_live(), 'the zone records exactly the live workers')
 		or diag("records @{$self->records()}, workers @{$self->workers_now()}");
-	my $used = $self->zone()->{used};
-	is($used, $self->{baseline} + $extra, 'zone used back to its baseline'
+	my $zone = $self->zone();
+	is($zone->{keys}, scalar(@{$self->keys_now()}), 'the zone counts the keys it lists');
+	is($zone->{used}, $self->{baseline} + $extra, 'zone used back to its baseline'
 		. ($extra ? " plus the new block ($extra)" : ''));
 	$self->finish();
 }
