@@ -350,6 +350,8 @@ my $records = sub { join ' ', sort { $a <=> $b } map { $_->{pid} } @{status()->{
 my $live = sub { join ' ', sort { $a <=> $b } $t->worker_pids() };
 check(wait_until(sub { $records->() eq $live->() }, 3), "the zone records exactly the $workers live workers");
 my $zone = status()->{zone};
+my $listed = () = entries();
+check($zone->{keys} == $listed, "the zone counts $zone->{keys} keys and lists $listed");
 check($zone->{used} == $baseline, "zone used $zone->{used} bytes, baseline $baseline");
 my $log = $t->read_file('error.log');
 my $underflows = () = $log =~ /already 0/g;
