@@ -3,7 +3,7 @@
 # with SIGKILL, hundreds of times, at the moments that stress the zone most,
 # then checks that nothing leaked. Loopback only; stops by itself.
 #
-#   kill_storm.pl [--quick]
+#   kill_storm.pl [--quick] [--crash-points]
 #
 # nginx runs 8 workers. Client processes hold WebSockets (through a
 # configured upstream, a Lua upstream on Debian's nginx, a `resolve`
@@ -14,6 +14,13 @@
 # Between steps: reloads that change the servers (sent without waiting, so
 # that kills land during them), DNS answers that change, Lua upstreams
 # declared again with other servers. Full: at least 300 kills; --quick: 40.
+#
+# --crash-points: with the crash-points build (scripts/build.sh
+# --crash-points; t/crash_points.t explains the request files), every step
+# also asks the next worker to start to die at the n-th pass (1 to 3) of a
+# crash point picked at random (the master's sweep excepted), so that deaths
+# land inside the zone's locked sections too, not only where a SIGKILL from
+# outside happens to fall.
 #
 # At rest it checks: the master is the one that started, alive; every
 # count 0; the keys exactly those configured; zone `used` back to its
@@ -36,7 +43,15 @@ use Test::Nginx::WebSocket;
 
 $SIG{PIPE} = 'IGNORE';
 my $quick = grep { $_ eq '--quick' } @ARGV;
+my $crash_points = grep { $_ eq '--crash-points' } @ARGV;
 my $target_kills = $quick ? 40 : 300;
+if ($crash_points) {
+	# The crash-points build beside the module (target/crash-points/release/).
+	$Test::Nginx::MODULE = $ENV{TEST_NGINX_CRASH_MODULE}
+		// ($Test::Nginx::MODULE =~ s{/release/([^/]+)$}{/crash-points/release/$1}r);
+	-f $Test::Nginx::MODULE
+		or die "no crash-points build at $Test::Nginx::MODULE: run scripts/build.sh --crash-points\n";
+}
 my $workers = 8;
 my $clients = 4;
 my $max_held = 30;             # WebSockets per client
@@ -262,6 +277,49 @@ sleep 1;    # connections held before the first kill
 
 my %did = (kills => 0, steps => 0, reloads => 0, dns => 0, lua => 0, old => 0, fresh => 0);
 
+# --crash-points: the points a worker may die at, and the request files.
+my @points = $crash_points ? grep { $_ ne 'sweep.marked' } listed_points() : ();
+my $requests = $t->testdir . '/crash-points';
+if ($crash_points) {
+	mkdir $requests;
+	chmod 0777, $requests;    # workers run as nobody under a root master
+}
+my %killed;    # pids this script killed itself
+
+sub listed_points {
+	open my $f, '<', "$FindBin::Bin/../src/core/crash.rs" or die "src/core/crash.rs: $!\n";
+	my ($list) = do { local $/; <$f> } =~ /pub const POINTS: &\[&str\] = &\[(.*?)\];/s
+		or die "no POINTS in src/core/crash.rs\n";
+	$list =~ s{//[^\n]*}{}g;
+	return $list =~ /"([^"]+)"/g;
+}
+
+# A request for the next worker to start, unless one is still waiting.
+sub request_crash {
+	return if -e "$requests/http";
+	my $point = $points[int(rand(@points))];
+	open my $f, '>', "$requests/http.new" or die "$requests/http.new: $!\n";
+	print $f "$point ", 1 + int(rand(3)), "\n";
+	close $f;
+	rename "$requests/http.new", "$requests/http";
+}
+
+# { point => deaths }: workers that took a request and died of SIGKILL
+# without this script killing them.
+sub crash_point_deaths {
+	my $log = $t->read_file('error.log');
+	my %died = map { ($_ => 1) } $log =~ /worker process (\d+) exited on signal 9/g;
+	my %at;
+	for my $file (glob "$requests/http.*") {
+		my ($pid) = $file =~ /\.(\d+)$/ or next;
+		next if $killed{$pid} || !$died{$pid};
+		open my $f, '<', $file or next;
+		my ($point) = split ' ', <$f> // '';
+		$at{$point}++;
+	}
+	return \%at;
+}
+
 # The master's children, read the fast way where Linux offers it.
 sub children_now {
 	open my $f, '<', "/proc/$master/task/$master/children" or return $t->children();
@@ -287,9 +345,10 @@ while ($did{kills} < $target_kills) {
 	if ($lua && $step % $lua_every == 0) {
 		for (1 .. 3) {
 			my $ports = join ',', map { port($_) } subset(@backends);
-			$did{lua}++ if eval { http_get("/redeclare?ports=$ports", timeout => 2) } =~ /declared/;
+			$did{lua}++ if (eval { http_get("/redeclare?ports=$ports", timeout => 2) } // '') =~ /declared/;
 		}
 	}
+	request_crash() if $crash_points;
 	# A burst of closes, then the kills a few milliseconds into it.
 	kill 'USR1', @kids;
 	sleep rand(0.015);
@@ -297,6 +356,7 @@ while ($did{kills} < $target_kills) {
 	for (1 .. 1 + int(rand(2))) {
 		my $victim = splice(@w, int(rand(@w)), 1) // last;
 		next unless kill('KILL', $victim);
+		$killed{$victim} = 1;
 		$did{kills}++;
 		$did{old}++ if ($generation{$victim} // $did{reloads}) < $did{reloads};
 	}
@@ -309,7 +369,7 @@ while ($did{kills} < $target_kills) {
 		wait_until(sub { ($fresh) = grep { !$before{$_} } children_now(); $fresh }, 0.05);
 		if ($fresh) {
 			sleep rand(0.002);
-			if (kill('KILL', $fresh)) { $did{kills}++; $did{fresh}++ }
+			if (kill('KILL', $fresh)) { $killed{$fresh} = 1; $did{kills}++; $did{fresh}++ }
 		}
 	}
 	sleep 0.05 + rand(0.05);
@@ -326,45 +386,73 @@ for (<$from_clients>) {
 waitpid($_, 0) for @kids;
 
 # At rest: every server configured again, d.test at its resting addresses,
-# lw declared with every server; the old workers gone.
+# lw declared with every server; the old workers gone. No worker of the
+# last generation is asked to die.
+unlink "$requests/http" if $crash_points;
 conf(@backends);
 lua_servers(@backends) if $lua;
 answer(@dns_rest) if $resolve;
-my $reloaded = eval { $t->reload(); 1 };
-check($reloaded && $t->master_pid() && $t->master_pid() == $master,
-	"the master ($master) is alive and reloads");
-wait_until(sub { !$t->old_worker_pids() }, 30);
-http_get('/redeclare?ports=' . join(',', map { port($_) } @backends)) if $lua;
-
 check($did{kills} >= $target_kills, sprintf('%d workers killed with SIGKILL in %.1f s, right after bursts '
 	. 'of closes (%d of an older generation, %d just started)', $did{kills}, $storm, $did{old}, $did{fresh}));
+if ($crash_points) {
+	my $at = crash_point_deaths();
+	my $n = 0;
+	$n += $_ for values %$at;
+	check($n > 0, "$n workers died at crash points: "
+		. join(', ', map { "$_ $at->{$_}" } sort keys %$at));
+}
 check($did{reloads} > 0, "$did{reloads} reloads changing the servers during the storm");
 check($did{dns} > 0, "$did{dns} DNS changes of a resolve upstream") if $resolve;
 check($did{lua} > 0, "$did{lua} Lua redeclarations") if $lua;
 check($n[0] > 0, "$n[0] WebSockets opened, $n[1] closed, $n[2] requests over upstream keepalive");
-check(at_rest(10), 'at rest, every counter is 0');
-my $keys_ok = wait_until(sub { keys_now() eq $want }, 10);
-check($keys_ok, "the keys are exactly those configured (" . (() = resting_keys()) . ")");
-print "  keys: ", keys_now(), "\n  want: $want\n" unless $keys_ok;
-my $records = sub { join ' ', sort { $a <=> $b } map { $_->{pid} } @{status()->{zone}{workers}} };
-my $live = sub { join ' ', sort { $a <=> $b } $t->worker_pids() };
-check(wait_until(sub { $records->() eq $live->() }, 3), "the zone records exactly the $workers live workers");
-my $zone = status()->{zone};
-my $listed = () = entries();
-check($zone->{keys} == $listed, "the zone counts $zone->{keys} keys and lists $listed");
-check($zone->{used} == $baseline, "zone used $zone->{used} bytes, baseline $baseline");
-my $log = $t->read_file('error.log');
-my $underflows = () = $log =~ /already 0/g;
-my $in_mutex = () = $log =~ /shared memory zone "lcp" was locked by/g;
-my @alerts = $t->alerts();
-check(!@alerts, 'no [alert] or [crit] but the killed workers\' lines');
-print "  $_\n" for @alerts[0 .. ($#alerts < 9 ? $#alerts : 9)];
-printf "  %d kills landed while the victim held the zone's mutex; %d connections given back "
-	. "for dead workers; %d releases found a count at 0 (a worker killed between its share's "
-	. "update and the count's gives back one too many)\n", $in_mutex, $zone->{reclaimed}, $underflows;
+my $reloaded = eval { $t->reload(); 1 };
+check($reloaded && ($t->master_pid() // 0) == $master, "the master ($master) is alive and reloads");
+finish() unless $reloaded;
+wait_until(sub { !$t->old_worker_pids() }, 30);
+eval { http_get('/redeclare?ports=' . join(',', map { port($_) } @backends), timeout => 3) } if $lua;
 
-$t->stop();
-$t->stop_daemons();
-my $failed = grep { !$_->[0] } @checks;
-printf "kill storm: %d passed, %d failed\n", @checks - $failed, $failed;
-exit($failed ? 1 : 0);
+eval { at_rest_checks(); 1 } or check(0, "nginx answers the status page: $@");
+finish();
+
+# What must hold at rest.
+sub at_rest_checks {
+	check(at_rest(10), 'at rest, every counter is 0');
+	my $keys_ok = wait_until(sub { keys_now() eq $want }, 10);
+	check($keys_ok, "the keys are exactly those configured (" . (() = resting_keys()) . ")");
+	print "  keys: ", keys_now(), "\n  want: $want\n" unless $keys_ok;
+	my $records = sub { join ' ', sort { $a <=> $b } map { $_->{pid} } @{status()->{zone}{workers}} };
+	my $live = sub { join ' ', sort { $a <=> $b } $t->worker_pids() };
+	check(wait_until(sub { $records->() eq $live->() }, 3), "the zone records exactly the $workers live workers");
+	my $zone = status()->{zone};
+	my $listed = () = entries();
+	check($zone->{keys} == $listed, "the zone counts $zone->{keys} keys and lists $listed");
+	check($zone->{used} == $baseline, "zone used $zone->{used} bytes, baseline $baseline");
+	my $log = $t->read_file('error.log');
+	my $underflows = () = $log =~ /already 0/g;
+	my $in_mutex = () = $log =~ /shared memory zone "lcp" was locked by/g;
+	my @alerts = $t->alerts();
+	check(!@alerts, 'no [alert] or [crit] but the killed workers\' lines');
+	print "  $_\n" for @alerts[0 .. ($#alerts < 9 ? $#alerts : 9)];
+	printf "  %d workers died holding the zone's mutex; %d connections given back "
+		. "for dead workers; %d releases found a count at 0 (a worker killed between its share's "
+		. "update and the count's gives back one too many)\n", $in_mutex, $zone->{reclaimed}, $underflows;
+}
+
+# Stops nginx and what a master that died left behind (orphaned workers
+# still listening), prints the tally and exits.
+sub finish {
+	$t->stop();
+	my @pids = $t->read_file('error.log') =~ /^\S+ \S+ \[\w+\] (\d+)#/mg;
+	my @left = grep { nginx_process($_) } keys %{{ map { ($_ => 1) } @pids }};
+	kill 'KILL', @left;
+	$t->stop_daemons();
+	my $failed = grep { !$_->[0] } @checks;
+	printf "kill storm: %d passed, %d failed\n", @checks - $failed, $failed;
+	exit($failed ? 1 : 0);
+}
+
+sub nginx_process {
+	my ($pid) = @_;
+	open my $c, '<', "/proc/$pid/cmdline" or return 0;
+	return (<$c> // '') =~ /^nginx: (master|worker)/;
+}

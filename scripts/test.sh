@@ -37,8 +37,8 @@ echo ">> scripts/demo.sh --check"
 scripts/demo.sh --check
 echo ">> scripts/soak.sh --quick"
 scripts/soak.sh --quick
-echo ">> scripts/soak.sh --kill-storm --quick (40 workers killed with SIGKILL)"
-scripts/soak.sh --kill-storm --quick
+echo ">> scripts/soak.sh --kill-storm --quick --crash-points (40 SIGKILLs, and deaths at crash points)"
+scripts/soak.sh --kill-storm --quick --crash-points
 echo ">> prove -r t/"
 prove -r t/
 echo ">> scripts/memcheck.sh (the balancing, reload, crash, status and stream tests under valgrind)"
@@ -52,7 +52,7 @@ TEST_NGINX_BINARY="$NGINX_128_BIN" TEST_NGINX_MODULE="$MODULE_128_SO" \
     prove $(ls t/*.t | grep -v bench_quick)
 echo ">> scripts/soak.sh --quick --nginx=1.28 (with DNS changing a resolve upstream throughout)"
 scripts/soak.sh --quick --nginx=1.28
-echo ">> scripts/soak.sh --kill-storm --quick --nginx=1.28"
-scripts/soak.sh --kill-storm --quick --nginx=1.28
+echo ">> scripts/soak.sh --kill-storm --quick --crash-points --nginx=1.28"
+scripts/soak.sh --kill-storm --quick --crash-points --nginx=1.28
 echo ">> scripts/memcheck.sh --nginx=1.28 (the resolve tests, which only 1.28 runs, under valgrind)"
 scripts/memcheck.sh --nginx=1.28
