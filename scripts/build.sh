@@ -24,7 +24,22 @@
 # scripts/bench/scale.pl; never for packages), into a target directory of
 # its own (target/lock-stats/, or target/nginx-<version>/lock-stats/): the
 # normal build outputs are left as they are.
+#
+# --crash-points (with any of the above): the crash tests' build (cargo
+# feature `crash-points`, src/core/crash.rs), both .so files in a target
+# directory of their own, `crash-points/` inside the usual one
+# (target/crash-points/release/, target/nginx-1.28/crash-points/release/;
+# scripts/env.sh names them CRASH_MODULE_SO etc.), so the normal modules are
+# left as they are. Never for packages.
 . "$(dirname "$0")/env.sh"
+
+# --crash-points may come anywhere; everything else goes on as before.
+crash_points=
+args=()
+for a in "$@"; do
+    if [ "$a" = --crash-points ]; then crash_points=1; else args+=("$a"); fi
+done
+set -- "${args[@]+"${args[@]}"}"
 
 so="$MODULE_SO"
 stream_so="$STREAM_MODULE_SO"
@@ -53,12 +68,22 @@ if [ "${1:-}" = "--lock-stats" ]; then
     echo ">> built $target/release/libngx_http_least_conn_persistent_module.so (lock-stats)" >&2
     exit 0
 fi
-cargo build --release "$@"
+features=()
+if [ -n "$crash_points" ]; then
+    # The same names, one directory down: target/.../crash-points/release/.
+    target="${CARGO_TARGET_DIR:-$ROOT/target}/crash-points"
+    export CARGO_TARGET_DIR="$target"
+    so="${so%/release/*}/crash-points/release/${so##*/}"
+    stream_so="${stream_so%/release/*}/crash-points/release/${stream_so##*/}"
+    features=(--features crash-points)
+fi
+cargo build --release "${features[@]+"${features[@]}"}" "$@"
 echo ">> built $so" >&2
 # The stream module: the same crate with the `stream` feature, in its own
 # target directory (the two builds differ in every file).
 target="${CARGO_TARGET_DIR:-$ROOT/target}"
-CARGO_TARGET_DIR="$target/stream" cargo build --release --features stream "$@"
+stream_features=stream${crash_points:+,crash-points}
+CARGO_TARGET_DIR="$target/stream" cargo build --release --features "$stream_features" "$@"
 cp "$target/stream/release/libngx_http_least_conn_persistent_module.so" "$stream_so.tmp"
 mv "$stream_so.tmp" "$stream_so"
 echo ">> built $stream_so" >&2

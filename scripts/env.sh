@@ -26,6 +26,13 @@ NGINX_128_STREAM_SO="$NGINX_128_PREFIX/modules/ngx_stream_module.so"
 export ROOT BUILD_DIR NGINX_TREE MODULE_SO NGINX_BIN NGINX_128_PREFIX NGINX_128_TREE NGINX_128_BIN MODULE_128_SO
 export STREAM_MODULE_SO STREAM_MODULE_128_SO NGINX_STREAM_SO NGINX_128_STREAM_SO
 export LOCK_STATS_SO LOCK_STATS_128_SO
+# The crash tests' build (scripts/build.sh [--nginx=1.28] --crash-points):
+# the same two modules with the `crash-points` feature, one directory down.
+CRASH_MODULE_SO="$ROOT/target/crash-points/release/libngx_http_least_conn_persistent_module.so"
+CRASH_STREAM_MODULE_SO="$ROOT/target/crash-points/release/libngx_stream_least_conn_persistent_module.so"
+CRASH_MODULE_128_SO="$ROOT/target/nginx-1.28/crash-points/release/libngx_http_least_conn_persistent_module.so"
+CRASH_STREAM_MODULE_128_SO="$ROOT/target/nginx-1.28/crash-points/release/libngx_stream_least_conn_persistent_module.so"
+export CRASH_MODULE_SO CRASH_STREAM_MODULE_SO CRASH_MODULE_128_SO CRASH_STREAM_MODULE_128_SO
 
 # Installs Debian packages that are missing; does nothing when all are there.
 ensure_packages() {

@@ -9,24 +9,40 @@
 # scripts/build.sh --nginx=1.28, where DNS also changes a `resolve`
 # upstream's addresses throughout.
 #
-#   scripts/soak.sh [--quick] [--nginx=debian|1.28]
+# `--kill-storm` (scripts/kill_storm.pl): at least 300 workers of 8 killed
+# with SIGKILL right after bursts of closes, during reloads that change the
+# servers, DNS changes (nginx 1.28) and Lua redeclarations (Debian's nginx);
+# then every count at 0, the keys exactly those configured, `used` at its
+# baseline. With --quick: 40 kills (scripts/test.sh runs it). With
+# --crash-points (the crash-points build): workers also die at crash points
+# picked at random, inside the zone's locked sections.
+#
+#   scripts/soak.sh [--quick] [--kill-storm [--crash-points]] [--nginx=debian|1.28]
 . "$(dirname "$0")/env.sh"
 
 args=()
+build=()
 nginx=debian
+script=soak.pl
 for a in "$@"; do
     case "$a" in
         --nginx=1.28) nginx=1.28 ;;
         --nginx=debian) ;;
         --quick) args+=("$a") ;;
-        *) echo "usage: scripts/soak.sh [--quick] [--nginx=debian|1.28]" >&2; exit 2 ;;
+        --kill-storm) script=kill_storm.pl ;;
+        --crash-points) args+=("$a"); build+=("$a") ;;
+        *) echo "usage: scripts/soak.sh [--quick] [--kill-storm [--crash-points]] [--nginx=debian|1.28]" >&2; exit 2 ;;
     esac
 done
+if [ ${#build[@]} -gt 0 ] && [ "$script" != kill_storm.pl ]; then
+    echo "usage: scripts/soak.sh [--quick] [--kill-storm [--crash-points]] [--nginx=debian|1.28]" >&2
+    exit 2
+fi
 ensure_packages perl
 if [ "$nginx" = 1.28 ]; then
-    "$ROOT/scripts/build.sh" --nginx=1.28 >&2
+    "$ROOT/scripts/build.sh" --nginx=1.28 "${build[@]+"${build[@]}"}" >&2
     export TEST_NGINX_BINARY="$NGINX_128_BIN" TEST_NGINX_MODULE="$MODULE_128_SO"
 else
-    "$ROOT/scripts/build.sh" >&2
+    "$ROOT/scripts/build.sh" "${build[@]+"${build[@]}"}" >&2
 fi
-exec perl "$ROOT/scripts/soak.pl" "${args[@]}"
+exec perl "$ROOT/scripts/$script" "${args[@]+"${args[@]}"}"

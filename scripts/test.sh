@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every check: the layout's dependency rule, formatting, clippy, the
-# Rust unit tests, the demo in check mode, the soak in quick mode, the
-# Test::Nginx suite under t/ against a real nginx (which includes
-# t/bench_quick.t: scripts/bench.sh --quick), five of its tests again with
-# nginx under valgrind memcheck, and the suite again against nginx 1.28
-# built from the nginx-src crate, with the quick soak (DNS changing a
+# Rust unit tests, the demo in check mode, the soak and the kill storm in
+# quick mode, the Test::Nginx suite under t/ against a real nginx (which
+# includes t/bench_quick.t: scripts/bench.sh --quick, and t/crash_points.t
+# on the crash-points build), five of its tests again with nginx under
+# valgrind memcheck, and the suite again against nginx 1.28 built from the
+# nginx-src crate, with the quick soak and kill storm (DNS changing a
 # resolve upstream throughout) and the resolve tests under memcheck.
 # Exits non-zero on the first failure.
 . "$(dirname "$0")/env.sh"
@@ -24,25 +25,34 @@ cargo fmt --check
 echo ">> cargo clippy -D warnings"
 cargo clippy --release --all-targets -- -D warnings
 CARGO_TARGET_DIR="$ROOT/target/stream" cargo clippy --release --features stream -- -D warnings
+CARGO_TARGET_DIR="$ROOT/target/crash-points" cargo clippy --release --features crash-points -- -D warnings
+CARGO_TARGET_DIR="$ROOT/target/crash-points/stream" cargo clippy --release --features stream,crash-points -- -D warnings
 echo ">> scripts/build.sh (the http module and the stream module)"
 scripts/build.sh
+echo ">> scripts/build.sh --crash-points (the same two modules with crash points, for t/crash_points.t)"
+scripts/build.sh --crash-points
 echo ">> cargo test"
 cargo test
 echo ">> scripts/demo.sh --check"
 scripts/demo.sh --check
 echo ">> scripts/soak.sh --quick"
 scripts/soak.sh --quick
+echo ">> scripts/soak.sh --kill-storm --quick --crash-points (40 SIGKILLs, and deaths at crash points)"
+scripts/soak.sh --kill-storm --quick --crash-points
 echo ">> prove -r t/"
 prove -r t/
 echo ">> scripts/memcheck.sh (the balancing, reload, crash, status and stream tests under valgrind)"
 scripts/memcheck.sh
 echo ">> nginx 1.28 (from the nginx-src crate): build, then prove t/ against it"
 scripts/build.sh --nginx=1.28
+scripts/build.sh --nginx=1.28 --crash-points
 # The Lua tests skip themselves there (Debian's Lua module is built for
 # Debian's nginx); bench_quick.t drives Debian's nginx only, so it is left out.
 TEST_NGINX_BINARY="$NGINX_128_BIN" TEST_NGINX_MODULE="$MODULE_128_SO" \
     prove $(ls t/*.t | grep -v bench_quick)
 echo ">> scripts/soak.sh --quick --nginx=1.28 (with DNS changing a resolve upstream throughout)"
 scripts/soak.sh --quick --nginx=1.28
+echo ">> scripts/soak.sh --kill-storm --quick --crash-points --nginx=1.28"
+scripts/soak.sh --kill-storm --quick --crash-points --nginx=1.28
 echo ">> scripts/memcheck.sh --nginx=1.28 (the resolve tests, which only 1.28 runs, under valgrind)"
 scripts/memcheck.sh --nginx=1.28

@@ -16,6 +16,7 @@ my @cases = (
 	['demo.sh', '--chek'],
 	['demo.sh', '--check extra'],
 	['soak.sh', '--bogus'],
+	['soak.sh', '--crash-points'],
 	['memcheck.sh', '--nginx=2.0'],
 	['bench.sh', '--bogus'],
 	['mainline.sh', ''],

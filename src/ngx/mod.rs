@@ -2,6 +2,7 @@
 //! pointer nginx hands us outside an `extern "C"` entry point is turned into
 //! a reference here, once, with the reason it is valid.
 //!
+//! - `crash`: the crash points' hook (feature `crash-points`, tests only);
 //! - `conf`: directive arguments, typed configuration errors, one `[emerg]` exit;
 //! - `log`: log lines that carry the module's or the zone's name;
 //! - `shm`: shared memory zones (declare, find, lock);
@@ -15,6 +16,8 @@
 //!   per-request `tried` bitmap.
 
 pub mod conf;
+#[cfg(feature = "crash-points")]
+pub mod crash;
 #[cfg(feature = "lock-stats")]
 pub mod lock_stats;
 pub mod log;

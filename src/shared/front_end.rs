@@ -143,6 +143,8 @@ fn follow_resolved_peers<F: FrontEnd>(cycle: &ngx_cycle_t, mcf: &MainConf) {
 pub extern "C" fn init_module<F: FrontEnd>(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // SAFETY: nginx passes the cycle being initialised.
     let cycle = unsafe { &*cycle };
+    #[cfg(feature = "crash-points")]
+    crate::ngx::crash::arm(cycle, crate::ngx::crash::Role::Master);
     if let Some(mcf) = F::cycle_main_conf(cycle) {
         // SAFETY: the cycle's log.
         let log = unsafe { Log::from_ptr(cycle.log) };
@@ -159,11 +161,13 @@ pub extern "C" fn init_module<F: FrontEnd>(cycle: *mut ngx_cycle_t) -> ngx_int_t
 pub extern "C" fn init_process<F: FrontEnd>(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     #[cfg(feature = "lock-stats")]
     crate::ngx::lock_stats::forked();
+    // SAFETY: nginx passes this process's cycle.
+    let cycle = unsafe { &*cycle };
+    #[cfg(feature = "crash-points")]
+    crate::ngx::crash::arm(cycle, crash_role());
     if !process::serves_connections() {
         return Status::NGX_OK.into();
     }
-    // SAFETY: nginx passes this process's cycle.
-    let cycle = unsafe { &*cycle };
     if let Some(mcf) = F::cycle_main_conf(cycle) {
         let registry = &mcf.registry;
         // SAFETY: the cycle's log.
@@ -173,6 +177,16 @@ pub extern "C" fn init_process<F: FrontEnd>(cycle: *mut ngx_cycle_t) -> ngx_int_
         }
     }
     Status::NGX_OK.into()
+}
+
+/// Which crash point request this process takes (tests only).
+#[cfg(feature = "crash-points")]
+fn crash_role() -> crate::ngx::crash::Role {
+    if process::serves_connections() {
+        crate::ngx::crash::Role::Worker
+    } else {
+        crate::ngx::crash::Role::Helper
+    }
 }
 
 fn check<F: FrontEnd>() {

@@ -374,13 +374,17 @@ sub old_worker_pids {
 	return grep { $old->{$_} } $self->children();
 }
 
-# HUP, then wait until a full set of new workers runs.
+# HUP, then wait until a full set of new workers runs. Dies at once if the
+# master dies meanwhile.
 sub reload {
 	my ($self) = @_;
 	my @old = $self->children();
 	$self->{_old_workers}{$_} = 1 for @old;
-	kill 'HUP', $self->master_pid();
-	wait_until(sub { $self->worker_pids() >= $self->workers() }, 10)
+	my $master = $self->master_pid() or die "reload: no master\n";
+	kill 'HUP', $master;
+	wait_until(sub { !kill(0, $master) || $self->worker_pids() >= $self->workers() }, 10);
+	die "reload: the master ($master) died\n" unless kill 0, $master;
+	$self->worker_pids() >= $self->workers()
 		or die "reload: new workers did not start:\n" . join("\n",
 			grep { /\[emerg\]/ } split /\n/, $self->read_file('error.log')) . "\n";
 	# The master tells old workers to stop accepting ~100 ms after it starts
