@@ -497,10 +497,11 @@ impl UpstreamCounters {
             .iter()
             .map(|pc| pc.key.clone())
             .collect();
+        // Match first, with no lock: a kept key keeps its counter.
         let mut new = Vec::with_capacity(fresh.len());
         let mut replaced = Vec::with_capacity(fresh.len());
-        let now = peers::now() as u32;
-        let locked = self.link.as_ref().map(ZoneLink::lock);
+        let mut added = Vec::with_capacity(fresh.len());
+        let mut restamped = Vec::with_capacity(fresh.len());
         let mut done = Followed::default();
         for mut pc in fresh {
             let meta = pc.meta;
@@ -510,42 +511,45 @@ impl UpstreamCounters {
                     replaced.push(core::mem::replace(&mut pc, kept));
                     if pc.meta != meta {
                         pc.meta = meta;
-                        self.restamp(&pc, locked.as_ref());
+                        restamped.push(new.len());
                     }
                 }
                 None => {
                     done.added += 1;
-                    if let (Some(link), Some(locked)) = (self.link.as_ref(), locked.as_ref()) {
-                        let phase = match pc.store(link, locked, now) {
-                            Some((slot, _)) => Phase::Counting(self.counted(link, locked, slot)),
-                            None => Phase::Local,
-                        };
-                        done.full += usize::from(matches!(phase, Phase::Local));
-                        pc.phase.set(phase);
-                    }
+                    added.push(new.len());
                 }
             }
             new.push(pc);
         }
-        if locked.is_some() {
-            // New keys stored, gone ones not yet drained.
+        done.gone = old.len();
+        let now = peers::now() as u32;
+        if let Some(link) = self.link.as_ref() {
+            let locked = link.lock();
+            // Gone keys drain first, then new ones are stored: a worker
+            // that dies in between leaves no key that only it knew of.
+            // What is left in `old` no new peer claimed. A key the other
+            // list holds too is not drained: for a moment, until that list
+            // is named again, DNS can give one list a name the other still
+            // counts on.
+            for gone in old.values() {
+                if let (false, Some(slot)) = (held_by_other.contains(&gone.key), gone.slot()) {
+                    link.table.drain(&locked, slot);
+                }
+            }
             crate::core::crash::point("follow.locked");
-        }
-        // What is left in `old` no new peer claimed. A key the other list
-        // holds too is not drained: for a moment, until that list is named
-        // again, DNS can give one list a name the other still counts on.
-        for gone in old.values() {
-            done.gone += 1;
-            if held_by_other.contains(&gone.key) {
-                continue;
+            for &i in &restamped {
+                self.restamp(&new[i], Some(&locked));
             }
-            if let (Some(link), Some(locked), Some(c)) =
-                (self.link.as_ref(), locked.as_ref(), gone.counted())
-            {
-                link.table.drain(locked, c.slot);
+            for &i in &added {
+                let pc = &new[i];
+                let phase = match pc.store(link, &locked, now) {
+                    Some((slot, _)) => Phase::Counting(self.counted(link, &locked, slot)),
+                    None => Phase::Local,
+                };
+                done.full += usize::from(matches!(phase, Phase::Local));
+                pc.phase.set(phase);
             }
         }
-        drop(locked);
         *cl.counters.borrow_mut() = new;
         drop((replaced, old, held_by_other));
         done
