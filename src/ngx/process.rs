@@ -1,6 +1,9 @@
 //! Which kind of nginx process this is.
 
-use nginx_sys::{ngx_process, NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER};
+use nginx_sys::{
+    ngx_core_conf_t, ngx_core_module, ngx_cycle, ngx_process, ngx_worker, NGX_PROCESS_SINGLE,
+    NGX_PROCESS_WORKER,
+};
 
 /// Whether this process serves connections: a worker, or the only process
 /// (`master_process off`). nginx also runs every module's `init_process` in
@@ -11,4 +14,23 @@ pub fn serves_connections() -> bool {
     // module's `init_process`; this process only reads it.
     let kind = unsafe { ngx_process };
     kind == NGX_PROCESS_WORKER as usize || kind == NGX_PROCESS_SINGLE as usize
+}
+
+/// This worker's number among its generation's workers, and how many there
+/// are (`worker_processes`): (0, 1) for a single process.
+pub fn worker_slot() -> (usize, usize) {
+    // SAFETY: set by nginx before `init_process`; read only.
+    let (kind, index) = unsafe { (ngx_process, ngx_worker) };
+    if kind != NGX_PROCESS_WORKER as usize {
+        return (0, 1);
+    }
+    // SAFETY: in a worker, `ngx_cycle` is its cycle, whose core module
+    // configuration nginx created before forking it.
+    let count = unsafe {
+        let ctx = (*ngx_cycle).conf_ctx;
+        let ccf = (*ctx.add(ngx_core_module.index)).cast::<ngx_core_conf_t>();
+        ccf.as_ref()
+            .map_or(1, |c| c.worker_processes.max(1) as usize)
+    };
+    (index.min(count - 1), count)
 }

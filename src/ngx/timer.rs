@@ -1,4 +1,5 @@
-//! One periodic timer per worker process.
+//! One periodic timer per worker process, its phase staggered across the
+//! workers of a generation.
 //!
 //! The timer is cancelable: it never keeps a worker that is shutting down
 //! gracefully alive, and it stops re-arming once the worker is exiting.
@@ -32,14 +33,19 @@ static mut TIMER: Periodic = Periodic {
     tick: None,
 };
 
-/// Calls `tick` every `interval_ms` in this process, from its event loop.
-/// A second call replaces the first's function and interval.
-pub fn every(interval_ms: usize, tick: fn()) {
+/// Calls `tick` in this process, from its event loop, so that the `count`
+/// workers of a generation, `slot` being this one's number, take turns: one
+/// of them ticks every `period_ms` (each every `count` periods, the first
+/// time `slot + 1` periods after it starts). Work done on the tick then
+/// costs the same per period whatever the number of workers. A second call
+/// replaces the first's function and timing.
+pub fn in_turn(period_ms: usize, slot: usize, count: usize, tick: fn()) {
+    let first = period_ms * (slot + 1);
     // SAFETY: single-threaded worker; nginx keeps a pointer to the static
     // event, which lives as long as the process.
     unsafe {
         let t = &mut *addr_of_mut!(TIMER);
-        t.interval = interval_ms as ngx_msec_t;
+        t.interval = (period_ms * count.max(1)) as ngx_msec_t;
         t.tick = Some(tick);
         if t.event.timer_set() != 0 {
             return;
@@ -49,7 +55,7 @@ pub fn every(interval_ms: usize, tick: fn()) {
         t.no_connection.fd = -1;
         t.event.data = ptr::from_mut(&mut t.no_connection).cast();
         t.event.set_cancelable(1);
-        ngx_add_timer(&mut t.event, t.interval);
+        ngx_add_timer(&mut t.event, first as ngx_msec_t);
     }
 }
 

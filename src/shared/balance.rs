@@ -104,8 +104,9 @@ fn saturated(upstream: &[u8], peer: &RrPeer) -> Vec<ConfWarning> {
 /// configuration is committed (`init_module`), so that peers which
 /// `resolve` servers kept across a reload (nginx copies them into the new
 /// upstream zone) have their keys stamped by the commit like configured
-/// ones; then in each worker's periodic check, so that a new address shows
-/// at 0 and a gone one drains even while no request comes.
+/// ones; then in each worker's periodic check (its turn comes every
+/// `worker_processes` half-seconds, `workers::CHECK_INTERVAL_MS`), so that a
+/// new address shows at 0 and a gone one drains even while no request comes.
 pub fn follow_resolved_peers<'a>(
     registry: &Registry,
     upstreams: impl Iterator<Item = (&'a UpstreamSrvConf, usize)>,

@@ -173,7 +173,8 @@ pub extern "C" fn init_process<F: FrontEnd>(cycle: *mut ngx_cycle_t) -> ngx_int_
         // SAFETY: the cycle's log.
         workers::start(registry, unsafe { Log::from_ptr(cycle.log) });
         if registry.zone().is_some() {
-            timer::every(workers::CHECK_INTERVAL_MS, check::<F>);
+            let (slot, count) = process::worker_slot();
+            timer::in_turn(workers::CHECK_INTERVAL_MS, slot, count, check::<F>);
         }
     }
     Status::NGX_OK.into()

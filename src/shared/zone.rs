@@ -129,47 +129,60 @@ impl ZoneLink {
     pub fn snapshot(&self) -> Snapshot {
         let mut room = (self.table.keys() as usize + 16, self.table.nrecords() + 8);
         loop {
-            let mut snap = Snapshot {
-                entries: Vec::with_capacity(room.0),
-                key_bytes: Vec::with_capacity(room.0 * 64),
-                ..Snapshot::default()
+            // Room written once before locking: the first touch of fresh
+            // memory (page faults) happens here, not under the lock.
+            let empty = CopiedEntry {
+                key: (0, 0),
+                count: 0,
+                meta: Meta::default(),
             };
+            let mut entries = vec![empty; room.0];
+            // Not zeroes: a zeroed allocation may be pages not yet touched.
+            let mut key_bytes = vec![b' '; room.0 * 64];
             let mut workers = Vec::with_capacity(room.1);
-            let mut fits = true;
-            {
+            let (mut n, mut at, mut fits) = (0, 0, true);
+            let used = {
                 let locked = self.lock();
                 crash::point("status.locked");
                 self.table.for_each(&locked, |e| {
-                    let at = snap.key_bytes.len();
-                    if snap.entries.len() == snap.entries.capacity()
-                        || at + e.key.len() > snap.key_bytes.capacity()
-                    {
+                    let end = at + e.key.len();
+                    if n == entries.len() || end > key_bytes.len() {
                         fits = false;
                         return;
                     }
-                    snap.key_bytes.extend_from_slice(e.key);
-                    snap.entries.push(CopiedEntry {
+                    key_bytes[at..end].copy_from_slice(e.key);
+                    entries[n] = CopiedEntry {
                         key: (at, e.key.len()),
                         count: e.count,
                         meta: e.meta,
-                    });
+                    };
+                    (n, at) = (n + 1, end);
                 });
                 self.table.workers_into(&locked, &mut workers);
-                snap.info.used = self.shm.used_locked(&locked.pool, page_size());
-            }
+                self.shm.used_locked(&locked.pool, page_size())
+            };
             if !fits {
                 room = (room.0 * 2, room.1 * 2);
                 continue;
             }
-            snap.info.name = String::from_utf8_lossy(self.shm.name()).into_owned();
-            snap.info.size = self.shm.size();
-            snap.info.keys = snap.entries.len() as u32;
-            snap.info.reclaimed = self.table.reclaimed();
-            snap.info.workers = workers
-                .iter()
-                .map(|w| (w.worker.pid, w.connections))
-                .collect();
-            return snap;
+            entries.truncate(n);
+            key_bytes.truncate(at);
+            let info = ZoneInfo {
+                name: String::from_utf8_lossy(self.shm.name()).into_owned(),
+                size: self.shm.size(),
+                used,
+                keys: n as u32,
+                reclaimed: self.table.reclaimed(),
+                workers: workers
+                    .iter()
+                    .map(|w| (w.worker.pid, w.connections))
+                    .collect(),
+            };
+            return Snapshot {
+                info,
+                entries,
+                key_bytes,
+            };
         }
     }
 }
