@@ -756,6 +756,7 @@ my %test = (
 	'grow.linked' => [sub { stale_upsert(@_, 'grow') }, 1],
 	'register.allocated' => [\&worker_start, 1],
 	'cell.allocated' => [\&worker_start, 1],
+	'reclaim.journalled' => [\&reclaim_dead, 1],
 	'reclaim.subtracted' => [\&reclaim_dead, 1],
 	'reclaim.unlinked' => [\&reclaim_dead, 1],
 	'sweep.marked' => [\&master_sweep, 1],

@@ -28,6 +28,7 @@ pub const POINTS: &[&str] = &[
     // record.rs: a worker's record and cells
     "register.allocated",
     "cell.allocated",
+    "reclaim.journalled",
     "reclaim.subtracted",
     "reclaim.unlinked",
     // table.rs: a configuration load's sweep (in the master)

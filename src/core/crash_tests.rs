@@ -20,7 +20,11 @@ fn table(a: &HeapArena) -> &'static Table {
 }
 
 fn worker(pid: i32) -> ProcessId {
-    ProcessId { pid, start_time: 7 }
+    ProcessId {
+        pid,
+        start_time: 7,
+        uid: 33,
+    }
 }
 
 /// Keys, counts and flags, sorted.
@@ -163,7 +167,7 @@ fn two_keys_one_draining_idle(t: &Table, a: &HeapArena, w: &mut World) {
 }
 
 fn drain_the_idle_key(t: &Table, a: &HeapArena, w: &mut World) {
-    t.drain(a, w.slots[1]);
+    t.drain(a, w.slots[1], t.epoch());
 }
 
 fn nothing(_: &Table, _: &HeapArena, _: &mut World) {}
@@ -296,6 +300,13 @@ fn reclaim_worker_1(t: &Table, a: &HeapArena, _: &mut World) {
 #[test]
 fn a_death_giving_back_a_dead_workers_share_is_finished_exactly() {
     for nth in 1..=2 {
+        dies_cleanly(
+            "reclaim.journalled",
+            nth,
+            two_workers_counting,
+            reclaim_worker_1,
+            reclaim_worker_1,
+        );
         dies_cleanly(
             "reclaim.subtracted",
             nth,

@@ -32,11 +32,13 @@ use super::crash;
 use super::table::{Acquire, Arena, Release, SlotRef, Table, FLAG_DRAINING, SLOTS_PER_BLOCK};
 
 /// A worker process, told apart from a later process that reuses its pid
-/// by the time it started (`/proc/<pid>/stat`, field 22).
+/// by the time it started (`/proc/<pid>/stat`, field 22); and the user it
+/// runs as (its effective uid).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcessId {
     pub pid: i32,
     pub start_time: u64,
+    pub uid: u32,
 }
 
 /// State (field 3) and start time (field 22) of a `/proc/<pid>/stat` line.
@@ -62,19 +64,22 @@ pub enum Signal {
 }
 
 /// Whether the process recorded as `id` still runs, given what `kill(pid,
-/// 0)` said and what `/proc/<pid>/stat` says (`None`: unreadable). A zombie
-/// is gone (it waits for the master to reap it); a different start time
-/// means the pid now belongs to another process. When the stat file cannot
-/// be read (`hidepid`), the signal decides: a process of our own user with
-/// that pid is taken for the worker, one of another user is not (workers
-/// all run as nginx's `user`).
-pub fn is_alive(id: ProcessId, signal: Signal, stat: Option<&str>) -> bool {
+/// 0)` said, what `/proc/<pid>/stat` says (`None`: unreadable) and the uid
+/// of the asking process. A zombie is gone (it waits for the master to reap
+/// it); a different start time means the pid now belongs to another
+/// process. When the stat file cannot be read (`hidepid`), the signal and
+/// the users decide: a process the asker may signal is taken for the
+/// worker; one it may not signal is not the worker if the worker ran as the
+/// asker's user (the pid went to another user's process), and is taken for
+/// it otherwise (a reload that changed `user`: nothing better is known, and
+/// giving back a live worker's counts would be worse).
+pub fn is_alive(id: ProcessId, signal: Signal, stat: Option<&str>, my_uid: u32) -> bool {
     if signal == Signal::Gone {
         return false;
     }
     match stat.and_then(parse_stat) {
         Some((state, start_time)) => state != 'Z' && state != 'X' && start_time == id.start_time,
-        None => signal == Signal::Ours,
+        None => signal == Signal::Ours || id.uid != my_uid,
     }
 }
 
@@ -87,6 +92,7 @@ struct Chunk {
 #[derive(Debug)]
 pub struct WorkerRecord {
     pid: AtomicI32,
+    uid: AtomicU32,
     start_time: AtomicU64,
     next: AtomicPtr<WorkerRecord>,
     /// `dir_len` chunk pointers, by block index; null: nothing counted there.
@@ -132,7 +138,8 @@ std::thread_local! {
     static STOPPED: AtomicBool = const { AtomicBool::new(false) };
 }
 
-fn stopped() -> bool {
+/// Whether this process has stopped counting (`stop_counting`).
+pub fn stopped() -> bool {
     #[cfg(not(test))]
     return STOPPED.load(Ordering::Relaxed);
     #[cfg(test)]
@@ -208,7 +215,9 @@ impl Counted {
 
     #[inline]
     pub fn release(&self) -> Release {
-        if stopped() {
+        // A count the exit gave back is not released again; one it could
+        // not give back (no cell in the zone) still is.
+        if self.mine.is_recorded() && stopped() {
             return Release::Released {
                 now_idle_draining: false,
             };
@@ -307,6 +316,7 @@ impl WorkerRecord {
         ProcessId {
             pid: self.pid.load(Ordering::Relaxed),
             start_time: self.start_time.load(Ordering::Relaxed),
+            uid: self.uid.load(Ordering::Relaxed),
         }
     }
 
@@ -364,6 +374,7 @@ impl Table {
         unsafe {
             rec.write(WorkerRecord {
                 pid: AtomicI32::new(id.pid),
+                uid: AtomicU32::new(id.uid),
                 start_time: AtomicU64::new(id.start_time),
                 next: AtomicPtr::new(self.workers.load(Ordering::Relaxed)),
                 dir: AtomicPtr::new(ptr::null_mut()),
@@ -550,6 +561,7 @@ impl Table {
         j.cell_subtracted.store(0, Ordering::Relaxed);
         j.cell
             .store(ptr::from_ref(cell).cast_mut(), Ordering::Release);
+        crash::point("reclaim.journalled");
         let taken = slot.subtract(held);
         if dead {
             self.reclaimed
@@ -578,6 +590,7 @@ impl Table {
                 self.reclaimed
                     .fetch_add(u64::from(taken), Ordering::Relaxed);
             }
+            j.cell_subtracted.store(1, Ordering::Release);
         }
         cell.store(0, Ordering::Relaxed);
         j.cell.store(ptr::null_mut(), Ordering::Release);
@@ -673,6 +686,7 @@ mod tests {
         ProcessId {
             pid,
             start_time: 1000 + pid as u64,
+            uid: 33,
         }
     }
 
@@ -719,32 +733,36 @@ mod tests {
     fn liveness_tells_dead_zombie_and_reused_pids_apart() {
         let w = worker(7);
         let me = stat(7, "nginx", 'S', w.start_time);
-        assert!(is_alive(w, Signal::Ours, Some(&me)));
-        assert!(!is_alive(w, Signal::Gone, None), "no such pid");
+        assert!(is_alive(w, Signal::Ours, Some(&me), 33));
+        assert!(!is_alive(w, Signal::Gone, None, 33), "no such pid");
         assert!(
-            !is_alive(w, Signal::Gone, Some(&me)),
+            !is_alive(w, Signal::Gone, Some(&me), 33),
             "kill(0) decides first"
         );
         let zombie = stat(7, "nginx", 'Z', w.start_time);
         assert!(
-            !is_alive(w, Signal::Ours, Some(&zombie)),
+            !is_alive(w, Signal::Ours, Some(&zombie), 33),
             "a zombie is gone"
         );
         let reused = stat(7, "bash", 'S', w.start_time + 1);
         assert!(
-            !is_alive(w, Signal::Ours, Some(&reused)),
+            !is_alive(w, Signal::Ours, Some(&reused), 33),
             "a reused pid is not the worker"
         );
         assert!(
-            is_alive(w, Signal::Ours, None),
+            is_alive(w, Signal::Ours, None, 33),
             "unreadable stat (hidepid), a process of ours: alive"
         );
         assert!(
-            !is_alive(w, Signal::Foreign, None),
-            "unreadable stat, a process of another user: not a worker"
+            !is_alive(w, Signal::Foreign, None, 33),
+            "unreadable stat, a process of another user than the worker's: not it"
         );
         assert!(
-            is_alive(w, Signal::Ours, Some("garbage")),
+            is_alive(w, Signal::Foreign, None, 0),
+            "unreadable stat, the worker ran as another user than the asker: alive"
+        );
+        assert!(
+            is_alive(w, Signal::Ours, Some("garbage"), 33),
             "unparsable stat: the signal decides"
         );
     }

@@ -146,6 +146,11 @@ pub struct Table {
     next_lua_expiry: AtomicU64,
 }
 
+/// Whether configuration epoch `a` is later than `b` (epochs wrap).
+fn newer(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
 /// Moves `due` on by `interval` if `now` has reached it, for one caller.
 fn claim(due: &AtomicU64, now: u64, interval: u64) -> bool {
     let at = due.load(Ordering::Acquire);
@@ -348,10 +353,11 @@ impl SlotRef {
             }
             match slot
                 .word
-                .compare_exchange_weak(w, w - 1, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange_weak(w, w - 1, Ordering::SeqCst, Ordering::Acquire)
             {
                 Ok(_) => {
-                    let draining = slot.flags.load(Ordering::Relaxed) & FLAG_DRAINING != 0;
+                    // SeqCst: see `Table::sweep`.
+                    let draining = slot.flags.load(Ordering::SeqCst) & FLAG_DRAINING != 0;
                     return Release::Released {
                         now_idle_draining: draining && count_of(w) == 1,
                     };
@@ -536,8 +542,7 @@ impl Table {
     /// keys' epochs are seconds, and always move on.
     fn restamp(slot: &Slot, meta: Meta, epoch: u32) {
         let stored = slot.epoch.load(Ordering::Relaxed);
-        let newer_stored = (stored.wrapping_sub(epoch) as i32) > 0;
-        if meta.flags & FLAG_LUA != 0 || !newer_stored {
+        if meta.flags & FLAG_LUA != 0 || !newer(stored, epoch) {
             slot.set_meta(meta, epoch);
         }
     }
@@ -747,9 +752,12 @@ impl Table {
             if plan(key_epoch, epoch, 1) == Action::Keep {
                 continue;
             }
-            slot.flags.fetch_or(FLAG_DRAINING, Ordering::Relaxed);
+            // SeqCst here and in `SlotRef::release` (its decrement, then
+            // its read of the flag): either the release sees the mark and
+            // removes the key once idle, or this read sees its decrement.
+            slot.flags.fetch_or(FLAG_DRAINING, Ordering::SeqCst);
             crash::point("sweep.marked");
-            let count = count_of(slot.word.load(Ordering::Acquire));
+            let count = count_of(slot.word.load(Ordering::SeqCst));
             let removed =
                 plan(key_epoch, epoch, count) == Action::Remove && self.try_remove(locked, slot);
             done.removed += u32::from(removed);
@@ -758,15 +766,26 @@ impl Table {
         done
     }
 
-    /// A key no longer declared: removed now if idle, else draining until
-    /// its last connection closes.
-    pub fn drain(&self, locked: &impl Arena, at: SlotRef) {
+    /// A key no longer declared by the configuration of `epoch`: removed
+    /// now if idle, else draining until its last connection closes. A key
+    /// a later configuration declares is left alone (an older worker
+    /// following DNS must not drain it); Lua keys have no such epochs.
+    pub fn drain(&self, locked: &impl Arena, at: SlotRef, epoch: u32) {
         self.check(locked);
         if at.count().is_none() {
             return;
         }
-        at.slot().flags.fetch_or(FLAG_DRAINING, Ordering::Relaxed);
-        self.remove_if_drained(locked, at);
+        let slot = at.slot();
+        let lua = slot.flags.load(Ordering::Relaxed) & FLAG_LUA != 0;
+        if !lua && newer(slot.epoch.load(Ordering::Relaxed), epoch) {
+            return;
+        }
+        // SeqCst, with the count's read and `SlotRef::release`: one of the
+        // two sees the other (see `sweep`).
+        slot.flags.fetch_or(FLAG_DRAINING, Ordering::SeqCst);
+        if count_of(slot.word.load(Ordering::SeqCst)) == 0 {
+            self.try_remove(locked, slot);
+        }
     }
 
     /// Removes `at` if nothing counts on it (a key just added, given up).
@@ -856,16 +875,14 @@ impl Table {
                         .store(bucket.load(Ordering::Relaxed), Ordering::Relaxed);
                     bucket.store(ptr::from_ref(slot).cast_mut(), Ordering::Relaxed);
                 } else {
-                    // A key added or removed half way: its bytes go.
-                    // (The chunk the journal is freeing is left to it.)
-                    if let Some(k) = NonNull::new(slot.key.load(Ordering::Relaxed)) {
+                    // A key added or removed half way: its bytes go,
+                    // through the journal (the chunk the journal is
+                    // already freeing is left to it).
+                    let k = slot.key.load(Ordering::Relaxed);
+                    if !k.is_null() && k == self.journal.freeing.load(Ordering::Relaxed) {
                         slot.key.store(ptr::null_mut(), Ordering::Relaxed);
-                        if k.as_ptr() != self.journal.freeing.load(Ordering::Relaxed) {
-                            // SAFETY: the key chunk of a slot not in use,
-                            // reachable from nowhere else.
-                            unsafe { locked.free(k) };
-                        }
                     }
+                    self.free_key(locked, slot);
                     self.push_free(slot);
                 }
             }
@@ -1158,6 +1175,8 @@ pub(crate) mod tests {
         assert_eq!(t.upsert(&a, b"k", 0, draining, old), Ok(r));
         assert_eq!(t.stamp(&a, b"k", draining, old), Some(r));
         assert!(!r.is_draining());
+        t.drain(&a, r, old);
+        assert!(!r.is_draining(), "nor drained by the older one");
         assert_eq!(keys_of(t, &a), vec![("k".into(), 0, 0)]);
         let e3 = t.begin_epoch(&a);
         t.sweep(&a, e3);
@@ -1275,8 +1294,8 @@ pub(crate) mod tests {
         let idle = t.upsert(&a, b"i", 0, M, e).unwrap();
         let busy = t.upsert(&a, b"b", 0, M, e).unwrap();
         busy.acquire(0);
-        t.drain(&a, idle);
-        t.drain(&a, busy);
+        t.drain(&a, idle, e);
+        t.drain(&a, busy, e);
         assert_eq!(idle.count(), None);
         assert!(busy.is_draining());
         assert!(!t.remove_idle(&a, busy));

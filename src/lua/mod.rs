@@ -218,6 +218,11 @@ pub extern "C" fn lcp_pick(
 }
 
 fn pick(st: &mut State, handle: i32, skip: &[u64]) -> Result<(i32, u64), i32> {
+    // The worker is exiting and gave back what it held (a later module's
+    // exit hook): nothing more is counted.
+    if crate::core::record::stopped() {
+        return Err(ERR_NO_ZONE);
+    }
     // No token to hand out (`tokens::MAX_OUTSTANDING` picks unreleased):
     // refused before anything is counted.
     if st.picks.is_full() {

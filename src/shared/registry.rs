@@ -523,18 +523,20 @@ impl UpstreamCounters {
         }
         done.gone = old.len();
         let now = peers::now() as u32;
+        // What is left in `old` no new peer claimed. A key the other list
+        // holds too is not drained: for a moment, until that list is named
+        // again, DNS can give one list a name the other still counts on.
+        let drained: Vec<SlotRef> = old
+            .values()
+            .filter(|gone| !held_by_other.contains(&gone.key))
+            .filter_map(PeerCounter::slot)
+            .collect();
         if let Some(link) = self.link.as_ref() {
             let locked = link.lock();
             // Gone keys drain first, then new ones are stored: a worker
             // that dies in between leaves no key that only it knew of.
-            // What is left in `old` no new peer claimed. A key the other
-            // list holds too is not drained: for a moment, until that list
-            // is named again, DNS can give one list a name the other still
-            // counts on.
-            for gone in old.values() {
-                if let (false, Some(slot)) = (held_by_other.contains(&gone.key), gone.slot()) {
-                    link.table.drain(&locked, slot);
-                }
+            for &slot in &drained {
+                link.table.drain(&locked, slot, link.epoch);
             }
             crate::core::crash::point("follow.locked");
             for &i in &restamped {
@@ -870,7 +872,7 @@ impl Registry {
             return Err(e);
         }
         for &slot in &gone {
-            link.table.drain(&locked, slot);
+            link.table.drain(&locked, slot, link.epoch);
         }
         up.link = Some(link);
         up.record.set(self.record.get());

@@ -89,15 +89,24 @@ fn alive(id: ProcessId, read_stat: bool) -> bool {
     match signal(id.pid) {
         Signal::Gone => false,
         Signal::Ours if !read_stat => true,
-        s => is_alive(id, s, proc_stat(id.pid).as_deref()),
+        s => is_alive(id, s, proc_stat(id.pid).as_deref(), euid()),
     }
+}
+
+fn euid() -> u32 {
+    // SAFETY: no arguments, cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// This process, as its record names it.
 fn current() -> Option<ProcessId> {
     let pid = i32::try_from(std::process::id()).ok()?;
     let (_, start_time) = parse_stat(&proc_stat(pid)?)?;
-    Some(ProcessId { pid, start_time })
+    Some(ProcessId {
+        pid,
+        start_time,
+        uid: euid(),
+    })
 }
 
 fn keys_text(r: &Reclaimed) -> String {
