@@ -11,6 +11,10 @@ our @EXPORT = qw/method_conf servers ok_backend median wrk held_backends scaled/
 
 use Test::Nginx;
 
+# Benchmarks measure the module, not nginx's debug lines: the harness logs
+# at `notice` here unless told otherwise.
+BEGIN { $ENV{TEST_NGINX_LOG_LEVEL} //= 'notice'; }
+
 # (http-level line, upstream-level lines) for 'stock' (`least_conn; zone`)
 # or 'persistent' (`least_conn_persistent` and its zone).
 sub method_conf {

@@ -234,13 +234,16 @@ sub stream_modules {
 # line nginx and the module write, so a debug path that crashes a worker
 # ("[alert] ... exited on signal 11") fails the teardown check of any test.
 # A check of what is logged at the usual levels gets its own error_log.
+# TEST_NGINX_LOG_LEVEL sets another level: the benchmarks (scripts/bench/)
+# log at `notice`, so that debug lines are not what they measure.
 sub globals {
 	my ($self) = @_;
 	my $d = $self->{_testdir};
+	my $level = $ENV{TEST_NGINX_LOG_LEVEL} // 'debug';
 	return <<"EOF";
 load_module $MODULE;
 pid $d/nginx.pid;
-error_log $d/error.log debug;
+error_log $d/error.log $level;
 EOF
 }
 
