@@ -178,12 +178,29 @@ impl CellRef {
         unsafe { self.total.as_ref() }
     }
 
-    /// Only the owner writes: loads and stores, no locked instruction.
+    /// One more, in the cell and the total. Only the owner writes: loads
+    /// and stores, no locked instruction. A share never reaches 2^32 (the
+    /// shared count, which holds it, stops there).
     #[inline]
-    fn add(&self, n: i32) {
+    fn increment(&self) {
+        let (cell, total) = (self.cell(), self.total());
+        cell.store(
+            cell.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
+        total.store(
+            total.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// One less, never below zero (a count given back at exit, then
+    /// released: see `Counted::release`).
+    #[inline]
+    fn decrement(&self) {
         for c in [self.cell(), self.total()] {
             c.store(
-                c.load(Ordering::Relaxed).saturating_add_signed(n),
+                c.load(Ordering::Relaxed).saturating_sub(1),
                 Ordering::Relaxed,
             );
         }
@@ -205,10 +222,10 @@ pub struct Counted {
 impl Counted {
     #[inline]
     pub fn acquire(&self, max_conns: u32) -> Acquire {
-        self.mine.add(1);
+        self.mine.increment();
         let r = self.slot.acquire(max_conns);
         if r != Acquire::Taken {
-            self.mine.add(-1);
+            self.mine.decrement();
         }
         r
     }
@@ -223,7 +240,7 @@ impl Counted {
             };
         }
         let r = self.slot.release();
-        self.mine.add(-1);
+        self.mine.decrement();
         r
     }
 }

@@ -317,9 +317,11 @@ impl PeerCounter {
 impl SharedCount for PeerCounter {
     /// The count a pick compares, from the zone; `None` when this worker
     /// counts the peer itself (see `SlotRef::count_hint`).
+    /// A pick never sees a counter with no cell yet (`Phase::Stored`): it
+    /// first gets the list's cells (`UpstreamCounters::needs_cells`).
     #[inline]
     fn count_hint(&self) -> Option<u32> {
-        self.slot().map(|slot| slot.count_hint())
+        self.counted().map(|c| c.slot.count_hint())
     }
 }
 
