@@ -105,36 +105,8 @@ sub conf {
 		$top = "%%LUA_MODULES%%\n";
 		$http .= <<'EOF';
     lua_package_path "%%LUA_LIB%%/?.lua;%%TESTDIR%%/?.lua;;";
-    init_by_lua_block {
-        lcp = require "resty.least_conn_persistent"
-        balancer = require "ngx.balancer"
-        function balance(id, servers)
-            local up = assert(lcp.declare(id, servers))
-            local ctx = ngx.ctx
-            if ctx.lcp_token then
-                lcp.release(ctx.lcp_token)
-                ctx.lcp_token = nil
-            else
-                ctx.lcp_tried = {}
-                balancer.set_more_tries(#up.servers - 1)
-            end
-            local server, token = up:pick(ctx.lcp_tried)
-            if not server then
-                return ngx.exit(502)
-            end
-            ctx.lcp_token = token
-            ctx.lcp_tried[server.index] = true
-            assert(balancer.set_current_peer(server.host, server.port))
-        end
-        function release()
-            local ctx = ngx.ctx
-            if ctx.lcp_token then
-                lcp.release(ctx.lcp_token)
-                ctx.lcp_token = nil
-            end
-        end
-    }
 EOF
+		$http .= Test::Nginx::lua_recipe();
 		$upstreams .= "    upstream lw {\n        server 0.0.0.1;\n"
 			. "        balancer_by_lua_block { balance(\"lw\", require(\"servers\")) }\n    }\n";
 		$locations .= <<'EOF';

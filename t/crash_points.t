@@ -183,37 +183,8 @@ sub upstream {
 
 # The Lua balancer of README.md (t/lua.t).
 sub lua_http {
-	return <<'EOF';
+	return <<'EOF' . Test::Nginx::lua_recipe();
     lua_package_path "%%LUA_LIB%%/?.lua;;";
-    init_by_lua_block {
-        lcp = require "resty.least_conn_persistent"
-        balancer = require "ngx.balancer"
-        function balance(id, servers)
-            local up = assert(lcp.declare(id, servers))
-            local ctx = ngx.ctx
-            if ctx.lcp_token then
-                lcp.release(ctx.lcp_token)
-                ctx.lcp_token = nil
-            else
-                ctx.lcp_tried = {}
-                balancer.set_more_tries(#up.servers - 1)
-            end
-            local server, token = up:pick(ctx.lcp_tried)
-            if not server then
-                return ngx.exit(502)
-            end
-            ctx.lcp_token = token
-            ctx.lcp_tried[server.index] = true
-            assert(balancer.set_current_peer(server.host, server.port))
-        end
-        function release()
-            local ctx = ngx.ctx
-            if ctx.lcp_token then
-                lcp.release(ctx.lcp_token)
-                ctx.lcp_token = nil
-            end
-        end
-    }
 EOF
 }
 

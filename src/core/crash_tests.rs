@@ -5,19 +5,8 @@
 
 use super::crash::testing::die_at;
 use super::record::{Counted, ProcessId, RecordRef};
-use super::table::tests::HeapArena;
-use super::table::{Meta, SlotRef, Table, FLAG_DRAINING, SLOTS_PER_BLOCK};
-
-const M: Meta = Meta {
-    weight: 1,
-    max_conns: 0,
-    flags: 0,
-};
-
-fn table(a: &HeapArena) -> &'static Table {
-    // SAFETY: the arena outlives the test's use of the table.
-    unsafe { &*Table::create(a, 64).unwrap().as_ptr() }
-}
+use super::table::tests::{table, HeapArena, M};
+use super::table::{SlotRef, Table, FLAG_DRAINING, SLOTS_PER_BLOCK};
 
 fn worker(pid: i32) -> ProcessId {
     ProcessId {

@@ -113,14 +113,8 @@ pub fn runtime_stamp(meta: Meta, declared_epoch: u32, table_epoch: u32, now: u32
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::table::tests::HeapArena;
+    use crate::core::table::tests::{HeapArena, M};
     use crate::core::table::Table;
-
-    const M: Meta = Meta {
-        weight: 1,
-        max_conns: 0,
-        flags: 0,
-    };
 
     fn meta(weight: u32, flags: u32) -> Meta {
         Meta { weight, flags, ..M }

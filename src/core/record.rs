@@ -685,19 +685,7 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::table::tests::HeapArena;
-    use crate::core::table::Meta;
-
-    const M: Meta = Meta {
-        weight: 1,
-        max_conns: 0,
-        flags: 0,
-    };
-
-    fn table(a: &HeapArena) -> &'static Table {
-        // SAFETY: the arena outlives the test's use of the table.
-        unsafe { &*Table::create(a, 64).unwrap().as_ptr() }
-    }
+    use crate::core::table::tests::{table, HeapArena, M};
 
     fn worker(pid: i32) -> ProcessId {
         ProcessId {

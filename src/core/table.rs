@@ -1003,11 +1003,14 @@ pub(crate) mod tests {
         }
     }
 
-    fn table(arena: &HeapArena) -> &'static Table {
+    /// A table of 64 buckets in `arena` (which outlives its use).
+    pub(crate) fn table(arena: &HeapArena) -> &'static Table {
+        // SAFETY: the arena outlives the test's use of the table.
         unsafe { &*Table::create(arena, 64).unwrap().as_ptr() }
     }
 
-    const M: Meta = Meta {
+    /// Weight 1, no limit, no flag.
+    pub(crate) const M: Meta = Meta {
         weight: 1,
         max_conns: 0,
         flags: 0,

@@ -225,6 +225,43 @@ sub lua_modules {
 		. "load_module $LUA_MODULE;\n";
 }
 
+# The Lua balancer recipe of README.md, an `init_by_lua_block` for the
+# http block: `balance(id, servers)` in balancer_by_lua, `release()` in
+# log_by_lua.
+sub lua_recipe {
+	return <<'EOF';
+    init_by_lua_block {
+        lcp = require "resty.least_conn_persistent"
+        balancer = require "ngx.balancer"
+        function balance(id, servers)
+            local up = assert(lcp.declare(id, servers))
+            local ctx = ngx.ctx
+            if ctx.lcp_token then
+                lcp.release(ctx.lcp_token)
+                ctx.lcp_token = nil
+            else
+                ctx.lcp_tried = {}
+                balancer.set_more_tries(#up.servers - 1)
+            end
+            local server, token = up:pick(ctx.lcp_tried)
+            if not server then
+                return ngx.exit(502)
+            end
+            ctx.lcp_token = token
+            ctx.lcp_tried[server.index] = true
+            assert(balancer.set_current_peer(server.host, server.port))
+        end
+        function release()
+            local ctx = ngx.ctx
+            if ctx.lcp_token then
+                lcp.release(ctx.lcp_token)
+                ctx.lcp_token = nil
+            end
+        end
+    }
+EOF
+}
+
 sub stream_modules {
 	return "load_module $NGINX_STREAM_MODULE;\nload_module $STREAM_MODULE;\n";
 }
