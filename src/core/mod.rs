@@ -6,10 +6,13 @@
 //! - `table`: the counter table that lives in the shared zone;
 //! - `record`: per-worker records in the table, to give back what a dead
 //!   worker held;
+//! - `repair`: locking marks the table dirty; the next lock repairs what a
+//!   holder that died left;
 //! - `sweep`: what a configuration load does with each key already stored;
 //! - `follow`: keys a worker stores at run time (DNS, stale handles), and
 //!   the copy of a peer list that following DNS works from;
-//! - `status`: rendering the status page;
+//! - `status`, `status_html`, `status_model`: the status page (what it
+//!   shows, rendered as JSON and Prometheus text, or as HTML);
 //! - `array_list`: a peer list in arrays, for front-ends without nginx's
 //!   (Lua balancers);
 //! - `tokens`: what a Lua pick took, redeemable once;
@@ -27,9 +30,11 @@ pub mod follow;
 pub mod histogram;
 pub mod key;
 pub mod record;
+mod repair;
 pub mod select;
 pub mod status;
 pub mod status_html;
+pub mod status_model;
 pub mod sweep;
 pub mod table;
 pub mod tokens;

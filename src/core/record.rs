@@ -364,7 +364,7 @@ impl WorkerRecord {
 
 impl Table {
     fn records(&self) -> impl Iterator<Item = &WorkerRecord> {
-        let mut at = self.workers.load(Ordering::Acquire);
+        let mut at = self.workers.load(Ordering::Acquire).cast::<WorkerRecord>();
         core::iter::from_fn(move || {
             // SAFETY: the list links live records, changed under the lock.
             let r = unsafe { at.as_ref()? };
@@ -393,14 +393,14 @@ impl Table {
                 pid: AtomicI32::new(id.pid),
                 uid: AtomicU32::new(id.uid),
                 start_time: AtomicU64::new(id.start_time),
-                next: AtomicPtr::new(self.workers.load(Ordering::Relaxed)),
+                next: AtomicPtr::new(self.workers.load(Ordering::Relaxed).cast()),
                 dir: AtomicPtr::new(ptr::null_mut()),
                 dir_len: AtomicU32::new(0),
                 total: AtomicU32::new(0),
             })
         };
         crash::point("register.allocated");
-        self.workers.store(rec.as_ptr(), Ordering::Release);
+        self.workers.store(rec.as_ptr().cast(), Ordering::Release);
         self.journal.alloc.store(ptr::null_mut(), Ordering::Relaxed);
         self.nrecords.fetch_add(1, Ordering::Relaxed);
         Some(RecordRef(rec))
@@ -651,17 +651,22 @@ impl Table {
     }
 
     fn unlink(&self, r: &WorkerRecord) {
-        let mut link = &self.workers;
-        // SAFETY: lock held; `r` is on the list.
-        unsafe {
-            while let Some(at) = link.load(Ordering::Relaxed).as_ref() {
-                if ptr::eq(at, r) {
-                    link.store(r.next.load(Ordering::Relaxed), Ordering::Release);
-                    self.nrecords.fetch_sub(1, Ordering::Relaxed);
-                    return;
-                }
-                link = &at.next;
-            }
+        let next = r.next.load(Ordering::Relaxed);
+        let at = ptr::from_ref(r).cast_mut();
+        let unlinked = if self.workers.load(Ordering::Relaxed) == at.cast() {
+            self.workers.store(next.cast(), Ordering::Release);
+            true
+        } else if let Some(before) = self
+            .records()
+            .find(|b| b.next.load(Ordering::Relaxed) == at)
+        {
+            before.next.store(next, Ordering::Release);
+            true
+        } else {
+            false
+        };
+        if unlinked {
+            self.nrecords.fetch_sub(1, Ordering::Relaxed);
         }
     }
 

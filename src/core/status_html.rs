@@ -8,7 +8,7 @@
 
 use std::fmt::Write;
 
-use super::status::{Entry, ZoneInfo};
+use super::status_model::{Entry, ZoneInfo};
 
 /// Seconds between two refreshes unless `?refresh=` says otherwise.
 pub const DEFAULT_REFRESH: u32 = 5;
@@ -170,8 +170,8 @@ pub fn parse_refresh(arg: Option<&[u8]>) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::status::tests::entry;
-    use crate::core::status::State;
+    use crate::core::status_model::tests::entry;
+    use crate::core::status_model::State;
 
     #[test]
     fn names_are_escaped_in_text_and_attributes() {

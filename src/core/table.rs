@@ -128,8 +128,9 @@ pub struct Table {
     blocks: AtomicPtr<Block>,
     nblocks: AtomicU32,
     free: AtomicPtr<Slot>,
-    /// The records of the worker processes that count here (`record.rs`).
-    pub(super) workers: AtomicPtr<super::record::WorkerRecord>,
+    /// The list of the records of the worker processes that count here,
+    /// typed in `record.rs` (which builds on the table, not the reverse).
+    pub(super) workers: AtomicPtr<()>,
     /// Connections given back on behalf of workers that died holding them.
     pub(super) reclaimed: AtomicU64,
     /// Non-zero while a process holds the zone lock (module docs).
@@ -457,24 +458,6 @@ impl Table {
     /// it changes anything.
     pub(super) fn check(&self, locked: &impl Arena) {
         assert!(locked.holds(self), "a table used under another zone's lock");
-    }
-
-    /// Called by the zone's lock guard right after locking: repairs what a
-    /// holder that died left, then marks the table dirty until `leave`.
-    /// Returns whether a repair was needed.
-    pub fn enter(&self, locked: &impl Arena) -> bool {
-        self.check(locked);
-        let dirty = self.dirty.load(Ordering::Acquire) != 0;
-        if dirty {
-            self.repair(locked);
-        }
-        self.dirty.store(1, Ordering::Release);
-        dirty
-    }
-
-    /// Called by the zone's lock guard right before unlocking.
-    pub fn leave(&self, _locked: &impl Arena) {
-        self.dirty.store(0, Ordering::Release);
     }
 
     /// Starts a configuration load; keys it upserts are stamped with the result.
@@ -830,27 +813,21 @@ impl Table {
         }
     }
 
-    /// Brings a table a dead lock holder left back to a valid state (module
-    /// docs): rebuilds the indexes from the blocks, frees memory the journal
-    /// names that nothing reaches, finishes a give-back, and removes the
-    /// draining keys nothing counts on any more. Idempotent: a holder that
-    /// dies repairing leaves work for the next.
-    fn repair(&self, locked: &impl Arena) {
+    /// Whether a holder died with the lock (`repair.rs`), and marking it.
+    pub(super) fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::Acquire) != 0
+    }
+
+    pub(super) fn set_dirty(&self, dirty: bool) {
+        self.dirty.store(u32::from(dirty), Ordering::Release);
+    }
+
+    pub(super) fn count_repair(&self) {
         self.repairs.fetch_add(1, Ordering::Relaxed);
-        self.finish_give_back();
-        self.rebuild_indexes(locked);
-        self.repair_records(locked);
-        for p in [&self.journal.alloc, &self.journal.freeing] {
-            let chunk = p.load(Ordering::Relaxed);
-            if let Some(c) = NonNull::new(chunk) {
-                if !self.reaches(chunk) {
-                    // SAFETY: zone memory nothing reaches: allocated and
-                    // never linked, or unlinked and not yet freed.
-                    unsafe { locked.free(c) };
-                }
-            }
-            p.store(ptr::null_mut(), Ordering::Relaxed);
-        }
+    }
+
+    /// Repair: removes the draining keys nothing counts on any more.
+    pub(super) fn remove_idle_draining(&self, locked: &impl Arena) {
         for slot in self.all_slots() {
             if slot.flags.load(Ordering::Relaxed) & FLAG_DRAINING != 0 {
                 self.try_remove(locked, slot);
@@ -859,7 +836,7 @@ impl Table {
     }
 
     /// Chains, free list, key and block counts, from the blocks.
-    fn rebuild_indexes(&self, locked: &impl Arena) {
+    pub(super) fn rebuild_indexes(&self, locked: &impl Arena) {
         for b in self.buckets() {
             b.store(ptr::null_mut(), Ordering::Relaxed);
         }
@@ -891,15 +868,14 @@ impl Table {
         self.nblocks.store(blocks, Ordering::Relaxed);
     }
 
-    /// Whether `chunk` is zone memory the table reaches: a block, a key, or
-    /// a worker record's memory.
-    fn reaches(&self, chunk: *mut u8) -> bool {
+    /// Whether `chunk` is zone memory the table itself reaches: a block or
+    /// a key.
+    pub(super) fn slots_reach(&self, chunk: *mut u8) -> bool {
         self.blocks().any(|b| ptr::eq(b, chunk.cast()))
             || self
                 .blocks()
                 .flat_map(|b| b.slots.iter())
                 .any(|s| s.key.load(Ordering::Relaxed) == chunk)
-            || self.record_reaches(chunk)
     }
 }
 

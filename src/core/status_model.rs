@@ -1,0 +1,93 @@
+//! What the status page shows (`status.rs` renders it as JSON and
+//! Prometheus text, `status_html.rs` as HTML): a zone's figures and one
+//! entry per key.
+
+use super::key::split_key;
+use super::table::{FLAG_BACKUP, FLAG_DOWN, FLAG_DRAINING};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Up,
+    Down,
+    Backup,
+    Draining,
+    /// Not in the zone (none configured, or it was full): counted per worker.
+    Fallback,
+}
+
+impl State {
+    pub fn from_flags(flags: u32) -> State {
+        if flags & FLAG_DRAINING != 0 {
+            State::Draining
+        } else if flags & FLAG_DOWN != 0 {
+            State::Down
+        } else if flags & FLAG_BACKUP != 0 {
+            State::Backup
+        } else {
+            State::Up
+        }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            State::Up => "up",
+            State::Down => "down",
+            State::Backup => "backup",
+            State::Draining => "draining",
+            State::Fallback => "fallback",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ZoneInfo {
+    pub name: String,
+    pub size: usize,
+    pub used: usize,
+    pub keys: u32,
+    /// Connections given back on behalf of workers that died holding them.
+    pub reclaimed: u64,
+    /// The worker processes recorded in the zone: (pid, connections held).
+    pub workers: Vec<(i32, u64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub count: u64,
+    pub weight: u32,
+    pub max_conns: u32,
+    pub state: State,
+    /// Declared from Lua (the C ABI), not by an nginx `upstream {}` block.
+    pub lua: bool,
+}
+
+impl Entry {
+    /// (upstream, server) from the key.
+    pub(crate) fn parts(&self) -> (&str, &str) {
+        match split_key(self.key.as_bytes()) {
+            // Both halves are slices of a &str cut at ASCII bytes.
+            Some((u, s)) => (
+                std::str::from_utf8(u).unwrap_or(""),
+                std::str::from_utf8(s).unwrap_or(""),
+            ),
+            None => ("", self.key.as_str()),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn entry(key: &str, count: u64, state: State) -> Entry {
+        Entry {
+            key: key.into(),
+            count,
+            weight: 2,
+            max_conns: 0,
+            state,
+            lua: false,
+        }
+    }
+}
