@@ -49,36 +49,7 @@ http {
 
     # The recipe of README.md: pick in balancer_by_lua, release before a
     # retry and in log_by_lua, state in ngx.ctx.
-    init_by_lua_block {
-        lcp = require "resty.least_conn_persistent"
-        balancer = require "ngx.balancer"
-        function balance(id, servers)
-            local up = assert(lcp.declare(id, servers))
-            local ctx = ngx.ctx
-            if ctx.lcp_token then
-                lcp.release(ctx.lcp_token)
-                ctx.lcp_token = nil
-            else
-                ctx.lcp_tried = {}
-                balancer.set_more_tries(#up.servers - 1)
-            end
-            local server, token = up:pick(ctx.lcp_tried)
-            if not server then
-                ngx.log(ngx.ERR, "lcp pick: ", token)
-                return ngx.exit(502)
-            end
-            ctx.lcp_token = token
-            ctx.lcp_tried[server.index] = true
-            assert(balancer.set_current_peer(server.host, server.port))
-        end
-        function release()
-            local ctx = ngx.ctx
-            if ctx.lcp_token then
-                lcp.release(ctx.lcp_token)
-                ctx.lcp_token = nil
-            end
-        end
-    }
+%%LUA_RECIPE%%
 
     upstream ws {
         server 0.0.0.1;

@@ -226,8 +226,8 @@ sub lua_modules {
 }
 
 # The Lua balancer recipe of README.md, an `init_by_lua_block` for the
-# http block: `balance(id, servers)` in balancer_by_lua, `release()` in
-# log_by_lua.
+# http block (`%%LUA_RECIPE%%` in a configuration): `balance(id, servers)`
+# in balancer_by_lua, `release()` in log_by_lua.
 sub lua_recipe {
 	return <<'EOF';
     init_by_lua_block {
@@ -245,6 +245,7 @@ sub lua_recipe {
             end
             local server, token = up:pick(ctx.lcp_tried)
             if not server then
+                ngx.log(ngx.ERR, "lcp pick: ", token)
                 return ngx.exit(502)
             end
             ctx.lcp_token = token
@@ -297,6 +298,7 @@ sub expand {
 	$content =~ s/%%TEST_GLOBALS%%/$self->globals()/ge;
 	$content =~ s/%%LUA_MODULES%%/lua_modules()/ge;
 	$content =~ s/%%STREAM_MODULES%%/stream_modules()/ge;
+	$content =~ s/%%LUA_RECIPE%%/lua_recipe()/ge;
 	$content =~ s/%%LUA_LIB%%/$LUA_LIB/g;
 	$content =~ s/%%TEST_GLOBALS_HTTP%%/$self->globals_http()/ge;
 	$content =~ s/%%TESTDIR%%/$self->{_testdir}/g;
