@@ -300,7 +300,15 @@ sub children_now {
 # Each worker's generation (the reloads before it was first seen).
 my %generation = map { ($_ => 0) } $t->children();
 my $started = time();
-while ($did{kills} < $target_kills) {
+# With crash points the storm goes on past its kills (up to a minute) until
+# a worker has died at one: the points are drawn at random and a quick storm
+# can miss them all.
+sub more_steps {
+	return 1 if $did{kills} < $target_kills;
+	return 0 unless $crash_points && time() - $started < 60;
+	return $did{steps} % 5 == 0 ? !%{crash_point_deaths()} : 1;
+}
+while (more_steps()) {
 	my $step = ++$did{steps};
 	if ($step % $reload_every == 0) {
 		# A reload that changes the servers, not waited for: the kills of
