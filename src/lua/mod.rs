@@ -231,7 +231,6 @@ fn pick(st: &mut State, handle: i32, skip: &[u64]) -> Result<(i32, u64), i32> {
     let index = usize::try_from(handle).map_err(|_| ERR_UNKNOWN)?;
     let up = st.upstreams.get_mut(index).ok_or(ERR_UNKNOWN)?;
     let counters = up.counters.list(List::Primary);
-    let mut held = Held::Nothing;
     let mut list = ArrayList {
         rr: &mut up.rr,
         limits: &up.limits,
@@ -246,12 +245,12 @@ fn pick(st: &mut State, handle: i32, skip: &[u64]) -> Result<(i32, u64), i32> {
             break;
         };
         let (_, max_conns) = list.limits[best];
-        if counters[best].acquire(&up.counters, max_conns, &mut held) {
-            chosen = Some(best);
+        if let Some(held) = counters[best].acquire(&up.counters, max_conns) {
+            chosen = Some((best, held));
             break;
         }
     }
-    let best = chosen.ok_or(ERR_NO_PEER)?;
+    let (best, held) = chosen.ok_or(ERR_NO_PEER)?;
     counters[best].touch(now() as u32);
     let t = st.picks.issue(Pick {
         upstream: index,

@@ -20,13 +20,13 @@ use ngx::ngx_log_debug;
 
 use crate::core::follow::PeerListCopy;
 use crate::core::select::{choose, PeerList};
-use crate::core::table::{Acquire, Meta, FLAG_DOWN};
+use crate::core::table::{Meta, FLAG_DOWN};
 use crate::ngx::conf::ConfWarning;
 use crate::ngx::log::Log;
 use crate::ngx::peers::{self, Matched, PeerCursor, PeersLock, PerWorker, RoundRobin};
 use crate::ngx::subsystem::{self, free_round_robin_peer, RrPeer, RrPeers, UpstreamSrvConf};
 
-use super::registry::{Held, List, PeerCounter, Registry, UpstreamCounters};
+use super::registry::{Held, List, NotTaken, PeerCounter, Registry, UpstreamCounters};
 
 /// Per-request state, in the request's (or session's) pool.
 struct PeerData {
@@ -396,19 +396,25 @@ fn pick_counted<const TRIED: bool>(
     let mut list = pd.rr.list::<_, TRIED>(counts);
     if let Some(best) = route.and_then(|r| list.find_route(r)) {
         let counter = counts.get(best.index)?;
-        match counter.try_acquire(list.max_conns(best), &mut pd.held) {
-            Acquire::Taken => return Some(best),
-            Acquire::AtLimit => {}
-            Acquire::Stale => return None,
+        match counter.try_acquire(list.max_conns(best)) {
+            Ok(held) => {
+                pd.held = held;
+                return Some(best);
+            }
+            Err(NotTaken::AtLimit) => {}
+            Err(NotTaken::Stale) => return None,
         }
     }
     for _ in 0..=list.size() {
         let best = choose(&mut list)?;
         let counter = counts.get(best.index)?;
-        match counter.try_acquire(list.max_conns(best), &mut pd.held) {
-            Acquire::Taken => return Some(best),
-            Acquire::AtLimit => {}
-            Acquire::Stale => return None,
+        match counter.try_acquire(list.max_conns(best)) {
+            Ok(held) => {
+                pd.held = held;
+                return Some(best);
+            }
+            Err(NotTaken::AtLimit) => {}
+            Err(NotTaken::Stale) => return None,
         }
     }
     None

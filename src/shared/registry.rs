@@ -64,6 +64,16 @@ pub enum Held {
     Local(Rc<Cell<u32>>),
 }
 
+/// Why a counter did not count a connection (`PeerCounter::try_acquire`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotTaken {
+    /// At `max_conns`: pick again.
+    AtLimit,
+    /// Removed from the zone, or no cell yet: look it up (or get the
+    /// cells) with no peer lock held, then pick again.
+    Stale,
+}
+
 /// Where a server's counter is, as a configuration load, a worker's start
 /// and run-time changes move it along.
 #[derive(Clone, Copy, Debug)]
@@ -184,7 +194,7 @@ impl PeerCounter {
         self.local.get()
     }
 
-    /// Counts a connection and records it in `held`: `Taken`. `AtLimit`: at
+    /// Counts a connection: `Ok` with what to give back. `AtLimit`: at
     /// `max_conns` (another worker may just have taken the last place), pick
     /// again. `Stale`: a newer configuration removed the key (or a Lua key
     /// expired); the counter is left `is_stale` until the caller, with any
@@ -192,24 +202,26 @@ impl PeerCounter {
     /// A counter with no cell yet (`needs_cell`) answers `Stale` too,
     /// unchanged: the caller then gets this worker's cells for the list
     /// (`UpstreamCounters::attach_cells`) and picks again.
+    /// Returns the hold rather than storing it: storing would first drop
+    /// the caller's previous value, a call this path then has to make room
+    /// for on every pick.
     #[inline]
-    pub fn try_acquire(&self, max_conns: u32, held: &mut Held) -> Acquire {
+    pub fn try_acquire(&self, max_conns: u32) -> Result<Held, NotTaken> {
         let Some(c) = self.counted() else {
-            return self.acquire_uncounted(held);
+            return self.acquire_uncounted();
         };
-        let r = c.acquire(max_conns);
-        match r {
-            Acquire::Taken => *held = Held::Shared(c),
-            Acquire::AtLimit => {}
-            Acquire::Stale => self.mark_stale(),
+        match c.acquire(max_conns) {
+            Acquire::Taken => Ok(Held::Shared(c)),
+            Acquire::AtLimit => Err(NotTaken::AtLimit),
+            Acquire::Stale => Err(self.mark_stale()),
         }
-        r
     }
 
     #[cold]
     #[inline(never)]
-    fn mark_stale(&self) {
+    fn mark_stale(&self) -> NotTaken {
         self.phase.set(Phase::Stale);
+        NotTaken::Stale
     }
 
     /// Whether the key was found removed, to be looked up again (`refresh`).
@@ -218,17 +230,17 @@ impl PeerCounter {
     }
 
     /// `try_acquire` for a caller that holds no peer lock (Lua's pick): a
-    /// stale handle is looked up again on the spot. `false`: at
-    /// `max_conns`, pick again.
-    pub fn acquire(&self, up: &UpstreamCounters, max_conns: u32, held: &mut Held) -> bool {
-        match self.try_acquire(max_conns, held) {
-            Acquire::Taken => true,
-            Acquire::AtLimit => false,
-            Acquire::Stale => {
+    /// stale handle is looked up again on the spot. `None`: at `max_conns`,
+    /// pick again.
+    pub fn acquire(&self, up: &UpstreamCounters, max_conns: u32) -> Option<Held> {
+        match self.try_acquire(max_conns) {
+            Ok(held) => Some(held),
+            Err(NotTaken::AtLimit) => None,
+            Err(NotTaken::Stale) => {
                 self.refresh(up);
                 // A key just looked up again is stale again only if removed
                 // in the meantime: like full.
-                self.try_acquire(max_conns, held) == Acquire::Taken
+                self.try_acquire(max_conns).ok()
             }
         }
     }
@@ -237,13 +249,12 @@ impl PeerCounter {
     /// or no room in it.
     #[cold]
     #[inline(never)]
-    fn acquire_uncounted(&self, held: &mut Held) -> Acquire {
+    fn acquire_uncounted(&self) -> Result<Held, NotTaken> {
         if self.needs_cell() {
-            return Acquire::Stale;
+            return Err(NotTaken::Stale);
         }
         self.local.set(self.local.get() + 1);
-        *held = Held::Local(Rc::clone(&self.local));
-        Acquire::Taken
+        Ok(Held::Local(Rc::clone(&self.local)))
     }
 
     /// Gives up on the zone for this server: this worker counts it itself,
@@ -585,6 +596,7 @@ impl UpstreamCounters {
             return;
         };
         let counters = self.list(list);
+        fault_in_slots(&counters);
         let mut unrecorded = 0usize;
         {
             let locked = link.lock();
@@ -934,5 +946,17 @@ extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, old_data: *mut c_void) ->
             Status::NGX_OK.into()
         }
         Err(_) => Status::NGX_ERROR.into(),
+    }
+}
+
+/// Reads the slot of every counter that has no cell yet, with no lock held.
+/// A fork does not copy the page tables of shared memory, so a worker's
+/// first read of a page of the zone faults it in: kernel time that would
+/// otherwise be spent holding the zone mutex (`attach_cells`).
+fn fault_in_slots(counters: &[PeerCounter]) {
+    for pc in counters {
+        if let Phase::Stored(slot) = pc.phase.get() {
+            core::hint::black_box(slot.count_hint());
+        }
     }
 }
