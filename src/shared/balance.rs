@@ -398,7 +398,7 @@ fn pick_counted<const TRIED: bool>(
         let counter = counts.get(best.index)?;
         match counter.try_acquire(list.max_conns(best)) {
             Ok(held) => {
-                pd.held = held;
+                keep(&mut pd.held, held);
                 return Some(best);
             }
             Err(NotTaken::AtLimit) => {}
@@ -410,7 +410,7 @@ fn pick_counted<const TRIED: bool>(
         let counter = counts.get(best.index)?;
         match counter.try_acquire(list.max_conns(best)) {
             Ok(held) => {
-                pd.held = held;
+                keep(&mut pd.held, held);
                 return Some(best);
             }
             Err(NotTaken::AtLimit) => {}
@@ -418,6 +418,24 @@ fn pick_counted<const TRIED: bool>(
         }
     }
     None
+}
+
+/// Stores what a pick took. The previous attempt's hold was given back
+/// (`free_peer` takes it), so the slot is empty and nothing is dropped:
+/// said to the compiler, which then builds the value in place.
+#[inline(always)]
+fn keep(slot: &mut Held, held: Held) {
+    if matches!(slot, Held::Nothing) {
+        *slot = held;
+    } else {
+        replace_hold(slot, held);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn replace_hold(slot: &mut Held, held: Held) {
+    *slot = held;
 }
 
 /// A pick on round-robin's own per-worker counts, counting nothing shared.
