@@ -409,11 +409,25 @@ impl Table {
     /// The cell of `rec` for `slot`, allocated if needed; `None` when the
     /// zone is full.
     pub fn cell(&self, locked: &impl Arena, rec: RecordRef, slot: SlotRef) -> Option<CellRef> {
+        if !self.make_chunks(locked, rec, &[slot.block()]) {
+            return None;
+        }
+        self.made_cell(rec, slot)
+    }
+
+    /// Gives `rec` the chunk of cells for each of `blocks` (block indexes,
+    /// `SlotRef::block`) it has none for: the work under the lock is per
+    /// block, not per key. `false` when the zone had no room for some.
+    pub fn make_chunks(&self, locked: &impl Arena, rec: RecordRef, blocks: &[usize]) -> bool {
         self.check(locked);
         // SAFETY: the caller's own record, live.
         let r = unsafe { rec.0.as_ref() };
-        let id = slot.slot().id.load(Ordering::Relaxed) as usize;
-        let (block, at) = (id / SLOTS_PER_BLOCK, id % SLOTS_PER_BLOCK);
+        blocks
+            .iter()
+            .all(|&block| self.make_chunk(locked, r, block).is_some())
+    }
+
+    fn make_chunk(&self, locked: &impl Arena, r: &WorkerRecord, block: usize) -> Option<()> {
         if block >= r.dir().len() {
             self.grow_dir(locked, r, block + 1)?;
         }
@@ -429,8 +443,20 @@ impl Table {
             entry.store(chunk.as_ptr(), Ordering::Release);
             self.journal.alloc.store(ptr::null_mut(), Ordering::Relaxed);
         }
-        // SAFETY: just checked or allocated.
-        let chunk = unsafe { &*entry.load(Ordering::Relaxed) };
+        Some(())
+    }
+
+    /// The cell of `rec` for `slot` if its chunk was made (`make_chunks`).
+    /// Needs no lock: only the record's own worker changes its directory
+    /// and chunks while it lives, and this is that worker.
+    pub fn made_cell(&self, rec: RecordRef, slot: SlotRef) -> Option<CellRef> {
+        // SAFETY: the caller's own record, live.
+        let r = unsafe { rec.0.as_ref() };
+        let at = slot.slot().id.load(Ordering::Relaxed) as usize % SLOTS_PER_BLOCK;
+        let chunk = r.dir().get(slot.block())?.load(Ordering::Acquire);
+        // SAFETY: a chunk of this record's directory, freed only when the
+        // record is given back (its worker is done counting).
+        let chunk = unsafe { chunk.as_ref()? };
         Some(CellRef {
             cell: NonNull::from(&chunk.cells[at]),
             total: NonNull::from(&r.total),
@@ -909,6 +935,42 @@ mod tests {
             size_of::<WorkerRecord>() + 8 * 8 + 5 * size_of::<Chunk>()
         );
         assert!(record_cost <= 300 * 5, "about 4 bytes per key");
+    }
+
+    #[test]
+    fn chunks_are_made_per_block_under_the_lock_and_cells_found_without_it() {
+        let a = HeapArena::new(1 << 22);
+        let t = table(&a);
+        t.begin_epoch(&a);
+        let slots: Vec<SlotRef> = (0..100)
+            .map(|i| {
+                t.upsert(&a, format!("k{i}").as_bytes(), 0, M, t.epoch())
+                    .unwrap()
+            })
+            .collect();
+        let w = t.register_worker(&a, worker(1)).unwrap();
+        assert!(t.made_cell(w, slots[0]).is_none(), "no chunk yet");
+        let mut blocks: Vec<usize> = slots.iter().map(SlotRef::block).collect();
+        blocks.dedup();
+        assert_eq!(blocks, [0, 1], "100 keys in two blocks of 63");
+        let before = a.budget.get();
+        assert!(t.make_chunks(&a, w, &blocks));
+        assert!(t.make_chunks(&a, w, &blocks), "again: nothing more");
+        assert_eq!(before - a.budget.get(), 8 * 8 + 2 * size_of::<Chunk>());
+        let cells: Vec<CellRef> = slots.iter().map(|s| t.made_cell(w, *s).unwrap()).collect();
+        // The same cells as `cell` gives, each its own.
+        for (s, c) in slots.iter().zip(&cells) {
+            assert_eq!(t.cell(&a, w, *s), Some(*c));
+        }
+        let mut distinct = cells.clone();
+        distinct.sort_by_key(|c| c.cell.as_ptr() as usize);
+        distinct.dedup();
+        assert_eq!(distinct.len(), 100);
+        // A zone with no room left makes no chunk, and no cell is found.
+        let w2 = t.register_worker(&a, worker(2)).unwrap();
+        a.budget.set(0);
+        assert!(!t.make_chunks(&a, w2, &blocks));
+        assert!(t.made_cell(w2, slots[0]).is_none());
     }
 
     #[test]

@@ -306,6 +306,12 @@ impl SlotRef {
         unsafe { self.slot.as_ref() }
     }
 
+    /// The block the slot is in: where a worker's cell for it is kept
+    /// (`Table::make_chunks`). A slot stays in its block for good.
+    pub fn block(&self) -> usize {
+        self.slot().id.load(Ordering::Relaxed) as usize / SLOTS_PER_BLOCK
+    }
+
     /// The live count, or `None` when the handle is stale.
     pub fn count(&self) -> Option<u32> {
         let w = self.slot().word.load(Ordering::Acquire);

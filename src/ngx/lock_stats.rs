@@ -8,7 +8,10 @@
 //! still held, which records the hold. The clock is `CLOCK_MONOTONIC`
 //! (`Instant`), a vDSO call rather than a system call; recording is a few
 //! relaxed atomic adds. That is still work under the mutex, so it is done
-//! in this feature's builds only.
+//! in this feature's builds only. The holder's CPU time is read (a system
+//! call) before it asks for the mutex and after it released it: a system
+//! call under the mutex would give the scheduler a point to switch the
+//! holder out that production builds do not have.
 //!
 //! Each process keeps its own figures (a worker is single-threaded; a forked
 //! worker forgets the master's, `forked`) and writes them once, as it exits,
@@ -37,8 +40,9 @@ use super::log::Log;
 
 static HOLD: Histogram = Histogram::new();
 static WAIT: Histogram = Histogram::new();
-/// The holder's own CPU time while it held the mutex: the hold less the
-/// time the scheduler ran other processes (2 cores, 64 workers).
+/// The holder's own CPU time from asking for the mutex to releasing it
+/// (spinning while it waited included): unlike the hold's wall clock, not
+/// the time the scheduler ran other processes (2 cores, 64 workers).
 static CPU: Histogram = Histogram::new();
 
 /// This thread's CPU time, ns (`CLOCK_THREAD_CPUTIME_ID`).
@@ -72,34 +76,51 @@ static SITE_TABLE: [Site; SITES] = [const {
     }
 }; SITES];
 
-/// The mutex was taken at `at`, by the code at `site`.
+/// The mutex was taken at `at`, by the code at `site`. Dropped after the
+/// mutex is released (the guard's last field): records the CPU time.
 #[derive(Debug)]
 pub struct Taken {
     at: Instant,
-    cpu_at: u64,
+    cpu_asked: u64,
     site: &'static Location<'static>,
 }
 
 impl Taken {
-    /// Takes the mutex with `lock`, timing how long that waited.
+    /// Takes the mutex with `lock`, timing how long that waited. No system
+    /// call while the mutex is held (`Instant` reads the vDSO clock): one
+    /// there would be a point where the scheduler switches the holder out,
+    /// which code in production does not have; the CPU clock (a system
+    /// call) is read before asking and after releasing.
     #[track_caller]
     pub fn wait_for<T>(lock: impl FnOnce() -> T) -> (T, Taken) {
         let site = Location::caller();
+        let cpu_asked = thread_cpu_ns();
         let asked = Instant::now();
         let guard = lock();
         let at = Instant::now();
-        let cpu_at = thread_cpu_ns();
         WAIT.record(nanos(at - asked));
-        (guard, Taken { at, cpu_at, site })
+        (
+            guard,
+            Taken {
+                at,
+                cpu_asked,
+                site,
+            },
+        )
     }
 
     /// Records the hold; called with the mutex still held, just before the
     /// guard releases it.
     pub fn release(&self) {
-        CPU.record(thread_cpu_ns().saturating_sub(self.cpu_at));
         let held = nanos(self.at.elapsed());
         HOLD.record(held);
         record_site(self.site, held);
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        CPU.record(thread_cpu_ns().saturating_sub(self.cpu_asked));
     }
 }
 

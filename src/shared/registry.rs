@@ -596,19 +596,30 @@ impl UpstreamCounters {
             return;
         };
         let counters = self.list(list);
-        fault_in_slots(&counters);
-        let mut unrecorded = 0usize;
-        {
-            let locked = link.lock();
-            for pc in counters.iter() {
-                if let Phase::Stored(slot) = pc.phase.get() {
-                    let counted = self.counted(link, &locked, slot);
-                    unrecorded += usize::from(!counted.mine.is_recorded());
-                    pc.phase.set(Phase::Counting(counted));
-                }
+        let record = self.record.get();
+        if let Some(record) = record {
+            // The blocks are read before locking: a worker's first read of
+            // a zone page faults it in (a fork does not copy the page
+            // tables of shared memory), and that kernel time is better
+            // spent with the mutex free. Under the lock: a chunk per block
+            // (a full zone leaves some without: their cells are then not
+            // found below); the cells are found after it.
+            let blocks = blocks_without_cells(&counters);
+            if !blocks.is_empty() {
+                link.table.make_chunks(&link.lock(), record, &blocks);
             }
         }
-        if unrecorded > 0 && self.record.get().is_some() {
+        let mut unrecorded = 0usize;
+        for pc in counters.iter() {
+            if let Phase::Stored(slot) = pc.phase.get() {
+                let mine = record
+                    .and_then(|record| link.table.made_cell(record, slot))
+                    .unwrap_or_else(CellRef::unrecorded);
+                unrecorded += usize::from(!mine.is_recorded());
+                pc.phase.set(Phase::Counting(Counted { slot, mine }));
+            }
+        }
+        if unrecorded > 0 && record.is_some() {
             Log::cycle().zone(
                 NGX_LOG_ERR,
                 link.shm.name(),
@@ -949,14 +960,17 @@ extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, old_data: *mut c_void) ->
     }
 }
 
-/// Reads the slot of every counter that has no cell yet, with no lock held.
-/// A fork does not copy the page tables of shared memory, so a worker's
-/// first read of a page of the zone faults it in: kernel time that would
-/// otherwise be spent holding the zone mutex (`attach_cells`).
-fn fault_in_slots(counters: &[PeerCounter]) {
-    for pc in counters {
-        if let Phase::Stored(slot) = pc.phase.get() {
-            core::hint::black_box(slot.count_hint());
-        }
-    }
+/// The blocks (`SlotRef::block`) of the counters that have no cell yet,
+/// each once.
+fn blocks_without_cells(counters: &[PeerCounter]) -> Vec<usize> {
+    let mut blocks: Vec<usize> = counters
+        .iter()
+        .filter_map(|pc| match pc.phase.get() {
+            Phase::Stored(slot) => Some(slot.block()),
+            _ => None,
+        })
+        .collect();
+    blocks.sort_unstable();
+    blocks.dedup();
+    blocks
 }

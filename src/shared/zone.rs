@@ -26,6 +26,7 @@ use crate::ngx::shm::{mapped_zones, names_in_running_cycle, ShmZone};
 pub struct Locked {
     pool: LockedSlabPool,
     table: Option<&'static Table>,
+    /// Last: dropped after `pool` has released the mutex.
     #[cfg(feature = "lock-stats")]
     stats: crate::ngx::lock_stats::Taken,
 }
