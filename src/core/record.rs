@@ -417,14 +417,23 @@ impl Table {
 
     /// Gives `rec` the chunk of cells for each of `blocks` (block indexes,
     /// `SlotRef::block`) it has none for: the work under the lock is per
-    /// block, not per key. `false` when the zone had no room for some.
+    /// block, not per key. The directory grows once, to the highest block.
+    /// `false` when the zone had no room for some (every block is tried: a
+    /// chunk may fit where a longer directory does not).
     pub fn make_chunks(&self, locked: &impl Arena, rec: RecordRef, blocks: &[usize]) -> bool {
         self.check(locked);
         // SAFETY: the caller's own record, live.
         let r = unsafe { rec.0.as_ref() };
-        blocks
-            .iter()
-            .all(|&block| self.make_chunk(locked, r, block).is_some())
+        if let Some(&last) = blocks.iter().max() {
+            if last >= r.dir().len() && self.grow_dir(locked, r, last + 1).is_none() {
+                return false;
+            }
+        }
+        let mut made = true;
+        for &block in blocks {
+            made &= self.make_chunk(locked, r, block).is_some();
+        }
+        made
     }
 
     fn make_chunk(&self, locked: &impl Arena, r: &WorkerRecord, block: usize) -> Option<()> {

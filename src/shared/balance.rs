@@ -398,7 +398,7 @@ fn pick_counted<const TRIED: bool>(
         let counter = counts.get(best.index)?;
         match counter.try_acquire(list.max_conns(best)) {
             Ok(held) => {
-                keep(&mut pd.held, held);
+                keep(pd, held);
                 return Some(best);
             }
             Err(NotTaken::AtLimit) => {}
@@ -410,7 +410,7 @@ fn pick_counted<const TRIED: bool>(
         let counter = counts.get(best.index)?;
         match counter.try_acquire(list.max_conns(best)) {
             Ok(held) => {
-                keep(&mut pd.held, held);
+                keep(pd, held);
                 return Some(best);
             }
             Err(NotTaken::AtLimit) => {}
@@ -424,18 +424,21 @@ fn pick_counted<const TRIED: bool>(
 /// (`free_peer` takes it), so the slot is empty and nothing is dropped:
 /// said to the compiler, which then builds the value in place.
 #[inline(always)]
-fn keep(slot: &mut Held, held: Held) {
-    if matches!(slot, Held::Nothing) {
-        *slot = held;
+fn keep(pd: &mut PeerData, held: Held) {
+    if matches!(pd.held, Held::Nothing) {
+        pd.held = held;
     } else {
-        replace_hold(slot, held);
+        replace_hold(pd, held);
     }
 }
 
+/// Not reached (see `keep`); were it, the old hold is given back rather
+/// than dropped uncounted.
 #[cold]
 #[inline(never)]
-fn replace_hold(slot: &mut Held, held: Held) {
-    *slot = held;
+fn replace_hold(pd: &mut PeerData, held: Held) {
+    let old = core::mem::replace(&mut pd.held, held);
+    pd.upstream.release(old, Log::cycle());
 }
 
 /// A pick on round-robin's own per-worker counts, counting nothing shared.

@@ -21,7 +21,7 @@ use ngx::core::Status;
 
 use crate::core::follow::{runtime_stamp, PeerListCopy};
 use crate::core::key::{self, Occurrence};
-use crate::core::record::{CellRef, Counted, RecordRef};
+use crate::core::record::{self, CellRef, Counted, RecordRef};
 use crate::core::table::{
     Acquire, Meta, Release, SlotRef, Table, FLAG_BACKUP, FLAG_DRAINING, FLAG_LUA,
 };
@@ -597,14 +597,18 @@ impl UpstreamCounters {
         };
         let counters = self.list(list);
         let record = self.record.get();
+        // After this worker gave back what it holds (`workers::finish`), its
+        // record is gone: counts it takes then are not recorded.
+        let record = record.filter(|_| !record::stopped());
         if let Some(record) = record {
             // The blocks are read before locking: a worker's first read of
             // a zone page faults it in (a fork does not copy the page
             // tables of shared memory), and that kernel time is better
             // spent with the mutex free. Under the lock: a chunk per block
-            // (a full zone leaves some without: their cells are then not
-            // found below); the cells are found after it.
-            let blocks = blocks_without_cells(&counters);
+            // this worker has none for (a full zone leaves some without:
+            // their cells are then not found below); the cells are found
+            // after it.
+            let blocks = blocks_without_cells(link.table, record, &counters);
             if !blocks.is_empty() {
                 link.table.make_chunks(&link.lock(), record, &blocks);
             }
@@ -960,13 +964,13 @@ extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, old_data: *mut c_void) ->
     }
 }
 
-/// The blocks (`SlotRef::block`) of the counters that have no cell yet,
-/// each once.
-fn blocks_without_cells(counters: &[PeerCounter]) -> Vec<usize> {
+/// The blocks (`SlotRef::block`) of the counters that have no cell yet and
+/// whose chunk `record` lacks, each once.
+fn blocks_without_cells(table: &Table, record: RecordRef, counters: &[PeerCounter]) -> Vec<usize> {
     let mut blocks: Vec<usize> = counters
         .iter()
         .filter_map(|pc| match pc.phase.get() {
-            Phase::Stored(slot) => Some(slot.block()),
+            Phase::Stored(slot) if table.made_cell(record, slot).is_none() => Some(slot.block()),
             _ => None,
         })
         .collect();
