@@ -46,7 +46,7 @@ mod module {
     use ::ngx::ngx_string;
     use nginx_sys::{
         ngx_command_t, ngx_cycle_t, ngx_http_module_t, ngx_module_t, ngx_uint_t, NGX_CONF_NOARGS,
-        NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+        NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
         NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF,
     };
 
@@ -82,7 +82,7 @@ mod module {
         },
         ngx_command_t {
             name: ngx_string!("least_conn_persistent"),
-            type_: (NGX_HTTP_UPS_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
+            type_: (NGX_HTTP_UPS_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE1) as ngx_uint_t,
             set: Some(front_end::cmd_method::<Module>),
             conf: NGX_HTTP_SRV_CONF_OFFSET,
             offset: 0,

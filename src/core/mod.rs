@@ -3,6 +3,8 @@
 //! - `address`: the server addresses a Lua balancer may declare;
 //! - `key`: the text of a counter's key and its hash;
 //! - `select`: the least-connections choice over any peer list;
+//! - `ramp`: slow start, how a server that just joined is compared while it
+//!   ramps up;
 //! - `table`: the counter table that lives in the shared zone;
 //! - `record`: per-worker records in the table, to give back what a dead
 //!   worker held;
@@ -29,6 +31,7 @@ pub mod follow;
 #[cfg(any(test, feature = "lock-stats"))]
 pub mod histogram;
 pub mod key;
+pub mod ramp;
 pub mod record;
 mod repair;
 pub mod select;

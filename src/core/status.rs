@@ -123,13 +123,17 @@ fn render_json(subsystem: Option<&str>, zone: Option<&ZoneInfo>, entries: &[Entr
         json_str(&mut out, &e.key);
         let _ = write!(
             out,
-            ",\"count\":{},\"weight\":{},\"max_conns\":{},\"state\":\"{}\",\"source\":\"{}\"}}",
+            ",\"count\":{},\"weight\":{},\"max_conns\":{},\"state\":\"{}\",\"source\":\"{}\"",
             e.count,
             e.weight,
             e.max_conns,
             e.state.as_str(),
             if e.lua { "lua" } else { "config" }
         );
+        if let Some(p) = e.ramping {
+            let _ = write!(out, ",\"ramping\":{p}");
+        }
+        out.push('}');
     }
     out.push_str("\n]}\n");
     out
@@ -241,7 +245,29 @@ fn render_prometheus(
             let _ = writeln!(out, "\",state=\"{}\"}} {value}", e.state.as_str());
         }
     }
+    ramp_series(&mut out, &first, entries);
     out
+}
+
+/// Slow start: how far each ramping server is (no series for the others).
+fn ramp_series(out: &mut String, first: &str, entries: &[Entry]) {
+    let name = "least_conn_persistent_ramp_percent";
+    let _ = writeln!(
+        out,
+        "# HELP {name} How far a server that joined or came back is in its slow start \
+         (only while it ramps up).\n# TYPE {name} gauge"
+    );
+    for e in entries {
+        let Some(p) = e.ramping else {
+            continue;
+        };
+        let (upstream, server) = e.parts();
+        let _ = write!(out, "{name}{{{first}upstream=\"");
+        label(out, upstream);
+        out.push_str("\",server=\"");
+        label(out, server);
+        let _ = writeln!(out, "\"}} {p}");
+    }
 }
 
 #[cfg(test)]

@@ -90,16 +90,23 @@ fn upstream_table(out: &mut String, name: &str, entries: &[Entry]) {
         escape(out, server);
         let _ = write!(
             out,
-            "\" data-state=\"{state}\" data-count=\"{}\"><td>",
+            "\" data-state=\"{state}\" data-count=\"{}\"",
             e.count
         );
+        if let Some(p) = e.ramping {
+            let _ = write!(out, " data-ramping=\"{p}\"");
+        }
+        out.push_str("><td>");
         escape(out, server);
         if e.lua {
             out.push_str(" <small>(Lua)</small>");
         }
+        let ramping = e
+            .ramping
+            .map_or_else(String::new, |p| format!(", ramping {p}%"));
         let _ = writeln!(
             out,
-            "</td><td class=\"{state}\">{state}</td><td class=\"n\">{count}</td>\
+            "</td><td class=\"{state}\">{state}{ramping}</td><td class=\"n\">{count}</td>\
              <td><meter min=\"0\" max=\"{largest}\" value=\"{count}\">{count}</meter></td>\
              <td class=\"n\">{weight}</td><td class=\"n\">{max_conns}</td></tr>",
             count = e.count,

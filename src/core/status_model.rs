@@ -60,6 +60,8 @@ pub struct Entry {
     pub state: State,
     /// Declared from Lua (the C ABI), not by an nginx `upstream {}` block.
     pub lua: bool,
+    /// Slow start: how far its ramp up is, in percent, while it ramps.
+    pub ramping: Option<u8>,
 }
 
 impl Entry {
@@ -88,6 +90,7 @@ pub(crate) mod tests {
             max_conns: 0,
             state,
             lua: false,
+            ramping: None,
         }
     }
 }

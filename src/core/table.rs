@@ -53,6 +53,7 @@ use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use super::crash;
 use super::key;
+use super::ramp;
 use super::sweep::{plan, Action};
 
 /// Memory of the zone, handed out only while the zone lock is held: the
@@ -68,7 +69,7 @@ pub trait Arena {
     unsafe fn free(&self, ptr: NonNull<u8>);
 }
 
-const MAGIC: u64 = 0x4c43_5031_0000_0003; // "LCP1", layout 3 (dirty mark, journal)
+const MAGIC: u64 = 0x4c43_5031_0000_0004; // "LCP1", layout 4 (slow start)
 pub(super) const SLOTS_PER_BLOCK: usize = 63; // a block is then exactly 4 KiB
 
 pub const FLAG_BACKUP: u32 = 1;
@@ -106,6 +107,12 @@ pub struct Slot {
     key: AtomicPtr<u8>,
     /// Next slot in the bucket chain, or in the free list.
     next: AtomicPtr<Slot>,
+    /// Slow start: the window (`Meta::slow_start`, deciseconds).
+    ramp_window: AtomicU32,
+    /// When the key's current ramp began (deciseconds of the monotonic
+    /// clock); 0: none. Written under the lock, or lock-free by a worker
+    /// holding a count on the key (`SlotRef::start_ramp`).
+    ramp_since: AtomicU32,
 }
 
 #[repr(C)]
@@ -145,6 +152,9 @@ pub struct Table {
     next_check: AtomicU64,
     /// When (ms) the next look for expired Lua keys is due.
     next_lua_expiry: AtomicU64,
+    /// Slow start: no key ramps at or after this time (deciseconds); picks
+    /// before it look at each key's ramp. Only ever raised.
+    ramps_until: AtomicU32,
 }
 
 /// Whether configuration epoch `a` is later than `b` (epochs wrap).
@@ -186,6 +196,27 @@ pub struct Meta {
     /// 0: unlimited.
     pub max_conns: u32,
     pub flags: u32,
+    /// Slow start: the window a server that joins or comes back ramps up
+    /// over, in deciseconds (`ramp.rs`); 0: none.
+    pub slow_start: u32,
+}
+
+/// When a ramp may start as `upsert_at` or `stamp_at` records a key
+/// (`ramp.rs`): at `now` (deciseconds, 0: never), for a key it adds only if
+/// `new_keys` (a configuration load that adds a server to an upstream that
+/// had others); for a key found stored, when it comes back from `down` or
+/// draining. A key whose `Meta::slow_start` is 0 never ramps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RampStart {
+    pub now: u32,
+    pub new_keys: bool,
+}
+
+impl RampStart {
+    pub const NEVER: RampStart = RampStart {
+        now: 0,
+        new_keys: false,
+    };
 }
 
 /// The zone has no room for another key.
@@ -236,6 +267,8 @@ pub struct EntryView<'a> {
     pub upstream_len: usize,
     pub count: u32,
     pub meta: Meta,
+    /// When its slow start began (0: never); see `ramp::elapsed`.
+    pub ramp_since: u32,
 }
 
 impl Slot {
@@ -252,6 +285,8 @@ impl Slot {
             id: AtomicU32::new(0),
             key: AtomicPtr::new(ptr::null_mut()),
             next: AtomicPtr::new(ptr::null_mut()),
+            ramp_window: AtomicU32::new(0),
+            ramp_since: AtomicU32::new(0),
         }
     }
 
@@ -289,14 +324,25 @@ impl Slot {
             weight: self.weight.load(Ordering::Relaxed),
             max_conns: self.max_conns.load(Ordering::Relaxed),
             flags: self.flags.load(Ordering::Relaxed),
+            slow_start: self.ramp_window.load(Ordering::Relaxed),
         }
     }
 
     fn set_meta(&self, meta: Meta, epoch: u32) {
         self.weight.store(meta.weight, Ordering::Relaxed);
         self.max_conns.store(meta.max_conns, Ordering::Relaxed);
+        self.ramp_window.store(meta.slow_start, Ordering::Relaxed);
         self.flags.store(meta.flags, Ordering::Relaxed);
         self.epoch.store(epoch, Ordering::Relaxed);
+    }
+
+    /// Where the key's ramp is at `now`: `Some(elapsed, window)` while it
+    /// ramps (`ramp::elapsed`).
+    #[inline]
+    fn ramp(&self, now: u32) -> Option<(u32, u32)> {
+        let window = self.ramp_window.load(Ordering::Relaxed);
+        let since = self.ramp_since.load(Ordering::Relaxed);
+        ramp::elapsed(now, since, window).map(|e| (e, window))
     }
 }
 
@@ -304,6 +350,13 @@ impl SlotRef {
     pub(super) fn slot(&self) -> &Slot {
         // SAFETY: slots live in blocks that are never freed (module docs).
         unsafe { self.slot.as_ref() }
+    }
+
+    /// Where the key's slow start is at `now` (deciseconds): `Some(elapsed,
+    /// window)` while it ramps (`ramp.rs`).
+    #[inline]
+    pub fn ramp(&self, now: u32) -> Option<(u32, u32)> {
+        self.slot().ramp(now)
     }
 
     /// The block the slot is in: where a worker's cell for it is kept
@@ -433,6 +486,7 @@ impl Table {
                 nrecords: AtomicU32::new(0),
                 next_check: AtomicU64::new(0),
                 next_lua_expiry: AtomicU64::new(0),
+                ramps_until: AtomicU32::new(0),
             });
         }
         Some(table)
@@ -528,11 +582,29 @@ impl Table {
     /// configuration declares it: an older worker (following DNS, or
     /// looking up a stale handle) never marks a key the current
     /// configuration declares as draining, nor moves its epoch back. Lua
-    /// keys' epochs are seconds, and always move on.
-    fn restamp(slot: &Slot, meta: Meta, epoch: u32) {
+    /// keys' epochs are seconds, and always move on. A key that comes back
+    /// from `down` or draining starts its ramp (`ramp`).
+    fn restamp(&self, slot: &Slot, meta: Meta, epoch: u32, ramp: RampStart) {
         let stored = slot.epoch.load(Ordering::Relaxed);
         if meta.flags & FLAG_LUA != 0 || !newer(stored, epoch) {
+            const OUT: u32 = FLAG_DOWN | FLAG_DRAINING;
+            let was_out = slot.flags.load(Ordering::Relaxed) & OUT != 0;
+            if was_out && meta.flags & OUT == 0 {
+                // Before the flags: a kill in between leaves a ramp on a
+                // key still out, which the stamp that brings it back
+                // starts again. One store: no crash point needed.
+                self.begin_ramp(slot, meta.slow_start, ramp.now);
+            }
             slot.set_meta(meta, epoch);
+        }
+    }
+
+    /// Starts `slot`'s ramp over `window` at `now` (0: none); under the lock.
+    fn begin_ramp(&self, slot: &Slot, window: u32, now: u32) {
+        if window != 0 && now != 0 {
+            slot.ramp_since.store(now, Ordering::Relaxed);
+            self.ramps_until
+                .fetch_max(now.saturating_add(window), Ordering::Relaxed);
         }
     }
 
@@ -544,9 +616,21 @@ impl Table {
         meta: Meta,
         epoch: u32,
     ) -> Option<SlotRef> {
+        self.stamp_at(locked, key, meta, epoch, RampStart::NEVER)
+    }
+
+    /// `stamp`, starting a ramp as `ramp` says (`RampStart`).
+    pub fn stamp_at(
+        &self,
+        locked: &impl Arena,
+        key: &[u8],
+        meta: Meta,
+        epoch: u32,
+        ramp: RampStart,
+    ) -> Option<SlotRef> {
         self.check(locked);
         let slot = self.find_slot(key, key::hash(key))?;
-        Self::restamp(slot, meta, epoch);
+        self.restamp(slot, meta, epoch, ramp);
         Some(Self::handle(slot))
     }
 
@@ -560,10 +644,23 @@ impl Table {
         meta: Meta,
         epoch: u32,
     ) -> Result<SlotRef, Full> {
+        self.upsert_at(locked, key, upstream_len, meta, epoch, RampStart::NEVER)
+    }
+
+    /// `upsert`, starting a ramp as `ramp` says (`RampStart`).
+    pub fn upsert_at(
+        &self,
+        locked: &impl Arena,
+        key: &[u8],
+        upstream_len: usize,
+        meta: Meta,
+        epoch: u32,
+        ramp: RampStart,
+    ) -> Result<SlotRef, Full> {
         self.check(locked);
         let hash = key::hash(key);
         if let Some(slot) = self.find_slot(key, hash) {
-            Self::restamp(slot, meta, epoch);
+            self.restamp(slot, meta, epoch, ramp);
             return Ok(Self::handle(slot));
         }
         if key.is_empty() || key.len() > u32::MAX as usize {
@@ -581,6 +678,11 @@ impl Table {
             .store(upstream_len as u32, Ordering::Relaxed);
         slot.hash.store(hash, Ordering::Relaxed);
         slot.set_meta(meta, epoch);
+        // A free slot has no ramp (`push_free`); the new key's, if any, is
+        // written before the key is published.
+        if ramp.new_keys {
+            self.begin_ramp(slot, meta.slow_start, ramp.now);
+        }
         // Published: from here the slot is the key's, chained or not.
         slot.key_len.store(key.len() as u32, Ordering::Release);
         self.pop_free(slot);
@@ -593,8 +695,36 @@ impl Table {
         Ok(Self::handle(slot))
     }
 
-    /// The head of the free list (growing the table if it is empty), still
-    /// on the list: `upsert` takes it off once the slot is published.
+    /// Whether some key may be ramping at `now` (deciseconds): picks then
+    /// look at each key's ramp (`SlotRef::ramp`). Lock-free.
+    #[inline]
+    pub fn ramping(&self, now: u32) -> bool {
+        now < self.ramps_until.load(Ordering::Relaxed)
+    }
+
+    /// Starts the ramp of the key `slot` holds at `now`, unless it is
+    /// ramping already: a server back from `max_fails`, which a worker
+    /// sees when a trial connection to it succeeds. Lock-free; the caller
+    /// holds a count on the key, so the slot cannot be removed or reused
+    /// meanwhile. `true` if this call started it.
+    pub fn start_ramp(&self, slot: SlotRef, now: u32) -> bool {
+        let s = slot.slot();
+        let window = s.ramp_window.load(Ordering::Relaxed);
+        if window == 0 || now == 0 || s.ramp(now).is_some() {
+            return false;
+        }
+        let since = s.ramp_since.load(Ordering::Relaxed);
+        let started = s
+            .ramp_since
+            .compare_exchange(since, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+        if started {
+            self.ramps_until
+                .fetch_max(now.saturating_add(window), Ordering::Relaxed);
+        }
+        started
+    }
+
     fn free_slot(&self, locked: &impl Arena) -> Option<&Slot> {
         if self.free.load(Ordering::Relaxed).is_null() {
             self.grow(locked)?;
@@ -612,6 +742,7 @@ impl Table {
 
     fn push_free(&self, slot: &Slot) {
         slot.flags.store(0, Ordering::Relaxed);
+        slot.ramp_since.store(0, Ordering::Relaxed);
         slot.next
             .store(self.free.load(Ordering::Relaxed), Ordering::Relaxed);
         self.free
@@ -815,6 +946,7 @@ impl Table {
                 upstream_len: slot.upstream_len.load(Ordering::Relaxed) as usize,
                 count: count_of(slot.word.load(Ordering::Acquire)),
                 meta: slot.meta(),
+                ramp_since: slot.ramp_since.load(Ordering::Relaxed),
             });
         }
     }
@@ -996,6 +1128,7 @@ pub(crate) mod tests {
         weight: 1,
         max_conns: 0,
         flags: 0,
+        slow_start: 0,
     };
 
     fn keys_of(t: &Table, a: &HeapArena) -> Vec<(String, u32, u32)> {
@@ -1015,6 +1148,111 @@ pub(crate) mod tests {
     fn block_is_one_page() {
         assert_eq!(size_of::<Slot>(), 64);
         assert_eq!(size_of::<Block>(), 4096);
+    }
+
+    /// Slow start of 30 s.
+    const SLOW: Meta = Meta {
+        slow_start: 300,
+        ..M
+    };
+
+    #[test]
+    fn a_key_a_load_adds_ramps_only_when_asked_and_configured() {
+        let a = HeapArena::new(1 << 20);
+        let t = table(&a);
+        let e = t.begin_epoch(&a);
+        let at = |now| RampStart {
+            now,
+            new_keys: true,
+        };
+        let first = t.upsert_at(&a, b"k1", 0, SLOW, e, RampStart::NEVER).unwrap();
+        assert_eq!(first.ramp(1000), None, "a first load ramps nothing");
+        assert!(!t.ramping(1000));
+        let added = t.upsert_at(&a, b"k2", 0, SLOW, e, at(1000)).unwrap();
+        assert_eq!(added.ramp(1000), Some((1, 300)));
+        assert_eq!(added.ramp(1150), Some((150, 300)));
+        assert_eq!(added.ramp(1300), None, "over after its window");
+        assert!(t.ramping(1299) && !t.ramping(1300));
+        let plain = t.upsert_at(&a, b"k3", 0, M, e, at(1000)).unwrap();
+        assert_eq!(plain.ramp(1000), None, "no slow start configured");
+        // Found again (a reload): the ramp goes on, not again from 0.
+        let e2 = t.begin_epoch(&a);
+        t.upsert_at(&a, b"k2", 0, SLOW, e2, at(1100)).unwrap();
+        assert_eq!(added.ramp(1150), Some((150, 300)));
+        t.stamp_at(&a, b"k2", SLOW, e2, at(1120)).unwrap();
+        assert_eq!(added.ramp(1150), Some((150, 300)));
+    }
+
+    #[test]
+    fn a_key_back_from_down_or_draining_ramps() {
+        let a = HeapArena::new(1 << 20);
+        let t = table(&a);
+        let now = |now| RampStart {
+            now,
+            new_keys: false,
+        };
+        let down = Meta {
+            flags: FLAG_DOWN,
+            ..SLOW
+        };
+        let e1 = t.begin_epoch(&a);
+        let k = t.upsert_at(&a, b"k", 0, down, e1, now(1000)).unwrap();
+        assert_eq!(k.ramp(1000), None);
+        // Still down at the next load, then up: only the change ramps.
+        let e2 = t.begin_epoch(&a);
+        t.stamp_at(&a, b"k", down, e2, now(1100)).unwrap();
+        assert_eq!(k.ramp(1100), None);
+        let heavier = Meta { weight: 5, ..SLOW };
+        let e3 = t.begin_epoch(&a);
+        t.stamp_at(&a, b"k", heavier, e3, now(1200)).unwrap();
+        assert_eq!(k.ramp(1200), Some((1, 300)));
+        // A weight change later does not start it again.
+        let e4 = t.begin_epoch(&a);
+        t.stamp_at(&a, b"k", SLOW, e4, now(1250)).unwrap();
+        assert_eq!(k.ramp(1260), Some((60, 300)));
+        // Drained by a load that dropped it, then declared again.
+        let e5 = t.begin_epoch(&a);
+        assert_eq!(k.acquire(0), Acquire::Taken);
+        t.sweep(&a, e5);
+        assert_ne!(k.flags() & FLAG_DRAINING, 0);
+        let e6 = t.begin_epoch(&a);
+        t.stamp_at(&a, b"k", SLOW, e6, now(2000)).unwrap();
+        assert_eq!(k.ramp(2000), Some((1, 300)));
+        // An older configuration's stamp starts nothing.
+        t.stamp_at(&a, b"k", down, e5, now(2100)).unwrap();
+        assert_eq!(k.ramp(2100), Some((100, 300)));
+    }
+
+    #[test]
+    fn a_server_back_after_failures_ramps_once() {
+        let a = HeapArena::new(1 << 20);
+        let t = table(&a);
+        let e = t.begin_epoch(&a);
+        let k = t.upsert(&a, b"k", 0, SLOW, e).unwrap();
+        let plain = t.upsert(&a, b"p", 0, M, e).unwrap();
+        assert!(!t.start_ramp(plain, 1000), "no slow start configured");
+        assert!(!t.start_ramp(k, 0), "no time");
+        assert!(t.start_ramp(k, 1000));
+        assert!(t.ramping(1000));
+        assert!(!t.start_ramp(k, 1100), "ramping already");
+        assert_eq!(k.ramp(1100), Some((100, 300)));
+        assert!(t.start_ramp(k, 1400), "over: may start again");
+        assert_eq!(k.ramp(1450), Some((50, 300)));
+    }
+
+    #[test]
+    fn a_reused_slot_has_no_ramp() {
+        let a = HeapArena::new(1 << 20);
+        let t = table(&a);
+        let e = t.begin_epoch(&a);
+        let at = RampStart {
+            now: 1000,
+            new_keys: true,
+        };
+        let k = t.upsert_at(&a, b"k", 0, SLOW, e, at).unwrap();
+        assert!(t.remove_idle(&a, k));
+        let again = t.upsert(&a, b"k2", 0, SLOW, e).unwrap();
+        assert_eq!(again.ramp(1001), None);
     }
 
     #[test]

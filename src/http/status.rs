@@ -5,8 +5,10 @@ use ngx::core::{Buffer, Status};
 use ngx::http::{HTTPStatus, HttpModule, HttpModuleMainConf, Method, Request};
 
 use crate::core::status::{parse_format, render, render_subsystem, Entry, Format, State, ZoneInfo};
+use crate::core::ramp;
 use crate::core::status_html::parse_refresh;
 use crate::core::table::FLAG_LUA;
+use crate::ngx::peers::now_ms;
 use crate::shared::registry::Registry;
 use crate::shared::zone::{tables_of_other_modules, ZoneLink};
 
@@ -73,6 +75,7 @@ fn query_arg(r: &mut Request, name: &[u8]) -> Option<ngx_str_t> {
 /// lock (`ZoneLink::snapshot`).
 fn zone_entries(z: &ZoneLink) -> (ZoneInfo, Vec<Entry>) {
     let snap = z.snapshot();
+    let now = ramp::now_ds(now_ms());
     let entries = snap
         .entries
         .iter()
@@ -83,6 +86,8 @@ fn zone_entries(z: &ZoneLink) -> (ZoneInfo, Vec<Entry>) {
             max_conns: e.meta.max_conns,
             state: State::from_flags(e.meta.flags),
             lua: e.meta.flags & FLAG_LUA != 0,
+            ramping: ramp::elapsed(now, e.ramp_since, e.meta.slow_start)
+                .map(|elapsed| ramp::percent(elapsed, e.meta.slow_start)),
         })
         .collect();
     (snap.info, entries)
@@ -105,6 +110,7 @@ fn collect(registry: &Registry) -> (Option<ZoneInfo>, Vec<Entry>) {
                     max_conns: pc.meta.max_conns,
                     state: State::Fallback,
                     lua: false,
+                    ramping: None,
                 });
             }
         });

@@ -137,6 +137,7 @@ pub extern "C" fn lcp_declare(
             weight: s.weight,
             max_conns: s.max_conns,
             flags: 0,
+            slow_start: 0,
         };
         list.push((addr, meta));
     }

@@ -6,7 +6,7 @@ use core::fmt;
 
 use nginx_sys::{
     ngx_array_t, ngx_conf_t, ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_pagesize, ngx_parse_size,
-    ngx_str_t, NGX_LOG_EMERG, NGX_LOG_WARN,
+    ngx_parse_time, ngx_str_t, NGX_LOG_EMERG, NGX_LOG_WARN,
 };
 use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::http::{HttpModuleConfExt, HttpModuleMainConf, NgxHttpUpstreamModule};
@@ -25,6 +25,12 @@ pub enum ConfError {
     /// Another module declared a shared memory zone of this name.
     NameTaken(String),
     NoMemory,
+    /// A parameter the directive does not know.
+    InvalidParameter(String),
+    /// `slow_start=` with a value that is not a time in seconds.
+    InvalidSlowStart(String),
+    /// A parameter given twice.
+    RepeatedParameter(&'static str),
 }
 
 impl fmt::Display for ConfError {
@@ -42,6 +48,12 @@ impl fmt::Display for ConfError {
                 "shared memory zone \"{name}\" is already declared for a different use"
             ),
             ConfError::NoMemory => write!(f, "could not allocate memory"),
+            ConfError::InvalidParameter(p) => write!(f, "has an invalid parameter \"{p}\""),
+            ConfError::InvalidSlowStart(v) => write!(
+                f,
+                "has an invalid slow_start \"{v}\" (a time such as 30s or 2m, 0 for none)"
+            ),
+            ConfError::RepeatedParameter(p) => write!(f, "has the parameter \"{p}\" twice"),
         }
     }
 }
@@ -205,6 +217,18 @@ pub fn parse_size(text: &mut ngx_str_t) -> Option<usize> {
     // SAFETY: a valid ngx_str_t; ngx_parse_size only reads it.
     let size = unsafe { ngx_parse_size(text) };
     usize::try_from(size).ok()
+}
+
+/// `ngx_parse_time` in seconds: "30s", "2m", "1h30m", "45"; `None` if
+/// invalid (milliseconds included).
+pub fn parse_seconds(text: &[u8]) -> Option<u64> {
+    let mut line = ngx_str_t {
+        len: text.len(),
+        data: text.as_ptr().cast_mut(),
+    };
+    // SAFETY: `line` describes `text`, which ngx_parse_time only reads.
+    let secs = unsafe { ngx_parse_time(&mut line, 1) };
+    u64::try_from(secs).ok()
 }
 
 pub fn page_size() -> usize {

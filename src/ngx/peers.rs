@@ -15,6 +15,7 @@ use nginx_sys::{
 };
 
 use crate::core::key::Occurrence;
+use crate::core::ramp;
 use crate::core::select::{Load, PeerList};
 
 const BITS: usize = usize::BITS as usize;
@@ -180,14 +181,43 @@ impl RoundRobin {
         self.tried_any
     }
 
+    /// Whether the peer this request connected to is out after failures
+    /// (`max_fails` reached, as round-robin keeps it). Read without the
+    /// list's lock: a hint, which slow start uses to see a server come back
+    /// (out before round-robin's free, in again after it).
+    pub fn chosen_failed_out(&self) -> bool {
+        // SAFETY: null, or the peer `connect` chose, in a list of the
+        // upstream that outlives the request.
+        unsafe { self.data().current.as_ref() }
+            .is_some_and(|p| p.max_fails != 0 && p.fails >= p.max_fails)
+    }
+
+    /// Whether the peer this request connected to has no failure counted
+    /// (round-robin cleared them after a success).
+    pub fn chosen_clear(&self) -> bool {
+        // SAFETY: as in `chosen_failed_out`.
+        unsafe { self.data().current.as_ref() }.is_some_and(|p| p.fails == 0)
+    }
+
     /// The current list as `core::select` sees it, with our counts.
     /// `TRIED`: test the `tried` bitmap (see `tried_any`).
     #[inline]
     pub fn list<S: CountSource, const TRIED: bool>(&self, counts: S) -> RrList<'_, S, TRIED> {
+        self.list_at(counts, 0)
+    }
+
+    /// `list` for a pick while some peer may ramp up (slow start), at
+    /// `now_ds` (deciseconds of `now_ms`).
+    pub fn list_at<S: CountSource, const TRIED: bool, const RAMP: bool>(
+        &self,
+        counts: S,
+        now_ds: u32,
+    ) -> RrList<'_, S, TRIED, RAMP> {
         RrList {
             peers: self.peers(),
             tried: self.tried(),
             now: now(),
+            now_ds,
             counts,
         }
     }
@@ -317,12 +347,23 @@ impl Drop for PeersLock {
 /// Where a peer's count comes from when it is not round-robin's own.
 pub trait SharedCount {
     fn count_hint(&self) -> Option<u32>;
+
+    /// Slow start: `Some(elapsed, window)` (deciseconds) while the peer
+    /// ramps up at `now` (`core::ramp`).
+    fn ramp(&self, _now: u32) -> Option<(u32, u32)> {
+        None
+    }
 }
 
 /// The counts a pick compares, by peer position; `None`: round-robin's own
 /// per-worker `conns`.
 pub trait CountSource: Copy {
     fn count(&self, index: usize) -> Option<u32>;
+
+    /// As `SharedCount::ramp`, by peer position.
+    fn ramp(&self, _index: usize, _now: u32) -> Option<(u32, u32)> {
+        None
+    }
 }
 
 /// Counts matched one to one with the peers of a list.
@@ -358,6 +399,11 @@ impl<C: SharedCount> CountSource for Matched<'_, C> {
         // which `new` checked is our length.
         unsafe { self.0.get_unchecked(index) }.count_hint()
     }
+
+    #[inline]
+    fn ramp(&self, index: usize, now: u32) -> Option<(u32, u32)> {
+        self.0.get(index)?.ramp(now)
+    }
 }
 
 /// Round-robin's own per-worker counts only.
@@ -371,14 +417,17 @@ impl CountSource for PerWorker {
 }
 
 /// A round-robin list with our counts, for `core::select::choose`.
-pub struct RrList<'a, S, const TRIED: bool> {
+/// `RAMP`: some peer may be ramping up (slow start): loads and
+/// `max_conns` follow `core::ramp` for those at `now_ds`.
+pub struct RrList<'a, S, const TRIED: bool, const RAMP: bool = false> {
     peers: &'a RrPeers,
     tried: Tried,
     now: time_t,
+    now_ds: u32,
     counts: S,
 }
 
-impl<S, const TRIED: bool> RrList<'_, S, TRIED> {
+impl<S, const TRIED: bool, const RAMP: bool> RrList<'_, S, TRIED, RAMP> {
     fn peer(&self, c: PeerCursor) -> &RrPeer {
         // SAFETY: cursors come from this list, locked for this pick.
         unsafe { c.peer.as_ref() }
@@ -389,14 +438,28 @@ impl<S, const TRIED: bool> RrList<'_, S, TRIED> {
         unsafe { c.peer.as_mut() }
     }
 
-    /// The peer's `max_conns` (0: none), saturated to 32 bits as the pick
-    /// compares it.
-    pub fn max_conns(&self, c: PeerCursor) -> u32 {
-        saturate(self.peer(c).max_conns)
-    }
 }
 
-impl<S: CountSource, const TRIED: bool> RrList<'_, S, TRIED> {
+impl<S: CountSource, const TRIED: bool, const RAMP: bool> RrList<'_, S, TRIED, RAMP> {
+    /// The peer's `max_conns` (0: none), saturated to 32 bits as the pick
+    /// compares it; ramped up while the peer ramps (slow start).
+    pub fn max_conns(&self, c: PeerCursor) -> u32 {
+        let max = saturate(self.peer(c).max_conns);
+        match self.ramp(c) {
+            Some((e, w)) => ramp::ramped_max(max, e, w),
+            None => max,
+        }
+    }
+
+    #[inline(always)]
+    fn ramp(&self, c: PeerCursor) -> Option<(u32, u32)> {
+        if RAMP {
+            self.counts.ramp(c.index, self.now_ds)
+        } else {
+            None
+        }
+    }
+
     /// `load`, where a peer whose `down` holds only bits of `ignored` still
     /// counts as up (a draining server, for the sessions that stick to it).
     #[inline(always)]
@@ -416,11 +479,31 @@ impl<S: CountSource, const TRIED: bool> RrList<'_, S, TRIED> {
             Some(n) => n,
             None => peer.conns as u32,
         };
+        if RAMP {
+            if let Some((e, w)) = self.ramp(c) {
+                return self.ramping_load(peer, conns, e, w);
+            }
+        }
         if peer.max_conns != 0 && conns as usize >= peer.max_conns {
             return None;
         }
         Some(Load {
             conns,
+            weight: saturate(peer.weight),
+        })
+    }
+
+    /// A ramping peer's load: compared as `core::ramp::virtual_count`, full
+    /// at its ramped `max_conns`.
+    #[cold]
+    #[inline(never)]
+    fn ramping_load(&self, peer: &RrPeer, conns: u32, e: u32, w: u32) -> Option<Load> {
+        let max = ramp::ramped_max(saturate(peer.max_conns), e, w);
+        if max != 0 && conns >= max {
+            return None;
+        }
+        Some(Load {
+            conns: ramp::virtual_count(conns, e, w),
             weight: saturate(peer.weight),
         })
     }
@@ -445,7 +528,7 @@ impl<S: CountSource, const TRIED: bool> RrList<'_, S, TRIED> {
 }
 
 #[cfg(not(all(ngx_sticky, not(feature = "stream"))))]
-impl<S: CountSource, const TRIED: bool> RrList<'_, S, TRIED> {
+impl<S: CountSource, const TRIED: bool, const RAMP: bool> RrList<'_, S, TRIED, RAMP> {
     /// No `sticky` before nginx 1.29.6 (nor in stream): no route to find.
     #[inline(always)]
     pub fn find_route(&self, _hint: &[u8]) -> Option<PeerCursor> {
@@ -476,7 +559,7 @@ pub fn route_hint<'a>(_pc: &ngx_peer_connection_t) -> Option<&'a [u8]> {
     None
 }
 
-impl<S: CountSource, const TRIED: bool> PeerList for RrList<'_, S, TRIED> {
+impl<S: CountSource, const TRIED: bool, const RAMP: bool> PeerList for RrList<'_, S, TRIED, RAMP> {
     type Cursor = PeerCursor;
 
     fn size(&self) -> usize {

@@ -49,9 +49,15 @@ struct PeerData {
 /// what configuration should warn about. Every peer is counted on its own,
 /// as stock `least_conn` does: an address listed twice is two peers, with
 /// two keys (`key::server_names`).
-pub fn register(registry: &mut Registry, us: &UpstreamSrvConf) -> (usize, Vec<ConfWarning>) {
+pub fn register(
+    registry: &mut Registry,
+    us: &UpstreamSrvConf,
+    slow_start: u32,
+) -> (usize, Vec<ConfWarning>) {
     let name = us.host.as_bytes();
     let mut counters = UpstreamCounters::new(name);
+    // Before the lists: their servers' metadata carries it (`meta_for`).
+    counters.slow_start = slow_start;
     let mut warnings = Vec::new();
     // SAFETY: round-robin init has just filled peer.data.
     let (primary, backup) = unsafe { peers::lists(us.peer.data) };
@@ -78,6 +84,8 @@ fn runtime_meta(peer: &RrPeer) -> Meta {
         weight: peers::saturate(peer.weight),
         max_conns: peers::saturate(peer.max_conns),
         flags: if peer.down != 0 { FLAG_DOWN } else { 0 },
+        // The upstream's, set as the counters are made (`meta_for`).
+        slow_start: 0,
     }
 }
 
@@ -161,7 +169,13 @@ pub fn install(
         })
     };
     pc.data = pd.cast();
-    pc.get = Some(get_peer);
+    // Slow start has its own pick, so that the pick of an upstream without
+    // it pays nothing for it.
+    pc.get = Some(if upstream.slow_start != 0 {
+        get_peer::<true>
+    } else {
+        get_peer::<false>
+    });
     pc.free = Some(free_peer);
     if pc.set_session.is_some() {
         pc.set_session = Some(set_session);
@@ -175,16 +189,20 @@ pub fn install(
     Some(())
 }
 
-extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
+/// `SLOW`: the upstream has slow start (`core::ramp`).
+extern "C" fn get_peer<const SLOW: bool>(
+    pc: *mut ngx_peer_connection_t,
+    data: *mut c_void,
+) -> ngx_int_t {
     // SAFETY: nginx passes the connection being set up and the data
     // init_peer installed; the request (and so both) outlives this call.
     let (pc, pd) = unsafe { (&mut *pc, &mut *data.cast::<PeerData>()) };
     pc.set_cached(0);
     pc.connection = core::ptr::null_mut();
-    get(pc, pd)
+    get::<SLOW>(pc, pd)
 }
 
-fn get(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
+fn get<const SLOW: bool>(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
     let lock = pd.rr.lock();
     if pd.rr.list_changed() {
         // DNS changed the peers since the request began (`resolve`): as
@@ -193,7 +211,7 @@ fn get(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
         pd.rr.current().name_for_errors(pc);
         return Status::NGX_BUSY.into();
     }
-    if let Some(best) = pick(pd, peers::route_hint(pc)) {
+    if let Some(best) = pick::<SLOW>(pd, peers::route_hint(pc)) {
         pd.rr.connect(best, pc);
         ngx_log_debug!(
             mask: subsystem::DEBUG_MASK,
@@ -205,7 +223,7 @@ fn get(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
         );
         return Status::NGX_OK.into();
     }
-    get_slow(pc, pd, lock)
+    get_slow::<SLOW>(pc, pd, lock)
 }
 
 /// How many times the picks of one request look stale counters up again
@@ -224,12 +242,16 @@ const MAX_REFRESHES: u8 = 4;
 /// small.
 #[cold]
 #[inline(never)]
-fn get_slow(pc: &mut ngx_peer_connection_t, pd: &mut PeerData, lock: PeersLock) -> ngx_int_t {
+fn get_slow<const SLOW: bool>(
+    pc: &mut ngx_peer_connection_t,
+    pd: &mut PeerData,
+    lock: PeersLock,
+) -> ngx_int_t {
     if needs_follow(pd) {
         let copy = copy_peer_list(pd.rr.peers());
         drop(lock);
         follow_copy(pd.upstream, pd.list, &copy, "pick");
-        return get(pc, pd);
+        return get::<SLOW>(pc, pd);
     }
     let needs_cells = pd.upstream.needs_cells(pd.list)
         || pd
@@ -243,11 +265,11 @@ fn get_slow(pc: &mut ngx_peer_connection_t, pd: &mut PeerData, lock: PeersLock) 
         // This worker's first pick of the list: its cells, then again.
         pd.upstream.attach_cells(pd.list);
         if !stale {
-            return get(pc, pd);
+            return get::<SLOW>(pc, pd);
         }
     }
     if !stale {
-        return try_backup_or_fail(pc, pd);
+        return try_backup_or_fail::<SLOW>(pc, pd);
     }
     ngx_log_debug!(
         mask: subsystem::DEBUG_MASK,
@@ -264,18 +286,21 @@ fn get_slow(pc: &mut ngx_peer_connection_t, pd: &mut PeerData, lock: PeersLock) 
             counter.refresh(pd.upstream);
         }
     }
-    get(pc, pd)
+    get::<SLOW>(pc, pd)
 }
 
 /// No peer of the current list can take the request: try the backup list
 /// once, else fail as stock does. Kept out of line: the pick stays small.
 #[cold]
 #[inline(never)]
-fn try_backup_or_fail(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
+fn try_backup_or_fail<const SLOW: bool>(
+    pc: &mut ngx_peer_connection_t,
+    pd: &mut PeerData,
+) -> ngx_int_t {
     let failed = pd.rr.current();
     if pd.list == List::Primary && pd.rr.switch_to_backup() {
         pd.list = List::Backup;
-        let rc = get(pc, pd);
+        let rc = get::<SLOW>(pc, pd);
         if rc != Status::NGX_BUSY.0 {
             return rc;
         }
@@ -290,7 +315,7 @@ fn try_backup_or_fail(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_
 /// first follow the list (see `needs_follow`), this worker has no cells for
 /// the list yet (its first pick of it), or one went stale (see `get_slow`).
 #[inline]
-fn pick(pd: &mut PeerData, route: Option<&[u8]>) -> Option<PeerCursor> {
+fn pick<const SLOW: bool>(pd: &mut PeerData, route: Option<&[u8]>) -> Option<PeerCursor> {
     if needs_follow(pd) || pd.upstream.needs_cells(pd.list) {
         return None;
     }
@@ -299,11 +324,20 @@ fn pick(pd: &mut PeerData, route: Option<&[u8]>) -> Option<PeerCursor> {
         pd.held = Held::Nothing;
         return pick_per_worker(&pd.rr, route);
     };
+    if SLOW {
+        if let Some(now) = pd.upstream.ramping_now() {
+            return if pd.rr.tried_any() {
+                pick_counted::<true, true>(pd, counts, route, now)
+            } else {
+                pick_counted::<false, true>(pd, counts, route, now)
+            };
+        }
+    }
     // A first attempt has tried nothing: its scan skips the bitmap test.
     if pd.rr.tried_any() {
-        pick_counted::<true>(pd, counts, route)
+        pick_counted::<true, false>(pd, counts, route, 0)
     } else {
-        pick_counted::<false>(pd, counts, route)
+        pick_counted::<false, false>(pd, counts, route, 0)
     }
 }
 
@@ -388,12 +422,13 @@ fn follow_copy(upstream: &UpstreamCounters, list: List, copy: &PeerListCopy, by:
 /// worker; choosing again then sees it full. A stale counter stops the
 /// pick (`get_slow` looks it up again).
 #[inline(always)]
-fn pick_counted<const TRIED: bool>(
+fn pick_counted<const TRIED: bool, const RAMP: bool>(
     pd: &mut PeerData,
     counts: Matched<'_, PeerCounter>,
     route: Option<&[u8]>,
+    now_ds: u32,
 ) -> Option<PeerCursor> {
-    let mut list = pd.rr.list::<_, TRIED>(counts);
+    let mut list = pd.rr.list_at::<_, TRIED, RAMP>(counts, now_ds);
     if let Some(best) = route.and_then(|r| list.find_route(r)) {
         let counter = counts.get(best.index)?;
         match counter.try_acquire(list.max_conns(best)) {
@@ -470,9 +505,36 @@ extern "C" fn free_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void, state
         state
     );
     // SAFETY: the connection's log.
-    pd.upstream.release(held, unsafe { Log::from_ptr(pc.log) });
+    let log = unsafe { Log::from_ptr(pc.log) };
+    if pd.upstream.slow_start != 0 {
+        return free_slow_start(pc, pd, held, state, log);
+    }
+    pd.upstream.release(held, log);
     // SAFETY: round-robin's own per-request data, as its free expects.
     unsafe { free_round_robin_peer(pc, pd.rr.as_ptr(), state) };
+}
+
+/// `free_peer` for an upstream with slow start: a server out after
+/// `max_fails` that this connection found working again (round-robin's
+/// free clears its failures) ramps up. Round-robin frees first, and the
+/// count is released after: held, the key cannot go meanwhile.
+#[cold]
+#[inline(never)]
+fn free_slow_start(
+    pc: &mut ngx_peer_connection_t,
+    pd: &mut PeerData,
+    held: Held,
+    state: ngx_uint_t,
+    log: Log,
+) {
+    let was_out = pd.rr.chosen_failed_out();
+    // SAFETY: round-robin's own per-request data, as its free expects.
+    unsafe { free_round_robin_peer(pc, pd.rr.as_ptr(), state) };
+    let back = was_out && state & NGX_PEER_FAILED as ngx_uint_t == 0 && pd.rr.chosen_clear();
+    if let (true, Held::Shared(c)) = (back, &held) {
+        pd.upstream.ramp_after_failures(c.slot, log);
+    }
+    pd.upstream.release(held, log);
 }
 
 extern "C" fn set_session(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {

@@ -14,7 +14,8 @@ use nginx_sys::{
 use ngx::core::Status;
 
 use crate::ngx::conf::{
-    callback_result, directive_result, log_warning, text, ConfError, ConfWarning,
+    args, callback_result, directive_result, log_warning, parse_seconds, text, ConfError,
+    ConfWarning,
 };
 use crate::ngx::log::Log;
 use crate::ngx::peers::{now, now_ms};
@@ -67,13 +68,39 @@ pub extern "C" fn cmd_method<F: FrontEnd>(
 ) -> *mut c_char {
     // SAFETY: as in cmd_zone; `conf` is our srv conf of this upstream.
     let (cf, cmd, scf) = unsafe { (&mut *cf, &*cmd, &mut *conf.cast::<SrvConf>()) };
-    let r = F::upstream_being_parsed(cf)
-        .ok_or(ConfError::NoMemory)
-        .map(|uscf| scf.claim(uscf, Some(init_upstream::<F>)));
+    let r = method_params(args(cf)).and_then(|slow_start| {
+        F::upstream_being_parsed(cf)
+            .ok_or(ConfError::NoMemory)
+            .map(|uscf| scf.claim(uscf, Some(init_upstream::<F>), slow_start))
+    });
     if let Ok(Some(warning)) = &r {
         log_warning(cf, cmd.name.as_bytes(), warning);
     }
     directive_result(cf, cmd.name.as_bytes(), r.map(drop))
+}
+
+/// The parameters of `least_conn_persistent`: `slow_start=<time>` (the
+/// window, in deciseconds; 0: none).
+fn method_params(args: &mut [ngx_str_t]) -> Result<u32, ConfError> {
+    const SLOW_START: &[u8] = b"slow_start=";
+    let mut slow_start = None;
+    for arg in args {
+        let Some(value) = arg.as_bytes().strip_prefix(SLOW_START) else {
+            return Err(ConfError::InvalidParameter(text(arg)));
+        };
+        if slow_start.is_some() {
+            return Err(ConfError::RepeatedParameter("slow_start"));
+        }
+        let ds = (!value.is_empty())
+            .then(|| parse_seconds(value))
+            .flatten()
+            .and_then(|secs| u32::try_from(secs.checked_mul(10)?).ok())
+            .ok_or_else(|| {
+                ConfError::InvalidSlowStart(String::from_utf8_lossy(value).into_owned())
+            })?;
+        slow_start = Some(ds);
+    }
+    Ok(slow_start.unwrap_or(0))
 }
 
 /// `peer.init_upstream`: round-robin's lists, plus our keys for them.
@@ -90,7 +117,7 @@ extern "C" fn init_upstream<F: FrontEnd>(
     us.peer.init = F::init_peer();
     let r = match (F::main_conf(cf), F::srv_conf(us)) {
         (Some(mcf), Some(scf)) => {
-            let (index, warnings) = balance::register(&mut mcf.registry, us);
+            let (index, warnings) = balance::register(&mut mcf.registry, us, scf.slow_start);
             for w in &warnings {
                 log_warning(cf, b"least_conn_persistent", w);
             }

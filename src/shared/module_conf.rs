@@ -24,6 +24,8 @@ pub struct SrvConf {
     /// The upstream's place in the registry, set by our `init_upstream`;
     /// still `None` after configuration means a later method replaced ours.
     pub registered: Option<usize>,
+    /// `slow_start=`: the window in deciseconds (0: none).
+    pub slow_start: u32,
 }
 
 impl SrvConf {
@@ -32,7 +34,12 @@ impl SrvConf {
     /// and accepts the server parameters stock least_conn accepts. Like a
     /// stock method, it replaces one declared before it (or itself, given
     /// twice), with a warning.
-    pub fn claim(&mut self, uscf: &mut UpstreamSrvConf, init: InitUpstream) -> Option<ConfWarning> {
+    pub fn claim(
+        &mut self,
+        uscf: &mut UpstreamSrvConf,
+        init: InitUpstream,
+        slow_start: u32,
+    ) -> Option<ConfWarning> {
         let redefined = if self.enabled {
             Some(ConfWarning::Repeated(text(&uscf.host)))
         } else {
@@ -42,6 +49,7 @@ impl SrvConf {
                 .then(|| ConfWarning::MethodRedefined(text(&uscf.host)))
         };
         self.enabled = true;
+        self.slow_start = slow_start;
         uscf.peer.init_upstream = init;
         uscf.flags = (UPSTREAM_CREATE
             | UPSTREAM_WEIGHT

@@ -16,14 +16,17 @@ use core::ffi::c_void;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use nginx_sys::{ngx_conf_t, ngx_int_t, ngx_shm_zone_t, ngx_str_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
+use nginx_sys::{
+    ngx_conf_t, ngx_int_t, ngx_shm_zone_t, ngx_str_t, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_NOTICE,
+};
 use ngx::core::Status;
 
 use crate::core::follow::{runtime_stamp, PeerListCopy};
 use crate::core::key::{self, Occurrence};
+use crate::core::ramp;
 use crate::core::record::{self, CellRef, Counted, RecordRef};
 use crate::core::table::{
-    Acquire, Meta, Release, SlotRef, Table, FLAG_BACKUP, FLAG_DRAINING, FLAG_LUA,
+    Acquire, Meta, RampStart, Release, SlotRef, Table, FLAG_BACKUP, FLAG_DRAINING, FLAG_LUA,
 };
 use crate::ngx::conf::{args, page_size, parse_size, text, ConfError};
 
@@ -283,7 +286,7 @@ impl PeerCounter {
         let found = link.table.find(&locked, &self.key);
         let readded = match found {
             Some(_) => None,
-            None => Some(self.store(link, &locked, now)),
+            None => Some(self.store(link, &locked, now, RampStart::NEVER)),
         };
         let phase = match found.or(readded.flatten().map(|(slot, _)| slot)) {
             Some(slot) => Phase::Counting(up.counted(link, &locked, slot)),
@@ -316,10 +319,16 @@ impl PeerCounter {
     /// second), stamped as `follow::runtime_stamp` says: draining for a
     /// worker of an earlier configuration, with the second for a Lua key.
     /// Returns it and the metadata it was stored with.
-    fn store(&self, link: &ZoneLink, locked: &Locked, now: u32) -> Option<(SlotRef, Meta)> {
+    fn store(
+        &self,
+        link: &ZoneLink,
+        locked: &Locked,
+        now: u32,
+        ramp: RampStart,
+    ) -> Option<(SlotRef, Meta)> {
         let (meta, stamp) = runtime_stamp(self.meta, link.epoch, link.table.epoch(), now);
         link.table
-            .upsert(locked, &self.key, self.upstream_len, meta, stamp)
+            .upsert_at(locked, &self.key, self.upstream_len, meta, stamp, ramp)
             .ok()
             .map(|slot| (slot, meta))
     }
@@ -333,6 +342,11 @@ impl SharedCount for PeerCounter {
     #[inline]
     fn count_hint(&self) -> Option<u32> {
         self.counted().map(|c| c.slot.count_hint())
+    }
+
+    #[inline]
+    fn ramp(&self, now: u32) -> Option<(u32, u32)> {
+        self.counted()?.slot.ramp(now)
     }
 }
 
@@ -374,6 +388,9 @@ pub struct UpstreamCounters {
     /// list's names were made against (see `note_named`).
     primary_names: Cell<u64>,
     backup_named_against: Cell<u64>,
+    /// Slow start: the window its servers ramp up over when they join or
+    /// come back, in deciseconds (`core::ramp`); 0: none.
+    pub slow_start: u32,
 }
 
 impl UpstreamCounters {
@@ -391,12 +408,64 @@ impl UpstreamCounters {
         }
     }
 
-    /// The server's metadata as the zone records it: backups flagged.
-    fn meta_for(list: List, mut meta: Meta) -> Meta {
+    /// The server's metadata as the zone records it: backups flagged, the
+    /// upstream's slow start.
+    fn meta_for(&self, list: List, mut meta: Meta) -> Meta {
         if list == List::Backup {
             meta.flags |= FLAG_BACKUP;
         }
+        meta.slow_start = self.slow_start;
         meta
+    }
+
+    /// Slow start: the time (deciseconds) when some key of the zone may be
+    /// ramping up, for a pick that then compares ramps (`core::ramp`).
+    #[inline]
+    pub fn ramping_now(&self) -> Option<u32> {
+        let link = self.link.as_ref()?;
+        let now = ramp::now_ds(peers::now_ms());
+        link.table.ramping(now).then_some(now)
+    }
+
+    /// Slow start for a server this worker saw come back from `max_fails`
+    /// (a connection to it worked, and round-robin cleared its failures):
+    /// unless it ramps already. `slot` is held by the caller. Logs at
+    /// `info` when this call started the ramp.
+    pub fn ramp_after_failures(&self, slot: SlotRef, log: Log) {
+        let Some(link) = self.link.as_ref() else {
+            return;
+        };
+        if link.table.start_ramp(slot, ramp::now_ds(peers::now_ms())) {
+            let server = self
+                .for_slot(slot)
+                .map_or_else(String::new, |pc| String::from_utf8_lossy(pc.server()).into_owned());
+            log.module(
+                NGX_LOG_INFO,
+                format_args!(
+                    "upstream \"{}\": server {} is back after max_fails: slow start over {} s",
+                    String::from_utf8_lossy(&self.name),
+                    server,
+                    self.slow_start / 10
+                ),
+            );
+        }
+    }
+
+    /// The counter of this worker that counts on `slot`.
+    fn for_slot(&self, slot: SlotRef) -> Option<Ref<'_, PeerCounter>> {
+        [List::Primary, List::Backup].into_iter().find_map(|list| {
+            Ref::filter_map(self.list(list), |l| l.iter().find(|pc| pc.slot() == Some(slot))).ok()
+        })
+    }
+
+    /// When a key this upstream stores at run time starts a ramp: now, for
+    /// a key it adds only if the upstream has others (a first load ramps
+    /// nothing: every server is new).
+    fn ramp_start(&self, has_others: bool) -> RampStart {
+        RampStart {
+            now: ramp::now_ds(peers::now_ms()),
+            new_keys: has_others && self.slow_start != 0,
+        }
     }
 
     /// Sets `list`'s servers (each peer's address and `server` line, and
@@ -430,7 +499,7 @@ impl UpstreamCounters {
         names
             .iter()
             .zip(metas)
-            .map(|(name, meta)| PeerCounter::new(&self.name, name, Self::meta_for(list, meta)))
+            .map(|(name, meta)| PeerCounter::new(&self.name, name, self.meta_for(list, meta)))
             .collect()
     }
 
@@ -552,12 +621,13 @@ impl UpstreamCounters {
                 link.table.drain(&locked, slot, link.epoch);
             }
             crate::core::crash::point("follow.locked");
+            let ramp = self.ramp_start(done.kept > 0);
             for &i in &restamped {
-                self.restamp(&new[i], Some(&locked));
+                self.restamp(&new[i], Some(&locked), ramp);
             }
             for &i in &added {
                 let pc = &new[i];
-                let phase = match pc.store(link, &locked, now) {
+                let phase = match pc.store(link, &locked, now, ramp) {
                     Some((slot, _)) => Phase::Counting(self.counted(link, &locked, slot)),
                     None => Phase::Local,
                 };
@@ -570,10 +640,11 @@ impl UpstreamCounters {
         done
     }
 
-    /// Records a kept server's new metadata (weight, max_conns, down).
-    fn restamp(&self, pc: &PeerCounter, locked: Option<&Locked>) {
+    /// Records a kept server's new metadata (weight, max_conns, down): one
+    /// back from `down` ramps up (`ramp`).
+    fn restamp(&self, pc: &PeerCounter, locked: Option<&Locked>, ramp: RampStart) {
         if let (Some(link), Some(locked)) = (self.link.as_ref(), locked) {
-            link.table.stamp(locked, &pc.key, pc.meta, link.epoch);
+            link.table.stamp_at(locked, &pc.key, pc.meta, link.epoch, ramp);
         }
     }
 
@@ -797,21 +868,38 @@ impl Registry {
         link.epoch = table.begin_epoch(&locked);
         self.link = Some(link);
         let (mut servers, mut full) = (0u32, 0u32);
+        // Per upstream, whether the zone had keys of it already: only then
+        // do the keys this load adds ramp up (slow start).
+        let mut had_keys = Vec::with_capacity(self.upstreams.len());
         for up in &mut self.upstreams {
             up.link = Some(link);
+            let ramp = up.ramp_start(true);
+            let mut found = false;
             for pc in up.peers_mut() {
                 servers += 1;
-                if let Some(slot) = table.stamp(&locked, &pc.key, pc.meta, link.epoch) {
+                if let Some(slot) = table.stamp_at(&locked, &pc.key, pc.meta, link.epoch, ramp) {
                     pc.phase.set(Phase::Stored(slot));
+                    found = true;
                 }
             }
+            had_keys.push(found);
         }
         let sweep = table.sweep(&locked, link.epoch);
-        for pc in self.upstreams.iter_mut().flat_map(|up| up.peers_mut()) {
-            if matches!(pc.phase.get(), Phase::Declared) {
-                let slot = table.upsert(&locked, &pc.key, pc.upstream_len, pc.meta, link.epoch);
-                full += u32::from(slot.is_err());
-                pc.phase.set(PeerCounter::stored_or_local(slot.ok()));
+        for (up, &found) in self.upstreams.iter_mut().zip(&had_keys) {
+            let ramp = up.ramp_start(found);
+            for pc in up.peers_mut() {
+                if matches!(pc.phase.get(), Phase::Declared) {
+                    let slot = table.upsert_at(
+                        &locked,
+                        &pc.key,
+                        pc.upstream_len,
+                        pc.meta,
+                        link.epoch,
+                        ramp,
+                    );
+                    full += u32::from(slot.is_err());
+                    pc.phase.set(PeerCounter::stored_or_local(slot.ok()));
+                }
             }
         }
         drop(locked);

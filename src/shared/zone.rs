@@ -102,6 +102,8 @@ pub struct CopiedEntry {
     pub key: (usize, usize),
     pub count: u32,
     pub meta: Meta,
+    /// When its slow start began (`EntryView::ramp_since`).
+    pub ramp_since: u32,
 }
 
 /// What the status page shows of a zone, copied in one short hold.
@@ -136,6 +138,7 @@ impl ZoneLink {
                 key: (0, 0),
                 count: 0,
                 meta: Meta::default(),
+                ramp_since: 0,
             };
             let mut entries = vec![empty; room.0];
             // Not zeroes: a zeroed allocation may be pages not yet touched.
@@ -156,6 +159,7 @@ impl ZoneLink {
                         key: (at, e.key.len()),
                         count: e.count,
                         meta: e.meta,
+                        ramp_since: e.ramp_since,
                     };
                     (n, at) = (n + 1, end);
                 });

@@ -8,7 +8,7 @@ use ::ngx::core::Pool;
 use ::ngx::ngx_string;
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_module_t, ngx_stream_module_t, ngx_uint_t,
-    NGX_CONF_NOARGS, NGX_CONF_TAKE2, NGX_STREAM_MAIN_CONF, NGX_STREAM_MODULE, NGX_STREAM_UPS_CONF,
+    NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_STREAM_MAIN_CONF, NGX_STREAM_MODULE, NGX_STREAM_UPS_CONF,
 };
 
 use crate::ngx::stream::{MAIN_CONF_OFFSET, SRV_CONF_OFFSET};
@@ -56,7 +56,7 @@ static mut COMMANDS: [ngx_command_t; 3] = [
     },
     ngx_command_t {
         name: ngx_string!("least_conn_persistent"),
-        type_: (NGX_STREAM_UPS_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
+        type_: (NGX_STREAM_UPS_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE1) as ngx_uint_t,
         set: Some(front_end::cmd_method::<Stream>),
         conf: SRV_CONF_OFFSET,
         offset: 0,
