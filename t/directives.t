@@ -72,8 +72,14 @@ my @cases = (
 		"least_conn_persistent;\n server 127.0.0.1:8082 down;\n server 127.0.0.1:8082 backup down;", '', undef],
 	['method twice', '', "least_conn_persistent;\n least_conn_persistent;", '',
 		{ warn => qr/\[warn\].*"least_conn_persistent" in upstream "u": load balancing method redefined \(given twice\)/ }],
-	['method with an argument', '', 'least_conn_persistent on;', '',
+	['method with an unknown parameter', '', 'least_conn_persistent on;', '',
+		qr/\[emerg\].*"least_conn_persistent" has an invalid parameter "on"/],
+	['method with two parameters', '', 'least_conn_persistent slow_start=10s slow_start=20s;', '',
 		qr/\[emerg\].*invalid number of arguments in "least_conn_persistent"/],
+	(map { ["slow_start=$_", '', "least_conn_persistent slow_start=$_;", '', undef] } qw/10s 0 1m 1h30m 45/),
+	(map { my $v = $_; ["slow_start=$v", '', "least_conn_persistent slow_start=$v;", '',
+		qr/\[emerg\].*"least_conn_persistent" has an invalid slow_start "\Q$v\E" \(a time such as 30s or 2m, 0 for none\)/] }
+		'abc', '', '500ms', '-1', '500000000s'),
 	(map { my $m = $_; ["after $m", '', "$m;\n least_conn_persistent;", '', $redefined] }
 		'least_conn', 'hash $uri', 'ip_hash', 'random'),
 	(map { my $m = $_; ["followed by $m", '', "least_conn_persistent;\n $m;", '', $replaced] }

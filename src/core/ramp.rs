@@ -83,7 +83,11 @@ mod tests {
         assert_eq!(elapsed(1000, 0, 300), None, "not ramping");
         assert_eq!(elapsed(1000, 900, 0), None, "no window");
         assert_eq!(elapsed(1000, 1000, 300), Some(1), "just started");
-        assert_eq!(elapsed(1000, 1005, 300), Some(1), "started by a worker ahead");
+        assert_eq!(
+            elapsed(1000, 1005, 300),
+            Some(1),
+            "started by a worker ahead"
+        );
         assert_eq!(elapsed(1150, 1000, 300), Some(150));
         assert_eq!(elapsed(1299, 1000, 300), Some(299));
         assert_eq!(elapsed(1300, 1000, 300), None, "over");
@@ -105,7 +109,10 @@ mod tests {
         assert_eq!(ramped_max(100, 150, 300), 50);
         assert_eq!(ramped_max(100, 299, 300), 100);
         let big = ramped_max(u32::MAX, 299, 300);
-        assert!(big < u32::MAX && big > u32::MAX / 300 * 299, "no overflow: {big}");
+        assert!(
+            big < u32::MAX && big > u32::MAX / 300 * 299,
+            "no overflow: {big}"
+        );
     }
 
     #[test]

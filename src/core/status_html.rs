@@ -88,11 +88,7 @@ fn upstream_table(out: &mut String, name: &str, entries: &[Entry]) {
         let state = e.state.as_str();
         out.push_str("<tr data-server=\"");
         escape(out, server);
-        let _ = write!(
-            out,
-            "\" data-state=\"{state}\" data-count=\"{}\"",
-            e.count
-        );
+        let _ = write!(out, "\" data-state=\"{state}\" data-count=\"{}\"", e.count);
         if let Some(p) = e.ramping {
             let _ = write!(out, " data-ramping=\"{p}\"");
         }

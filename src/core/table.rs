@@ -1165,7 +1165,9 @@ pub(crate) mod tests {
             now,
             new_keys: true,
         };
-        let first = t.upsert_at(&a, b"k1", 0, SLOW, e, RampStart::NEVER).unwrap();
+        let first = t
+            .upsert_at(&a, b"k1", 0, SLOW, e, RampStart::NEVER)
+            .unwrap();
         assert_eq!(first.ramp(1000), None, "a first load ramps nothing");
         assert!(!t.ramping(1000));
         let added = t.upsert_at(&a, b"k2", 0, SLOW, e, at(1000)).unwrap();

@@ -4,8 +4,8 @@ use nginx_sys::{ngx_chain_t, ngx_http_arg, ngx_http_request_t, ngx_int_t, ngx_st
 use ngx::core::{Buffer, Status};
 use ngx::http::{HTTPStatus, HttpModule, HttpModuleMainConf, Method, Request};
 
-use crate::core::status::{parse_format, render, render_subsystem, Entry, Format, State, ZoneInfo};
 use crate::core::ramp;
+use crate::core::status::{parse_format, render, render_subsystem, Entry, Format, State, ZoneInfo};
 use crate::core::status_html::parse_refresh;
 use crate::core::table::FLAG_LUA;
 use crate::ngx::peers::now_ms;

@@ -29,8 +29,6 @@ pub enum ConfError {
     InvalidParameter(String),
     /// `slow_start=` with a value that is not a time in seconds.
     InvalidSlowStart(String),
-    /// A parameter given twice.
-    RepeatedParameter(&'static str),
 }
 
 impl fmt::Display for ConfError {
@@ -53,7 +51,6 @@ impl fmt::Display for ConfError {
                 f,
                 "has an invalid slow_start \"{v}\" (a time such as 30s or 2m, 0 for none)"
             ),
-            ConfError::RepeatedParameter(p) => write!(f, "has the parameter \"{p}\" twice"),
         }
     }
 }

@@ -437,7 +437,6 @@ impl<S, const TRIED: bool, const RAMP: bool> RrList<'_, S, TRIED, RAMP> {
         // SAFETY: as in peer(); the worker is single-threaded.
         unsafe { c.peer.as_mut() }
     }
-
 }
 
 impl<S: CountSource, const TRIED: bool, const RAMP: bool> RrList<'_, S, TRIED, RAMP> {

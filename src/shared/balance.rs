@@ -13,7 +13,7 @@ use core::ffi::c_void;
 
 use nginx_sys::{
     ngx_event_notify_peer_pt, ngx_event_save_peer_session_pt, ngx_event_set_peer_session_pt,
-    ngx_int_t, ngx_peer_connection_t, ngx_uint_t, NGX_LOG_ERR, NGX_LOG_INFO,
+    ngx_int_t, ngx_peer_connection_t, ngx_uint_t, NGX_LOG_ERR, NGX_LOG_INFO, NGX_PEER_FAILED,
 };
 use ngx::core::{Pool, Status};
 use ngx::ngx_log_debug;

@@ -9,7 +9,8 @@ use core::ffi::{c_char, c_void};
 use core::ptr;
 
 use nginx_sys::{
-    ngx_command_t, ngx_conf_t, ngx_cycle, ngx_cycle_t, ngx_int_t, ngx_module_t, ngx_terminate,
+    ngx_command_t, ngx_conf_t, ngx_cycle, ngx_cycle_t, ngx_int_t, ngx_module_t, ngx_str_t,
+    ngx_terminate,
 };
 use ngx::core::Status;
 
@@ -79,28 +80,20 @@ pub extern "C" fn cmd_method<F: FrontEnd>(
     directive_result(cf, cmd.name.as_bytes(), r.map(drop))
 }
 
-/// The parameters of `least_conn_persistent`: `slow_start=<time>` (the
-/// window, in deciseconds; 0: none).
-fn method_params(args: &mut [ngx_str_t]) -> Result<u32, ConfError> {
-    const SLOW_START: &[u8] = b"slow_start=";
-    let mut slow_start = None;
-    for arg in args {
-        let Some(value) = arg.as_bytes().strip_prefix(SLOW_START) else {
-            return Err(ConfError::InvalidParameter(text(arg)));
-        };
-        if slow_start.is_some() {
-            return Err(ConfError::RepeatedParameter("slow_start"));
-        }
-        let ds = (!value.is_empty())
-            .then(|| parse_seconds(value))
-            .flatten()
-            .and_then(|secs| u32::try_from(secs.checked_mul(10)?).ok())
-            .ok_or_else(|| {
-                ConfError::InvalidSlowStart(String::from_utf8_lossy(value).into_owned())
-            })?;
-        slow_start = Some(ds);
-    }
-    Ok(slow_start.unwrap_or(0))
+/// The parameter of `least_conn_persistent` (nginx allows it one):
+/// `slow_start=<time>`, the window in deciseconds; 0: none.
+fn method_params(args: &[ngx_str_t]) -> Result<u32, ConfError> {
+    let Some(arg) = args.first() else {
+        return Ok(0);
+    };
+    let Some(value) = arg.as_bytes().strip_prefix(b"slow_start=") else {
+        return Err(ConfError::InvalidParameter(text(arg)));
+    };
+    (!value.is_empty())
+        .then(|| parse_seconds(value))
+        .flatten()
+        .and_then(|secs| u32::try_from(secs.checked_mul(10)?).ok())
+        .ok_or_else(|| ConfError::InvalidSlowStart(String::from_utf8_lossy(value).into_owned()))
 }
 
 /// `peer.init_upstream`: round-robin's lists, plus our keys for them.

@@ -436,9 +436,9 @@ impl UpstreamCounters {
             return;
         };
         if link.table.start_ramp(slot, ramp::now_ds(peers::now_ms())) {
-            let server = self
-                .for_slot(slot)
-                .map_or_else(String::new, |pc| String::from_utf8_lossy(pc.server()).into_owned());
+            let server = self.for_slot(slot).map_or_else(String::new, |pc| {
+                String::from_utf8_lossy(pc.server()).into_owned()
+            });
             log.module(
                 NGX_LOG_INFO,
                 format_args!(
@@ -454,7 +454,10 @@ impl UpstreamCounters {
     /// The counter of this worker that counts on `slot`.
     fn for_slot(&self, slot: SlotRef) -> Option<Ref<'_, PeerCounter>> {
         [List::Primary, List::Backup].into_iter().find_map(|list| {
-            Ref::filter_map(self.list(list), |l| l.iter().find(|pc| pc.slot() == Some(slot))).ok()
+            Ref::filter_map(self.list(list), |l| {
+                l.iter().find(|pc| pc.slot() == Some(slot))
+            })
+            .ok()
         })
     }
 
@@ -644,7 +647,8 @@ impl UpstreamCounters {
     /// back from `down` ramps up (`ramp`).
     fn restamp(&self, pc: &PeerCounter, locked: Option<&Locked>, ramp: RampStart) {
         if let (Some(link), Some(locked)) = (self.link.as_ref(), locked) {
-            link.table.stamp_at(locked, &pc.key, pc.meta, link.epoch, ramp);
+            link.table
+                .stamp_at(locked, &pc.key, pc.meta, link.epoch, ramp);
         }
     }
 
