@@ -17,7 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define LCP_ABI_VERSION 1
+#define LCP_ABI_VERSION 2
 
 /* LCP_CDEF_BEGIN */
 enum {
@@ -50,6 +50,13 @@ int lcp_abi_version(void);
  * counts, servers gone drain and then go. Returns a handle (>= 0) for this
  * worker, the same for the same id, or an error. */
 int lcp_declare(const char *id, size_t id_len, const lcp_server_t *servers, size_t n);
+
+/* lcp_declare with slow start (ABI 2): servers a declaration adds to an id
+ * declared before, or brings back, ramp up over `slow_start` seconds (0:
+ * none; at most 429496729) instead of taking every new connection at
+ * once. The ramp lives in the zone: the same for every worker. */
+int lcp_declare_slow_start(const char *id, size_t id_len, const lcp_server_t *servers,
+                           size_t n, uint32_t slow_start);
 
 /* Picks the least loaded server of upstream `handle` (connections per
  * weight; ties by smooth weighted round-robin; max_conns across all

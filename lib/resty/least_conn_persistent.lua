@@ -72,6 +72,13 @@ int lcp_abi_version(void);
  * worker, the same for the same id, or an error. */
 int lcp_declare(const char *id, size_t id_len, const lcp_server_t *servers, size_t n);
 
+/* lcp_declare with slow start (ABI 2): servers a declaration adds to an id
+ * declared before, or brings back, ramp up over `slow_start` seconds (0:
+ * none; at most 429496729) instead of taking every new connection at
+ * once. The ramp lives in the zone: the same for every worker. */
+int lcp_declare_slow_start(const char *id, size_t id_len, const lcp_server_t *servers,
+                           size_t n, uint32_t slow_start);
+
 /* Picks the least loaded server of upstream `handle` (connections per
  * weight; ties by smooth weighted round-robin; max_conns across all
  * workers), skipping server i when bit i of skip[] is set (skip may be NULL
@@ -91,7 +98,7 @@ int lcp_release(uint64_t token);
 int64_t lcp_count(int handle, size_t index);
 ]]
 
-local ABI_VERSION = 1
+local ABI_VERSION = 2
 local MAX_SERVERS = 1024
 
 local _M = { _VERSION = "0.1.0", ABI_VERSION = ABI_VERSION }
@@ -215,9 +222,11 @@ local skip = ffi_new("uint64_t[?]", MAX_SERVERS / 64)
 local token_out = ffi_new("uint64_t[1]")
 
 -- Declares upstream `id` with `servers`, or returns the same object when
--- it is already declared with the same servers. Returns the upstream, or
--- nil and an error.
-function _M.declare(id, servers)
+-- it is already declared with the same servers. `opts` (optional):
+-- { slow_start = <seconds> }: servers a later declaration adds, or brings
+-- back, ramp up over that many seconds. Returns the upstream, or nil and
+-- an error.
+function _M.declare(id, servers, opts)
     -- The same servers table as last time: nothing to check again (a
     -- balancer can declare on every request at the cost of this lookup).
     local up = declared[id]
@@ -231,7 +240,19 @@ function _M.declare(id, servers)
     if not list then
         return nil, err
     end
-    local sig = signature(list)
+    local slow_start = 0
+    if opts ~= nil then
+        if type(opts) ~= "table" then
+            return nil, "options must be a table"
+        end
+        slow_start = opts.slow_start or 0
+        if type(slow_start) ~= "number" or slow_start ~= math.floor(slow_start)
+            or slow_start < 0 or slow_start > 429496729
+        then
+            return nil, "slow_start must be a whole number of seconds, 0..429496729"
+        end
+    end
+    local sig = signature(list) .. ";" .. slow_start
     if up and up.signature == sig then
         up.source = servers
         return up
@@ -244,7 +265,7 @@ function _M.declare(id, servers)
         e.weight = s.weight
         e.max_conns = s.max_conns
     end
-    local rc = C.lcp_declare(id, #id, arr, #list)
+    local rc = C.lcp_declare_slow_start(id, #id, arr, #list, slow_start)
     if rc < 0 then
         return nil, failure(rc)
     end

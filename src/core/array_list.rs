@@ -4,6 +4,7 @@
 //! supplied by the caller. Positions can be skipped (servers a request has
 //! tried already).
 
+use super::ramp;
 use super::select::{Load, PeerList};
 
 /// A server's weights for the tie-break, as nginx's round-robin keeps them.
@@ -24,25 +25,37 @@ impl RoundRobinState {
     }
 }
 
-/// The list one pick walks. `count(i)` is the i-th server's live count.
-pub struct ArrayList<'a, F> {
+/// The list one pick walks. `count(i)` is the i-th server's live count;
+/// `ramp(i)`: `Some(elapsed, window)` while it ramps up (slow start,
+/// `core::ramp`).
+pub struct ArrayList<'a, F, R> {
     pub rr: &'a mut [RoundRobinState],
     /// (weight, max_conns) by position; max_conns 0: no limit.
     pub limits: &'a [(u32, u32)],
     /// Bit i set: skip position i. Positions past its end are not skipped.
     pub skip: &'a [u64],
     pub count: F,
+    pub ramp: R,
 }
 
-impl<F: Fn(usize) -> u32> ArrayList<'_, F> {
+impl<F: Fn(usize) -> u32, R: Fn(usize) -> Option<(u32, u32)>> ArrayList<'_, F, R> {
     fn skipped(&self, i: usize) -> bool {
         self.skip
             .get(i / 64)
             .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
+
+    /// The i-th server's `max_conns` (0: none), ramped up while it ramps.
+    pub fn max_conns(&self, i: usize) -> u32 {
+        let max = self.limits.get(i).map_or(0, |&(_, m)| m);
+        match (self.ramp)(i) {
+            Some((e, w)) => ramp::ramped_max(max, e, w),
+            None => max,
+        }
+    }
 }
 
-impl<F: Fn(usize) -> u32> PeerList for ArrayList<'_, F> {
+impl<F: Fn(usize) -> u32, R: Fn(usize) -> Option<(u32, u32)>> PeerList for ArrayList<'_, F, R> {
     type Cursor = usize;
 
     fn size(&self) -> usize {
@@ -63,9 +76,12 @@ impl<F: Fn(usize) -> u32> PeerList for ArrayList<'_, F> {
         }
         let (weight, max_conns) = *self.limits.get(at)?;
         let conns = (self.count)(at);
+        let ramping = (self.ramp)(at);
+        let max_conns = ramping.map_or(max_conns, |(e, w)| ramp::ramped_max(max_conns, e, w));
         if max_conns != 0 && conns >= max_conns {
             return None;
         }
+        let conns = ramping.map_or(conns, |(e, w)| ramp::virtual_count(conns, e, w));
         Some(Load { conns, weight })
     }
 
@@ -119,11 +135,34 @@ mod tests {
                 limits: &self.limits,
                 skip,
                 count: |i| counts.borrow()[i],
+                ramp: |_| None,
             };
             let c = choose(&mut list)?;
             counts.borrow_mut()[c] += 1;
             Some(c)
         }
+    }
+
+    #[test]
+    fn a_ramping_server_is_compared_by_its_virtual_count_and_ramped_limit() {
+        let (mut rr, limits) = (vec![RoundRobinState::new(1); 2], vec![(1, 0), (1, 100)]);
+        let counts = RefCell::new(vec![10u32, 0]);
+        let ramp = |i: usize| (i == 1).then_some((30, 300));
+        let mut list = ArrayList {
+            rr: &mut rr,
+            limits: &limits,
+            skip: &[],
+            count: |i| counts.borrow()[i],
+            ramp,
+        };
+        // 10 against (0 + 1) * 300 / 30 = 10: a tie, either may win.
+        assert_eq!(list.load(1).map(|l| l.conns), Some(10));
+        assert_eq!(list.max_conns(1), 10, "100 ramped to 10%");
+        assert_eq!(list.max_conns(0), 0);
+        counts.borrow_mut()[0] = 30;
+        assert_eq!(choose(&mut list), Some(1));
+        counts.borrow_mut()[1] = 10;
+        assert_eq!(list.load(1), None, "at its ramped max_conns");
     }
 
     #[test]
@@ -154,6 +193,7 @@ mod tests {
             limits: &f.limits,
             skip: &[],
             count: |i| counts.borrow()[i],
+            ramp: |_| None,
         };
         let seq: Vec<usize> = (0..6).map(|_| choose(&mut list).unwrap()).collect();
         assert_eq!(seq, vec![0, 1, 0, 0, 1, 0]);

@@ -27,7 +27,7 @@ use crate::ngx::peers::now;
 use crate::shared::registry::{DeclareError, Held, List, UpstreamCounters};
 use crate::shared::workers;
 
-pub const ABI_VERSION: i32 = 1;
+pub const ABI_VERSION: i32 = 2;
 
 const OK: i32 = 0;
 const ERR_ARG: i32 = -1;
@@ -110,6 +110,19 @@ pub extern "C" fn lcp_declare(
     servers: *const Server,
     n: usize,
 ) -> i32 {
+    lcp_declare_slow_start(id, id_len, servers, n, 0)
+}
+
+/// `lcp_declare`, with slow start (ABI 2): servers this declaration adds
+/// (or brings back) ramp up over `slow_start` seconds (0: none).
+#[no_mangle]
+pub extern "C" fn lcp_declare_slow_start(
+    id: *const c_char,
+    id_len: usize,
+    servers: *const Server,
+    n: usize,
+    slow_start: u32,
+) -> i32 {
     // SAFETY: LuaJIT passes its string's bytes and length.
     let Some(id) = (unsafe { bytes(id, id_len, MAX_ID) }) else {
         return ERR_ARG;
@@ -117,6 +130,9 @@ pub extern "C" fn lcp_declare(
     if servers.is_null() || n == 0 || n > MAX_SERVERS {
         return ERR_ARG;
     }
+    let Some(slow_start) = slow_start.checked_mul(10) else {
+        return ERR_ARG;
+    };
     // SAFETY: non-null, `n` elements (the caller's contract: an FFI array).
     let servers = unsafe { core::slice::from_raw_parts(servers, n) };
     let mut list = Vec::with_capacity(n);
@@ -137,18 +153,18 @@ pub extern "C" fn lcp_declare(
             weight: s.weight,
             max_conns: s.max_conns,
             flags: 0,
-            slow_start: 0,
+            slow_start,
         };
         list.push((addr, meta));
     }
-    match declare(id, &list) {
+    match declare(id, &list, slow_start) {
         Ok(handle) => handle,
         Err(code) => code,
     }
 }
 
 /// Checks the declaration and stores it; the upstream's handle.
-fn declare(id: &[u8], servers: &[(&[u8], Meta)]) -> Result<i32, i32> {
+fn declare(id: &[u8], servers: &[(&[u8], Meta)], slow_start: u32) -> Result<i32, i32> {
     // Upstream names cannot hold ':', the key's separator.
     if id.contains(&b':') {
         return Err(ERR_ARG);
@@ -163,7 +179,7 @@ fn declare(id: &[u8], servers: &[(&[u8], Meta)]) -> Result<i32, i32> {
         let existing = st.by_id.get(id).copied();
         let previous = existing.map(|i| &st.upstreams[i].counters);
         let counters = registry
-            .declare_lua(id, servers, previous, now() as u32)
+            .declare_lua(id, servers, previous, now() as u32, slow_start)
             .map_err(declare_error)?;
         let up = LuaUpstream {
             counters,
@@ -231,12 +247,14 @@ fn pick(st: &mut State, handle: i32, skip: &[u64]) -> Result<(i32, u64), i32> {
     }
     let index = usize::try_from(handle).map_err(|_| ERR_UNKNOWN)?;
     let up = st.upstreams.get_mut(index).ok_or(ERR_UNKNOWN)?;
+    let ramping = up.counters.ramping_now();
     let counters = up.counters.list(List::Primary);
     let mut list = ArrayList {
         rr: &mut up.rr,
         limits: &up.limits,
         skip,
         count: |i: usize| counters[i].count_hint_or_local(),
+        ramp: |i: usize| ramping.and_then(|now| counters[i].ramp_at(now)),
     };
     // A choice can lose the last max_conns place to another worker: choose
     // again, which then sees it full.
@@ -245,7 +263,7 @@ fn pick(st: &mut State, handle: i32, skip: &[u64]) -> Result<(i32, u64), i32> {
         let Some(best) = choose(&mut list) else {
             break;
         };
-        let (_, max_conns) = list.limits[best];
+        let max_conns = list.max_conns(best);
         if let Some(held) = counters[best].acquire(&up.counters, max_conns) {
             chosen = Some((best, held));
             break;

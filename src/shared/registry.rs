@@ -168,6 +168,13 @@ impl PeerCounter {
         matches!(self.phase.get(), Phase::Stored(_))
     }
 
+    /// Slow start: `Some(elapsed, window)` while the server ramps up at
+    /// `now` (deciseconds; `core::ramp`).
+    #[inline]
+    pub fn ramp_at(&self, now: u32) -> Option<(u32, u32)> {
+        self.counted()?.slot.ramp(now)
+    }
+
     /// The count a pick compares: the shared one (see `SlotRef::count_hint`)
     /// or this worker's own.
     #[inline]
@@ -346,7 +353,7 @@ impl SharedCount for PeerCounter {
 
     #[inline]
     fn ramp(&self, now: u32) -> Option<(u32, u32)> {
-        self.counted()?.slot.ramp(now)
+        self.ramp_at(now)
     }
 }
 
@@ -942,9 +949,11 @@ impl Registry {
         servers: &[(&[u8], Meta)],
         previous: Option<&UpstreamCounters>,
         now: u32,
+        slow_start: u32,
     ) -> Result<UpstreamCounters, DeclareError> {
         let link = self.link.ok_or(DeclareError::NoZone)?;
         let mut up = UpstreamCounters::new(id);
+        up.slow_start = slow_start;
         up.set_list(
             List::Primary,
             servers.iter().map(|&(address, meta)| {
@@ -959,6 +968,14 @@ impl Registry {
         let gone = previous.map_or_else(Vec::new, |previous| Self::undeclared(&up, previous));
         let mut added = Vec::with_capacity(servers.len());
         let locked = link.lock();
+        // Keys it adds ramp up (slow start) if the id was declared before,
+        // by this worker or another: not on its first declaration.
+        let declared_before = previous.is_some()
+            || up
+                .list(List::Primary)
+                .iter()
+                .any(|pc| link.table.find(&locked, &pc.key).is_some());
+        let ramp = up.ramp_start(declared_before);
         let mut refused = None;
         for (i, pc) in up.primary.counters.get_mut().iter_mut().enumerate() {
             let existing = link.table.find(&locked, &pc.key);
@@ -968,7 +985,7 @@ impl Registry {
             }
             match link
                 .table
-                .upsert(&locked, &pc.key, pc.upstream_len, pc.meta, now)
+                .upsert_at(&locked, &pc.key, pc.upstream_len, pc.meta, now, ramp)
             {
                 Ok(slot) => {
                     if existing.is_none() {

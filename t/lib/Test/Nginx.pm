@@ -226,15 +226,16 @@ sub lua_modules {
 }
 
 # The Lua balancer recipe of README.md, an `init_by_lua_block` for the
-# http block (`%%LUA_RECIPE%%` in a configuration): `balance(id, servers)`
-# in balancer_by_lua, `release()` in log_by_lua.
+# http block (`%%LUA_RECIPE%%` in a configuration): `balance(id, servers,
+# opts)` in balancer_by_lua (opts: lcp.declare's, optional), `release()` in
+# log_by_lua.
 sub lua_recipe {
 	return <<'EOF';
     init_by_lua_block {
         lcp = require "resty.least_conn_persistent"
         balancer = require "ngx.balancer"
-        function balance(id, servers)
-            local up = assert(lcp.declare(id, servers))
+        function balance(id, servers, opts)
+            local up = assert(lcp.declare(id, servers, opts))
             local ctx = ngx.ctx
             if ctx.lcp_token then
                 lcp.release(ctx.lcp_token)
