@@ -20,7 +20,7 @@ use Test::Nginx qw/port http_get wait_until/;
 use Test::Nginx::Hold;
 use Test::Nginx::Status;
 
-my $t = Test::Nginx->new()->has(qw/nginx module stream/)->plan(40);
+my $t = Test::Nginx->new()->has(qw/nginx module stream/)->plan(41);
 $t->alerts_allowed(qr/worker process \d+ exited on signal 9/);
 
 sub conf {
@@ -239,7 +239,9 @@ for my $case (
 		qr/\A(?!.*\[emerg\]).*\[warn\].*"least_conn_persistent" in upstream "u" is overridden by a load balancing method declared after it/s],
 	['another method before ours', $ups->("hash \$remote_addr;\nleast_conn_persistent;"),
 		qr/\A(?!.*\[emerg\]).*\[warn\].*"least_conn_persistent" in upstream "u": load balancing method redefined; what was declared before it is dropped, as stock nginx drops it \(use one method\)/s],
-	['method with an argument', $ups->('least_conn_persistent 1;'),
+	['method with an unknown parameter', $ups->('least_conn_persistent 1;'),
+		qr/\[emerg\].*"least_conn_persistent" has an invalid parameter "1"/],
+	['method with two parameters', $ups->('least_conn_persistent slow_start=1s slow_start=2s;'),
 		qr/\[emerg\].*invalid number of arguments in "least_conn_persistent"/],
 ) {
 	my ($name, $body, $want) = @$case;
