@@ -91,6 +91,11 @@ if [ "$nginx" = debian ]; then
     section "6. Lua balancers (balancer_by_lua)" lua.pl
 fi
 section "7. At 64 workers: idle CPU, zone mutex holds, zone memory" scale.pl
+# Slow start is the same code on both; the quick smoke test (CI time) runs
+# it on Debian's nginx only.
+if [ "$nginx" = debian ] || [ ${#quick[@]} -eq 0 ]; then
+    section "8. Slow start" slow_start.pl
+fi
 
 if [ -f "$ROOT/scripts/bench/notes.md" ]; then
     { echo; cat "$ROOT/scripts/bench/notes.md"; } >>"$tmp"

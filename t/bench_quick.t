@@ -13,7 +13,7 @@ BEGIN { use FindBin; chdir($FindBin::Bin); }
 use lib 'lib';
 use Test::Nginx;
 
-my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(18);
+my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(19);
 
 my $out = `../scripts/bench.sh --quick 2>&1`;
 is($?, 0, 'bench.sh --quick exits 0') or diag($out);
@@ -32,12 +32,13 @@ like($md, qr/^\| keys stored in a 1 MiB zone \(keys alone[^|]*\| \d+ \|/m, 'zone
 like($md, qr/^\| 4,001 keys in a 1 MiB zone with 16 worker records.*\| 4001, 0, \d+ bytes \|/m, 'capacity with worker records');
 my $verdicts = () = $md =~ /\*\*(met|missed)\*\*/g;
 like($md, qr/^\| 2 \| \d+ \| \d+ \| \d+ \| \d\.\d{3} \|/m, 'Lua balancers at 2 servers');
-is($verdicts, 8, 'a verdict for every goal (stream balance and idle CPU included)');
+is($verdicts, 9, 'a verdict for every goal (stream balance, idle CPU and slow start included)');
 like($md, qr/^\| 20 over 2, reload adding a 3rd, 12 more \| `least_conn_persistent` \| \d+ \| \d+ \| \d+ \| \d+ \|$/m,
 	'stream balance');
 like($md, qr/^\| CPU ticks \(utime \+ stime, 1\/\d+ s\) over \d+ idle s \| \d+ \| \d+ \|$/m,
 	'idle CPU of both methods, two generations');
 like($md, qr/^\| 8 \| 1000 \| \d+ \| \d+ \| \d+ \| \d+ \|$/m, 'zone memory at 8 workers and 1,000 keys');
+like($md, qr/^\| 0-2 \| \d+ of \d+ \(\d+%\) \| \d+ of \d+ \(\d+%\) \| \d+ of \d+ \(\d+%\) \|$/m, 'slow start, the first bucket');
 like($md, qr/^Whole run: \d+ s\.$/m, 'run time');
 
 # The same against nginx 1.28 built from source.
