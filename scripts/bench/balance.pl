@@ -22,34 +22,7 @@ my $t = held_backends(\&Test::Nginx::Backend::serve, @ports);
 
 sub conf {
 	my ($method, @servers) = @_;
-	my $ups = join "\n", map { "        server 127.0.0.1:$ports[$_];" } @servers;
-	my ($zone, $line) = method_conf($method);
-	$t->write_file_expand('nginx.conf', <<"EOF");
-%%TEST_GLOBALS%%
-worker_processes 2;
-worker_rlimit_nofile 8192;
-events {
-    worker_connections 4096;
-}
-http {
-    %%TEST_GLOBALS_HTTP%%
-    $zone
-    upstream u {
-        $line
-$ups
-    }
-    server {
-        listen 127.0.0.1:8080 reuseport;
-        location / {
-            proxy_pass http://u;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade \$http_upgrade;
-            proxy_set_header Connection "upgrade";
-            proxy_read_timeout 1h;
-        }
-    }
-}
-EOF
+	websocket_conf($t, method_conf($method), @ports[@servers]);
 }
 
 # Connections each backend holds right now.

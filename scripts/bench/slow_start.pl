@@ -28,45 +28,35 @@ my $t = held_backends(\&Test::Nginx::Backend::serve, @ports);
 
 sub conf {
 	my ($method, @servers) = @_;
-	my $ups = join "\n", map { "        server 127.0.0.1:$ports[$_];" } @servers;
 	my ($zone, $line) = method_conf($method eq 'stock' ? 'stock' : 'persistent');
 	$line = "least_conn_persistent slow_start=${window}s;" if $method eq 'slow';
-	$t->write_file_expand('nginx.conf', <<"EOF");
-%%TEST_GLOBALS%%
-worker_processes 2;
-worker_rlimit_nofile 8192;
-events {
-    worker_connections 4096;
-}
-http {
-    %%TEST_GLOBALS_HTTP%%
-    $zone
-    upstream u {
-        $line
-$ups
-    }
-    server {
-        listen 127.0.0.1:8080 reuseport;
-        location / {
-            proxy_pass http://u;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade \$http_upgrade;
-            proxy_set_header Connection "upgrade";
-            proxy_read_timeout 1h;
-        }
-    }
-}
-EOF
+	websocket_conf($t, $zone, $line, @ports[@servers]);
 }
 
-# For each bucket after the reload: (new connections, of them to c).
-sub run_method {
+# $held WebSockets over a and b, then a reload adding c: the WebSockets.
+sub scale_up {
 	my ($method) = @_;
 	conf($method, 0, 1);
 	$t->run();
 	my @ws = ws_open_many($held, '/');
 	conf($method, 0, 1, 2);
 	$t->reload();
+	return @ws;
+}
+
+# Who holds what: { backend => connections }, closing them and nginx.
+sub finish {
+	my %final;
+	$final{$_->{backend}}++ for @_;
+	ws_close(@_);
+	$t->stop();
+	return \%final;
+}
+
+# For each bucket after the reload: (new connections, of them to c).
+sub run_method {
+	my ($method) = @_;
+	my @ws = scale_up($method);
 	my $start = time();
 	my @rows;
 	for my $b (0 .. $buckets - 1) {
@@ -82,29 +72,16 @@ sub run_method {
 		}
 		push @rows, [$n, $c];
 	}
-	my %final;
-	$final{$_->{backend}}++ for @ws;
-	ws_close(@ws);
-	$t->stop();
-	return (\@rows, \%final);
+	return (\@rows, finish(@ws));
 }
 
 # The trade-off: a burst one second after the reload, all at once.
 my $burst = $quick ? 12 : 60;
 sub run_burst {
 	my ($method) = @_;
-	conf($method, 0, 1);
-	$t->run();
-	my @ws = ws_open_many($held, '/');
-	conf($method, 0, 1, 2);
-	$t->reload();
+	my @ws = scale_up($method);
 	sleep(1);
-	push @ws, ws_open_many($burst, '/');
-	my %final;
-	$final{$_->{backend}}++ for @ws;
-	ws_close(@ws);
-	$t->stop();
-	return \%final;
+	return finish(@ws, ws_open_many($burst, '/'));
 }
 
 my %label = (

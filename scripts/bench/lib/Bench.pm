@@ -7,7 +7,7 @@ use warnings;
 use strict;
 
 use Exporter qw/import/;
-our @EXPORT = qw/method_conf servers ok_backend median wrk held_backends scaled/;
+our @EXPORT = qw/method_conf servers ok_backend median wrk held_backends scaled websocket_conf/;
 
 use Test::Nginx;
 
@@ -34,6 +34,40 @@ sub held_backends {
 	$t->run_daemon($serve, port($ports[$_]), $names[$_]) for 0 .. $#ports;
 	$t->waitforsocket('127.0.0.1:' . port($_)) for @ports;
 	return $t;
+}
+
+# Writes $t's nginx.conf: two workers proxying WebSockets on port 8080 to
+# upstream u, balanced by $line (with $zone at http level), over the
+# backends on @ports.
+sub websocket_conf {
+	my ($t, $zone, $line, @ports) = @_;
+	my $ups = join "\n", map { "        server 127.0.0.1:$_;" } @ports;
+	$t->write_file_expand('nginx.conf', <<"EOF");
+%%TEST_GLOBALS%%
+worker_processes 2;
+worker_rlimit_nofile 8192;
+events {
+    worker_connections 4096;
+}
+http {
+    %%TEST_GLOBALS_HTTP%%
+    $zone
+    upstream u {
+        $line
+$ups
+    }
+    server {
+        listen 127.0.0.1:8080 reuseport;
+        location / {
+            proxy_pass http://u;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_read_timeout 1h;
+        }
+    }
+}
+EOF
 }
 
 # $n connections, or a fifth of them with --quick among the arguments.
