@@ -23,7 +23,7 @@ use Test::Nginx::DNS;
 use Test::Nginx::Status;
 use Test::Nginx::WebSocket;
 
-my $t = Test::Nginx->new()->has(qw/nginx module resolve/)->plan(26);
+my $t = Test::Nginx->new()->has(qw/nginx module resolve/)->plan(30);
 
 my $dns = $t->testdir . '/dns';
 my $p = port(8081);
@@ -55,6 +55,13 @@ http {
         server b.test:%%PORT_8081%% resolve;
     }
 
+    # The same name with slow start: an address DNS adds ramps up.
+    upstream s {
+        zone s 64k;
+        least_conn_persistent slow_start=10s;
+        server b.test:%%PORT_8081%% resolve;
+    }
+
     server {
         listen       127.0.0.1:8080 reuseport;
 
@@ -64,6 +71,7 @@ http {
         proxy_read_timeout 1h;
 
         location /u { proxy_pass http://u; }
+        location /s { proxy_pass http://s; }
         location /slow {
             proxy_pass http://u;
             proxy_read_timeout 4s;
@@ -99,12 +107,24 @@ is_deeply($c, { addr('a') => 0, addr('b') => 0 }, 'a key per resolved address, a
 my @first = ws_open_many(20, '/u');
 is_deeply(tally(@first), { a => 10, b => 10 }, '20 WebSockets over two addresses: 10/10');
 note_states();
+wait_counts('s', { addr('a') => 0, addr('b') => 0 });
+ok(!grep({ defined $_->{ramping} } entries('s')), 'slow start: the first resolution ramps nothing');
+my @slow = ws_open_many(10, '/s');
 
 # DNS adds an address: its key appears at 0 (no request needed).
 answer(qw/a b c/);
 $c = wait_counts('u', { addr('a') => 10, addr('b') => 10, addr('c') => 0 });
 is_deeply($c, { addr('a') => 10, addr('b') => 10, addr('c') => 0 },
 	'a new address gets a key at 0; kept addresses keep their counts');
+my ($ramp) = map { $_->{ramping} } grep { $_->{server} eq addr('c') }
+	@{wait_until(sub { my @e = grep { $_->{server} eq addr('c') } entries('s'); @e ? \@e : undef }) // []};
+ok(defined $ramp, 'slow start: the address DNS added ramps up: ' . ($ramp // 'no'));
+push @slow, ws_open_many(10, '/s');
+my $on_c = grep { $_->{backend} eq 'c' } @slow;
+my $bound = int((($ramp // 100) + 5) / 100 * 10) + 2;
+ok($on_c <= $bound, "and takes $on_c of 10 new connections (bound $bound; without slow start, 5 or more)");
+ws_close(@slow);
+ok(wait_until(sub { !grep { $_->{count} } entries('s') }), 'slow start upstream back to 0');
 
 my @more = ws_open_many(20, '/u');
 $c = counts('u');
