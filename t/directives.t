@@ -76,7 +76,10 @@ my @cases = (
 		qr/\[emerg\].*"least_conn_persistent" has an invalid parameter "on"/],
 	['method with two parameters', '', 'least_conn_persistent slow_start=10s slow_start=20s;', '',
 		qr/\[emerg\].*invalid number of arguments in "least_conn_persistent"/],
-	(map { ["slow_start=$_", '', "least_conn_persistent slow_start=$_;", '', undef] } qw/10s 0 1m 1h30m 45/),
+	(map { ["slow_start=$_", 'least_conn_persistent_zone z 1m;', "least_conn_persistent slow_start=$_;", '', undef] }
+		qw/10s 0 1m 1h30m 45/),
+	['slow_start without a zone', '', 'least_conn_persistent slow_start=10s;', '',
+		{ warn => qr/\[warn\].*slow_start of 1 http upstream\(s\) is ignored: it needs "least_conn_persistent_zone"/ }],
 	(map { my $v = $_; ["slow_start=$v", '', "least_conn_persistent slow_start=$v;", '',
 		qr/\[emerg\].*"least_conn_persistent" has an invalid slow_start "\Q$v\E" \(a time such as 30s or 2m, 0 for none\)/] }
 		'abc', '', '500ms', '-1', '500000000s'),

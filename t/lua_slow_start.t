@@ -23,7 +23,7 @@ use Test::Nginx::WebSocket;
 $SIG{PIPE} = 'IGNORE';
 my $t = Test::Nginx->new()->has(qw/nginx module lua/)->plan(9);
 
-my $window = 10;
+my $window = int(10 * $Test::Nginx::SLOW + 0.5);
 
 sub servers {
 	my (@ports) = @_;

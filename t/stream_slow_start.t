@@ -17,9 +17,9 @@ use Test::Nginx qw/port http_get wait_until/;
 use Test::Nginx::Hold;
 use Test::Nginx::Status;
 
-my $t = Test::Nginx->new()->has(qw/nginx module stream/)->plan(10);
+my $t = Test::Nginx->new()->has(qw/nginx module stream/)->plan(14);
 
-my $window = 10;
+my $window = int(10 * $Test::Nginx::SLOW + 0.5);
 
 sub conf {
 	my (%o) = @_;
@@ -49,8 +49,17 @@ $u
 $u
     }
 
+    # 8094 answers nothing at first: stream clears its failures when a
+    # connection to it is made again.
+    upstream w {
+        least_conn_persistent slow_start=${window}s;
+        server 127.0.0.1:8091;
+        server 127.0.0.1:8094 max_fails=1 fail_timeout=1s;
+    }
+
     server { listen 127.0.0.1:8081 reuseport; proxy_pass u; }
     server { listen 127.0.0.1:8082 reuseport; proxy_pass v; }
+    server { listen 127.0.0.1:8083 reuseport; proxy_pass w; proxy_connect_timeout 2s; }
 }
 
 http {
@@ -116,5 +125,21 @@ ok($v[-1] - $v[0] <= 2, 'then least connections evens them out: ' . join('/', @v
 
 hold_close(@held);
 ok(wait_until(sub { !grep { $_->{count} } stream_entries() }), 'every counter back to 0');
+
+# (After the held connections are closed: the backend started below is a
+# fork of this test, which would hold their sockets open.)
+# Back after max_fails: each worker marks d failed, then d listens again.
+port(8094);
+my @w = hold_open_many(10, port(8083));
+ok(!grep({ $_->{backend} ne 'a' } @w), 'w: served by a while d is down');
+hold_close(@w);
+is(ramping('w', 8094), undef, 'd failed: not ramping');
+$t->run_daemon(\&Test::Nginx::Hold::serve, port(8094), 'd');
+$t->waitforsocket('127.0.0.1:' . port(8094));
+select(undef, undef, undef, 1.2);
+ok(wait_until(sub { my $h = hold_open(port(8083)); hold_close($h) if $h; defined ramping('w', 8094) }, 5),
+	'back after max_fails, it ramps');
+like($t->read_file('error.log'),
+	qr/\[info\].*upstream "w": server \Q${\addr(8094)}\E is back after max_fails/, 'and the log says so');
 
 ###############################################################################

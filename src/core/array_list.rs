@@ -44,15 +44,6 @@ impl<F: Fn(usize) -> u32, R: Fn(usize) -> Option<(u32, u32)>> ArrayList<'_, F, R
             .get(i / 64)
             .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
-
-    /// The i-th server's `max_conns` (0: none), ramped up while it ramps.
-    pub fn max_conns(&self, i: usize) -> u32 {
-        let max = self.limits.get(i).map_or(0, |&(_, m)| m);
-        match (self.ramp)(i) {
-            Some((e, w)) => ramp::ramped_max(max, e, w),
-            None => max,
-        }
-    }
 }
 
 impl<F: Fn(usize) -> u32, R: Fn(usize) -> Option<(u32, u32)>> PeerList for ArrayList<'_, F, R> {
@@ -76,12 +67,10 @@ impl<F: Fn(usize) -> u32, R: Fn(usize) -> Option<(u32, u32)>> PeerList for Array
         }
         let (weight, max_conns) = *self.limits.get(at)?;
         let conns = (self.count)(at);
-        let ramping = (self.ramp)(at);
-        let max_conns = ramping.map_or(max_conns, |(e, w)| ramp::ramped_max(max_conns, e, w));
         if max_conns != 0 && conns >= max_conns {
             return None;
         }
-        let conns = ramping.map_or(conns, |(e, w)| ramp::virtual_count(conns, e, w));
+        let conns = (self.ramp)(at).map_or(conns, |(e, w)| ramp::virtual_count(conns, e, w));
         Some(Load { conns, weight })
     }
 
@@ -144,7 +133,7 @@ mod tests {
     }
 
     #[test]
-    fn a_ramping_server_is_compared_by_its_virtual_count_and_ramped_limit() {
+    fn a_ramping_server_is_compared_by_its_virtual_count() {
         let (mut rr, limits) = (vec![RoundRobinState::new(1); 2], vec![(1, 0), (1, 100)]);
         let counts = RefCell::new(vec![10u32, 0]);
         let ramp = |i: usize| (i == 1).then_some((30, 300));
@@ -157,12 +146,16 @@ mod tests {
         };
         // 10 against (0 + 1) * 300 / 30 = 10: a tie, either may win.
         assert_eq!(list.load(1).map(|l| l.conns), Some(10));
-        assert_eq!(list.max_conns(1), 10, "100 ramped to 10%");
-        assert_eq!(list.max_conns(0), 0);
         counts.borrow_mut()[0] = 30;
         assert_eq!(choose(&mut list), Some(1));
         counts.borrow_mut()[1] = 10;
-        assert_eq!(list.load(1), None, "at its ramped max_conns");
+        assert_eq!(
+            list.load(1).map(|l| l.conns),
+            Some(110),
+            "(10 + 1) * 300 / 30"
+        );
+        counts.borrow_mut()[1] = 100;
+        assert_eq!(list.load(1), None, "at its max_conns, not ramped");
     }
 
     #[test]

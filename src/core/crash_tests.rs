@@ -16,11 +16,13 @@ fn worker(pid: i32) -> ProcessId {
     }
 }
 
-/// Keys, counts and flags, sorted.
-fn contents(t: &Table, a: &HeapArena) -> Vec<(Vec<u8>, u32, u32)> {
+/// Keys, counts, flags and ramps, sorted.
+fn contents(t: &Table, a: &HeapArena) -> Vec<(Vec<u8>, u32, u32, u32)> {
     let mut v = vec![];
     t.enter(a);
-    t.for_each(a, |e| v.push((e.key.to_vec(), e.count, e.meta.flags)));
+    t.for_each(a, |e| {
+        v.push((e.key.to_vec(), e.count, e.meta.flags, e.ramp_since))
+    });
     t.leave(a);
     v.sort();
     v
@@ -339,6 +341,10 @@ fn a_death_repairing_is_repaired_by_the_next() {
     let c = contents(t, a);
     assert_eq!(
         c,
-        vec![(key(0), 1, FLAG_DRAINING), (key(2), 1, 0), (key(3), 0, 0)]
+        vec![
+            (key(0), 1, FLAG_DRAINING, 0),
+            (key(2), 1, 0, 0),
+            (key(3), 0, 0, 0)
+        ]
     );
 }

@@ -9,8 +9,9 @@
 //! the others', so after every pick its count stays within about `e / W`
 //! of theirs (per unit of weight): a bound that rises from 0 to theirs over
 //! the window, whatever the arrivals, a reconnect storm included. At the
-//! end of the window the server is compared as any other. `max_conns`
-//! ramps too (as HAProxy ramps `maxconn`): `max(1, ceil(m * e / W))`.
+//! end of the window the server is compared as any other. `max_conns` does
+//! not ramp (HAProxy's `maxconn` does, into its queue): nginx has no queue,
+//! and a lower limit would refuse requests no other server can take.
 //!
 //! Times are deciseconds of nginx's monotonic clock (`now_ds`), the same
 //! in every process; 0 means "not ramping". Integer arithmetic only.
@@ -42,17 +43,6 @@ pub fn virtual_count(conns: u32, elapsed: u32, window: u32) -> u32 {
     let e = u64::from(elapsed.max(1));
     let v = (u64::from(conns) + 1) * u64::from(window);
     u32::try_from(v.div_ceil(e)).unwrap_or(u32::MAX)
-}
-
-/// `max_conns` while ramping: `max(1, ceil(max_conns * elapsed / window))`;
-/// 0 (no limit) stays 0.
-#[inline]
-pub fn ramped_max(max_conns: u32, elapsed: u32, window: u32) -> u32 {
-    if max_conns == 0 || window == 0 {
-        return max_conns;
-    }
-    let m = (u64::from(max_conns) * u64::from(elapsed)).div_ceil(u64::from(window));
-    u32::try_from(m).unwrap_or(max_conns).clamp(1, max_conns)
 }
 
 /// How far the ramp is, in percent (0..=99 while ramping).
@@ -100,19 +90,6 @@ mod tests {
         assert_eq!(virtual_count(9, 150, 300), 20);
         assert_eq!(virtual_count(9, 299, 300), 11);
         assert_eq!(virtual_count(u32::MAX, 1, 300), u32::MAX, "saturates");
-    }
-
-    #[test]
-    fn max_conns_ramps_from_one() {
-        assert_eq!(ramped_max(0, 1, 300), 0, "no limit stays none");
-        assert_eq!(ramped_max(100, 1, 300), 1);
-        assert_eq!(ramped_max(100, 150, 300), 50);
-        assert_eq!(ramped_max(100, 299, 300), 100);
-        let big = ramped_max(u32::MAX, 299, 300);
-        assert!(
-            big < u32::MAX && big > u32::MAX / 300 * 299,
-            "no overflow: {big}"
-        );
     }
 
     #[test]

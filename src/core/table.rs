@@ -72,6 +72,9 @@ pub trait Arena {
 const MAGIC: u64 = 0x4c43_5031_0000_0004; // "LCP1", layout 4 (slow start)
 pub(super) const SLOTS_PER_BLOCK: usize = 63; // a block is then exactly 4 KiB
 
+/// Flags of a key that takes no new connections: a ramp waits for it.
+const OUT: u32 = FLAG_DOWN | FLAG_DRAINING;
+
 pub const FLAG_BACKUP: u32 = 1;
 pub const FLAG_DOWN: u32 = 2;
 pub const FLAG_DRAINING: u32 = 4;
@@ -587,24 +590,44 @@ impl Table {
     fn restamp(&self, slot: &Slot, meta: Meta, epoch: u32, ramp: RampStart) {
         let stored = slot.epoch.load(Ordering::Relaxed);
         if meta.flags & FLAG_LUA != 0 || !newer(stored, epoch) {
-            const OUT: u32 = FLAG_DOWN | FLAG_DRAINING;
             let was_out = slot.flags.load(Ordering::Relaxed) & OUT != 0;
             if was_out && meta.flags & OUT == 0 {
                 // Before the flags: a kill in between leaves a ramp on a
                 // key still out, which the stamp that brings it back
-                // starts again. One store: no crash point needed.
+                // starts again.
                 self.begin_ramp(slot, meta.slow_start, ramp.now);
+            } else {
+                self.rewindow(slot, meta.slow_start, ramp.now);
             }
             slot.set_meta(meta, epoch);
         }
     }
 
+    /// A new window for `slot`'s ramp (a reload changed `slow_start`): a
+    /// ramp that is over stays over (not judged again by the new window),
+    /// one that runs goes on to the new end.
+    fn rewindow(&self, slot: &Slot, window: u32, now: u32) {
+        if window == slot.ramp_window.load(Ordering::Relaxed) {
+            return;
+        }
+        match slot.ramp(now) {
+            Some(_) => {
+                let since = slot.ramp_since.load(Ordering::Relaxed);
+                self.ramps_until
+                    .fetch_max(since.saturating_add(window), Ordering::Relaxed);
+            }
+            None => slot.ramp_since.store(0, Ordering::Relaxed),
+        }
+    }
+
     /// Starts `slot`'s ramp over `window` at `now` (0: none); under the lock.
+    /// The table's gate first: a kill in between leaves it open a while,
+    /// which costs picks a look at each key's ramp, nothing more.
     fn begin_ramp(&self, slot: &Slot, window: u32, now: u32) {
         if window != 0 && now != 0 {
-            slot.ramp_since.store(now, Ordering::Relaxed);
             self.ramps_until
                 .fetch_max(now.saturating_add(window), Ordering::Relaxed);
+            slot.ramp_since.store(now, Ordering::Relaxed);
         }
     }
 
@@ -678,9 +701,10 @@ impl Table {
             .store(upstream_len as u32, Ordering::Relaxed);
         slot.hash.store(hash, Ordering::Relaxed);
         slot.set_meta(meta, epoch);
-        // A free slot has no ramp (`push_free`); the new key's, if any, is
-        // written before the key is published.
-        if ramp.new_keys {
+        // The new key's ramp (none for a key added down or draining), written
+        // before the key is published.
+        slot.ramp_since.store(0, Ordering::Relaxed);
+        if ramp.new_keys && meta.flags & OUT == 0 {
             self.begin_ramp(slot, meta.slow_start, ramp.now);
         }
         // Published: from here the slot is the key's, chained or not.
@@ -710,19 +734,20 @@ impl Table {
     pub fn start_ramp(&self, slot: SlotRef, now: u32) -> bool {
         let s = slot.slot();
         let window = s.ramp_window.load(Ordering::Relaxed);
-        if window == 0 || now == 0 || s.ramp(now).is_some() {
+        let since = s.ramp_since.load(Ordering::Relaxed);
+        if window == 0 || now == 0 || ramp::elapsed(now, since, window).is_some() {
             return false;
         }
-        let since = s.ramp_since.load(Ordering::Relaxed);
-        let started = s
-            .ramp_since
-            .compare_exchange(since, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok();
-        if started {
-            self.ramps_until
-                .fetch_max(now.saturating_add(window), Ordering::Relaxed);
+        // A handle on a key removed since (its count given back) must not
+        // mark the next key of the slot.
+        if generation_of(s.word.load(Ordering::Acquire)) != slot.generation {
+            return false;
         }
-        started
+        self.ramps_until
+            .fetch_max(now.saturating_add(window), Ordering::Relaxed);
+        s.ramp_since
+            .compare_exchange(since, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
 
     fn free_slot(&self, locked: &impl Arena) -> Option<&Slot> {
@@ -1240,6 +1265,63 @@ pub(crate) mod tests {
         assert_eq!(k.ramp(1100), Some((100, 300)));
         assert!(t.start_ramp(k, 1400), "over: may start again");
         assert_eq!(k.ramp(1450), Some((50, 300)));
+    }
+
+    #[test]
+    fn a_new_window_ends_no_finished_ramp_and_extends_a_running_one() {
+        let a = HeapArena::new(1 << 20);
+        let t = table(&a);
+        let at = |now| RampStart {
+            now,
+            new_keys: true,
+        };
+        let e = t.begin_epoch(&a);
+        let k = t.upsert_at(&a, b"k", 0, SLOW, e, at(1000)).unwrap();
+        // Finished at 1300; a reload at 2000 to an hour must not start it
+        // again (the hour, judged from 1000, would still run).
+        let hour = Meta {
+            slow_start: 36000,
+            ..SLOW
+        };
+        let e2 = t.begin_epoch(&a);
+        t.stamp_at(&a, b"k", hour, e2, at(2000)).unwrap();
+        assert_eq!(k.ramp(2000), None, "a finished ramp stays finished");
+        // Running: a longer window goes on to its new end, gate included.
+        let j = t.upsert_at(&a, b"j", 0, SLOW, e2, at(3000)).unwrap();
+        let e3 = t.begin_epoch(&a);
+        t.stamp_at(&a, b"j", hour, e3, at(3100)).unwrap();
+        assert_eq!(j.ramp(3400), Some((400, 36000)));
+        assert!(t.ramping(3400), "the gate follows the new end");
+    }
+
+    #[test]
+    fn a_key_added_down_or_draining_does_not_ramp() {
+        let a = HeapArena::new(1 << 20);
+        let t = table(&a);
+        let at = RampStart {
+            now: 1000,
+            new_keys: true,
+        };
+        let e = t.begin_epoch(&a);
+        for (key, flags) in [(&b"d"[..], FLAG_DOWN), (&b"r"[..], FLAG_DRAINING)] {
+            let meta = Meta { flags, ..SLOW };
+            let k = t.upsert_at(&a, key, 0, meta, e, at).unwrap();
+            assert_eq!(k.ramp(1000), None);
+        }
+        assert!(!t.ramping(1000));
+    }
+
+    #[test]
+    fn a_stale_handle_starts_no_ramp() {
+        let a = HeapArena::new(1 << 20);
+        let t = table(&a);
+        let e = t.begin_epoch(&a);
+        let old = t.upsert(&a, b"k", 0, SLOW, e).unwrap();
+        assert!(t.remove_idle(&a, old));
+        let new = t.upsert(&a, b"k2", 0, SLOW, e).unwrap();
+        assert!(!t.start_ramp(old, 1000), "the key it named is gone");
+        assert_eq!(new.ramp(1000), None);
+        assert!(t.start_ramp(new, 1000));
     }
 
     #[test]

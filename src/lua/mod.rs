@@ -263,7 +263,7 @@ fn pick(st: &mut State, handle: i32, skip: &[u64]) -> Result<(i32, u64), i32> {
         let Some(best) = choose(&mut list) else {
             break;
         };
-        let max_conns = list.max_conns(best);
+        let (_, max_conns) = list.limits[best];
         if let Some(held) = counters[best].acquire(&up.counters, max_conns) {
             chosen = Some((best, held));
             break;

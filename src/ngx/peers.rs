@@ -181,21 +181,25 @@ impl RoundRobin {
         self.tried_any
     }
 
-    /// Whether the peer this request connected to is out after failures
-    /// (`max_fails` reached, as round-robin keeps it). Read without the
-    /// list's lock: a hint, which slow start uses to see a server come back
-    /// (out before round-robin's free, in again after it).
-    pub fn chosen_failed_out(&self) -> bool {
+    /// Whether round-robin is about to clear the failures of the peer this
+    /// request connected to, which had reached `max_fails`: a connection to
+    /// it worked (not `failed`), after its `fail_timeout` (nginx's own test:
+    /// `accessed < checked`). Asked before round-robin's free or notify,
+    /// which may free a peer that DNS removed; read without the list's
+    /// lock: a hint, which slow start uses to see a server come back.
+    pub fn chosen_recovers(&self, failed: bool) -> bool {
         // SAFETY: null, or the peer `connect` chose, in a list of the
-        // upstream that outlives the request.
-        unsafe { self.data().current.as_ref() }
-            .is_some_and(|p| p.max_fails != 0 && p.fails >= p.max_fails)
+        // upstream, not freed before round-robin's free or notify.
+        unsafe { self.data().current.as_ref() }.is_some_and(|p| {
+            !failed && p.max_fails != 0 && p.fails >= p.max_fails && p.accessed < p.checked
+        })
     }
 
-    /// Whether the peer this request connected to has no failure counted
-    /// (round-robin cleared them after a success).
-    pub fn chosen_clear(&self) -> bool {
-        // SAFETY: as in `chosen_failed_out`.
+    /// Whether the peer this request connected to has no failure counted:
+    /// asked after round-robin's notify (stream's, which clears them once a
+    /// TCP connection is made), while the session keeps the peer alive.
+    pub fn chosen_cleared(&self) -> bool {
+        // SAFETY: null, or the peer `connect` chose, in use by this session.
         unsafe { self.data().current.as_ref() }.is_some_and(|p| p.fails == 0)
     }
 
@@ -441,13 +445,9 @@ impl<S, const TRIED: bool, const RAMP: bool> RrList<'_, S, TRIED, RAMP> {
 
 impl<S: CountSource, const TRIED: bool, const RAMP: bool> RrList<'_, S, TRIED, RAMP> {
     /// The peer's `max_conns` (0: none), saturated to 32 bits as the pick
-    /// compares it; ramped up while the peer ramps (slow start).
+    /// compares it.
     pub fn max_conns(&self, c: PeerCursor) -> u32 {
-        let max = saturate(self.peer(c).max_conns);
-        match self.ramp(c) {
-            Some((e, w)) => ramp::ramped_max(max, e, w),
-            None => max,
-        }
+        saturate(self.peer(c).max_conns)
     }
 
     #[inline(always)]
@@ -492,13 +492,13 @@ impl<S: CountSource, const TRIED: bool, const RAMP: bool> RrList<'_, S, TRIED, R
         })
     }
 
-    /// A ramping peer's load: compared as `core::ramp::virtual_count`, full
-    /// at its ramped `max_conns`.
+    /// A ramping peer's load: compared as `core::ramp::virtual_count`.
+    /// Its `max_conns` is not ramped: with no queue in nginx, a lower limit
+    /// would refuse requests no other server can take.
     #[cold]
     #[inline(never)]
     fn ramping_load(&self, peer: &RrPeer, conns: u32, e: u32, w: u32) -> Option<Load> {
-        let max = ramp::ramped_max(saturate(peer.max_conns), e, w);
-        if max != 0 && conns >= max {
+        if peer.max_conns != 0 && conns as usize >= peer.max_conns {
             return None;
         }
         Some(Load {

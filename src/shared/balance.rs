@@ -516,8 +516,9 @@ extern "C" fn free_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void, state
 
 /// `free_peer` for an upstream with slow start: a server out after
 /// `max_fails` that this connection found working again (round-robin's
-/// free clears its failures) ramps up. Round-robin frees first, and the
-/// count is released after: held, the key cannot go meanwhile.
+/// free clears its failures) ramps up. Decided before round-robin frees
+/// (which may free a peer that DNS removed); the count is released after
+/// the ramp starts: held, the key cannot go meanwhile.
 #[cold]
 #[inline(never)]
 fn free_slow_start(
@@ -527,10 +528,11 @@ fn free_slow_start(
     state: ngx_uint_t,
     log: Log,
 ) {
-    let was_out = pd.rr.chosen_failed_out();
+    let back = pd
+        .rr
+        .chosen_recovers(state & NGX_PEER_FAILED as ngx_uint_t != 0);
     // SAFETY: round-robin's own per-request data, as its free expects.
     unsafe { free_round_robin_peer(pc, pd.rr.as_ptr(), state) };
-    let back = was_out && state & NGX_PEER_FAILED as ngx_uint_t == 0 && pd.rr.chosen_clear();
     if let (true, Held::Shared(c)) = (back, &held) {
         pd.upstream.ramp_after_failures(c.slot, log);
     }
@@ -559,8 +561,18 @@ extern "C" fn save_session(pc: *mut ngx_peer_connection_t, data: *mut c_void) {
 extern "C" fn notify(pc: *mut ngx_peer_connection_t, data: *mut c_void, kind: ngx_uint_t) {
     // SAFETY: as in set_session.
     let pd = unsafe { &*data.cast::<PeerData>() };
+    // Stream clears a peer's failures once connected, here rather than in
+    // free: slow start sees a server come back from max_fails there.
+    let back = pd.upstream.slow_start != 0 && pd.rr.chosen_recovers(false);
     if let Some(f) = pd.rr_notify {
         // SAFETY: as in set_session.
         unsafe { f(pc, pd.rr.as_ptr(), kind) };
+    }
+    if let (true, Held::Shared(c)) = (back, &pd.held) {
+        if pd.rr.chosen_cleared() {
+            // SAFETY: nginx passes the connection being set up.
+            let log = unsafe { Log::from_ptr((&*pc).log) };
+            pd.upstream.ramp_after_failures(c.slot, log);
+        }
     }
 }

@@ -13,7 +13,7 @@
 
 use core::cell::{Cell, Ref, RefCell};
 use core::ffi::c_void;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use nginx_sys::{
@@ -368,6 +368,10 @@ struct CounterList {
     /// Set once this worker has its cells for the list's keys
     /// (`UpstreamCounters::attach_cells`); cleared when the list is rebuilt.
     cells: Cell<bool>,
+    /// The `server` lines (names) that have had addresses in the list:
+    /// slow start ramps an address DNS adds to a name resolved before, not
+    /// the first resolution.
+    lines: RefCell<HashSet<Box<[u8]>>>,
 }
 
 /// How a peer list changed, as `UpstreamCounters::follow` found it.
@@ -439,7 +443,9 @@ impl UpstreamCounters {
     /// unless it ramps already. `slot` is held by the caller. Logs at
     /// `info` when this call started the ramp.
     pub fn ramp_after_failures(&self, slot: SlotRef, log: Log) {
-        let Some(link) = self.link.as_ref() else {
+        // Once this worker gave back what it holds (exiting), its handles
+        // hold nothing: the key may have gone.
+        let Some(link) = self.link.as_ref().filter(|_| !record::stopped()) else {
             return;
         };
         if link.table.start_ramp(slot, ramp::now_ds(peers::now_ms())) {
@@ -485,6 +491,11 @@ impl UpstreamCounters {
         list: List,
         servers: impl IntoIterator<Item = (Occurrence<'a>, Meta)>,
     ) {
+        let servers: Vec<_> = servers.into_iter().collect();
+        let cl = self.counter_list(list);
+        cl.lines
+            .borrow_mut()
+            .extend(servers.iter().map(|(o, _)| Box::from(o.line)));
         let counters = self.counters_for(list, servers);
         *self.counter_list(list).counters.borrow_mut() = counters;
         self.note_named(list);
@@ -615,6 +626,14 @@ impl UpstreamCounters {
         }
         done.gone = old.len();
         let now = peers::now() as u32;
+        // Whether each new peer's name had addresses before (allocated
+        // before locking); then the names this list has seen grow.
+        let resolved_before: Vec<bool> = {
+            let mut lines = cl.lines.borrow_mut();
+            let before: Vec<bool> = copy.iter().map(|(o, _)| lines.contains(o.line)).collect();
+            lines.extend(copy.iter().map(|(o, _)| Box::from(o.line)));
+            before
+        };
         // What is left in `old` no new peer claimed. A key the other list
         // holds too is not drained: for a moment, until that list is named
         // again, DNS can give one list a name the other still counts on.
@@ -631,12 +650,16 @@ impl UpstreamCounters {
                 link.table.drain(&locked, slot, link.epoch);
             }
             crate::core::crash::point("follow.locked");
-            let ramp = self.ramp_start(done.kept > 0);
+            let ramp = self.ramp_start(true);
             for &i in &restamped {
                 self.restamp(&new[i], Some(&locked), ramp);
             }
             for &i in &added {
                 let pc = &new[i];
+                let ramp = RampStart {
+                    new_keys: ramp.new_keys && resolved_before[i],
+                    ..ramp
+                };
                 let phase = match pc.store(link, &locked, now, ramp) {
                     Some((slot, _)) => Phase::Counting(self.counted(link, &locked, slot)),
                     None => Phase::Local,

@@ -55,6 +55,17 @@ pub fn commit(registry: &mut Registry, log: Log) {
                 subsystem::NAME
             ),
         );
+        let slow = registry.upstreams().filter(|up| up.slow_start != 0).count();
+        if slow > 0 {
+            log.module(
+                NGX_LOG_WARN,
+                format_args!(
+                    "slow_start of {slow} {} upstream(s) is ignored: it needs \
+                     \"least_conn_persistent_zone\"",
+                    subsystem::NAME
+                ),
+            );
+        }
     }
 }
 
