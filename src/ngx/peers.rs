@@ -421,8 +421,8 @@ impl CountSource for PerWorker {
 }
 
 /// A round-robin list with our counts, for `core::select::choose`.
-/// `RAMP`: some peer may be ramping up (slow start): loads and
-/// `max_conns` follow `core::ramp` for those at `now_ds`.
+/// `RAMP`: some peer may be ramping up (slow start): the loads of those
+/// follow `core::ramp` at `now_ds`.
 pub struct RrList<'a, S, const TRIED: bool, const RAMP: bool = false> {
     peers: &'a RrPeers,
     tried: Tried,
