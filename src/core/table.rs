@@ -1181,15 +1181,19 @@ pub(crate) mod tests {
         ..M
     };
 
+    /// A load (or DNS) at `now` that may start ramps of keys it adds.
+    fn at(now: u32) -> RampStart {
+        RampStart {
+            now,
+            new_keys: true,
+        }
+    }
+
     #[test]
     fn a_key_a_load_adds_ramps_only_when_asked_and_configured() {
         let a = HeapArena::new(1 << 20);
         let t = table(&a);
         let e = t.begin_epoch(&a);
-        let at = |now| RampStart {
-            now,
-            new_keys: true,
-        };
         let first = t
             .upsert_at(&a, b"k1", 0, SLOW, e, RampStart::NEVER)
             .unwrap();
@@ -1215,8 +1219,8 @@ pub(crate) mod tests {
         let a = HeapArena::new(1 << 20);
         let t = table(&a);
         let now = |now| RampStart {
-            now,
             new_keys: false,
+            ..at(now)
         };
         let down = Meta {
             flags: FLAG_DOWN,
@@ -1271,10 +1275,6 @@ pub(crate) mod tests {
     fn a_new_window_ends_no_finished_ramp_and_extends_a_running_one() {
         let a = HeapArena::new(1 << 20);
         let t = table(&a);
-        let at = |now| RampStart {
-            now,
-            new_keys: true,
-        };
         let e = t.begin_epoch(&a);
         let k = t.upsert_at(&a, b"k", 0, SLOW, e, at(1000)).unwrap();
         // Finished at 1300; a reload at 2000 to an hour must not start it
@@ -1298,10 +1298,7 @@ pub(crate) mod tests {
     fn a_key_added_down_or_draining_does_not_ramp() {
         let a = HeapArena::new(1 << 20);
         let t = table(&a);
-        let at = RampStart {
-            now: 1000,
-            new_keys: true,
-        };
+        let at = at(1000);
         let e = t.begin_epoch(&a);
         for (key, flags) in [(&b"d"[..], FLAG_DOWN), (&b"r"[..], FLAG_DRAINING)] {
             let meta = Meta { flags, ..SLOW };
@@ -1329,10 +1326,7 @@ pub(crate) mod tests {
         let a = HeapArena::new(1 << 20);
         let t = table(&a);
         let e = t.begin_epoch(&a);
-        let at = RampStart {
-            now: 1000,
-            new_keys: true,
-        };
+        let at = at(1000);
         let k = t.upsert_at(&a, b"k", 0, SLOW, e, at).unwrap();
         assert!(t.remove_idle(&a, k));
         let again = t.upsert(&a, b"k2", 0, SLOW, e).unwrap();
