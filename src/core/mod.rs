@@ -5,6 +5,7 @@
 //! - `select`: the least-connections choice over any peer list;
 //! - `ramp`: slow start, how a server that just joined is compared while it
 //!   ramps up;
+//! - `rebalance`: which servers shed long-lived connections, and how fast;
 //! - `table`: the counter table that lives in the shared zone;
 //! - `record`: per-worker records in the table, to give back what a dead
 //!   worker held;
@@ -32,6 +33,7 @@ pub mod follow;
 pub mod histogram;
 pub mod key;
 pub mod ramp;
+pub mod rebalance;
 pub mod record;
 mod repair;
 pub mod select;

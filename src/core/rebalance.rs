@@ -1,0 +1,288 @@
+//! Rebalancing long-lived connections (issue 18, part 2): which servers of
+//! an upstream hold more than their fair share, whether the upstream sheds
+//! (with hysteresis), whether one more close keeps a server at or above its
+//! fair share, and the token bucket that holds the rate of closes across
+//! all workers. Integer arithmetic only; the front-ends do the closing.
+//!
+//! Fair share: `f_i = T * w_i / W` for the usable servers (T their
+//! connections, W their weights). An upstream starts shedding when some
+//! server holds more than `f_i * (1 + tolerance)`, and stops once every
+//! server is within `f_i * (1 + tolerance / 2)`. A server sheds only while
+//! it is above the start mark; a close never takes it below its fair share
+//! (with one connection fewer in the upstream), and only helps: the client
+//! that reconnects lands on the least loaded server, so the closing server
+//! must still hold at least as much as that one will (per unit of weight),
+//! or the two would trade the connection back and forth.
+
+/// One usable server as the decision sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Server {
+    pub conns: u32,
+    pub weight: u32,
+}
+
+/// Totals of an upstream's usable servers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Totals {
+    conns: u64,
+    weight: u64,
+}
+
+fn totals(servers: &[Server]) -> Totals {
+    Totals {
+        conns: servers.iter().map(|s| u64::from(s.conns)).sum(),
+        weight: servers.iter().map(|s| u64::from(s.weight)).sum(),
+    }
+}
+
+/// Whether `s` holds more than `(100 + percent)`% of its fair share:
+/// `conns * W * 100 > T * w * (100 + percent)`, in 128 bits.
+fn above(s: Server, t: Totals, percent: u32) -> bool {
+    let mine = u128::from(s.conns) * u128::from(t.weight) * 100;
+    let share = u128::from(t.conns) * u128::from(s.weight) * (100 + u128::from(percent));
+    t.weight > 0 && mine > share
+}
+
+/// Whether the upstream sheds now: `active` is whether it shed before
+/// (hysteresis: it starts above `tolerance`% over a fair share and stops
+/// once every server is within half of it). `paused`: a server of the
+/// upstream is down, failing or draining (a failover is not an imbalance).
+pub fn shedding(active: bool, servers: &[Server], tolerance: u32, paused: bool) -> bool {
+    if paused || servers.len() < 2 {
+        return false;
+    }
+    let t = totals(servers);
+    let mark = if active { tolerance / 2 } else { tolerance };
+    servers.iter().any(|&s| above(s, t, mark))
+}
+
+/// Whether one connection of `servers[i]` may close: the server is above
+/// the start mark; with one connection fewer (in it and in the upstream) it
+/// still holds at least its fair share; and it still holds at least as
+/// much as the least loaded server once that one has the reconnection.
+pub fn may_close(servers: &[Server], i: usize, tolerance: u32) -> bool {
+    let Some(&s) = servers.get(i) else {
+        return false;
+    };
+    let t = totals(servers);
+    if s.conns == 0 || !above(s, t, tolerance) {
+        return false;
+    }
+    let after = Totals {
+        conns: t.conns - 1,
+        ..t
+    };
+    // (conns - 1) * W >= (T - 1) * w: not below its fair share after.
+    let fair = u128::from(s.conns - 1) * u128::from(after.weight)
+        >= u128::from(after.conns) * u128::from(s.weight);
+    // (conns - 1) / w >= (least + 1) / w_least, cross-multiplied.
+    let least = servers
+        .iter()
+        .enumerate()
+        .filter(|&(j, o)| j != i && o.weight > 0)
+        .map(|(_, &o)| o)
+        .min_by(|a, b| {
+            (u64::from(a.conns) * u64::from(b.weight))
+                .cmp(&(u64::from(b.conns) * u64::from(a.weight)))
+        });
+    let gains = least.is_some_and(|o| {
+        u64::from(s.conns - 1) * u64::from(o.weight)
+            >= (u64::from(o.conns) + 1) * u64::from(s.weight)
+    });
+    fair && gains
+}
+
+/// A token bucket for closes, in one 64-bit word for a compare-and-swap
+/// in the zone: milli-tokens in the high half, the time of the last refill
+/// (deciseconds of the monotonic clock) in the low half.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bucket {
+    pub milli_tokens: u32,
+    pub at: u32,
+}
+
+impl Bucket {
+    pub fn from_word(w: u64) -> Bucket {
+        Bucket {
+            milli_tokens: (w >> 32) as u32,
+            at: w as u32,
+        }
+    }
+
+    pub fn to_word(self) -> u64 {
+        (u64::from(self.milli_tokens) << 32) | u64::from(self.at)
+    }
+
+    /// The bucket after refilling at `rate` closes a second up to one
+    /// second's worth (at least one close), then taking one close if it
+    /// holds one: `(taken, new bucket)`. A `now` before `at` (a worker whose
+    /// cached time lags) refills nothing.
+    pub fn take(self, now: u32, rate: u32) -> (bool, Bucket) {
+        let cap = u64::from(rate.max(1)) * 1000;
+        let elapsed = u64::from(now.saturating_sub(self.at));
+        // `rate` closes a second is `rate * 100` milli-tokens a decisecond.
+        let refill = elapsed * u64::from(rate) * 100;
+        let tokens = (u64::from(self.milli_tokens) + refill).min(cap);
+        let at = if elapsed > 0 { now } else { self.at };
+        if tokens >= 1000 {
+            let left = u32::try_from(tokens - 1000).unwrap_or(u32::MAX);
+            (
+                true,
+                Bucket {
+                    milli_tokens: left,
+                    at,
+                },
+            )
+        } else {
+            (
+                false,
+                Bucket {
+                    milli_tokens: tokens as u32,
+                    at,
+                },
+            )
+        }
+    }
+}
+
+/// Whether a connection opened `age_ms` ago is old enough to be closed:
+/// `min_age_ms` plus its own part of `jitter_ms` (from `salt`, a number the
+/// connection keeps, so that connections opened together do not all
+/// become old enough at once).
+pub fn old_enough(age_ms: u64, min_age_ms: u64, jitter_ms: u64, salt: u64) -> bool {
+    let spread = if jitter_ms == 0 {
+        0
+    } else {
+        // A multiplicative hash: neighbouring salts spread apart.
+        salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) % jitter_ms
+    };
+    age_ms >= min_age_ms.saturating_add(spread)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ups(list: &[(u32, u32)]) -> Vec<Server> {
+        list.iter()
+            .map(|&(conns, weight)| Server { conns, weight })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_server_makes_the_others_shed() {
+        // 3,000 over two, a third added: fair share 1,000 each.
+        let s = ups(&[(1500, 1), (1500, 1), (0, 1)]);
+        assert!(shedding(false, &s, 10, false));
+        assert!(may_close(&s, 0, 10));
+        assert!(!may_close(&s, 2, 10), "the new server never sheds");
+        assert!(!shedding(false, &s, 10, true), "paused: a server is down");
+    }
+
+    #[test]
+    fn hysteresis_starts_above_the_tolerance_and_stops_within_half() {
+        // Fair 1,000 each; 1,080 is 8% over.
+        let s = ups(&[(1080, 1), (960, 1), (960, 1)]);
+        assert!(!shedding(false, &s, 10, false), "8% over: does not start");
+        assert!(shedding(true, &s, 10, false), "8% over: goes on (above 5%)");
+        let s = ups(&[(1040, 1), (980, 1), (980, 1)]);
+        assert!(!shedding(true, &s, 10, false), "4% over: stops");
+    }
+
+    #[test]
+    fn weights_make_the_fair_share() {
+        // Weights 3:1: fair 1,500 and 500.
+        let s = ups(&[(1500, 3), (500, 1)]);
+        assert!(!shedding(false, &s, 10, false));
+        let s = ups(&[(1200, 3), (800, 1)]);
+        assert!(shedding(false, &s, 10, false));
+        assert!(may_close(&s, 1, 10), "the light one is over its share");
+        assert!(!may_close(&s, 0, 10));
+    }
+
+    #[test]
+    fn a_close_never_takes_a_server_below_its_fair_share() {
+        // Tolerance 0: a close that helps, and none that trades back.
+        let s = ups(&[(2, 1), (0, 1)]);
+        assert!(may_close(&s, 0, 0), "2/0 -> 1/1");
+        let s = ups(&[(1, 1), (0, 1)]);
+        assert!(!may_close(&s, 0, 0), "1/0 -> 0/1 only trades places");
+        for total in 0..60u32 {
+            for first in 0..=total {
+                let s = ups(&[(first, 1), (total - first, 2)]);
+                for i in 0..2 {
+                    if may_close(&s, i, 0) {
+                        let t = u64::from(total - 1);
+                        let w = u64::from(s[i].weight);
+                        assert!(u64::from(s[i].conns - 1) * 3 >= t * w, "{s:?} {i}");
+                        // The reconnection goes to the other: then no close
+                        // back can follow at once.
+                        let mut moved = s.clone();
+                        moved[i].conns -= 1;
+                        moved[1 - i].conns += 1;
+                        assert!(!may_close(&moved, 1 - i, 0), "{s:?} {i}: back and forth");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fewer_than_two_servers_never_shed() {
+        assert!(!shedding(false, &ups(&[(100, 1)]), 0, false));
+        assert!(!shedding(false, &[], 0, false));
+        assert!(!may_close(&[], 0, 0));
+    }
+
+    #[test]
+    fn the_bucket_holds_the_rate() {
+        let b = Bucket::from_word(0);
+        assert_eq!(b, Bucket::from_word(b.to_word()));
+        // Rate 5/s: at most 5 closes in the first second after a full
+        // bucket, and one more every 200 ms.
+        let mut b = Bucket {
+            milli_tokens: 0,
+            at: 100,
+        };
+        let mut taken = 0;
+        for ds in 100..=110 {
+            loop {
+                let (ok, next) = b.take(ds, 5);
+                b = next;
+                if !ok {
+                    break;
+                }
+                taken += 1;
+            }
+        }
+        assert_eq!(taken, 5, "one second at 5/s");
+        let (ok, b2) = b.take(112, 5);
+        assert!(ok, "200 ms later: one more");
+        assert!(!b2.take(112, 5).0);
+        // A long pause fills it to one second's worth, no more.
+        let mut full = b2.take(10_000, 5).1;
+        let mut burst = 1;
+        while let (true, next) = full.take(10_000, 5) {
+            full = next;
+            burst += 1;
+        }
+        assert_eq!(burst, 5);
+        // A lagging clock refills nothing and does not move the time back.
+        let (_, lag) = full.take(9_000, 5);
+        assert_eq!(lag.at, 10_000);
+    }
+
+    #[test]
+    fn jitter_spreads_when_connections_become_old_enough() {
+        assert!(old_enough(300_000, 300_000, 0, 7));
+        assert!(!old_enough(299_999, 300_000, 0, 7));
+        let ready = (0..1000u64)
+            .filter(|&salt| old_enough(315_000, 300_000, 30_000, salt))
+            .count();
+        assert!(
+            (400..600).contains(&ready),
+            "about half after half the jitter: {ready}"
+        );
+        assert!((0..1000u64).all(|salt| old_enough(330_000, 300_000, 30_000, salt)));
+    }
+}
