@@ -45,10 +45,10 @@ mod module {
     use ::ngx::http::HttpModule;
     use ::ngx::ngx_string;
     use nginx_sys::{
-        ngx_command_t, ngx_cycle_t, ngx_http_module_t, ngx_module_t, ngx_uint_t, NGX_CONF_NOARGS,
-        NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
-        NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF_OFFSET,
-        NGX_HTTP_UPS_CONF,
+        ngx_command_t, ngx_cycle_t, ngx_http_module_t, ngx_module_t, ngx_uint_t, NGX_CONF_ANY,
+        NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF,
+        NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE,
+        NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF,
     };
 
     use crate::http::{directives, Module};
@@ -72,7 +72,7 @@ mod module {
         merge_loc_conf: None,
     };
 
-    static mut COMMANDS: [ngx_command_t; 4] = [
+    static mut COMMANDS: [ngx_command_t; 5] = [
         ngx_command_t {
             name: ngx_string!("least_conn_persistent_zone"),
             type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2) as ngx_uint_t,
@@ -85,6 +85,14 @@ mod module {
             name: ngx_string!("least_conn_persistent"),
             type_: (NGX_HTTP_UPS_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE1) as ngx_uint_t,
             set: Some(front_end::cmd_method::<Module>),
+            conf: NGX_HTTP_SRV_CONF_OFFSET,
+            offset: 0,
+            post: ptr::null_mut(),
+        },
+        ngx_command_t {
+            name: ngx_string!("least_conn_persistent_rebalance"),
+            type_: (NGX_HTTP_UPS_CONF | NGX_CONF_ANY) as ngx_uint_t,
+            set: Some(front_end::cmd_rebalance),
             conf: NGX_HTTP_SRV_CONF_OFFSET,
             offset: 0,
             post: ptr::null_mut(),

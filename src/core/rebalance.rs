@@ -14,6 +14,119 @@
 //! must still hold at least as much as that one will (per unit of weight),
 //! or the two would trade the connection back and forth.
 
+use core::fmt;
+
+/// `least_conn_persistent_rebalance`'s parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Params {
+    /// Closes a second, for the whole upstream (all workers together).
+    pub rate: u32,
+    /// Percent over a fair share that starts shedding (it stops within half).
+    pub tolerance: u32,
+    /// A connection younger than this is never closed.
+    pub min_age_ms: u64,
+    /// Spread added to `min_age_ms`, per connection (`old_enough`).
+    pub jitter_ms: u64,
+}
+
+impl Default for Params {
+    fn default() -> Params {
+        Params {
+            rate: 1,
+            tolerance: 10,
+            min_age_ms: 60_000,
+            jitter_ms: 30_000,
+        }
+    }
+}
+
+/// A parameter `Params::parse` refuses, as `[emerg]` says it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParamError {
+    Unknown(String),
+    Invalid(&'static str, String),
+    Repeated(&'static str),
+}
+
+impl fmt::Display for ParamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParamError::Unknown(p) => write!(f, "has an invalid parameter \"{p}\""),
+            ParamError::Invalid(name, v) => {
+                write!(f, "has an invalid {name} \"{v}\" ({})", hint(name))
+            }
+            ParamError::Repeated(name) => write!(f, "has the parameter \"{name}\" twice"),
+        }
+    }
+}
+
+fn hint(name: &str) -> &'static str {
+    match name {
+        "rate" => "closes a second, such as 5/s, 1 to 100000",
+        "tolerance" => "a percent over the fair share, such as 10%, 0% to 1000%",
+        _ => "a time such as 30s or 5m",
+    }
+}
+
+impl Params {
+    /// `rate=5/s tolerance=10% min_age=5m jitter=30s`, each optional, in
+    /// any order. `seconds`: nginx's time parser (`ngx_parse_time`).
+    pub fn parse(
+        args: &[&[u8]],
+        seconds: impl Fn(&[u8]) -> Option<u64>,
+    ) -> Result<Params, ParamError> {
+        let mut p = Params::default();
+        let mut seen: [bool; 4] = [false; 4];
+        for &arg in args {
+            let text = || String::from_utf8_lossy(arg).into_owned();
+            let (name, value) = match arg.iter().position(|&b| b == b'=') {
+                Some(at) => (&arg[..at], &arg[at + 1..]),
+                None => return Err(ParamError::Unknown(text())),
+            };
+            let (i, name): (usize, &'static str) = match name {
+                b"rate" => (0, "rate"),
+                b"tolerance" => (1, "tolerance"),
+                b"min_age" => (2, "min_age"),
+                b"jitter" => (3, "jitter"),
+                _ => return Err(ParamError::Unknown(text())),
+            };
+            if core::mem::replace(&mut seen[i], true) {
+                return Err(ParamError::Repeated(name));
+            }
+            let bad = || ParamError::Invalid(name, String::from_utf8_lossy(value).into_owned());
+            match i {
+                0 => {
+                    p.rate = number(value.strip_suffix(b"/s").ok_or_else(bad)?, 1, 100_000)
+                        .ok_or_else(bad)?
+                }
+                1 => {
+                    p.tolerance = number(value.strip_suffix(b"%").ok_or_else(bad)?, 0, 1000)
+                        .ok_or_else(bad)?
+                }
+                2 => p.min_age_ms = ms(value, &seconds).ok_or_else(bad)?,
+                _ => p.jitter_ms = ms(value, &seconds).ok_or_else(bad)?,
+            }
+        }
+        Ok(p)
+    }
+}
+
+/// A decimal number in `min..=max`, digits only.
+fn number(text: &[u8], min: u32, max: u32) -> Option<u32> {
+    if text.is_empty() || text.len() > 9 || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = text.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0'));
+    (min..=max).contains(&n).then_some(n)
+}
+
+fn ms(text: &[u8], seconds: impl Fn(&[u8]) -> Option<u64>) -> Option<u64> {
+    if text.is_empty() {
+        return None;
+    }
+    seconds(text)?.checked_mul(1000)
+}
+
 /// One usable server as the decision sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Server {
@@ -167,6 +280,60 @@ mod tests {
         list.iter()
             .map(|&(conns, weight)| Server { conns, weight })
             .collect()
+    }
+
+    /// Seconds the way nginx reads them, enough for the tests: "30s",
+    /// "5m", a bare number.
+    fn secs(t: &[u8]) -> Option<u64> {
+        let s = std::str::from_utf8(t).ok()?;
+        match s.as_bytes().last()? {
+            b's' => s[..s.len() - 1].parse().ok(),
+            b'm' => s[..s.len() - 1].parse::<u64>().ok().map(|m| m * 60),
+            _ => s.parse().ok(),
+        }
+    }
+
+    #[test]
+    fn parameters_have_defaults_and_nginx_style_errors() {
+        assert_eq!(Params::parse(&[], secs), Ok(Params::default()));
+        let p = Params::parse(
+            &[b"jitter=10s", b"rate=5/s", b"tolerance=20%", b"min_age=5m"],
+            secs,
+        );
+        assert_eq!(
+            p,
+            Ok(Params {
+                rate: 5,
+                tolerance: 20,
+                min_age_ms: 300_000,
+                jitter_ms: 10_000
+            })
+        );
+        let err = |args: &[&[u8]]| Params::parse(args, secs).unwrap_err().to_string();
+        assert_eq!(err(&[b"on"]), "has an invalid parameter \"on\"");
+        assert_eq!(err(&[b"speed=1"]), "has an invalid parameter \"speed=1\"");
+        assert_eq!(
+            err(&[b"rate=5"]),
+            "has an invalid rate \"5\" (closes a second, such as 5/s, 1 to 100000)"
+        );
+        assert_eq!(
+            err(&[b"rate=0/s"]),
+            "has an invalid rate \"0/s\" (closes a second, such as 5/s, 1 to 100000)"
+        );
+        assert!(err(&[b"tolerance=10"]).starts_with("has an invalid tolerance \"10\""));
+        assert!(err(&[b"tolerance=2000%"]).starts_with("has an invalid tolerance"));
+        assert_eq!(
+            err(&[b"min_age=soon"]),
+            "has an invalid min_age \"soon\" (a time such as 30s or 5m)"
+        );
+        assert_eq!(
+            err(&[b"jitter="]),
+            "has an invalid jitter \"\" (a time such as 30s or 5m)"
+        );
+        assert_eq!(
+            err(&[b"rate=1/s", b"rate=2/s"]),
+            "has the parameter \"rate\" twice"
+        );
     }
 
     #[test]

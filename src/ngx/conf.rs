@@ -29,6 +29,11 @@ pub enum ConfError {
     InvalidParameter(String),
     /// `slow_start=` with a value that is not a time in seconds.
     InvalidSlowStart(String),
+    /// A parameter of `least_conn_persistent_rebalance`.
+    Rebalance(crate::core::rebalance::ParamError),
+    /// `least_conn_persistent_rebalance` before (or without)
+    /// `least_conn_persistent` in the upstream.
+    RebalanceWithoutMethod,
 }
 
 impl fmt::Display for ConfError {
@@ -47,6 +52,12 @@ impl fmt::Display for ConfError {
             ),
             ConfError::NoMemory => write!(f, "could not allocate memory"),
             ConfError::InvalidParameter(p) => write!(f, "has an invalid parameter \"{p}\""),
+            ConfError::Rebalance(e) => write!(f, "{e}"),
+            ConfError::RebalanceWithoutMethod => write!(
+                f,
+                "needs \"least_conn_persistent\" before it in the upstream (it rebalances \
+                 the connections that method counts)"
+            ),
             ConfError::InvalidSlowStart(v) => write!(
                 f,
                 "has an invalid slow_start \"{v}\" (a time such as 30s or 2m, 0 for none)"

@@ -14,6 +14,7 @@ use nginx_sys::{
 };
 use ngx::core::Status;
 
+use crate::core::rebalance::Params;
 use crate::ngx::conf::{
     args, callback_result, directive_result, log_warning, parse_seconds, text, ConfError,
     ConfWarning,
@@ -78,6 +79,28 @@ pub extern "C" fn cmd_method<F: FrontEnd>(
         log_warning(cf, cmd.name.as_bytes(), warning);
     }
     directive_result(cf, cmd.name.as_bytes(), r.map(drop))
+}
+
+/// `least_conn_persistent_rebalance [rate=N/s] [tolerance=N%] [min_age=time]
+/// [jitter=time];` in an `upstream {}` block, after `least_conn_persistent`.
+pub extern "C" fn cmd_rebalance(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: as in cmd_zone; `conf` is our srv conf of this upstream.
+    let (cf, cmd, scf) = unsafe { (&mut *cf, &*cmd, &mut *conf.cast::<SrvConf>()) };
+    let args: Vec<&[u8]> = args(cf).iter().map(|a| a.as_bytes()).collect();
+    let r = if scf.rebalance.is_some() {
+        Err(ConfError::Duplicate)
+    } else if !scf.enabled {
+        Err(ConfError::RebalanceWithoutMethod)
+    } else {
+        Params::parse(&args, parse_seconds)
+            .map(|p| scf.rebalance = Some(p))
+            .map_err(ConfError::Rebalance)
+    };
+    directive_result(cf, cmd.name.as_bytes(), r)
 }
 
 /// The parameter of `least_conn_persistent` (nginx allows it one):

@@ -26,6 +26,8 @@ pub struct SrvConf {
     pub registered: Option<usize>,
     /// `slow_start=`: the window in deciseconds (0: none).
     pub slow_start: u32,
+    /// `least_conn_persistent_rebalance`, when given.
+    pub rebalance: Option<crate::core::rebalance::Params>,
 }
 
 impl SrvConf {

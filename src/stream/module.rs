@@ -8,8 +8,8 @@ use ::ngx::core::Pool;
 use ::ngx::ngx_string;
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_module_t, ngx_stream_module_t, ngx_uint_t,
-    NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_STREAM_MAIN_CONF, NGX_STREAM_MODULE,
-    NGX_STREAM_UPS_CONF,
+    NGX_CONF_ANY, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_STREAM_MAIN_CONF,
+    NGX_STREAM_MODULE, NGX_STREAM_UPS_CONF,
 };
 
 use crate::ngx::stream::{MAIN_CONF_OFFSET, SRV_CONF_OFFSET};
@@ -46,7 +46,7 @@ static CTX: ngx_stream_module_t = ngx_stream_module_t {
     merge_srv_conf: None,
 };
 
-static mut COMMANDS: [ngx_command_t; 3] = [
+static mut COMMANDS: [ngx_command_t; 4] = [
     ngx_command_t {
         name: ngx_string!("least_conn_persistent_zone"),
         type_: (NGX_STREAM_MAIN_CONF | NGX_CONF_TAKE2) as ngx_uint_t,
@@ -59,6 +59,14 @@ static mut COMMANDS: [ngx_command_t; 3] = [
         name: ngx_string!("least_conn_persistent"),
         type_: (NGX_STREAM_UPS_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE1) as ngx_uint_t,
         set: Some(front_end::cmd_method::<Stream>),
+        conf: SRV_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("least_conn_persistent_rebalance"),
+        type_: (NGX_STREAM_UPS_CONF | NGX_CONF_ANY) as ngx_uint_t,
+        set: Some(front_end::cmd_rebalance),
         conf: SRV_CONF_OFFSET,
         offset: 0,
         post: ptr::null_mut(),
