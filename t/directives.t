@@ -86,7 +86,7 @@ my @cases = (
 	['rebalance twice', '', "least_conn_persistent;\n least_conn_persistent_rebalance;\n least_conn_persistent_rebalance;", '',
 		qr/\[emerg\].*"least_conn_persistent_rebalance" is duplicate/],
 	['rebalance with a bad rate', '', "least_conn_persistent;\n least_conn_persistent_rebalance rate=5;", '',
-		qr/\[emerg\].*"least_conn_persistent_rebalance" has an invalid rate "5" \(closes a second, such as 5\/s, 1 to 100000\)/],
+		qr/\[emerg\].*"least_conn_persistent_rebalance" has an invalid rate "5" \(closes a second, such as 5\/s or 5r\/s, 1 to 100000\)/],
 	['rebalance with a bad tolerance', '', "least_conn_persistent;\n least_conn_persistent_rebalance tolerance=x%;", '',
 		qr/\[emerg\].*"least_conn_persistent_rebalance" has an invalid tolerance "x%"/],
 	['rebalance with a bad min_age', '', "least_conn_persistent;\n least_conn_persistent_rebalance min_age=500ms;", '',

@@ -62,7 +62,7 @@ impl fmt::Display for ParamError {
 
 fn hint(name: &str) -> &'static str {
     match name {
-        "rate" => "closes a second, such as 5/s, 1 to 100000",
+        "rate" => "closes a second, such as 5/s or 5r/s, 1 to 100000",
         "tolerance" => "a percent over the fair share, such as 10%, 0% to 1000%",
         _ => "a time such as 30s or 5m",
     }
@@ -96,8 +96,10 @@ impl Params {
             let bad = || ParamError::Invalid(name, String::from_utf8_lossy(value).into_owned());
             match i {
                 0 => {
-                    p.rate = number(value.strip_suffix(b"/s").ok_or_else(bad)?, 1, 100_000)
-                        .ok_or_else(bad)?
+                    // `5/s`, or `5r/s` as limit_req writes rates.
+                    let n = value.strip_suffix(b"/s").ok_or_else(bad)?;
+                    let n = n.strip_suffix(b"r").unwrap_or(n);
+                    p.rate = number(n, 1, 100_000).ok_or_else(bad)?
                 }
                 1 => {
                     p.tolerance = number(value.strip_suffix(b"%").ok_or_else(bad)?, 0, 1000)
@@ -205,6 +207,44 @@ pub fn may_close(servers: &[Server], i: usize, tolerance: u32) -> bool {
     fair && gains
 }
 
+/// Counts `n` reconnecting clients where least connections sends them
+/// (one at a time, to the least loaded by weight; bounded).
+pub fn place_returning(servers: &mut [Server], n: u64) {
+    for _ in 0..n.min(100_000) {
+        let Some(least) = (0..servers.len())
+            .filter(|&i| servers[i].weight > 0)
+            .min_by(|&a, &b| load_cmp(servers[a], servers[b]))
+        else {
+            return;
+        };
+        servers[least].conns = servers[least].conns.saturating_add(1);
+    }
+}
+
+/// How many connections each server may close, one after another, each
+/// client coming back to the least loaded server (bounded).
+pub fn excess(servers: &[Server], mark: u32) -> Vec<u64> {
+    let mut s = servers.to_vec();
+    let mut out = vec![0u64; s.len()];
+    for _ in 0..100_000 {
+        let Some(j) = (0..s.len())
+            .filter(|&j| may_close(&s, j, mark))
+            .max_by(|&a, &b| load_cmp(s[a], s[b]))
+        else {
+            break;
+        };
+        out[j] += 1;
+        s[j].conns -= 1;
+        place_returning(&mut s, 1);
+    }
+    out
+}
+
+/// Compares two servers' connections per weight (cross-multiplied).
+pub fn load_cmp(a: Server, b: Server) -> core::cmp::Ordering {
+    (u64::from(a.conns) * u64::from(b.weight)).cmp(&(u64::from(b.conns) * u64::from(a.weight)))
+}
+
 /// A worker's share of the upstream's rate of closes: a token bucket of
 /// its own, refilled at `rate * mine / total` closes a second, where
 /// `mine` is what this worker holds of the `total` connections that may
@@ -308,16 +348,18 @@ mod tests {
                 jitter_ms: 10_000
             })
         );
+        let limit_req_style = Params::parse(&[b"rate=7r/s"], secs).map(|p| p.rate);
+        assert_eq!(limit_req_style, Ok(7), "as limit_req writes a rate");
         let err = |args: &[&[u8]]| Params::parse(args, secs).unwrap_err().to_string();
         assert_eq!(err(&[b"on"]), "has an invalid parameter \"on\"");
         assert_eq!(err(&[b"speed=1"]), "has an invalid parameter \"speed=1\"");
         assert_eq!(
             err(&[b"rate=5"]),
-            "has an invalid rate \"5\" (closes a second, such as 5/s, 1 to 100000)"
+            "has an invalid rate \"5\" (closes a second, such as 5/s or 5r/s, 1 to 100000)"
         );
         assert_eq!(
             err(&[b"rate=0/s"]),
-            "has an invalid rate \"0/s\" (closes a second, such as 5/s, 1 to 100000)"
+            "has an invalid rate \"0/s\" (closes a second, such as 5/s or 5r/s, 1 to 100000)"
         );
         assert!(err(&[b"tolerance=10"]).starts_with("has an invalid tolerance \"10\""));
         assert!(err(&[b"tolerance=2000%"]).starts_with("has an invalid tolerance"));
@@ -398,6 +440,51 @@ mod tests {
         assert!(!shedding(false, &ups(&[(100, 1)]), 0, false));
         assert!(!shedding(false, &[], 0, false));
         assert!(!may_close(&[], 0, 0));
+    }
+
+    #[test]
+    fn the_excess_is_what_brings_every_server_within_the_mark() {
+        // 1,500 / 1,500 / 0 at tolerance 10% (the stop mark is 5%): about
+        // 500 from each, never a server below its fair share of 1,000.
+        let s = ups(&[(1500, 1), (1500, 1), (0, 1)]);
+        let e = excess(&s, 5);
+        assert_eq!(e[2], 0);
+        assert!(
+            e[0] >= 440 && e[0] <= 500 && e[1] >= 440 && e[1] <= 500,
+            "{e:?}"
+        );
+        let mut after = s.clone();
+        after[0].conns -= e[0] as u32;
+        after[1].conns -= e[1] as u32;
+        place_returning(&mut after, e[0] + e[1]);
+        assert!(
+            !shedding(true, &after, 10, false),
+            "within the mark: {after:?}"
+        );
+        assert!(
+            after[0].conns >= 1000 && after[1].conns >= 1000,
+            "{after:?}"
+        );
+        // Weights: 2:1 with the heavy server empty.
+        let w = excess(&ups(&[(0, 2), (300, 1)]), 0);
+        assert_eq!(w, vec![0, 200]);
+        // Nothing to do when balanced, or alone.
+        assert_eq!(excess(&ups(&[(10, 1), (10, 1)]), 0), vec![0, 0]);
+        assert_eq!(excess(&ups(&[(10, 1)]), 0), vec![0]);
+    }
+
+    #[test]
+    fn returning_clients_go_to_the_least_loaded() {
+        let mut s = ups(&[(10, 1), (4, 1), (0, 2)]);
+        place_returning(&mut s, 10);
+        assert_eq!(
+            s,
+            ups(&[(10, 1), (5, 1), (9, 2)]),
+            "by connections per weight"
+        );
+        let mut none = ups(&[(1, 0)]);
+        place_returning(&mut none, 5);
+        assert_eq!(none[0].conns, 1, "weight 0 takes nothing");
     }
 
     #[test]

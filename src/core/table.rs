@@ -348,11 +348,17 @@ impl Slot {
         self.weight.store(meta.weight, Ordering::Relaxed);
         self.max_conns.store(meta.max_conns, Ordering::Relaxed);
         self.ramp_window.store(meta.slow_start, Ordering::Relaxed);
-        // The run-time bits stay: other workers change them lock-free.
+        // The run-time bits stay (other workers change them lock-free), but
+        // the mark of an upstream that sheds goes with its directive.
+        let keep = if meta.flags & FLAG_REBALANCE != 0 {
+            !META_FLAGS
+        } else {
+            !(META_FLAGS | FLAG_SHEDDING)
+        };
         let _ = self
             .flags
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
-                Some((f & !META_FLAGS) | (meta.flags & META_FLAGS))
+                Some((f & keep) | (meta.flags & META_FLAGS))
             });
         self.epoch.store(epoch, Ordering::Relaxed);
     }
@@ -488,7 +494,9 @@ impl SlotRef {
     /// Marks whether the key's upstream sheds; true if this call changed
     /// it. Lock-free, one bit no configuration writes; a handle gone stale
     /// since its generation was checked can at worst mark a reused slot,
-    /// whose next stamp by a configuration clears the mark (`upsert_at`).
+    /// which a configuration without `least_conn_persistent_rebalance`
+    /// clears when it stamps the key (`set_meta`), and one with it the
+    /// next time a worker decides.
     pub fn set_shedding(&self, on: bool) -> bool {
         if self.count().is_none() {
             return false;

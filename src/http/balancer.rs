@@ -41,6 +41,6 @@ fn install(r: &ngx_http_request_t, us: &ngx_http_upstream_srv_conf_t) -> Option<
     let u = unsafe { r.upstream.as_mut() }?;
     // SAFETY: the request's pool, for the request's lifetime.
     let pool = unsafe { Pool::from_ngx_pool(r.pool) };
-    let conn = Conn::Http(NonNull::from(&*u));
+    let conn = Conn::Http(NonNull::new(r.upstream)?);
     balance::install(&pool, &mut u.peer, upstream, conn)
 }

@@ -10,9 +10,11 @@ use core::fmt;
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
 
+use core::ffi::c_void;
+
 use nginx_sys::{
-    ngx_http_upstream_t, ngx_peer_connection_t, ngx_queue_init, ngx_queue_insert_before,
-    ngx_queue_remove, ngx_queue_t,
+    ngx_http_upstream_t, ngx_peer_connection_t, ngx_pool_cleanup_add, ngx_queue_init,
+    ngx_queue_insert_before, ngx_queue_remove, ngx_queue_t, ngx_stream_upstream_t,
 };
 use ngx::core::Pool;
 
@@ -49,19 +51,19 @@ pub enum Conn {
     /// An http request's upstream: long-lived once upgraded (a 101).
     #[cfg_attr(feature = "stream", allow(dead_code))]
     Http(NonNull<ngx_http_upstream_t>),
-    /// A stream session's upstream connection: long-lived if TCP.
+    /// A stream session's upstream: long-lived once connected, if TCP.
     #[cfg_attr(not(feature = "stream"), allow(dead_code))]
-    Stream(NonNull<ngx_peer_connection_t>),
+    Stream(NonNull<ngx_stream_upstream_t>),
 }
 
 impl Conn {
     fn peer(&self) -> &ngx_peer_connection_t {
-        // SAFETY: the upstream (and its peer connection) lives as long as
-        // the request or session, whose pool holds the node that holds this.
+        // SAFETY: the upstream (and its peer connection) lives in the
+        // request's or session's pool, which holds the node that holds this.
         unsafe {
             match *self {
                 Conn::Http(u) => &u.as_ref().peer,
-                Conn::Stream(pc) => pc.as_ref(),
+                Conn::Stream(u) => &u.as_ref().peer,
             }
         }
     }
@@ -77,32 +79,37 @@ pub struct LiveNode<T> {
     closing: Cell<bool>,
 }
 
-impl<T> Drop for LiveNode<T> {
-    /// The pool's cleanup: off the list before the pool's memory goes.
-    fn drop(&mut self) {
-        // SAFETY: linked by `track` (single-threaded worker).
-        unsafe { ngx_queue_remove(&mut self.queue) };
-    }
+/// The pool's cleanup: the node off its list before the pool's memory goes.
+extern "C" fn unlink(data: *mut c_void) {
+    // SAFETY: the node `track` linked and registered this cleanup for, whose
+    // first field is its queue link (single-threaded worker).
+    unsafe { ngx_queue_remove(data.cast::<ngx_queue_t>()) };
 }
 
 impl<T> LiveList<T> {
     /// Links a node for `owner` (which lives in `pool`) and its connection,
     /// started at `now_ms`; the pool's cleanup unlinks it. `None`: no memory.
-    pub fn track(&self, pool: &Pool, owner: &T, conn: Conn, now_ms: u64) -> Option<()> {
-        let node = pool.allocate(LiveNode {
-            // SAFETY: all-zero links, set by the insertion below.
-            queue: unsafe { core::mem::zeroed() },
-            owner: NonNull::from(owner),
-            conn,
-            since_ms: now_ms,
-            closing: Cell::new(false),
-        });
-        // SAFETY: fresh pool memory holding the node, which stays there
-        // until the pool's cleanup (registered by `allocate`) unlinks it;
-        // the head is boxed, and lives as long as the configuration.
-        let node = unsafe { node.as_mut() }?;
-        // SAFETY: as above.
-        unsafe { ngx_queue_insert_before(self.head.get(), &mut node.queue) };
+    pub fn track(&self, pool: &Pool, owner: NonNull<T>, conn: Conn, now_ms: u64) -> Option<()> {
+        let node = NonNull::new(pool.alloc(size_of::<LiveNode<T>>()).cast::<LiveNode<T>>())?;
+        // SAFETY: a cleanup entry of the node's pool, for the node.
+        let cleanup = unsafe { ngx_pool_cleanup_add(pool.as_ptr(), 0).as_mut() }?;
+        // SAFETY: fresh pool memory, sized and aligned (to pointers) for the
+        // node, which stays there until the pool's cleanup unlinks it; the
+        // head is boxed and lives as long as the configuration. The
+        // cleanup is armed once the node is linked.
+        unsafe {
+            node.as_ptr().write(LiveNode {
+                queue: core::mem::zeroed(),
+                owner,
+                conn,
+                since_ms: now_ms,
+                closing: Cell::new(false),
+            });
+            ngx_queue_insert_before(self.head.get(), &mut (*node.as_ptr()).queue);
+        }
+        // The queue link is the node's first field, whatever `T`.
+        cleanup.data = node.as_ptr().cast();
+        cleanup.handler = Some(unlink);
         Some(())
     }
 
@@ -140,20 +147,32 @@ impl<T> LiveNode<T> {
         ptr::from_ref(self) as u64
     }
 
-    /// Connected, and long-lived: an http connection the server upgraded
-    /// (101: WebSocket or another protocol), a stream TCP session; never a
-    /// plain http request in flight, nor a UDP session. Not once its close
+    /// Connected, and long-lived: an http connection nginx upgraded (the
+    /// server answered 101 to a client that asked: WebSocket or another
+    /// protocol), a stream TCP session once connected; never a plain http
+    /// request in flight, one whose response headers are still coming, a
+    /// session still connecting, nor a UDP session. Not once its close
     /// started.
     pub fn long_lived(&self) -> bool {
         let pc = self.conn.peer();
         if pc.connection.is_null() || self.closing.get() {
             return false;
         }
+        // SAFETY: as in `Conn::peer`.
         match self.conn {
-            // SAFETY: as in `Conn::peer`.
-            Conn::Http(u) => unsafe { u.as_ref().headers_in.status_n == 101 },
-            Conn::Stream(_) => pc.type_ == libc::SOCK_STREAM,
+            Conn::Http(u) => unsafe {
+                let u = u.as_ref();
+                u.upgrade() != 0 && u.headers_in.status_n == 101
+            },
+            Conn::Stream(u) => unsafe {
+                u.as_ref().connected() != 0 && pc.type_ == libc::SOCK_STREAM
+            },
         }
+    }
+
+    /// Its close started and nginx has not finalized it yet: still counted.
+    pub fn closing(&self) -> bool {
+        self.closing.get() && !self.conn.peer().connection.is_null()
     }
 
     /// Starts closing the upstream connection: shuts its socket down both

@@ -10,6 +10,7 @@
 //! pool for its kind of request and calls `register` and `install`.
 
 use core::ffi::c_void;
+use core::ptr::NonNull;
 
 use nginx_sys::{
     ngx_event_notify_peer_pt, ngx_event_save_peer_session_pt, ngx_event_set_peer_session_pt,
@@ -177,7 +178,7 @@ pub fn install(
     pc.data = pd.cast();
     if upstream.rebalance.is_some() && upstream.link().is_some() {
         // SAFETY: written just above, in the request's pool.
-        let held = unsafe { &(*pd).held };
+        let held = unsafe { NonNull::new_unchecked(core::ptr::addr_of_mut!((*pd).held)) };
         upstream.live.track(pool, held, conn, peers::now_ms())?;
     }
     // Slow start has its own pick, so that the pick of an upstream without

@@ -15,8 +15,10 @@ use std::collections::VecDeque;
 use nginx_sys::NGX_LOG_INFO;
 
 use crate::core::ramp;
-use crate::core::rebalance::{may_close, old_enough, shedding, Params, Quota, Server};
-use crate::core::table::{SlotRef, FLAG_BACKUP, FLAG_DOWN, FLAG_DRAINING};
+use crate::core::rebalance::{
+    excess, load_cmp, may_close, old_enough, place_returning, shedding, Params, Quota, Server,
+};
+use crate::core::table::{SlotRef, FLAG_BACKUP, FLAG_DOWN, FLAG_DRAINING, FLAG_REBALANCE};
 use crate::ngx::log::Log;
 use crate::ngx::peers;
 use crate::ngx::process;
@@ -25,6 +27,9 @@ use super::registry::{Held, UpstreamCounters};
 
 /// How often each worker looks (ms).
 pub const PERIOD_MS: usize = 200;
+
+/// How often (in ticks) the upstream's keys are looked up in any case.
+const RESCAN_TICKS: u64 = 25;
 
 /// How long a closed connection may count as on its way back: its client
 /// reconnects, and the pick sends it to the least loaded server. Until the
@@ -41,6 +46,11 @@ pub struct Rebalancer {
     found_at: Cell<Option<(u32, u32)>>,
     quota: Cell<Quota>,
     ticks: Cell<u64>,
+    /// Whether it last saw the upstream over the mark but paused (logged
+    /// once).
+    paused: Cell<bool>,
+    /// For rounding shares of closes fairly (xorshift).
+    dice: Cell<u64>,
     /// The upstream's closes so far (all workers, from the keys) and its
     /// connections, as this worker saw them over the last `RECONNECT_MS`.
     seen: RefCell<VecDeque<Seen>>,
@@ -63,6 +73,9 @@ struct View {
     paused: bool,
     /// The upstream sheds (as the keys record it).
     active: bool,
+    /// The newest configuration still has the directive (a reload that
+    /// removed it stops an older generation's closes too).
+    enabled: bool,
 }
 
 /// One tick for `up`, whose configuration has `params`.
@@ -75,24 +88,31 @@ pub fn tick(up: &UpstreamCounters, params: &Params, log: Log) {
     if up.live.is_empty() && !my_turn(r.ticks.get()) {
         return;
     }
-    let Some(mut view) = view(up) else {
+    let Some(view) = view(up) else {
         return;
     };
-    let coming_back = still_away(r, &view);
-    place_returning(&mut view.servers, coming_back);
-    let now = shedding(view.active, &view.servers, params.tolerance, view.paused);
+    // The state is decided on the zone's counts alone, the same for every
+    // worker: it starts above the tolerance and ends once every server is
+    // within half of it, or none may close one.
+    let mark = stop_mark(view.active, params.tolerance);
+    let over = shedding(view.active, &view.servers, params.tolerance, false);
+    let now = view.enabled
+        && over
+        && !view.paused
+        && (0..view.servers.len()).any(|j| may_close(&view.servers, j, mark));
     // Every key marked (a key added since gets it too): not `any`, which
     // would stop at the first change.
     let changed = view.keys.iter().filter(|k| k.set_shedding(now)).count() > 0;
     if changed && now != view.active {
-        log.module(
-            NGX_LOG_INFO,
-            format_args!(
-                "upstream \"{}\": rebalancing {} (tolerance {}%)",
-                String::from_utf8_lossy(&up.name),
-                if now { "starts" } else { "ends" },
-                params.tolerance
-            ),
+        log_state(up, if now { "starts" } else { "ends" }, params, log);
+    }
+    let paused = view.enabled && over && view.paused;
+    if paused != r.paused.replace(paused) && paused {
+        log_state(
+            up,
+            "waits: a server is down, draining, ramping up or failing",
+            params,
+            log,
         );
     }
     let mut quota = r.quota.get();
@@ -102,6 +122,27 @@ pub fn tick(up: &UpstreamCounters, params: &Params, log: Log) {
         quota.clear();
     }
     r.quota.set(quota);
+}
+
+/// The mark a server must be above to shed: the start mark, or once the
+/// upstream sheds, half of it (hysteresis).
+fn stop_mark(active: bool, tolerance: u32) -> u32 {
+    if active {
+        tolerance / 2
+    } else {
+        tolerance
+    }
+}
+
+fn log_state(up: &UpstreamCounters, what: &str, params: &Params, log: Log) {
+    log.module(
+        NGX_LOG_INFO,
+        format_args!(
+            "upstream \"{}\": rebalancing {what} (tolerance {}%)",
+            String::from_utf8_lossy(&up.name),
+            params.tolerance
+        ),
+    );
 }
 
 /// How many clients of connections closed in the last `RECONNECT_MS` (by
@@ -114,6 +155,7 @@ fn still_away(r: &Rebalancer, v: &View) -> u64 {
         closes: v.keys.iter().map(|k| u64::from(k.rebalancing().0)).sum(),
         conns: v.servers.iter().map(|s| u64::from(s.conns)).sum(),
     };
+    // Before the window starts, nothing is known to be away.
     let mut seen = r.seen.borrow_mut();
     while seen
         .front()
@@ -128,20 +170,6 @@ fn still_away(r: &Rebalancer, v: &View) -> u64 {
     closed.min(then.conns.saturating_sub(now.conns))
 }
 
-/// Counts `n` reconnecting clients where least connections sends them
-/// (one at a time, to the least loaded by weight; bounded).
-fn place_returning(servers: &mut [Server], n: u64) {
-    for _ in 0..n.min(100_000) {
-        let Some(least) = (0..servers.len())
-            .filter(|&i| servers[i].weight > 0)
-            .min_by(|&a, &b| load_cmp(servers[a], servers[b]))
-        else {
-            return;
-        };
-        servers[least].conns = servers[least].conns.saturating_add(1);
-    }
-}
-
 fn my_turn(tick: u64) -> bool {
     let (slot, count) = process::worker_slot();
     tick % count.max(1) as u64 == slot as u64
@@ -153,8 +181,10 @@ fn view(up: &UpstreamCounters) -> Option<View> {
     let link = up.link()?;
     let table = link.table;
     let r = &up.rebalancer;
+    // Found again when the table changed, and every few seconds anyway: a
+    // key added here and another removed elsewhere leave the count alike.
     let at = (table.epoch(), table.keys());
-    if r.found_at.get() != Some(at) {
+    if r.found_at.get() != Some(at) || r.ticks.get().is_multiple_of(RESCAN_TICKS) {
         let mut keys = Vec::with_capacity(table.keys() as usize + 8);
         if !table.upstream_keys(&link.lock(), &up.name, &mut keys) {
             return None;
@@ -169,6 +199,7 @@ fn view(up: &UpstreamCounters) -> Option<View> {
         key_of: Vec::with_capacity(keys.len()),
         paused: up.failures.is_some_and(|f| f.any(peers::now())),
         active: false,
+        enabled: true,
         keys,
     };
     for (i, k) in v.keys.iter().enumerate() {
@@ -178,6 +209,7 @@ fn view(up: &UpstreamCounters) -> Option<View> {
         };
         let meta = k.meta();
         v.active |= k.rebalancing().1;
+        v.enabled &= meta.flags & FLAG_REBALANCE != 0;
         if meta.flags & (FLAG_DOWN | FLAG_DRAINING) != 0 || k.ramp(now_ds).is_some() {
             v.paused = true;
         }
@@ -193,48 +225,57 @@ fn view(up: &UpstreamCounters) -> Option<View> {
 }
 
 /// While the upstream sheds: this worker's share of the closes.
-fn shed(up: &UpstreamCounters, params: &Params, mut v: View, quota: &mut Quota, log: Log) {
+fn shed(up: &UpstreamCounters, params: &Params, v: View, quota: &mut Quota, log: Log) {
+    let r = &up.rebalancer;
     let now_ms = peers::now_ms();
-    // This worker's long-lived connections per server, and of them those
-    // old enough to close.
-    let mut mine = vec![0u64; v.servers.len()];
+    let mark = stop_mark(true, params.tolerance);
+    // This worker's long-lived connections per server, and those it is
+    // closing that nginx has not finalized yet (still counted).
+    let n = v.servers.len();
+    let (mut mine, mut closing) = (vec![0u64; n], vec![0u32; n]);
     up.live.for_each(|held, node| {
         if let Some(j) = server_of(&v, held) {
-            if node.long_lived() {
+            if node.closing() {
+                closing[j] += 1;
+            } else if node.long_lived() {
                 mine[j] += 1;
             }
         }
     });
-    let shedding: Vec<usize> = (0..v.servers.len())
-        .filter(|&j| may_close(&v.servers, j, params.tolerance))
+    // The upstream as it will be once the clients closed lately are back.
+    let mut servers = v.servers.clone();
+    for (s, c) in servers.iter_mut().zip(&closing) {
+        s.conns = s.conns.saturating_sub(*c);
+    }
+    let away = still_away(r, &v) + closing.iter().map(|&c| u64::from(c)).sum::<u64>();
+    place_returning(&mut servers, away);
+    // What the whole upstream may close from each server, and this
+    // worker's part of it: what it holds of the server's connections.
+    let excess = excess(&servers, mark);
+    let allowed: Vec<u64> = (0..n)
+        .map(|j| {
+            let part = (
+                u128::from(excess[j]) * u128::from(mine[j]),
+                u128::from(servers[j].conns),
+            );
+            share(part, r)
+        })
         .collect();
-    let held: u64 = shedding.iter().map(|&j| mine[j]).sum();
-    let total: u64 = shedding
-        .iter()
-        .map(|&j| u64::from(v.servers[j].conns))
+    let held: u64 = (0..n).filter(|&j| excess[j] > 0).map(|j| mine[j]).sum();
+    let total: u64 = (0..n)
+        .filter(|&j| excess[j] > 0)
+        .map(|j| u64::from(servers[j].conns))
         .sum();
     quota.refill(now_ms, PERIOD_MS as u64, params.rate, held, total);
-    let mut plan = vec![0u64; v.servers.len()];
-    let mut budget = quota.closes();
-    while budget > 0 {
-        // The most loaded server that may still close one (by weight), with
-        // a connection of this worker left to close.
-        let Some(j) = (0..v.servers.len())
-            .filter(|&j| plan[j] < mine[j] && may_close(&v.servers, j, params.tolerance))
-            .max_by(|&a, &b| load_cmp(v.servers[a], v.servers[b]))
-        else {
-            break;
-        };
-        plan[j] += 1;
-        budget -= 1;
-        // As the decision will see it once the client is back elsewhere.
-        v.servers[j].conns -= 1;
-        if let Some(least) = (0..v.servers.len())
-            .filter(|&i| i != j && v.servers[i].weight > 0)
-            .min_by(|&a, &b| load_cmp(v.servers[a], v.servers[b]))
-        {
-            v.servers[least].conns += 1;
-        }
+    let mut plan = allowed;
+    let mut budget = quota.closes().min(plan.iter().sum());
+    // The budget to the most loaded servers first.
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| load_cmp(servers[b], servers[a]));
+    for &j in &order {
+        let take = plan[j].min(budget);
+        plan[j] = take;
+        budget -= take;
     }
     let mut closed = 0;
     up.live.for_each(|held, node| {
@@ -267,6 +308,25 @@ fn shed(up: &UpstreamCounters, params: &Params, mut v: View, quota: &mut Quota, 
     quota.spend(closed);
 }
 
+/// `num / den` rounded down or up at random, so that the workers' parts of
+/// one server's excess add up to it on average.
+fn share((num, den): (u128, u128), r: &Rebalancer) -> u64 {
+    if den == 0 {
+        return 0;
+    }
+    let (whole, rest) = (num / den, num % den);
+    let mut x = r.dice.get();
+    if x == 0 {
+        x = u64::from(std::process::id()) | 1 << 32;
+    }
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    r.dice.set(x);
+    let up = u128::from(x) % den < rest;
+    u64::try_from(whole).unwrap_or(u64::MAX) + u64::from(up)
+}
+
 /// Which usable server of `v` the connection counts on.
 fn server_of(v: &View, held: &Held) -> Option<usize> {
     let Held::Shared(c) = held else {
@@ -274,11 +334,6 @@ fn server_of(v: &View, held: &Held) -> Option<usize> {
     };
     let k = v.keys.iter().position(|k| *k == c.slot)?;
     v.key_of.iter().position(|&i| i == k)
-}
-
-/// Compares two servers' connections per weight (cross-multiplied).
-fn load_cmp(a: Server, b: Server) -> core::cmp::Ordering {
-    (u64::from(a.conns) * u64::from(b.weight)).cmp(&(u64::from(b.conns) * u64::from(a.weight)))
 }
 
 fn log_close(up: &UpstreamCounters, params: &Params, v: &View, j: usize, slot: SlotRef, log: Log) {

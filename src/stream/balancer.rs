@@ -42,6 +42,6 @@ fn install(s: &ngx_stream_session_t, us: &ngx_stream_upstream_srv_conf_t) -> Opt
     // SAFETY: the session's connection and its pool, for the session's
     // lifetime.
     let pool = unsafe { Pool::from_ngx_pool((*s.connection).pool) };
-    let conn = Conn::Stream(NonNull::from(&u.peer));
+    let conn = Conn::Stream(NonNull::new(s.upstream)?);
     balance::install(&pool, &mut u.peer, upstream, conn)
 }
