@@ -23,7 +23,11 @@ use Test::Nginx::Backend;
 use Test::Nginx::Reconnect;
 use Test::Nginx::WebSocket;
 
-my $quick = grep { $_ eq '--quick' } @ARGV;
+if (grep { $_ ne '--quick' } @ARGV) {
+	print STDERR "usage: scripts/bench/rebalance.pl [--quick] > section.md\n";
+	exit 2;
+}
+my $quick = @ARGV;
 my $held = $quick ? 300 : 3000;
 # How long each method is watched after the reload, at most.
 my $window = $quick ? 10 : 60;
