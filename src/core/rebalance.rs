@@ -205,56 +205,55 @@ pub fn may_close(servers: &[Server], i: usize, tolerance: u32) -> bool {
     fair && gains
 }
 
-/// A token bucket for closes, in one 64-bit word for a compare-and-swap
-/// in the zone: milli-tokens in the high half, the time of the last refill
-/// (deciseconds of the monotonic clock) in the low half.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Bucket {
-    pub milli_tokens: u32,
-    pub at: u32,
+/// A worker's share of the upstream's rate of closes: a token bucket of
+/// its own, refilled at `rate * mine / total` closes a second, where
+/// `mine` is what this worker holds of the `total` connections that may
+/// shed (the zone's counts). Summed over the workers, that is at most
+/// `rate`: each holds its own connections, and the counts include them all.
+/// It holds at most one close more than a tick refills, so a worker cannot
+/// save up a burst.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// In thousandths of a close.
+    milli: u64,
+    /// When it was last refilled (ms); 0: never.
+    at_ms: u64,
 }
 
-impl Bucket {
-    pub fn from_word(w: u64) -> Bucket {
-        Bucket {
-            milli_tokens: (w >> 32) as u32,
-            at: w as u32,
-        }
-    }
-
-    pub fn to_word(self) -> u64 {
-        (u64::from(self.milli_tokens) << 32) | u64::from(self.at)
-    }
-
-    /// The bucket after refilling at `rate` closes a second up to one
-    /// second's worth (at least one close), then taking one close if it
-    /// holds one: `(taken, new bucket)`. A `now` before `at` (a worker whose
-    /// cached time lags) refills nothing.
-    pub fn take(self, now: u32, rate: u32) -> (bool, Bucket) {
-        let cap = u64::from(rate.max(1)) * 1000;
-        let elapsed = u64::from(now.saturating_sub(self.at));
-        // `rate` closes a second is `rate * 100` milli-tokens a decisecond.
-        let refill = elapsed * u64::from(rate) * 100;
-        let tokens = (u64::from(self.milli_tokens) + refill).min(cap);
-        let at = if elapsed > 0 { now } else { self.at };
-        if tokens >= 1000 {
-            let left = u32::try_from(tokens - 1000).unwrap_or(u32::MAX);
-            (
-                true,
-                Bucket {
-                    milli_tokens: left,
-                    at,
-                },
-            )
+impl Quota {
+    pub fn refill(&mut self, now_ms: u64, tick_ms: u64, rate: u32, mine: u64, total: u64) {
+        let elapsed = if self.at_ms == 0 {
+            0
         } else {
-            (
-                false,
-                Bucket {
-                    milli_tokens: tokens as u32,
-                    at,
-                },
-            )
+            now_ms.saturating_sub(self.at_ms)
+        };
+        self.at_ms = now_ms.max(self.at_ms);
+        if mine == 0 || total == 0 {
+            self.milli = 0;
+            return;
         }
+        let mine = mine.min(total);
+        // 1 close a second is 1 thousandth of a close a millisecond.
+        let per_ms =
+            |ms: u64| u128::from(ms) * u128::from(rate) * u128::from(mine) / u128::from(total);
+        // A tick's refill on top of less than one close: nothing spent each
+        // tick is lost, and nothing saved beyond.
+        let cap = per_ms(tick_ms) + 1000;
+        let milli = u128::from(self.milli) + per_ms(elapsed);
+        self.milli = milli.min(cap) as u64;
+    }
+
+    /// Whole closes it holds now.
+    pub fn closes(&self) -> u64 {
+        self.milli / 1000
+    }
+
+    pub fn spend(&mut self, closes: u64) {
+        self.milli = self.milli.saturating_sub(closes * 1000);
+    }
+
+    pub fn clear(&mut self) {
+        *self = Quota::default();
     }
 }
 
@@ -402,41 +401,42 @@ mod tests {
     }
 
     #[test]
-    fn the_bucket_holds_the_rate() {
-        let b = Bucket::from_word(0);
-        assert_eq!(b, Bucket::from_word(b.to_word()));
-        // Rate 5/s: at most 5 closes in the first second after a full
-        // bucket, and one more every 200 ms.
-        let mut b = Bucket {
-            milli_tokens: 0,
-            at: 100,
-        };
-        let mut taken = 0;
-        for ds in 100..=110 {
-            loop {
-                let (ok, next) = b.take(ds, 5);
-                b = next;
-                if !ok {
-                    break;
-                }
-                taken += 1;
+    fn the_workers_quotas_add_up_to_the_rate() {
+        // Rate 10/s, three workers holding 600, 300 and 100 of 1,000, over
+        // ten seconds of 200 ms ticks: 100 closes together, 60/30/10.
+        let held = [600u64, 300, 100];
+        let mut quotas = [Quota::default(); 3];
+        let mut closes = [0u64; 3];
+        for tick in 0..=50u64 {
+            for (w, q) in quotas.iter_mut().enumerate() {
+                q.refill(1_000 + tick * 200, 200, 10, held[w], 1_000);
+                let n = q.closes();
+                q.spend(n);
+                closes[w] += n;
             }
         }
-        assert_eq!(taken, 5, "one second at 5/s");
-        let (ok, b2) = b.take(112, 5);
-        assert!(ok, "200 ms later: one more");
-        assert!(!b2.take(112, 5).0);
-        // A long pause fills it to one second's worth, no more.
-        let mut full = b2.take(10_000, 5).1;
-        let mut burst = 1;
-        while let (true, next) = full.take(10_000, 5) {
-            full = next;
-            burst += 1;
-        }
-        assert_eq!(burst, 5);
-        // A lagging clock refills nothing and does not move the time back.
-        let (_, lag) = full.take(9_000, 5);
-        assert_eq!(lag.at, 10_000);
+        assert_eq!(closes.iter().sum::<u64>(), 100, "{closes:?}");
+        assert_eq!(closes, [60, 30, 10]);
+    }
+
+    #[test]
+    fn a_quota_saves_no_burst_and_holds_nothing_without_connections() {
+        let mut q = Quota::default();
+        q.refill(1_000, 200, 10, 1, 1);
+        assert_eq!(q.closes(), 0, "the first tick only starts the clock");
+        // An hour idle: a tick's worth and one (3 closes at 10/s), no more.
+        q.refill(3_601_000, 200, 10, 1, 1);
+        assert_eq!(q.closes(), 3);
+        // A slow worker still gets one close at a time.
+        q.refill(3_602_000, 200, 1, 1, 1);
+        assert_eq!(q.closes(), 1);
+        q.refill(3_603_000, 200, 10, 0, 1);
+        assert_eq!(q.closes(), 0, "nothing held: nothing to spend");
+        // A clock that lags refills nothing.
+        q.refill(3_604_000, 200, 10, 1, 1);
+        let before = q;
+        q.refill(3_603_500, 200, 10, 1, 1);
+        assert_eq!(q, before);
     }
 
     #[test]

@@ -133,6 +133,9 @@ fn render_json(subsystem: Option<&str>, zone: Option<&ZoneInfo>, entries: &[Entr
         if let Some(p) = e.ramping {
             let _ = write!(out, ",\"ramping\":{p}");
         }
+        if let Some(r) = e.rebalance {
+            let _ = write!(out, ",\"shed\":{},\"rebalancing\":{}", r.shed, r.shedding);
+        }
         out.push('}');
     }
     out.push_str("\n]}\n");
@@ -246,7 +249,51 @@ fn render_prometheus(
         }
     }
     ramp_series(&mut out, &first, entries);
+    rebalance_series(&mut out, &first, entries);
     out
+}
+
+/// Rebalancing, for the upstreams that have it: each server's closes, and
+/// each upstream's state (once, from its first server).
+fn rebalance_series(out: &mut String, first: &str, entries: &[Entry]) {
+    let shed = "least_conn_persistent_shed_total";
+    let _ = writeln!(
+        out,
+        "# HELP {shed} Connections to a server that rebalancing closed.\n# TYPE {shed} counter"
+    );
+    for e in entries {
+        let Some(r) = e.rebalance else {
+            continue;
+        };
+        let (upstream, server) = e.parts();
+        let _ = write!(out, "{shed}{{{first}upstream=\"");
+        label(out, upstream);
+        out.push_str("\",server=\"");
+        label(out, server);
+        let _ = writeln!(out, "\"}} {}", r.shed);
+    }
+    let on = "least_conn_persistent_rebalancing";
+    let _ = writeln!(
+        out,
+        "# HELP {on} Whether rebalancing closes connections of the upstream now (1) or not (0).\n\
+         # TYPE {on} gauge"
+    );
+    let mut upstreams: Vec<(&str, bool)> = Vec::new();
+    for e in entries {
+        let Some(r) = e.rebalance else {
+            continue;
+        };
+        let (upstream, _) = e.parts();
+        match upstreams.iter_mut().find(|(u, _)| *u == upstream) {
+            Some((_, on)) => *on |= r.shedding,
+            None => upstreams.push((upstream, r.shedding)),
+        }
+    }
+    for (upstream, shedding) in upstreams {
+        let _ = write!(out, "{on}{{{first}upstream=\"");
+        label(out, upstream);
+        let _ = writeln!(out, "\"}} {}", u8::from(shedding));
+    }
 }
 
 /// Slow start: how far each ramping server is (no series for the others).

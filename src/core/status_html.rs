@@ -92,14 +92,25 @@ fn upstream_table(out: &mut String, name: &str, entries: &[Entry]) {
         if let Some(p) = e.ramping {
             let _ = write!(out, " data-ramping=\"{p}\"");
         }
+        if let Some(r) = e.rebalance {
+            let _ = write!(
+                out,
+                " data-shed=\"{}\" data-rebalancing=\"{}\"",
+                r.shed, r.shedding
+            );
+        }
         out.push_str("><td>");
         escape(out, server);
         if e.lua {
             out.push_str(" <small>(Lua)</small>");
         }
-        let ramping = e
+        let mut ramping = e
             .ramping
             .map_or_else(String::new, |p| format!(", ramping {p}%"));
+        if let Some(r) = e.rebalance.filter(|r| r.shed > 0 || r.shedding) {
+            let now = if r.shedding { ", rebalancing" } else { "" };
+            let _ = write!(ramping, "{now}, {} shed", r.shed);
+        }
         let _ = writeln!(
             out,
             "</td><td class=\"{state}\">{state}{ramping}</td><td class=\"n\">{count}</td>\

@@ -62,6 +62,15 @@ pub struct Entry {
     pub lua: bool,
     /// Slow start: how far its ramp up is, in percent, while it ramps.
     pub ramping: Option<u8>,
+    /// For an upstream with `least_conn_persistent_rebalance`: the
+    /// connections rebalancing closed, and whether the upstream sheds now.
+    pub rebalance: Option<Rebalance>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rebalance {
+    pub shed: u32,
+    pub shedding: bool,
 }
 
 impl Entry {
@@ -91,6 +100,7 @@ pub(crate) mod tests {
             state,
             lua: false,
             ramping: None,
+            rebalance: None,
         }
     }
 }

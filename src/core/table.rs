@@ -81,6 +81,16 @@ pub const FLAG_DRAINING: u32 = 4;
 /// Declared from Lua (the C ABI), not by nginx's configuration: reloads do
 /// not sweep it; its `epoch` is the second it was last declared or picked.
 pub const FLAG_LUA: u32 = 8;
+/// The upstream has `least_conn_persistent_rebalance` (configuration).
+pub const FLAG_REBALANCE: u32 = 16;
+/// The flags a configuration (or Lua) writes, as `Meta::flags`.
+const META_FLAGS: u32 = FLAG_BACKUP | FLAG_DOWN | FLAG_DRAINING | FLAG_LUA | FLAG_REBALANCE;
+/// Run-time state in the rest of `flags`, which `set_meta` keeps: the
+/// upstream sheds now (rebalancing), and in the top bits how many
+/// connections to the key rebalancing closed.
+const FLAG_SHEDDING: u32 = 32;
+const SHED_SHIFT: u32 = 8;
+const SHED_MAX: u32 = u32::MAX >> SHED_SHIFT;
 
 const fn pack(generation: u32, count: u32) -> u64 {
     ((generation as u64) << 32) | count as u64
@@ -272,6 +282,9 @@ pub struct EntryView<'a> {
     pub meta: Meta,
     /// When its slow start began (0: never); see `ramp::elapsed`.
     pub ramp_since: u32,
+    /// Connections rebalancing closed, and whether the upstream sheds now.
+    pub shed: u32,
+    pub shedding: bool,
 }
 
 impl Slot {
@@ -326,7 +339,7 @@ impl Slot {
         Meta {
             weight: self.weight.load(Ordering::Relaxed),
             max_conns: self.max_conns.load(Ordering::Relaxed),
-            flags: self.flags.load(Ordering::Relaxed),
+            flags: self.flags.load(Ordering::Relaxed) & META_FLAGS,
             slow_start: self.ramp_window.load(Ordering::Relaxed),
         }
     }
@@ -335,8 +348,20 @@ impl Slot {
         self.weight.store(meta.weight, Ordering::Relaxed);
         self.max_conns.store(meta.max_conns, Ordering::Relaxed);
         self.ramp_window.store(meta.slow_start, Ordering::Relaxed);
-        self.flags.store(meta.flags, Ordering::Relaxed);
+        // The run-time bits stay: other workers change them lock-free.
+        let _ = self
+            .flags
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
+                Some((f & !META_FLAGS) | (meta.flags & META_FLAGS))
+            });
         self.epoch.store(epoch, Ordering::Relaxed);
+    }
+
+    /// Connections to the key rebalancing closed, and whether its upstream
+    /// sheds now.
+    fn rebalancing(&self) -> (u32, bool) {
+        let f = self.flags.load(Ordering::Relaxed);
+        (f >> SHED_SHIFT, f & FLAG_SHEDDING != 0)
     }
 
     /// Where the key's ramp is at `now`: `Some(elapsed, window)` while it
@@ -436,6 +461,45 @@ impl SlotRef {
 
     pub fn flags(&self) -> u32 {
         self.slot().flags.load(Ordering::Relaxed)
+    }
+
+    /// What the configuration that stamped the key last recorded (read
+    /// lock-free: fields may come from two stamps).
+    pub fn meta(&self) -> Meta {
+        self.slot().meta()
+    }
+
+    /// Rebalancing: (connections it closed, whether the upstream sheds).
+    pub fn rebalancing(&self) -> (u32, bool) {
+        self.slot().rebalancing()
+    }
+
+    /// Counts one connection rebalancing closed; the caller holds a count
+    /// on the key (so it stays this key). Stops at the field's maximum.
+    pub fn note_shed(&self) {
+        let _ = self
+            .slot()
+            .flags
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
+                (f >> SHED_SHIFT < SHED_MAX).then_some(f + (1 << SHED_SHIFT))
+            });
+    }
+
+    /// Marks whether the key's upstream sheds; true if this call changed
+    /// it. Lock-free, one bit no configuration writes; a handle gone stale
+    /// since its generation was checked can at worst mark a reused slot,
+    /// whose next stamp by a configuration clears the mark (`upsert_at`).
+    pub fn set_shedding(&self, on: bool) -> bool {
+        if self.count().is_none() {
+            return false;
+        }
+        let flags = &self.slot().flags;
+        let before = if on {
+            flags.fetch_or(FLAG_SHEDDING, Ordering::Relaxed)
+        } else {
+            flags.fetch_and(!FLAG_SHEDDING, Ordering::Relaxed)
+        };
+        (before & FLAG_SHEDDING != 0) != on
     }
 
     /// Marks a Lua key as used at second `now` (see `Table::expire_lua`).
@@ -700,6 +764,8 @@ impl Table {
         slot.upstream_len
             .store(upstream_len as u32, Ordering::Relaxed);
         slot.hash.store(hash, Ordering::Relaxed);
+        // A new key starts with no run-time bits.
+        slot.flags.store(0, Ordering::Relaxed);
         slot.set_meta(meta, epoch);
         // The new key's ramp (none for a key added down or draining), written
         // before the key is published.
@@ -972,8 +1038,37 @@ impl Table {
                 count: count_of(slot.word.load(Ordering::Acquire)),
                 meta: slot.meta(),
                 ramp_since: slot.ramp_since.load(Ordering::Relaxed),
+                shed: slot.rebalancing().0,
+                shedding: slot.rebalancing().1,
             });
         }
+    }
+
+    /// Handles on the keys of `upstream` (nginx's, not Lua's) into `out`,
+    /// without growing it (nothing is allocated under the lock): false if
+    /// they do not all fit.
+    pub fn upstream_keys(
+        &self,
+        locked: &impl Arena,
+        upstream: &[u8],
+        out: &mut Vec<SlotRef>,
+    ) -> bool {
+        self.check(locked);
+        out.clear();
+        for slot in self.all_slots() {
+            // SAFETY: lock held; used slot.
+            let key = unsafe { slot.key() };
+            let ours = slot.flags.load(Ordering::Relaxed) & FLAG_LUA == 0
+                && key::split_key(key).is_some_and(|(u, _)| u == upstream);
+            if !ours {
+                continue;
+            }
+            if out.len() == out.capacity() {
+                return false;
+            }
+            out.push(Self::handle(slot));
+        }
+        true
     }
 
     /// Whether a holder died with the lock (`repair.rs`), and marking it.
@@ -1173,6 +1268,58 @@ pub(crate) mod tests {
     fn block_is_one_page() {
         assert_eq!(size_of::<Slot>(), 64);
         assert_eq!(size_of::<Block>(), 4096);
+    }
+
+    #[test]
+    fn rebalancing_bits_outlive_stamps_and_not_the_key() {
+        let a = HeapArena::new(1 << 20);
+        let t = table(&a);
+        let on = Meta {
+            flags: FLAG_REBALANCE,
+            ..M
+        };
+        let k = t.upsert(&a, b"conn_count:u:a", 12, on, 1).unwrap();
+        let other = t.upsert(&a, b"conn_count:v:a", 12, on, 1).unwrap();
+        assert_eq!(k.rebalancing(), (0, false));
+        assert!(k.set_shedding(true), "changed");
+        assert!(!k.set_shedding(true), "already on");
+        k.note_shed();
+        k.note_shed();
+        // A reload's stamp keeps them; what it records reads as before.
+        let down = Meta {
+            flags: FLAG_REBALANCE | FLAG_DOWN,
+            ..M
+        };
+        t.upsert(&a, b"conn_count:u:a", 12, down, 2).unwrap();
+        assert_eq!(k.rebalancing(), (2, true));
+        assert_eq!(k.meta().flags, FLAG_REBALANCE | FLAG_DOWN);
+        assert_eq!(other.rebalancing(), (0, false), "another key's are its own");
+        // The upstream's keys, not another's nor Lua's.
+        let mut keys = Vec::with_capacity(4);
+        assert!(t.upstream_keys(&a, b"u", &mut keys));
+        assert_eq!(keys, vec![k]);
+        let mut none = Vec::new();
+        assert!(!t.upstream_keys(&a, b"u", &mut none), "no room: said so");
+        // A key removed and another stored in its slot starts from zero.
+        t.sweep(&a, 3);
+        let again = t.upsert(&a, b"conn_count:w:b", 12, M, 3).unwrap();
+        assert_eq!(again.rebalancing(), (0, false));
+        assert!(!k.set_shedding(true), "a stale handle marks nothing");
+        assert_eq!(again.rebalancing(), (0, false));
+    }
+
+    #[test]
+    fn closes_stop_at_the_fields_maximum() {
+        let a = HeapArena::new(1 << 20);
+        let t = table(&a);
+        let k = t.upsert(&a, b"k", 0, M, 1).unwrap();
+        let slot = k.slot();
+        slot.flags
+            .fetch_add((SHED_MAX - 1) << SHED_SHIFT, Ordering::Relaxed);
+        k.note_shed();
+        k.note_shed();
+        assert_eq!(k.rebalancing().0, SHED_MAX);
+        assert_eq!(k.meta().flags, 0, "the count spills into no flag");
     }
 
     /// Slow start of 30 s.

@@ -9,6 +9,9 @@ use nginx_sys::{
 use ngx::core::{Pool, Status};
 use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
 
+use core::ptr::NonNull;
+
+use crate::ngx::live::Conn;
 use crate::shared::balance;
 
 use super::Module;
@@ -38,5 +41,6 @@ fn install(r: &ngx_http_request_t, us: &ngx_http_upstream_srv_conf_t) -> Option<
     let u = unsafe { r.upstream.as_mut() }?;
     // SAFETY: the request's pool, for the request's lifetime.
     let pool = unsafe { Pool::from_ngx_pool(r.pool) };
-    balance::install(&pool, &mut u.peer, upstream)
+    let conn = Conn::Http(NonNull::from(&*u));
+    balance::install(&pool, &mut u.peer, upstream, conn)
 }

@@ -7,7 +7,8 @@ use ngx::http::{HTTPStatus, HttpModule, HttpModuleMainConf, Method, Request};
 use crate::core::ramp;
 use crate::core::status::{parse_format, render, render_subsystem, Entry, Format, State, ZoneInfo};
 use crate::core::status_html::parse_refresh;
-use crate::core::table::FLAG_LUA;
+use crate::core::status_model::Rebalance;
+use crate::core::table::{FLAG_LUA, FLAG_REBALANCE};
 use crate::ngx::peers::now_ms;
 use crate::shared::registry::Registry;
 use crate::shared::zone::{tables_of_other_modules, ZoneLink};
@@ -88,6 +89,10 @@ fn zone_entries(z: &ZoneLink) -> (ZoneInfo, Vec<Entry>) {
             lua: e.meta.flags & FLAG_LUA != 0,
             ramping: ramp::elapsed(now, e.ramp_since, e.meta.slow_start)
                 .map(|elapsed| ramp::percent(elapsed, e.meta.slow_start)),
+            rebalance: (e.meta.flags & FLAG_REBALANCE != 0).then_some(Rebalance {
+                shed: e.shed,
+                shedding: e.shedding,
+            }),
         })
         .collect();
     (snap.info, entries)
@@ -111,6 +116,7 @@ fn collect(registry: &Registry) -> (Option<ZoneInfo>, Vec<Entry>) {
                     state: State::Fallback,
                     lua: false,
                     ramping: None,
+                    rebalance: None,
                 });
             }
         });

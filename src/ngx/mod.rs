@@ -18,6 +18,7 @@
 pub mod conf;
 #[cfg(feature = "crash-points")]
 pub mod crash;
+pub mod live;
 #[cfg(feature = "lock-stats")]
 pub mod lock_stats;
 pub mod log;

@@ -8,7 +8,7 @@
 use core::ffi::c_void;
 use core::ptr::NonNull;
 
-use super::subsystem::{RrPeer, RrPeerData, RrPeers};
+use super::subsystem::{RrPeer, RrPeerData, RrPeers, UpstreamSrvConf};
 use nginx_sys::{
     ngx_cached_time, ngx_int_t, ngx_peer_connection_t, ngx_rwlock_unlock, ngx_rwlock_wlock,
     ngx_uint_t, time_t,
@@ -599,5 +599,33 @@ impl<S: CountSource, const TRIED: bool, const RAMP: bool> PeerList for RrList<'_
 
     fn lower_current_weight(&mut self, c: PeerCursor, by: i64) {
         self.peer_mut(c).current_weight -= by as ngx_int_t;
+    }
+}
+
+/// An upstream's primary peers as round-robin keeps them (in its `zone`
+/// once that is set up, so looked up each time), for a look at their
+/// failures outside any request (rebalancing pauses meanwhile).
+#[derive(Clone, Copy, Debug)]
+pub struct Failures(NonNull<UpstreamSrvConf>);
+
+impl Failures {
+    pub fn new(us: &UpstreamSrvConf) -> Failures {
+        Failures(NonNull::from(us))
+    }
+
+    /// Whether some primary peer is out after `max_fails` (as this worker,
+    /// or with an upstream `zone` every worker, sees it) at second `now`.
+    pub fn any(&self, now: time_t) -> bool {
+        // SAFETY: the upstream's configuration, which lives as long as the
+        // configuration that registered it (the caller's); its round-robin
+        // init succeeded.
+        let (primary, _) = unsafe { lists(self.0.as_ref().peer.data) };
+        let Some(list) = primary else {
+            return false;
+        };
+        let _lock = lock(list);
+        each_peer(list).any(|p| {
+            p.max_fails != 0 && p.fails >= p.max_fails && now - p.checked <= p.fail_timeout
+        })
     }
 }

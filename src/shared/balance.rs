@@ -19,9 +19,11 @@ use ngx::core::{Pool, Status};
 use ngx::ngx_log_debug;
 
 use crate::core::follow::PeerListCopy;
+use crate::core::rebalance::Params;
 use crate::core::select::{choose, PeerList};
 use crate::core::table::{Meta, FLAG_DOWN};
 use crate::ngx::conf::ConfWarning;
+use crate::ngx::live::Conn;
 use crate::ngx::log::Log;
 use crate::ngx::peers::{self, Matched, PeerCursor, PeersLock, PerWorker, RoundRobin};
 use crate::ngx::subsystem::{self, free_round_robin_peer, RrPeer, RrPeers, UpstreamSrvConf};
@@ -53,11 +55,14 @@ pub fn register(
     registry: &mut Registry,
     us: &UpstreamSrvConf,
     slow_start: u32,
+    rebalance: Option<Params>,
 ) -> (usize, Vec<ConfWarning>) {
     let name = us.host.as_bytes();
     let mut counters = UpstreamCounters::new(name);
-    // Before the lists: their servers' metadata carries it (`meta_for`).
+    // Before the lists: their servers' metadata carries them (`meta_for`).
     counters.slow_start = slow_start;
+    counters.rebalance = rebalance;
+    counters.failures = Some(peers::Failures::new(us));
     let mut warnings = Vec::new();
     // SAFETY: round-robin init has just filled peer.data.
     let (primary, backup) = unsafe { peers::lists(us.peer.data) };
@@ -147,6 +152,7 @@ pub fn install(
     pool: &Pool,
     pc: &mut ngx_peer_connection_t,
     upstream: &'static UpstreamCounters,
+    conn: Conn,
 ) -> Option<()> {
     // SAFETY: round-robin's per-request data, just set up; the request's.
     let rr = unsafe { RoundRobin::from_ptr(pc.data) }?;
@@ -169,6 +175,11 @@ pub fn install(
         })
     };
     pc.data = pd.cast();
+    if upstream.rebalance.is_some() && upstream.link().is_some() {
+        // SAFETY: written just above, in the request's pool.
+        let held = unsafe { &(*pd).held };
+        upstream.live.track(pool, held, conn, peers::now_ms())?;
+    }
     // Slow start has its own pick, so that the pick of an upstream without
     // it pays nothing for it.
     pc.get = Some(if upstream.slow_start != 0 {

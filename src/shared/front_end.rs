@@ -27,6 +27,7 @@ use crate::ngx::timer;
 
 use super::balance;
 use super::module_conf::{MainConf, SrvConf};
+use super::rebalance;
 use super::workers;
 
 /// Where a front-end's configuration is, and how its requests start.
@@ -133,7 +134,8 @@ extern "C" fn init_upstream<F: FrontEnd>(
     us.peer.init = F::init_peer();
     let r = match (F::main_conf(cf), F::srv_conf(us)) {
         (Some(mcf), Some(scf)) => {
-            let (index, warnings) = balance::register(&mut mcf.registry, us, scf.slow_start);
+            let (index, warnings) =
+                balance::register(&mut mcf.registry, us, scf.slow_start, scf.rebalance);
             for w in &warnings {
                 log_warning(cf, b"least_conn_persistent", w);
             }
@@ -218,6 +220,9 @@ pub extern "C" fn init_process<F: FrontEnd>(cycle: *mut ngx_cycle_t) -> ngx_int_
         if registry.zone().is_some() {
             let (slot, count) = process::worker_slot();
             timer::in_turn(workers::CHECK_INTERVAL_MS, slot, count, check::<F>);
+            if registry.upstreams().any(|up| up.rebalance.is_some()) {
+                timer::every(rebalance::PERIOD_MS, rebalance_tick::<F>);
+            }
         }
     }
     Status::NGX_OK.into()
@@ -230,6 +235,19 @@ fn crash_role() -> crate::ngx::crash::Role {
         crate::ngx::crash::Role::Worker
     } else {
         crate::ngx::crash::Role::Helper
+    }
+}
+
+fn rebalance_tick<F: FrontEnd>() {
+    // SAFETY: in a worker, `ngx_cycle` is its cycle (an exiting worker's
+    // too: the old configuration, whose connections it still holds).
+    let cycle = unsafe { &*ngx_cycle };
+    if let Some(mcf) = F::cycle_main_conf(cycle) {
+        for up in mcf.registry.upstreams() {
+            if let Some(params) = &up.rebalance {
+                rebalance::tick(up, params, Log::cycle());
+            }
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod balance;
 pub mod front_end;
 pub mod module_conf;
+pub mod rebalance;
 pub mod registry;
 pub mod workers;
 pub mod zone;

@@ -24,19 +24,23 @@ use ngx::core::Status;
 use crate::core::follow::{runtime_stamp, PeerListCopy};
 use crate::core::key::{self, Occurrence};
 use crate::core::ramp;
+use crate::core::rebalance::Params;
 use crate::core::record::{self, CellRef, Counted, RecordRef};
 use crate::core::table::{
     Acquire, Meta, RampStart, Release, SlotRef, Table, FLAG_BACKUP, FLAG_DRAINING, FLAG_LUA,
+    FLAG_REBALANCE,
 };
 use crate::ngx::conf::{args, page_size, parse_size, text, ConfError};
 
 /// The smallest zone: a few pages for the slab allocator, the table, and
 /// some keys.
 const MIN_ZONE_PAGES: usize = 8;
+use crate::ngx::live::LiveList;
 use crate::ngx::log::Log;
-use crate::ngx::peers::{self, SharedCount};
+use crate::ngx::peers::{self, Failures, SharedCount};
 use crate::ngx::shm::{self, ShmZone};
 
+use super::rebalance::Rebalancer;
 use super::zone::{open_table, Locked, ZoneLink};
 
 /// Which of an upstream's lists a server is on.
@@ -402,6 +406,14 @@ pub struct UpstreamCounters {
     /// Slow start: the window its servers ramp up over when they join or
     /// come back, in deciseconds (`core::ramp`); 0: none.
     pub slow_start: u32,
+    /// `least_conn_persistent_rebalance`, when given (`shared::rebalance`).
+    pub rebalance: Option<Params>,
+    /// Rebalancing: this worker's connections of the upstream (each with
+    /// what its request holds), its primary peers' failures, and what its
+    /// timer keeps between ticks.
+    pub live: LiveList<Held>,
+    pub failures: Option<Failures>,
+    pub rebalancer: Rebalancer,
 }
 
 impl UpstreamCounters {
@@ -426,6 +438,9 @@ impl UpstreamCounters {
             meta.flags |= FLAG_BACKUP;
         }
         meta.slow_start = self.slow_start;
+        if self.rebalance.is_some() {
+            meta.flags |= FLAG_REBALANCE;
+        }
         meta
     }
 
@@ -562,6 +577,17 @@ impl UpstreamCounters {
             self.backup.counters.get_mut(),
         );
         primary.iter_mut().chain(backup.iter_mut())
+    }
+
+    /// The zone the upstream counts in, once committed.
+    pub fn link(&self) -> Option<&ZoneLink> {
+        self.link.as_ref()
+    }
+
+    /// The counter of this worker that counts on `slot`: its server's name.
+    pub fn server_of(&self, slot: SlotRef) -> Option<String> {
+        self.for_slot(slot)
+            .map(|pc| String::from_utf8_lossy(pc.server()).into_owned())
     }
 
     /// The name of the zone the upstream counts in, once committed.

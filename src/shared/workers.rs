@@ -66,6 +66,20 @@ pub fn commit(registry: &mut Registry, log: Log) {
                 ),
             );
         }
+        let rebalance = registry
+            .upstreams()
+            .filter(|up| up.rebalance.is_some())
+            .count();
+        if rebalance > 0 {
+            log.module(
+                NGX_LOG_WARN,
+                format_args!(
+                    "least_conn_persistent_rebalance of {rebalance} {} upstream(s) is ignored: \
+                     it needs \"least_conn_persistent_zone\"",
+                    subsystem::NAME
+                ),
+            );
+        }
     }
 }
 

@@ -104,6 +104,9 @@ pub struct CopiedEntry {
     pub meta: Meta,
     /// When its slow start began (`EntryView::ramp_since`).
     pub ramp_since: u32,
+    /// Rebalancing (`EntryView::shed`, `EntryView::shedding`).
+    pub shed: u32,
+    pub shedding: bool,
 }
 
 /// What the status page shows of a zone, copied in one short hold.
@@ -139,6 +142,8 @@ impl ZoneLink {
                 count: 0,
                 meta: Meta::default(),
                 ramp_since: 0,
+                shed: 0,
+                shedding: false,
             };
             let mut entries = vec![empty; room.0];
             // Not zeroes: a zeroed allocation may be pages not yet touched.
@@ -160,6 +165,8 @@ impl ZoneLink {
                         count: e.count,
                         meta: e.meta,
                         ramp_since: e.ramp_since,
+                        shed: e.shed,
+                        shedding: e.shedding,
                     };
                     (n, at) = (n + 1, end);
                 });

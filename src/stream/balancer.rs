@@ -8,6 +8,9 @@ use nginx_sys::{
 };
 use ngx::core::{Pool, Status};
 
+use core::ptr::NonNull;
+
+use crate::ngx::live::Conn;
 use crate::shared::balance;
 use crate::shared::front_end::FrontEnd;
 
@@ -39,5 +42,6 @@ fn install(s: &ngx_stream_session_t, us: &ngx_stream_upstream_srv_conf_t) -> Opt
     // SAFETY: the session's connection and its pool, for the session's
     // lifetime.
     let pool = unsafe { Pool::from_ngx_pool((*s.connection).pool) };
-    balance::install(&pool, &mut u.peer, upstream)
+    let conn = Conn::Stream(NonNull::from(&u.peer));
+    balance::install(&pool, &mut u.peer, upstream, conn)
 }
