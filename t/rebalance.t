@@ -297,8 +297,8 @@ ok($stay->{c} == 0 && $stay->{a} + $stay->{b} == $n, 'the spread stays: ' . show
 unlike(log_now(), qr/rebalancing/, 'the log says nothing of rebalancing');
 ok(!grep({ exists $_->{shed} || exists $_->{rebalancing} } entries('u')),
 	'status: no "shed" nor "rebalancing"');
-unlike(http_get('/status?format=prometheus'), qr/least_conn_persistent_(shed_total|rebalancing)\b/,
-	'Prometheus: no shed_total nor rebalancing series');
+unlike(http_get('/status?format=prometheus'), qr/^least_conn_persistent_(shed_total|rebalancing)\{/m,
+	'Prometheus: no shed_total nor rebalancing sample');
 finish($crowd);
 
 ###############################################################################
