@@ -105,9 +105,11 @@ sub run_method {
 	$r{closes} = @closes;
 	$r{last_close} = @closes ? $closes[-1]{at} - $reloaded : undef;
 	$r{max1} = $crowd->max_in_window(1);
-	# Closes a second from the first to the last (the workers close on
-	# 200 ms ticks: a 1 s window of the clients' clock may hold six).
-	$r{avg} = @closes > 1 ? (@closes - 1) / ($closes[-1]{at} - $closes[0]{at}) : undef;
+	# Closes a second from the first to the last. The workers close on
+	# 200 ms ticks, each tick spending 200 ms of the rate: N ticks span
+	# N - 1 intervals, so the span counts one tick more. (For the same
+	# reason a 1 s window of the clients' clock may hold six ticks.)
+	$r{avg} = @closes ? @closes / ($closes[-1]{at} - $closes[0]{at} + 0.2) : undef;
 	$r{failures} = $crowd->failures;
 	# Closes from a server at or below its fair share once the batch of
 	# closes it was in had gone (as the clients saw it).
