@@ -96,6 +96,11 @@ section "7. At 64 workers: idle CPU, zone mutex holds, zone memory" scale.pl
 if [ "$nginx" = debian ] || [ ${#quick[@]} -eq 0 ]; then
     section "8. Slow start" slow_start.pl
 fi
+# Rebalancing (3,000 WebSockets) in full runs only: t/rebalance.t runs the
+# same scenario at 1,000 in the test suite, and CI's time is short.
+if [ ${#quick[@]} -eq 0 ]; then
+    section "9. Rebalancing long-lived connections after a scale-up" rebalance.pl
+fi
 
 if [ -f "$ROOT/scripts/bench/notes.md" ]; then
     { echo; cat "$ROOT/scripts/bench/notes.md"; } >>"$tmp"
