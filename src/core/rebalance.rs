@@ -134,6 +134,16 @@ fn ms(text: &[u8], seconds: impl Fn(&[u8]) -> Option<u64>) -> Option<u64> {
 pub struct Server {
     pub conns: u32,
     pub weight: u32,
+    /// 0: no limit. A server at its limit takes no reconnection.
+    pub max_conns: u32,
+}
+
+impl Server {
+    /// Whether a reconnecting client may land on it (least connections
+    /// skips a server at its `max_conns`, and one of weight 0 never wins).
+    fn takes_more(&self) -> bool {
+        self.weight > 0 && (self.max_conns == 0 || self.conns < self.max_conns)
+    }
 }
 
 /// Totals of an upstream's usable servers.
@@ -172,9 +182,10 @@ pub fn shedding(active: bool, servers: &[Server], tolerance: u32, paused: bool) 
 }
 
 /// Whether one connection of `servers[i]` may close: the server is above
-/// the start mark; with one connection fewer (in it and in the upstream) it
-/// still holds at least its fair share; and it still holds at least as
-/// much as the least loaded server once that one has the reconnection.
+/// `tolerance`% over its fair share; with one connection fewer (in it and
+/// in the upstream) it still holds at least its fair share; and it still
+/// holds at least as much as the least loaded server that can take the
+/// reconnection (below its `max_conns`) once that one has it.
 pub fn may_close(servers: &[Server], i: usize, tolerance: u32) -> bool {
     let Some(&s) = servers.get(i) else {
         return false;
@@ -194,7 +205,7 @@ pub fn may_close(servers: &[Server], i: usize, tolerance: u32) -> bool {
     let least = servers
         .iter()
         .enumerate()
-        .filter(|&(j, o)| j != i && o.weight > 0)
+        .filter(|&(j, o)| j != i && o.takes_more())
         .map(|(_, &o)| o)
         .min_by(|a, b| {
             (u64::from(a.conns) * u64::from(b.weight))
@@ -208,11 +219,12 @@ pub fn may_close(servers: &[Server], i: usize, tolerance: u32) -> bool {
 }
 
 /// Counts `n` reconnecting clients where least connections sends them
-/// (one at a time, to the least loaded by weight; bounded).
+/// (one at a time, to the least loaded by weight that can take one;
+/// bounded).
 pub fn place_returning(servers: &mut [Server], n: u64) {
     for _ in 0..n.min(100_000) {
         let Some(least) = (0..servers.len())
-            .filter(|&i| servers[i].weight > 0)
+            .filter(|&i| servers[i].takes_more())
             .min_by(|&a, &b| load_cmp(servers[a], servers[b]))
         else {
             return;
@@ -221,12 +233,14 @@ pub fn place_returning(servers: &mut [Server], n: u64) {
     }
 }
 
-/// How many connections each server may close, one after another, each
-/// client coming back to the least loaded server (bounded).
-pub fn excess(servers: &[Server], mark: u32) -> Vec<u64> {
+/// The first `n` closes the upstream would make, one after another from
+/// the most loaded server that may close one, each client coming back to
+/// the least loaded: how many from each server. Work O(n * servers^2),
+/// so `n` is what the workers may spend together in one tick.
+pub fn next_closes(servers: &[Server], mark: u32, n: u64) -> Vec<u64> {
     let mut s = servers.to_vec();
     let mut out = vec![0u64; s.len()];
-    for _ in 0..100_000 {
+    for _ in 0..n {
         let Some(j) = (0..s.len())
             .filter(|&j| may_close(&s, j, mark))
             .max_by(|&a, &b| load_cmp(s[a], s[b]))
@@ -317,7 +331,11 @@ mod tests {
 
     fn ups(list: &[(u32, u32)]) -> Vec<Server> {
         list.iter()
-            .map(|&(conns, weight)| Server { conns, weight })
+            .map(|&(conns, weight)| Server {
+                conns,
+                weight,
+                max_conns: 0,
+            })
             .collect()
     }
 
@@ -443,11 +461,11 @@ mod tests {
     }
 
     #[test]
-    fn the_excess_is_what_brings_every_server_within_the_mark() {
+    fn the_closes_bring_every_server_within_the_mark() {
         // 1,500 / 1,500 / 0 at tolerance 10% (the stop mark is 5%): about
         // 500 from each, never a server below its fair share of 1,000.
         let s = ups(&[(1500, 1), (1500, 1), (0, 1)]);
-        let e = excess(&s, 5);
+        let e = next_closes(&s, 5, 100_000);
         assert_eq!(e[2], 0);
         assert!(
             e[0] >= 440 && e[0] <= 500 && e[1] >= 440 && e[1] <= 500,
@@ -466,11 +484,36 @@ mod tests {
             "{after:?}"
         );
         // Weights: 2:1 with the heavy server empty.
-        let w = excess(&ups(&[(0, 2), (300, 1)]), 0);
+        let w = next_closes(&ups(&[(0, 2), (300, 1)]), 0, 100_000);
         assert_eq!(w, vec![0, 200]);
         // Nothing to do when balanced, or alone.
-        assert_eq!(excess(&ups(&[(10, 1), (10, 1)]), 0), vec![0, 0]);
-        assert_eq!(excess(&ups(&[(10, 1)]), 0), vec![0]);
+        assert_eq!(next_closes(&ups(&[(10, 1), (10, 1)]), 0, 100), vec![0, 0]);
+        assert_eq!(next_closes(&ups(&[(10, 1)]), 0, 100), vec![0]);
+        // A tick's worth: the most loaded first.
+        assert_eq!(
+            next_closes(&ups(&[(30, 1), (20, 1), (0, 1)]), 5, 3),
+            vec![3, 0, 0]
+        );
+    }
+
+    #[test]
+    fn a_server_at_max_conns_takes_no_reconnection() {
+        // c is full at 500: closing a's or b's connections would only send
+        // the clients back to a or b, so nothing closes (not endlessly).
+        let mut s = ups(&[(1250, 1), (1250, 1), (500, 1)]);
+        s[2].max_conns = 500;
+        assert_eq!(next_closes(&s, 5, 1000), vec![0, 0, 0]);
+        assert!(!may_close(&s, 0, 5));
+        // Below its limit it fills up to it, then no further.
+        s[2].conns = 0;
+        s[0].conns = 1500;
+        s[1].conns = 1500;
+        let closes = next_closes(&s, 5, 100_000);
+        assert_eq!(closes[0] + closes[1], 500, "{closes:?}");
+        let mut back = ups(&[(0, 1), (0, 1)]);
+        back[0].max_conns = 2;
+        place_returning(&mut back, 10);
+        assert_eq!((back[0].conns, back[1].conns), (2, 8));
     }
 
     #[test]

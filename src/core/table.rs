@@ -90,6 +90,7 @@ const META_FLAGS: u32 = FLAG_BACKUP | FLAG_DOWN | FLAG_DRAINING | FLAG_LUA | FLA
 /// connections to the key rebalancing closed.
 const FLAG_SHEDDING: u32 = 32;
 const SHED_SHIFT: u32 = 8;
+#[cfg(test)]
 const SHED_MAX: u32 = u32::MAX >> SHED_SHIFT;
 
 const fn pack(generation: u32, count: u32) -> u64 {
@@ -481,14 +482,12 @@ impl SlotRef {
     }
 
     /// Counts one connection rebalancing closed; the caller holds a count
-    /// on the key (so it stays this key). Stops at the field's maximum.
+    /// on the key (so it stays this key). The count wraps to 0 after
+    /// `SHED_MAX`, as a counter that restarts (the flags below stay).
     pub fn note_shed(&self) {
-        let _ = self
-            .slot()
+        self.slot()
             .flags
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
-                (f >> SHED_SHIFT < SHED_MAX).then_some(f + (1 << SHED_SHIFT))
-            });
+            .fetch_add(1 << SHED_SHIFT, Ordering::Relaxed);
     }
 
     /// Marks whether the key's upstream sheds; true if this call changed
@@ -502,6 +501,10 @@ impl SlotRef {
             return false;
         }
         let flags = &self.slot().flags;
+        // Read first: no write to the key's line when nothing changes.
+        if (flags.load(Ordering::Relaxed) & FLAG_SHEDDING != 0) == on {
+            return false;
+        }
         let before = if on {
             flags.fetch_or(FLAG_SHEDDING, Ordering::Relaxed)
         } else {
@@ -1052,6 +1055,21 @@ impl Table {
         }
     }
 
+    /// Room for `upstream_keys`, for as many keys as the table has and some
+    /// more, its memory written once here: the first touch of fresh pages
+    /// (page faults) happens before the lock, not under it.
+    pub fn key_room(&self) -> Vec<SlotRef> {
+        let placeholder = SlotRef {
+            slot: NonNull::dangling(),
+            generation: 0,
+        };
+        let mut room = vec![placeholder; self.keys() as usize + 8];
+        // Kept: the writes are the point.
+        std::hint::black_box(&room);
+        room.clear();
+        room
+    }
+
     /// Handles on the keys of `upstream` (nginx's, not Lua's) into `out`,
     /// without growing it (nothing is allocated under the lock): false if
     /// they do not all fit.
@@ -1317,16 +1335,19 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn closes_stop_at_the_fields_maximum() {
+    fn closes_wrap_at_the_fields_maximum() {
         let a = HeapArena::new(1 << 20);
         let t = table(&a);
         let k = t.upsert(&a, b"k", 0, M, 1).unwrap();
         let slot = k.slot();
         slot.flags
             .fetch_add((SHED_MAX - 1) << SHED_SHIFT, Ordering::Relaxed);
+        k.set_shedding(true);
+        k.note_shed();
+        assert_eq!(k.rebalancing(), (SHED_MAX, true));
         k.note_shed();
         k.note_shed();
-        assert_eq!(k.rebalancing().0, SHED_MAX);
+        assert_eq!(k.rebalancing(), (1, true), "wraps, the flags kept");
         assert_eq!(k.meta().flags, 0, "the count spills into no flag");
     }
 

@@ -105,7 +105,7 @@ impl<T> LiveList<T> {
                 since_ms: now_ms,
                 closing: Cell::new(false),
             });
-            ngx_queue_insert_before(self.head.get(), &mut (*node.as_ptr()).queue);
+            ngx_queue_insert_before(self.head.get(), node.as_ptr().cast());
         }
         // The queue link is the node's first field, whatever `T`.
         cleanup.data = node.as_ptr().cast();
@@ -186,10 +186,12 @@ impl<T> LiveNode<T> {
         let Some(c) = (unsafe { pc.connection.as_ref() }) else {
             return false;
         };
-        if c.fd == -1 || self.closing.replace(true) {
+        if c.fd == -1 || self.closing.get() {
             return false;
         }
         // SAFETY: the connection's own socket.
-        unsafe { libc::shutdown(c.fd, libc::SHUT_RDWR) == 0 }
+        let done = unsafe { libc::shutdown(c.fd, libc::SHUT_RDWR) == 0 };
+        self.closing.set(done);
+        done
     }
 }

@@ -16,7 +16,7 @@ use nginx_sys::NGX_LOG_INFO;
 
 use crate::core::ramp;
 use crate::core::rebalance::{
-    excess, load_cmp, may_close, old_enough, place_returning, shedding, Params, Quota, Server,
+    load_cmp, may_close, next_closes, old_enough, place_returning, shedding, Params, Quota, Server,
 };
 use crate::core::table::{SlotRef, FLAG_BACKUP, FLAG_DOWN, FLAG_DRAINING, FLAG_REBALANCE};
 use crate::ngx::log::Log;
@@ -27,6 +27,10 @@ use super::registry::{Held, UpstreamCounters};
 
 /// How often each worker looks (ms).
 pub const PERIOD_MS: usize = 200;
+
+/// The most closes a tick plans for the upstream (the plan's work grows
+/// with it).
+const MAX_PLANNED: u64 = 1000;
 
 /// How often (in ticks) the upstream's keys are looked up in any case.
 const RESCAN_TICKS: u64 = 25;
@@ -44,13 +48,12 @@ pub struct Rebalancer {
     /// and key count they were found at.
     keys: RefCell<Vec<SlotRef>>,
     found_at: Cell<Option<(u32, u32)>>,
+    found_tick: Cell<u64>,
     quota: Cell<Quota>,
     ticks: Cell<u64>,
     /// Whether it last saw the upstream over the mark but paused (logged
     /// once).
     paused: Cell<bool>,
-    /// For rounding shares of closes fairly (xorshift).
-    dice: Cell<u64>,
     /// The upstream's closes so far (all workers, from the keys) and its
     /// connections, as this worker saw them over the last `RECONNECT_MS`.
     seen: RefCell<VecDeque<Seen>>,
@@ -69,7 +72,7 @@ struct View {
     /// The usable primary servers, and which key each is.
     servers: Vec<Server>,
     key_of: Vec<usize>,
-    /// A server is down, draining, ramping up or failing.
+    /// A server is down, draining or ramping up.
     paused: bool,
     /// The upstream sheds (as the keys record it).
     active: bool,
@@ -110,13 +113,16 @@ pub fn tick(up: &UpstreamCounters, params: &Params, log: Log) {
     if paused != r.paused.replace(paused) && paused {
         log_state(
             up,
-            "waits: a server is down, draining, ramping up or failing",
+            "waits: a server is down, draining or ramping up",
             params,
             log,
         );
     }
     let mut quota = r.quota.get();
-    if now {
+    // A peer failing as this worker sees it (its own, or with an upstream
+    // `zone` every worker's) holds its closes back, not the shared state,
+    // which other workers see otherwise.
+    if now && !up.failures.is_some_and(|f| f.any(peers::now())) {
         shed(up, params, view, &mut quota, log);
     } else {
         quota.clear();
@@ -184,20 +190,22 @@ fn view(up: &UpstreamCounters) -> Option<View> {
     // Found again when the table changed, and every few seconds anyway: a
     // key added here and another removed elsewhere leave the count alike.
     let at = (table.epoch(), table.keys());
-    if r.found_at.get() != Some(at) || r.ticks.get().is_multiple_of(RESCAN_TICKS) {
-        let mut keys = Vec::with_capacity(table.keys() as usize + 8);
+    let stale = r.ticks.get().saturating_sub(r.found_tick.get()) >= RESCAN_TICKS;
+    if r.found_at.get() != Some(at) || stale {
+        let mut keys = table.key_room();
         if !table.upstream_keys(&link.lock(), &up.name, &mut keys) {
             return None;
         }
         *r.keys.borrow_mut() = keys;
         r.found_at.set(Some(at));
+        r.found_tick.set(r.ticks.get());
     }
     let keys = r.keys.borrow().clone();
     let now_ds = ramp::now_ds(peers::now_ms());
     let mut v = View {
         servers: Vec::with_capacity(keys.len()),
         key_of: Vec::with_capacity(keys.len()),
-        paused: up.failures.is_some_and(|f| f.any(peers::now())),
+        paused: false,
         active: false,
         enabled: true,
         keys,
@@ -217,6 +225,7 @@ fn view(up: &UpstreamCounters) -> Option<View> {
             v.servers.push(Server {
                 conns,
                 weight: meta.weight,
+                max_conns: meta.max_conns,
             });
             v.key_of.push(i);
         }
@@ -249,33 +258,35 @@ fn shed(up: &UpstreamCounters, params: &Params, v: View, quota: &mut Quota, log:
     }
     let away = still_away(r, &v) + closing.iter().map(|&c| u64::from(c)).sum::<u64>();
     place_returning(&mut servers, away);
-    // What the whole upstream may close from each server, and this
-    // worker's part of it: what it holds of the server's connections.
-    let excess = excess(&servers, mark);
-    let allowed: Vec<u64> = (0..n)
-        .map(|j| {
-            let part = (
-                u128::from(excess[j]) * u128::from(mine[j]),
-                u128::from(servers[j].conns),
-            );
-            share(part, r)
-        })
-        .collect();
-    let held: u64 = (0..n).filter(|&j| excess[j] > 0).map(|j| mine[j]).sum();
-    let total: u64 = (0..n)
-        .filter(|&j| excess[j] > 0)
-        .map(|j| u64::from(servers[j].conns))
-        .sum();
+    // This worker's share of the rate: what it holds of the connections
+    // of the servers that may close one.
+    let over: Vec<usize> = (0..n).filter(|&j| may_close(&servers, j, mark)).collect();
+    let held: u64 = over.iter().map(|&j| mine[j]).sum();
+    let total: u64 = over.iter().map(|&j| u64::from(servers[j].conns)).sum();
     quota.refill(now_ms, PERIOD_MS as u64, params.rate, held, total);
-    let mut plan = allowed;
-    let mut budget = quota.closes().min(plan.iter().sum());
+    if quota.closes() == 0 {
+        return;
+    }
+    // The upstream's next closes, as many as all workers may make in a
+    // tick, and this worker's part of each server's: what it holds of that
+    // server's connections (rounded down, the rest to the worker whose turn
+    // it is, so that the parts add up to the whole).
+    let tick_closes = (u64::from(params.rate) * PERIOD_MS as u64).div_ceil(1000);
+    let next = next_closes(&servers, mark, tick_closes.min(MAX_PLANNED));
+    let mut budget = quota.closes();
+    let mut plan = vec![0u64; n];
+    for j in 0..n {
+        let (num, den) = (next[j] * mine[j], u64::from(servers[j].conns));
+        let part = num.checked_div(den).unwrap_or(0);
+        let rest = num.checked_rem(den).unwrap_or(0);
+        plan[j] = (part + u64::from(rest > 0 && my_turn(r.ticks.get()))).min(mine[j]);
+    }
     // The budget to the most loaded servers first.
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| load_cmp(servers[b], servers[a]));
     for &j in &order {
-        let take = plan[j].min(budget);
-        plan[j] = take;
-        budget -= take;
+        plan[j] = plan[j].min(budget);
+        budget -= plan[j];
     }
     let mut closed = 0;
     up.live.for_each(|held, node| {
@@ -306,25 +317,6 @@ fn shed(up: &UpstreamCounters, params: &Params, v: View, quota: &mut Quota, log:
         log_close(up, params, &v, j, c.slot, log);
     });
     quota.spend(closed);
-}
-
-/// `num / den` rounded down or up at random, so that the workers' parts of
-/// one server's excess add up to it on average.
-fn share((num, den): (u128, u128), r: &Rebalancer) -> u64 {
-    if den == 0 {
-        return 0;
-    }
-    let (whole, rest) = (num / den, num % den);
-    let mut x = r.dice.get();
-    if x == 0 {
-        x = u64::from(std::process::id()) | 1 << 32;
-    }
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    r.dice.set(x);
-    let up = u128::from(x) % den < rest;
-    u64::try_from(whole).unwrap_or(u64::MAX) + u64::from(up)
 }
 
 /// Which usable server of `v` the connection counts on.
