@@ -52,8 +52,9 @@ pub struct Rebalancer {
     quota: Cell<Quota>,
     ticks: Cell<u64>,
     /// Whether it last saw the upstream over the mark but paused (logged
-    /// once).
+    /// once), and whether a newer configuration dropped the directive.
     paused: Cell<bool>,
+    disabled: Cell<bool>,
     /// The upstream's closes so far (all workers, from the keys) and its
     /// connections, as this worker saw them over the last `RECONNECT_MS`.
     seen: RefCell<VecDeque<Seen>>,
@@ -94,6 +95,14 @@ pub fn tick(up: &UpstreamCounters, params: &Params, log: Log) {
     let Some(view) = view(up) else {
         return;
     };
+    if !view.enabled && !r.disabled.replace(true) {
+        log_state(
+            up,
+            "stops: the newest configuration has no least_conn_persistent_rebalance",
+            params,
+            log,
+        );
+    }
     // The state is decided on the zone's counts alone, the same for every
     // worker: it starts above the tolerance and ends once every server is
     // within half of it, or none may close one.
