@@ -40,7 +40,7 @@ use Test::Nginx::Status;
 
 $SIG{PIPE} = 'IGNORE';    # sessions a killed worker dropped
 
-my $t = Test::Nginx->new()->has(qw/nginx module stream/)->plan(42);
+my $t = Test::Nginx->new()->has(qw/nginx module stream/)->plan(43);
 $t->alerts_allowed(qr/worker process \d+ exited on signal 9/);
 
 my $n = 80;
@@ -372,6 +372,9 @@ $crowd->pump(3 * $slow);
 my @late = @{$crowd->closes}[$counted_from .. $#{$crowd->closes}];
 is(scalar @late, 0, "nothing closed from 1 s to 4 s after the reload ($grace in the first second)");
 is(scalar close_lines($mark_later), 0, 'nothing logged closing then');
+like(substr($t->read_file('error.log'), $mark),
+	qr/\[info\].*upstream "u": rebalancing stops: the newest configuration has no least_conn_persistent_rebalance/,
+	'the old workers say why they stopped');
 my $left = live();
 ok(!within($left, weights_of(view()), $tolerance), 'though u is still out of balance: ' . show($left));
 my @e = stream_entries('u');
