@@ -2,28 +2,38 @@
 # Benchmarks least_conn_persistent against stock `least_conn; zone` on the
 # same nginx and machine, and writes BENCHMARKS.md (Debian's nginx) or, with
 # --nginx=1.28, BENCHMARKS-nginx-1.28.md (nginx 1.28 built from the
-# nginx-src crate; no section 5 there):
+# nginx-src crate):
 #   1. balance quality with held WebSockets across reloads,
 #   2. throughput with wrk at 2, 100 and 1,000 servers,
 #   3. instructions per pick under callgrind,
 #   4. zone capacity and reload cost,
-#   5. requests/s through balancer_by_lua: our Lua library against pure-Lua
-#      least-connections per worker and round-robin,
+#   5. balance quality in stream {} with held TCP connections,
+#   6. requests/s through balancer_by_lua (Debian's nginx only: its Lua
+#      module),
 #   7. at 64 workers: idle CPU with two generations, zone mutex hold times
 #      (a build with the `lock-stats` feature, full runs only), zone memory
-#      per key and per worker.
+#      per key and per worker,
+#   8. slow start (quick runs: Debian's nginx only),
+#   9. rebalancing long-lived connections (full runs only).
 # Loopback only. `--quick` runs every scenario small, as a smoke test, and
-# writes build/bench-quick/BENCHMARKS.md instead.
+# writes build/bench-quick/BENCHMARKS.md instead. `--sections=3,7` runs only
+# those sections.
 . "$(dirname "$0")/env.sh"
 
 quick=()
 nginx=debian
+sections=1,2,3,4,5,6,7,8,9
+usage="usage: scripts/bench.sh [--quick] [--nginx=debian|1.28] [--sections=N,N,...]"
 for arg in "$@"; do
     case "$arg" in
     --quick) quick=(--quick) ;;
     --nginx=1.28) nginx=1.28 ;;
     --nginx=debian) nginx=debian ;;
-    *) echo "usage: scripts/bench.sh [--quick] [--nginx=debian|1.28]" >&2; exit 2 ;;
+    --sections=*)
+        sections=${arg#--sections=}
+        [[ "$sections" =~ ^[1-9](,[1-9])*$ ]] || { echo "$usage" >&2; exit 2; }
+        ;;
+    *) echo "$usage" >&2; exit 2 ;;
     esac
 done
 name=BENCHMARKS.md
@@ -50,7 +60,9 @@ fi
 started=$(date +%s)
 tmp="$out.tmp"
 section() {
-    local title=$1 script=$2
+    local title=$1 script=$2 t0=$SECONDS
+    # Its number, as --sections names it.
+    [[ ",$sections," == *",${title%%.*},"* ]] || return 0
     echo ">> $title" >&2
     {
         echo
@@ -60,6 +72,7 @@ section() {
         echo
         perl "$ROOT/scripts/bench/$script" "${quick[@]}"
     } >>"$tmp"
+    echo ">> $title: $((SECONDS - t0)) s" >&2
 }
 
 {

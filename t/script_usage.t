@@ -19,6 +19,7 @@ my @cases = (
 	['soak.sh', '--crash-points'],
 	['memcheck.sh', '--nginx=2.0'],
 	['bench.sh', '--bogus'],
+	['bench.sh', '--sections=3,x'],
 	['mainline.sh', ''],
 	['mainline.sh', '--bogus /tmp'],
 	['mainline.sh', '/nonexistent-nginx-tree'],
