@@ -19,7 +19,9 @@
 #    handshake whose 101 head is still coming (the status line at once,
 #    the rest seconds later). Both sit on servers above their fair share,
 #    opened before the WebSockets (a worker closes its oldest first); only
-#    the real WebSockets are closed, and the slow handshake completes.
+#    the real WebSockets are closed, and the slow handshake completes
+#    (`proxy_next_upstream off`: a close would show as a 502, not as a
+#    retry elsewhere).
 
 use warnings;
 use strict;
@@ -103,6 +105,9 @@ $w
         proxy_set_header Upgrade \$http_upgrade;
         proxy_set_header Connection "upgrade";
         proxy_read_timeout 1h;
+        # A close while a response head is still coming shows as a 502
+        # (a retry on another server would hide it).
+        proxy_next_upstream off;
 
         location / { proxy_pass http://w; }
         location /status { least_conn_persistent_status; }
