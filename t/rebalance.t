@@ -97,21 +97,7 @@ sub live {
 
 sub show { my ($c) = @_; join('/', map { $c->{$_} // 0 } qw/a b c/) }
 
-# Every backend within its fair share (equal weights) plus the tolerance
-# (percent, the configured one unless given), plus one.
-sub within {
-	my ($c, $percent) = @_;
-	$percent //= $tolerance;
-	my $total = sum0(values %$c);
-	return !grep { $_ < 0 || $_ > $total / 3 * (1 + $percent / 100) + 1 } values %$c;
-}
 
-# Connections above the fair share, summed.
-sub excess {
-	my ($c) = @_;
-	my $total = sum0(values %$c);
-	return sum0(map { max(0, $_ - $total / 3) } values %$c);
-}
 
 # How far the least margin over the fair share went, over every close
 # the clients saw: for each batch of closes, what each server that lost a
@@ -208,7 +194,7 @@ my $need = excess($start);
 
 # The bound: twice the time the excess takes at the rate, and 3 s more.
 my $bound = (2 * $need / $rate + 3) * $slow;
-my $converged = $crowd->pump($bound, sub { within(live()) });
+my $converged = $crowd->pump($bound, sub { within(live(), $tolerance) });
 my $took = time() - $reloaded;
 ok($converged, sprintf('within %d%% of the fair share after %.1f s (bound %.0f s): %s',
 	$tolerance, $took, $bound, show(live())));

@@ -43,7 +43,7 @@ use Test::Nginx::Reconnect;
 use Test::Nginx::Status;
 use Test::Nginx::WebSocket;
 
-my $t = Test::Nginx->new()->has(qw/nginx module stream/)->plan(28);
+my $t = Test::Nginx->new()->has(qw/nginx module stream/)->plan(29);
 
 my $slow = $Test::Nginx::SLOW;
 my $workers = 2;
@@ -219,6 +219,8 @@ is(scalar @{$crowd->closes}, 0, 'while d fails nothing closes in 2 s: ' . show(l
 is(rebalancing(stream_entries('u')), 1, 'though u is rebalancing (status)');
 ok($held_until < $opening + $fail_timeout, sprintf('all within d\'s fail_timeout (%.1f s of %d)',
 	$held_until - $opening, $fail_timeout));
+like(log_since($mark), qr/\[info\].*upstream "u": rebalancing waits: a server is failing \(max_fails\)/,
+	'the log says why it waits');
 
 # d back; round-robin forgets its failure after fail_timeout.
 $t->write_file('d.go', '');

@@ -97,19 +97,7 @@ sub servers { join "\n", map { "        server 127.0.0.1:$_;" } @_ }
 sub live { return { map { ($name{$_} => held(port($_))) } @_ ? @_ : keys %name } }
 sub show { my ($c) = @_; join('/', map { $c->{$_} // 0 } qw/a b c d/) }
 
-sub within {
-	my ($c, $percent) = @_;
-	my $total = sum0(values %$c);
-	my $k = keys %$c;
-	return !grep { $_ < 0 || $_ > $total / $k * (1 + $percent / 100) + 1 } values %$c;
-}
 
-sub excess {
-	my ($c) = @_;
-	my $total = sum0(values %$c);
-	my $k = keys %$c;
-	return sum0(map { max(0, $_ - $total / $k) } values %$c);
-}
 
 # The least margin over the fair share (over the servers in @$names) of a
 # server that lost a connection, after each batch of closes.

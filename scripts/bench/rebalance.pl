@@ -60,18 +60,7 @@ sub live {
 
 sub show { my ($c) = @_; join('/', map { $c->{$_} // 0 } @names) }
 
-# Every backend within its fair share plus $percent (and one).
-sub within {
-	my ($c, $percent) = @_;
-	my $total = sum0(values %$c);
-	return !grep { $_ < 0 || $_ > $total / @names * (1 + $percent / 100) + 1 } values %$c;
-}
 
-sub excess {
-	my ($c) = @_;
-	my $total = sum0(values %$c);
-	return sum0(map { max(0, $_ - $total / @names) } values %$c);
-}
 
 sub settle {
 	my ($want) = @_;

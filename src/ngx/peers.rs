@@ -10,8 +10,8 @@ use core::ptr::NonNull;
 
 use super::subsystem::{RrPeer, RrPeerData, RrPeers, UpstreamSrvConf};
 use nginx_sys::{
-    ngx_cached_time, ngx_int_t, ngx_peer_connection_t, ngx_rwlock_unlock, ngx_rwlock_wlock,
-    ngx_uint_t, time_t,
+    ngx_cached_time, ngx_exiting, ngx_int_t, ngx_peer_connection_t, ngx_rwlock_unlock,
+    ngx_rwlock_wlock, ngx_uint_t, time_t,
 };
 
 use crate::core::key::Occurrence;
@@ -613,9 +613,19 @@ impl Failures {
         Failures(NonNull::from(us))
     }
 
-    /// Whether some primary peer is out after `max_fails` (as this worker,
-    /// or with an upstream `zone` every worker, sees it) at second `now`.
+    /// Whether some primary peer is failing at second `now`, as this worker
+    /// (or with an upstream `zone`, every worker of its generation) sees it:
+    /// it failed `max_fails` times, and was last tried (round-robin's
+    /// `checked`) lately. Lately is `fail_timeout` in a worker that exits
+    /// (it makes no connection, so its view of the server never changes
+    /// again: it forgets as round-robin would retry), and three times that
+    /// (at least 30 s) in a current worker, whose connections retry the
+    /// server every `fail_timeout` and clear its failures once one works:
+    /// a server that stays dead stays failing, not just for `fail_timeout`
+    /// after each try.
     pub fn any(&self, now: time_t) -> bool {
+        // SAFETY: nginx's flag, read in its event loop.
+        let exiting = unsafe { ngx_exiting != 0 };
         // SAFETY: the upstream's configuration, which lives as long as the
         // configuration that registered it (the caller's); its round-robin
         // init succeeded.
@@ -625,7 +635,12 @@ impl Failures {
         };
         let _lock = lock(list);
         each_peer(list).any(|p| {
-            p.max_fails != 0 && p.fails >= p.max_fails && now - p.checked <= p.fail_timeout
+            let lately = if exiting {
+                p.fail_timeout
+            } else {
+                (3 * p.fail_timeout).max(30)
+            };
+            p.max_fails != 0 && p.fails >= p.max_fails && now - p.checked <= lately
         })
     }
 }

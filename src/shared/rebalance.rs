@@ -55,6 +55,8 @@ pub struct Rebalancer {
     /// once), and whether a newer configuration dropped the directive.
     paused: Cell<bool>,
     disabled: Cell<bool>,
+    /// Whether it last held its closes for a failing server (logged once).
+    failing: Cell<bool>,
     /// The upstream's closes so far (all workers, from the keys) and its
     /// connections, as this worker saw them over the last `RECONNECT_MS`.
     seen: RefCell<VecDeque<Seen>>,
@@ -131,7 +133,11 @@ pub fn tick(up: &UpstreamCounters, params: &Params, log: Log) {
     // A peer failing as this worker sees it (its own, or with an upstream
     // `zone` every worker's) holds its closes back, not the shared state,
     // which other workers see otherwise.
-    if now && !up.failures.is_some_and(|f| f.any(peers::now())) {
+    let failing = now && up.failures.is_some_and(|f| f.any(peers::now()));
+    if failing != r.failing.replace(failing) && failing {
+        log_state(up, "waits: a server is failing (max_fails)", params, log);
+    }
+    if now && !failing {
         shed(up, params, view, &mut quota, log);
     } else {
         quota.clear();

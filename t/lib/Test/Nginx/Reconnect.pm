@@ -24,9 +24,35 @@ package Test::Nginx::Reconnect;
 use warnings;
 use strict;
 
+use Exporter qw/import/;
 use IO::Select;
 use List::Util qw/max min sum0/;
 use Time::HiRes qw/time sleep/;
+
+# Fair shares, as rebalancing computes them, of what each server holds
+# ({ name => connections }), by weight ({ name => weight }, 1 if not given).
+our @EXPORT = qw/fair within excess/;
+
+sub fair {
+	my ($c, $w) = @_;
+	my $total = sum0(values %$c);
+	my $weights = sum0(map { $w->{$_} // 1 } keys %$c);
+	return { map { ($_ => $weights ? $total * ($w->{$_} // 1) / $weights : 0) } keys %$c };
+}
+
+# Every server within its fair share plus $percent, plus one.
+sub within {
+	my ($c, $percent, $w) = @_;
+	my $f = fair($c, $w);
+	return !grep { $c->{$_} < 0 || $c->{$_} > $f->{$_} * (1 + $percent / 100) + 1 } keys %$c;
+}
+
+# Connections above the fair shares, summed.
+sub excess {
+	my ($c, $w) = @_;
+	my $f = fair($c, $w);
+	return sum0(map { max(0, $c->{$_} - $f->{$_}) } keys %$c);
+}
 
 sub new {
 	my ($class, %o) = @_;
