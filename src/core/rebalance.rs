@@ -234,15 +234,16 @@ pub fn place_returning(servers: &mut [Server], n: u64) {
 }
 
 /// The first `n` closes the upstream would make, one after another from
-/// the most loaded server that may close one, each client coming back to
-/// the least loaded: how many from each server. Work O(n * servers^2),
-/// so `n` is what the workers may spend together in one tick.
-pub fn next_closes(servers: &[Server], mark: u32, n: u64) -> Vec<u64> {
+/// the most loaded server that may close one (of those `closable` says),
+/// each client coming back to the least loaded: how many from each server.
+/// Work O(n * servers^2), so `n` is what the workers may spend together in
+/// one tick.
+pub fn next_closes(servers: &[Server], mark: u32, n: u64, closable: &[bool]) -> Vec<u64> {
     let mut s = servers.to_vec();
     let mut out = vec![0u64; s.len()];
     for _ in 0..n {
         let Some(j) = (0..s.len())
-            .filter(|&j| may_close(&s, j, mark))
+            .filter(|&j| closable.get(j) == Some(&true) && may_close(&s, j, mark))
             .max_by(|&a, &b| load_cmp(s[a], s[b]))
         else {
             break;
@@ -268,11 +269,15 @@ pub fn load_cmp(a: Server, b: Server) -> core::cmp::Ordering {
 /// save up a burst.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Quota {
-    /// In thousandths of a close.
-    milli: u64,
+    /// In millionths of a close (fine enough for a worker holding a small
+    /// part of the connections at a low rate).
+    micro: u64,
     /// When it was last refilled (ms); 0: never.
     at_ms: u64,
 }
+
+/// A close, in the quota's units.
+const CLOSE: u64 = 1_000_000;
 
 impl Quota {
     pub fn refill(&mut self, now_ms: u64, tick_ms: u64, rate: u32, mine: u64, total: u64) {
@@ -283,27 +288,29 @@ impl Quota {
         };
         self.at_ms = now_ms.max(self.at_ms);
         if mine == 0 || total == 0 {
-            self.milli = 0;
+            // Nothing to spend it on now: kept, up to one close.
+            self.micro = self.micro.min(CLOSE);
             return;
         }
         let mine = mine.min(total);
-        // 1 close a second is 1 thousandth of a close a millisecond.
-        let per_ms =
-            |ms: u64| u128::from(ms) * u128::from(rate) * u128::from(mine) / u128::from(total);
+        // 1 close a second is 1,000 millionths of a close a millisecond.
+        let per_ms = |ms: u64| {
+            u128::from(ms) * u128::from(rate) * 1000 * u128::from(mine) / u128::from(total)
+        };
         // A tick's refill on top of less than one close: nothing spent each
         // tick is lost, and nothing saved beyond.
-        let cap = per_ms(tick_ms) + 1000;
-        let milli = u128::from(self.milli) + per_ms(elapsed);
-        self.milli = milli.min(cap) as u64;
+        let cap = per_ms(tick_ms) + u128::from(CLOSE);
+        let micro = u128::from(self.micro) + per_ms(elapsed);
+        self.micro = micro.min(cap) as u64;
     }
 
     /// Whole closes it holds now.
     pub fn closes(&self) -> u64 {
-        self.milli / 1000
+        self.micro / CLOSE
     }
 
     pub fn spend(&mut self, closes: u64) {
-        self.milli = self.milli.saturating_sub(closes * 1000);
+        self.micro = self.micro.saturating_sub(closes * CLOSE);
     }
 
     pub fn clear(&mut self) {
@@ -465,7 +472,7 @@ mod tests {
         // 1,500 / 1,500 / 0 at tolerance 10% (the stop mark is 5%): about
         // 500 from each, never a server below its fair share of 1,000.
         let s = ups(&[(1500, 1), (1500, 1), (0, 1)]);
-        let e = next_closes(&s, 5, 100_000);
+        let e = next_closes(&s, 5, 100_000, &[true; 3]);
         assert_eq!(e[2], 0);
         assert!(
             e[0] >= 440 && e[0] <= 500 && e[1] >= 440 && e[1] <= 500,
@@ -484,14 +491,17 @@ mod tests {
             "{after:?}"
         );
         // Weights: 2:1 with the heavy server empty.
-        let w = next_closes(&ups(&[(0, 2), (300, 1)]), 0, 100_000);
+        let w = next_closes(&ups(&[(0, 2), (300, 1)]), 0, 100_000, &[true; 2]);
         assert_eq!(w, vec![0, 200]);
         // Nothing to do when balanced, or alone.
-        assert_eq!(next_closes(&ups(&[(10, 1), (10, 1)]), 0, 100), vec![0, 0]);
-        assert_eq!(next_closes(&ups(&[(10, 1)]), 0, 100), vec![0]);
+        assert_eq!(
+            next_closes(&ups(&[(10, 1), (10, 1)]), 0, 100, &[true; 2]),
+            vec![0, 0]
+        );
+        assert_eq!(next_closes(&ups(&[(10, 1)]), 0, 100, &[true]), vec![0]);
         // A tick's worth: the most loaded first.
         assert_eq!(
-            next_closes(&ups(&[(30, 1), (20, 1), (0, 1)]), 5, 3),
+            next_closes(&ups(&[(30, 1), (20, 1), (0, 1)]), 5, 3, &[true; 3]),
             vec![3, 0, 0]
         );
     }
@@ -502,13 +512,17 @@ mod tests {
         // the clients back to a or b, so nothing closes (not endlessly).
         let mut s = ups(&[(1250, 1), (1250, 1), (500, 1)]);
         s[2].max_conns = 500;
-        assert_eq!(next_closes(&s, 5, 1000), vec![0, 0, 0]);
+        assert_eq!(next_closes(&s, 5, 1000, &[true; 3]), vec![0, 0, 0]);
+        // Only from the servers a worker can close a connection of: the
+        // next most loaded, when the most loaded holds none it could close.
+        let t = ups(&[(1100, 1), (900, 1), (0, 1)]);
+        assert_eq!(next_closes(&t, 5, 2, &[false, true, true]), vec![0, 2, 0]);
         assert!(!may_close(&s, 0, 5));
         // Below its limit it fills up to it, then no further.
         s[2].conns = 0;
         s[0].conns = 1500;
         s[1].conns = 1500;
-        let closes = next_closes(&s, 5, 100_000);
+        let closes = next_closes(&s, 5, 100_000, &[true; 3]);
         assert_eq!(closes[0] + closes[1], 500, "{closes:?}");
         let mut back = ups(&[(0, 1), (0, 1)]);
         back[0].max_conns = 2;
@@ -550,7 +564,7 @@ mod tests {
     }
 
     #[test]
-    fn a_quota_saves_no_burst_and_holds_nothing_without_connections() {
+    fn a_quota_saves_no_burst_and_keeps_one_close_at_most() {
         let mut q = Quota::default();
         q.refill(1_000, 200, 10, 1, 1);
         assert_eq!(q.closes(), 0, "the first tick only starts the clock");
@@ -561,7 +575,13 @@ mod tests {
         q.refill(3_602_000, 200, 1, 1, 1);
         assert_eq!(q.closes(), 1);
         q.refill(3_603_000, 200, 10, 0, 1);
-        assert_eq!(q.closes(), 0, "nothing held: nothing to spend");
+        assert_eq!(q.closes(), 1, "nothing held: kept, up to one close");
+        // A worker holding 1 of 1,000 at 1/s still earns its close.
+        let mut small = Quota::default();
+        for tick in 0..=5_000u64 {
+            small.refill(1_000 + tick * 200, 200, 1, 1, 1_000);
+        }
+        assert_eq!(small.closes(), 1, "1,000 s at a thousandth of 1/s");
         // A clock that lags refills nothing.
         q.refill(3_604_000, 200, 10, 1, 1);
         let before = q;

@@ -34,3 +34,10 @@ pub fn worker_slot() -> (usize, usize) {
     };
     (index.min(count - 1), count)
 }
+
+/// Whether this worker is shutting down gracefully (a newer configuration
+/// took over): it serves the connections it has, and makes no new ones.
+pub fn exiting() -> bool {
+    // SAFETY: nginx's flag, set by its signal handling in this process.
+    unsafe { nginx_sys::ngx_exiting != 0 }
+}

@@ -19,6 +19,7 @@ use crate::core::rebalance::{
     load_cmp, may_close, next_closes, old_enough, place_returning, shedding, Params, Quota, Server,
 };
 use crate::core::table::{SlotRef, FLAG_BACKUP, FLAG_DOWN, FLAG_DRAINING, FLAG_REBALANCE};
+use crate::ngx::live::LiveNode;
 use crate::ngx::log::Log;
 use crate::ngx::peers;
 use crate::ngx::process;
@@ -34,6 +35,15 @@ const MAX_PLANNED: u64 = 1000;
 
 /// How often (in ticks) the upstream's keys are looked up in any case.
 const RESCAN_TICKS: u64 = 25;
+
+/// How long after a close its client has had time to come back, for the
+/// judgement of whether closes help (`stalled`).
+const GRACE_MS: u64 = 2_000;
+
+/// How many closes, in a tick's worth at least, that brought nothing make
+/// closes wait, and for how long at most.
+const STALL_CLOSES: u64 = 3;
+const STALL_MS: u64 = 60_000;
 
 /// How long a closed connection may count as on its way back: its client
 /// reconnects, and the pick sends it to the least loaded server. Until the
@@ -57,6 +67,12 @@ pub struct Rebalancer {
     disabled: Cell<bool>,
     /// Whether it last held its closes for a failing server (logged once).
     failing: Cell<bool>,
+    /// Closes that brought nothing: the servers below their share had
+    /// gained nothing since (what they held then, and when).
+    stalled: Cell<Option<(u64, u64)>>,
+    /// Per usable server, the part of a close each tick's plan left over
+    /// (in units of the server's connections), so that small parts add up.
+    carry: RefCell<Vec<u64>>,
     /// The upstream's closes so far (all workers, from the keys) and its
     /// connections, as this worker saw them over the last `RECONNECT_MS`.
     seen: RefCell<VecDeque<Seen>>,
@@ -67,6 +83,8 @@ struct Seen {
     at_ms: u64,
     closes: u64,
     conns: u64,
+    /// What the servers below their fair share held.
+    under: u64,
 }
 
 /// The upstream as the zone counts it now.
@@ -105,22 +123,18 @@ pub fn tick(up: &UpstreamCounters, params: &Params, log: Log) {
             log,
         );
     }
-    // The state is decided on the zone's counts alone, the same for every
-    // worker: it starts above the tolerance and ends once every server is
-    // within half of it, or none may close one.
-    let mark = stop_mark(view.active, params.tolerance);
-    let over = shedding(view.active, &view.servers, params.tolerance, false);
-    let now = view.enabled
-        && over
-        && !view.paused
-        && (0..view.servers.len()).any(|j| may_close(&view.servers, j, mark));
-    // Every key marked (a key added since gets it too): not `any`, which
-    // would stop at the first change.
-    let changed = view.keys.iter().filter(|k| k.set_shedding(now)).count() > 0;
-    if changed && now != view.active {
-        log_state(up, if now { "starts" } else { "ends" }, params, log);
-    }
-    let paused = view.enabled && over && view.paused;
+    // The state is decided on the zone's counts alone, by the workers of
+    // the newest configuration (an exiting worker follows it: its own
+    // tolerance may be another): it starts above the tolerance and ends
+    // once every server is within half of it, or none may close one.
+    let state = if process::exiting() {
+        view.enabled && view.active
+    } else {
+        decide(up, params, &view, log)
+    };
+    // Paused, the state stays as it was (shown), and nothing closes.
+    let now = state && !view.paused;
+    let paused = state && view.paused;
     if paused != r.paused.replace(paused) && paused {
         log_state(
             up,
@@ -129,6 +143,7 @@ pub fn tick(up: &UpstreamCounters, params: &Params, log: Log) {
             log,
         );
     }
+    let recent = recent(r, &view);
     let mut quota = r.quota.get();
     // A peer failing as this worker sees it (its own, or with an upstream
     // `zone` every worker's) holds its closes back, not the shared state,
@@ -137,12 +152,53 @@ pub fn tick(up: &UpstreamCounters, params: &Params, log: Log) {
     if failing != r.failing.replace(failing) && failing {
         log_state(up, "waits: a server is failing (max_fails)", params, log);
     }
-    if now && !failing {
-        shed(up, params, view, &mut quota, log);
+    let stalled = now && stalled(r, &recent, params);
+    if now && !failing && !stalled {
+        shed(up, params, view, recent.away, &mut quota, log);
     } else {
         quota.clear();
     }
     r.quota.set(quota);
+}
+
+/// The state's decision, written to every key of the upstream: whether it
+/// sheds. While a server is down, draining or ramping up it stays as it was.
+fn decide(up: &UpstreamCounters, params: &Params, view: &View, log: Log) -> bool {
+    if view.paused {
+        return view.enabled && view.active;
+    }
+    let mark = stop_mark(view.active, params.tolerance);
+    let over = shedding(view.active, &view.servers, params.tolerance, false);
+    let now =
+        view.enabled && over && (0..view.servers.len()).any(|j| may_close(&view.servers, j, mark));
+    // Every key marked (a key added since gets it too): not `any`, which
+    // would stop at the first change.
+    let changed = view.keys.iter().filter(|k| k.set_shedding(now)).count() > 0;
+    if changed && now != view.active {
+        log_state(up, if now { "starts" } else { "ends" }, params, log);
+    }
+    now
+}
+
+/// Whether the closes of late brought the servers below their share
+/// nothing (their clients did not come back there: a server that refuses
+/// connections, which the workers closing have no way to see, or clients
+/// that do not reconnect): then closes wait until those servers gain, or a
+/// minute. Logged once.
+fn stalled(r: &Rebalancer, recent: &Recent, params: &Params) -> bool {
+    let now_ms = peers::now_ms();
+    if let Some((under, since)) = r.stalled.get() {
+        if recent.under > under || now_ms.saturating_sub(since) > STALL_MS {
+            r.stalled.set(None);
+        }
+        return r.stalled.get().is_some();
+    }
+    let enough = u64::from(params.rate / 5).max(STALL_CLOSES);
+    if recent.judged_closes >= enough && recent.under_gain == 0 {
+        r.stalled.set(Some((recent.under, now_ms)));
+        return true;
+    }
+    false
 }
 
 /// The mark a server must be above to shed: the start mark, or once the
@@ -166,17 +222,36 @@ fn log_state(up: &UpstreamCounters, what: &str, params: &Params, log: Log) {
     );
 }
 
-/// How many clients of connections closed in the last `RECONNECT_MS` (by
-/// any worker) have not come back yet: the upstream's connections fell by
-/// that much since, unless other clients came or went meanwhile (then the
-/// guess is off by as much, and never more than the closes).
-fn still_away(r: &Rebalancer, v: &View) -> u64 {
+/// The upstream's closes of late, as this worker saw the zone's figures
+/// over the last `RECONNECT_MS`.
+struct Recent {
+    /// Clients of connections closed lately (by any worker) that have not
+    /// come back yet: the upstream's connections fell by that much since,
+    /// unless other clients came or went meanwhile (then the guess is off
+    /// by as much, and never more than the closes).
+    away: u64,
+    /// Closes made at least `GRACE_MS` ago (in the window), whose clients
+    /// had time to come back, and what the servers below their share
+    /// gained since the window began.
+    judged_closes: u64,
+    under_gain: u64,
+    under: u64,
+}
+
+fn recent(r: &Rebalancer, v: &View) -> Recent {
+    let total: u64 = v.servers.iter().map(|s| u64::from(s.conns)).sum();
+    let weights: u64 = v.servers.iter().map(|s| u64::from(s.weight)).sum();
     let now = Seen {
         at_ms: peers::now_ms(),
         closes: v.keys.iter().map(|k| u64::from(k.rebalancing().0)).sum(),
-        conns: v.servers.iter().map(|s| u64::from(s.conns)).sum(),
+        conns: total,
+        under: v
+            .servers
+            .iter()
+            .filter(|s| u64::from(s.conns) * weights < total * u64::from(s.weight))
+            .map(|s| u64::from(s.conns))
+            .sum(),
     };
-    // Before the window starts, nothing is known to be away.
     let mut seen = r.seen.borrow_mut();
     while seen
         .front()
@@ -184,11 +259,23 @@ fn still_away(r: &Rebalancer, v: &View) -> u64 {
     {
         seen.pop_front();
     }
+    // Before the window starts, nothing is known to be away.
     let then = seen.front().copied().unwrap_or(now);
+    let judged = seen
+        .iter()
+        .rev()
+        .find(|s| now.at_ms.saturating_sub(s.at_ms) >= GRACE_MS)
+        .copied()
+        .unwrap_or(then);
     seen.push_back(now);
     // A key removed takes its closes with it: never below zero.
     let closed = now.closes.saturating_sub(then.closes);
-    closed.min(then.conns.saturating_sub(now.conns))
+    Recent {
+        away: closed.min(then.conns.saturating_sub(now.conns)),
+        judged_closes: judged.closes.saturating_sub(then.closes),
+        under_gain: now.under.saturating_sub(then.under),
+        under: now.under,
+    }
 }
 
 fn my_turn(tick: u64) -> bool {
@@ -232,7 +319,10 @@ fn view(up: &UpstreamCounters) -> Option<View> {
         };
         let meta = k.meta();
         v.active |= k.rebalancing().1;
-        v.enabled &= meta.flags & FLAG_REBALANCE != 0;
+        // A draining key keeps what an older configuration stamped.
+        if meta.flags & FLAG_DRAINING == 0 {
+            v.enabled &= meta.flags & FLAG_REBALANCE != 0;
+        }
         if meta.flags & (FLAG_DOWN | FLAG_DRAINING) != 0 || k.ramp(now_ds).is_some() {
             v.paused = true;
         }
@@ -248,21 +338,23 @@ fn view(up: &UpstreamCounters) -> Option<View> {
     Some(v)
 }
 
-/// While the upstream sheds: this worker's share of the closes.
-fn shed(up: &UpstreamCounters, params: &Params, v: View, quota: &mut Quota, log: Log) {
+/// While the upstream sheds: this worker's share of the closes. `away`:
+/// clients of connections closed lately not back yet (`Recent::away`).
+fn shed(up: &UpstreamCounters, params: &Params, v: View, away: u64, quota: &mut Quota, log: Log) {
     let r = &up.rebalancer;
     let now_ms = peers::now_ms();
     let mark = stop_mark(true, params.tolerance);
-    // This worker's long-lived connections per server, and those it is
-    // closing that nginx has not finalized yet (still counted).
+    // This worker's long-lived connections per server that may close now
+    // (old enough), and those it is closing that nginx has not finalized
+    // yet (still counted).
     let n = v.servers.len();
-    let (mut mine, mut closing) = (vec![0u64; n], vec![0u32; n]);
+    let (mut ready, mut closing) = (vec![0u64; n], vec![0u32; n]);
     up.live.for_each(|held, node| {
         if let Some(j) = server_of(&v, held) {
             if node.closing() {
                 closing[j] += 1;
-            } else if node.long_lived() {
-                mine[j] += 1;
+            } else if node.long_lived() && ready_to_close(node, params, now_ms) {
+                ready[j] += 1;
             }
         }
     });
@@ -271,32 +363,35 @@ fn shed(up: &UpstreamCounters, params: &Params, v: View, quota: &mut Quota, log:
     for (s, c) in servers.iter_mut().zip(&closing) {
         s.conns = s.conns.saturating_sub(*c);
     }
-    let away = still_away(r, &v) + closing.iter().map(|&c| u64::from(c)).sum::<u64>();
-    place_returning(&mut servers, away);
+    let in_progress: u64 = closing.iter().map(|&c| u64::from(c)).sum();
+    place_returning(&mut servers, away + in_progress);
     // This worker's share of the rate: what it holds of the connections
     // of the servers that may close one.
     let over: Vec<usize> = (0..n).filter(|&j| may_close(&servers, j, mark)).collect();
-    let held: u64 = over.iter().map(|&j| mine[j]).sum();
+    let held: u64 = over.iter().map(|&j| ready[j]).sum();
     let total: u64 = over.iter().map(|&j| u64::from(servers[j].conns)).sum();
     quota.refill(now_ms, PERIOD_MS as u64, params.rate, held, total);
     if quota.closes() == 0 {
         return;
     }
     // The upstream's next closes, as many as all workers may make in a
-    // tick, and this worker's part of each server's: what it holds of that
-    // server's connections (rounded down, the rest to the worker whose turn
-    // it is, so that the parts add up to the whole).
+    // tick, from the servers this worker can close a connection of, and
+    // this worker's part of each server's: what it holds of that server's
+    // connections (the fractions carried over, so that the parts add up).
     let tick_closes = (u64::from(params.rate) * PERIOD_MS as u64).div_ceil(1000);
-    let next = next_closes(&servers, mark, tick_closes.min(MAX_PLANNED));
-    let mut budget = quota.closes();
+    let closable: Vec<bool> = ready.iter().map(|&m| m > 0).collect();
+    let next = next_closes(&servers, mark, tick_closes.min(MAX_PLANNED), &closable);
+    let mut carry = r.carry.borrow_mut();
+    carry.resize(n, 0);
     let mut plan = vec![0u64; n];
     for j in 0..n {
-        let (num, den) = (next[j] * mine[j], u64::from(servers[j].conns));
-        let part = num.checked_div(den).unwrap_or(0);
-        let rest = num.checked_rem(den).unwrap_or(0);
-        plan[j] = (part + u64::from(rest > 0 && my_turn(r.ticks.get()))).min(mine[j]);
+        let den = u64::from(servers[j].conns).max(1);
+        let num = next[j] * ready[j] + carry[j];
+        plan[j] = (num / den).min(ready[j]);
+        carry[j] = if next[j] == 0 { 0 } else { num % den };
     }
     // The budget to the most loaded servers first.
+    let mut budget = quota.closes();
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| load_cmp(servers[b], servers[a]));
     for &j in &order {
@@ -308,15 +403,7 @@ fn shed(up: &UpstreamCounters, params: &Params, v: View, quota: &mut Quota, log:
         let Some(j) = server_of(&v, held) else {
             return;
         };
-        if plan[j] == 0
-            || !node.long_lived()
-            || !old_enough(
-                node.age_ms(now_ms),
-                params.min_age_ms,
-                params.jitter_ms,
-                node.salt(),
-            )
-        {
+        if plan[j] == 0 || !node.long_lived() || !ready_to_close(node, params, now_ms) {
             return;
         }
         let Held::Shared(c) = held else {
@@ -332,6 +419,16 @@ fn shed(up: &UpstreamCounters, params: &Params, v: View, quota: &mut Quota, log:
         log_close(up, params, &v, j, c.slot, log);
     });
     quota.spend(closed);
+}
+
+/// Old enough: `min_age` and its own part of `jitter`.
+fn ready_to_close(node: &LiveNode<Held>, params: &Params, now_ms: u64) -> bool {
+    old_enough(
+        node.age_ms(now_ms),
+        params.min_age_ms,
+        params.jitter_ms,
+        node.salt(),
+    )
 }
 
 /// Which usable server of `v` the connection counts on.
