@@ -43,7 +43,7 @@ use Test::Nginx::Reconnect;
 use Test::Nginx::Status;
 use Test::Nginx::WebSocket;
 
-my $t = Test::Nginx->new()->has(qw/nginx module stream/)->plan(29);
+my $t = Test::Nginx->new()->has(qw/nginx module stream/)->plan(33);
 
 my $slow = $Test::Nginx::SLOW;
 my $workers = 2;
@@ -275,6 +275,31 @@ is(sum0(map { $_->{count} } entries('w')), 36 + @fake + 1, 'the zone counts ever
 is($crowd->failures, 0, 'no reconnect failed');
 close $_->{sock} for grep { $_ } @fake, $half;
 finish($crowd, sub { entries('w') });
+
+###############################################################################
+
+# 4. A new server that refuses every connection (stream): the old workers,
+# which hold the connections and never try it, cannot see it fail; the
+# clients they close come back to a and b. Closes then wait: once those of
+# more than 2 s ago brought the servers below their share nothing.
+conf();
+$t->run();
+$crowd = Test::Nginx::Reconnect->new(open => sub { hold_open(port(8081)) }, backoff => 0.5);
+$crowd->open_many(80);
+$mark = log_mark();
+conf(u => servers(8091, 8092) . "\n        server 127.0.0.1:" . port(8098) . ';');
+$t->reload();
+$reloaded = time();
+$crowd->pump(5 * $slow);
+my $before_quiet = @{$crowd->closes};
+$crowd->pump(3 * $slow);
+my $dead = live(8091, 8092);
+ok($before_quiet > 0, "dead c: the old workers closed $before_quiet at first");
+is(@{$crowd->closes} - $before_quiet, 0, 'then nothing from 5 s to 8 s after the reload: ' . show($dead, qw/a b/));
+is(sum0(values %$dead), 80, 'every client back on a or b');
+like(log_since($mark), qr/\[info\].*upstream "u": rebalancing waits: the connections it closed did not come back/,
+	'the log says why closes wait');
+finish($crowd, sub { stream_entries('u') });
 
 ###############################################################################
 

@@ -70,6 +70,7 @@ pub struct Rebalancer {
     /// Closes that brought nothing: the servers below their share had
     /// gained nothing since (what they held then, and when).
     stalled: Cell<Option<(u64, u64)>>,
+    stall_logged: Cell<bool>,
     /// Per usable server, the part of a close each tick's plan left over
     /// (in units of the server's connections), so that small parts add up.
     carry: RefCell<Vec<u64>>,
@@ -153,6 +154,15 @@ pub fn tick(up: &UpstreamCounters, params: &Params, log: Log) {
         log_state(up, "waits: a server is failing (max_fails)", params, log);
     }
     let stalled = now && stalled(r, &recent, params);
+    if stalled != r.stall_logged.replace(stalled) && stalled {
+        log_state(
+            up,
+            "waits: the connections it closed did not come back to the servers below their \
+             share (one refusing connections?)",
+            params,
+            log,
+        );
+    }
     if now && !failing && !stalled {
         shed(up, params, view, recent.away, &mut quota, log);
     } else {
@@ -298,7 +308,16 @@ fn view(up: &UpstreamCounters) -> Option<View> {
         if !table.upstream_keys(&link.lock(), &up.name, &mut keys) {
             return None;
         }
-        *r.keys.borrow_mut() = keys;
+        let mut known = r.keys.borrow_mut();
+        if *known != keys {
+            // Another set of servers: what was seen of the old one (the
+            // servers below their share, each server's carry) says nothing
+            // of the new one.
+            r.seen.borrow_mut().clear();
+            r.carry.borrow_mut().clear();
+            r.stalled.set(None);
+            *known = keys;
+        }
         r.found_at.set(Some(at));
         r.found_tick.set(r.ticks.get());
     }
