@@ -12,6 +12,7 @@
 //! - `repair`: locking marks the table dirty; the next lock repairs what a
 //!   holder that died left;
 //! - `sweep`: what a configuration load does with each key already stored;
+//! - `health`: active health checks, rise and fall;
 //! - `follow`: keys a worker stores at run time (DNS, stale handles), and
 //!   the copy of a peer list that following DNS works from;
 //! - `status`, `status_html`, `status_model`: the status page (what it
@@ -29,6 +30,7 @@ pub mod crash;
 #[cfg(test)]
 mod crash_tests;
 pub mod follow;
+pub mod health;
 #[cfg(any(test, feature = "lock-stats"))]
 pub mod histogram;
 pub mod key;
