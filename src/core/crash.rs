@@ -25,6 +25,10 @@ pub const POINTS: &[&str] = &[
     // table.rs: a new block of slots
     "grow.allocated",
     "grow.linked",
+    // health_table.rs: a block's health records, a check's result
+    "health.allocated",
+    "health.linked",
+    "health.recorded",
     // record.rs: a worker's record and cells
     "register.allocated",
     "cell.allocated",

@@ -3,10 +3,13 @@
 //! next lock repairs the table, and the table must then equal one where
 //! nothing died, with the same memory in use and every invariant holding.
 
+use super::check_answer::Capacity;
 use super::crash::testing::die_at;
+use super::health::Why;
+use super::health_table::{CheckReport, HealthView};
 use super::record::{Counted, ProcessId, RecordRef};
 use super::table::tests::{table, HeapArena, M};
-use super::table::{SlotRef, Table, FLAG_DRAINING, SLOTS_PER_BLOCK};
+use super::table::{Meta, SlotRef, Table, FLAG_CHECKED, FLAG_DRAINING, SLOTS_PER_BLOCK};
 
 fn worker(pid: i32) -> ProcessId {
     ProcessId {
@@ -16,15 +19,22 @@ fn worker(pid: i32) -> ProcessId {
     }
 }
 
-/// Keys, counts, flags and ramps, sorted.
-fn contents(t: &Table, a: &HeapArena) -> Vec<(Vec<u8>, u32, u32, u32)> {
+/// Keys, counts, flags, ramps and health, sorted.
+type Contents = (Vec<u8>, u32, u32, u32, Option<HealthView>);
+fn contents(t: &Table, a: &HeapArena) -> Vec<Contents> {
     let mut v = vec![];
     t.enter(a);
     t.for_each(a, |e| {
-        v.push((e.key.to_vec(), e.count, e.meta.flags, e.ramp_since))
+        v.push((
+            e.key.to_vec(),
+            e.count,
+            e.meta.flags,
+            e.ramp_since,
+            e.health,
+        ))
     });
     t.leave(a);
-    v.sort();
+    v.sort_by(|x, y| x.0.cmp(&y.0));
     v
 }
 
@@ -342,9 +352,98 @@ fn a_death_repairing_is_repaired_by_the_next() {
     assert_eq!(
         c,
         vec![
-            (key(0), 1, FLAG_DRAINING, 0),
-            (key(2), 1, 0, 0),
-            (key(3), 0, 0, 0)
+            (key(0), 1, FLAG_DRAINING, 0, None),
+            (key(2), 1, 0, 0, None),
+            (key(3), 0, 0, 0, None)
         ]
+    );
+}
+
+const CHECKED: Meta = Meta {
+    flags: FLAG_CHECKED,
+    ..M
+};
+
+fn checked_key(t: &Table, a: &HeapArena, w: &mut World) {
+    t.begin_epoch(a);
+    let s = t.upsert(a, &key(0), 12, CHECKED, t.epoch()).unwrap();
+    w.slots.push(s);
+}
+
+fn give_records(t: &Table, a: &HeapArena, w: &mut World) {
+    assert!(t.ensure_health(a, w.slots[0]));
+}
+
+fn failed(now_ms: u64) -> CheckReport {
+    CheckReport {
+        why: Why::Refused,
+        http_status: 0,
+        duration_ms: 1,
+        now_ms,
+        now_ds: 1,
+        rise: 2,
+        fall: 3,
+        capacity: None,
+        reported: Some(None),
+        malformed: 0,
+    }
+}
+
+fn checked_key_up(t: &Table, a: &HeapArena, w: &mut World) {
+    checked_key(t, a, w);
+    give_records(t, a, w);
+    let up = CheckReport {
+        why: Why::Ok,
+        http_status: 200,
+        capacity: Some(Capacity::default()),
+        ..failed(5)
+    };
+    t.record_check(a, w.slots[0], &up).unwrap();
+}
+
+/// Up, then two failed checks of three (`fall`).
+fn checked_key_failing(t: &Table, a: &HeapArena, w: &mut World) {
+    checked_key_up(t, a, w);
+    for i in 0..2 {
+        t.record_check(a, w.slots[0], &failed(10 + i)).unwrap();
+    }
+}
+
+/// The third: the key goes down (its record first, then its bits).
+fn third_fail(t: &Table, a: &HeapArena, w: &mut World) {
+    t.record_check(a, w.slots[0], &failed(12)).unwrap();
+}
+
+fn is_down(t: &Table, a: &HeapArena, _: &mut World) {
+    let c = contents_unlocked(t, a);
+    let h = c[0].4.expect("checked");
+    assert!(h.out && h.fails == 3, "{h:?}");
+}
+
+fn contents_unlocked(t: &Table, a: &HeapArena) -> Vec<Contents> {
+    let mut v = vec![];
+    t.for_each(a, |e| {
+        v.push((
+            e.key.to_vec(),
+            e.count,
+            e.meta.flags,
+            e.ramp_since,
+            e.health,
+        ))
+    });
+    v
+}
+
+#[test]
+fn a_death_recording_checks_leaves_records_and_bits_agreeing() {
+    for point in ["health.allocated", "health.linked"] {
+        dies_cleanly(point, 1, checked_key, give_records, give_records);
+    }
+    dies_cleanly(
+        "health.recorded",
+        1,
+        checked_key_failing,
+        third_fail,
+        is_down,
     );
 }

@@ -26,11 +26,13 @@
 
 pub mod address;
 pub mod array_list;
+pub mod check_answer;
 pub mod crash;
 #[cfg(test)]
 mod crash_tests;
 pub mod follow;
 pub mod health;
+pub mod health_table;
 #[cfg(any(test, feature = "lock-stats"))]
 pub mod histogram;
 pub mod key;

@@ -49,5 +49,6 @@ impl Table {
             p.store(ptr::null_mut(), Ordering::Relaxed);
         }
         self.remove_idle_draining(locked);
+        self.reconcile_health();
     }
 }

@@ -69,7 +69,7 @@ pub trait Arena {
     unsafe fn free(&self, ptr: NonNull<u8>);
 }
 
-const MAGIC: u64 = 0x4c43_5031_0000_0004; // "LCP1", layout 4 (slow start)
+const MAGIC: u64 = 0x4c43_5031_0000_0005; // "LCP1", layout 5 (health checks)
 pub(super) const SLOTS_PER_BLOCK: usize = 63; // a block is then exactly 4 KiB
 
 /// Flags of a key that takes no new connections: a ramp waits for it.
@@ -83,13 +83,24 @@ pub const FLAG_DRAINING: u32 = 4;
 pub const FLAG_LUA: u32 = 8;
 /// The upstream has `least_conn_persistent_rebalance` (configuration).
 pub const FLAG_REBALANCE: u32 = 16;
+/// The upstream has `least_conn_persistent_check` (configuration): its
+/// keys have health records (`health_table.rs`).
+pub const FLAG_CHECKED: u32 = 256;
 /// The flags a configuration (or Lua) writes, as `Meta::flags`.
-const META_FLAGS: u32 = FLAG_BACKUP | FLAG_DOWN | FLAG_DRAINING | FLAG_LUA | FLAG_REBALANCE;
+const META_FLAGS: u32 =
+    FLAG_BACKUP | FLAG_DOWN | FLAG_DRAINING | FLAG_LUA | FLAG_REBALANCE | FLAG_CHECKED;
 /// Run-time state in the rest of `flags`, which `set_meta` keeps: the
-/// upstream sheds now (rebalancing), and in the top bits how many
-/// connections to the key rebalancing closed.
+/// upstream sheds now (rebalancing); the checks' verdicts (`CHECK_BITS`);
+/// and in the top bits how many connections to the key rebalancing closed.
 const FLAG_SHEDDING: u32 = 32;
-const SHED_SHIFT: u32 = 8;
+/// Health checks: the key takes no new connection (down, or draining by
+/// its capacity answer), as `down`.
+pub(super) const FLAG_CHECK_OUT: u32 = 64;
+/// Health checks: the pick reads the key's health record (an override of
+/// weight or max_conns, or load the server reported).
+pub(super) const FLAG_CHECK_TUNED: u32 = 128;
+pub(super) const CHECK_BITS: u32 = FLAG_CHECK_OUT | FLAG_CHECK_TUNED;
+const SHED_SHIFT: u32 = 9;
 #[cfg(test)]
 const SHED_MAX: u32 = u32::MAX >> SHED_SHIFT;
 
@@ -135,6 +146,9 @@ pub(super) struct Block {
     next: AtomicPtr<Block>,
     /// 0 for the first block allocated, then 1, 2, ...
     index: u32,
+    /// Health records of the block's slots, allocated when a key of the
+    /// block is first checked (`health_table.rs`); never freed.
+    pub(super) health: AtomicPtr<super::health_table::HealthBlock>,
     pub(super) slots: [Slot; SLOTS_PER_BLOCK],
 }
 
@@ -169,6 +183,9 @@ pub struct Table {
     /// Slow start: no key ramps at or after this time (deciseconds); picks
     /// before it look at each key's ramp. Only ever raised.
     ramps_until: AtomicU32,
+    /// Health checks: the lease of the process that runs them, `pid << 32
+    /// | end` (ms of the monotonic clock, wrapping); 0: nobody.
+    pub(super) checker: AtomicU64,
 }
 
 /// Whether configuration epoch `a` is later than `b` (epochs wrap).
@@ -286,6 +303,8 @@ pub struct EntryView<'a> {
     /// Connections rebalancing closed, and whether the upstream sheds now.
     pub shed: u32,
     pub shedding: bool,
+    /// What health checks found (`None`: the key is not checked).
+    pub health: Option<super::health_table::HealthView>,
 }
 
 impl Slot {
@@ -350,12 +369,15 @@ impl Slot {
         self.max_conns.store(meta.max_conns, Ordering::Relaxed);
         self.ramp_window.store(meta.slow_start, Ordering::Relaxed);
         // The run-time bits stay (other workers change them lock-free), but
-        // the mark of an upstream that sheds goes with its directive.
-        let keep = if meta.flags & FLAG_REBALANCE != 0 {
-            !META_FLAGS
-        } else {
-            !(META_FLAGS | FLAG_SHEDDING)
-        };
+        // the mark of an upstream that sheds goes with its directive, and
+        // the checks' verdicts with theirs.
+        let mut keep = !META_FLAGS;
+        if meta.flags & FLAG_REBALANCE == 0 {
+            keep &= !FLAG_SHEDDING;
+        }
+        if meta.flags & FLAG_CHECKED == 0 {
+            keep &= !CHECK_BITS;
+        }
         let _ = self
             .flags
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
@@ -565,6 +587,7 @@ impl Table {
                 next_check: AtomicU64::new(0),
                 next_lua_expiry: AtomicU64::new(0),
                 ramps_until: AtomicU32::new(0),
+                checker: AtomicU64::new(0),
             });
         }
         Some(table)
@@ -674,6 +697,10 @@ impl Table {
             } else {
                 self.rewindow(slot, meta.slow_start, ramp.now);
             }
+            if meta.flags & FLAG_CHECKED == 0 && slot.meta().flags & FLAG_CHECKED != 0 {
+                // Checks removed: what they found goes with them.
+                self.forget_health(slot);
+            }
             slot.set_meta(meta, epoch);
         }
     }
@@ -704,6 +731,12 @@ impl Table {
                 .fetch_max(now.saturating_add(window), Ordering::Relaxed);
             slot.ramp_since.store(now, Ordering::Relaxed);
         }
+    }
+
+    /// Starts `slot`'s ramp at `now` over its own window: a key the checks
+    /// bring back up (`health_table.rs`); under the lock.
+    pub(super) fn begin_ramp_checked(&self, slot: &Slot, now: u32) {
+        self.begin_ramp(slot, slot.ramp_window.load(Ordering::Relaxed), now);
     }
 
     /// Stamps `key` with `epoch` and records `meta`, if it is stored.
@@ -775,8 +808,9 @@ impl Table {
         slot.upstream_len
             .store(upstream_len as u32, Ordering::Relaxed);
         slot.hash.store(hash, Ordering::Relaxed);
-        // A new key starts with no run-time bits.
+        // A new key starts with no run-time bits, and nothing checked.
         slot.flags.store(0, Ordering::Relaxed);
+        self.forget_health(slot);
         slot.set_meta(meta, epoch);
         // The new key's ramp (none for a key added down or draining), written
         // before the key is published.
@@ -862,6 +896,7 @@ impl Table {
         let block = unsafe {
             ptr::addr_of_mut!((*block.as_ptr()).next).write(AtomicPtr::new(ptr::null_mut()));
             ptr::addr_of_mut!((*block.as_ptr()).index).write(index);
+            ptr::addr_of_mut!((*block.as_ptr()).health).write(AtomicPtr::new(ptr::null_mut()));
             for i in 0..SLOTS_PER_BLOCK {
                 let slot = Slot::empty();
                 slot.id
@@ -1051,6 +1086,7 @@ impl Table {
                 ramp_since: slot.ramp_since.load(Ordering::Relaxed),
                 shed: slot.rebalancing().0,
                 shedding: slot.rebalancing().1,
+                health: self.health_view(slot),
             });
         }
     }
@@ -1156,6 +1192,9 @@ impl Table {
     /// a key.
     pub(super) fn slots_reach(&self, chunk: *mut u8) -> bool {
         self.blocks().any(|b| ptr::eq(b, chunk.cast()))
+            || self
+                .blocks()
+                .any(|b| b.health.load(Ordering::Relaxed).cast() == chunk)
             || self
                 .blocks()
                 .flat_map(|b| b.slots.iter())
