@@ -19,7 +19,7 @@
 //!   compare-and-swap; a holder that dies loses it when it expires, or
 //!   sooner when the look for dead workers frees it.
 
-use core::ptr::{self, NonNull};
+use core::ptr;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::check_answer::Capacity;
@@ -514,6 +514,7 @@ mod tests {
     use super::*;
     use crate::core::table::tests::HeapArena;
     use crate::core::table::Meta;
+    use core::ptr::NonNull;
 
     fn checked() -> Meta {
         Meta {

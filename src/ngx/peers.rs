@@ -14,6 +14,7 @@ use nginx_sys::{
     ngx_rwlock_wlock, ngx_uint_t, time_t,
 };
 
+use crate::core::health_table::{Tuned, CHECK_OUT, CHECK_TUNED};
 use crate::core::key::Occurrence;
 use crate::core::ramp;
 use crate::core::select::{Load, PeerList};
@@ -212,11 +213,11 @@ impl RoundRobin {
 
     /// `list` for a pick while some peer may ramp up (slow start), at
     /// `now_ds` (deciseconds of `now_ms`).
-    pub fn list_at<S: CountSource, const TRIED: bool, const RAMP: bool>(
+    pub fn list_at<S: CountSource, const TRIED: bool, const RAMP: bool, const CHECKED: bool>(
         &self,
         counts: S,
         now_ds: u32,
-    ) -> RrList<'_, S, TRIED, RAMP> {
+    ) -> RrList<'_, S, TRIED, RAMP, CHECKED> {
         RrList {
             peers: self.peers(),
             tried: self.tried(),
@@ -357,6 +358,17 @@ pub trait SharedCount {
     fn ramp(&self, _now: u32) -> Option<(u32, u32)> {
         None
     }
+
+    /// Health checks: the key's bits (`core::health_table::CHECK_OUT`,
+    /// `CHECK_TUNED`); 0 for a peer with no key.
+    fn check_bits(&self) -> u32 {
+        0
+    }
+
+    /// Health checks: overrides and reported load (a key with `CHECK_TUNED`).
+    fn tuned(&self) -> Tuned {
+        Tuned::default()
+    }
 }
 
 /// The counts a pick compares, by peer position; `None`: round-robin's own
@@ -367,6 +379,16 @@ pub trait CountSource: Copy {
     /// As `SharedCount::ramp`, by peer position.
     fn ramp(&self, _index: usize, _now: u32) -> Option<(u32, u32)> {
         None
+    }
+
+    /// As `SharedCount::check_bits`, by peer position.
+    fn check_bits(&self, _index: usize) -> u32 {
+        0
+    }
+
+    /// As `SharedCount::tuned`, by peer position.
+    fn tuned(&self, _index: usize) -> Tuned {
+        Tuned::default()
     }
 }
 
@@ -408,6 +430,19 @@ impl<C: SharedCount> CountSource for Matched<'_, C> {
     fn ramp(&self, index: usize, now: u32) -> Option<(u32, u32)> {
         self.0.get(index)?.ramp(now)
     }
+
+    #[inline(always)]
+    fn check_bits(&self, index: usize) -> u32 {
+        self.0.get(index).map_or(0, SharedCount::check_bits)
+    }
+
+    #[cold]
+    fn tuned(&self, index: usize) -> Tuned {
+        self.0
+            .get(index)
+            .map(SharedCount::tuned)
+            .unwrap_or_default()
+    }
 }
 
 /// Round-robin's own per-worker counts only.
@@ -423,7 +458,11 @@ impl CountSource for PerWorker {
 /// A round-robin list with our counts, for `core::select::choose`.
 /// `RAMP`: some peer may be ramping up (slow start): the loads of those
 /// follow `core::ramp` at `now_ds`.
-pub struct RrList<'a, S, const TRIED: bool, const RAMP: bool = false> {
+///
+/// `CHECKED`: the upstream has health checks: a peer whose key the checks
+/// took out is skipped as `down`, and one they tuned is compared with its
+/// overrides and reported load (`checked_load`).
+pub struct RrList<'a, S, const TRIED: bool, const RAMP: bool = false, const CHECKED: bool = false> {
     peers: &'a RrPeers,
     tried: Tried,
     now: time_t,
@@ -431,7 +470,9 @@ pub struct RrList<'a, S, const TRIED: bool, const RAMP: bool = false> {
     counts: S,
 }
 
-impl<S, const TRIED: bool, const RAMP: bool> RrList<'_, S, TRIED, RAMP> {
+impl<S, const TRIED: bool, const RAMP: bool, const CHECKED: bool>
+    RrList<'_, S, TRIED, RAMP, CHECKED>
+{
     fn peer(&self, c: PeerCursor) -> &RrPeer {
         // SAFETY: cursors come from this list, locked for this pick.
         unsafe { c.peer.as_ref() }
@@ -443,10 +484,17 @@ impl<S, const TRIED: bool, const RAMP: bool> RrList<'_, S, TRIED, RAMP> {
     }
 }
 
-impl<S: CountSource, const TRIED: bool, const RAMP: bool> RrList<'_, S, TRIED, RAMP> {
+impl<S: CountSource, const TRIED: bool, const RAMP: bool, const CHECKED: bool>
+    RrList<'_, S, TRIED, RAMP, CHECKED>
+{
     /// The peer's `max_conns` (0: none), saturated to 32 bits as the pick
-    /// compares it.
+    /// compares it; a capacity answer's override instead, if any.
     pub fn max_conns(&self, c: PeerCursor) -> u32 {
+        if CHECKED && self.counts.check_bits(c.index) & CHECK_TUNED != 0 {
+            if let Some(n) = self.counts.tuned(c.index).max_conns {
+                return n;
+            }
+        }
         saturate(self.peer(c).max_conns)
     }
 
@@ -478,6 +526,12 @@ impl<S: CountSource, const TRIED: bool, const RAMP: bool> RrList<'_, S, TRIED, R
             Some(n) => n,
             None => peer.conns as u32,
         };
+        if CHECKED {
+            let bits = self.counts.check_bits(c.index);
+            if bits != 0 {
+                return self.checked_load(c, conns, bits);
+            }
+        }
         if RAMP {
             if let Some((e, w)) = self.ramp(c) {
                 return self.ramping_load(peer, conns, e, w);
@@ -489,6 +543,34 @@ impl<S: CountSource, const TRIED: bool, const RAMP: bool> RrList<'_, S, TRIED, R
         Some(Load {
             conns,
             weight: saturate(peer.weight),
+        })
+    }
+
+    /// The load of a peer whose key the health checks marked
+    /// (`SharedCount::check_bits`): none when they took it out (down, or
+    /// draining by its answer), else with the capacity answer's weight and
+    /// `max_conns`, and our count plus what the server reported beyond it.
+    #[cold]
+    #[inline(never)]
+    fn checked_load(&self, c: PeerCursor, conns: u32, bits: u32) -> Option<Load> {
+        if bits & CHECK_OUT != 0 {
+            return None;
+        }
+        let peer = self.peer(c);
+        let tuned = self.counts.tuned(c.index);
+        let max_conns = tuned.max_conns.unwrap_or_else(|| saturate(peer.max_conns));
+        if max_conns != 0 && conns >= max_conns {
+            return None;
+        }
+        let weight = tuned.weight.unwrap_or_else(|| saturate(peer.weight));
+        let load = conns.saturating_add(tuned.excess);
+        let load = match self.ramp(c) {
+            Some((e, w)) => ramp::virtual_count(load, e, w),
+            None => load,
+        };
+        Some(Load {
+            conns: load,
+            weight,
         })
     }
 
@@ -527,7 +609,9 @@ impl<S: CountSource, const TRIED: bool, const RAMP: bool> RrList<'_, S, TRIED, R
 }
 
 #[cfg(not(all(ngx_sticky, not(feature = "stream"))))]
-impl<S: CountSource, const TRIED: bool, const RAMP: bool> RrList<'_, S, TRIED, RAMP> {
+impl<S: CountSource, const TRIED: bool, const RAMP: bool, const CHECKED: bool>
+    RrList<'_, S, TRIED, RAMP, CHECKED>
+{
     /// No `sticky` before nginx 1.29.6 (nor in stream): no route to find.
     #[inline(always)]
     pub fn find_route(&self, _hint: &[u8]) -> Option<PeerCursor> {
@@ -558,7 +642,9 @@ pub fn route_hint<'a>(_pc: &ngx_peer_connection_t) -> Option<&'a [u8]> {
     None
 }
 
-impl<S: CountSource, const TRIED: bool, const RAMP: bool> PeerList for RrList<'_, S, TRIED, RAMP> {
+impl<S: CountSource, const TRIED: bool, const RAMP: bool, const CHECKED: bool> PeerList
+    for RrList<'_, S, TRIED, RAMP, CHECKED>
+{
     type Cursor = PeerCursor;
 
     fn size(&self) -> usize {

@@ -336,20 +336,46 @@ fn pick<const SLOW: bool>(pd: &mut PeerData, route: Option<&[u8]>) -> Option<Pee
         pd.held = Held::Nothing;
         return pick_per_worker(&pd.rr, route);
     };
+    if pd.upstream.checked {
+        return pick_checked::<SLOW>(pd, counts, route);
+    }
     if SLOW {
         if let Some(now) = pd.upstream.ramping_now() {
             return if pd.rr.tried_any() {
-                pick_counted::<true, true>(pd, counts, route, now)
+                pick_counted::<true, true, false>(pd, counts, route, now)
             } else {
-                pick_counted::<false, true>(pd, counts, route, now)
+                pick_counted::<false, true, false>(pd, counts, route, now)
             };
         }
     }
     // A first attempt has tried nothing: its scan skips the bitmap test.
     if pd.rr.tried_any() {
-        pick_counted::<true, false>(pd, counts, route, 0)
+        pick_counted::<true, false, false>(pd, counts, route, 0)
     } else {
-        pick_counted::<false, false>(pd, counts, route, 0)
+        pick_counted::<false, false, false>(pd, counts, route, 0)
+    }
+}
+
+/// `pick` for an upstream with health checks: the same, on a list that
+/// skips the servers the checks took out and compares the ones they tuned
+/// (`RrList`'s `CHECKED`). Its own function: upstreams without checks pay
+/// nothing for them.
+#[inline(never)]
+fn pick_checked<const SLOW: bool>(
+    pd: &mut PeerData,
+    counts: Matched<'_, PeerCounter>,
+    route: Option<&[u8]>,
+) -> Option<PeerCursor> {
+    let now = if SLOW {
+        pd.upstream.ramping_now()
+    } else {
+        None
+    };
+    match (pd.rr.tried_any(), now) {
+        (true, Some(now)) => pick_counted::<true, true, true>(pd, counts, route, now),
+        (false, Some(now)) => pick_counted::<false, true, true>(pd, counts, route, now),
+        (true, None) => pick_counted::<true, false, true>(pd, counts, route, 0),
+        (false, None) => pick_counted::<false, false, true>(pd, counts, route, 0),
     }
 }
 
@@ -434,13 +460,13 @@ fn follow_copy(upstream: &UpstreamCounters, list: List, copy: &PeerListCopy, by:
 /// worker; choosing again then sees it full. A stale counter stops the
 /// pick (`get_slow` looks it up again).
 #[inline(always)]
-fn pick_counted<const TRIED: bool, const RAMP: bool>(
+fn pick_counted<const TRIED: bool, const RAMP: bool, const CHECKED: bool>(
     pd: &mut PeerData,
     counts: Matched<'_, PeerCounter>,
     route: Option<&[u8]>,
     now_ds: u32,
 ) -> Option<PeerCursor> {
-    let mut list = pd.rr.list_at::<_, TRIED, RAMP>(counts, now_ds);
+    let mut list = pd.rr.list_at::<_, TRIED, RAMP, CHECKED>(counts, now_ds);
     if let Some(best) = route.and_then(|r| list.find_route(r)) {
         let counter = counts.get(best.index)?;
         match counter.try_acquire(list.max_conns(best)) {

@@ -22,13 +22,14 @@ use nginx_sys::{
 use ngx::core::Status;
 
 use crate::core::follow::{runtime_stamp, PeerListCopy};
+use crate::core::health_table::Tuned;
 use crate::core::key::{self, Occurrence};
 use crate::core::ramp;
 use crate::core::rebalance::Params;
 use crate::core::record::{self, CellRef, Counted, RecordRef};
 use crate::core::table::{
-    Acquire, Meta, RampStart, Release, SlotRef, Table, FLAG_BACKUP, FLAG_DRAINING, FLAG_LUA,
-    FLAG_REBALANCE,
+    Acquire, Meta, RampStart, Release, SlotRef, Table, FLAG_BACKUP, FLAG_CHECKED, FLAG_DRAINING,
+    FLAG_LUA, FLAG_REBALANCE,
 };
 use crate::ngx::conf::{args, page_size, parse_size, text, ConfError};
 
@@ -359,6 +360,16 @@ impl SharedCount for PeerCounter {
     fn ramp(&self, now: u32) -> Option<(u32, u32)> {
         self.ramp_at(now)
     }
+
+    #[inline(always)]
+    fn check_bits(&self) -> u32 {
+        self.counted().map_or(0, |c| c.slot.check_bits())
+    }
+
+    #[cold]
+    fn tuned(&self) -> Tuned {
+        self.counted().map(|c| c.slot.tuned()).unwrap_or_default()
+    }
 }
 
 /// One list of an upstream's counters, in the front-end's peer order.
@@ -414,6 +425,9 @@ pub struct UpstreamCounters {
     pub live: LiveList<Held>,
     pub failures: Option<Failures>,
     pub rebalancer: Rebalancer,
+    /// The upstream has `least_conn_persistent_check`: picks skip the
+    /// servers the checks took out (`balance::pick_checked`).
+    pub checked: bool,
 }
 
 impl UpstreamCounters {
@@ -440,6 +454,9 @@ impl UpstreamCounters {
         meta.slow_start = self.slow_start;
         if self.rebalance.is_some() {
             meta.flags |= FLAG_REBALANCE;
+        }
+        if self.checked {
+            meta.flags |= FLAG_CHECKED;
         }
         meta
     }
