@@ -329,6 +329,12 @@ impl SlotRef {
         self.slot().flags.load(Ordering::Relaxed) & CHECK_BITS
     }
 
+    /// When the key's last check ended (ms, monotonic; 0: never), read
+    /// lock-free: the checker keeps the cadence across takeovers.
+    pub fn last_check_ms(&self) -> u64 {
+        record_of(self.slot()).map_or(0, |h| h.last_ms.load(Ordering::Relaxed))
+    }
+
     /// Overrides and reported load, for a key with `FLAG_CHECK_TUNED`.
     /// Lock-free: fields may come from two checks.
     #[cold]

@@ -27,6 +27,7 @@
 pub mod address;
 pub mod array_list;
 pub mod check_answer;
+pub mod check_judge;
 pub mod crash;
 #[cfg(test)]
 mod crash_tests;

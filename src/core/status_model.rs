@@ -2,6 +2,7 @@
 //! Prometheus text, `status_html.rs` as HTML): a zone's figures and one
 //! entry per key.
 
+use super::health_table::HealthView;
 use super::key::split_key;
 use super::table::{FLAG_BACKUP, FLAG_DOWN, FLAG_DRAINING};
 
@@ -49,6 +50,8 @@ pub struct ZoneInfo {
     pub reclaimed: u64,
     /// The worker processes recorded in the zone: (pid, connections held).
     pub workers: Vec<(i32, u64)>,
+    /// The process running the health checks (0: none).
+    pub checker: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +68,16 @@ pub struct Entry {
     /// For an upstream with `least_conn_persistent_rebalance`: the
     /// connections rebalancing closed, and whether the upstream sheds now.
     pub rebalance: Option<Rebalance>,
+    /// For an upstream with `least_conn_persistent_check`: what the checks
+    /// found, and how long ago (ms) the last check ended.
+    pub health: Option<Checked>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checked {
+    pub view: HealthView,
+    /// Since the last check ended (None: never checked).
+    pub last_ms_ago: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +114,7 @@ pub(crate) mod tests {
             lua: false,
             ramping: None,
             rebalance: None,
+            health: None,
         }
     }
 }

@@ -7,7 +7,7 @@ use ngx::http::{HTTPStatus, HttpModule, HttpModuleMainConf, Method, Request};
 use crate::core::ramp;
 use crate::core::status::{parse_format, render, render_subsystem, Entry, Format, State, ZoneInfo};
 use crate::core::status_html::parse_refresh;
-use crate::core::status_model::Rebalance;
+use crate::core::status_model::{Checked, Rebalance};
 use crate::core::table::{FLAG_LUA, FLAG_REBALANCE};
 use crate::ngx::peers::now_ms;
 use crate::shared::registry::Registry;
@@ -93,6 +93,10 @@ fn zone_entries(z: &ZoneLink) -> (ZoneInfo, Vec<Entry>) {
                 shed: e.shed,
                 shedding: e.shedding,
             }),
+            health: e.health.map(|view| Checked {
+                view,
+                last_ms_ago: (view.last_ms != 0).then(|| now_ms().saturating_sub(view.last_ms)),
+            }),
         })
         .collect();
     (snap.info, entries)
@@ -117,6 +121,7 @@ fn collect(registry: &Registry) -> (Option<ZoneInfo>, Vec<Entry>) {
                     lua: false,
                     ramping: None,
                     rebalance: None,
+                    health: None,
                 });
             }
         });

@@ -1,6 +1,6 @@
 //! Periodic timers of a worker process: the check, its phase staggered
-//! across the workers of a generation (`in_turn`), and rebalancing's
-//! (`every`).
+//! across the workers of a generation (`in_turn`), rebalancing's
+//! (`every`), and health checks' (`checks`).
 //!
 //! Both are cancelable: they never keep a worker that is shutting down
 //! gracefully alive. The check stops re-arming once the worker is exiting;
@@ -65,6 +65,7 @@ impl Periodic {
 // The worker is single-threaded: only its event loop touches these.
 static mut TIMER: Periodic = Periodic::new(false);
 static mut REBALANCE: Periodic = Periodic::new(true);
+static mut CHECKS: Periodic = Periodic::new(true);
 
 /// Calls `tick` in this process, from its event loop, so that the `count`
 /// workers of a generation, `slot` being this one's number, take turns: one
@@ -85,6 +86,14 @@ pub fn in_turn(period_ms: usize, slot: usize, count: usize, tick: fn()) {
 pub fn every(period_ms: usize, tick: fn()) {
     // SAFETY: single-threaded worker.
     let t = unsafe { &mut *addr_of_mut!(REBALANCE) };
+    t.arm(period_ms as ngx_msec_t, period_ms as ngx_msec_t, tick);
+}
+
+/// Calls `tick` in this process every `period_ms`, also while it exits
+/// gracefully: health checks' lease (`shared::checks`).
+pub fn checks(period_ms: usize, tick: fn()) {
+    // SAFETY: single-threaded worker.
+    let t = unsafe { &mut *addr_of_mut!(CHECKS) };
     t.arm(period_ms as ngx_msec_t, period_ms as ngx_msec_t, tick);
 }
 

@@ -26,6 +26,7 @@ use crate::ngx::subsystem::{init_round_robin, InitPeer, UpstreamSrvConf};
 use crate::ngx::timer;
 
 use super::balance;
+use super::checks;
 use super::module_conf::{MainConf, SrvConf};
 use super::rebalance;
 use super::workers;
@@ -223,6 +224,9 @@ pub extern "C" fn init_process<F: FrontEnd>(cycle: *mut ngx_cycle_t) -> ngx_int_
             if registry.upstreams().any(|up| up.rebalance.is_some()) {
                 timer::every(rebalance::PERIOD_MS, rebalance_tick::<F>);
             }
+            if let Some(interval) = checks::smallest_interval(registry) {
+                timer::checks(checks::timing(interval).0 as usize, checks_tick::<F>);
+            }
         }
     }
     Status::NGX_OK.into()
@@ -251,6 +255,19 @@ fn rebalance_tick<F: FrontEnd>() {
     }
 }
 
+fn checks_tick<F: FrontEnd>() {
+    // SAFETY: in a worker, `ngx_cycle` is its cycle.
+    let cycle = unsafe { &*ngx_cycle };
+    if let (Some(_), Some(registry)) = (F::cycle_main_conf(cycle), workers::registry()) {
+        checks::tick(registry, || {
+            F::cycle_upstreams(cycle)
+                .into_iter()
+                .filter_map(|us| Some((us, F::srv_conf(us)?.registered?)))
+                .collect()
+        });
+    }
+}
+
 fn check<F: FrontEnd>() {
     // SAFETY: in a worker, `ngx_cycle` is its cycle.
     let cycle = unsafe { &*ngx_cycle };
@@ -269,6 +286,7 @@ pub fn finish_process<F: FrontEnd>(cycle: &ngx_cycle_t, lua_unreleased: usize) {
         let fast = unsafe { ngx_terminate } != 0;
         // SAFETY: the cycle's log.
         let log = unsafe { Log::from_ptr(cycle.log) };
+        checks::stop(&mcf.registry);
         workers::finish(&mcf.registry, fast, lua_unreleased, log);
     }
     #[cfg(feature = "lock-stats")]

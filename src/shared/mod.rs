@@ -5,6 +5,7 @@
 //! way, and the per-worker record for crash recovery will live in the zone.
 
 pub mod balance;
+pub mod checks;
 pub mod front_end;
 pub mod module_conf;
 pub mod rebalance;

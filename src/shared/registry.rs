@@ -144,7 +144,7 @@ impl PeerCounter {
     }
 
     /// The key's slot in the zone, once stored.
-    fn slot(&self) -> Option<SlotRef> {
+    pub fn slot(&self) -> Option<SlotRef> {
         match self.phase.get() {
             Phase::Stored(slot) | Phase::Counting(Counted { slot, .. }) => Some(slot),
             Phase::Declared | Phase::Stale | Phase::Local => None,

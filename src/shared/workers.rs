@@ -170,6 +170,9 @@ fn reclaim_dead(link: &ZoneLink, log: Log, period: usize) {
         );
     }
     for r in &gone {
+        // A dead worker's health checks: another takes them at its next
+        // tick, without waiting for the lease to expire.
+        link.table.release_checker(r.worker.pid as u32);
         log.zone(
             NGX_LOG_WARN,
             link.shm.name(),

@@ -14,6 +14,8 @@ use ngx::allocator::Allocator;
 use ngx::core::slab::LockedSlabPool;
 
 use crate::core::crash;
+use crate::ngx::peers;
+use crate::core::health_table::HealthView;
 use crate::core::status::ZoneInfo;
 use crate::core::table::{Arena, Meta, Table};
 use crate::ngx::conf::page_size;
@@ -107,6 +109,8 @@ pub struct CopiedEntry {
     /// Rebalancing (`EntryView::shed`, `EntryView::shedding`).
     pub shed: u32,
     pub shedding: bool,
+    /// What health checks found (`EntryView::health`).
+    pub health: Option<HealthView>,
 }
 
 /// What the status page shows of a zone, copied in one short hold.
@@ -144,6 +148,7 @@ impl ZoneLink {
                 ramp_since: 0,
                 shed: 0,
                 shedding: false,
+                health: None,
             };
             let mut entries = vec![empty; room.0];
             // Not zeroes: a zeroed allocation may be pages not yet touched.
@@ -167,6 +172,7 @@ impl ZoneLink {
                         ramp_since: e.ramp_since,
                         shed: e.shed,
                         shedding: e.shedding,
+                        health: e.health,
                     };
                     (n, at) = (n + 1, end);
                 });
@@ -185,6 +191,7 @@ impl ZoneLink {
                 used,
                 keys: n as u32,
                 reclaimed: self.table.reclaimed(),
+                checker: self.table.checker(peers::now_ms()).unwrap_or(0),
                 workers: workers
                     .iter()
                     .map(|w| (w.worker.pid, w.connections))

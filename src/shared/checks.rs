@@ -1,0 +1,407 @@
+//! Active health checks (issue 19): one process checks every server of the
+//! zone's checked upstreams, and what it finds goes into the zone
+//! (`core::health_table`), where every worker's picks (http, stream, Lua)
+//! see it and a reload keeps it.
+//!
+//! - **The lease.** Each worker of the newest configuration ticks
+//!   (`tick`, every `timing().0` ms); the one holding the zone's lease (or
+//!   taking it, free or expired) runs the checks, the others only read the
+//!   lease word. The holder renews it every tick, for the smallest check
+//!   interval: a holder that dies or hangs loses it within one interval
+//!   (sooner when the look for dead workers sees it gone), and another
+//!   worker takes over at its next tick, well inside two intervals.
+//! - **The checks.** One task per checked server, on nginx's event loop
+//!   (ngx's `async`): sleep until due, probe (`ngx::probe`), judge
+//!   (`core::check_judge`), record under the zone lock, log what changed
+//!   after it. A new holder keeps the cadence the records show.
+//! - **Reloads.** Workers of an older configuration, or exiting ones, drop
+//!   their tasks and give the lease up at their next tick; the new
+//!   configuration's workers take it with their own parameters.
+
+use core::time::Duration;
+use std::cell::RefCell;
+
+use nginx_sys::{NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_NOTICE, NGX_LOG_WARN};
+use ngx::async_::{sleep, spawn, Task};
+
+use crate::core::check_conf::CheckParams;
+use crate::core::check_judge::{judge, Judged};
+use crate::core::health::{State, Why};
+use crate::core::health_table::{CheckReport, Recorded};
+use crate::core::key;
+use crate::core::ramp;
+use crate::core::table::SlotRef;
+use crate::ngx::log::Log;
+use crate::ngx::peers::{self, now_ms};
+use crate::ngx::probe::{probe, Target};
+use crate::ngx::process;
+use crate::ngx::subsystem::UpstreamSrvConf;
+
+use super::registry::{List, Registry, UpstreamCounters};
+use super::zone::ZoneLink;
+
+/// The longest tick: a lease change is seen at least this often.
+const MAX_TICK_MS: u32 = 500;
+/// The holder looks at the upstreams' servers again (DNS may have changed
+/// them) every this many ticks.
+const RESCAN_TICKS: u32 = 8;
+
+/// The tick and the lease for checks whose smallest interval is
+/// `interval_ms`: a dead holder's lease expires within one interval, and
+/// the next tick (a quarter of one at most) takes it over.
+pub fn timing(interval_ms: u32) -> (u32, u32) {
+    let tick = (interval_ms / 4).clamp(25, MAX_TICK_MS);
+    (tick, interval_ms.max(2 * tick))
+}
+
+/// The smallest check interval of `registry`'s upstreams, if any checks.
+pub fn smallest_interval(registry: &Registry) -> Option<u32> {
+    registry
+        .upstreams()
+        .filter_map(|up| up.check.as_ref())
+        .map(|c| c.interval_ms)
+        .min()
+}
+
+/// One server to check.
+struct Job {
+    up: &'static UpstreamCounters,
+    params: &'static CheckParams,
+    slot: SlotRef,
+    server: String,
+    /// The configured weight and max_conns (the log compares overrides).
+    weight: u32,
+    max_conns: u32,
+    target: Target,
+}
+
+struct Running {
+    slot: SlotRef,
+    _task: Task<()>,
+}
+
+#[derive(Default)]
+struct Checker {
+    holding: bool,
+    ticks: u32,
+    running: Vec<Running>,
+}
+
+impl Checker {
+    /// Drops every task: each closes its probe's connection, if any.
+    fn stop(&mut self) {
+        self.holding = false;
+        self.running.clear();
+    }
+}
+
+thread_local! {
+    static CHECKER: RefCell<Checker> = RefCell::default();
+}
+
+fn pid() -> u32 {
+    std::process::id()
+}
+
+/// The periodic tick of every worker (exiting ones too): takes, renews or
+/// gives up the lease, and starts or stops the checks. `upstreams`: the
+/// front-end's upstreams that use the method, with their registry index.
+pub fn tick<'a>(
+    registry: &'static Registry,
+    upstreams: impl FnOnce() -> Vec<(&'a UpstreamSrvConf, usize)>,
+) {
+    let Some(link) = registry.zone() else {
+        return;
+    };
+    let Some(interval) = smallest_interval(registry) else {
+        return;
+    };
+    let current = !process::exiting() && link.table.epoch() == link.epoch;
+    let now = now_ms();
+    CHECKER.with(|c| {
+        let mut c = c.borrow_mut();
+        if !current {
+            if c.holding {
+                c.stop();
+                link.table.release_checker(pid());
+            }
+            return;
+        }
+        let (_, lease) = timing(interval);
+        if !link.table.take_checker(pid(), now, lease) {
+            if c.holding {
+                c.stop();
+                Log::cycle().zone(
+                    NGX_LOG_NOTICE,
+                    link.shm.name(),
+                    format_args!(": health checks taken over by another worker"),
+                );
+            }
+            return;
+        }
+        let first = !c.holding;
+        c.holding = true;
+        c.ticks = c.ticks.wrapping_add(1);
+        if first || c.ticks.is_multiple_of(RESCAN_TICKS) {
+            let jobs = jobs(registry, upstreams());
+            reconcile(&mut c, link, jobs, now);
+        }
+        if first {
+            Log::cycle().zone(
+                NGX_LOG_NOTICE,
+                link.shm.name(),
+                format_args!(
+                    ": health checks run in this worker now ({} servers)",
+                    c.running.len()
+                ),
+            );
+        }
+    });
+}
+
+/// `exit_process`: the lease goes at once (the next holder need not wait
+/// for it to expire).
+pub fn stop(registry: &Registry) {
+    CHECKER.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.holding {
+            c.stop();
+            if let Some(link) = registry.zone() {
+                link.table.release_checker(pid());
+            }
+        }
+    });
+}
+
+/// The servers to check: each checked upstream's servers stored in the
+/// zone, not configured `down`, with an address to probe.
+fn jobs(registry: &'static Registry, upstreams: Vec<(&UpstreamSrvConf, usize)>) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for (us, index) in upstreams {
+        let Some(up) = registry.upstream(index) else {
+            continue;
+        };
+        let Some(params) = up.check.as_ref() else {
+            continue;
+        };
+        // SAFETY: round-robin init filled peer.data (the upstream zone's
+        // copy, with one).
+        let (primary, backup) = unsafe { peers::lists(us.peer.data) };
+        for (list, rr) in [(List::Primary, primary), (List::Backup, backup)] {
+            let Some(rr) = rr else { continue };
+            let lock = peers::lock(rr);
+            let counters = up.list(list);
+            if counters.len() != rr.number {
+                continue;
+            }
+            for (peer, pc) in peers::each_peer(rr).zip(counters.iter()) {
+                let (Some(slot), false) = (pc.slot(), peer.down != 0) else {
+                    continue;
+                };
+                let Some(target) = Target::of_peer(peer, params.port) else {
+                    continue;
+                };
+                jobs.push(Job {
+                    up,
+                    params,
+                    slot,
+                    server: String::from_utf8_lossy(pc.server()).into_owned(),
+                    weight: pc.meta.weight,
+                    max_conns: pc.meta.max_conns,
+                    target,
+                });
+            }
+            drop(lock);
+        }
+    }
+    jobs
+}
+
+/// Starts a task for each job not running yet, and stops the tasks of
+/// servers no longer checked.
+fn reconcile(c: &mut Checker, link: &ZoneLink, jobs: Vec<Job>, now: u64) {
+    c.running
+        .retain(|r| jobs.iter().any(|j| j.slot == r.slot) && r.slot.count().is_some());
+    let new: Vec<Job> = jobs
+        .into_iter()
+        .filter(|j| !c.running.iter().any(|r| r.slot == j.slot))
+        .collect();
+    if new.is_empty() {
+        return;
+    }
+    let mut unrecorded = Vec::with_capacity(new.len());
+    {
+        let locked = link.lock();
+        for (i, j) in new.iter().enumerate() {
+            if !link.table.ensure_health(&locked, j.slot) {
+                unrecorded.push(i);
+            }
+        }
+    }
+    if !unrecorded.is_empty() {
+        Log::cycle().zone(
+            NGX_LOG_ERR,
+            link.shm.name(),
+            format_args!(
+                " is full: {} server(s) go unchecked; make the zone larger",
+                unrecorded.len()
+            ),
+        );
+    }
+    for (i, job) in new.into_iter().enumerate() {
+        if unrecorded.contains(&i) {
+            continue;
+        }
+        let first = first_delay(&job, now);
+        let slot = job.slot;
+        c.running.push(Running {
+            slot,
+            _task: spawn(check_loop(job, first)),
+        });
+    }
+}
+
+/// When the first check of a server is due: one interval after the last
+/// one recorded (a takeover or a reload keeps the cadence); a server never
+/// checked, within the first half interval, spread by its key so that
+/// many servers do not start at once.
+fn first_delay(job: &Job, now: u64) -> u64 {
+    let interval = u64::from(job.params.interval_ms);
+    match job.slot.last_check_ms() {
+        0 => u64::from(key::hash(job.server.as_bytes())) % (interval / 2).max(1),
+        last => (last + interval).saturating_sub(now).min(interval),
+    }
+}
+
+async fn check_loop(job: Job, first: u64) {
+    let request = job.params.request(job.target.name());
+    let request = job.params.is_http().then_some(request);
+    let interval = u64::from(job.params.interval_ms);
+    let mut delay = first;
+    loop {
+        sleep(Duration::from_millis(delay)).await;
+        let started = now_ms();
+        let answer = probe(&job.target, job.params.timeout_ms, request.as_deref()).await;
+        let ended = now_ms();
+        let judged = judge(job.params, answer.as_deref().map_err(|w| *w));
+        if !record(&job, &judged, started, ended) {
+            return;
+        }
+        delay = (started + interval).saturating_sub(ended).max(1);
+    }
+}
+
+/// Records one check in the zone, then logs what changed. False when the
+/// key is gone (its task then ends; the next rescan starts what is needed).
+fn record(job: &Job, judged: &Judged, started: u64, ended: u64) -> bool {
+    let Some(link) = job.up.link() else {
+        return false;
+    };
+    let report = CheckReport {
+        why: judged.why,
+        http_status: judged.http_status,
+        duration_ms: u32::try_from(ended.saturating_sub(started)).unwrap_or(u32::MAX),
+        now_ms: ended,
+        now_ds: ramp::now_ds(ended),
+        rise: job.params.rise,
+        fall: job.params.fall,
+        capacity: judged.capacity,
+        reported: judged.reported,
+        malformed: judged.malformed.as_ref().map_or(0, |m| m.hash),
+    };
+    let recorded = link.table.record_check(&link.lock(), job.slot, &report);
+    let Some(r) = recorded else {
+        return false;
+    };
+    log_changes(job, &r, judged, &report);
+    true
+}
+
+fn log_changes(job: &Job, r: &Recorded, judged: &Judged, report: &CheckReport) {
+    let log = Log::cycle();
+    let up = String::from_utf8_lossy(&job.up.name);
+    let s = &job.server;
+    if r.before.state != r.after.state {
+        match r.after.state {
+            Some(State::Down) => log.module(
+                NGX_LOG_WARN,
+                format_args!(
+                    "upstream \"{up}\": server {s} is down ({} failed checks, last: {})",
+                    r.fails,
+                    what(report)
+                ),
+            ),
+            Some(State::Up) if r.before.state == Some(State::Down) => log.module(
+                NGX_LOG_NOTICE,
+                format_args!(
+                    "upstream \"{up}\": server {s} is up ({} passed checks)",
+                    r.passes
+                ),
+            ),
+            Some(State::Up) => log.module(
+                NGX_LOG_INFO,
+                format_args!("upstream \"{up}\": server {s} is up (first check passed)"),
+            ),
+            _ => {}
+        }
+    }
+    if r.before.drain != r.after.drain {
+        let what = if r.after.drain {
+            "drains"
+        } else {
+            "takes new connections again"
+        };
+        log.module(
+            NGX_LOG_NOTICE,
+            format_args!("upstream \"{up}\": server {s} {what} (capacity answer)"),
+        );
+    }
+    let overrides = |v: &crate::core::health_table::Verdict| (v.weight, v.max_conns);
+    if overrides(&r.before) != overrides(&r.after) {
+        log.module(
+            NGX_LOG_NOTICE,
+            format_args!(
+                "upstream \"{up}\": server {s}: {} (capacity answer)",
+                override_text(r.after.weight, r.after.max_conns, job)
+            ),
+        );
+    }
+    if let (true, Some(m)) = (r.warn, &judged.malformed) {
+        log.module(
+            NGX_LOG_WARN,
+            format_args!(
+                "upstream \"{up}\": server {s}: {} answer \"{}\" ignored: {}",
+                m.header, m.text, m.reason
+            ),
+        );
+    }
+}
+
+fn override_text(weight: Option<u32>, max_conns: Option<u32>, job: &Job) -> String {
+    let mut parts = Vec::new();
+    if let Some(w) = weight {
+        parts.push(format!("weight {w} (configured {})", job.weight));
+    }
+    if let Some(m) = max_conns {
+        parts.push(format!("max_conns {m} (configured {})", job.max_conns));
+    }
+    if parts.is_empty() {
+        "configured weight and max_conns again".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The last check's result in words, for the log.
+fn what(r: &CheckReport) -> String {
+    match r.why {
+        Why::Ok => "passed".to_owned(),
+        Why::Refused => "connection refused".to_owned(),
+        Why::Reset => "connection failed".to_owned(),
+        Why::ClosedEarly => "closed before a response".to_owned(),
+        Why::Timeout => format!("timeout after {} ms", r.duration_ms),
+        Why::BadStatus => format!("status {}", r.http_status),
+        Why::BadResponse => "not an HTTP response".to_owned(),
+        Why::NoConnection => "no connection available".to_owned(),
+    }
+}
