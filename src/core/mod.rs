@@ -13,6 +13,8 @@
 //!   holder that died left;
 //! - `sweep`: what a configuration load does with each key already stored;
 //! - `health`: active health checks, rise and fall;
+//! - `check_conf`, `check_answer`: a check's parameters, and what an http
+//!   check's answer says (status, capacity, load);
 //! - `follow`: keys a worker stores at run time (DNS, stale handles), and
 //!   the copy of a peer list that following DNS works from;
 //! - `status`, `status_html`, `status_model`: the status page (what it
@@ -26,6 +28,8 @@
 
 pub mod address;
 pub mod array_list;
+pub mod check_answer;
+pub mod check_conf;
 pub mod crash;
 #[cfg(test)]
 mod crash_tests;
