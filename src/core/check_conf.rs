@@ -342,7 +342,7 @@ fn statuses(text: &[u8]) -> Option<Statuses> {
 
 /// Milliseconds as nginx writes a time: "5s", or "300ms".
 fn ms_text(ms: u32) -> String {
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")

@@ -57,12 +57,14 @@ pub fn register(
     us: &UpstreamSrvConf,
     slow_start: u32,
     rebalance: Option<Params>,
+    check: Option<crate::core::check_conf::CheckParams>,
 ) -> (usize, Vec<ConfWarning>) {
     let name = us.host.as_bytes();
     let mut counters = UpstreamCounters::new(name);
     // Before the lists: their servers' metadata carries them (`meta_for`).
     counters.slow_start = slow_start;
     counters.rebalance = rebalance;
+    counters.check = check;
     counters.failures = Some(peers::Failures::new(us));
     let mut warnings = Vec::new();
     // SAFETY: round-robin init has just filled peer.data.

@@ -21,6 +21,7 @@ use nginx_sys::{
 };
 use ngx::core::Status;
 
+use crate::core::check_conf::CheckParams;
 use crate::core::follow::{runtime_stamp, PeerListCopy};
 use crate::core::key::{self, Occurrence};
 use crate::core::ramp;
@@ -408,6 +409,8 @@ pub struct UpstreamCounters {
     pub slow_start: u32,
     /// `least_conn_persistent_rebalance`, when given (`shared::rebalance`).
     pub rebalance: Option<Params>,
+    /// `least_conn_persistent_check`, when given.
+    pub check: Option<CheckParams>,
     /// Rebalancing: this worker's connections of the upstream (each with
     /// what its request holds), its primary peers' failures, and what its
     /// timer keeps between ticks.
