@@ -72,7 +72,7 @@ mod module {
         merge_loc_conf: None,
     };
 
-    static mut COMMANDS: [ngx_command_t; 5] = [
+    static mut COMMANDS: [ngx_command_t; 6] = [
         ngx_command_t {
             name: ngx_string!("least_conn_persistent_zone"),
             type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2) as ngx_uint_t,
@@ -93,6 +93,14 @@ mod module {
             name: ngx_string!("least_conn_persistent_rebalance"),
             type_: (NGX_HTTP_UPS_CONF | NGX_CONF_ANY) as ngx_uint_t,
             set: Some(front_end::cmd_rebalance),
+            conf: NGX_HTTP_SRV_CONF_OFFSET,
+            offset: 0,
+            post: ptr::null_mut(),
+        },
+        ngx_command_t {
+            name: ngx_string!("least_conn_persistent_check"),
+            type_: (NGX_HTTP_UPS_CONF | NGX_CONF_ANY) as ngx_uint_t,
+            set: Some(front_end::cmd_check),
             conf: NGX_HTTP_SRV_CONF_OFFSET,
             offset: 0,
             post: ptr::null_mut(),

@@ -27,7 +27,8 @@ my $replaced = { warn => qr/\[warn\].*"least_conn_persistent" in upstream "u" is
 
 my @cases = (
 	# [name, http-level lines, upstream lines, location lines, expected error,
-	#  or undef (passes), or { warn => qr// } (passes with that warning)]
+	#  or undef (passes), or { warn => qr// } (passes with that warning),
+	#  and optionally http-level lines after the upstream]
 	['all good', 'least_conn_persistent_zone z 64k;',
 		'least_conn_persistent;', 'least_conn_persistent_status;', undef],
 	['upstream before zone is fine', '', 'least_conn_persistent;', '', undef],
@@ -95,6 +96,52 @@ my @cases = (
 		qr/\[emerg\].*"least_conn_persistent_rebalance" has an invalid parameter "speed=1"/],
 	['rebalance with a parameter twice', '', "least_conn_persistent;\n least_conn_persistent_rebalance jitter=1s jitter=2s;", '',
 		qr/\[emerg\].*"least_conn_persistent_rebalance" has the parameter "jitter" twice/],
+	# least_conn_persistent_check (issue 19).
+	['check with defaults', 'least_conn_persistent_zone z 1m;',
+		"least_conn_persistent;\n least_conn_persistent_check;", '', undef],
+	['check, http, every parameter', 'least_conn_persistent_zone z 1m;',
+		"least_conn_persistent;\n least_conn_persistent_check type=http uri=/health?deep=1 port=8080 interval=300ms timeout=250ms rise=1 fall=5 status=200,204,300-399 capacity=X-Cap load=X-Conns;", '', undef],
+	['check, tcp', 'least_conn_persistent_zone z 1m;',
+		"least_conn_persistent;\n least_conn_persistent_check type=tcp port=9000 interval=1m;", '', undef],
+	['check with the zone after the upstream', '',
+		"least_conn_persistent;\n least_conn_persistent_check uri=/health;", '', undef,
+		'least_conn_persistent_zone z 1m;'],
+	['check without a zone', '', "least_conn_persistent;\n least_conn_persistent_check;", '',
+		qr/\[emerg\].*"least_conn_persistent_check" in upstream "u" needs "least_conn_persistent_zone" \(checks keep their state in the zone, shared by every worker\)/],
+	['check after the method it needs', 'least_conn_persistent_zone z 1m;',
+		"least_conn_persistent_check;\n least_conn_persistent;", '',
+		qr/\[emerg\].*"least_conn_persistent_check" needs "least_conn_persistent" before it in the upstream \(it checks the servers that method balances\)/],
+	['check without the method', 'least_conn_persistent_zone z 1m;', 'least_conn_persistent_check;', '',
+		qr/\[emerg\].*"least_conn_persistent_check" needs "least_conn_persistent" before it in the upstream/],
+	['check twice', 'least_conn_persistent_zone z 1m;',
+		"least_conn_persistent;\n least_conn_persistent_check;\n least_conn_persistent_check type=http;", '',
+		qr/\[emerg\].*"least_conn_persistent_check" is duplicate/],
+	(map { my ($arg, $msg) = @$_; ["check $arg", 'least_conn_persistent_zone z 1m;',
+		"least_conn_persistent;\n least_conn_persistent_check $arg;", '',
+		qr/\[emerg\].*"least_conn_persistent_check" \Q$msg\E/] } (
+		['on', 'has an invalid parameter "on"'],
+		['speed=1', 'has an invalid parameter "speed=1"'],
+		['type=udp', 'has an invalid type "udp" (tcp or http)'],
+		['uri=health', 'has an invalid uri "health" (a path such as /health, starting with /, no spaces)'],
+		['port=0', 'has an invalid port "0" (1 to 65535)'],
+		['port=65536', 'has an invalid port "65536" (1 to 65535)'],
+		['interval=50ms', 'has an invalid interval "50ms" (a time such as 5s or 300ms, 100ms to 1h)'],
+		['interval=2h', 'has an invalid interval "2h" (a time such as 5s or 300ms, 100ms to 1h)'],
+		['interval=soon', 'has an invalid interval "soon"'],
+		['timeout=0', 'has an invalid timeout "0" (a time such as 2s or 500ms, more than 0)'],
+		['rise=0', 'has an invalid rise "0" (a count of checks, 1 to 255)'],
+		['fall=256', 'has an invalid fall "256" (a count of checks, 1 to 255)'],
+		['status=600', 'has an invalid status "600" (codes and ranges such as 200,204,300-399, each 100 to 599)'],
+		['status=399-200', 'has an invalid status "399-200"'],
+		['"capacity=X Cap"', 'has an invalid capacity "X Cap" (a header name such as X-LCP-Capacity)'],
+		['load=', 'has an invalid load "" (a header name such as X-Connections, not the capacity header)'],
+		['load=x-lcp-capacity', 'has an invalid load "x-lcp-capacity"'],
+		['rise=2 rise=3', 'has the parameter "rise" twice'],
+		['interval=1s timeout=2s', 'has an invalid timeout "2s" (longer than the interval "1s": a check must end before the next one starts)'],
+		['timeout=6s', 'has an invalid timeout "6s" (longer than the interval "5s"'],
+		['type=tcp uri=/health', 'has the parameter "uri", which needs type=http'],
+		['status=200 type=tcp', 'has the parameter "status", which needs type=http'],
+	)),
 	['method with two parameters', '', 'least_conn_persistent slow_start=10s slow_start=20s;', '',
 		qr/\[emerg\].*invalid number of arguments in "least_conn_persistent"/],
 	(map { ["slow_start=$_", 'least_conn_persistent_zone z 1m;', "least_conn_persistent slow_start=$_;", '', undef] }
@@ -118,10 +165,41 @@ my @cases = (
 		qr/\[emerg\].*"least_conn_persistent_status" is duplicate/],
 );
 
-my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(2 * @cases);
+# The same directive in stream {}: [name, stream-level lines, upstream
+# lines, expected error or undef].
+my @stream_cases = (
+	['stream check, tcp', 'least_conn_persistent_zone s 1m;',
+		"least_conn_persistent;\n least_conn_persistent_check interval=300ms fall=2;", undef],
+	['stream check, http', 'least_conn_persistent_zone s 1m;',
+		"least_conn_persistent;\n least_conn_persistent_check uri=/health status=200 capacity=X-Cap;", undef],
+	['stream check without a zone', '', "least_conn_persistent;\n least_conn_persistent_check;",
+		qr/\[emerg\].*"least_conn_persistent_check" in upstream "u" needs "least_conn_persistent_zone"/],
+	['stream check without the method', 'least_conn_persistent_zone s 1m;', 'least_conn_persistent_check;',
+		qr/\[emerg\].*"least_conn_persistent_check" needs "least_conn_persistent" before it in the upstream/],
+	['stream check with a bad rise', 'least_conn_persistent_zone s 1m;',
+		"least_conn_persistent;\n least_conn_persistent_check rise=x;",
+		qr/\[emerg\].*"least_conn_persistent_check" has an invalid rise "x"/],
+);
+
+my $t = Test::Nginx->new()->has(qw/nginx module stream/)->plan(2 * (@cases + @stream_cases));
+
+sub judge {
+	my ($name, $rc, $out, $want) = @_;
+	if (ref $want eq 'HASH') {
+		is($rc, 0, "$name: nginx -t passes, as stock nginx") or diag($out);
+		like($out, $want->{warn}, "$name: with a warning");
+	} elsif (defined $want) {
+		isnt($rc, 0, "$name: nginx -t fails");
+		like($out, $want, "$name: message");
+	} else {
+		is($rc, 0, "$name: nginx -t passes") or diag($out);
+		unlike($out, qr/\[(emerg|alert|crit)\]/, "$name: no error");
+	}
+}
 
 for my $c (@cases) {
-	my ($name, $http, $ups, $loc, $want) = @$c;
+	my ($name, $http, $ups, $loc, $want, $after) = @$c;
+	$after //= '';
 	$t->write_file_expand('nginx.conf', <<"EOF");
 %%TEST_GLOBALS%%
 events {
@@ -134,6 +212,7 @@ http {
         server 127.0.0.1:8081;
         server 127.0.0.1:8082;
     }
+    $after
     server {
         listen 127.0.0.1:8080;
         location / {
@@ -142,15 +221,28 @@ http {
     }
 }
 EOF
-	my ($rc, $out) = $t->test_config();
-	if (ref $want eq 'HASH') {
-		is($rc, 0, "$name: nginx -t passes, as stock nginx") or diag($out);
-		like($out, $want->{warn}, "$name: with a warning");
-	} elsif (defined $want) {
-		isnt($rc, 0, "$name: nginx -t fails");
-		like($out, $want, "$name: message");
-	} else {
-		is($rc, 0, "$name: nginx -t passes") or diag($out);
-		unlike($out, qr/\[(emerg|alert|crit)\]/, "$name: no error");
-	}
+	judge($name, $t->test_config(), $want);
+}
+
+for my $c (@stream_cases) {
+	my ($name, $stream, $ups, $want) = @$c;
+	$t->write_file_expand('nginx.conf', <<"EOF");
+%%TEST_GLOBALS%%
+%%STREAM_MODULES%%
+events {
+}
+stream {
+    $stream
+    upstream u {
+        $ups
+        server 127.0.0.1:8081;
+        server 127.0.0.1:8082;
+    }
+    server {
+        listen 127.0.0.1:8080;
+        proxy_pass u;
+    }
+}
+EOF
+	judge($name, $t->test_config(), $want);
 }

@@ -195,7 +195,10 @@ mod tests {
             Ok(b"HTTP/1.1 200 OK\r\nX-LCP-Capacity: weight=x\r\n\r\n"),
         );
         assert_ne!(b.malformed.unwrap().hash, w.hash);
-        let load = judge(&http(), Ok(b"HTTP/1.1 200 OK\r\nX-Connections: lots\r\n\r\n"));
+        let load = judge(
+            &http(),
+            Ok(b"HTTP/1.1 200 OK\r\nX-Connections: lots\r\n\r\n"),
+        );
         assert_eq!(load.reported, None, "kept");
         assert_eq!(load.capacity, Some(Capacity::default()));
         assert_eq!(load.malformed.unwrap().header, "load");

@@ -13,6 +13,9 @@
 //!   holder that died left;
 //! - `sweep`: what a configuration load does with each key already stored;
 //! - `health`: active health checks, rise and fall;
+//! - `check_conf`, `check_answer`: a check's parameters, and what an http
+//!   check's answer says (status, capacity, load); `check_judge`: what
+//!   one check found; `health_table`: the checks' records in the zone;
 //! - `follow`: keys a worker stores at run time (DNS, stale handles), and
 //!   the copy of a peer list that following DNS works from;
 //! - `status`, `status_html`, `status_model`: the status page (what it
@@ -27,6 +30,7 @@
 pub mod address;
 pub mod array_list;
 pub mod check_answer;
+pub mod check_conf;
 pub mod check_judge;
 pub mod crash;
 #[cfg(test)]

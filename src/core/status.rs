@@ -332,6 +332,7 @@ pub(crate) mod tests {
             keys: 1,
             reclaimed: 0,
             workers: vec![(7, 1)],
+            checker: 0,
         };
         let mut e = vec![entry("conn_count:u:127.0.0.1:1", 1, State::Up)];
         let json = render_subsystem(Format::Json, Some("stream"), Some(&zone), &mut e);
@@ -373,6 +374,7 @@ pub(crate) mod tests {
             keys: 2,
             reclaimed: 7,
             workers: vec![(101, 3), (102, 0)],
+            checker: 0,
         };
         let mut e = vec![
             entry("conn_count:b:[::1]:80", 0, State::Draining),
@@ -408,6 +410,7 @@ pub(crate) mod tests {
             keys: 1,
             reclaimed: 4,
             workers: vec![(101, 3), (102, 0)],
+            checker: 0,
         };
         let mut e = vec![entry("conn_count:a:127.0.0.1:8081", 3, State::Backup)];
         let out = render(Format::Prometheus, Some(&zone), &mut e);
@@ -451,6 +454,7 @@ pub(crate) mod tests {
             keys: 1,
             reclaimed: 0,
             workers,
+            checker: 0,
         };
         let mut e = vec![entry("conn_count:a:127.0.0.1:8081", 5, State::Up)];
         let before = render(

@@ -222,6 +222,7 @@ mod tests {
             keys: 3,
             reclaimed: 2,
             workers: vec![(1, 5), (2, 7)],
+            checker: 0,
         };
         let page = render_html(Some("stream"), Some(&zone), &[], 2);
         assert!(page.contains("<meta http-equiv=\"refresh\" content=\"2\">"));

@@ -34,6 +34,14 @@ pub enum ConfError {
     /// `least_conn_persistent_rebalance` before (or without)
     /// `least_conn_persistent` in the upstream.
     RebalanceWithoutMethod,
+    /// A parameter of `least_conn_persistent_check`.
+    Check(crate::core::check_conf::ParamError),
+    /// `least_conn_persistent_check` before (or without)
+    /// `least_conn_persistent` in the upstream.
+    CheckWithoutMethod,
+    /// `least_conn_persistent_check` in this upstream, and no
+    /// `least_conn_persistent_zone` (the checks' state lives in it).
+    CheckWithoutZone(String),
 }
 
 impl fmt::Display for ConfError {
@@ -57,6 +65,17 @@ impl fmt::Display for ConfError {
                 f,
                 "needs \"least_conn_persistent\" before it in the upstream (it rebalances \
                  the connections that method counts)"
+            ),
+            ConfError::Check(e) => write!(f, "{e}"),
+            ConfError::CheckWithoutMethod => write!(
+                f,
+                "needs \"least_conn_persistent\" before it in the upstream (it checks the \
+                 servers that method balances)"
+            ),
+            ConfError::CheckWithoutZone(up) => write!(
+                f,
+                "in upstream \"{up}\" needs \"least_conn_persistent_zone\" (checks keep \
+                 their state in the zone, shared by every worker)"
             ),
             ConfError::InvalidSlowStart(v) => write!(
                 f,
@@ -237,6 +256,18 @@ pub fn parse_seconds(text: &[u8]) -> Option<u64> {
     // SAFETY: `line` describes `text`, which ngx_parse_time only reads.
     let secs = unsafe { ngx_parse_time(&mut line, 1) };
     u64::try_from(secs).ok()
+}
+
+/// `ngx_parse_time` in milliseconds: "300ms", "5s", "1m"; `None` if
+/// invalid.
+pub fn parse_ms(text: &[u8]) -> Option<u64> {
+    let mut line = ngx_str_t {
+        len: text.len(),
+        data: text.as_ptr().cast_mut(),
+    };
+    // SAFETY: `line` describes `text`, which ngx_parse_time only reads.
+    let ms = unsafe { ngx_parse_time(&mut line, 0) };
+    u64::try_from(ms).ok()
 }
 
 pub fn page_size() -> usize {

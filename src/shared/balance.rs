@@ -57,12 +57,14 @@ pub fn register(
     us: &UpstreamSrvConf,
     slow_start: u32,
     rebalance: Option<Params>,
+    check: Option<crate::core::check_conf::CheckParams>,
 ) -> (usize, Vec<ConfWarning>) {
     let name = us.host.as_bytes();
     let mut counters = UpstreamCounters::new(name);
     // Before the lists: their servers' metadata carries them (`meta_for`).
     counters.slow_start = slow_start;
     counters.rebalance = rebalance;
+    counters.check = check;
     counters.failures = Some(peers::Failures::new(us));
     let mut warnings = Vec::new();
     // SAFETY: round-robin init has just filled peer.data.
@@ -336,7 +338,7 @@ fn pick<const SLOW: bool>(pd: &mut PeerData, route: Option<&[u8]>) -> Option<Pee
         pd.held = Held::Nothing;
         return pick_per_worker(&pd.rr, route);
     };
-    if pd.upstream.checked {
+    if pd.upstream.check.is_some() {
         return pick_checked::<SLOW>(pd, counts, route);
     }
     if SLOW {

@@ -14,9 +14,10 @@ use nginx_sys::{
 };
 use ngx::core::Status;
 
+use crate::core::check_conf::CheckParams;
 use crate::core::rebalance::Params;
 use crate::ngx::conf::{
-    args, callback_result, directive_result, log_warning, parse_seconds, text, ConfError,
+    args, callback_result, directive_result, log_warning, parse_ms, parse_seconds, text, ConfError,
     ConfWarning,
 };
 use crate::ngx::log::Log;
@@ -105,6 +106,31 @@ pub extern "C" fn cmd_rebalance(
     directive_result(cf, cmd.name.as_bytes(), r)
 }
 
+/// `least_conn_persistent_check [type=tcp|http] [uri=/path] [port=N]
+/// [interval=time] [timeout=time] [rise=N] [fall=N] [status=codes]
+/// [capacity=header] [load=header];` in an `upstream {}` block, after
+/// `least_conn_persistent` (`core::check_conf`). That a zone is declared
+/// is known only once the block is parsed (`postconfiguration`).
+pub extern "C" fn cmd_check(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: as in cmd_zone; `conf` is our srv conf of this upstream.
+    let (cf, cmd, scf) = unsafe { (&mut *cf, &*cmd, &mut *conf.cast::<SrvConf>()) };
+    let args: Vec<&[u8]> = args(cf).iter().map(|a| a.as_bytes()).collect();
+    let r = if scf.check.is_some() {
+        Err(ConfError::Duplicate)
+    } else if !scf.enabled {
+        Err(ConfError::CheckWithoutMethod)
+    } else {
+        CheckParams::parse(&args, parse_ms)
+            .map(|p| scf.check = Some(p))
+            .map_err(ConfError::Check)
+    };
+    directive_result(cf, cmd.name.as_bytes(), r)
+}
+
 /// The parameter of `least_conn_persistent` (nginx allows it one):
 /// `slow_start=<time>`, the window in deciseconds; 0: none.
 fn method_params(args: &[ngx_str_t]) -> Result<u32, ConfError> {
@@ -135,8 +161,13 @@ extern "C" fn init_upstream<F: FrontEnd>(
     us.peer.init = F::init_peer();
     let r = match (F::main_conf(cf), F::srv_conf(us)) {
         (Some(mcf), Some(scf)) => {
-            let (index, warnings) =
-                balance::register(&mut mcf.registry, us, scf.slow_start, scf.rebalance);
+            let (index, warnings) = balance::register(
+                &mut mcf.registry,
+                us,
+                scf.slow_start,
+                scf.rebalance,
+                scf.check.clone(),
+            );
             for w in &warnings {
                 log_warning(cf, b"least_conn_persistent", w);
             }
@@ -151,9 +182,14 @@ extern "C" fn init_upstream<F: FrontEnd>(
 /// After the block is parsed: an upstream that asked for our method and
 /// lost it to a method declared after it (`hash` or `least_conn` after ours)
 /// is balanced by that method, as stock nginx does; a warning says so.
+/// Checks without a zone fail the configuration (`checks_need_a_zone`).
 pub extern "C" fn postconfiguration<F: FrontEnd>(cf: *mut ngx_conf_t) -> ngx_int_t {
     // SAFETY: nginx passes the configuration being loaded.
     let cf = unsafe { &mut *cf };
+    let r = checks_need_a_zone::<F>(cf);
+    if r.is_err() {
+        return callback_result(cf, b"least_conn_persistent_check", r);
+    }
     let replaced: Vec<String> = F::upstreams(cf)
         .into_iter()
         .filter(|us| F::srv_conf(us).is_some_and(|scf| scf.enabled && scf.registered.is_none()))
@@ -167,6 +203,24 @@ pub extern "C" fn postconfiguration<F: FrontEnd>(cf: *mut ngx_conf_t) -> ngx_int
         );
     }
     Status::NGX_OK.into()
+}
+
+/// `least_conn_persistent_check` keeps each server's state (up or down,
+/// the lease of the one process that checks it) in the zone: without one
+/// the checks could not be shared, and a silently unchecked upstream would
+/// send connections to dead servers, so `nginx -t` fails. Known only once
+/// the block is parsed: the zone may be declared after the upstream.
+fn checks_need_a_zone<F: FrontEnd>(cf: &ngx_conf_t) -> Result<(), ConfError> {
+    if F::main_conf(cf).is_some_and(|mcf| mcf.registry.has_zone()) {
+        return Ok(());
+    }
+    match F::upstreams(cf)
+        .into_iter()
+        .find(|us| F::srv_conf(us).is_some_and(|scf| scf.check.is_some()))
+    {
+        Some(us) => Err(ConfError::CheckWithoutZone(text(&us.host))),
+        None => Ok(()),
+    }
 }
 
 /// `balance::follow_resolved_peers` over the upstreams that use the method.

@@ -28,6 +28,8 @@ pub struct SrvConf {
     pub slow_start: u32,
     /// `least_conn_persistent_rebalance`, when given.
     pub rebalance: Option<crate::core::rebalance::Params>,
+    /// `least_conn_persistent_check`, when given.
+    pub check: Option<crate::core::check_conf::CheckParams>,
 }
 
 impl SrvConf {

@@ -21,6 +21,7 @@ use nginx_sys::{
 };
 use ngx::core::Status;
 
+use crate::core::check_conf::CheckParams;
 use crate::core::follow::{runtime_stamp, PeerListCopy};
 use crate::core::health_table::Tuned;
 use crate::core::key::{self, Occurrence};
@@ -419,15 +420,14 @@ pub struct UpstreamCounters {
     pub slow_start: u32,
     /// `least_conn_persistent_rebalance`, when given (`shared::rebalance`).
     pub rebalance: Option<Params>,
+    /// `least_conn_persistent_check`, when given.
+    pub check: Option<CheckParams>,
     /// Rebalancing: this worker's connections of the upstream (each with
     /// what its request holds), its primary peers' failures, and what its
     /// timer keeps between ticks.
     pub live: LiveList<Held>,
     pub failures: Option<Failures>,
     pub rebalancer: Rebalancer,
-    /// The upstream has `least_conn_persistent_check`: picks skip the
-    /// servers the checks took out (`balance::pick_checked`).
-    pub checked: bool,
 }
 
 impl UpstreamCounters {
@@ -455,7 +455,7 @@ impl UpstreamCounters {
         if self.rebalance.is_some() {
             meta.flags |= FLAG_REBALANCE;
         }
-        if self.checked {
+        if self.check.is_some() {
             meta.flags |= FLAG_CHECKED;
         }
         meta

@@ -14,11 +14,11 @@ use ngx::allocator::Allocator;
 use ngx::core::slab::LockedSlabPool;
 
 use crate::core::crash;
-use crate::ngx::peers;
 use crate::core::health_table::HealthView;
 use crate::core::status::ZoneInfo;
 use crate::core::table::{Arena, Meta, Table};
 use crate::ngx::conf::page_size;
+use crate::ngx::peers;
 use crate::ngx::shm::{mapped_zones, names_in_running_cycle, ShmZone};
 
 /// The zone with its mutex held, as proof of the lock for its table's

@@ -46,7 +46,7 @@ static CTX: ngx_stream_module_t = ngx_stream_module_t {
     merge_srv_conf: None,
 };
 
-static mut COMMANDS: [ngx_command_t; 4] = [
+static mut COMMANDS: [ngx_command_t; 5] = [
     ngx_command_t {
         name: ngx_string!("least_conn_persistent_zone"),
         type_: (NGX_STREAM_MAIN_CONF | NGX_CONF_TAKE2) as ngx_uint_t,
@@ -67,6 +67,14 @@ static mut COMMANDS: [ngx_command_t; 4] = [
         name: ngx_string!("least_conn_persistent_rebalance"),
         type_: (NGX_STREAM_UPS_CONF | NGX_CONF_ANY) as ngx_uint_t,
         set: Some(front_end::cmd_rebalance),
+        conf: SRV_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("least_conn_persistent_check"),
+        type_: (NGX_STREAM_UPS_CONF | NGX_CONF_ANY) as ngx_uint_t,
+        set: Some(front_end::cmd_check),
         conf: SRV_CONF_OFFSET,
         offset: 0,
         post: ptr::null_mut(),
