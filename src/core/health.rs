@@ -1,6 +1,6 @@
 //! Active health checks (issue 19): what one check found, and how checks
 //! move a server between up and down (rise and fall). Pure logic; the
-//! probe is `ngx::probe`, the state lives in the zone (`table.rs`).
+//! probe is `src/ngx/probe.rs`, the state lives in the zone (`table.rs`).
 
 /// How a check ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
