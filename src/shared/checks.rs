@@ -24,7 +24,7 @@ use std::cell::RefCell;
 use nginx_sys::{NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_NOTICE, NGX_LOG_WARN};
 use ngx::async_::{sleep, spawn, Task};
 
-use crate::core::check_conf::CheckParams;
+use crate::core::check_conf::{CheckParams, Kind};
 use crate::core::check_judge::{judge, Judged};
 use crate::core::health::{State, Why};
 use crate::core::health_table::{CheckReport, Recorded};
@@ -274,8 +274,7 @@ fn first_delay(job: &Job, now: u64) -> u64 {
 }
 
 async fn check_loop(job: Job, first: u64) {
-    let request = job.params.request(job.target.name());
-    let request = job.params.is_http().then_some(request);
+    let request = (job.params.kind == Kind::Http).then(|| job.params.request(job.target.name()));
     let interval = u64::from(job.params.interval_ms);
     let mut delay = first;
     loop {

@@ -1,0 +1,597 @@
+//! One health check's I/O (issue 19): connect to a server through nginx's
+//! peer connection, optionally send a request and read the response head,
+//! all as a future on nginx's event loop (ngx's `async` feature), never
+//! blocking the worker.
+//!
+//! - One deadline for the whole probe: a timer on the connection's read
+//!   event, which `ngx_close_connection` removes with the connection.
+//! - The connection's `data` is a boxed [`Peer`] (a stable address) that
+//!   holds the waker of the task awaiting it; both events' handlers only
+//!   take that waker and wake it: the future then looks at the events'
+//!   flags again (edge-triggered epoll: read or write until `NGX_AGAIN`,
+//!   then `ngx_handle_*_event`).
+//! - Cancel: dropping the future (its task cancelled) drops its [`Conn`],
+//!   which closes the connection (timer, events, posted events removed) and
+//!   then frees the `Peer`: no event can fire into freed memory. A probe
+//!   still waiting for its turn leaves the queue (or passes its turn on).
+//! - At most [`MAX_IN_FLIGHT`] probes of a process hold a connection at a
+//!   time; the others wait their turn in order, so checks never take more
+//!   than that many of `worker_connections`.
+//! - nginx logs a refused connect at `error` through the peer connection's
+//!   log: probes use a copy of the cycle's log that shows `crit` and above
+//!   only (a dead server would otherwise add a line every interval; the
+//!   checker logs the verdicts). Debug logging is kept when enabled.
+//!
+//! Smoke-tested by hand (the hack is not in the tree): tasks spawned from
+//! `init_process` probed targets named in an environment variable, on
+//! nginx 1.22.1 and 1.28 (with debug logging): a server answering 200 gave
+//! `Ok` with the head; a closed port `Refused` (nothing in the error log at
+//! `notice`); one that never answers `Timeout` at the deadline, the worker
+//! answering requests in < 1 ms meanwhile; one that closes at once, or
+//! after reading the request, `ClosedEarly`; one answering in pieces over
+//! 400 ms `Ok`; 100 probes at once ran 64, then 36 as turns came free; tasks
+//! dropped while connected, reading or waiting for a turn closed their
+//! connections (the worker's sockets back to its listeners) and passed
+//! their turns on; valgrind (single process) found no error.
+
+use core::future::{poll_fn, Future};
+use core::mem;
+use core::pin::Pin;
+use core::ptr::{self, addr_of_mut, NonNull};
+use core::task::{Context, Poll, Waker};
+use std::collections::VecDeque;
+
+use nginx_sys::{
+    ngx_add_timer, ngx_close_connection, ngx_connection_log_error_e_NGX_ERROR_INFO,
+    ngx_connection_t, ngx_cycle, ngx_event_connect_peer, ngx_event_get_peer, ngx_event_t,
+    ngx_handle_read_event, ngx_handle_write_event, ngx_log_t, ngx_msec_t, ngx_peer_connection_t,
+    ngx_str_t, sockaddr, socklen_t, NGX_AGAIN, NGX_DECLINED, NGX_LOG_CRIT, NGX_LOG_DEBUG_ALL,
+    NGX_OK,
+};
+use ngx::ngx_log_debug;
+
+use super::subsystem::RrPeer;
+use crate::core::health::Why;
+
+/// Probes of one process holding a connection at a time.
+// Used by the checker (issue 19).
+#[allow(dead_code)]
+pub const MAX_IN_FLIGHT: usize = 64;
+
+/// The most of a response head a probe reads.
+// Used by the checker (issue 19).
+#[allow(dead_code)]
+pub const HEAD_MAX: usize = 4096;
+
+/// Where a probe connects: a copy of a peer's address, and its name for
+/// nginx's log lines.
+// Used by the checker (issue 19).
+#[allow(dead_code)]
+#[derive(Clone)]
+pub struct Target {
+    addr: libc::sockaddr_storage,
+    len: socklen_t,
+    name: Vec<u8>,
+}
+
+// Used by the checker (issue 19).
+#[allow(dead_code)]
+impl Target {
+    /// A copy of `len` bytes of the address at `addr` (of any family), or
+    /// `None` if it is null, empty or larger than any address.
+    ///
+    /// # Safety
+    /// `addr` is null or points at `len` readable bytes.
+    pub unsafe fn new(addr: *const sockaddr, len: socklen_t, name: &[u8]) -> Option<Target> {
+        let size = len as usize;
+        if addr.is_null() || size == 0 || size > mem::size_of::<libc::sockaddr_storage>() {
+            return None;
+        }
+        // SAFETY: all zeros is a valid sockaddr_storage.
+        let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        // SAFETY: the caller vouches for `len` bytes at `addr`; `storage`
+        // is larger (checked above) and a local.
+        unsafe { ptr::copy_nonoverlapping(addr.cast::<u8>(), addr_of_mut!(storage).cast(), size) };
+        Some(Target {
+            addr: storage,
+            len,
+            name: name.to_vec(),
+        })
+    }
+
+    /// The same address with another port (the check's `port=`), its name
+    /// changed to match; `None` for an address that has no port (a unix
+    /// socket).
+    pub fn with_port(&self, port: u16) -> Option<Target> {
+        let mut addr = self.addr;
+        match i32::from(addr.ss_family) {
+            libc::AF_INET => {
+                // SAFETY: an AF_INET sockaddr_storage holds a sockaddr_in.
+                let sin = unsafe { &mut *addr_of_mut!(addr).cast::<libc::sockaddr_in>() };
+                sin.sin_port = port.to_be();
+            }
+            libc::AF_INET6 => {
+                // SAFETY: an AF_INET6 sockaddr_storage holds a sockaddr_in6.
+                let sin6 = unsafe { &mut *addr_of_mut!(addr).cast::<libc::sockaddr_in6>() };
+                sin6.sin6_port = port.to_be();
+            }
+            _ => return None,
+        }
+        Some(Target {
+            addr,
+            len: self.len,
+            name: name_with_port(&self.name, port),
+        })
+    }
+
+    pub fn name(&self) -> &[u8] {
+        &self.name
+    }
+
+    /// A round-robin peer's address, with `port` instead of its own if
+    /// given (the check's `port=`).
+    pub fn of_peer(peer: &RrPeer, port: Option<u16>) -> Option<Target> {
+        // SAFETY: round-robin's peer address, `socklen` bytes, living as
+        // long as the peer; copied here.
+        let target = unsafe { Target::new(peer.sockaddr, peer.socklen, peer.name.as_bytes()) }?;
+        match port {
+            Some(port) => target.with_port(port),
+            None => Some(target),
+        }
+    }
+}
+
+/// `host:80` → `host:<port>` (`[::1]:80` too); a name without a port gets
+/// one.
+fn name_with_port(name: &[u8], port: u16) -> Vec<u8> {
+    let host = match name.iter().rposition(|&b| b == b':') {
+        Some(colon) if !name.ends_with(b"]") => &name[..colon],
+        _ => name,
+    };
+    let mut out = host.to_vec();
+    out.extend_from_slice(format!(":{port}").as_bytes());
+    out
+}
+
+/// Connects to `target` and, for an http check, sends `request` and reads
+/// the response head: up to the blank line, the end of the stream or
+/// [`HEAD_MAX`] bytes, whichever comes first (the caller parses it). A tcp
+/// check (`request` `None`) passes once connected, with nothing read.
+/// `timeout_ms` bounds the whole probe from its connect on (not its wait for
+/// a turn).
+// Used by the checker (issue 19).
+#[allow(dead_code)]
+pub async fn probe(
+    target: &Target,
+    timeout_ms: u32,
+    request: Option<&[u8]>,
+) -> Result<Vec<u8>, Why> {
+    // Dropped last: the connection is closed before the turn is passed on.
+    let _turn = Turn::wait().await;
+    let mut conn = Conn::open(target, timeout_ms)?;
+    conn.connected().await?;
+    let Some(request) = request else {
+        return Ok(Vec::new());
+    };
+    conn.send_all(request).await?;
+    conn.read_head().await
+}
+
+/// What the connection's `data` points at while it is open.
+struct Peer {
+    pc: ngx_peer_connection_t,
+    /// What `pc.name` points at (the target's name).
+    name: ngx_str_t,
+    /// The task to wake on the connection's next event.
+    waker: Option<Waker>,
+}
+
+/// An open probe connection; closing it is dropping it.
+struct Conn {
+    /// Owned (a leaked box): nginx holds its address while it is open.
+    peer: NonNull<Peer>,
+}
+
+/// The connection and its two events, as one poll sees them.
+struct Io<'a> {
+    c: &'a mut ngx_connection_t,
+    read: &'a mut ngx_event_t,
+    write: &'a mut ngx_event_t,
+}
+
+impl Conn {
+    /// Starts connecting; `Err` when the connect failed at once.
+    fn open(target: &Target, timeout_ms: u32) -> Result<Conn, Why> {
+        let peer = Box::new(Peer {
+            // SAFETY: all zeros is how nginx starts a peer connection.
+            pc: unsafe { mem::zeroed() },
+            name: ngx_str_t {
+                len: target.name.len(),
+                data: target.name.as_ptr().cast_mut(),
+            },
+            waker: None,
+        });
+        let mut conn = Conn {
+            peer: NonNull::from(Box::leak(peer)),
+        };
+        conn.connect(target)?;
+        conn.arm(timeout_ms);
+        Ok(conn)
+    }
+
+    fn peer(&mut self) -> &mut Peer {
+        // SAFETY: our own box, freed only by `drop`; nginx reads it only
+        // from an event handler, never while a poll or drop runs.
+        unsafe { self.peer.as_mut() }
+    }
+
+    fn connect(&mut self, target: &Target) -> Result<(), Why> {
+        let peer = self.peer();
+        let pc = &mut peer.pc;
+        // nginx only reads the address (a copy the target owns, borrowed by
+        // the probe until it ends) and the name.
+        pc.sockaddr = ptr::addr_of!(target.addr).cast_mut().cast();
+        pc.socklen = target.len;
+        pc.name = addr_of_mut!(peer.name);
+        pc.get = Some(ngx_event_get_peer);
+        pc.log = quiet_log();
+        // Resets and refusals seen by nginx's recv/send: `info`, not `error`.
+        pc.set_log_error(ngx_connection_log_error_e_NGX_ERROR_INFO);
+        // SAFETY: a peer connection set up as nginx's upstream does, at a
+        // stable address.
+        let rc = unsafe { ngx_event_connect_peer(pc) };
+        let started = rc == NGX_OK as isize || rc == NGX_AGAIN as isize;
+        if started && !pc.connection.is_null() {
+            Ok(())
+        } else if rc == NGX_DECLINED as isize {
+            Err(Why::Refused)
+        } else {
+            // NGX_ERROR: no free connection or no socket, logged by nginx.
+            Err(Why::NoConnection)
+        }
+    }
+
+    /// Points the connection at this probe and starts its deadline.
+    fn arm(&mut self, timeout_ms: u32) {
+        let data = self.peer.as_ptr().cast();
+        let io = self.io();
+        io.c.data = data;
+        io.read.handler = Some(on_io);
+        io.write.handler = Some(on_io);
+        // Never keeps a gracefully exiting worker alive.
+        io.read.set_cancelable(1);
+        // SAFETY: the connection's read event, removed from the timers when
+        // the connection closes.
+        unsafe { ngx_add_timer(io.read, timeout_ms as ngx_msec_t) };
+    }
+
+    fn io(&mut self) -> Io<'_> {
+        // SAFETY: set by `ngx_event_connect_peer` (checked in `connect`) and
+        // cleared only by `drop`; a connection's events are separate objects
+        // nginx allocated with it. Single-threaded: nginx is not using them
+        // while we poll.
+        unsafe {
+            let c = &mut *self.peer().pc.connection;
+            let read = &mut *c.read;
+            let write = &mut *c.write;
+            Io { c, read, write }
+        }
+    }
+
+    /// Waits until the connect completes, and says how it ended.
+    async fn connected(&mut self) -> Result<(), Why> {
+        poll_fn(|cx| self.poll_connected(cx)).await
+    }
+
+    fn poll_connected(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Why>> {
+        let io = self.io();
+        if io.read.timedout() != 0 {
+            return Poll::Ready(Err(Why::Timeout));
+        }
+        if io.write.ready() == 0 {
+            return self.wait(cx, Side::Write);
+        }
+        Poll::Ready(connect_result(io.c.fd))
+    }
+
+    async fn send_all(&mut self, request: &[u8]) -> Result<(), Why> {
+        let mut sent = 0;
+        poll_fn(|cx| self.poll_send(cx, request, &mut sent)).await
+    }
+
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        request: &[u8],
+        sent: &mut usize,
+    ) -> Poll<Result<(), Why>> {
+        loop {
+            let io = self.io();
+            if io.read.timedout() != 0 {
+                return Poll::Ready(Err(Why::Timeout));
+            }
+            if *sent == request.len() {
+                return Poll::Ready(Ok(()));
+            }
+            if io.write.ready() == 0 {
+                return self.wait(cx, Side::Write);
+            }
+            let rest = &request[*sent..];
+            let send = io.c.send.expect("nginx sets a connection's send");
+            // SAFETY: nginx's send for this connection, from a live buffer.
+            let n = unsafe { send(io.c, rest.as_ptr().cast_mut(), rest.len()) };
+            match n {
+                1.. => *sent += n as usize,
+                // nginx cleared `write.ready`: the next turn waits.
+                n if n == NGX_AGAIN as isize => {}
+                _ => return Poll::Ready(Err(Why::Reset)),
+            }
+        }
+    }
+
+    async fn read_head(&mut self) -> Result<Vec<u8>, Why> {
+        let mut head = Vec::with_capacity(HEAD_MAX);
+        poll_fn(|cx| self.poll_read(cx, &mut head)).await?;
+        Ok(head)
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>, head: &mut Vec<u8>) -> Poll<Result<(), Why>> {
+        loop {
+            let io = self.io();
+            if io.read.timedout() != 0 {
+                return Poll::Ready(Err(Why::Timeout));
+            }
+            if io.read.ready() == 0 {
+                return self.wait(cx, Side::Read);
+            }
+            let before = head.len();
+            let recv = io.c.recv.expect("nginx sets a connection's recv");
+            let room = head.spare_capacity_mut();
+            // SAFETY: nginx's recv for this connection, into the vector's
+            // spare capacity (`room.len()` bytes).
+            let n = unsafe { recv(io.c, room.as_mut_ptr().cast(), room.len()) };
+            match n {
+                1.. => {
+                    // SAFETY: recv wrote these `n` bytes.
+                    unsafe { head.set_len(before + n as usize) };
+                    if head.len() == HEAD_MAX || ends_head(head, before) {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                0 if head.is_empty() => return Poll::Ready(Err(Why::ClosedEarly)),
+                0 => return Poll::Ready(Ok(())),
+                n if n == NGX_AGAIN as isize => {}
+                _ => return Poll::Ready(Err(Why::Reset)),
+            }
+        }
+    }
+
+    /// Waits for the next event of the connection: makes sure nginx
+    /// watches `side`, and keeps the task's waker for the handlers.
+    fn wait<T>(&mut self, cx: &mut Context<'_>, side: Side) -> Poll<Result<T, Why>> {
+        let io = self.io();
+        // SAFETY: the connection's own events.
+        let rc = unsafe {
+            match side {
+                Side::Read => ngx_handle_read_event(io.read, 0),
+                Side::Write => ngx_handle_write_event(io.write, 0),
+            }
+        };
+        if rc != NGX_OK as isize {
+            // The event module refused (epoll_ctl failed): ours, not the
+            // server's.
+            return Poll::Ready(Err(Why::NoConnection));
+        }
+        let waker = &mut self.peer().waker;
+        match waker {
+            Some(w) => w.clone_from(cx.waker()),
+            None => *waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let pc = &mut self.peer().pc;
+        if !pc.connection.is_null() {
+            // SAFETY: our open connection; nginx removes its timer, events
+            // and posted events, so no handler runs for it after this.
+            unsafe { ngx_close_connection(pc.connection) };
+            pc.connection = ptr::null_mut();
+        }
+        // SAFETY: the box leaked in `open`, no longer known to nginx.
+        drop(unsafe { Box::from_raw(self.peer.as_ptr()) });
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Read,
+    Write,
+}
+
+/// Both events' handler: wakes the task awaiting the connection (which may
+/// run at once, and close the connection: nothing is touched after).
+extern "C" fn on_io(ev: *mut ngx_event_t) {
+    if let Some(waker) = take_waker(ev) {
+        waker.wake();
+    }
+}
+
+fn take_waker(ev: *mut ngx_event_t) -> Option<Waker> {
+    // SAFETY: nginx passes an event of an open probe connection: its `data`
+    // is the connection (nginx's), whose `data` is the live `Peer` (the
+    // connection is closed before the `Peer` is freed).
+    let peer = unsafe { &mut *(*(*ev).data.cast::<ngx_connection_t>()).data.cast::<Peer>() };
+    peer.waker.take()
+}
+
+/// How a connect that nginx saw complete ended (`SO_ERROR`).
+fn connect_result(fd: libc::c_int) -> Result<(), Why> {
+    let mut err: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a socket of ours; `err` and `len` are locals of the right
+    // sizes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            addr_of_mut!(err).cast(),
+            &mut len,
+        )
+    };
+    if rc == -1 {
+        err = errno();
+    }
+    match err {
+        0 => Ok(()),
+        libc::ECONNREFUSED => Err(Why::Refused),
+        _ => Err(Why::Reset),
+    }
+}
+
+fn errno() -> libc::c_int {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Whether the blank line ending a head is in `head`, looking only where
+/// the bytes after `before` can have completed it.
+fn ends_head(head: &[u8], before: usize) -> bool {
+    head[before.saturating_sub(3)..]
+        .windows(4)
+        .any(|w| w == b"\r\n\r\n")
+}
+
+/// The log of probe connections: the cycle's, showing `crit` and above
+/// only, unless debug logging is on (then everything, as asked).
+fn quiet_log() -> *mut ngx_log_t {
+    // The worker is single-threaded; refreshed at every probe, as the
+    // cycle's log may change (a reload in single-process mode). Connections
+    // still open keep pointing at it: they see the same values.
+    static mut QUIET: mem::MaybeUninit<ngx_log_t> = mem::MaybeUninit::zeroed();
+    // SAFETY: nginx sets the cycle and its log before any module runs.
+    let cycle_log = unsafe { &*(*ngx_cycle).log };
+    let mut log = *cycle_log;
+    if log.log_level & NGX_LOG_DEBUG_ALL as usize == 0 {
+        log.log_level = log.log_level.min(NGX_LOG_CRIT as usize);
+    }
+    // SAFETY: single-threaded worker; no reference to QUIET outlives this.
+    unsafe {
+        let quiet = &mut *addr_of_mut!(QUIET);
+        quiet.write(log);
+        quiet.as_mut_ptr()
+    }
+}
+
+/// The queue of probes waiting for a connection of their own.
+struct Turns {
+    /// Turns held (probes with a connection, or about to open one).
+    held: usize,
+    next_ticket: u64,
+    /// Waiting probes, first come first served.
+    waiting: VecDeque<(u64, Waker)>,
+    /// Tickets given a released turn, not yet polled to take it.
+    handed: Vec<u64>,
+}
+
+fn turns() -> &'static mut Turns {
+    static mut TURNS: Turns = Turns {
+        held: 0,
+        next_ticket: 0,
+        waiting: VecDeque::new(),
+        handed: Vec::new(),
+    };
+    // SAFETY: single-threaded worker; callers use it briefly and never
+    // wake a task (which may come back here) while holding it.
+    unsafe { &mut *addr_of_mut!(TURNS) }
+}
+
+/// A turn held: released (to the next waiting probe, if any) when dropped.
+struct Turn;
+
+impl Turn {
+    fn wait() -> WaitTurn {
+        WaitTurn { ticket: None }
+    }
+
+    fn release() {
+        let next = {
+            let t = turns();
+            match t.waiting.pop_front() {
+                Some((ticket, waker)) => {
+                    t.handed.push(ticket);
+                    Some(waker)
+                }
+                None => {
+                    t.held -= 1;
+                    None
+                }
+            }
+        };
+        if let Some(waker) = next {
+            waker.wake();
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        Turn::release();
+    }
+}
+
+/// Waiting for a turn; dropping it leaves the queue (or passes on a turn
+/// it was handed).
+struct WaitTurn {
+    ticket: Option<u64>,
+}
+
+impl Future for WaitTurn {
+    type Output = Turn;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Turn> {
+        let t = turns();
+        if let Some(ticket) = self.ticket {
+            if let Some(i) = t.handed.iter().position(|&h| h == ticket) {
+                t.handed.swap_remove(i);
+                self.ticket = None;
+                return Poll::Ready(Turn);
+            }
+            if let Some(entry) = t.waiting.iter_mut().find(|(h, _)| *h == ticket) {
+                entry.1.clone_from(cx.waker());
+            }
+            return Poll::Pending;
+        }
+        if t.held < MAX_IN_FLIGHT && t.waiting.is_empty() {
+            t.held += 1;
+            return Poll::Ready(Turn);
+        }
+        let ticket = t.next_ticket;
+        t.next_ticket = ticket.wrapping_add(1);
+        t.waiting.push_back((ticket, cx.waker().clone()));
+        self.ticket = Some(ticket);
+        ngx_log_debug!(
+            ngx::log::ngx_cycle_log().as_ptr(),
+            "least_conn_persistent: probe waits for a turn ({} in flight)",
+            t.held
+        );
+        Poll::Pending
+    }
+}
+
+impl Drop for WaitTurn {
+    fn drop(&mut self) {
+        let Some(ticket) = self.ticket else { return };
+        let handed = {
+            let t = turns();
+            t.waiting.retain(|(h, _)| *h != ticket);
+            let i = t.handed.iter().position(|&h| h == ticket);
+            i.map(|i| t.handed.swap_remove(i)).is_some()
+        };
+        if handed {
+            Turn::release();
+        }
+    }
+}
