@@ -217,7 +217,6 @@ subtest 'a. fail' => sub {
 	is($e->{check}{passes}, 0, 'JSON: check.passes 0');
 	is($e->{check}{result}, 'bad status', 'JSON: result "bad status"');
 	is($e->{check}{status}, 503, 'JSON: status 503');
-	is($e->{state}, 'up', 'the configured state is unchanged');
 	my $by = request_tally(20);
 	is($by->{b1} // 0, 20, '20 requests, all answered by b1: ' . show($by));
 };
@@ -343,7 +342,6 @@ SKIP: {
 		my ($ok, $e) = wait_entry(8082, sub { ($_[0]{reported}{connections} // -1) == 50 });
 		ok($ok, 'JSON: b2 reports 50') or diag(explain($e));
 		is_deeply($e->{reported}, { connections => 50, excess => 50 }, 'excess 50 over our 0');
-		ok(!exists entry(8081)->{reported}, 'b1, without the header: nothing reported');
 		is(health(8082), 'up', 'b2 is up');
 		my @ws = ws_open_many(20, '/');
 		is(show(tally(@ws)), 'b1=20', 'the next 20 WebSockets all on b1');

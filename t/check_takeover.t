@@ -101,34 +101,42 @@ ok(wait_until(sub { health(8081) eq 'up' && health(8082) eq 'up' }, 2 + 2 * $int
 
 # 1. SIGKILL the checker.
 my $victim = checker();
-ok($victim && grep({ $_ == $victim } $t->worker_pids()), "the zone's checker ($victim) is a worker");
-# Some checks before the kill, to see the gap around it.
-my $before = time();
-wait_until(sub { grep({ $_ >= $before } hits('b1')) >= 2 }, 4 * $interval + 2);
-kill 'KILL', $victim;
-my $killed = time();
-wait_until(sub { !kill(0, $victim) || `cat /proc/$victim/stat 2>/dev/null` =~ /^\d+ \(.*\) Z/ }, 5);
+my $valid = $victim && grep({ $_ == $victim } $t->worker_pids());
+ok($valid, "the zone's checker ($victim) is a worker");
+SKIP: {
+	# kill() with pid 0 would signal this test's own process group.
+	skip 'no checker to kill', 6 unless $valid;
 
-my ($new, @ages) = (0);
-my $taken = wait_until(sub {
-	$new = checker();
-	return 0 unless $new && $new != $victim && kill(0, $new);
-	my @e = grep { $_->{check} } health_entries('u');
-	@ages = map { $_->{check}{last_ms_ago} // 1e9 } @e;
-	return @e == 2 && !grep { $_ >= 2000 * $slow } @ages;
-}, 2 * $interval / $slow + 1);
-my $took = time() - $killed;
-ok($taken, sprintf('%.2f s after the kill another worker (%s) checks', $took, $new || 'none'));
-ok($took <= 2 * $interval + 1 * $slow, 'within two intervals and a second');
-ok(scalar(grep { $_ == $new } $t->worker_pids()), 'a live worker of nginx');
-ok(@ages == 2 && !grep({ $_ >= 2000 * $slow } @ages), 'every server\'s last check under 2 s ago: ' . join(', ', @ages) . ' ms');
+	# Some checks before the kill, to see the gap around it.
+	my $before = time();
+	wait_until(sub { grep({ $_ >= $before } hits('b1')) >= 2 }, 4 * $interval + 2);
+	kill 'KILL', $victim;
+	my $killed = time();
+	wait_until(sub { !kill(0, $victim) || `cat /proc/$victim/stat 2>/dev/null` =~ /^\d+ \(.*\) Z/ }, 5);
 
-# The checks go on: look at the gaps around the kill.
-ok(wait_until(sub { grep({ $_ >= $killed } hits('b1')) >= 3 }, 6 * $interval + 2), 'b1 checked 3 times since');
-my @around = grep { $_ >= $before } hits('b1');
-my @gaps = map { $around[$_] - $around[$_ - 1] } 1 .. $#around;
-my ($widest) = sort { $b <=> $a } @gaps;
-ok(defined $widest && $widest <= 2 * $interval, sprintf('no gap between checks over two intervals (widest %.2f s)', $widest // -1));
+	my ($new, @ages) = (0);
+	my $taken = wait_until(sub {
+		$new = checker();
+		return 0 unless $new && $new != $victim && kill(0, $new);
+		my @e = grep { $_->{check} } health_entries('u');
+		@ages = map { $_->{check}{last_ms_ago} // 1e9 } @e;
+		return @e == 2 && !grep { $_ >= 2000 * $slow } @ages;
+	}, 2 * $interval / $slow + 1);
+	my $took = time() - $killed;
+	ok($taken, sprintf('%.2f s after the kill another worker (%s) checks', $took, $new || 'none'));
+	ok($took <= 2 * $interval + 1 * $slow, 'within two intervals and a second');
+	ok(scalar(grep { $_ == $new } $t->worker_pids()), 'a live worker of nginx');
+	ok(@ages == 2 && !grep({ $_ >= 2000 * $slow } @ages),
+		'every server\'s last check under 2 s ago: ' . join(', ', @ages) . ' ms');
+
+	# The checks go on: look at the gaps around the kill.
+	ok(wait_until(sub { grep({ $_ >= $killed } hits('b1')) >= 3 }, 6 * $interval + 2), 'b1 checked 3 times since');
+	my @around = grep { $_ >= $before } hits('b1');
+	my @gaps = map { $around[$_] - $around[$_ - 1] } 1 .. $#around;
+	my ($widest) = sort { $b <=> $a } @gaps;
+	ok(defined $widest && $widest <= 2 * $interval,
+		sprintf('no gap between checks over two intervals (widest %.2f s)', $widest // -1));
+}
 
 ###############################################################################
 
