@@ -21,21 +21,19 @@ use File::Temp qw/tempdir/;
 
 use Test::Nginx::Status;
 
-# The directory of the control files: $ENV{TEST_NGINX_HEALTH_DIR}, set here
-# when unset (to <testdir>/health with a Test::Nginx object, else to a new
-# temporary directory). Backends read the variable: call this before
+# The directory of the control files, $ENV{TEST_NGINX_HEALTH_DIR}: with a
+# Test::Nginx object, <testdir>/health (each test file its own, kept with
+# the test directory); without, the variable's value, or a new temporary
+# directory when unset. Backends read the variable: call this before
 # forking them.
 sub health_dir {
 	my ($t) = @_;
-	if (!defined $ENV{TEST_NGINX_HEALTH_DIR}) {
-		my $dir;
-		if ($t) {
-			$dir = $t->testdir() . '/health';
-			mkpath($dir);
-		} else {
-			$dir = tempdir('lcp-health-XXXXXX', TMPDIR => 1, CLEANUP => !$ENV{TEST_NGINX_LEAVE});
-		}
-		$ENV{TEST_NGINX_HEALTH_DIR} = $dir;
+	if ($t) {
+		$ENV{TEST_NGINX_HEALTH_DIR} = $t->testdir() . '/health';
+		mkpath($ENV{TEST_NGINX_HEALTH_DIR});
+	} elsif (!defined $ENV{TEST_NGINX_HEALTH_DIR}) {
+		$ENV{TEST_NGINX_HEALTH_DIR} = tempdir('lcp-health-XXXXXX', TMPDIR => 1,
+			CLEANUP => !$ENV{TEST_NGINX_LEAVE});
 	}
 	return $ENV{TEST_NGINX_HEALTH_DIR};
 }
