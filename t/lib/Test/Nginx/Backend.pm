@@ -13,6 +13,16 @@ package Test::Nginx::Backend;
 #   Sec-WebSocket-Accept key and X-Backend; the connection is then held open,
 #   text frames are echoed back prefixed with the id, and a close frame is
 #   answered with a close frame.
+# - GET /health (any path starting with /health) is a health check's
+#   request, answered as the control file $ENV{TEST_NGINX_HEALTH_DIR}/<id>
+#   says (re-read on every request; Test::Nginx::Health writes it): its
+#   first line is a status code (`200`, `503`, ...), `hang` (read the
+#   request, never answer, keep the connection), `close` (close without
+#   answering), `garbage` (a head that is not HTTP, then close) or `slow MS`
+#   (200 after MS ms, the other connections served meanwhile); the lines
+#   after it are raw header lines added to the response. No file: 200.
+#   Every hit appends its time (epoch seconds, ms) to <dir>/<id>.hits.
+#   The connection is closed after the answer.
 
 use warnings;
 use strict;
@@ -38,14 +48,14 @@ sub serve {
 	local $SIG{PIPE} = 'IGNORE';
 
 	my $sel = IO::Select->new($server);
-	my (%buf, %ws, %due);
+	my (%buf, %ws, %due, %hung);
 	my $accepted = 0;
 	my %conn_no;
 
 	my $drop = sub {
 		my ($c) = @_;
 		$sel->remove($c);
-		delete $buf{$c}; delete $ws{$c}; delete $due{$c}; delete $conn_no{$c};
+		delete $buf{$c}; delete $ws{$c}; delete $due{$c}; delete $conn_no{$c}; delete $hung{$c};
 		close $c;
 	};
 
@@ -71,6 +81,7 @@ sub serve {
 				next;
 			}
 			$buf{$c} .= $chunk;
+			next if $hung{$c};
 			if ($ws{$c}) {
 				ws_frames($c, \$buf{$c}, $id, $drop);
 				next;
@@ -88,6 +99,18 @@ sub serve {
 						. "X-Backend: $id\r\n\r\n";
 					$ws{$c} = 1;
 					ws_frames($c, \$buf{$c}, $id, $drop) if length $buf{$c};
+					last;
+				}
+				if (($uri // "") =~ m{^/health}) {
+					my $act = health_answer($id);
+					if ($act->{hang}) {
+						$hung{$c} = 1;
+					} elsif ($act->{after}) {
+						$due{$c} = [time() + $act->{after}, $act->{write}, 1];
+					} else {
+						syswrite $c, $act->{write} if defined $act->{write};
+						$drop->($c);
+					}
 					last;
 				}
 				my $body = $uri eq '/count'
@@ -108,6 +131,45 @@ sub serve {
 			}
 		}
 	}
+}
+
+# What to do with a /health request, from the backend's control file:
+# { write => bytes (undef: close without answering), after => seconds before
+# writing (then close), hang => 1 (never answer) }. Records the hit.
+sub health_answer {
+	my ($id) = @_;
+	my $dir = $ENV{TEST_NGINX_HEALTH_DIR};
+	my @lines = ('200');
+	if (defined $dir) {
+		if (open my $hits, '>>', "$dir/$id.hits") {
+			printf $hits "%.3f\n", time();
+			close $hits;
+		}
+		if (open my $f, '<', "$dir/$id") {
+			@lines = grep { length } map { s/\r?\n\z//r } <$f>;
+			close $f;
+			@lines = ('200') unless @lines;
+		}
+	}
+	my ($first, @headers) = @lines;
+	return { hang => 1 } if $first eq 'hang';
+	return { write => undef } if $first eq 'close';
+	return { write => "not http\r\n\r\n" } if $first eq 'garbage';
+	my ($code, $after) = (200, 0);
+	if ($first =~ /^slow\s+(\d+)$/) {
+		$after = $1 / 1000;
+	} elsif ($first =~ /^(\d{3})$/) {
+		$code = $1;
+	} else {
+		print STDERR "backend $id: bad health control line \"$first\"\n";
+		$code = 500;
+	}
+	my %reason = (200 => 'OK', 503 => 'Service Unavailable');
+	my $body = "id=$id health $code\n";
+	my $resp = "HTTP/1.1 $code " . ($reason{$code} // 'Status') . "\r\n"
+		. "X-Backend: $id\r\n" . join('', map { "$_\r\n" } @headers)
+		. "Content-Length: " . length($body) . "\r\nConnection: close\r\n\r\n$body";
+	return { write => $resp, after => $after };
 }
 
 # Reads complete client frames (masked) from $$buf and answers them.
