@@ -77,7 +77,7 @@ struct Job {
 
 struct Running {
     slot: SlotRef,
-    _task: Task<()>,
+    task: Task<()>,
 }
 
 #[derive(Default)]
@@ -220,8 +220,11 @@ fn jobs(registry: &'static Registry, upstreams: Vec<(&UpstreamSrvConf, usize)>) 
 /// Starts a task for each job not running yet, and stops the tasks of
 /// servers no longer checked.
 fn reconcile(c: &mut Checker, link: &ZoneLink, jobs: Vec<Job>, now: u64) {
-    c.running
-        .retain(|r| jobs.iter().any(|j| j.slot == r.slot) && r.slot.count().is_some());
+    // A task ends when its key is gone (`record`): started again if the
+    // key came back.
+    c.running.retain(|r| {
+        !r.task.is_finished() && r.slot.count().is_some() && jobs.iter().any(|j| j.slot == r.slot)
+    });
     let new: Vec<Job> = jobs
         .into_iter()
         .filter(|j| !c.running.iter().any(|r| r.slot == j.slot))
@@ -256,7 +259,7 @@ fn reconcile(c: &mut Checker, link: &ZoneLink, jobs: Vec<Job>, now: u64) {
         let slot = job.slot;
         c.running.push(Running {
             slot,
-            _task: spawn(check_loop(job, first)),
+            task: spawn(check_loop(job, first)),
         });
     }
 }

@@ -18,6 +18,7 @@ use crate::core::ramp;
 use crate::core::rebalance::{
     load_cmp, may_close, next_closes, old_enough, place_returning, shedding, Params, Quota, Server,
 };
+use crate::core::health_table::CHECK_OUT;
 use crate::core::table::{SlotRef, FLAG_BACKUP, FLAG_DOWN, FLAG_DRAINING, FLAG_REBALANCE};
 use crate::ngx::live::LiveNode;
 use crate::ngx::log::Log;
@@ -342,10 +343,13 @@ fn view(up: &UpstreamCounters) -> Option<View> {
         if meta.flags & FLAG_DRAINING == 0 {
             v.enabled &= meta.flags & FLAG_REBALANCE != 0;
         }
-        if meta.flags & (FLAG_DOWN | FLAG_DRAINING) != 0 || k.ramp(now_ds).is_some() {
+        // Health checks that took a server out (down, or draining by its
+        // answer) pause rebalancing as `down` does.
+        let out = meta.flags & (FLAG_DOWN | FLAG_DRAINING) != 0 || k.check_bits() & CHECK_OUT != 0;
+        if out || k.ramp(now_ds).is_some() {
             v.paused = true;
         }
-        if meta.flags & (FLAG_BACKUP | FLAG_DOWN | FLAG_DRAINING) == 0 {
+        if meta.flags & FLAG_BACKUP == 0 && !out {
             v.servers.push(Server {
                 conns,
                 weight: meta.weight,
