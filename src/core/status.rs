@@ -6,7 +6,9 @@
 
 use std::fmt::Write;
 
-pub use super::status_model::{Entry, State, ZoneInfo};
+use super::health::{State as Health, Why};
+use super::health_table::HealthView;
+pub use super::status_model::{Checked, Entry, State, ZoneInfo};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -108,7 +110,7 @@ fn render_json(subsystem: Option<&str>, zone: Option<&ZoneInfo>, entries: &[Entr
                 let sep = if i == 0 { "" } else { "," };
                 let _ = write!(out, "{sep}{{\"pid\":{pid},\"connections\":{conns}}}");
             }
-            out.push_str("]}");
+            let _ = write!(out, "],\"checker\":{}}}", z.checker);
         }
     }
     out.push_str(",\"counters\":[");
@@ -136,10 +138,84 @@ fn render_json(subsystem: Option<&str>, zone: Option<&ZoneInfo>, entries: &[Entr
         if let Some(r) = e.rebalance {
             let _ = write!(out, ",\"shed\":{},\"rebalancing\":{}", r.shed, r.shedding);
         }
+        if let Some(c) = &e.health {
+            health_json(&mut out, c);
+        }
         out.push('}');
     }
     out.push_str("\n]}\n");
     out
+}
+
+/// What the checks make of a server, in one word: `down` first (a stale
+/// `drain` of a server that then failed says nothing), then `drain`; no
+/// verdict yet is `checking` (picks treat it as up).
+pub(crate) fn health_word(v: &HealthView) -> &'static str {
+    match v.state {
+        Health::Down => "down",
+        _ if v.drain => "drain",
+        Health::Up => "up",
+        Health::Unchecked | Health::Checking => "checking",
+    }
+}
+
+/// How the last check ended, as the status page says it.
+pub(crate) fn why_str(why: Why) -> &'static str {
+    match why {
+        Why::Ok => "ok",
+        Why::Refused => "refused",
+        Why::Reset => "reset",
+        Why::ClosedEarly => "closed early",
+        Why::Timeout => "timeout",
+        Why::BadStatus => "bad status",
+        Why::BadResponse => "bad response",
+        Why::NoConnection => "no connection",
+    }
+}
+
+/// A checked entry's `health`, `check`, and, when there are any, its
+/// `override` (only the overridden keys) and `reported` fields.
+fn health_json(out: &mut String, c: &Checked) {
+    let v = &c.view;
+    let _ = write!(
+        out,
+        ",\"health\":\"{}\",\"check\":{{\"passes\":{},\"fails\":{},\"last_ms_ago\":",
+        health_word(v),
+        v.passes,
+        v.fails
+    );
+    match c.last_ms_ago {
+        Some(ms) => {
+            let _ = write!(out, "{ms}");
+        }
+        None => out.push_str("null"),
+    }
+    let _ = write!(
+        out,
+        ",\"result\":\"{}\",\"status\":{},\"duration_ms\":{}}}",
+        why_str(v.why),
+        v.http_status,
+        v.duration_ms
+    );
+    let overrides = [("weight", v.weight), ("max_conns", v.max_conns)];
+    if overrides.iter().any(|(_, n)| n.is_some()) {
+        out.push_str(",\"override\":{");
+        let mut sep = "";
+        for (name, n) in overrides {
+            if let Some(n) = n {
+                let _ = write!(out, "{sep}\"{name}\":{n}");
+                sep = ",";
+            }
+        }
+        out.push('}');
+    }
+    if let Some(n) = v.reported {
+        let _ = write!(
+            out,
+            ",\"reported\":{{\"connections\":{n},\"excess\":{}}}",
+            v.excess
+        );
+    }
 }
 
 fn label(out: &mut String, s: &str) {
@@ -250,7 +326,86 @@ fn render_prometheus(
     }
     ramp_series(&mut out, &first, entries);
     rebalance_series(&mut out, &first, entries);
+    check_series(&mut out, &first, entries);
     out
+}
+
+/// Active checks' families, documented in README.md: all gauges, one
+/// series per checked server (labels upstream and server, as the slow
+/// start and rebalancing ones: a series must not move when the configured
+/// state does).
+const CHECK_METRICS: [(&str, &str); 7] = [
+    (
+        "least_conn_persistent_check_up",
+        "Whether the health checks let the server take connections (1: up, draining or \
+         no verdict yet; 0: down).",
+    ),
+    (
+        "least_conn_persistent_check_draining",
+        "Whether the server's check answer says drain: no new connections, the existing kept.",
+    ),
+    (
+        "least_conn_persistent_check_fails",
+        "Health checks of the server failed in a row.",
+    ),
+    (
+        "least_conn_persistent_check_last_age_seconds",
+        "Seconds since the server's last health check ended (no sample before the first).",
+    ),
+    (
+        "least_conn_persistent_effective_weight",
+        "Weight picks use: the check answer's weight=N, else the configured weight.",
+    ),
+    (
+        "least_conn_persistent_effective_max_conns",
+        "max_conns picks use: the check answer's maxconn=N, else the configured \
+         max_conns (0: unlimited).",
+    ),
+    (
+        "least_conn_persistent_reported_connections",
+        "Live connections the server reported in its last check answer (only when it reports).",
+    ),
+];
+
+/// Milliseconds as seconds with three decimals.
+fn seconds(ms: u64) -> String {
+    format!("{}.{:03}", ms / 1000, ms % 1000)
+}
+
+/// The `CHECK_METRICS` samples of one checked server (None: no sample).
+fn check_samples(e: &Entry, c: &Checked) -> [Option<String>; 7] {
+    let v = &c.view;
+    [
+        Some(u8::from(v.state != Health::Down).to_string()),
+        Some(u8::from(health_word(v) == "drain").to_string()),
+        Some(v.fails.to_string()),
+        c.last_ms_ago.map(seconds),
+        Some(v.weight.unwrap_or(e.weight).to_string()),
+        Some(v.max_conns.unwrap_or(e.max_conns).to_string()),
+        v.reported.map(|n| n.to_string()),
+    ]
+}
+
+/// Active checks, for the servers that have them.
+fn check_series(out: &mut String, first: &str, entries: &[Entry]) {
+    let checked: Vec<(&Entry, [Option<String>; 7])> = entries
+        .iter()
+        .filter_map(|e| Some((e, check_samples(e, e.health.as_ref()?))))
+        .collect();
+    for (m, (name, help)) in CHECK_METRICS.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (e, samples) in &checked {
+            let Some(value) = &samples[m] else {
+                continue;
+            };
+            let (upstream, server) = e.parts();
+            let _ = write!(out, "{name}{{{first}upstream=\"");
+            label(out, upstream);
+            out.push_str("\",server=\"");
+            label(out, server);
+            let _ = writeln!(out, "\"}} {value}");
+        }
+    }
 }
 
 /// Rebalancing, for the upstreams that have it: each server's closes, and
@@ -323,6 +478,260 @@ pub(crate) mod tests {
     use crate::core::status_model::tests::entry;
     use crate::core::table::{FLAG_BACKUP, FLAG_DOWN, FLAG_DRAINING};
 
+    /// A checked server's view: up after 3 passes, its last check 800 ms
+    /// ago, http 200 in 3 ms, nothing overridden or reported.
+    pub(crate) fn view() -> HealthView {
+        HealthView {
+            state: Health::Up,
+            drain: false,
+            passes: 3,
+            fails: 0,
+            why: Why::Ok,
+            http_status: 200,
+            duration_ms: 3,
+            last_ms: 5000,
+            weight: None,
+            max_conns: None,
+            reported: None,
+            excess: 0,
+            out: false,
+            tuned: false,
+        }
+    }
+
+    pub(crate) fn checked(key: &str, view: HealthView, last_ms_ago: Option<u64>) -> Entry {
+        Entry {
+            health: Some(Checked { view, last_ms_ago }),
+            ..entry(key, 9, State::Up)
+        }
+    }
+
+    /// The JSON of one entry, between `"source":"config"` and its `}`.
+    fn health_fields(e: Entry) -> String {
+        let out = render(Format::Json, None, &mut [e]);
+        let (_, rest) = out.split_once("\"source\":\"config\"").unwrap();
+        rest.strip_suffix("}\n]}\n").unwrap().to_string()
+    }
+
+    #[test]
+    fn json_health_of_a_checked_server() {
+        let k = "conn_count:a:10.0.0.1:80";
+        assert_eq!(
+            health_fields(checked(k, view(), Some(800))),
+            ",\"health\":\"up\",\"check\":{\"passes\":3,\"fails\":0,\"last_ms_ago\":800,\
+             \"result\":\"ok\",\"status\":200,\"duration_ms\":3}"
+        );
+        assert_eq!(
+            health_fields(entry(k, 9, State::Up)),
+            "",
+            "unchecked: no field"
+        );
+        let never = HealthView {
+            state: Health::Unchecked,
+            passes: 0,
+            http_status: 0,
+            duration_ms: 0,
+            last_ms: 0,
+            ..view()
+        };
+        assert_eq!(
+            health_fields(checked(k, never, None)),
+            ",\"health\":\"checking\",\"check\":{\"passes\":0,\"fails\":0,\"last_ms_ago\":null,\
+             \"result\":\"ok\",\"status\":0,\"duration_ms\":0}"
+        );
+        let tuned = HealthView {
+            weight: Some(5),
+            max_conns: Some(10),
+            reported: Some(50),
+            excess: 41,
+            tuned: true,
+            ..view()
+        };
+        assert_eq!(
+            health_fields(checked(k, tuned, Some(800))),
+            ",\"health\":\"up\",\"check\":{\"passes\":3,\"fails\":0,\"last_ms_ago\":800,\
+             \"result\":\"ok\",\"status\":200,\"duration_ms\":3},\
+             \"override\":{\"weight\":5,\"max_conns\":10},\
+             \"reported\":{\"connections\":50,\"excess\":41}"
+        );
+        let only_max = HealthView {
+            max_conns: Some(0),
+            ..view()
+        };
+        assert!(health_fields(checked(k, only_max, Some(1)))
+            .ends_with("},\"override\":{\"max_conns\":0}"));
+        let only_weight = HealthView {
+            weight: Some(1),
+            reported: Some(0),
+            ..view()
+        };
+        assert!(health_fields(checked(k, only_weight, Some(1))).ends_with(
+            "},\"override\":{\"weight\":1},\"reported\":{\"connections\":0,\"excess\":0}"
+        ));
+    }
+
+    #[test]
+    fn health_words_and_results() {
+        let word = |state, drain| {
+            health_word(&HealthView {
+                state,
+                drain,
+                ..view()
+            })
+        };
+        assert_eq!(word(Health::Up, false), "up");
+        assert_eq!(word(Health::Up, true), "drain");
+        assert_eq!(word(Health::Checking, true), "drain");
+        assert_eq!(word(Health::Down, true), "down", "down beats a stale drain");
+        assert_eq!(word(Health::Down, false), "down");
+        assert_eq!(word(Health::Checking, false), "checking");
+        assert_eq!(word(Health::Unchecked, false), "checking");
+        let down = HealthView {
+            state: Health::Down,
+            passes: 0,
+            fails: 3,
+            why: Why::BadStatus,
+            http_status: 503,
+            ..view()
+        };
+        assert!(
+            health_fields(checked("conn_count:a:b", down, Some(2))).starts_with(
+                ",\"health\":\"down\",\"check\":{\"passes\":0,\"fails\":3,\
+                          \"last_ms_ago\":2,\"result\":\"bad status\",\"status\":503,"
+            )
+        );
+        let results = [
+            (Why::Ok, "ok"),
+            (Why::Refused, "refused"),
+            (Why::Reset, "reset"),
+            (Why::ClosedEarly, "closed early"),
+            (Why::Timeout, "timeout"),
+            (Why::BadStatus, "bad status"),
+            (Why::BadResponse, "bad response"),
+            (Why::NoConnection, "no connection"),
+        ];
+        for (why, text) in results {
+            assert_eq!(why_str(why), text);
+        }
+    }
+
+    #[test]
+    fn json_zone_names_the_checker() {
+        let zone = ZoneInfo {
+            name: "z".into(),
+            size: 65536,
+            used: 8192,
+            keys: 0,
+            reclaimed: 0,
+            workers: vec![],
+            checker: 0,
+        };
+        let out = render(Format::Json, Some(&zone), &mut []);
+        assert!(
+            out.starts_with(
+                "{\"zone\":{\"name\":\"z\",\"size\":65536,\"used\":8192,\
+             \"keys\":0,\"reclaimed\":0,\"workers\":[],\"checker\":0},"
+            ),
+            "{out}"
+        );
+        let zone = ZoneInfo {
+            checker: 31337,
+            ..zone
+        };
+        let out = render(Format::Json, Some(&zone), &mut []);
+        assert!(out.contains("\"workers\":[],\"checker\":31337},"), "{out}");
+    }
+
+    #[test]
+    fn prometheus_check_series() {
+        let up = checked("conn_count:a:10.0.0.1:80", view(), Some(812));
+        let tuned = HealthView {
+            drain: true,
+            fails: 0,
+            weight: Some(5),
+            max_conns: Some(10),
+            reported: Some(50),
+            excess: 41,
+            ..view()
+        };
+        let drain = checked("conn_count:a:10.0.0.2:80", tuned, Some(1500));
+        let down = HealthView {
+            state: Health::Down,
+            drain: true,
+            passes: 0,
+            fails: 4,
+            why: Why::Refused,
+            ..view()
+        };
+        let down = checked("conn_count:a:10.0.0.3:80", down, Some(0));
+        let never = HealthView {
+            state: Health::Unchecked,
+            passes: 0,
+            last_ms: 0,
+            ..view()
+        };
+        let never = checked("conn_count:a:10.0.0.4:80", never, None);
+        let plain = entry("conn_count:b:10.0.0.5:80", 1, State::Up);
+        let zone = ZoneInfo {
+            name: "lcp".into(),
+            size: 65536,
+            used: 8192,
+            keys: 5,
+            reclaimed: 0,
+            workers: vec![(101, 0)],
+            checker: 101,
+        };
+        let out = render(
+            Format::Prometheus,
+            Some(&zone),
+            &mut [up, drain, down, never, plain],
+        );
+        let expect = |name: &str, samples: &[(u8, &str)]| {
+            let mut text = format!("# TYPE least_conn_persistent_{name} gauge\n");
+            for (server, value) in samples {
+                text.push_str(&format!(
+                    "least_conn_persistent_{name}{{upstream=\"a\",server=\"10.0.0.{server}:80\"}} {value}\n"
+                ));
+            }
+            assert!(out.contains(&text), "{name}: {text}\nin\n{out}");
+        };
+        expect("check_up", &[(1, "1"), (2, "1"), (3, "0"), (4, "1")]);
+        expect("check_draining", &[(1, "0"), (2, "1"), (3, "0"), (4, "0")]);
+        expect("check_fails", &[(1, "0"), (2, "0"), (3, "4"), (4, "0")]);
+        expect(
+            "check_last_age_seconds",
+            &[(1, "0.812"), (2, "1.500"), (3, "0.000")],
+        );
+        expect(
+            "effective_weight",
+            &[(1, "2"), (2, "5"), (3, "2"), (4, "2")],
+        );
+        expect(
+            "effective_max_conns",
+            &[(1, "0"), (2, "10"), (3, "0"), (4, "0")],
+        );
+        expect("reported_connections", &[(2, "50")]);
+        assert!(out.contains("# HELP least_conn_persistent_check_up "));
+        assert!(
+            !out.contains("pid"),
+            "no series per process, not even the checker's"
+        );
+        assert!(
+            !out.lines()
+                .any(|l| l.contains("upstream=\"b\"") && l.contains("check")),
+            "no check series for an unchecked server"
+        );
+        // Every sample line is "name{labels} value", the value a number.
+        for line in out.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').unwrap();
+            value.parse::<f64>().unwrap();
+        }
+        // The existing series keep their labels.
+        assert!(out.contains(
+            "least_conn_persistent_weight{upstream=\"a\",server=\"10.0.0.2:80\",state=\"up\"} 2\n"
+        ));
+    }
+
     #[test]
     fn another_subsystem_is_named_in_json_and_every_series() {
         let zone = ZoneInfo {
@@ -374,7 +783,7 @@ pub(crate) mod tests {
             keys: 2,
             reclaimed: 7,
             workers: vec![(101, 3), (102, 0)],
-            checker: 0,
+            checker: 4242,
         };
         let mut e = vec![
             entry("conn_count:b:[::1]:80", 0, State::Draining),
@@ -384,7 +793,7 @@ pub(crate) mod tests {
         assert_eq!(
             out,
             "{\"zone\":{\"name\":\"lcp\",\"size\":1048576,\"used\":12288,\"keys\":2,\"reclaimed\":7,\
-             \"workers\":[{\"pid\":101,\"connections\":3},{\"pid\":102,\"connections\":0}]},\"counters\":[\n\
+             \"workers\":[{\"pid\":101,\"connections\":3},{\"pid\":102,\"connections\":0}],\"checker\":4242},\"counters\":[\n\
              {\"upstream\":\"a\",\"server\":\"127.0.0.1:8081\",\"key\":\"conn_count:a:127.0.0.1:8081\",\
              \"count\":3,\"weight\":2,\"max_conns\":0,\"state\":\"up\",\"source\":\"config\"},\n\
              {\"upstream\":\"b\",\"server\":\"[::1]:80\",\"key\":\"conn_count:b:[::1]:80\",\

@@ -8,7 +8,9 @@
 
 use std::fmt::Write;
 
-use super::status_model::{Entry, ZoneInfo};
+use super::health::Why;
+use super::status::{health_word, why_str};
+use super::status_model::{Checked, Entry, ZoneInfo};
 
 /// Seconds between two refreshes unless `?refresh=` says otherwise.
 pub const DEFAULT_REFRESH: u32 = 5;
@@ -22,6 +24,7 @@ th,td{padding:.25em .8em;border-bottom:1px solid #ddd;text-align:left}\
 td.n{text-align:right;font-variant-numeric:tabular-nums}\
 meter{width:16em;height:1em}\
 .up{color:#176b17}.down{color:#a11}.draining{color:#a60}.backup{color:#555}.fallback{color:#a11}\
+.drain{color:#a60}.checking{color:#555}\
 .zone{color:#444}small{color:#666}";
 
 /// `&`, `<`, `>`, `"` and `'` as entities: names come from configurations
@@ -71,18 +74,119 @@ fn zone_line(out: &mut String, zone: Option<&ZoneInfo>) {
         held,
         z.reclaimed
     );
+    if z.checker != 0 {
+        let _ = writeln!(
+            out,
+            "<p class=\"zone\">Health checks run in process \
+             <span id=\"zone-checker\">{}</span>.</p>",
+            z.checker
+        );
+    }
+}
+
+/// The columns a table of an upstream with health checks adds.
+const CHECK_HEADS: &str = "<th>health</th><th>last check</th><th>capacity</th><th>reported</th>";
+
+/// A checked row's data attributes: its health and last check, and what
+/// the answers override or report, when they do.
+fn check_attributes(out: &mut String, c: &Checked) {
+    let v = &c.view;
+    let _ = write!(
+        out,
+        " data-health=\"{}\" data-passes=\"{}\" data-fails=\"{}\"",
+        health_word(v),
+        v.passes,
+        v.fails
+    );
+    if let Some(ms) = c.last_ms_ago {
+        let _ = write!(
+            out,
+            " data-check=\"{}\" data-check-age-ms=\"{ms}\"",
+            why_str(v.why)
+        );
+    }
+    if let Some(n) = v.weight {
+        let _ = write!(out, " data-override-weight=\"{n}\"");
+    }
+    if let Some(n) = v.max_conns {
+        let _ = write!(out, " data-override-max-conns=\"{n}\"");
+    }
+    if let Some(n) = v.reported {
+        let _ = write!(out, " data-reported=\"{n}\" data-excess=\"{}\"", v.excess);
+    }
+}
+
+/// "0.8 s ago, ok, 3 ms" (a bad status names it), or a dash before the
+/// first check.
+fn last_check(c: &Checked) -> String {
+    let Some(ms) = c.last_ms_ago else {
+        return "\u{2014}".to_string();
+    };
+    let v = &c.view;
+    let result = match v.why {
+        Why::BadStatus => format!("bad status {}", v.http_status),
+        why => why_str(why).to_string(),
+    };
+    format!(
+        "{:.1} s ago, {result}, {} ms",
+        ms as f64 / 1000.0,
+        v.duration_ms
+    )
+}
+
+/// "weight 5 (configured 2), max_conns 10 (configured 0)": what the check
+/// answers override, or a dash.
+fn capacity(e: &Entry, c: &Checked) -> String {
+    let parts: Vec<String> = [
+        ("weight", c.view.weight, e.weight),
+        ("max_conns", c.view.max_conns, e.max_conns),
+    ]
+    .iter()
+    .filter_map(|&(name, over, conf)| over.map(|n| format!("{name} {n} (configured {conf})")))
+    .collect();
+    if parts.is_empty() {
+        "\u{2014}".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The check cells of a row (dashes for a server without checks in an
+/// upstream with them: one counted per worker).
+fn check_cells(out: &mut String, e: &Entry) {
+    let Some(c) = &e.health else {
+        out.push_str("<td>\u{2014}</td>".repeat(4).as_str());
+        return;
+    };
+    let word = health_word(&c.view);
+    let reported = match c.view.reported {
+        Some(n) => format!("{n} (+{})", c.view.excess),
+        None => "\u{2014}".to_string(),
+    };
+    let _ = write!(
+        out,
+        "<td class=\"{word}\">{word}</td><td>{}</td><td>{}</td><td class=\"n\">{reported}</td>",
+        last_check(c),
+        capacity(e, c)
+    );
 }
 
 fn upstream_table(out: &mut String, name: &str, entries: &[Entry]) {
     let largest = entries.iter().map(|e| e.count).max().unwrap_or(0).max(1);
+    // No check columns in a table without checks.
+    let checks = entries.iter().any(|e| e.health.is_some());
     out.push_str("<h2>upstream <code>");
     escape(out, name);
     out.push_str("</code></h2>\n<table data-upstream=\"");
     escape(out, name);
     out.push_str(
         "\">\n<thead><tr><th>server</th><th>state</th><th>connections</th><th></th>\
-         <th>weight</th><th>max_conns</th></tr></thead>\n<tbody>\n",
+         <th>weight</th><th>max_conns</th>",
     );
+    if checks {
+        out.push_str(CHECK_HEADS);
+    }
+    out.push_str("</tr></thead>\n<tbody>\n");
     for e in entries {
         let (_, server) = e.parts();
         let state = e.state.as_str();
@@ -99,6 +203,9 @@ fn upstream_table(out: &mut String, name: &str, entries: &[Entry]) {
                 r.shed, r.shedding
             );
         }
+        if let Some(c) = &e.health {
+            check_attributes(out, c);
+        }
         out.push_str("><td>");
         escape(out, server);
         if e.lua {
@@ -111,11 +218,11 @@ fn upstream_table(out: &mut String, name: &str, entries: &[Entry]) {
             let now = if r.shedding { ", rebalancing" } else { "" };
             let _ = write!(ramping, "{now}, {} shed", r.shed);
         }
-        let _ = writeln!(
+        let _ = write!(
             out,
             "</td><td class=\"{state}\">{state}{ramping}</td><td class=\"n\">{count}</td>\
              <td><meter min=\"0\" max=\"{largest}\" value=\"{count}\">{count}</meter></td>\
-             <td class=\"n\">{weight}</td><td class=\"n\">{max_conns}</td></tr>",
+             <td class=\"n\">{weight}</td><td class=\"n\">{max_conns}</td>",
             count = e.count,
             weight = e.weight,
             max_conns = if e.max_conns == 0 {
@@ -124,6 +231,10 @@ fn upstream_table(out: &mut String, name: &str, entries: &[Entry]) {
                 e.max_conns.to_string()
             },
         );
+        if checks {
+            check_cells(out, e);
+        }
+        out.push_str("</tr>\n");
     }
     out.push_str("</tbody>\n</table>\n");
 }
@@ -184,6 +295,9 @@ pub fn parse_refresh(arg: Option<&[u8]>) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::health::State as Health;
+    use crate::core::health_table::HealthView;
+    use crate::core::status::tests::{checked, view};
     use crate::core::status_model::tests::entry;
     use crate::core::status_model::State;
 
@@ -233,6 +347,125 @@ mod tests {
         assert!(!render_html(None, None, &[], 0).contains("http-equiv"));
         // Self-contained: nothing fetched from elsewhere.
         assert!(!page.contains("src=") && !page.contains("href="));
+    }
+
+    #[test]
+    fn checked_servers_show_health_last_check_capacity_and_reported() {
+        let tuned = HealthView {
+            weight: Some(5),
+            max_conns: Some(10),
+            reported: Some(50),
+            excess: 41,
+            ..view()
+        };
+        let down = HealthView {
+            state: Health::Down,
+            passes: 0,
+            fails: 3,
+            why: Why::BadStatus,
+            http_status: 503,
+            duration_ms: 12,
+            ..view()
+        };
+        let never = HealthView {
+            state: Health::Unchecked,
+            passes: 0,
+            ..view()
+        };
+        let e = [
+            checked("conn_count:a:10.0.0.1:80", view(), Some(800)),
+            checked("conn_count:a:10.0.0.2:80", tuned, Some(1250)),
+            checked("conn_count:a:10.0.0.3:80", down, Some(40)),
+            checked("conn_count:a:10.0.0.4:80", never, None),
+            entry("conn_count:a:10.0.0.5:80", 1, State::Fallback),
+        ];
+        let page = render_html(None, None, &e, 5);
+        assert!(page.contains(
+            "<th>max_conns</th><th>health</th><th>last check</th><th>capacity</th>\
+             <th>reported</th></tr>"
+        ));
+        assert!(page.contains(
+            "data-server=\"10.0.0.1:80\" data-state=\"up\" data-count=\"9\" data-health=\"up\" \
+             data-passes=\"3\" data-fails=\"0\" data-check=\"ok\" data-check-age-ms=\"800\">"
+        ));
+        assert!(page.contains(
+            "<td class=\"up\">up</td><td>0.8 s ago, ok, 3 ms</td><td>\u{2014}</td>\
+             <td class=\"n\">\u{2014}</td></tr>"
+        ));
+        assert!(page.contains(
+            "data-check-age-ms=\"1250\" data-override-weight=\"5\" data-override-max-conns=\"10\" \
+             data-reported=\"50\" data-excess=\"41\">"
+        ));
+        assert!(page.contains(
+            "<td>1.2 s ago, ok, 3 ms</td><td>weight 5 (configured 2), max_conns 10 (configured 0)</td>\
+             <td class=\"n\">50 (+41)</td></tr>"
+        ));
+        assert!(page.contains(
+            "data-health=\"down\" data-passes=\"0\" data-fails=\"3\" data-check=\"bad status\""
+        ));
+        assert!(
+            page.contains("<td class=\"down\">down</td><td>0.0 s ago, bad status 503, 12 ms</td>")
+        );
+        assert!(
+            page.contains("data-health=\"checking\" data-passes=\"0\" data-fails=\"0\">"),
+            "never checked: no data-check"
+        );
+        assert!(
+            page.contains("<td class=\"checking\">checking</td><td>\u{2014}</td><td>\u{2014}</td>")
+        );
+        // A server of the upstream counted per worker has no checks: dashes.
+        let fallback = page.split("data-server=\"10.0.0.5:80\"").nth(1).unwrap();
+        let fallback = fallback.split("</tr>").next().unwrap();
+        assert!(!fallback.contains("data-health"));
+        assert!(
+            fallback.ends_with(&"<td>\u{2014}</td>".repeat(4)),
+            "{fallback}"
+        );
+        // Only one override: only it is shown.
+        let one = HealthView {
+            drain: true,
+            max_conns: Some(0),
+            ..view()
+        };
+        let page = render_html(None, None, &[checked("conn_count:a:b:1", one, Some(5))], 5);
+        assert!(page.contains("data-health=\"drain\""));
+        assert!(page.contains("<td class=\"drain\">drain</td>"));
+        assert!(page.contains("<td>max_conns 0 (configured 0)</td>"));
+        assert!(!page.contains("data-override-weight"));
+    }
+
+    #[test]
+    fn tables_without_checks_have_no_check_columns() {
+        let e = [
+            checked("conn_count:a:10.0.0.1:80", view(), Some(800)),
+            entry("conn_count:b:10.0.0.2:80", 1, State::Up),
+        ];
+        let page = render_html(None, None, &e, 5);
+        assert_eq!(page.matches("<th>health</th>").count(), 1);
+        let b = page.split("data-upstream=\"b\"").nth(1).unwrap();
+        assert!(!b.contains("<th>health</th>") && !b.contains("\u{2014}"));
+        assert!(b.contains("<td class=\"n\">2</td><td class=\"n\">-</td></tr>"));
+        let plain = render_html(None, None, &e[1..], 5);
+        assert!(!plain.contains("health") && !plain.contains("data-check"));
+    }
+
+    #[test]
+    fn the_zone_line_names_the_checker() {
+        let zone = ZoneInfo {
+            name: "lcp".into(),
+            size: 1 << 20,
+            used: 4096,
+            keys: 0,
+            reclaimed: 0,
+            workers: vec![(1, 0)],
+            checker: 4242,
+        };
+        let page = render_html(None, Some(&zone), &[], 0);
+        assert!(
+            page.contains("Health checks run in process <span id=\"zone-checker\">4242</span>.")
+        );
+        let none = ZoneInfo { checker: 0, ..zone };
+        assert!(!render_html(None, Some(&none), &[], 0).contains("zone-checker"));
     }
 
     #[test]
