@@ -54,19 +54,13 @@ use super::subsystem::RrPeer;
 use crate::core::health::Why;
 
 /// Probes of one process holding a connection at a time.
-// Used by the checker (issue 19).
-#[allow(dead_code)]
 pub const MAX_IN_FLIGHT: usize = 64;
 
 /// The most of a response head a probe reads.
-// Used by the checker (issue 19).
-#[allow(dead_code)]
 pub const HEAD_MAX: usize = 4096;
 
 /// Where a probe connects: a copy of a peer's address, and its name for
 /// nginx's log lines.
-// Used by the checker (issue 19).
-#[allow(dead_code)]
 #[derive(Clone)]
 pub struct Target {
     addr: libc::sockaddr_storage,
@@ -74,8 +68,6 @@ pub struct Target {
     name: Vec<u8>,
 }
 
-// Used by the checker (issue 19).
-#[allow(dead_code)]
 impl Target {
     /// A copy of `len` bytes of the address at `addr` (of any family), or
     /// `None` if it is null, empty or larger than any address.
@@ -159,8 +151,6 @@ fn name_with_port(name: &[u8], port: u16) -> Vec<u8> {
 /// check (`request` `None`) passes once connected, with nothing read.
 /// `timeout_ms` bounds the whole probe from its connect on (not its wait for
 /// a turn).
-// Used by the checker (issue 19).
-#[allow(dead_code)]
 pub async fn probe(
     target: &Target,
     timeout_ms: u32,
