@@ -6,7 +6,8 @@
 # valgrind. Errors in nginx's or libc's own code are counted and listed
 # apart, not judged.
 #
-#   scripts/memcheck.sh [t/some.t ...]    (default: balance, reload, crash, status, stream)
+#   scripts/memcheck.sh [t/some.t ...]    (default: balance, reload, crash, status, stream,
+#                                          and the quick part of the health checks)
 #   scripts/memcheck.sh --nginx=1.28 [t/some.t ...]
 #                                         (nginx 1.28 from scripts/build.sh --nginx=1.28;
 #                                          default: the resolve tests, which only it runs)
@@ -30,7 +31,7 @@ else
     "$ROOT/scripts/build.sh" >&2
     bin=$NGINX_BIN module=$MODULE_SO nginx_stream=$NGINX_STREAM_SO
     out="$BUILD_DIR/memcheck"
-    [ ${#tests[@]} -gt 0 ] || tests=(t/balance.t t/reload.t t/crash.t t/status.t t/stream.t)
+    [ ${#tests[@]} -gt 0 ] || tests=(t/balance.t t/reload.t t/crash.t t/status.t t/stream.t t/check.t)
 fi
 ensure_packages valgrind perl
 
@@ -45,7 +46,7 @@ chmod +x "$out/nginx"
 
 cd "$ROOT"
 prove_rc=0
-TEST_NGINX_NGINX_STREAM_MODULE="$nginx_stream" TEST_NGINX_MODULE="$module" TEST_NGINX_BINARY="$out/nginx" \
+TEST_CHECK_QUICK=1 TEST_NGINX_NGINX_STREAM_MODULE="$nginx_stream" TEST_NGINX_MODULE="$module" TEST_NGINX_BINARY="$out/nginx" \
     TEST_NGINX_SLOW=${TEST_NGINX_SLOW:-8} prove "${tests[@]}" || prove_rc=$?
 
 rc=0

@@ -40,8 +40,8 @@ scripts/soak.sh --quick
 echo ">> scripts/soak.sh --kill-storm --quick --crash-points (40 SIGKILLs, and deaths at crash points)"
 scripts/soak.sh --kill-storm --quick --crash-points
 echo ">> prove -r t/"
-prove -r t/
-echo ">> scripts/memcheck.sh (the balancing, reload, crash, status and stream tests under valgrind)"
+prove --timer -r t/
+echo ">> scripts/memcheck.sh (the balancing, reload, crash, status, stream and health check tests under valgrind)"
 scripts/memcheck.sh
 echo ">> nginx 1.28 (from the nginx-src crate): build, then prove t/ against it"
 scripts/build.sh --nginx=1.28
@@ -53,9 +53,12 @@ scripts/build.sh --nginx=1.28 --crash-points
 # Rebalancing is the same code too but for what it reads of nginx's
 # structures (an upstream's `connected` and `upgrade` bits), which
 # t/stream_rebalance.t and t/rebalance_edges.t check there; t/rebalance.t
-# and t/rebalance_crash.t run only above, for CI's time.
+# and t/rebalance_crash.t run only above, for CI's time. So does
+# t/check_takeover.t (the lease and its takeover: no nginx structure of its
+# own); t/check.t and t/stream_check.t run on both (the probe's connection
+# is nginx's).
 TEST_NGINX_BINARY="$NGINX_128_BIN" TEST_NGINX_MODULE="$MODULE_128_SO" TEST_CRASH_POINTS='follow.*' \
-    prove $(ls t/*.t | grep -Ev 'bench_quick|t/rebalance(_crash)?\.t')
+    prove --timer $(ls t/*.t | grep -Ev 'bench_quick|t/rebalance(_crash)?\.t|t/check_takeover\.t')
 echo ">> scripts/soak.sh --quick --nginx=1.28 (with DNS changing a resolve upstream throughout)"
 scripts/soak.sh --quick --nginx=1.28
 echo ">> scripts/soak.sh --kill-storm --quick --crash-points --nginx=1.28"

@@ -22,7 +22,7 @@
 # h. a check target that never answers: down after fall checks timed out,
 #    requests meanwhile not held up, no connections leaked.
 #
-# TEST_CHECK_QUICK=1 (scripts/memcheck.sh) runs a, c and h only. Intervals
+# TEST_CHECK_QUICK=1 (scripts/memcheck.sh) runs a and h only. Intervals
 # and timeouts scale with TEST_NGINX_SLOW.
 
 use warnings;
@@ -262,36 +262,39 @@ subtest 'a. recover' => sub {
 
 ###############################################################################
 
-subtest 'c. drain with WebSockets' => sub {
-	my @ws = ws_open_many(10, '/');
-	my $first = tally(@ws);
-	ok(($first->{b1} // 0) > 0 && ($first->{b2} // 0) > 0, '10 WebSockets on both: ' . show($first));
-	my $cmark = log_mark();
-	set_health('b2', '200', 'X-LCP-Capacity: drain');
-	ok(wait_health(8082, 'drain'), 'JSON: b2 health drain');
-	ok(wait_until(sub {
-		log_lines($cmark, qr/\[notice\].*upstream "u": server \Q$B2\E drains \(capacity answer\)/) }, 2),
-		'the log: b2 drains (capacity answer)');
-	my $held = counts('u')->{$B2};
-	is($held, $first->{b2}, "b2 still counts its $first->{b2}");
-	my @more = ws_open_many(10, '/');
-	is(show(tally(@more)), 'b1=10', '10 new WebSockets all on b1');
-	my @on_b2 = grep { $_->{backend} eq 'b2' } @ws;
-	is(scalar(grep { (ws_echo($_, 'ping') // '') eq 'b2:ping' } @on_b2), scalar @on_b2,
-		"b2's WebSockets still echo");
-	is(counts('u')->{$B2}, $held, 'b2 count unchanged');
-	is(live_count(port(8082)), $held, 'b2 really holds them');
-	set_health('b2');
-	ok(wait_until(sub {
-		log_lines($cmark, qr/\[notice\].*upstream "u": server \Q$B2\E takes new connections again \(capacity answer\)/) },
-		$verdict_wait), 'the log: b2 takes new connections again');
-	is(health(8082), 'up', 'JSON: b2 up');
-	my @back = ws_open_many(10, '/');
-	my $b = tally(@back);
-	ok(($b->{b2} // 0) >= 8, "new WebSockets reach b2 (holding $held against b1's "
-		. (20 - $held) . '): ' . show($b));
-	ok(close_all(@ws, @more, @back), 'all closed, counts back to 0');
-};
+SKIP: {
+	skip 'TEST_CHECK_QUICK', 1 if $quick;
+	subtest 'c. drain with WebSockets' => sub {
+		my @ws = ws_open_many(10, '/');
+		my $first = tally(@ws);
+		ok(($first->{b1} // 0) > 0 && ($first->{b2} // 0) > 0, '10 WebSockets on both: ' . show($first));
+		my $cmark = log_mark();
+		set_health('b2', '200', 'X-LCP-Capacity: drain');
+		ok(wait_health(8082, 'drain'), 'JSON: b2 health drain');
+		ok(wait_until(sub {
+			log_lines($cmark, qr/\[notice\].*upstream "u": server \Q$B2\E drains \(capacity answer\)/) }, 2),
+			'the log: b2 drains (capacity answer)');
+		my $held = counts('u')->{$B2};
+		is($held, $first->{b2}, "b2 still counts its $first->{b2}");
+		my @more = ws_open_many(10, '/');
+		is(show(tally(@more)), 'b1=10', '10 new WebSockets all on b1');
+		my @on_b2 = grep { $_->{backend} eq 'b2' } @ws;
+		is(scalar(grep { (ws_echo($_, 'ping') // '') eq 'b2:ping' } @on_b2), scalar @on_b2,
+			"b2's WebSockets still echo");
+		is(counts('u')->{$B2}, $held, 'b2 count unchanged');
+		is(live_count(port(8082)), $held, 'b2 really holds them');
+		set_health('b2');
+		ok(wait_until(sub {
+			log_lines($cmark, qr/\[notice\].*upstream "u": server \Q$B2\E takes new connections again \(capacity answer\)/) },
+			$verdict_wait), 'the log: b2 takes new connections again');
+		is(health(8082), 'up', 'JSON: b2 up');
+		my @back = ws_open_many(10, '/');
+		my $b = tally(@back);
+		ok(($b->{b2} // 0) >= 8, "new WebSockets reach b2 (holding $held against b1's "
+			. (20 - $held) . '): ' . show($b));
+		ok(close_all(@ws, @more, @back), 'all closed, counts back to 0');
+	};
+}
 
 ###############################################################################
 
