@@ -255,7 +255,7 @@ impl RampStart {
 pub struct Full;
 
 /// A worker's handle on one counter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SlotRef {
     slot: NonNull<Slot>,
     generation: u32,

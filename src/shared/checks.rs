@@ -20,6 +20,7 @@
 
 use core::time::Duration;
 use std::cell::RefCell;
+use std::collections::HashSet;
 
 use nginx_sys::{NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_NOTICE, NGX_LOG_WARN};
 use ngx::async_::{sleep, spawn, Task};
@@ -85,6 +86,8 @@ struct Checker {
     holding: bool,
     ticks: u32,
     running: Vec<Running>,
+    /// Servers left unchecked for want of zone memory, as last logged.
+    unrecorded: usize,
 }
 
 impl Checker {
@@ -222,12 +225,13 @@ fn jobs(registry: &'static Registry, upstreams: Vec<(&UpstreamSrvConf, usize)>) 
 fn reconcile(c: &mut Checker, link: &ZoneLink, jobs: Vec<Job>, now: u64) {
     // A task ends when its key is gone (`record`): started again if the
     // key came back.
-    c.running.retain(|r| {
-        !r.task.is_finished() && r.slot.count().is_some() && jobs.iter().any(|j| j.slot == r.slot)
-    });
+    let wanted: HashSet<SlotRef> = jobs.iter().map(|j| j.slot).collect();
+    c.running
+        .retain(|r| !r.task.is_finished() && r.slot.count().is_some() && wanted.contains(&r.slot));
+    let running: HashSet<SlotRef> = c.running.iter().map(|r| r.slot).collect();
     let new: Vec<Job> = jobs
         .into_iter()
-        .filter(|j| !c.running.iter().any(|r| r.slot == j.slot))
+        .filter(|j| !running.contains(&j.slot))
         .collect();
     if new.is_empty() {
         return;
@@ -241,7 +245,8 @@ fn reconcile(c: &mut Checker, link: &ZoneLink, jobs: Vec<Job>, now: u64) {
             }
         }
     }
-    if !unrecorded.is_empty() {
+    // Said once per change, not at every rescan.
+    if unrecorded.len() != c.unrecorded && !unrecorded.is_empty() {
         Log::cycle().zone(
             NGX_LOG_ERR,
             link.shm.name(),
@@ -251,6 +256,7 @@ fn reconcile(c: &mut Checker, link: &ZoneLink, jobs: Vec<Job>, now: u64) {
             ),
         );
     }
+    c.unrecorded = unrecorded.len();
     for (i, job) in new.into_iter().enumerate() {
         if unrecorded.contains(&i) {
             continue;
