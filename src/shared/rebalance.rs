@@ -14,11 +14,11 @@ use std::collections::VecDeque;
 
 use nginx_sys::NGX_LOG_INFO;
 
+use crate::core::health_table::CHECK_OUT;
 use crate::core::ramp;
 use crate::core::rebalance::{
     load_cmp, may_close, next_closes, old_enough, place_returning, shedding, Params, Quota, Server,
 };
-use crate::core::health_table::CHECK_OUT;
 use crate::core::table::{SlotRef, FLAG_BACKUP, FLAG_DOWN, FLAG_DRAINING, FLAG_REBALANCE};
 use crate::ngx::live::LiveNode;
 use crate::ngx::log::Log;
