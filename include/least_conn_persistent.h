@@ -17,7 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define LCP_ABI_VERSION 2
+#define LCP_ABI_VERSION 3
 
 /* LCP_CDEF_BEGIN */
 enum {
@@ -32,6 +32,16 @@ enum {
     LCP_ERR_TOO_MANY_PICKS = -7, /* lcp_pick: 1,048,575 picks of this worker are not
                               * released (tokens hold 20 bits of index) */
     LCP_ALREADY = 1          /* lcp_release: that token was released already */
+};
+
+/* lcp_health's answers (ABI 3): what the health checks a server follows
+ * found. */
+enum {
+    LCP_HEALTH_UNCHECKED = 0, /* follows no checks, or none ran yet */
+    LCP_HEALTH_CHECKING = 1,  /* checked, no verdict yet (picked as up) */
+    LCP_HEALTH_UP = 2,
+    LCP_HEALTH_DOWN = 3,      /* not picked */
+    LCP_HEALTH_DRAIN = 4      /* its capacity answer drains it: not picked */
 };
 
 typedef struct {
@@ -75,6 +85,27 @@ int lcp_release(uint64_t token);
 /* The connections counted on server `index` of upstream `handle`, across
  * all workers, or an error. */
 int64_t lcp_count(int handle, size_t index);
+
+/* Makes upstream `handle` follow the health checks of nginx upstream
+ * `upstream` (`len` bytes, 1..1024; ABI 3): an `upstream {}` block of this
+ * configuration with least_conn_persistent and
+ * least_conn_persistent_check. Each server is linked to that upstream's
+ * server of the same address ("host:port" as nginx lists it); a server
+ * with none stays unchecked. From then on lcp_pick skips a server its
+ * checks mark down or draining (as a `down` server; all out:
+ * LCP_ERR_NO_PEER) and compares a server with a capacity answer by its
+ * weight= and maxconn= and the load the backend reported, as nginx's
+ * picks do. The addresses are looked up once, now; a later lcp_declare*
+ * of the same id links its new servers again by address. Returns LCP_OK,
+ * LCP_ERR_UNKNOWN (no upstream `handle`, or no least_conn_persistent
+ * upstream named `upstream`), LCP_ERR_ARG (a bad name, or that upstream
+ * has no least_conn_persistent_check) or LCP_ERR_NO_ZONE. */
+int lcp_follow_checks(int handle, const char *upstream, size_t len);
+
+/* What the checks server `index` of upstream `handle` follows found: an
+ * LCP_HEALTH_* (down wins over drain), or LCP_ERR_UNKNOWN, LCP_ERR_ARG (no
+ * such index) (ABI 3). */
+int lcp_health(int handle, size_t index);
 /* LCP_CDEF_END */
 
 #endif

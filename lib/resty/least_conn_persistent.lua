@@ -12,6 +12,8 @@
 --   local server, token = up:pick(tried)    -- tried: { [index] = true } or nil
 --   ...balancer.set_current_peer(server.host, server.port)...
 --   lcp.release(token)                      -- in log_by_lua*, and before a retry
+--   assert(up:follow_checks("backend_http")) -- optional: an nginx upstream's checks
+--   up:health(0)                            -- "up", "down", "drain", ...
 --
 -- A token is released once: releasing it again returns nil, "already
 -- released". Declarations are cached by id: declaring again with the same
@@ -55,6 +57,16 @@ enum {
     LCP_ALREADY = 1          /* lcp_release: that token was released already */
 };
 
+/* lcp_health's answers (ABI 3): what the health checks a server follows
+ * found. */
+enum {
+    LCP_HEALTH_UNCHECKED = 0, /* follows no checks, or none ran yet */
+    LCP_HEALTH_CHECKING = 1,  /* checked, no verdict yet (picked as up) */
+    LCP_HEALTH_UP = 2,
+    LCP_HEALTH_DOWN = 3,      /* not picked */
+    LCP_HEALTH_DRAIN = 4      /* its capacity answer drains it: not picked */
+};
+
 typedef struct {
     const char *addr;        /* "host:port" or "[IPv6]:port", port 1..65535, no '#' in the
                               * host: the key is conn_count:<id>:<addr> */
@@ -96,9 +108,30 @@ int lcp_release(uint64_t token);
 /* The connections counted on server `index` of upstream `handle`, across
  * all workers, or an error. */
 int64_t lcp_count(int handle, size_t index);
+
+/* Makes upstream `handle` follow the health checks of nginx upstream
+ * `upstream` (`len` bytes, 1..1024; ABI 3): an `upstream {}` block of this
+ * configuration with least_conn_persistent and
+ * least_conn_persistent_check. Each server is linked to that upstream's
+ * server of the same address ("host:port" as nginx lists it); a server
+ * with none stays unchecked. From then on lcp_pick skips a server its
+ * checks mark down or draining (as a `down` server; all out:
+ * LCP_ERR_NO_PEER) and compares a server with a capacity answer by its
+ * weight= and maxconn= and the load the backend reported, as nginx's
+ * picks do. The addresses are looked up once, now; a later lcp_declare*
+ * of the same id links its new servers again by address. Returns LCP_OK,
+ * LCP_ERR_UNKNOWN (no upstream `handle`, or no least_conn_persistent
+ * upstream named `upstream`), LCP_ERR_ARG (a bad name, or that upstream
+ * has no least_conn_persistent_check) or LCP_ERR_NO_ZONE. */
+int lcp_follow_checks(int handle, const char *upstream, size_t len);
+
+/* What the checks server `index` of upstream `handle` follows found: an
+ * LCP_HEALTH_* (down wins over drain), or LCP_ERR_UNKNOWN, LCP_ERR_ARG (no
+ * such index) (ABI 3). */
+int lcp_health(int handle, size_t index);
 ]]
 
-local ABI_VERSION = 2
+local ABI_VERSION = 3
 local MAX_SERVERS = 1024
 
 local _M = { _VERSION = "0.1.0", ABI_VERSION = ABI_VERSION }
@@ -321,6 +354,68 @@ function upstream:count(which)
         return nil, failure(n)
     end
     return tonumber(n)
+end
+
+-- The index of a server given by index or addr, or nil.
+local function index_of(self, which)
+    local index = which
+    if type(which) == "string" then
+        for _, s in ipairs(self.servers) do
+            if s.addr == which then
+                index = s.index
+            end
+        end
+    end
+    if type(index) ~= "number" or index < 0 or index >= self.n or index ~= floor(index) then
+        return nil
+    end
+    return index
+end
+
+-- Follows the health checks of nginx upstream `name` (an `upstream {}`
+-- block with least_conn_persistent and least_conn_persistent_check): each
+-- server, the server of that upstream with the same address. Picks then
+-- skip the servers its checks mark down or draining, and weigh a
+-- capacity answer's weight=, maxconn= and reported load. Declaring the id
+-- again with other servers links them again. True, or nil and an error.
+function upstream:follow_checks(name)
+    if type(name) ~= "string" or name == "" then
+        return nil, "upstream name must be a non-empty string"
+    end
+    local rc = C.lcp_follow_checks(self.handle, name, #name)
+    if rc == 0 then
+        return true
+    end
+    if rc == C.LCP_ERR_UNKNOWN then
+        return nil, "no least_conn_persistent upstream \"" .. name .. "\""
+    end
+    if rc == C.LCP_ERR_ARG then
+        return nil, "upstream \"" .. name .. "\" has no least_conn_persistent_check"
+    end
+    return nil, failure(rc)
+end
+
+local health_names = {
+    [tonumber(C.LCP_HEALTH_UNCHECKED)] = "unchecked",
+    [tonumber(C.LCP_HEALTH_CHECKING)] = "checking",
+    [tonumber(C.LCP_HEALTH_UP)] = "up",
+    [tonumber(C.LCP_HEALTH_DOWN)] = "down",
+    [tonumber(C.LCP_HEALTH_DRAIN)] = "drain",
+}
+
+-- What the checks a server (its index or addr) follows found: "unchecked"
+-- (it follows none, or none ran yet), "checking", "up", "down" or "drain";
+-- or nil and an error.
+function upstream:health(which)
+    local index = index_of(self, which)
+    if not index then
+        return nil, "no such server"
+    end
+    local rc = C.lcp_health(self.handle, index)
+    if rc < 0 then
+        return nil, failure(rc)
+    end
+    return health_names[rc] or ("health " .. tostring(rc))
 end
 
 -- Gives back what the pick that returned `token` took. True, or nil and

@@ -2,10 +2,13 @@
 //! their own (Lua balancers): each position has a weight, a `max_conns`, the
 //! smooth weighted round-robin state nginx keeps in its peers, and a count
 //! supplied by the caller. Positions can be skipped (servers a request has
-//! tried already).
+//! tried already), and can follow the health checks of another upstream's
+//! keys (`Checks`).
 
+use super::health_table::{Tuned, CHECK_OUT, CHECK_TUNED};
 use super::ramp;
 use super::select::{Load, PeerList};
+use super::table::SlotRef;
 
 /// A server's weights for the tie-break, as nginx's round-robin keeps them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,10 +28,58 @@ impl RoundRobinState {
     }
 }
 
+/// What health checks say of each position: a Lua upstream following an
+/// nginx upstream's checks has, per server, the key of that upstream with
+/// the same address (`[Option<SlotRef>]`); one that follows none has
+/// `Unchecked`, which the compiler folds away: its picks cost what they
+/// did before checks existed.
+pub trait Checks {
+    /// The checks' bits of position `i` (`CHECK_OUT`, `CHECK_TUNED`; 0:
+    /// nothing to say), read on every pick.
+    fn bits(&self, i: usize) -> u32;
+    /// For a position with bits: its overrides and reported load, or
+    /// `None` when the key it follows is gone (a stale handle: the bits
+    /// were another key's), which leaves it unchecked.
+    fn tuned(&self, i: usize) -> Option<Tuned>;
+}
+
+/// No checks followed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Unchecked;
+
+impl Checks for Unchecked {
+    #[inline(always)]
+    fn bits(&self, _: usize) -> u32 {
+        0
+    }
+
+    fn tuned(&self, _: usize) -> Option<Tuned> {
+        None
+    }
+}
+
+impl Checks for [Option<SlotRef>] {
+    #[inline]
+    fn bits(&self, i: usize) -> u32 {
+        self.get(i).copied().flatten().map_or(0, |k| k.check_bits())
+    }
+
+    #[cold]
+    fn tuned(&self, i: usize) -> Option<Tuned> {
+        let k = self.get(i).copied().flatten()?;
+        k.count()?;
+        Some(if k.check_bits() & CHECK_TUNED != 0 {
+            k.tuned()
+        } else {
+            Tuned::default()
+        })
+    }
+}
+
 /// The list one pick walks. `count(i)` is the i-th server's live count;
 /// `ramp(i)`: `Some(elapsed, window)` while it ramps up (slow start,
 /// `core::ramp`).
-pub struct ArrayList<'a, F, R> {
+pub struct ArrayList<'a, F, R, K: ?Sized = Unchecked> {
     pub rr: &'a mut [RoundRobinState],
     /// (weight, max_conns) by position; max_conns 0: no limit.
     pub limits: &'a [(u32, u32)],
@@ -36,17 +87,77 @@ pub struct ArrayList<'a, F, R> {
     pub skip: &'a [u64],
     pub count: F,
     pub ramp: R,
+    /// The health checks the positions follow.
+    pub checks: &'a K,
 }
 
-impl<F: Fn(usize) -> u32, R: Fn(usize) -> Option<(u32, u32)>> ArrayList<'_, F, R> {
+impl<F, R, K> ArrayList<'_, F, R, K>
+where
+    F: Fn(usize) -> u32,
+    R: Fn(usize) -> Option<(u32, u32)>,
+    K: Checks + ?Sized,
+{
     fn skipped(&self, i: usize) -> bool {
         self.skip
             .get(i / 64)
             .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
+
+    /// The `max_conns` (0: none) a pick of position `i` may count up to:
+    /// the configured one, or a capacity answer's override.
+    pub fn max_conns(&self, i: usize) -> u32 {
+        let configured = self.limits.get(i).map_or(0, |&(_, m)| m);
+        if self.checks.bits(i) & CHECK_TUNED == 0 {
+            return configured;
+        }
+        self.checks
+            .tuned(i)
+            .and_then(|t| t.max_conns)
+            .unwrap_or(configured)
+    }
+
+    /// The load of a position with no checks' bits.
+    #[inline(always)]
+    fn plain_load(&self, at: usize, conns: u32, weight: u32, max_conns: u32) -> Option<Load> {
+        if max_conns != 0 && conns >= max_conns {
+            return None;
+        }
+        let conns = (self.ramp)(at).map_or(conns, |(e, w)| ramp::virtual_count(conns, e, w));
+        Some(Load { conns, weight })
+    }
+
+    /// The load of a position whose followed key the checks marked: none
+    /// when they took it out (down, or draining by its answer), else with
+    /// the capacity answer's weight and `max_conns`, and the count plus
+    /// what the server reported beyond the followed key's count (as nginx's
+    /// picks compare a checked peer).
+    #[cold]
+    #[inline(never)]
+    fn checked_load(&self, at: usize, conns: u32, bits: u32) -> Option<Load> {
+        let (weight, max_conns) = self.limits[at];
+        let Some(tuned) = self.checks.tuned(at) else {
+            return self.plain_load(at, conns, weight, max_conns);
+        };
+        if bits & CHECK_OUT != 0 {
+            return None;
+        }
+        // The limit holds our count; the server's own load only weighs in
+        // the comparison.
+        let max_conns = tuned.max_conns.unwrap_or(max_conns);
+        if max_conns != 0 && conns >= max_conns {
+            return None;
+        }
+        let weight = tuned.weight.unwrap_or(weight);
+        self.plain_load(at, conns.saturating_add(tuned.excess), weight, 0)
+    }
 }
 
-impl<F: Fn(usize) -> u32, R: Fn(usize) -> Option<(u32, u32)>> PeerList for ArrayList<'_, F, R> {
+impl<F, R, K> PeerList for ArrayList<'_, F, R, K>
+where
+    F: Fn(usize) -> u32,
+    R: Fn(usize) -> Option<(u32, u32)>,
+    K: Checks + ?Sized,
+{
     type Cursor = usize;
 
     fn size(&self) -> usize {
@@ -67,11 +178,11 @@ impl<F: Fn(usize) -> u32, R: Fn(usize) -> Option<(u32, u32)>> PeerList for Array
         }
         let (weight, max_conns) = *self.limits.get(at)?;
         let conns = (self.count)(at);
-        if max_conns != 0 && conns >= max_conns {
-            return None;
+        let bits = self.checks.bits(at);
+        if bits != 0 {
+            return self.checked_load(at, conns, bits);
         }
-        let conns = (self.ramp)(at).map_or(conns, |(e, w)| ramp::virtual_count(conns, e, w));
-        Some(Load { conns, weight })
+        self.plain_load(at, conns, weight, max_conns)
     }
 
     fn step_weight(&mut self, at: usize) -> i64 {
@@ -125,6 +236,7 @@ mod tests {
                 skip,
                 count: |i| counts.borrow()[i],
                 ramp: |_| None,
+                checks: &Unchecked,
             };
             let c = choose(&mut list)?;
             counts.borrow_mut()[c] += 1;
@@ -143,6 +255,7 @@ mod tests {
             skip: &[],
             count: |i| counts.borrow()[i],
             ramp,
+            checks: &Unchecked,
         };
         // 10 against (0 + 1) * 300 / 30 = 10: a tie, either may win.
         assert_eq!(list.load(1).map(|l| l.conns), Some(10));
@@ -177,6 +290,147 @@ mod tests {
         assert!(f.pick(&[0, u64::MAX]).is_some());
     }
 
+    /// A table with one checked key per server of a followed upstream,
+    /// and checks' results to drive them.
+    mod followed {
+        use super::*;
+        use crate::core::check_answer::Capacity;
+        use crate::core::health::Why;
+        use crate::core::health_table::CheckReport;
+        use crate::core::table::tests::HeapArena;
+        use crate::core::table::{Meta, Table, FLAG_CHECKED};
+        use core::ptr::NonNull;
+
+        pub fn report(why: Why, capacity: Option<Capacity>) -> CheckReport {
+            CheckReport {
+                why,
+                http_status: 200,
+                duration_ms: 1,
+                now_ms: 1000,
+                now_ds: 10,
+                rise: 1,
+                fall: 1,
+                capacity,
+                reported: None,
+                malformed: 0,
+            }
+        }
+
+        pub fn table(n: usize) -> (HeapArena, NonNull<Table>, Vec<SlotRef>) {
+            let a = HeapArena::new(1 << 20);
+            let table = Table::create(&a, 64).unwrap();
+            // SAFETY: the table lives in the arena, returned with it.
+            let t = unsafe { table.as_ref() };
+            let meta = Meta {
+                weight: 1,
+                max_conns: 0,
+                flags: FLAG_CHECKED,
+                slow_start: 0,
+            };
+            let keys = (0..n)
+                .map(|i| {
+                    let key = format!("hc:s{i}");
+                    let k = t.upsert(&a, key.as_bytes(), 2, meta, 1).unwrap();
+                    assert!(t.ensure_health(&a, k));
+                    k
+                })
+                .collect();
+            (a, table, keys)
+        }
+    }
+
+    #[test]
+    fn a_followed_key_down_or_draining_is_skipped_as_down() {
+        use crate::core::check_answer::Capacity;
+        use crate::core::health::Why;
+        let (a, t, keys) = followed::table(2);
+        // SAFETY: the test's own table, in `a`.
+        let t = unsafe { t.as_ref() };
+        let follows: Vec<Option<SlotRef>> = vec![Some(keys[0]), Some(keys[1])];
+        let mut f = Fixture::new(&[(1, 0), (1, 0), (1, 0)]);
+        let pick = |f: &mut Fixture| {
+            let counts = &f.counts;
+            let mut list = ArrayList {
+                rr: &mut f.rr,
+                limits: &f.limits,
+                skip: &[],
+                count: |i| counts.borrow()[i],
+                ramp: |_| None,
+                checks: &follows[..],
+            };
+            let c = choose(&mut list);
+            if let Some(c) = c {
+                counts.borrow_mut()[c] += 1;
+            }
+            c
+        };
+        t.record_check(&a, keys[1], &followed::report(Why::Refused, None))
+            .unwrap();
+        assert_eq!(keys[1].check_bits(), CHECK_OUT);
+        for _ in 0..10 {
+            assert_ne!(pick(&mut f), Some(1), "1 follows a key that is down");
+        }
+        assert_eq!(f.counts.borrow()[1], 0);
+        // Position 2 follows nothing (past the slice): unchecked.
+        assert_eq!(f.counts.borrow()[2], 5);
+        let drain = Capacity {
+            drain: true,
+            weight: None,
+            max_conns: None,
+        };
+        t.record_check(&a, keys[1], &followed::report(Why::Ok, Some(drain)))
+            .unwrap();
+        t.record_check(&a, keys[0], &followed::report(Why::Refused, None))
+            .unwrap();
+        assert_eq!(pick(&mut f), Some(2), "0 down, 1 draining");
+        let mut only = Fixture::new(&[(1, 0), (1, 0)]);
+        assert_eq!(pick(&mut only), None, "every server out: no peer");
+        t.record_check(&a, keys[0], &followed::report(Why::Ok, None))
+            .unwrap();
+        assert_eq!(pick(&mut only), Some(0), "back up");
+    }
+
+    #[test]
+    fn a_followed_key_tuned_compares_with_its_overrides_and_excess() {
+        use crate::core::check_answer::Capacity;
+        use crate::core::health::Why;
+        let (a, t, keys) = followed::table(2);
+        // SAFETY: the test's own table, in `a`.
+        let t = unsafe { t.as_ref() };
+        let follows: Vec<Option<SlotRef>> = vec![Some(keys[0]), Some(keys[1])];
+        let (mut rr, limits) = (vec![RoundRobinState::new(1); 2], vec![(1, 0), (1, 0)]);
+        let counts = RefCell::new(vec![4u32, 4]);
+        let tuned = Capacity {
+            drain: false,
+            weight: Some(4),
+            max_conns: Some(5),
+        };
+        t.record_check(&a, keys[1], &followed::report(Why::Ok, Some(tuned)))
+            .unwrap();
+        let list = ArrayList {
+            rr: &mut rr,
+            limits: &limits,
+            skip: &[],
+            count: |i| counts.borrow()[i],
+            ramp: |_| None,
+            checks: &follows[..],
+        };
+        assert_eq!(list.load(1).map(|l| l.weight), Some(4), "weight override");
+        assert_eq!(list.max_conns(1), 5, "max_conns override");
+        assert_eq!(list.max_conns(0), 0, "configured");
+        counts.borrow_mut()[1] = 5;
+        assert_eq!(list.load(1), None, "at the override's max_conns");
+        // Reported load: the server said 7 while the followed key held 0.
+        let mut r = followed::report(Why::Ok, Some(Capacity::default()));
+        r.reported = Some(Some(7));
+        t.record_check(&a, keys[1], &r).unwrap();
+        assert_eq!(list.load(1).map(|l| (l.conns, l.weight)), Some((12, 1)));
+        assert_eq!(list.max_conns(1), 0);
+        // A stale handle says nothing: unchecked.
+        assert!(t.remove_idle(&a, keys[1]));
+        assert_eq!(list.load(1).map(|l| l.conns), Some(5));
+    }
+
     #[test]
     fn ties_rotate_by_weight() {
         let mut f = Fixture::new(&[(2, 0), (1, 0)]);
@@ -187,6 +441,7 @@ mod tests {
             skip: &[],
             count: |i| counts.borrow()[i],
             ramp: |_| None,
+            checks: &Unchecked,
         };
         let seq: Vec<usize> = (0..6).map(|_| choose(&mut list).unwrap()).collect();
         assert_eq!(seq, vec![0, 1, 0, 0, 1, 0]);

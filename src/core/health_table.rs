@@ -335,6 +335,20 @@ impl SlotRef {
         record_of(self.slot()).map_or(0, |h| h.last_ms.load(Ordering::Relaxed))
     }
 
+    /// What the checks found of the key: its state and whether its answer
+    /// drains it; `None` when the key is not checked, has no record yet, or
+    /// the handle is stale. Lock-free (a Lua balancer following the checks
+    /// asks from any phase): the status word is one load.
+    pub fn health_state(&self) -> Option<(State, bool)> {
+        let slot = self.slot();
+        if slot.flags.load(Ordering::Relaxed) & FLAG_CHECKED == 0 {
+            return None;
+        }
+        let status = record_of(slot)?.status.load(Ordering::Relaxed);
+        self.count()?;
+        Some((state_of(status), status & DRAIN != 0))
+    }
+
     /// Overrides and reported load, for a key with `FLAG_CHECK_TUNED`.
     /// Lock-free: fields may come from two checks.
     #[cold]
@@ -690,6 +704,40 @@ mod tests {
         t.reconcile_health();
         assert_eq!(k.check_bits(), CHECK_OUT);
         assert!(t.slots_reach(block_of(k.slot()).health.load(Ordering::Relaxed).cast()));
+    }
+
+    #[test]
+    fn health_state_reads_the_record_of_a_live_checked_key() {
+        let (a, t) = setup();
+        // SAFETY: the test's own table.
+        let t = unsafe { t.as_ref() };
+        let plain = Meta {
+            flags: 0,
+            ..checked()
+        };
+        let p = t.upsert(&a, b"u:p", 1, plain, 1).unwrap();
+        assert!(t.ensure_health(&a, p));
+        assert_eq!(p.health_state(), None, "not checked");
+        let k = t.upsert(&a, b"u:a", 1, checked(), 1).unwrap();
+        assert_eq!(k.health_state(), Some((State::Unchecked, false)));
+        t.record_check(&a, k, &report(Why::Refused)).unwrap();
+        assert_eq!(k.health_state(), Some((State::Checking, false)));
+        for _ in 0..2 {
+            t.record_check(&a, k, &report(Why::Refused)).unwrap();
+        }
+        assert_eq!(k.health_state(), Some((State::Down, false)));
+        let mut r = report(Why::Ok);
+        r.capacity = Some(Capacity {
+            drain: true,
+            weight: None,
+            max_conns: None,
+        });
+        for _ in 0..2 {
+            t.record_check(&a, k, &r).unwrap();
+        }
+        assert_eq!(k.health_state(), Some((State::Up, true)));
+        assert!(t.remove_idle(&a, k));
+        assert_eq!(k.health_state(), None, "stale handle");
     }
 
     #[test]

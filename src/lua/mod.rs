@@ -9,6 +9,13 @@
 //! (`core/tokens.rs`); past that `lcp_pick` answers `ERR_TOO_MANY_PICKS`
 //! and counts nothing.
 //!
+//! A Lua upstream has no health checks of its own: it follows those of an
+//! nginx upstream (`lcp_follow_checks`, ABI 3), each of its servers the key
+//! of that upstream with the same address, looked up once. Its picks then
+//! skip a server that key's checks took out and compare a tuned one as
+//! nginx's picks do; an upstream that follows nothing picks as before
+//! (`array_list::Unchecked`).
+//!
 //! The entry points below are the only `extern "C"` code here: each
 //! validates what Lua passed, turns pointers into slices once, and answers
 //! a code.
@@ -18,16 +25,17 @@ use core::ffi::c_char;
 use std::collections::{HashMap, HashSet};
 
 use crate::core::address;
-use crate::core::array_list::{ArrayList, RoundRobinState};
+use crate::core::array_list::{ArrayList, Checks, RoundRobinState, Unchecked};
+use crate::core::health::State as Health;
 use crate::core::select::choose;
-use crate::core::table::Meta;
+use crate::core::table::{Meta, SlotRef};
 use crate::core::tokens::{Redeem, Tokens};
 use crate::ngx::log::Log;
 use crate::ngx::peers::now;
-use crate::shared::registry::{DeclareError, Held, List, UpstreamCounters};
+use crate::shared::registry::{DeclareError, Held, List, PeerCounter, Registry, UpstreamCounters};
 use crate::shared::workers;
 
-pub const ABI_VERSION: i32 = 2;
+pub const ABI_VERSION: i32 = 3;
 
 const OK: i32 = 0;
 const ERR_ARG: i32 = -1;
@@ -39,7 +47,16 @@ const ERR_TOKEN: i32 = -6;
 const ERR_TOO_MANY_PICKS: i32 = -7;
 const ALREADY: i32 = 1;
 
+/// `lcp_health`'s answers.
+const HEALTH_UNCHECKED: i32 = 0;
+const HEALTH_CHECKING: i32 = 1;
+const HEALTH_UP: i32 = 2;
+const HEALTH_DOWN: i32 = 3;
+const HEALTH_DRAIN: i32 = 4;
+
 const MAX_ID: usize = 128;
+/// An nginx upstream's name, for `lcp_follow_checks`.
+const MAX_NAME: usize = 1024;
 const MAX_ADDR: usize = 255;
 const MAX_SERVERS: usize = 1024;
 const MAX_WEIGHT: u32 = 1_000_000;
@@ -57,6 +74,16 @@ struct LuaUpstream {
     counters: UpstreamCounters,
     rr: Vec<RoundRobinState>,
     limits: Vec<(u32, u32)>,
+    follows: Option<Follows>,
+}
+
+/// The checks a Lua upstream follows (`lcp_follow_checks`).
+struct Follows {
+    /// The nginx upstream's name: a declaration again links the new list.
+    upstream: Box<[u8]>,
+    /// By server position: the nginx upstream's key of the same address
+    /// (`None`: no server of that address, the server goes unchecked).
+    keys: Vec<Option<SlotRef>>,
 }
 
 /// What a token stands for.
@@ -181,6 +208,9 @@ fn declare(id: &[u8], servers: &[(&[u8], Meta)], slow_start: u32) -> Result<i32,
         let counters = registry
             .declare_lua(id, servers, previous, now() as u32, slow_start)
             .map_err(declare_error)?;
+        let follows = existing
+            .and_then(|i| st.upstreams[i].follows.as_ref())
+            .and_then(|f| follow(registry, &f.upstream, &counters).ok());
         let up = LuaUpstream {
             counters,
             rr: servers
@@ -191,6 +221,7 @@ fn declare(id: &[u8], servers: &[(&[u8], Meta)], slow_start: u32) -> Result<i32,
                 .iter()
                 .map(|(_, m)| (m.weight, m.max_conns))
                 .collect(),
+            follows,
         };
         let handle = match existing {
             Some(i) => {
@@ -249,26 +280,35 @@ fn pick(st: &mut State, handle: i32, skip: &[u64]) -> Result<(i32, u64), i32> {
     let up = st.upstreams.get_mut(index).ok_or(ERR_UNKNOWN)?;
     let ramping = up.counters.ramping_now();
     let counters = up.counters.list(List::Primary);
-    let mut list = ArrayList {
-        rr: &mut up.rr,
-        limits: &up.limits,
-        skip,
-        count: |i: usize| counters[i].count_hint_or_local(),
-        ramp: |i: usize| ramping.and_then(|now| counters[i].ramp_at(now)),
+    // Two instances of the same pick: one that reads no checks at all.
+    let chosen = match &up.follows {
+        None => choose_and_count(
+            ArrayList {
+                rr: &mut up.rr,
+                limits: &up.limits,
+                skip,
+                count: |i: usize| counters[i].count_hint_or_local(),
+                ramp: |i: usize| ramping.and_then(|now| counters[i].ramp_at(now)),
+                checks: &Unchecked,
+            },
+            &counters,
+            &up.counters,
+        ),
+        Some(f) => choose_and_count(
+            ArrayList {
+                rr: &mut up.rr,
+                limits: &up.limits,
+                skip,
+                count: |i: usize| counters[i].count_hint_or_local(),
+                ramp: |i: usize| ramping.and_then(|now| counters[i].ramp_at(now)),
+                checks: &f.keys[..],
+            },
+            &counters,
+            &up.counters,
+        ),
     };
-    // A choice can lose the last max_conns place to another worker: choose
-    // again, which then sees it full.
-    let mut chosen = None;
-    for _ in 0..=counters.len() {
-        let Some(best) = choose(&mut list) else {
-            break;
-        };
-        let (_, max_conns) = list.limits[best];
-        if let Some(held) = counters[best].acquire(&up.counters, max_conns) {
-            chosen = Some((best, held));
-            break;
-        }
-    }
+    // Every server out (skipped, full, or taken out by the checks it
+    // follows): as when all are down.
     let (best, held) = chosen.ok_or(ERR_NO_PEER)?;
     counters[best].touch(now() as u32);
     let t = st.picks.issue(Pick {
@@ -284,6 +324,28 @@ fn pick(st: &mut State, handle: i32, skip: &[u64]) -> Result<(i32, u64), i32> {
             Err(ERR_TOO_MANY_PICKS)
         }
     }
+}
+
+/// Chooses a server of `list` and counts a connection on it.
+fn choose_and_count<F, R, K>(
+    mut list: ArrayList<'_, F, R, K>,
+    counters: &[PeerCounter],
+    up: &UpstreamCounters,
+) -> Option<(usize, Held)>
+where
+    F: Fn(usize) -> u32,
+    R: Fn(usize) -> Option<(u32, u32)>,
+    K: Checks + ?Sized,
+{
+    // A choice can lose the last max_conns place to another worker: choose
+    // again, which then sees it full.
+    for _ in 0..=counters.len() {
+        let best = choose(&mut list)?;
+        if let Some(held) = counters[best].acquire(up, list.max_conns(best)) {
+            return Some((best, held));
+        }
+    }
+    None
 }
 
 /// Picks this worker's Lua code has not released.
@@ -317,6 +379,102 @@ pub extern "C" fn lcp_count(handle: i32, index: usize) -> i64 {
         match up.counters.list(List::Primary).get(index) {
             Some(pc) => pc.count().map_or(i64::from(ERR_UNKNOWN), i64::from),
             None => i64::from(ERR_ARG),
+        }
+    })
+}
+
+/// Links each server of Lua upstream `handle` to the key of the same
+/// address of nginx upstream `upstream` (ABI 3): its picks then follow that
+/// key's health checks, and `lcp_health` tells what they found.
+#[no_mangle]
+pub extern "C" fn lcp_follow_checks(handle: i32, upstream: *const c_char, len: usize) -> i32 {
+    // SAFETY: LuaJIT passes its string's bytes and length.
+    let Some(name) = (unsafe { bytes(upstream, len, MAX_NAME) }) else {
+        return ERR_ARG;
+    };
+    let Some(registry) = workers::registry() else {
+        return ERR_NO_ZONE;
+    };
+    STATE.with_borrow_mut(|st| {
+        let Some(up) = usize::try_from(handle)
+            .ok()
+            .and_then(|h| st.upstreams.get_mut(h))
+        else {
+            return ERR_UNKNOWN;
+        };
+        match follow(registry, name, &up.counters) {
+            Ok(follows) => {
+                up.follows = Some(follows);
+                OK
+            }
+            Err(code) => code,
+        }
+    })
+}
+
+/// The keys of nginx upstream `name` that the servers of Lua upstream `up`
+/// follow, by address. `ERR_UNKNOWN`: no `least_conn_persistent` upstream
+/// of that name in this configuration; `ERR_ARG`: it has no checks.
+fn follow(registry: &Registry, name: &[u8], up: &UpstreamCounters) -> Result<Follows, i32> {
+    let checked = registry
+        .upstreams()
+        .find(|u| &*u.name == name)
+        .ok_or(ERR_UNKNOWN)?;
+    if checked.check.is_none() {
+        return Err(ERR_ARG);
+    }
+    let link = registry.zone().ok_or(ERR_NO_ZONE)?;
+    // The nginx upstream's key for each Lua server, before the lock (its
+    // lists are this worker's); found in the zone in one hold of it.
+    let wanted: Vec<Option<Box<[u8]>>> = up
+        .list(List::Primary)
+        .iter()
+        .map(|lua| key_of_address(checked, lua.server()))
+        .collect();
+    let mut keys = Vec::with_capacity(wanted.len());
+    let locked = link.lock();
+    for key in &wanted {
+        keys.push(key.as_ref().and_then(|k| link.table.find(&locked, k)));
+    }
+    drop(locked);
+    Ok(Follows {
+        upstream: name.into(),
+        keys,
+    })
+}
+
+/// The key of `checked`'s server at `address` (primary or backup), if any.
+fn key_of_address(checked: &UpstreamCounters, address: &[u8]) -> Option<Box<[u8]>> {
+    [List::Primary, List::Backup].into_iter().find_map(|list| {
+        checked
+            .list(list)
+            .iter()
+            .find(|pc| pc.server() == address)
+            .map(|pc| pc.key.clone())
+    })
+}
+
+/// What the checks that server `index` of Lua upstream `handle` follows
+/// found (ABI 3): `LCP_HEALTH_*`, or an error.
+#[no_mangle]
+pub extern "C" fn lcp_health(handle: i32, index: usize) -> i32 {
+    STATE.with_borrow(|st| {
+        let Some(up) = usize::try_from(handle)
+            .ok()
+            .and_then(|h| st.upstreams.get(h))
+        else {
+            return ERR_UNKNOWN;
+        };
+        if index >= up.limits.len() {
+            return ERR_ARG;
+        }
+        let key = up.follows.as_ref().and_then(|f| f.keys[index]);
+        match key.and_then(|k| k.health_state()) {
+            None | Some((Health::Unchecked, false)) => HEALTH_UNCHECKED,
+            Some((Health::Down, _)) => HEALTH_DOWN,
+            Some((_, true)) => HEALTH_DRAIN,
+            Some((Health::Checking, false)) => HEALTH_CHECKING,
+            Some((Health::Up, false)) => HEALTH_UP,
         }
     })
 }
