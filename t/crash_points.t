@@ -20,6 +20,9 @@
 # - no [alert], [crit] or [emerg] in the error log but nginx's own lines
 #   about the killed process (its exit, and the zone mutex it held).
 #
+# Health checks (`check` option): the backends answer /health as
+# Test::Nginx::Health's control files say (200 unless told otherwise).
+#
 # The list of points is read from src/core/crash.rs, so a point without a
 # test here fails, as does a listed point that no `crash::point` call in
 # src/ places. TEST_CRASH_POINTS=insert.*,status.locked runs only those.
@@ -37,6 +40,7 @@ use IO::Socket::INET;
 use Test::Nginx;
 use Test::Nginx::Backend;
 use Test::Nginx::DNS;
+use Test::Nginx::Health;
 use Test::Nginx::Hold;
 use Test::Nginx::Status;
 use Test::Nginx::WebSocket;
@@ -108,11 +112,15 @@ sub black_hole_serve {
 #   filler   servers in upstream `f`, addresses nothing listens on (0)
 #   dns      the addresses d.test is expected at: upstream `d` follows it
 #   lua      Lua upstream `lw` (a and b), declared by its balancer
+#   check    health checks of `w`: 1, or parameters to change
+#            ({ interval => ms, timeout => ms, rise => n, fall => n })
 sub http_conf {
 	my ($t, %o) = @_;
 	my @w = @{$o{w} // [8081, 8082]};
 	my @keys = map { key('w', addr($_)) } @w;
-	my $upstreams = upstream('w', map { "127.0.0.1:$_" } @w);
+	my $check = $o{check}
+		? '        least_conn_persistent_check ' . check_params($o{check}) . ";\n" : '';
+	my $upstreams = upstream_with('w', $check, map { "127.0.0.1:$_" } @w);
 	my $locations = "        location /w { proxy_pass http://w; }\n";
 	if ($o{u}) {
 		$upstreams .= upstream('u', map { $_ == $black_hole ? "127.0.0.1:$_ weight=2" : "127.0.0.1:$_" } @{$o{u}});
@@ -175,10 +183,23 @@ EOF
 	return [sort @keys];
 }
 
-sub upstream {
-	my ($name, @servers) = @_;
-	return "    upstream $name {\n        least_conn_persistent;\n"
+sub upstream { upstream_with($_[0], '', @_[1 .. $#_]) }
+
+# An upstream with $more (directive lines) after the method.
+sub upstream_with {
+	my ($name, $more, @servers) = @_;
+	return "    upstream $name {\n        least_conn_persistent;\n$more"
 		. join('', map { "        server $_;\n" } @servers) . "    }\n";
+}
+
+# `least_conn_persistent_check`'s parameters: an http check of /health,
+# every 300 ms, rise 2, fall 2, unless $p (a hash) says otherwise; times
+# scaled by TEST_NGINX_SLOW.
+sub check_params {
+	my ($p) = @_;
+	my %p = (interval => 300, timeout => 250, rise => 2, fall => 2, ref $p ? %$p : ());
+	$p{$_} = int($p{$_} * $Test::Nginx::SLOW + 0.5) . 'ms' for qw/interval timeout/;
+	return join ' ', 'uri=/health', map { "$_=$p{$_}" } qw/interval timeout rise fall/;
 }
 
 # The Lua balancer of README.md (t/lua.t).
@@ -235,6 +256,7 @@ package Crash;
 
 use Test::More;
 use Test::Nginx;
+use Test::Nginx::Health;
 use Test::Nginx::Hold;
 use Test::Nginx::Status;
 use Test::Nginx::WebSocket;
@@ -248,6 +270,8 @@ sub new {
 	$t->alerts_allowed(qr/worker process \d+ exited on signal 9/,
 		qr/shared memory zone "\w+" was locked by \d+/);
 	my $self = bless { t => $t, stream => $o{stream}, held => [], dns => $o{dns} }, $class;
+	# The backends read where their /health control files are when forked.
+	health_dir($t);
 	my $serve = $o{stream} ? \&Test::Nginx::Hold::serve : \&Test::Nginx::Backend::serve;
 	$t->run_daemon($serve, port($_), $backend{$_}) for sort keys %backend;
 	$t->waitforsocket(main::addr($_)) for sort keys %backend;
@@ -462,6 +486,25 @@ sub settle {
 	is($zone->{used}, $self->{baseline} + $extra, 'zone used back to its baseline'
 		. ($extra ? " plus the new block ($extra)" : ''));
 	$self->finish();
+}
+
+# The health checks: the worker running them took over from $victim (the
+# zone's `checker` is a current worker), and every checked server of `w`
+# is $health (`up`), or as %health says ({ port => health }).
+sub checks_resume {
+	my ($self, $victim, %health) = @_;
+	my $t = $self->t;
+	my $checker = 0;
+	ok(wait_until(sub {
+		$checker = $self->zone()->{checker} // 0;
+		$checker != $victim && grep { $_ == $checker } $t->worker_pids();
+	}, 3), "a current worker checks now (checker $checker, dead $victim)");
+	my %want = map { ($_ => $health{$_} // 'up') } 8081, 8082;
+	my $now = '';
+	ok(wait_until(sub {
+		$now = join ' ', map { $backend{$_} . '=' . main::health_of($_) } sort keys %want;
+		$now eq join ' ', map { "$backend{$_}=$want{$_}" } sort keys %want;
+	}, 5), "the checks' verdicts: $now");
 }
 
 sub finish {
@@ -719,6 +762,80 @@ sub master_sweep {
 	$c->finish();
 }
 
+# What the checks make of the server of `w` on $port ('none': not listed
+# or not checked).
+sub health_of {
+	my ($port) = @_;
+	my ($e) = grep { $_->{server} eq addr($port) } health_entries('w');
+	return ($e // {})->{health} // 'none';
+}
+
+# $n plain requests to /w: { backend id => requests }.
+sub requests_by_backend {
+	my ($n) = @_;
+	my %by;
+	for (1 .. $n) {
+		my ($id) = Test::Nginx::http_get('/w') =~ /^X-Backend:\s*(\S+)/mi;
+		$by{$id // 'none'}++;
+	}
+	return \%by;
+}
+
+# Checks added to `w` by a reload: the new worker, the first to hold the
+# checks' lease, gives w's block its health records at its first tick
+# (`ensure_health`: a page allocated, then linked) and dies there. The
+# replacement takes the checks over and finds a and b up. The page the dead
+# worker allocated is linked or freed by the repair, never lost: at rest the
+# zone uses exactly one page (the block's health records) more than before.
+sub first_checks {
+	my ($point, $n) = @_;
+	my $c = Crash->new();
+	$c->conf()->run();
+	$c->baseline();
+	$c->hold(2);
+	$c->arm($point, $n);
+	$c->conf(check => 1);
+	$c->t->reload();
+	my $victim = $c->armed() or die "no worker took the request\n";
+	$c->after_death($victim) or return $c->finish();
+	$c->checks_resume($victim);
+	$c->settle(conf => { check => 1 }, extra => 4096);
+}
+
+# A check's result written (`record_check`), the checker dead before the
+# key's pick bits follow it: the repair recomputes them from the records
+# (`reconcile_health`). Checks added by a reload, b failing them, fall=1:
+# b's first check takes it down. a answers its checks late (past half an
+# interval, the latest a first check starts), so that b's result is the
+# first the new worker records whatever the two servers' phases: pass 1.
+# Right after the death, before the replacement checks b again (a whole
+# interval later; its record would set the bits anyway), no request may go
+# to b.
+sub check_recorded {
+	my ($point, $n) = @_;
+	my $check = { interval => 1000, timeout => 1000, fall => 1 };
+	my $c = Crash->new();
+	$c->conf()->run();
+	$c->baseline();
+	my $by = requests_by_backend(6);
+	ok($by->{a} && $by->{b}, 'unchecked, requests go to a and b: ' . Crash::show($by));
+	set_health('a', 'slow ' . int(750 * $Test::Nginx::SLOW));
+	set_health('b', '503');
+	$c->arm($point, $n);
+	$c->conf(check => $check);
+	$c->t->reload();
+	my $victim = $c->armed() or die "no worker took the request\n";
+	ok($c->died($victim), "worker $victim died at the point: the replacement serves");
+	$by = requests_by_backend(6);
+	is($by->{b} // 0, 0, 'right after the death no request goes to b: ' . Crash::show($by));
+	# Died at b's record, before anything recorded a's check.
+	is(health_of(8082), 'down', 'b is down (the dead worker\'s record)');
+	is(health_of(8081), 'checking', 'a not checked yet');
+	$c->after_death($victim) or return $c->finish();
+	$c->checks_resume($victim, 8082 => 'down');
+	$c->settle(conf => { check => $check }, extra => 4096);
+}
+
 ###############################################################################
 
 # Which test drives each point, and the pass to die at.
@@ -730,6 +847,9 @@ my %test = (
 	'remove.freeing' => [\&drained_remove, 1],
 	'grow.allocated' => [sub { stale_upsert(@_, 'grow') }, 1],
 	'grow.linked' => [sub { stale_upsert(@_, 'grow') }, 1],
+	'health.allocated' => [\&first_checks, 1],
+	'health.linked' => [\&first_checks, 1],
+	'health.recorded' => [\&check_recorded, 1],
 	'register.allocated' => [\&worker_start, 1],
 	'cell.allocated' => [\&worker_start, 1],
 	'reclaim.journalled' => [\&reclaim_dead, 1],
