@@ -173,9 +173,16 @@ pub struct Recorded {
     pub warn: bool,
 }
 
-/// Whether lease end `until` (ms, wrapping) has passed at `now`.
+/// The longest lease a checker takes (`shared::checks::timing` of the
+/// longest interval, 1 h), with room.
+const MAX_LEASE_MS: u32 = 4 * 3_600_000;
+
+/// Whether lease end `until` (ms, wrapping) has passed at `now`; an end
+/// further ahead than any lease reaches is one that passed so long ago
+/// that the 32-bit clock wrapped (a holder that died unseen).
 fn expired(until: u32, now: u64) -> bool {
-    (now as u32).wrapping_sub(until) as i32 >= 0
+    let now = now as u32;
+    now.wrapping_sub(until) as i32 >= 0 || until.wrapping_sub(now) > MAX_LEASE_MS
 }
 
 fn lease(pid: u32, until: u64) -> u64 {
@@ -250,19 +257,25 @@ impl Health {
         }
     }
 
-    /// Writes one check's result; `count`: our count of the key now.
-    fn write(&self, r: &CheckReport, count: u32) -> Recorded {
-        let before = self.verdict();
+    /// Where one check's result takes the key: its counters, and whether
+    /// it drains. Nothing written.
+    fn outcome(&self, r: &CheckReport) -> (Counters, bool) {
         let old = self.status.load(Ordering::Relaxed);
         let mut c = counters_of(old);
         if c.state == State::Unchecked {
             c.state = State::Checking;
         }
-        let c = next(c, r.why, r.rise, r.fall);
         let drain = match r.capacity {
             Some(cap) => cap.drain,
             None => old & DRAIN != 0,
         };
+        (next(c, r.why, r.rise, r.fall), drain)
+    }
+
+    /// Writes one check's result, whose `outcome` is `(c, drain)`;
+    /// `count`: our count of the key now.
+    fn write(&self, r: &CheckReport, count: u32, (c, drain): (Counters, bool)) -> Recorded {
+        let before = self.verdict();
         if let Some(cap) = r.capacity {
             self.weight
                 .store(cap.weight.unwrap_or(0), Ordering::Relaxed);
@@ -445,15 +458,19 @@ impl Table {
             return None;
         }
         let h = record_of(slot)?;
-        let done = h.write(report, count);
-        crash::point("health.recorded");
+        let outcome = h.outcome(report);
         let was_out = slot.flags.load(Ordering::Relaxed) & FLAG_CHECK_OUT != 0;
-        let bits = h.bits();
-        if was_out && bits & FLAG_CHECK_OUT == 0 {
+        if was_out && outcome.0.state != State::Down && !outcome.1 {
             // Back: slow start ramps it, as a server back from `down`.
+            // Before the record: a kill in between leaves a ramp on a key
+            // still out (which its next stamp or check starts again), never
+            // a key back up that did not ramp (repair has no clock to start
+            // one with).
             self.begin_ramp_checked(slot, report.now_ds);
         }
-        self.set_check_bits(slot, bits);
+        let done = h.write(report, count, outcome);
+        crash::point("health.recorded");
+        self.set_check_bits(slot, h.bits());
         Some(done)
     }
 
@@ -760,5 +777,36 @@ mod tests {
         assert!(t.take_checker(12, u64::from(u32::MAX) - 100, 500));
         assert!(!t.take_checker(13, u64::from(u32::MAX) + 300, 500));
         assert!(t.take_checker(13, u64::from(u32::MAX) + 401, 500));
+        // A lease left by a holder that died unseen, 25 days ago: past,
+        // though the 32-bit difference says ahead.
+        let later = u64::from(u32::MAX) + 401 + 25 * 86_400_000;
+        assert_eq!(t.checker(later), None);
+        assert!(t.take_checker(14, later, 500));
+    }
+
+    #[test]
+    fn a_server_back_up_ramps_even_if_its_checker_dies_before_the_bits() {
+        use crate::core::crash::testing::die_at;
+        let (a, t) = setup();
+        // SAFETY: the test's own table.
+        let t = unsafe { t.as_ref() };
+        let slow = Meta {
+            slow_start: 300,
+            ..checked()
+        };
+        let k = t.upsert(&a, b"u:a", 1, slow, 1).unwrap();
+        assert!(t.ensure_health(&a, k));
+        for _ in 0..3 {
+            t.record_check(&a, k, &report(Why::Refused)).unwrap();
+        }
+        t.record_check(&a, k, &report(Why::Ok)).unwrap();
+        let mut back = report(Why::Ok);
+        back.now_ds = 20;
+        assert!(die_at("health.recorded", 1, || {
+            t.record_check(&a, k, &back);
+        }));
+        t.reconcile_health();
+        assert_eq!(k.check_bits(), 0, "up");
+        assert!(k.ramp(25).is_some(), "and ramping");
     }
 }

@@ -61,6 +61,17 @@ pub fn version(list: &RrPeers) -> Option<usize> {
     version
 }
 
+/// Whether a peer is configured `down`; on nginx 1.29.6+ (http) not one
+/// that only drains (`server ... drain`: it still takes the sessions that
+/// stick to it, so its health matters).
+pub fn is_down(peer: &RrPeer) -> bool {
+    #[cfg(all(ngx_sticky, not(feature = "stream")))]
+    let ignored = nginx_sys::NGX_HTTP_UPSTREAM_DRAINING as ngx_uint_t;
+    #[cfg(not(all(ngx_sticky, not(feature = "stream"))))]
+    let ignored: ngx_uint_t = 0;
+    peer.down & !ignored != 0
+}
+
 pub fn name(peer: &RrPeer) -> &[u8] {
     peer.name.as_bytes()
 }

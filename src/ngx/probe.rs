@@ -45,7 +45,7 @@ use nginx_sys::{
     ngx_add_timer, ngx_close_connection, ngx_connection_log_error_e_NGX_ERROR_INFO,
     ngx_connection_t, ngx_cycle, ngx_event_connect_peer, ngx_event_get_peer, ngx_event_t,
     ngx_handle_read_event, ngx_handle_write_event, ngx_log_t, ngx_msec_t, ngx_peer_connection_t,
-    ngx_str_t, sockaddr, socklen_t, NGX_AGAIN, NGX_DECLINED, NGX_LOG_CRIT, NGX_LOG_DEBUG_ALL,
+    ngx_str_t, sockaddr, socklen_t, NGX_AGAIN, NGX_DECLINED, NGX_LOG_ALERT, NGX_LOG_DEBUG_ALL,
     NGX_OK,
 };
 use ngx::ngx_log_debug;
@@ -151,13 +151,27 @@ fn name_with_port(name: &[u8], port: u16) -> Vec<u8> {
 /// check (`request` `None`) passes once connected, with nothing read.
 /// `timeout_ms` bounds the whole probe from its connect on (not its wait for
 /// a turn).
+///
+/// Returns when the probe got its turn and started connecting (ms of
+/// nginx's clock: the check's duration is measured from there), and what
+/// it found.
 pub async fn probe(
     target: &Target,
     timeout_ms: u32,
     request: Option<&[u8]>,
-) -> Result<Vec<u8>, Why> {
+) -> (u64, Result<Vec<u8>, Why>) {
     // Dropped last: the connection is closed before the turn is passed on.
     let _turn = Turn::wait().await;
+    // SAFETY: a plain integer nginx updates with its cached time.
+    let started = unsafe { nginx_sys::ngx_current_msec } as u64;
+    (started, exchange(target, timeout_ms, request).await)
+}
+
+async fn exchange(
+    target: &Target,
+    timeout_ms: u32,
+    request: Option<&[u8]>,
+) -> Result<Vec<u8>, Why> {
     let mut conn = Conn::open(target, timeout_ms)?;
     conn.connected().await?;
     let Some(request) = request else {
@@ -165,6 +179,17 @@ pub async fn probe(
     };
     conn.send_all(request).await?;
     conn.read_head().await
+}
+
+/// Whether this process has connections to spare for a probe: checks
+/// leave the last sixteenth of `worker_connections` to clients (nginx
+/// would otherwise close idle keep-alive connections to make room, or
+/// log an alert per probe once none is left).
+fn connections_to_spare() -> bool {
+    // SAFETY: the process's cycle, set before any module runs; plain
+    // integers its connection allocator keeps.
+    let cycle = unsafe { &*ngx_cycle };
+    cycle.free_connection_n > cycle.connection_n / 16
 }
 
 /// What the connection's `data` points at while it is open.
@@ -216,6 +241,9 @@ impl Conn {
     }
 
     fn connect(&mut self, target: &Target) -> Result<(), Why> {
+        if !connections_to_spare() {
+            return Err(Why::NoConnection);
+        }
         let peer = self.peer();
         let pc = &mut peer.pc;
         // nginx only reads the address (a copy the target owns, borrowed by
@@ -233,10 +261,11 @@ impl Conn {
         let started = rc == NGX_OK as isize || rc == NGX_AGAIN as isize;
         if started && !pc.connection.is_null() {
             Ok(())
-        } else if rc == NGX_DECLINED as isize {
+        } else if rc == NGX_DECLINED as isize && errno() != libc::EADDRNOTAVAIL {
             Err(Why::Refused)
         } else {
-            // NGX_ERROR: no free connection or no socket, logged by nginx.
+            // NGX_ERROR: no free connection or no socket, logged by nginx;
+            // or no local port left (EADDRNOTAVAIL, best effort): ours.
             Err(Why::NoConnection)
         }
     }
@@ -361,9 +390,15 @@ impl Conn {
     fn wait<T>(&mut self, cx: &mut Context<'_>, side: Side) -> Poll<Result<T, Why>> {
         let io = self.io();
         // SAFETY: the connection's own events.
+        // Waiting to read, the write event is let go too: with a
+        // level-triggered method (`poll`, `select`) a writable socket would
+        // wake the task at every turn of the loop (a no-op on epoll).
         let rc = unsafe {
             match side {
-                Side::Read => ngx_handle_read_event(io.read, 0),
+                Side::Read => match ngx_handle_write_event(io.write, 0) {
+                    rc if rc == NGX_OK as isize => ngx_handle_read_event(io.read, 0),
+                    rc => rc,
+                },
                 Side::Write => ngx_handle_write_event(io.write, 0),
             }
         };
@@ -454,8 +489,9 @@ fn ends_head(head: &[u8], before: usize) -> bool {
         .any(|w| w == b"\r\n\r\n")
 }
 
-/// The log of probe connections: the cycle's, showing `crit` and above
-/// only, unless debug logging is on (then everything, as asked).
+/// The log of probe connections: the cycle's, showing `alert` and above
+/// only (nginx logs some connect errors at `crit`: a missing unix socket),
+/// unless debug logging is on (then everything, as asked).
 fn quiet_log() -> *mut ngx_log_t {
     // The worker is single-threaded; refreshed at every probe, as the
     // cycle's log may change (a reload in single-process mode). Connections
@@ -465,7 +501,7 @@ fn quiet_log() -> *mut ngx_log_t {
     let cycle_log = unsafe { &*(*ngx_cycle).log };
     let mut log = *cycle_log;
     if log.log_level & NGX_LOG_DEBUG_ALL as usize == 0 {
-        log.log_level = log.log_level.min(NGX_LOG_CRIT as usize);
+        log.log_level = log.log_level.min(NGX_LOG_ALERT as usize);
     }
     // SAFETY: single-threaded worker; no reference to QUIET outlives this.
     unsafe {
@@ -484,6 +520,10 @@ struct Turns {
     waiting: VecDeque<(u64, Waker)>,
     /// Tickets given a released turn, not yet polled to take it.
     handed: Vec<u64>,
+    /// Wakers of probes handed a turn, woken by the outermost release
+    /// (`Turn::release`), and whether one is waking them now.
+    to_wake: VecDeque<Waker>,
+    waking: bool,
 }
 
 fn turns() -> &'static mut Turns {
@@ -492,6 +532,8 @@ fn turns() -> &'static mut Turns {
         next_ticket: 0,
         waiting: VecDeque::new(),
         handed: Vec::new(),
+        to_wake: VecDeque::new(),
+        waking: false,
     };
     // SAFETY: single-threaded worker; callers use it briefly and never
     // wake a task (which may come back here) while holding it.
@@ -506,24 +548,43 @@ impl Turn {
         WaitTurn { ticket: None }
     }
 
+    /// Passes the turn to the first waiting probe, if any. Waking a task
+    /// runs it at once (ngx's scheduler): a probe that fails at once then
+    /// releases its turn from inside this one's wake, and so on down the
+    /// queue. So only the outermost release wakes, one probe after the
+    /// other; a release inside a wake only queues its waker.
     fn release() {
-        let next = {
-            let t = turns();
-            match t.waiting.pop_front() {
-                Some((ticket, waker)) => {
-                    t.handed.push(ticket);
-                    Some(waker)
-                }
-                None => {
-                    t.held -= 1;
-                    None
-                }
+        let t = turns();
+        match t.waiting.pop_front() {
+            Some((ticket, waker)) => {
+                t.handed.push(ticket);
+                t.to_wake.push_back(waker);
             }
-        };
-        if let Some(waker) = next {
+            None => t.held -= 1,
+        }
+        if t.waking {
+            return;
+        }
+        t.waking = true;
+        while let Some(waker) = turns().to_wake.pop_front() {
             waker.wake();
         }
+        turns().waking = false;
     }
+}
+
+/// Forgets the probes waiting for a turn, before their tasks are dropped
+/// (the checks stop): a turn released meanwhile then goes to none of them,
+/// which would only open a connection to close it at once.
+pub fn forget_waiting() {
+    let t = turns();
+    let waiting = mem::take(&mut t.waiting);
+    let handed = mem::take(&mut t.handed);
+    // Turns handed but not taken go back, as their probes are about to go.
+    t.held -= handed.len();
+    // Dropped outside the borrow: a waker's drop runs no task code here
+    // (the tasks are still owned by the checker), but keep it clean.
+    drop((waiting, handed));
 }
 
 impl Drop for Turn {

@@ -34,7 +34,7 @@ use crate::core::ramp;
 use crate::core::table::SlotRef;
 use crate::ngx::log::Log;
 use crate::ngx::peers::{self, now_ms};
-use crate::ngx::probe::{probe, Target};
+use crate::ngx::probe::{self, probe, Target};
 use crate::ngx::process;
 use crate::ngx::subsystem::UpstreamSrvConf;
 
@@ -48,15 +48,20 @@ const MAX_TICK_MS: u32 = 500;
 const RESCAN_TICKS: u32 = 8;
 
 /// The tick and the lease for checks whose smallest interval is
-/// `interval_ms`: a dead holder's lease expires within one interval, and
-/// the next tick (a quarter of one at most) takes it over.
+/// `interval_ms`: a dead holder's lease expires within two intervals less
+/// two ticks, and the next tick takes it over, within two intervals. A
+/// live holder renews it every tick: only a holder stalled for more than
+/// the lease less a tick (1.25 intervals at least) loses it.
 pub fn timing(interval_ms: u32) -> (u32, u32) {
     let tick = (interval_ms / 4).clamp(25, MAX_TICK_MS);
-    (tick, interval_ms.max(2 * tick))
+    (
+        tick,
+        (2 * interval_ms).saturating_sub(2 * tick).max(2 * tick),
+    )
 }
 
 /// The smallest check interval of `registry`'s upstreams, if any checks.
-pub fn smallest_interval(registry: &Registry) -> Option<u32> {
+fn smallest_interval(registry: &Registry) -> Option<u32> {
     registry
         .upstreams()
         .filter_map(|up| up.check.as_ref())
@@ -86,20 +91,36 @@ struct Checker {
     holding: bool,
     ticks: u32,
     running: Vec<Running>,
-    /// Servers left unchecked for want of zone memory, as last logged.
+    /// Servers left unchecked for want of zone memory, or for having no
+    /// port to replace, as last logged.
     unrecorded: usize,
+    portless: usize,
 }
 
 impl Checker {
-    /// Drops every task: each closes its probe's connection, if any.
+    /// Drops every task: each closes its probe's connection, if any. The
+    /// probes waiting for a turn are forgotten first: a turn freed by a
+    /// dropped task would start one of them, to be dropped right after.
     fn stop(&mut self) {
         self.holding = false;
+        probe::forget_waiting();
         self.running.clear();
     }
 }
 
 thread_local! {
     static CHECKER: RefCell<Checker> = RefCell::default();
+    /// The smallest interval of this process's configuration (`start`).
+    static INTERVAL: core::cell::Cell<Option<u32>> = const { core::cell::Cell::new(None) };
+}
+
+/// `init_process`: the tick's period, if this configuration checks; the
+/// timer is armed with it and each tick reads the lease's length from here
+/// (not from every upstream, every tick).
+pub fn start(registry: &Registry) -> Option<u32> {
+    let interval = smallest_interval(registry);
+    INTERVAL.set(interval);
+    interval.map(|i| timing(i).0)
 }
 
 fn pid() -> u32 {
@@ -116,7 +137,7 @@ pub fn tick<'a>(
     let Some(link) = registry.zone() else {
         return;
     };
-    let Some(interval) = smallest_interval(registry) else {
+    let Some(interval) = INTERVAL.get() else {
         return;
     };
     let current = !process::exiting() && link.table.epoch() == link.epoch;
@@ -146,7 +167,18 @@ pub fn tick<'a>(
         c.holding = true;
         c.ticks = c.ticks.wrapping_add(1);
         if first || c.ticks.is_multiple_of(RESCAN_TICKS) {
-            let jobs = jobs(registry, upstreams());
+            let (jobs, portless) = jobs(registry, upstreams());
+            if portless != c.portless && portless > 0 {
+                Log::cycle().zone(
+                    NGX_LOG_WARN,
+                    link.shm.name(),
+                    format_args!(
+                        ": {portless} unix socket server(s) go unchecked: \
+                         least_conn_persistent_check's port= has no meaning for them"
+                    ),
+                );
+            }
+            c.portless = portless;
             reconcile(&mut c, link, jobs, now);
         }
         if first {
@@ -178,8 +210,14 @@ pub fn stop(registry: &Registry) {
 
 /// The servers to check: each checked upstream's servers stored in the
 /// zone, not configured `down`, with an address to probe.
-fn jobs(registry: &'static Registry, upstreams: Vec<(&UpstreamSrvConf, usize)>) -> Vec<Job> {
+/// Also says how many servers were left out for having no port to
+/// replace (unix sockets, with `port=`).
+fn jobs(
+    registry: &'static Registry,
+    upstreams: Vec<(&UpstreamSrvConf, usize)>,
+) -> (Vec<Job>, usize) {
     let mut jobs = Vec::new();
+    let mut portless = 0;
     for (us, index) in upstreams {
         let Some(up) = registry.upstream(index) else {
             continue;
@@ -198,10 +236,11 @@ fn jobs(registry: &'static Registry, upstreams: Vec<(&UpstreamSrvConf, usize)>) 
                 continue;
             }
             for (peer, pc) in peers::each_peer(rr).zip(counters.iter()) {
-                let (Some(slot), false) = (pc.slot(), peer.down != 0) else {
+                let (Some(slot), false) = (pc.slot(), peers::is_down(peer)) else {
                     continue;
                 };
                 let Some(target) = Target::of_peer(peer, params.port) else {
+                    portless += 1;
                     continue;
                 };
                 jobs.push(Job {
@@ -217,7 +256,7 @@ fn jobs(registry: &'static Registry, upstreams: Vec<(&UpstreamSrvConf, usize)>) 
             drop(lock);
         }
     }
-    jobs
+    (jobs, portless)
 }
 
 /// Starts a task for each job not running yet, and stops the tasks of
@@ -236,29 +275,25 @@ fn reconcile(c: &mut Checker, link: &ZoneLink, jobs: Vec<Job>, now: u64) {
     if new.is_empty() {
         return;
     }
-    let mut unrecorded = Vec::with_capacity(new.len());
+    let mut recorded = vec![true; new.len()];
     {
         let locked = link.lock();
-        for (i, j) in new.iter().enumerate() {
-            if !link.table.ensure_health(&locked, j.slot) {
-                unrecorded.push(i);
-            }
+        for (ok, j) in recorded.iter_mut().zip(&new) {
+            *ok = link.table.ensure_health(&locked, j.slot);
         }
     }
+    let unrecorded = recorded.iter().filter(|ok| !**ok).count();
     // Said once per change, not at every rescan.
-    if unrecorded.len() != c.unrecorded && !unrecorded.is_empty() {
+    if unrecorded != c.unrecorded && unrecorded > 0 {
         Log::cycle().zone(
             NGX_LOG_ERR,
             link.shm.name(),
-            format_args!(
-                " is full: {} server(s) go unchecked; make the zone larger",
-                unrecorded.len()
-            ),
+            format_args!(" is full: {unrecorded} server(s) go unchecked; make the zone larger"),
         );
     }
-    c.unrecorded = unrecorded.len();
-    for (i, job) in new.into_iter().enumerate() {
-        if unrecorded.contains(&i) {
+    c.unrecorded = unrecorded;
+    for (job, ok) in new.into_iter().zip(recorded) {
+        if !ok {
             continue;
         }
         let first = first_delay(&job, now);
@@ -288,14 +323,16 @@ async fn check_loop(job: Job, first: u64) {
     let mut delay = first;
     loop {
         sleep(Duration::from_millis(delay)).await;
-        let started = now_ms();
-        let answer = probe(&job.target, job.params.timeout_ms, request.as_deref()).await;
+        let due = now_ms();
+        let (started, answer) = probe(&job.target, job.params.timeout_ms, request.as_deref()).await;
         let ended = now_ms();
         let judged = judge(job.params, answer.as_deref().map_err(|w| *w));
         if !record(&job, &judged, started, ended) {
             return;
         }
-        delay = (started + interval).saturating_sub(ended).max(1);
+        // The cadence runs from when the check was due, not from when it
+        // got a turn (at most 64 probes in flight per process).
+        delay = (due + interval).saturating_sub(ended).max(1);
     }
 }
 

@@ -278,8 +278,8 @@ pub extern "C" fn init_process<F: FrontEnd>(cycle: *mut ngx_cycle_t) -> ngx_int_
             if registry.upstreams().any(|up| up.rebalance.is_some()) {
                 timer::every(rebalance::PERIOD_MS, rebalance_tick::<F>);
             }
-            if let Some(interval) = checks::smallest_interval(registry) {
-                timer::checks(checks::timing(interval).0 as usize, checks_tick::<F>);
+            if let Some(tick) = checks::start(registry) {
+                timer::checks(tick as usize, checks_tick::<F>);
             }
         }
     }

@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 
 use nginx_sys::NGX_LOG_INFO;
 
-use crate::core::health_table::CHECK_OUT;
+use crate::core::health_table::{Tuned, CHECK_OUT, CHECK_TUNED};
 use crate::core::ramp;
 use crate::core::rebalance::{
     load_cmp, may_close, next_closes, old_enough, place_returning, shedding, Params, Quota, Server,
@@ -350,10 +350,17 @@ fn view(up: &UpstreamCounters) -> Option<View> {
             v.paused = true;
         }
         if meta.flags & FLAG_BACKUP == 0 && !out {
+            // What the picks compare: a capacity answer's weight and
+            // max_conns, and the load the server reported beyond ours.
+            let tuned = if k.check_bits() & CHECK_TUNED != 0 {
+                k.tuned()
+            } else {
+                Tuned::default()
+            };
             v.servers.push(Server {
-                conns,
-                weight: meta.weight,
-                max_conns: meta.max_conns,
+                conns: conns.saturating_add(tuned.excess),
+                weight: tuned.weight.unwrap_or(meta.weight),
+                max_conns: tuned.max_conns.unwrap_or(meta.max_conns),
             });
             v.key_of.push(i);
         }
