@@ -138,7 +138,7 @@ sub wrk {
 }
 
 # CPU used so far by each process: { pid => [utime + stime in clock ticks,
-# ns on CPU from schedstat (exact, where ticks are sampled)] }.
+# ns on CPU from schedstat (exact, where ticks are sampled), stime ticks] }.
 sub cpu_now {
 	my %cpu;
 	for my $pid (@_) {
@@ -147,7 +147,7 @@ sub cpu_now {
 		my @f = split ' ', $rest;    # from field 3 (state): utime is field 14
 		open my $ss, '<', "/proc/$pid/schedstat" or next;
 		my ($ns) = split ' ', <$ss> // '';
-		$cpu{$pid} = [$f[11] + $f[12], $ns // 0];
+		$cpu{$pid} = [$f[11] + $f[12], $ns // 0, $f[12]];
 	}
 	return \%cpu;
 }
