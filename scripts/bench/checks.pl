@@ -276,8 +276,8 @@ sub section_picks {
 	my (@missed, @tuned);
 	for my $n (@sizes) {
 		my ($p, $u, $l) = @{$r{$n}}{qw/plain up load/};
-		printf "| %d | %.0f | %.0f | %.2f | %.0f | %.2f |\n", $n, $p, $u, $u / $p, $l, $l / $p;
-		push @missed, sprintf('%.2fx, %+.0f instructions per pick, at %d servers', $u / $p, $u - $p, $n)
+		printf "| %d | %.0f | %.0f | %.3f | %.0f | %.2f |\n", $n, $p, $u, $u / $p, $l, $l / $p;
+		push @missed, sprintf('%.3fx, %+.0f instructions per pick, at %d servers', $u / $p, $u - $p, $n)
 			if $u > $goal_pick_ratio * $p;
 		push @tuned, sprintf('%.2fx (%+.0f) at %d', $l / $p, $l - $p, $n);
 	}
