@@ -14,7 +14,9 @@
 #      (a build with the `lock-stats` feature, full runs only), zone memory
 #      per key and per worker,
 #   8. slow start (quick runs: Debian's nginx only),
-#   9. rebalancing long-lived connections (full runs only).
+#   9. rebalancing long-lived connections (full runs only),
+#  10. health checks: CPU of the checker at 1,000 servers, cost per pick
+#      (full runs only).
 # Loopback only. `--quick` runs every scenario small, as a smoke test, and
 # writes build/bench-quick/BENCHMARKS.md instead. `--sections=3,7` runs only
 # those sections.
@@ -22,7 +24,7 @@
 
 quick=()
 nginx=debian
-sections=1,2,3,4,5,6,7,8,9
+sections=1,2,3,4,5,6,7,8,9,10
 usage="usage: scripts/bench.sh [--quick] [--nginx=debian|1.28] [--sections=N,N,...]"
 for arg in "$@"; do
     case "$arg" in
@@ -31,11 +33,14 @@ for arg in "$@"; do
     --nginx=debian) nginx=debian ;;
     --sections=*)
         sections=${arg#--sections=}
-        [[ "$sections" =~ ^[1-9](,[1-9])*$ ]] || { echo "$usage" >&2; exit 2; }
+        [[ "$sections" =~ ^[0-9]+(,[0-9]+)*$ ]] || { echo "$usage" >&2; exit 2; }
         ;;
     *) echo "$usage" >&2; exit 2 ;;
     esac
 done
+# The lock-stats build is for section 7's full run only.
+lock_stats=no
+[ ${#quick[@]} -eq 0 ] && [[ ",$sections," == *,7,* ]] && lock_stats=yes
 name=BENCHMARKS.md
 [ "$nginx" = 1.28 ] && name=BENCHMARKS-nginx-1.28.md
 out="$ROOT/$name"
@@ -45,14 +50,14 @@ mkdir -p "$(dirname "$out")"
 ensure_packages wrk valgrind perl libnginx-mod-http-lua lua-resty-core
 if [ "$nginx" = 1.28 ]; then
     "$ROOT/scripts/build.sh" --nginx=1.28 >&2
-    [ ${#quick[@]} -gt 0 ] || "$ROOT/scripts/build.sh" --nginx=1.28 --lock-stats >&2
+    [ "$lock_stats" = no ] || "$ROOT/scripts/build.sh" --nginx=1.28 --lock-stats >&2
     # The scripts take nginx and the module from the harness' variables.
     export TEST_NGINX_BINARY="$NGINX_128_BIN" TEST_NGINX_MODULE="$MODULE_128_SO"
     export TEST_NGINX_LOCK_STATS_MODULE="$LOCK_STATS_128_SO"
     nginx_label="$("$NGINX_128_BIN" -v 2>&1 | sed 's/.*: //') (built from the nginx-src crate)"
 else
     "$ROOT/scripts/build.sh" >&2
-    [ ${#quick[@]} -gt 0 ] || "$ROOT/scripts/build.sh" --lock-stats >&2
+    [ "$lock_stats" = no ] || "$ROOT/scripts/build.sh" --lock-stats >&2
     export TEST_NGINX_LOCK_STATS_MODULE="$LOCK_STATS_SO"
     nginx_label="$("$NGINX_BIN" -v 2>&1 | sed 's/.*: //') (Debian)"
 fi
@@ -113,6 +118,11 @@ fi
 # same scenario at 1,000 in the test suite, and CI's time is short.
 if [ ${#quick[@]} -eq 0 ]; then
     section "9. Rebalancing long-lived connections after a scale-up" rebalance.pl
+fi
+# Health checks: minutes of measuring (CPU over 60 s per configuration,
+# callgrind with the checker running), full runs only.
+if [ ${#quick[@]} -eq 0 ]; then
+    section "10. Health checks: CPU of the checker, cost per pick" checks.pl
 fi
 
 if [ -f "$ROOT/scripts/bench/notes.md" ]; then

@@ -23,7 +23,6 @@ use strict;
 use FindBin;
 use lib "$FindBin::Bin/../../t/lib", "$FindBin::Bin/lib";
 use Bench;
-use POSIX qw/:sys_wait_h/;
 use Test::Nginx;
 
 my $quick = grep { $_ eq '--quick' } @ARGV;
@@ -60,76 +59,18 @@ $ups
 EOF
 }
 
-# (name of peer.get, calls, inclusive Ir) from a callgrind output file.
-sub get_cost {
-	my ($file) = @_;
-	open my $fh, '<', $file or die "$file: $!\n";
-	my ($fn, $cfn, $calls, $pending);
-	my %edge;    # call-site address => [callee, calls, Ir]
-	while (my $l = <$fh>) {
-		chomp $l;
-		if ($l =~ /^fn=(.*)/) { $fn = $1; next }
-		next unless defined $fn && $fn eq 'ngx_event_connect_peer';
-		if ($l =~ /^cfn=(.*)/) { $cfn = $1; next }
-		if ($l =~ /^calls=(\d+)/) { $calls = $1; $pending = 1; next }
-		if ($pending && $l =~ /^(0x[0-9a-f]+|\d+)\s.*?(\d+)$/) {
-			my $site = hex($1);
-			my $e = $edge{$site} //= [$cfn, 0, 0];
-			$e->[1] += $calls;
-			$e->[2] += $2;
-			$pending = 0;
-		}
-	}
-	my ($first) = sort { $a <=> $b } keys %edge;
-	die "no calls from ngx_event_connect_peer in $file\n" unless defined $first;
-	return @{$edge{$first}};
-}
-
-# Instructions the whole nginx process executed, from a callgrind file.
-sub total_ir {
-	my ($file) = @_;
-	open my $fh, '<', $file or die "$file: $!\n";
-	while (<$fh>) {
-		return $1 if /^(?:summary|totals): (\d+)/;
-	}
-	die "no totals in $file\n";
-}
-
-# QUIT, and TERM if nginx has not exited 30 s later (nginx 1.28 in single
-# process mode can miss a QUIT sent right after it started); either way
-# nginx exits normally and valgrind writes its profile.
-sub stop_nginx {
-	my ($pid) = @_;
-	kill 'QUIT', $pid;
-	for (1 .. 300) {
-		return if waitpid($pid, WNOHANG) == $pid;
-		select(undef, undef, undef, 0.1);
-	}
-	kill 'TERM', $pid;
-	waitpid($pid, 0);
-}
-
 # (name of peer.get, its calls, its inclusive Ir, the process's total Ir)
 # for $count requests.
 sub measure {
 	my ($method, $n, $count) = @_;
 	conf($method, $n);
 	my $out = $proxy->testdir() . "/callgrind.$method.$n.$count";
-	my $pid = fork() // die "fork: $!\n";
-	if ($pid == 0) {
-		open STDOUT, '>', '/dev/null';
-		open STDERR, '>', $proxy->testdir() . '/valgrind.log';
-		exec 'valgrind', '--tool=callgrind', "--callgrind-out-file=$out",
-			'--dump-instr=yes', '--compress-strings=no', '--compress-pos=no',
-			$proxy->nginx_cmd('-g', 'daemon off; master_process off;');
-		die "exec valgrind: $!\n";
-	}
-	$proxy->waitforsocket('127.0.0.1:' . port(8080)) or die "nginx under valgrind did not start\n";
+	my $pid = callgrind_nginx($proxy, $out);
 	for (1 .. $count) {
 		http_get('/', timeout => 120) =~ /^HTTP\/1\.1 200/ or die "request failed under valgrind\n";
 	}
-	stop_nginx($pid);
-	my ($name, $calls, $ir) = get_cost($out);
+	stop_callgrind_nginx($pid);
+	my ($name, $calls, $ir) = pick_edge($out);
 	die "peer.get called $calls times for $count requests ($name)\n"
 		unless $calls == $count;
 	return ($name, $ir, total_ir($out));

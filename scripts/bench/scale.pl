@@ -63,21 +63,6 @@ sub label { $_[0] eq 'stock' ? '`least_conn; zone`' : '`least_conn_persistent`' 
 ###############################################################################
 # (a) Idle CPU, two generations.
 
-# CPU used so far by each process: [utime + stime in clock ticks, ns on CPU
-# from schedstat (exact, where ticks are sampled)].
-sub cpu_now {
-	my %cpu;
-	for my $pid (@_) {
-		open my $st, '<', "/proc/$pid/stat" or next;
-		my ($rest) = (<$st> // '') =~ /\) (.*)$/ or next;
-		my @f = split ' ', $rest;    # from field 3 (state): utime is field 14
-		open my $ss, '<', "/proc/$pid/schedstat" or next;
-		my ($ns) = split ' ', <$ss> // '';
-		$cpu{$pid} = [$f[11] + $f[12], $ns // 0];
-	}
-	return \%cpu;
-}
-
 # What the processes used over $secs seconds: (ticks, ms, processes).
 sub cpu_over {
 	my ($secs, @pids) = @_;
