@@ -383,7 +383,20 @@ impl Table {
         if let Some(h) = record_of(slot) {
             h.reset();
         }
-        slot.flags.fetch_and(!CHECK_BITS, Ordering::Relaxed);
+        self.drop_check_bits(slot);
+    }
+
+    /// Clears `slot`'s check bits (the key goes, or its checks do); under
+    /// the lock.
+    pub(super) fn drop_check_bits(&self, slot: &Slot) {
+        self.set_check_bits(slot, 0);
+    }
+
+    /// Whether some key of the zone has a check bit set: else a checked
+    /// upstream's pick need not read them. Lock-free.
+    #[inline]
+    pub fn checks_flagged(&self) -> bool {
+        self.check_flagged.load(Ordering::Relaxed) != 0
     }
 
     /// What the checks found of `slot`, for the status page; under the lock.
@@ -474,27 +487,51 @@ impl Table {
         Some(done)
     }
 
+    /// Sets `slot`'s check bits, and the count of keys with some; under the
+    /// lock (repair counts again from the bits).
     fn set_check_bits(&self, slot: &Slot, bits: u32) {
-        let _ = slot
+        let Ok(old) = slot
             .flags
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
                 Some((f & !CHECK_BITS) | bits)
-            });
+            })
+        else {
+            return;
+        };
+        // The count goes up before a pick could miss it (bits set, then
+        // counted: a pick seeing 0 reads no bits for a moment, as it could
+        // have picked a moment earlier); down after.
+        match (old & CHECK_BITS != 0, bits != 0) {
+            (false, true) => {
+                self.check_flagged.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.check_flagged.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
     }
 
     /// Repair: the checks' bits of every key, from the records (a holder
     /// may have died between a record and its bits).
     pub(super) fn reconcile_health(&self) {
+        let mut flagged = 0;
         for block in self.blocks() {
-            for slot in block.slots.iter().filter(|s| s.is_used()) {
+            for slot in block.slots.iter() {
                 let checked = slot.flags.load(Ordering::Relaxed) & FLAG_CHECKED != 0;
                 let bits = match record_of(slot) {
-                    Some(h) if checked => h.bits(),
+                    Some(h) if checked && slot.is_used() => h.bits(),
                     _ => 0,
                 };
-                self.set_check_bits(slot, bits);
+                let _ = slot
+                    .flags
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
+                        Some((f & !CHECK_BITS) | bits)
+                    });
+                flagged += u32::from(bits != 0);
             }
         }
+        self.check_flagged.store(flagged, Ordering::Relaxed);
     }
 
     /// The process holding the checks' lease at `now` (ms), if any.
@@ -597,12 +634,14 @@ mod tests {
             assert_eq!(r.fails, i);
             assert_eq!(k.check_bits() & CHECK_OUT != 0, i == 3, "after {i} fails");
         }
+        assert!(t.checks_flagged(), "picks read the bits");
         t.record_check(&a, k, &report(Why::Ok)).unwrap();
         assert_ne!(k.check_bits() & CHECK_OUT, 0, "one pass is below rise");
         let back = t.record_check(&a, k, &report(Why::Ok)).unwrap();
         assert_eq!(back.before.state, Some(State::Down));
         assert_eq!(back.after.state, Some(State::Up));
         assert_eq!(k.check_bits(), 0);
+        assert!(!t.checks_flagged(), "all up: picks skip the bits");
     }
 
     #[test]
@@ -675,7 +714,9 @@ mod tests {
         for _ in 0..3 {
             t.record_check(&a, k, &report(Why::Refused)).unwrap();
         }
+        assert!(t.checks_flagged());
         assert!(t.remove_idle(&a, k));
+        assert!(!t.checks_flagged(), "the key went with its bits");
         assert!(t.record_check(&a, k, &report(Why::Refused)).is_none());
         let k2 = t.upsert(&a, b"u:b", 1, checked(), 1).unwrap();
         assert_eq!(k2.slot() as *const _, k.slot() as *const _, "slot reused");
@@ -702,6 +743,7 @@ mod tests {
         };
         t.upsert(&a, b"u:a", 1, plain, 3).unwrap();
         assert_eq!(k.check_bits(), 0);
+        assert!(!t.checks_flagged());
         assert!(t.health_view(k.slot()).is_none());
         t.upsert(&a, b"u:a", 1, checked(), 4).unwrap();
         assert_eq!(t.health_view(k.slot()).unwrap().state, State::Unchecked);
@@ -718,8 +760,10 @@ mod tests {
             t.record_check(&a, k, &report(Why::Refused)).unwrap();
         }
         t.set_check_bits(k.slot(), 0);
+        t.check_flagged.store(7, Ordering::Relaxed);
         t.reconcile_health();
         assert_eq!(k.check_bits(), CHECK_OUT);
+        assert_eq!(t.check_flagged.load(Ordering::Relaxed), 1, "counted again");
         assert!(t.slots_reach(block_of(k.slot()).health.load(Ordering::Relaxed).cast()));
     }
 

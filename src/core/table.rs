@@ -186,6 +186,12 @@ pub struct Table {
     /// Health checks: the lease of the process that runs them, `pid << 32
     /// | end` (ms of the monotonic clock, wrapping); 0: nobody.
     pub(super) checker: AtomicU64,
+    /// Health checks: how many keys have a check bit set (out, or tuned).
+    /// While 0 the picks of a checked upstream skip reading the bits (all
+    /// up, nothing overridden: the common case costs what an unchecked
+    /// pick does). Changed under the lock with the bits; repair counts
+    /// again.
+    pub(super) check_flagged: AtomicU32,
 }
 
 /// Whether configuration epoch `a` is later than `b` (epochs wrap).
@@ -588,6 +594,7 @@ impl Table {
                 next_lua_expiry: AtomicU64::new(0),
                 ramps_until: AtomicU32::new(0),
                 checker: AtomicU64::new(0),
+                check_flagged: AtomicU32::new(0),
             });
         }
         Some(table)
@@ -808,9 +815,9 @@ impl Table {
         slot.upstream_len
             .store(upstream_len as u32, Ordering::Relaxed);
         slot.hash.store(hash, Ordering::Relaxed);
-        // A new key starts with no run-time bits, and nothing checked.
-        slot.flags.store(0, Ordering::Relaxed);
+        // A new key starts with nothing checked, and no run-time bits.
         self.forget_health(slot);
+        slot.flags.store(0, Ordering::Relaxed);
         slot.set_meta(meta, epoch);
         // The new key's ramp (none for a key added down or draining), written
         // before the key is published.
@@ -877,6 +884,7 @@ impl Table {
     }
 
     fn push_free(&self, slot: &Slot) {
+        self.drop_check_bits(slot);
         slot.flags.store(0, Ordering::Relaxed);
         slot.ramp_since.store(0, Ordering::Relaxed);
         slot.next

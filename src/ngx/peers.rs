@@ -380,6 +380,12 @@ pub trait SharedCount {
     fn tuned(&self) -> Tuned {
         Tuned::default()
     }
+
+    /// `count_hint` and `check_bits` together (one look at the handle).
+    #[inline(always)]
+    fn count_and_bits(&self) -> (Option<u32>, u32) {
+        (self.count_hint(), self.check_bits())
+    }
 }
 
 /// The counts a pick compares, by peer position; `None`: round-robin's own
@@ -400,6 +406,12 @@ pub trait CountSource: Copy {
     /// As `SharedCount::tuned`, by peer position.
     fn tuned(&self, _index: usize) -> Tuned {
         Tuned::default()
+    }
+
+    /// `count` and `check_bits` together, for a checked upstream's pick.
+    #[inline(always)]
+    fn count_and_bits(&self, index: usize) -> (Option<u32>, u32) {
+        (self.count(index), self.check_bits(index))
     }
 }
 
@@ -453,6 +465,13 @@ impl<C: SharedCount> CountSource for Matched<'_, C> {
             .get(index)
             .map(SharedCount::tuned)
             .unwrap_or_default()
+    }
+
+    #[inline(always)]
+    fn count_and_bits(&self, index: usize) -> (Option<u32>, u32) {
+        debug_assert!(index < self.0.len());
+        // SAFETY: as in `count`.
+        unsafe { self.0.get_unchecked(index) }.count_and_bits()
     }
 }
 
@@ -533,15 +552,19 @@ impl<S: CountSource, const TRIED: bool, const RAMP: bool, const CHECKED: bool>
         {
             return None;
         }
-        let conns = match self.counts.count(c.index) {
+        // A checked upstream reads the key's checks' bits with its count
+        // (one look at the handle, one cache line).
+        let (count, bits) = if CHECKED {
+            self.counts.count_and_bits(c.index)
+        } else {
+            (self.counts.count(c.index), 0)
+        };
+        let conns = match count {
             Some(n) => n,
             None => peer.conns as u32,
         };
-        if CHECKED {
-            let bits = self.counts.check_bits(c.index);
-            if bits != 0 {
-                return self.checked_load(c, conns, bits);
-            }
+        if CHECKED && bits != 0 {
+            return self.checked_load(c, conns, bits);
         }
         if RAMP {
             if let Some((e, w)) = self.ramp(c) {

@@ -338,7 +338,7 @@ fn pick<const SLOW: bool>(pd: &mut PeerData, route: Option<&[u8]>) -> Option<Pee
         pd.held = Held::Nothing;
         return pick_per_worker(&pd.rr, route);
     };
-    if pd.upstream.check.is_some() {
+    if pd.upstream.check.is_some() && pd.upstream.checks_flagged() {
         return pick_checked::<SLOW>(pd, counts, route);
     }
     if SLOW {
@@ -358,10 +358,11 @@ fn pick<const SLOW: bool>(pd: &mut PeerData, route: Option<&[u8]>) -> Option<Pee
     }
 }
 
-/// `pick` for an upstream with health checks: the same, on a list that
+/// `pick` for an upstream with health checks while some key of the zone
+/// has a check bit (`Table::checks_flagged`): the same, on a list that
 /// skips the servers the checks took out and compares the ones they tuned
-/// (`RrList`'s `CHECKED`). Its own function: upstreams without checks pay
-/// nothing for them.
+/// (`RrList`'s `CHECKED`). Its own function: upstreams without checks, or
+/// with every server up and nothing overridden, pay nothing for it.
 #[inline(never)]
 fn pick_checked<const SLOW: bool>(
     pd: &mut PeerData,

@@ -371,6 +371,14 @@ impl SharedCount for PeerCounter {
     fn tuned(&self) -> Tuned {
         self.counted().map(|c| c.slot.tuned()).unwrap_or_default()
     }
+
+    #[inline(always)]
+    fn count_and_bits(&self) -> (Option<u32>, u32) {
+        match self.counted() {
+            Some(c) => (Some(c.slot.count_hint()), c.slot.check_bits()),
+            None => (None, 0),
+        }
+    }
 }
 
 /// One list of an upstream's counters, in the front-end's peer order.
@@ -459,6 +467,13 @@ impl UpstreamCounters {
             meta.flags |= FLAG_CHECKED;
         }
         meta
+    }
+
+    /// Health checks: whether some key of the zone is out or tuned (the
+    /// pick then reads each key's bits).
+    #[inline]
+    pub fn checks_flagged(&self) -> bool {
+        self.link.as_ref().is_some_and(|l| l.table.checks_flagged())
     }
 
     /// Slow start: the time (deciseconds) when some key of the zone may be
