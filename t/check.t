@@ -138,20 +138,6 @@ sub up_re { qr/\[notice\].*upstream "u": server \Q${\addr($_[0])}\E is up \($_[1
 sub any_down_re { qr/upstream "u": server \Q${\addr($_[0])}\E is down \(/ }
 sub any_up_re { qr/upstream "u": server \Q${\addr($_[0])}\E is up \(/ }
 
-# $n requests through nginx: { backend id (or "status NNN") => count }.
-sub request_tally {
-	my ($n) = @_;
-	my %by;
-	for (1 .. $n) {
-		my $r = http_get('/');
-		my ($b) = $r =~ /^X-Backend:\s*(\S+)/mi;
-		my ($code) = $r =~ m{^HTTP/1\.\d (\d+)};
-		$by{$b // 'status ' . ($code // 'none')}++;
-	}
-	return \%by;
-}
-
-sub show { my ($c) = @_; join(', ', map { "$_=$c->{$_}" } sort keys %$c) || 'none' }
 
 # Open file descriptors of a process (undef when unreadable).
 sub fd_count {
@@ -218,7 +204,7 @@ subtest 'a. fail' => sub {
 	is($e->{check}{result}, 'bad status', 'JSON: result "bad status"');
 	is($e->{check}{status}, 503, 'JSON: status 503');
 	my $by = request_tally(20);
-	is($by->{b1} // 0, 20, '20 requests, all answered by b1: ' . show($by));
+	is($by->{b1} // 0, 20, '20 requests, all answered by b1: ' . tally_text($by));
 };
 
 SKIP: {
@@ -247,7 +233,7 @@ subtest 'a. recover' => sub {
 	is(health(8082), 'up', 'JSON: health up');
 	my $by = request_tally(20);
 	ok(($by->{b2} // 0) > 0 && ($by->{b1} // 0) > 0 && !grep({ /status/ } keys %$by),
-		'20 requests reach both again: ' . show($by));
+		'20 requests reach both again: ' . tally_text($by));
 	# One checker: as many hits as intervals, whoever holds the lease.
 	my $window = 10 * $interval;
 	wait_until(sub { time() > $t0 + $window }, 2 * $window / $slow);
@@ -267,7 +253,7 @@ SKIP: {
 	subtest 'c. drain with WebSockets' => sub {
 		my @ws = ws_open_many(10, '/');
 		my $first = tally(@ws);
-		ok(($first->{b1} // 0) > 0 && ($first->{b2} // 0) > 0, '10 WebSockets on both: ' . show($first));
+		ok(($first->{b1} // 0) > 0 && ($first->{b2} // 0) > 0, '10 WebSockets on both: ' . tally_text($first));
 		my $cmark = log_mark();
 		set_health('b2', '200', 'X-LCP-Capacity: drain');
 		ok(wait_health(8082, 'drain'), 'JSON: b2 health drain');
@@ -277,7 +263,7 @@ SKIP: {
 		my $held = counts('u')->{$B2};
 		is($held, $first->{b2}, "b2 still counts its $first->{b2}");
 		my @more = ws_open_many(10, '/');
-		is(show(tally(@more)), 'b1=10', '10 new WebSockets all on b1');
+		is(tally_text(tally(@more)), 'b1=10', '10 new WebSockets all on b1');
 		my @on_b2 = grep { $_->{backend} eq 'b2' } @ws;
 		is(scalar(grep { (ws_echo($_, 'ping') // '') eq 'b2:ping' } @on_b2), scalar @on_b2,
 			"b2's WebSockets still echo");
@@ -291,7 +277,7 @@ SKIP: {
 		my @back = ws_open_many(10, '/');
 		my $b = tally(@back);
 		ok(($b->{b2} // 0) >= 8, "new WebSockets reach b2 (holding $held against b1's "
-			. (20 - $held) . '): ' . show($b));
+			. (20 - $held) . '): ' . tally_text($b));
 		ok(close_all(@ws, @more, @back), 'all closed, counts back to 0');
 	};
 }
@@ -309,7 +295,7 @@ SKIP: {
 		ok(!exists entry(8082)->{override}, 'b2: no override');
 		my @ws = ws_open_many(40, '/');
 		my $w = tally(@ws);
-		ok(abs(($w->{b1} // 0) - 30) <= 4 && abs(($w->{b2} // 0) - 10) <= 4, '40 WebSockets about 30/10: ' . show($w));
+		ok(abs(($w->{b1} // 0) - 30) <= 4 && abs(($w->{b2} // 0) - 10) <= 4, '40 WebSockets about 30/10: ' . tally_text($w));
 		ok(close_all(@ws), 'closed');
 
 		set_health('b1');
@@ -327,7 +313,7 @@ SKIP: {
 		}
 		is(scalar @capped, 10, '10 WebSockets opened');
 		my $c = tally(@capped);
-		ok(($c->{b2} // 0) <= 2 && $most <= 2, "b2 never holds more than 2 (at most $most): " . show($c));
+		ok(($c->{b2} // 0) <= 2 && $most <= 2, "b2 never holds more than 2 (at most $most): " . tally_text($c));
 		is($c->{b2} // 0, 2, 'and takes its 2');
 		set_health('b2');
 		($ok, $e) = wait_entry(8082, sub { !exists $_[0]{override} });
@@ -347,7 +333,7 @@ SKIP: {
 		is_deeply($e->{reported}, { connections => 50, excess => 50 }, 'excess 50 over our 0');
 		is(health(8082), 'up', 'b2 is up');
 		my @ws = ws_open_many(20, '/');
-		is(show(tally(@ws)), 'b1=20', 'the next 20 WebSockets all on b1');
+		is(tally_text(tally(@ws)), 'b1=20', 'the next 20 WebSockets all on b1');
 
 		set_health('b2', '200', 'X-Connections: 0');
 		($ok, $e) = wait_entry(8082, sub { ($_[0]{reported}{connections} // -1) == 0 });
@@ -355,7 +341,7 @@ SKIP: {
 		is($e->{reported}{excess}, 0, 'excess 0');
 		my @more = ws_open_many(10, '/');
 		my $m = tally(@more);
-		ok(($m->{b2} // 0) >= 8, 'balance resumes: ' . show($m));
+		ok(($m->{b2} // 0) >= 8, 'balance resumes: ' . tally_text($m));
 
 		# A report equal to our own count adds nothing.
 		my $ours = counts('u')->{$B2};
@@ -364,7 +350,7 @@ SKIP: {
 		ok($ok, "JSON: b2 reports $ours, what we hold") or diag(explain($e));
 		is($e->{reported}{excess}, 0, 'excess 0');
 		my @last = ws_open_many(4, '/');
-		is(show(tally(@last)), 'b2=4', "4 more on b2 ($ours against b1's 20)");
+		is(tally_text(tally(@last)), 'b2=4', "4 more on b2 ($ours against b1's 20)");
 		set_health('b2');
 		ok(close_all(@ws, @more, @last), 'closed');
 	};

@@ -208,20 +208,6 @@ sub lua_health {
 	return join(' | ', @all);
 }
 
-# $n requests through lb: { backend id (or "status NNN") => count }.
-sub tally {
-	my ($n) = @_;
-	my %by;
-	for (1 .. $n) {
-		my $r = http_get('/');
-		my ($b) = $r =~ /^X-Backend:\s*(\S+)/mi;
-		my ($code) = $r =~ m{^HTTP/1\.\d (\d+)};
-		$by{$b // 'status ' . ($code // 'none')}++;
-	}
-	return \%by;
-}
-
-sub show { my ($c) = @_; join(', ', map { "$_=$c->{$_}" } sort keys %$c) || 'none' }
 
 health_dir($t);
 set_health($_) for qw/b1 b2/;
@@ -236,17 +222,17 @@ subtest 'both up' => sub {
 	ok(wait_health(8081, 'up') && wait_health(8082, 'up'), 'hc: both up');
 	is(lua_health(), 'up up', 'Lua: both up');
 	like(http_get('/hc'), qr/^X-Backend: b[12]/mi, 'hc proxies');
-	my $by = tally(20);
+	my $by = request_tally(20);
 	ok(($by->{b1} // 0) > 0 && ($by->{b2} // 0) > 0 && !grep({ /status/ } keys %$by),
-		'lb reaches both: ' . show($by));
+		'lb reaches both: ' . tally_text($by));
 };
 
 subtest 'down' => sub {
 	set_health('b2', '503');
 	ok(wait_health(8082, 'down'), 'hc: b2 down');
 	is(lua_health(), 'up down', 'Lua: b2 down');
-	my $by = tally(20);
-	is($by->{b1} // 0, 20, '20 requests through lb, all on b1: ' . show($by));
+	my $by = request_tally(20);
+	is($by->{b1} // 0, 20, '20 requests through lb, all on b1: ' . tally_text($by));
 	is(body(http_get('/redeclare')), "down up\n", 'declared again the other way round: linked by address');
 };
 
@@ -254,16 +240,16 @@ subtest 'up again' => sub {
 	set_health('b2');
 	ok(wait_health(8082, 'up'), 'hc: b2 up again');
 	is(lua_health(), 'up up', 'Lua: b2 up');
-	my $by = tally(20);
-	ok(($by->{b2} // 0) > 0 && ($by->{b1} // 0) > 0, 'lb reaches b2 again: ' . show($by));
+	my $by = request_tally(20);
+	ok(($by->{b2} // 0) > 0 && ($by->{b1} // 0) > 0, 'lb reaches b2 again: ' . tally_text($by));
 };
 
 subtest 'drain' => sub {
 	set_health('b2', '200', 'X-LCP-Capacity: drain');
 	ok(wait_health(8082, 'drain'), 'hc: b2 drains');
 	is(lua_health(), 'up drain', 'Lua: b2 drains');
-	my $by = tally(20);
-	is($by->{b1} // 0, 20, '20 requests through lb, all on b1: ' . show($by));
+	my $by = request_tally(20);
+	is($by->{b1} // 0, 20, '20 requests through lb, all on b1: ' . tally_text($by));
 	set_health('b2');
 	ok(wait_health(8082, 'up'), 'hc: b2 up after its plain answer');
 	is(lua_health(), 'up up', 'Lua: b2 up');

@@ -336,26 +336,6 @@ function upstream:pick(tried)
     return self.servers[rc + 1], tonumber(token_out[0])
 end
 
--- The connections counted on a server (its index or addr), across workers.
-function upstream:count(which)
-    local index = which
-    if type(which) == "string" then
-        for _, s in ipairs(self.servers) do
-            if s.addr == which then
-                index = s.index
-            end
-        end
-    end
-    if type(index) ~= "number" or index < 0 or index >= self.n then
-        return nil, "no such server"
-    end
-    local n = C.lcp_count(self.handle, index)
-    if n < 0 then
-        return nil, failure(n)
-    end
-    return tonumber(n)
-end
-
 -- The index of a server given by index or addr, or nil.
 local function index_of(self, which)
     local index = which
@@ -370,6 +350,19 @@ local function index_of(self, which)
         return nil
     end
     return index
+end
+
+-- The connections counted on a server (its index or addr), across workers.
+function upstream:count(which)
+    local index = index_of(self, which)
+    if not index then
+        return nil, "no such server"
+    end
+    local n = C.lcp_count(self.handle, index)
+    if n < 0 then
+        return nil, failure(n)
+    end
+    return tonumber(n)
 end
 
 -- Follows the health checks of nginx upstream `name` (an `upstream {}`

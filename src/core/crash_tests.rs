@@ -447,3 +447,24 @@ fn a_death_recording_checks_leaves_records_and_bits_agreeing() {
         is_down,
     );
 }
+
+/// A checked key found down, idle: the next step removes it.
+fn checked_key_down(t: &Table, a: &HeapArena, w: &mut World) {
+    checked_key_up(t, a, w);
+    for i in 0..3 {
+        t.record_check(a, w.slots[0], &failed(10 + i)).unwrap();
+    }
+    let c = contents_unlocked(t, a);
+    assert!(c[0].4.expect("checked").out, "down: its bit set");
+}
+
+fn drain_the_checked_key(t: &Table, a: &HeapArena, w: &mut World) {
+    t.drain(a, w.slots[0], t.epoch() + 1);
+}
+
+#[test]
+fn a_death_removing_a_key_found_down_leaves_its_bits_uncounted() {
+    for point in ["remove.retired", "remove.unlinked", "remove.freeing"] {
+        dies_cleanly(point, 1, checked_key_down, drain_the_checked_key, nothing);
+    }
+}

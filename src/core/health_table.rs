@@ -490,25 +490,24 @@ impl Table {
     /// Sets `slot`'s check bits, and the count of keys with some; under the
     /// lock (repair counts again from the bits).
     fn set_check_bits(&self, slot: &Slot, bits: u32) {
-        let Ok(old) = slot
+        // Only lock holders change these bits (the lock-free writers of
+        // `flags` touch others): what is read here stays until the write.
+        let had = slot.flags.load(Ordering::Relaxed) & CHECK_BITS != 0;
+        let has = bits != 0;
+        // Counted before the bits are set, uncounted after they are
+        // cleared: a kill in between leaves the count too high (picks read
+        // bits they need not, until repair counts again), never too low
+        // (picks skipping a key that is out).
+        if has && !had {
+            self.check_flagged.fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = slot
             .flags
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
                 Some((f & !CHECK_BITS) | bits)
-            })
-        else {
-            return;
-        };
-        // The count goes up before a pick could miss it (bits set, then
-        // counted: a pick seeing 0 reads no bits for a moment, as it could
-        // have picked a moment earlier); down after.
-        match (old & CHECK_BITS != 0, bits != 0) {
-            (false, true) => {
-                self.check_flagged.fetch_add(1, Ordering::Relaxed);
-            }
-            (true, false) => {
-                self.check_flagged.fetch_sub(1, Ordering::Relaxed);
-            }
-            _ => {}
+            });
+        if had && !has {
+            self.check_flagged.fetch_sub(1, Ordering::Relaxed);
         }
     }
 

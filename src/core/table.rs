@@ -1274,6 +1274,17 @@ pub(crate) mod tests {
             assert!(self.journal.cell.load(Ordering::Relaxed).is_null());
             let used: Vec<&Slot> = self.all_slots().collect();
             assert_eq!(self.keys() as usize, used.len(), "key count");
+            let flagged = self
+                .blocks()
+                .flat_map(|b| b.slots.iter())
+                .filter(|s| s.flags.load(Ordering::Relaxed) & CHECK_BITS != 0)
+                .inspect(|s| assert!(s.is_used(), "check bits on a free slot"))
+                .count();
+            assert_eq!(
+                self.check_flagged.load(Ordering::Relaxed) as usize,
+                flagged,
+                "keys with check bits counted"
+            );
             assert_eq!(
                 self.nblocks.load(Ordering::Relaxed) as usize,
                 self.blocks().count()

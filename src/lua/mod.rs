@@ -100,6 +100,17 @@ struct State {
     picks: Tokens<Pick>,
 }
 
+impl State {
+    /// The Lua upstream a handle names, if it is one.
+    fn upstream(&self, handle: i32) -> Option<&LuaUpstream> {
+        self.upstreams.get(usize::try_from(handle).ok()?)
+    }
+
+    fn upstream_mut(&mut self, handle: i32) -> Option<&mut LuaUpstream> {
+        self.upstreams.get_mut(usize::try_from(handle).ok()?)
+    }
+}
+
 thread_local! {
     // A worker runs Lua on one thread; this is that worker's table.
     static STATE: RefCell<State> = RefCell::new(State::default());
@@ -370,10 +381,7 @@ pub extern "C" fn lcp_release(token: u64) -> i32 {
 #[no_mangle]
 pub extern "C" fn lcp_count(handle: i32, index: usize) -> i64 {
     STATE.with_borrow(|st| {
-        let Some(up) = usize::try_from(handle)
-            .ok()
-            .and_then(|h| st.upstreams.get(h))
-        else {
+        let Some(up) = st.upstream(handle) else {
             return i64::from(ERR_UNKNOWN);
         };
         match up.counters.list(List::Primary).get(index) {
@@ -396,10 +404,7 @@ pub extern "C" fn lcp_follow_checks(handle: i32, upstream: *const c_char, len: u
         return ERR_NO_ZONE;
     };
     STATE.with_borrow_mut(|st| {
-        let Some(up) = usize::try_from(handle)
-            .ok()
-            .and_then(|h| st.upstreams.get_mut(h))
-        else {
+        let Some(up) = st.upstream_mut(handle) else {
             return ERR_UNKNOWN;
         };
         match follow(registry, name, &up.counters) {
@@ -459,10 +464,7 @@ fn key_of_address(checked: &UpstreamCounters, address: &[u8]) -> Option<Box<[u8]
 #[no_mangle]
 pub extern "C" fn lcp_health(handle: i32, index: usize) -> i32 {
     STATE.with_borrow(|st| {
-        let Some(up) = usize::try_from(handle)
-            .ok()
-            .and_then(|h| st.upstreams.get(h))
-        else {
+        let Some(up) = st.upstream(handle) else {
             return ERR_UNKNOWN;
         };
         if index >= up.limits.len() {

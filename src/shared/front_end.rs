@@ -93,17 +93,35 @@ pub extern "C" fn cmd_rebalance(
 ) -> *mut c_char {
     // SAFETY: as in cmd_zone; `conf` is our srv conf of this upstream.
     let (cf, cmd, scf) = unsafe { (&mut *cf, &*cmd, &mut *conf.cast::<SrvConf>()) };
-    let args: Vec<&[u8]> = args(cf).iter().map(|a| a.as_bytes()).collect();
-    let r = if scf.rebalance.is_some() {
-        Err(ConfError::Duplicate)
-    } else if !scf.enabled {
-        Err(ConfError::RebalanceWithoutMethod)
-    } else {
-        Params::parse(&args, parse_seconds)
-            .map(|p| scf.rebalance = Some(p))
-            .map_err(ConfError::Rebalance)
-    };
+    let r = once_after_method(
+        cf,
+        scf,
+        |c| &mut c.rebalance,
+        ConfError::RebalanceWithoutMethod,
+        |a| Params::parse(a, parse_seconds).map_err(ConfError::Rebalance),
+    );
     directive_result(cf, cmd.name.as_bytes(), r)
+}
+
+/// What the directives of an upstream that come once, after the method,
+/// do with their parameters: parse them into `field` of the upstream's
+/// configuration, or say why not.
+fn once_after_method<T>(
+    cf: &ngx_conf_t,
+    scf: &mut SrvConf,
+    field: fn(&mut SrvConf) -> &mut Option<T>,
+    without_method: ConfError,
+    parse: impl FnOnce(&[&[u8]]) -> Result<T, ConfError>,
+) -> Result<(), ConfError> {
+    let args: Vec<&[u8]> = args(cf).iter().map(|a| a.as_bytes()).collect();
+    if field(scf).is_some() {
+        return Err(ConfError::Duplicate);
+    }
+    if !scf.enabled {
+        return Err(without_method);
+    }
+    *field(scf) = Some(parse(&args)?);
+    Ok(())
 }
 
 /// `least_conn_persistent_check [type=tcp|http] [uri=/path] [port=N]
@@ -118,16 +136,13 @@ pub extern "C" fn cmd_check(
 ) -> *mut c_char {
     // SAFETY: as in cmd_zone; `conf` is our srv conf of this upstream.
     let (cf, cmd, scf) = unsafe { (&mut *cf, &*cmd, &mut *conf.cast::<SrvConf>()) };
-    let args: Vec<&[u8]> = args(cf).iter().map(|a| a.as_bytes()).collect();
-    let r = if scf.check.is_some() {
-        Err(ConfError::Duplicate)
-    } else if !scf.enabled {
-        Err(ConfError::CheckWithoutMethod)
-    } else {
-        CheckParams::parse(&args, parse_ms)
-            .map(|p| scf.check = Some(p))
-            .map_err(ConfError::Check)
-    };
+    let r = once_after_method(
+        cf,
+        scf,
+        |c| &mut c.check,
+        ConfError::CheckWithoutMethod,
+        |a| CheckParams::parse(a, parse_ms).map_err(ConfError::Check),
+    );
     directive_result(cf, cmd.name.as_bytes(), r)
 }
 

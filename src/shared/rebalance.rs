@@ -357,10 +357,16 @@ fn view(up: &UpstreamCounters) -> Option<View> {
             } else {
                 Tuned::default()
             };
+            // `max_conns` limits our count, not the reported load: moved
+            // up by the excess, as the count is (0 stays: no limit).
+            let max_conns = match tuned.max_conns.unwrap_or(meta.max_conns) {
+                0 => 0,
+                m => m.saturating_add(tuned.excess),
+            };
             v.servers.push(Server {
                 conns: conns.saturating_add(tuned.excess),
                 weight: tuned.weight.unwrap_or(meta.weight),
-                max_conns: tuned.max_conns.unwrap_or(meta.max_conns),
+                max_conns,
             });
             v.key_of.push(i);
         }

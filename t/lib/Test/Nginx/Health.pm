@@ -14,11 +14,12 @@ use warnings;
 use strict;
 
 use Exporter qw/import/;
-our @EXPORT = qw/health_dir set_health hits health_entries/;
+our @EXPORT = qw/health_dir set_health hits health_entries request_tally tally_text/;
 
 use File::Path qw/mkpath/;
 use File::Temp qw/tempdir/;
 
+use Test::Nginx qw/http_get/;
 use Test::Nginx::Status;
 
 # The directory of the control files, $ENV{TEST_NGINX_HEALTH_DIR}: with a
@@ -67,5 +68,22 @@ sub health_entries {
 	my ($upstream) = @_;
 	return entries($upstream);
 }
+
+# $n requests to $uri ('/' by default) through nginx: { backend id (its
+# X-Backend header, or "status NNN") => count }.
+sub request_tally {
+	my ($n, $uri) = @_;
+	my %by;
+	for (1 .. $n) {
+		my $r = http_get($uri // '/');
+		my ($b) = $r =~ /^X-Backend:\s*(\S+)/mi;
+		my ($code) = $r =~ m{^HTTP/1\.\d (\d+)};
+		$by{$b // 'status ' . ($code // 'none')}++;
+	}
+	return \%by;
+}
+
+# A tally as text: "b1=3, b2=7" ("none" when empty).
+sub tally_text { my ($c) = @_; join(', ', map { "$_=$c->{$_}" } sort keys %$c) || 'none' }
 
 1;
