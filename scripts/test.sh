@@ -3,8 +3,8 @@
 # Rust unit tests, the demo in check mode, the soak and the kill storm in
 # quick mode, the Test::Nginx suite under t/ against a real nginx (which
 # includes t/bench_quick.t: scripts/bench.sh --quick, and t/crash_points.t
-# on the crash-points build), five of its tests again with nginx under
-# valgrind memcheck, and the suite again against nginx 1.28 built from the
+# on the crash-points build), six of its tests again with nginx under
+# valgrind memcheck (the health checks' quick part among them), and the suite again against nginx 1.28 built from the
 # nginx-src crate, with the quick soak and kill storm (DNS changing a
 # resolve upstream throughout) and the resolve tests under memcheck.
 # Exits non-zero on the first failure.
