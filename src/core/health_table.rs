@@ -613,6 +613,20 @@ mod tests {
         }
     }
 
+    /// Key `u:a` of a checked upstream, with its health records.
+    fn checked_key(t: &Table, a: &HeapArena) -> SlotRef {
+        let k = t.upsert(a, b"u:a", 1, checked(), 1).unwrap();
+        assert!(t.ensure_health(a, k));
+        k
+    }
+
+    /// Three failed checks (`fall`): the key is down.
+    fn take_down(t: &Table, a: &HeapArena, k: SlotRef) {
+        for _ in 0..3 {
+            t.record_check(a, k, &report(Why::Refused)).unwrap();
+        }
+    }
+
     fn setup() -> (HeapArena, NonNull<Table>) {
         let a = HeapArena::new(1 << 20);
         let t = Table::create(&a, 64).unwrap();
@@ -624,8 +638,7 @@ mod tests {
         let (a, t) = setup();
         // SAFETY: the test's own table.
         let t = unsafe { t.as_ref() };
-        let k = t.upsert(&a, b"u:a", 1, checked(), 1).unwrap();
-        assert!(t.ensure_health(&a, k));
+        let k = checked_key(t, &a);
         let first = t.record_check(&a, k, &report(Why::Ok)).unwrap();
         assert_eq!(first.after.state, Some(State::Up));
         for i in 1..=3 {
@@ -648,8 +661,7 @@ mod tests {
         let (a, t) = setup();
         // SAFETY: the test's own table.
         let t = unsafe { t.as_ref() };
-        let k = t.upsert(&a, b"u:a", 1, checked(), 1).unwrap();
-        assert!(t.ensure_health(&a, k));
+        let k = checked_key(t, &a);
         for _ in 0..5 {
             t.record_check(&a, k, &report(Why::NoConnection)).unwrap();
         }
@@ -662,8 +674,7 @@ mod tests {
         let (a, t) = setup();
         // SAFETY: the test's own table.
         let t = unsafe { t.as_ref() };
-        let k = t.upsert(&a, b"u:a", 1, checked(), 1).unwrap();
-        assert!(t.ensure_health(&a, k));
+        let k = checked_key(t, &a);
         let mut r = report(Why::Ok);
         r.capacity = Some(Capacity {
             drain: true,
@@ -708,11 +719,8 @@ mod tests {
         let (a, t) = setup();
         // SAFETY: the test's own table.
         let t = unsafe { t.as_ref() };
-        let k = t.upsert(&a, b"u:a", 1, checked(), 1).unwrap();
-        assert!(t.ensure_health(&a, k));
-        for _ in 0..3 {
-            t.record_check(&a, k, &report(Why::Refused)).unwrap();
-        }
+        let k = checked_key(t, &a);
+        take_down(t, &a, k);
         assert!(t.checks_flagged());
         assert!(t.remove_idle(&a, k));
         assert!(!t.checks_flagged(), "the key went with its bits");
@@ -728,11 +736,8 @@ mod tests {
         let (a, t) = setup();
         // SAFETY: the test's own table.
         let t = unsafe { t.as_ref() };
-        let k = t.upsert(&a, b"u:a", 1, checked(), 1).unwrap();
-        assert!(t.ensure_health(&a, k));
-        for _ in 0..3 {
-            t.record_check(&a, k, &report(Why::Refused)).unwrap();
-        }
+        let k = checked_key(t, &a);
+        take_down(t, &a, k);
         // A reload keeping the checks keeps the verdict.
         t.upsert(&a, b"u:a", 1, checked(), 2).unwrap();
         assert_eq!(k.check_bits(), CHECK_OUT);
@@ -753,11 +758,8 @@ mod tests {
         let (a, t) = setup();
         // SAFETY: the test's own table.
         let t = unsafe { t.as_ref() };
-        let k = t.upsert(&a, b"u:a", 1, checked(), 1).unwrap();
-        assert!(t.ensure_health(&a, k));
-        for _ in 0..3 {
-            t.record_check(&a, k, &report(Why::Refused)).unwrap();
-        }
+        let k = checked_key(t, &a);
+        take_down(t, &a, k);
         t.set_check_bits(k.slot(), 0);
         t.check_flagged.store(7, Ordering::Relaxed);
         t.reconcile_health();
@@ -839,9 +841,7 @@ mod tests {
         };
         let k = t.upsert(&a, b"u:a", 1, slow, 1).unwrap();
         assert!(t.ensure_health(&a, k));
-        for _ in 0..3 {
-            t.record_check(&a, k, &report(Why::Refused)).unwrap();
-        }
+        take_down(t, &a, k);
         t.record_check(&a, k, &report(Why::Ok)).unwrap();
         let mut back = report(Why::Ok);
         back.now_ds = 20;
