@@ -7,7 +7,8 @@
 //!   expect, no HTTP head) changes no capacity; it forgets a reported load
 //!   (the server may be gone: its load no longer tells anything).
 //! - A passing answer is a complete statement: no capacity header means
-//!   `up` with no override; no load header forgets the last one.
+//!   `up` with no override; no load header forgets the last one, and so
+//!   does a check that reads none (`type=tcp`, or no `load=`).
 //! - A malformed capacity or load value changes nothing of its own and is
 //!   warned about once per server per text (`Warning::hash`).
 
@@ -64,12 +65,15 @@ pub fn judge(params: &CheckParams, answer: Result<&[u8], Why>) -> Judged {
         }
         Err(why) => return Judged::failed(why, 0),
     };
+    // A check that reads no load (a tcp check, or no `load=`: a reload may
+    // have dropped it) forgets the load the zone has: it would otherwise
+    // weigh in the picks for as long as the zone lives.
     if params.kind == Kind::Tcp {
         return Judged {
             why: Why::Ok,
             http_status: 0,
             capacity: Some(Capacity::default()),
-            reported: None,
+            reported: Some(None),
             malformed: None,
         };
     }
@@ -86,7 +90,7 @@ pub fn judge(params: &CheckParams, answer: Result<&[u8], Why>) -> Judged {
         Some(Err(m)) => (None, Some(m)),
     };
     let (reported, bad_load) = match (params.load.is_some(), head.load) {
-        (false, _) => (None, None),
+        (false, _) => (Some(None), None),
         (true, None) => (Some(None), None),
         (true, Some(Ok(n))) => (Some(Some(n)), None),
         (true, Some(Err(m))) => (None, Some(m)),
@@ -143,7 +147,17 @@ mod tests {
         let j = judge(&params(&[]), Ok(b""));
         assert_eq!(j.why, Why::Ok);
         assert_eq!(j.capacity, Some(Capacity::default()));
-        assert_eq!(j.reported, None);
+        assert_eq!(j.reported, Some(None), "a load reported before is forgotten");
+    }
+
+    #[test]
+    fn an_http_check_without_load_forgets_a_reported_load() {
+        let j = judge(
+            &params(&["uri=/health"]),
+            Ok(b"HTTP/1.1 200 OK\r\nX-Connections: 50\r\n\r\n"),
+        );
+        assert_eq!(j.why, Why::Ok);
+        assert_eq!(j.reported, Some(None));
     }
 
     #[test]

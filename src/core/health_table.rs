@@ -185,8 +185,44 @@ fn expired(until: u32, now: u64) -> bool {
     now.wrapping_sub(until) as i32 >= 0 || until.wrapping_sub(now) > MAX_LEASE_MS
 }
 
-fn lease(pid: u32, until: u64) -> u64 {
-    (u64::from(pid) << 32) | u64::from(until as u32)
+/// The lease word's bit (of the pid half) saying the holder is paused.
+/// Linux pids stay below 2^22.
+const PAUSED: u32 = 1 << 31;
+
+fn lease(pid: u32, paused: bool, until: u64) -> u64 {
+    let holder = if paused { pid | PAUSED } else { pid & !PAUSED };
+    (u64::from(holder) << 32) | u64::from(until as u32)
+}
+
+/// Who holds the checks' lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub pid: u32,
+    /// The holder has no connection to spare for a probe: no check runs
+    /// until it has, or until a worker with room takes the lease over.
+    pub paused: bool,
+}
+
+impl Lease {
+    fn of(w: u64) -> Lease {
+        let holder = (w >> 32) as u32;
+        Lease {
+            pid: holder & !PAUSED,
+            paused: holder & PAUSED != 0,
+        }
+    }
+}
+
+/// What a process taking the lease can do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// No connection to spare: it holds the lease only so that one process
+    /// says the checks are paused; any worker with room takes it over.
+    Paused,
+    /// It can probe.
+    Checks,
+    /// It can probe with room to spare: it takes a paused lease over.
+    Roomy,
 }
 
 impl Health {
@@ -533,24 +569,36 @@ impl Table {
         self.check_flagged.store(flagged, Ordering::Relaxed);
     }
 
-    /// The process holding the checks' lease at `now` (ms), if any.
-    pub fn checker(&self, now: u64) -> Option<u32> {
+    /// The lease of the checks at `now` (ms), if a process holds one.
+    pub fn checker(&self, now: u64) -> Option<Lease> {
         let w = self.checker.load(Ordering::Acquire);
-        (w != 0 && !expired(w as u32, now)).then_some((w >> 32) as u32)
+        (w != 0 && !expired(w as u32, now)).then(|| Lease::of(w))
+    }
+
+    /// Whether `pid` holds the lease at `now` and may check (not paused).
+    pub fn checks_here(&self, pid: u32, now: u64) -> bool {
+        self.checker(now) == Some(Lease { pid, paused: false })
     }
 
     /// Takes or renews the checks' lease for `pid` until `now + lease_ms`:
-    /// true if `pid` holds it now. Lock-free.
-    pub fn take_checker(&self, pid: u32, now: u64, lease_ms: u32) -> bool {
+    /// true if `pid` holds it now. Lock-free. `claim` says what the taker
+    /// can do: a paused lease (its holder has no connection to spare) is
+    /// taken over at once by a process with room, and only by one.
+    pub fn take_checker(&self, pid: u32, now: u64, lease_ms: u32, claim: Claim) -> bool {
         let w = self.checker.load(Ordering::Acquire);
-        let holder = (w >> 32) as u32;
-        if w != 0 && holder != pid && !expired(w as u32, now) {
-            return false;
+        if w != 0 && !expired(w as u32, now) {
+            let held = Lease::of(w);
+            let ours = held.pid == pid;
+            let stealable = held.paused && claim == Claim::Roomy;
+            if !ours && !stealable {
+                return false;
+            }
         }
+        let paused = claim == Claim::Paused;
         self.checker
             .compare_exchange(
                 w,
-                lease(pid, now + u64::from(lease_ms)),
+                lease(pid, paused, now + u64::from(lease_ms)),
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             )
@@ -561,7 +609,7 @@ impl Table {
     /// taker need not wait for it to expire.
     pub fn release_checker(&self, pid: u32) {
         let w = self.checker.load(Ordering::Acquire);
-        if w != 0 && (w >> 32) as u32 == pid {
+        if w != 0 && Lease::of(w).pid == pid {
             let _ = self
                 .checker
                 .compare_exchange(w, 0, Ordering::AcqRel, Ordering::Relaxed);
@@ -808,25 +856,86 @@ mod tests {
         // SAFETY: the test's own table.
         let t = unsafe { t.as_ref() };
         assert_eq!(t.checker(0), None);
-        assert!(t.take_checker(10, 1000, 500));
-        assert!(!t.take_checker(11, 1400, 500));
-        assert!(t.take_checker(10, 1400, 500), "renewed");
-        assert_eq!(t.checker(1800), Some(10));
-        assert!(!t.take_checker(11, 1899, 500));
-        assert!(t.take_checker(11, 1900, 500), "expired");
+        assert!(t.take_checker(10, 1000, 500, Claim::Checks));
+        assert!(!t.take_checker(11, 1400, 500, Claim::Checks));
+        assert!(t.take_checker(10, 1400, 500, Claim::Checks), "renewed");
+        assert_eq!(
+            t.checker(1800),
+            Some(Lease {
+                pid: 10,
+                paused: false
+            })
+        );
+        assert!(!t.take_checker(11, 1899, 500, Claim::Checks));
+        assert!(t.take_checker(11, 1900, 500, Claim::Checks), "expired");
         t.release_checker(10);
-        assert_eq!(t.checker(2000), Some(11), "not 10's to give up");
+        assert_eq!(
+            t.checker(2000),
+            Some(Lease {
+                pid: 11,
+                paused: false
+            }),
+            "not 10's to give up"
+        );
         t.release_checker(11);
         assert_eq!(t.checker(2000), None);
         // Wrapping clocks.
-        assert!(t.take_checker(12, u64::from(u32::MAX) - 100, 500));
-        assert!(!t.take_checker(13, u64::from(u32::MAX) + 300, 500));
-        assert!(t.take_checker(13, u64::from(u32::MAX) + 401, 500));
+        assert!(t.take_checker(12, u64::from(u32::MAX) - 100, 500, Claim::Checks));
+        assert!(!t.take_checker(13, u64::from(u32::MAX) + 300, 500, Claim::Checks));
+        assert!(t.take_checker(13, u64::from(u32::MAX) + 401, 500, Claim::Checks));
         // A lease left by a holder that died unseen, 25 days ago: past,
         // though the 32-bit difference says ahead.
         let later = u64::from(u32::MAX) + 401 + 25 * 86_400_000;
         assert_eq!(t.checker(later), None);
-        assert!(t.take_checker(14, later, 500));
+        assert!(t.take_checker(14, later, 500, Claim::Checks));
+    }
+
+    #[test]
+    fn a_paused_lease_goes_to_a_worker_with_room_at_once() {
+        let (_a, t) = setup();
+        // SAFETY: the test's own table.
+        let t = unsafe { t.as_ref() };
+        assert!(t.take_checker(10, 1000, 500, Claim::Paused));
+        assert_eq!(
+            t.checker(1000),
+            Some(Lease {
+                pid: 10,
+                paused: true
+            })
+        );
+        assert!(!t.checks_here(10, 1000), "paused: no checks");
+        assert!(
+            !t.take_checker(11, 1100, 500, Claim::Paused),
+            "another busy worker waits"
+        );
+        assert!(
+            !t.take_checker(11, 1100, 500, Claim::Checks),
+            "one with little room waits too"
+        );
+        assert!(t.take_checker(11, 1100, 500, Claim::Roomy), "taken over");
+        assert!(t.checks_here(11, 1100));
+        assert!(!t.take_checker(10, 1200, 500, Claim::Roomy), "not paused");
+        // The holder pauses and resumes its own lease.
+        assert!(t.take_checker(11, 1200, 500, Claim::Paused));
+        assert!(!t.checks_here(11, 1200));
+        assert!(t.take_checker(11, 1300, 500, Claim::Checks));
+        assert!(t.checks_here(11, 1300));
+        // A paused holder's pid bit is not part of the pid.
+        assert!(t.take_checker(11, 1400, 500, Claim::Paused));
+        t.release_checker(11);
+        assert_eq!(t.checker(1400), None);
+    }
+
+    #[test]
+    fn a_stalled_holder_past_its_lease_checks_no_more() {
+        let (_a, t) = setup();
+        // SAFETY: the test's own table.
+        let t = unsafe { t.as_ref() };
+        assert!(t.take_checker(10, 1000, 500, Claim::Checks));
+        assert!(t.checks_here(10, 1499));
+        assert!(!t.checks_here(10, 1500), "expired, though nobody took it");
+        assert!(t.take_checker(11, 1600, 500, Claim::Checks));
+        assert!(!t.checks_here(10, 1600));
     }
 
     #[test]

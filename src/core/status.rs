@@ -110,7 +110,11 @@ fn render_json(subsystem: Option<&str>, zone: Option<&ZoneInfo>, entries: &[Entr
                 let sep = if i == 0 { "" } else { "," };
                 let _ = write!(out, "{sep}{{\"pid\":{pid},\"connections\":{conns}}}");
             }
-            let _ = write!(out, "],\"checker\":{}}}", z.checker);
+            let _ = write!(
+                out,
+                "],\"checker\":{},\"checks_paused\":{}}}",
+                z.checker, z.checks_paused
+            );
         }
     }
     out.push_str(",\"counters\":[");
@@ -625,12 +629,13 @@ pub(crate) mod tests {
             reclaimed: 0,
             workers: vec![],
             checker: 0,
+            checks_paused: false,
         };
         let out = render(Format::Json, Some(&zone), &mut []);
         assert!(
             out.starts_with(
                 "{\"zone\":{\"name\":\"z\",\"size\":65536,\"used\":8192,\
-             \"keys\":0,\"reclaimed\":0,\"workers\":[],\"checker\":0},"
+             \"keys\":0,\"reclaimed\":0,\"workers\":[],\"checker\":0,\"checks_paused\":false},"
             ),
             "{out}"
         );
@@ -639,7 +644,19 @@ pub(crate) mod tests {
             ..zone
         };
         let out = render(Format::Json, Some(&zone), &mut []);
-        assert!(out.contains("\"workers\":[],\"checker\":31337},"), "{out}");
+        assert!(
+            out.contains("\"workers\":[],\"checker\":31337,\"checks_paused\":false},"),
+            "{out}"
+        );
+        let paused = ZoneInfo {
+            checks_paused: true,
+            ..zone
+        };
+        let out = render(Format::Json, Some(&paused), &mut []);
+        assert!(
+            out.contains("\"checker\":31337,\"checks_paused\":true},"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -680,6 +697,7 @@ pub(crate) mod tests {
             reclaimed: 0,
             workers: vec![(101, 0)],
             checker: 101,
+            checks_paused: false,
         };
         let out = render(
             Format::Prometheus,
@@ -742,6 +760,7 @@ pub(crate) mod tests {
             reclaimed: 0,
             workers: vec![(7, 1)],
             checker: 0,
+            checks_paused: false,
         };
         let mut e = vec![entry("conn_count:u:127.0.0.1:1", 1, State::Up)];
         let json = render_subsystem(Format::Json, Some("stream"), Some(&zone), &mut e);
@@ -784,6 +803,7 @@ pub(crate) mod tests {
             reclaimed: 7,
             workers: vec![(101, 3), (102, 0)],
             checker: 4242,
+            checks_paused: false,
         };
         let mut e = vec![
             entry("conn_count:b:[::1]:80", 0, State::Draining),
@@ -793,7 +813,7 @@ pub(crate) mod tests {
         assert_eq!(
             out,
             "{\"zone\":{\"name\":\"lcp\",\"size\":1048576,\"used\":12288,\"keys\":2,\"reclaimed\":7,\
-             \"workers\":[{\"pid\":101,\"connections\":3},{\"pid\":102,\"connections\":0}],\"checker\":4242},\"counters\":[\n\
+             \"workers\":[{\"pid\":101,\"connections\":3},{\"pid\":102,\"connections\":0}],\"checker\":4242,\"checks_paused\":false},\"counters\":[\n\
              {\"upstream\":\"a\",\"server\":\"127.0.0.1:8081\",\"key\":\"conn_count:a:127.0.0.1:8081\",\
              \"count\":3,\"weight\":2,\"max_conns\":0,\"state\":\"up\",\"source\":\"config\"},\n\
              {\"upstream\":\"b\",\"server\":\"[::1]:80\",\"key\":\"conn_count:b:[::1]:80\",\
@@ -820,6 +840,7 @@ pub(crate) mod tests {
             reclaimed: 4,
             workers: vec![(101, 3), (102, 0)],
             checker: 0,
+            checks_paused: false,
         };
         let mut e = vec![entry("conn_count:a:127.0.0.1:8081", 3, State::Backup)];
         let out = render(Format::Prometheus, Some(&zone), &mut e);
@@ -864,6 +885,7 @@ pub(crate) mod tests {
             reclaimed: 0,
             workers,
             checker: 0,
+            checks_paused: false,
         };
         let mut e = vec![entry("conn_count:a:127.0.0.1:8081", 5, State::Up)];
         let before = render(

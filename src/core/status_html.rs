@@ -74,7 +74,14 @@ fn zone_line(out: &mut String, zone: Option<&ZoneInfo>) {
         held,
         z.reclaimed
     );
-    if z.checker != 0 {
+    if z.checker != 0 && z.checks_paused {
+        let _ = writeln!(
+            out,
+            "<p class=\"zone\">Health checks are <strong>paused</strong> in process \
+             <span id=\"zone-checker\">{}</span>: no worker has a connection to spare.</p>",
+            z.checker
+        );
+    } else if z.checker != 0 {
         let _ = writeln!(
             out,
             "<p class=\"zone\">Health checks run in process \
@@ -337,6 +344,7 @@ mod tests {
             reclaimed: 2,
             workers: vec![(1, 5), (2, 7)],
             checker: 0,
+            checks_paused: false,
         };
         let page = render_html(Some("stream"), Some(&zone), &[], 2);
         assert!(page.contains("<meta http-equiv=\"refresh\" content=\"2\">"));
@@ -459,11 +467,19 @@ mod tests {
             reclaimed: 0,
             workers: vec![(1, 0)],
             checker: 4242,
+            checks_paused: false,
         };
         let page = render_html(None, Some(&zone), &[], 0);
         assert!(
             page.contains("Health checks run in process <span id=\"zone-checker\">4242</span>.")
         );
+        let paused = ZoneInfo {
+            checks_paused: true,
+            ..zone.clone()
+        };
+        assert!(render_html(None, Some(&paused), &[], 0).contains(
+            "Health checks are <strong>paused</strong> in process <span id=\"zone-checker\">4242</span>"
+        ));
         let none = ZoneInfo { checker: 0, ..zone };
         assert!(!render_html(None, Some(&none), &[], 0).contains("zone-checker"));
     }

@@ -52,6 +52,8 @@ pub struct ZoneInfo {
     pub workers: Vec<(i32, u64)>,
     /// The process running the health checks (0: none).
     pub checker: u32,
+    /// It holds them paused: no worker has a connection to spare.
+    pub checks_paused: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -37,7 +37,7 @@
 use core::future::{poll_fn, Future};
 use core::mem;
 use core::pin::Pin;
-use core::ptr::{self, addr_of_mut, NonNull};
+use core::ptr::{self, addr_of, addr_of_mut, NonNull};
 use core::task::{Context, Poll, Waker};
 use std::collections::VecDeque;
 
@@ -52,6 +52,7 @@ use ngx::ngx_log_debug;
 
 use super::subsystem::RrPeer;
 use crate::core::health::Why;
+use crate::core::health_table::Claim;
 
 /// Probes of one process holding a connection at a time.
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -120,6 +121,12 @@ impl Target {
         &self.name
     }
 
+    /// The address's bytes (what two targets are compared by).
+    fn addr_bytes(&self) -> &[u8] {
+        // SAFETY: `len` bytes of the local copy, at most its size (`new`).
+        unsafe { core::slice::from_raw_parts(addr_of!(self.addr).cast(), self.len as usize) }
+    }
+
     /// A round-robin peer's address, with `port` instead of its own if
     /// given (the check's `port=`).
     pub fn of_peer(peer: &RrPeer, port: Option<u16>) -> Option<Target> {
@@ -130,6 +137,20 @@ impl Target {
             Some(port) => target.with_port(port),
             None => Some(target),
         }
+    }
+}
+
+impl PartialEq for Target {
+    fn eq(&self, other: &Target) -> bool {
+        self.addr_bytes() == other.addr_bytes()
+    }
+}
+
+impl Eq for Target {}
+
+impl core::hash::Hash for Target {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.addr_bytes().hash(state);
     }
 }
 
@@ -186,10 +207,32 @@ async fn exchange(
 /// would otherwise close idle keep-alive connections to make room, or
 /// log an alert per probe once none is left).
 fn connections_to_spare() -> bool {
+    room() != Claim::Paused
+}
+
+/// The room this process has for probes, as the checks' lease weighs it:
+/// none in the last sixteenth of `worker_connections`; plenty above the
+/// last eighth (where nginx's accept mutex, too, still lets the worker
+/// take new connections): a worker with plenty takes over the checks of
+/// one with none, and the gap between the two keeps them from trading
+/// the checks back and forth.
+pub fn room() -> Claim {
+    let (free, all) = connections();
+    if free <= all / 16 {
+        Claim::Paused
+    } else if free <= all / 8 {
+        Claim::Checks
+    } else {
+        Claim::Roomy
+    }
+}
+
+/// This process's free connections and `worker_connections`.
+pub fn connections() -> (usize, usize) {
     // SAFETY: the process's cycle, set before any module runs; plain
     // integers its connection allocator keeps.
     let cycle = unsafe { &*ngx_cycle };
-    cycle.free_connection_n > cycle.connection_n / 16
+    (cycle.free_connection_n, cycle.connection_n)
 }
 
 /// What the connection's `data` points at while it is open.

@@ -28,7 +28,7 @@ use ngx::async_::{sleep, spawn, Task};
 use crate::core::check_conf::{CheckParams, Kind};
 use crate::core::check_judge::{judge, Judged};
 use crate::core::health::{State, Why};
-use crate::core::health_table::{CheckReport, Recorded};
+use crate::core::health_table::{CheckReport, Claim, Recorded};
 use crate::core::key;
 use crate::core::ramp;
 use crate::core::table::SlotRef;
@@ -38,6 +38,7 @@ use crate::ngx::probe::{self, probe, Target};
 use crate::ngx::process;
 use crate::ngx::subsystem::UpstreamSrvConf;
 
+use super::balance::follow_resolved_peers;
 use super::registry::{List, Registry, UpstreamCounters};
 use super::zone::ZoneLink;
 
@@ -83,12 +84,20 @@ struct Job {
 
 struct Running {
     slot: SlotRef,
+    /// The address its task probes: a key whose address changed (DNS)
+    /// gets a new task.
+    target: Target,
     task: Task<()>,
 }
 
 #[derive(Default)]
 struct Checker {
+    /// Holds the lease and runs the checks.
     holding: bool,
+    /// Holds the lease paused (no connection to spare), since when (ms),
+    /// and whether that was warned about.
+    paused: Option<u64>,
+    paused_warned: bool,
     ticks: u32,
     running: Vec<Running>,
     /// Servers left unchecked for want of zone memory, or for having no
@@ -145,16 +154,19 @@ pub fn tick<'a>(
     CHECKER.with(|c| {
         let mut c = c.borrow_mut();
         if !current {
-            if c.holding {
+            if c.holding || c.paused.is_some() {
                 c.stop();
+                c.paused = None;
                 link.table.release_checker(pid());
             }
             return;
         }
         let (_, lease) = timing(interval);
-        if !link.table.take_checker(pid(), now, lease) {
-            if c.holding {
+        let room = probe::room();
+        if !link.table.take_checker(pid(), now, lease, room) {
+            if c.holding || c.paused.is_some() {
                 c.stop();
+                c.paused = None;
                 Log::cycle().zone(
                     NGX_LOG_NOTICE,
                     link.shm.name(),
@@ -163,6 +175,11 @@ pub fn tick<'a>(
             }
             return;
         }
+        if room == Claim::Paused {
+            pause(&mut c, link, now, lease);
+            return;
+        }
+        resume(&mut c, link);
         let first = !c.holding;
         c.holding = true;
         c.ticks = c.ticks.wrapping_add(1);
@@ -194,13 +211,63 @@ pub fn tick<'a>(
     });
 }
 
+/// This worker holds the lease with no connection to spare for a probe:
+/// its checks stop (each would end "no connection"), the lease says
+/// paused, and any worker with room takes it over at its next tick. Still
+/// paused after a whole lease (every worker had its turn), it is warned:
+/// no worker can check.
+fn pause(c: &mut Checker, link: &ZoneLink, now: u64, lease: u32) {
+    let since = match c.paused {
+        Some(since) => since,
+        None => {
+            c.stop();
+            c.paused = Some(now);
+            c.paused_warned = false;
+            let (free, all) = probe::connections();
+            Log::cycle().zone(
+                NGX_LOG_NOTICE,
+                link.shm.name(),
+                format_args!(
+                    ": health checks paused in this worker: {free} of {all} connections free \
+                     (checks leave the last 1/16 to clients); a worker with room takes them over"
+                ),
+            );
+            now
+        }
+    };
+    if !c.paused_warned && now.saturating_sub(since) >= u64::from(lease) {
+        c.paused_warned = true;
+        Log::cycle().zone(
+            NGX_LOG_WARN,
+            link.shm.name(),
+            format_args!(
+                ": health checks paused: no worker has a connection to spare for them \
+                 (the last 1/16 of worker_connections is left to clients); servers are \
+                 not checked until one has: make worker_connections larger"
+            ),
+        );
+    }
+}
+
+/// The lease is this worker's with room to check again.
+fn resume(c: &mut Checker, link: &ZoneLink) {
+    if c.paused.take().is_some() {
+        Log::cycle().zone(
+            NGX_LOG_NOTICE,
+            link.shm.name(),
+            format_args!(": health checks resume: this worker has connections to spare"),
+        );
+    }
+}
+
 /// `exit_process`: the lease goes at once (the next holder need not wait
 /// for it to expire).
 pub fn stop(registry: &Registry) {
     CHECKER.with(|c| {
         let mut c = c.borrow_mut();
-        if c.holding {
+        if c.holding || c.paused.is_some() {
             c.stop();
+            c.paused = None;
             if let Some(link) = registry.zone() {
                 link.table.release_checker(pid());
             }
@@ -212,10 +279,16 @@ pub fn stop(registry: &Registry) {
 /// zone, not configured `down`, with an address to probe.
 /// Also says how many servers were left out for having no port to
 /// replace (unix sockets, with `port=`).
+///
+/// A key is paired with the address nginx has at its position, so the
+/// counters follow DNS (`resolve`) first; a list DNS changed again since
+/// (its version is not the counters') is left for the next rescan: paired
+/// by position, one server's key would be checked at another's address.
 fn jobs(
     registry: &'static Registry,
     upstreams: Vec<(&UpstreamSrvConf, usize)>,
 ) -> (Vec<Job>, usize) {
+    follow_resolved_peers(registry, upstreams.iter().copied());
     let mut jobs = Vec::new();
     let mut portless = 0;
     for (us, index) in upstreams {
@@ -232,7 +305,8 @@ fn jobs(
             let Some(rr) = rr else { continue };
             let lock = peers::lock(rr);
             let counters = up.list(list);
-            if counters.len() != rr.number {
+            let followed = peers::version(rr).is_none_or(|v| up.version(list) == Some(v));
+            if !followed || counters.len() != rr.number {
                 continue;
             }
             for (peer, pc) in peers::each_peer(rr).zip(counters.iter()) {
@@ -264,9 +338,10 @@ fn jobs(
 fn reconcile(c: &mut Checker, link: &ZoneLink, jobs: Vec<Job>, now: u64) {
     // A task ends when its key is gone (`record`): started again if the
     // key came back.
-    let wanted: HashSet<SlotRef> = jobs.iter().map(|j| j.slot).collect();
-    c.running
-        .retain(|r| !r.task.is_finished() && r.slot.count().is_some() && wanted.contains(&r.slot));
+    let wanted: HashSet<(SlotRef, &Target)> = jobs.iter().map(|j| (j.slot, &j.target)).collect();
+    c.running.retain(|r| {
+        !r.task.is_finished() && r.slot.count().is_some() && wanted.contains(&(r.slot, &r.target))
+    });
     let running: HashSet<SlotRef> = c.running.iter().map(|r| r.slot).collect();
     let new: Vec<Job> = jobs
         .into_iter()
@@ -297,9 +372,10 @@ fn reconcile(c: &mut Checker, link: &ZoneLink, jobs: Vec<Job>, now: u64) {
             continue;
         }
         let first = first_delay(&job, now);
-        let slot = job.slot;
+        let (slot, target) = (job.slot, job.target.clone());
         c.running.push(Running {
             slot,
+            target,
             task: spawn(check_loop(job, first)),
         });
     }
@@ -323,6 +399,12 @@ async fn check_loop(job: Job, first: u64) {
     let mut delay = first;
     loop {
         sleep(Duration::from_millis(delay)).await;
+        // A holder that stalled past its lease (stopped, or a long hold of
+        // the CPU) wakes with its sleeps expired before its tick has seen
+        // the lease gone: another process checks now.
+        if !holds_lease(&job) {
+            return;
+        }
         let due = now_ms();
         let (started, answer) = probe(&job.target, job.params.timeout_ms, request.as_deref()).await;
         let ended = now_ms();
@@ -342,6 +424,9 @@ fn record(job: &Job, judged: &Judged, started: u64, ended: u64) -> bool {
     let Some(link) = job.up.link() else {
         return false;
     };
+    if !holds_lease(job) {
+        return false;
+    }
     let report = CheckReport {
         why: judged.why,
         http_status: judged.http_status,
@@ -360,6 +445,15 @@ fn record(job: &Job, judged: &Judged, started: u64, ended: u64) -> bool {
     };
     log_changes(job, &r, judged, &report);
     true
+}
+
+/// Whether this process still holds the checks' lease, unpaused: only the
+/// holder probes and records (a check recorded twice would reach `fall`
+/// early).
+fn holds_lease(job: &Job) -> bool {
+    job.up
+        .link()
+        .is_some_and(|link| link.table.checks_here(pid(), now_ms()))
 }
 
 fn log_changes(job: &Job, r: &Recorded, judged: &Judged, report: &CheckReport) {

@@ -185,13 +185,15 @@ impl ZoneLink {
             }
             entries.truncate(n);
             key_bytes.truncate(at);
+            let lease = self.table.checker(peers::now_ms());
             let info = ZoneInfo {
                 name: String::from_utf8_lossy(self.shm.name()).into_owned(),
                 size: self.shm.size(),
                 used,
                 keys: n as u32,
                 reclaimed: self.table.reclaimed(),
-                checker: self.table.checker(peers::now_ms()).unwrap_or(0),
+                checker: lease.map_or(0, |l| l.pid),
+                checks_paused: lease.is_some_and(|l| l.paused),
                 workers: workers
                     .iter()
                     .map(|w| (w.worker.pid, w.connections))
