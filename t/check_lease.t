@@ -199,11 +199,15 @@ subtest 'b. two workers: a worker with room takes paused checks over' => sub {
 	$t->stop();
 };
 
+# Never left stopped, whatever happens to the test.
+my $stopped;
+END { kill 'CONT', $stopped if $stopped }
+
 subtest 'c. a checker stopped past its lease checks no more once resumed' => sub {
 	$t->write_file_expand('nginx.conf', conf(2));
 	$t->run();
 	ok(wait_until(sub { zone()->{checker} }, $wait), 'a checker');
-	my $stopped = zone()->{checker};
+	$stopped = zone()->{checker};
 	my ($other) = grep { $_ != $stopped } $t->worker_pids();
 	# Its checks are under way.
 	sleep(3 * $interval_ms / 1000);

@@ -284,6 +284,9 @@ pub fn stop(registry: &Registry) {
 /// counters follow DNS (`resolve`) first; a list DNS changed again since
 /// (its version is not the counters') is left for the next rescan: paired
 /// by position, one server's key would be checked at another's address.
+/// A handle whose key another worker removed and stored again meanwhile
+/// (DNS took the address away and gave it back before this worker looked)
+/// is looked up again: its checks would record nothing.
 fn jobs(
     registry: &'static Registry,
     upstreams: Vec<(&UpstreamSrvConf, usize)>,
@@ -298,6 +301,7 @@ fn jobs(
         let Some(params) = up.check.as_ref() else {
             continue;
         };
+        refresh_gone_keys(up);
         // SAFETY: round-robin init filled peer.data (the upstream zone's
         // copy, with one).
         let (primary, backup) = unsafe { peers::lists(us.peer.data) };
@@ -331,6 +335,18 @@ fn jobs(
         }
     }
     (jobs, portless)
+}
+
+/// Looks up again the keys of `up` whose handles this worker holds are
+/// gone from the zone (the zone lock, no peer lock held).
+fn refresh_gone_keys(up: &UpstreamCounters) {
+    for list in [List::Primary, List::Backup] {
+        for pc in up.list(list).iter() {
+            if pc.slot().is_some_and(|s| s.count().is_none()) {
+                pc.refresh(up);
+            }
+        }
+    }
 }
 
 /// Starts a task for each job not running yet, and stops the tasks of
