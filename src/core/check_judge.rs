@@ -147,7 +147,11 @@ mod tests {
         let j = judge(&params(&[]), Ok(b""));
         assert_eq!(j.why, Why::Ok);
         assert_eq!(j.capacity, Some(Capacity::default()));
-        assert_eq!(j.reported, Some(None), "a load reported before is forgotten");
+        assert_eq!(
+            j.reported,
+            Some(None),
+            "a load reported before is forgotten"
+        );
     }
 
     #[test]
