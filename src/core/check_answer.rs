@@ -2,14 +2,21 @@
 //! headers a backend may add, its capacity and its own count of
 //! connections. Pure parsing of the response head the probe read.
 //!
-//! **The head.** At most `MAX_HEAD` bytes are read, up to the blank line
-//! that ends the head, or the end of the connection. The status line is
-//! `HTTP/1.x NNN [reason]` (NNN 100 to 599); lines end in CRLF or LF; each
-//! header line is `name: value` (a name of token characters; no line
-//! folding). A head cut short by the end of the connection is accepted
-//! when its status line is complete: its complete lines count, a last line
-//! without its line end is ignored (it may be cut). A head that fills
-//! `MAX_HEAD` without its blank line is too long.
+//! **The head.** At most [`MAX_HEAD`] bytes (64 KiB) are read, up to the
+//! blank line that ends the head ([`head_end`]: the probe stops there), or
+//! the end of the connection. The status line is `HTTP/1.x NNN [reason]`
+//! (NNN 100 to 599); lines end in CRLF or LF; each header line is
+//! `name: value` (a name of token characters; no line folding). A head cut
+//! short by the end of the connection is accepted when its status line is
+//! complete: its complete lines count, a last line without its line end is
+//! ignored (it may be cut).
+//!
+//! **A head over the bound** (`MAX_HEAD` bytes without its blank line) is
+//! judged on its status line (a bad or missing one is still a bad
+//! response; so is a malformed complete header line), but its capacity and
+//! load headers are not read: both count as malformed ("response head over
+//! 65536 bytes"; the load only when configured), even one found complete
+//! within the bound, as a second copy of it could come later, unread.
 //!
 //! **The capacity line** (`capacity=` header, `X-LCP-Capacity` unless
 //! configured; its name case-insensitive), in the spirit of HAProxy's agent
@@ -35,8 +42,13 @@
 
 use super::check_conf::token;
 
-/// The most of a response head a check reads.
-pub const MAX_HEAD: usize = 4096;
+/// The most of a response head a check reads (the probe's bound, its
+/// buffer growing to it as the head comes): 64 KiB, far over what
+/// frameworks send, cookies and CSP headers included.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Why the capacity and load headers of a head over [`MAX_HEAD`] are not
+/// read.
+pub const OVER_MAX_HEAD: &str = "response head over 65536 bytes";
 /// The longest capacity line.
 pub const MAX_CAPACITY_LINE: usize = 256;
 /// The largest `weight=`.
@@ -56,10 +68,13 @@ pub struct Capacity {
 /// A capacity or load header the check ignores, with what to warn.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Malformed {
-    /// FNV-1a of the raw value, never 0: one warning per server per change.
+    /// FNV-1a of the raw value (of the header and reason for a head over
+    /// the bound, which has no value read), never 0: one warning per server
+    /// per change.
     pub hash: u32,
     pub reason: &'static str,
-    /// The value's first 64 bytes, for the warning.
+    /// The value's first 64 bytes, escaped for the log ([`escape`]: so at
+    /// most 256 characters); empty for a head over the bound.
     pub text: String,
 }
 
@@ -93,8 +108,6 @@ pub enum BadResponse {
     StatusLine,
     /// A header line that is not `name: value`.
     HeaderLine,
-    /// `MAX_HEAD` bytes without the end of the head.
-    TooLong,
 }
 
 impl BadResponse {
@@ -103,7 +116,6 @@ impl BadResponse {
             BadResponse::NoStatusLine => "no status line",
             BadResponse::StatusLine => "not an HTTP/1.x status line",
             BadResponse::HeaderLine => "a malformed header line",
-            BadResponse::TooLong => "a response head over 4096 bytes",
         }
     }
 }
@@ -116,7 +128,7 @@ pub fn parse_head(
     capacity_name: &[u8],
     load_name: Option<&[u8]>,
 ) -> Result<Head, BadResponse> {
-    let lines = head_lines(buf)?;
+    let (lines, complete) = head_lines(buf);
     let (first, headers) = lines.split_first().ok_or(BadResponse::NoStatusLine)?;
     let status = status_line(first)?;
     let mut capacity = Found::default();
@@ -130,6 +142,14 @@ pub fn parse_head(
             load.add(value);
         }
     }
+    if !complete && buf.len() >= MAX_HEAD {
+        // Over the bound: what the unread rest says is unknown.
+        return Ok(Head {
+            status,
+            capacity: Some(Err(over_max_head("capacity"))),
+            load: load_name.map(|_| Err(over_max_head("load"))),
+        });
+    }
     Ok(Head {
         status,
         capacity: capacity.parse(capacity_line),
@@ -137,9 +157,30 @@ pub fn parse_head(
     })
 }
 
+/// Where the head in `buf` ends: the length up to and with its blank line
+/// (a line that is empty or only `\r`, after a line end of `\n` or
+/// `\r\n`, or at the very start), as [`parse_head`] reads it. `searched`
+/// bytes were looked at before without finding it (the length before the
+/// last read): only a blank line whose `\n` comes after them is looked
+/// for, the 2 bytes before it being looked at again.
+pub fn head_end(buf: &[u8], searched: usize) -> Option<usize> {
+    (searched..buf.len())
+        .find(|&i| {
+            buf[i] == b'\n'
+                && match i {
+                    0 => true,
+                    _ if buf[i - 1] == b'\n' => true,
+                    1 => buf[0] == b'\r',
+                    _ => buf[i - 1] == b'\r' && buf[i - 2] == b'\n',
+                }
+        })
+        .map(|i| i + 1)
+}
+
 /// The head's lines, without their line ends, up to the blank line (or
-/// the last complete line when the connection ended first).
-fn head_lines(buf: &[u8]) -> Result<Vec<&[u8]>, BadResponse> {
+/// the last complete line when there is none: a partial last line is left
+/// out), and whether the blank line came.
+fn head_lines(buf: &[u8]) -> (Vec<&[u8]>, bool) {
     let mut lines = Vec::new();
     let mut rest = buf;
     while let Some(end) = rest.iter().position(|&b| b == b'\n') {
@@ -147,19 +188,11 @@ fn head_lines(buf: &[u8]) -> Result<Vec<&[u8]>, BadResponse> {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         rest = &rest[end + 1..];
         if line.is_empty() {
-            return Ok(lines);
+            return (lines, true);
         }
         lines.push(line);
     }
-    // No blank line: the connection ended (a partial last line is left
-    // out), unless the buffer is full.
-    if buf.len() >= MAX_HEAD {
-        Err(BadResponse::TooLong)
-    } else if lines.is_empty() {
-        Err(BadResponse::NoStatusLine)
-    } else {
-        Ok(lines)
-    }
+    (lines, false)
 }
 
 /// `HTTP/1.x NNN[ reason]`: the status.
@@ -227,8 +260,36 @@ fn malformed(raw: &[u8], reason: &'static str) -> Malformed {
     Malformed {
         hash: fnv1a(raw),
         reason,
-        text: String::from_utf8_lossy(&raw[..raw.len().min(QUOTED)]).into_owned(),
+        text: escape(&raw[..raw.len().min(QUOTED)]),
     }
+}
+
+/// The capacity or load header (`which`) of a head over the bound: the same
+/// hash at every check (so it warns once), the two apart.
+fn over_max_head(which: &str) -> Malformed {
+    Malformed {
+        hash: fnv1a(format!("{which}: {OVER_MAX_HEAD}").as_bytes()),
+        reason: OVER_MAX_HEAD,
+        text: String::new(),
+    }
+}
+
+/// Backend bytes as they may go into a log line: printable ASCII as it is,
+/// any other byte, `"` and `\` as `\xHH` (as nginx escapes its access
+/// log's variables): no control byte, line end or invalid UTF-8 reaches
+/// the log, and a quoted text cannot be closed early.
+pub fn escape(bytes: &[u8]) -> String {
+    use core::fmt::Write;
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\' {
+            out.push(char::from(b));
+        } else {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "\\x{b:02X}");
+        }
+    }
+    out
 }
 
 /// FNV-1a, 32 bits, never 0 (0 means "nothing warned about").
@@ -390,13 +451,157 @@ mod tests {
         assert_eq!(h.stated_capacity(), Ok(cap(true, None, None)));
         let h = head("HTTP/1.1 200 OK\r\nX-LCP-Capacity: drain").unwrap();
         assert_eq!(h.capacity, None, "a last line without its end may be cut");
-        // A full buffer without the blank line: too long.
-        let mut long = b"HTTP/1.1 200 OK\r\n".to_vec();
-        while long.len() < MAX_HEAD {
-            long.extend_from_slice(b"X-Pad: aaaaaaaaaaaaaaaa\r\n");
+    }
+
+    /// `status` and `lines` padded with `X-Pad` lines to `len` bytes, cut
+    /// there (no blank line).
+    fn padded(status: &str, lines: &str, len: usize) -> Vec<u8> {
+        let mut b = format!("{status}\r\n{lines}").into_bytes();
+        while b.len() < len {
+            b.extend_from_slice(b"X-Pad: aaaaaaaaaaaaaaaa\r\n");
         }
-        long.truncate(MAX_HEAD);
-        assert_eq!(parse_head(&long, CAP, LOAD), Err(BadResponse::TooLong));
+        b.truncate(len);
+        b
+    }
+
+    #[test]
+    fn heads_over_the_bound() {
+        assert_eq!(MAX_HEAD, 65536);
+        assert!(OVER_MAX_HEAD.contains(&MAX_HEAD.to_string()));
+        let over = padded(
+            "HTTP/1.1 200 OK",
+            "X-LCP-Capacity: drain\r\nX-Conns: 5\r\n",
+            MAX_HEAD,
+        );
+        let h = parse_head(&over, CAP, LOAD).unwrap();
+        assert_eq!(h.status, 200, "judged on its status line");
+        // Complete within the bound, yet not taken: a second one may follow.
+        let c = h.capacity.clone().unwrap().unwrap_err();
+        let l = h.load.clone().unwrap().unwrap_err();
+        assert_eq!((c.reason, c.text.as_str()), (OVER_MAX_HEAD, ""));
+        assert_eq!((l.reason, l.text.as_str()), (OVER_MAX_HEAD, ""));
+        assert_ne!(c.hash, l.hash, "the two told apart");
+        // The same at every check (one warning), whatever the head holds.
+        let other = padded("HTTP/1.1 204 x", "", MAX_HEAD);
+        let h2 = parse_head(&other, CAP, LOAD).unwrap();
+        assert_eq!(h2.status, 204);
+        assert_eq!(h2.capacity, h.capacity, "no capacity header: the same");
+        assert_eq!(h2.load, h.load);
+        // No load= configured: only the capacity.
+        let h3 = parse_head(&over, CAP, None).unwrap();
+        assert_eq!((h3.capacity.is_some(), h3.load), (true, None));
+        // A bad status line, or none, is still a bad response.
+        let bad = padded("HTTP/1.1 20 OK", "", MAX_HEAD);
+        assert_eq!(parse_head(&bad, CAP, LOAD), Err(BadResponse::StatusLine));
+        let none = vec![b'a'; MAX_HEAD];
+        assert_eq!(parse_head(&none, CAP, LOAD), Err(BadResponse::NoStatusLine));
+        let garbage = padded("HTTP/1.1 200 OK", "not a header\r\n", MAX_HEAD);
+        assert_eq!(
+            parse_head(&garbage, CAP, LOAD),
+            Err(BadResponse::HeaderLine)
+        );
+        // One byte short, cut by the end of the connection: read as it is.
+        let short = padded("HTTP/1.1 200 OK", "X-LCP-Capacity: drain\r\n", MAX_HEAD - 1);
+        let h = parse_head(&short, CAP, LOAD).unwrap();
+        assert_eq!(h.stated_capacity(), Ok(cap(true, None, None)));
+        // Ending within the bound, at its last byte: read as it is.
+        let mut full = b"HTTP/1.1 200 OK\r\nX-LCP-Capacity: drain\r\nX-Pad: ".to_vec();
+        full.resize(MAX_HEAD - 4, b'a');
+        full.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(full.len(), MAX_HEAD);
+        assert_eq!(head_end(&full, 0), Some(MAX_HEAD));
+        let h = parse_head(&full, CAP, LOAD).unwrap();
+        assert_eq!(h.stated_capacity(), Ok(cap(true, None, None)));
+        assert_eq!(h.load, None);
+    }
+
+    #[test]
+    fn a_6k_capacity_value_is_malformed_not_fatal() {
+        let value = "up,".repeat(2000);
+        let h = head(&format!(
+            "HTTP/1.1 200 OK\r\nX-LCP-Capacity: {value}\r\n\r\n"
+        ))
+        .unwrap();
+        assert_eq!(h.status, 200);
+        let m = h.capacity.unwrap().unwrap_err();
+        assert_eq!(m.reason, "longer than 256 bytes");
+        assert_eq!(m.hash, fnv1a(value.as_bytes()));
+    }
+
+    #[test]
+    fn the_end_of_the_head() {
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\n\r\nbody", 0), Some(19));
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\n\nbody", 0), Some(17));
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\n\r\n", 0), Some(18));
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\n\n", 0), Some(18));
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\nA: b\r\n", 0), None);
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\r\n", 0), None);
+        assert_eq!(head_end(b"\n", 0), Some(1));
+        assert_eq!(head_end(b"\r\n", 0), Some(2));
+        assert_eq!(head_end(b"", 0), None);
+        // The blank line completed by a later read, in every split.
+        let buf = b"HTTP/1.1 200 OK\r\nA: b\r\n\r\n";
+        for split in 0..buf.len() {
+            assert_eq!(head_end(&buf[..split], 0), None);
+            assert_eq!(head_end(buf, split), Some(buf.len()), "{split}");
+        }
+    }
+
+    /// Every buffer of up to 8 bytes of `\r`, `\n` and `a`, read in two
+    /// parts at every split: the probe's end is where the parser's head
+    /// ends (the parser takes the lines before it and nothing after).
+    #[test]
+    fn the_probe_and_the_parser_agree() {
+        let alphabet = [b'\r', b'\n', b'a'];
+        for len in 0..=8u32 {
+            for n in 0..3usize.pow(len) {
+                let buf: Vec<u8> = (0..len)
+                    .scan(n, |n, _| {
+                        let b = alphabet[*n % 3];
+                        *n /= 3;
+                        Some(b)
+                    })
+                    .collect();
+                let end = head_end(&buf, 0);
+                let (lines, complete) = head_lines(&buf);
+                assert_eq!(end.is_some(), complete, "{buf:?}");
+                if let Some(end) = end {
+                    let (before, _) = head_lines(&buf[..end]);
+                    assert_eq!(before, lines, "{buf:?}");
+                    assert!(!head_lines(&buf[..end - 1]).1, "{buf:?}");
+                }
+                for split in 0..=buf.len() {
+                    if head_end(&buf[..split], 0).is_none() {
+                        assert_eq!(head_end(&buf, split), end, "{buf:?} at {split}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn backend_text_is_escaped_for_the_log() {
+        assert_eq!(escape(b"maxconn=abc, weight=5"), "maxconn=abc, weight=5");
+        assert_eq!(
+            escape(b"a\x1b[31m\r\n\x07\x00\x7f\x80\xff\"\\ ~"),
+            "a\\x1B[31m\\x0D\\x0A\\x07\\x00\\x7F\\x80\\xFF\\x22\\x5C ~"
+        );
+        assert_eq!(escape("é".as_bytes()), "\\xC3\\xA9");
+        // The quote: the first 64 raw bytes, then escaped.
+        let raw = format!("{}\u{1b}", "x".repeat(63));
+        let h = head(&format!(
+            "HTTP/1.1 200 OK\r\nX-LCP-Capacity: {raw}yz\r\n\r\n"
+        ))
+        .unwrap();
+        let m = h.capacity.unwrap().unwrap_err();
+        assert_eq!(m.text, format!("{}\\x1B", "x".repeat(63)));
+        assert_eq!(
+            m.hash,
+            fnv1a(format!("{raw}yz").as_bytes()),
+            "of the raw value"
+        );
+        let twice = head("HTTP/1.1 200 OK\r\nX-Conns: \"1\"\r\nX-Conns: 2\x7f\r\n\r\n").unwrap();
+        assert_eq!(twice.load.unwrap().unwrap_err().text, "\\x221\\x22, 2\\x7F");
     }
 
     #[test]

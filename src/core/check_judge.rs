@@ -10,7 +10,10 @@
 //!   `up` with no override; no load header forgets the last one, and so
 //!   does a check that reads none (`type=tcp`, or no `load=`).
 //! - A malformed capacity or load value changes nothing of its own and is
-//!   warned about once per server per text (`Warning::hash`).
+//!   warned about once per server per text (`Warning::hash`). A head over
+//!   `check_answer::MAX_HEAD` (64 KiB) is judged on its status; its capacity
+//!   and load (when configured) are malformed, so kept as they were, with
+//!   one warning.
 
 use super::check_answer::{parse_head, Capacity, Malformed};
 use super::check_conf::{CheckParams, Kind};
@@ -195,6 +198,36 @@ mod tests {
         assert!(j.capacity.unwrap().drain);
         assert_eq!(j.reported, Some(Some(50)));
         assert_eq!(j.malformed, None);
+    }
+
+    #[test]
+    fn a_head_over_the_bound_is_judged_on_its_status() {
+        use crate::core::check_answer::{MAX_HEAD, OVER_MAX_HEAD};
+        let over = |status: &str| {
+            let mut b =
+                format!("HTTP/1.1 {status} x\r\nX-LCP-Capacity: drain\r\nX-Connections: 5\r\n")
+                    .into_bytes();
+            b.resize(MAX_HEAD, b'a');
+            b
+        };
+        let j = judge(&http(), Ok(&over("200")));
+        assert_eq!((j.why, j.http_status), (Why::Ok, 200));
+        assert_eq!(j.capacity, None, "capacity kept, drain not taken");
+        assert_eq!(j.reported, None, "reported load kept, 5 not taken");
+        let w = j.malformed.clone().unwrap();
+        assert_eq!(
+            (w.header, w.reason, w.text.as_str()),
+            ("capacity", OVER_MAX_HEAD, "")
+        );
+        // The same warning at the next check: warned once.
+        assert_eq!(judge(&http(), Ok(&over("204"))).malformed, Some(w.clone()));
+        // Without load=: the capacity alone (another hash).
+        let no_load = judge(&params(&["uri=/health"]), Ok(&over("200")));
+        assert_eq!((no_load.why, no_load.reported), (Why::Ok, None));
+        assert_ne!(no_load.malformed.unwrap().hash, w.hash);
+        let bad = judge(&http(), Ok(&over("503")));
+        assert_eq!((bad.why, bad.http_status), (Why::BadStatus, 503));
+        assert_eq!(judge(&http(), Ok(&[b'a'; MAX_HEAD])).why, Why::BadResponse);
     }
 
     #[test]

@@ -51,14 +51,16 @@ use nginx_sys::{
 use ngx::ngx_log_debug;
 
 use super::subsystem::RrPeer;
+use crate::core::check_answer::{head_end, MAX_HEAD};
 use crate::core::health::Why;
 use crate::core::health_table::Claim;
 
 /// Probes of one process holding a connection at a time.
 pub const MAX_IN_FLIGHT: usize = 64;
 
-/// The most of a response head a probe reads.
-pub const HEAD_MAX: usize = 4096;
+/// The head buffer a probe starts with; it doubles as it fills, up to
+/// [`MAX_HEAD`].
+const HEAD_START: usize = 1024;
 
 /// Where a probe connects: a copy of a peer's address, and its name for
 /// nginx's log lines.
@@ -167,8 +169,9 @@ fn name_with_port(name: &[u8], port: u16) -> Vec<u8> {
 }
 
 /// Connects to `target` and, for an http check, sends `request` and reads
-/// the response head: up to the blank line, the end of the stream or
-/// [`HEAD_MAX`] bytes, whichever comes first (the caller parses it). A tcp
+/// the response head: up to the blank line (CRLF or bare LF line ends, as
+/// [`head_end`] finds it), the end of the stream or [`MAX_HEAD`] bytes,
+/// whichever comes first (the caller parses it). A tcp
 /// check (`request` `None`) passes once connected, with nothing read.
 /// `timeout_ms` bounds the whole probe from its connect on (not its wait for
 /// a turn).
@@ -392,7 +395,7 @@ impl Conn {
     }
 
     async fn read_head(&mut self) -> Result<Vec<u8>, Why> {
-        let mut head = Vec::with_capacity(HEAD_MAX);
+        let mut head = Vec::with_capacity(HEAD_START);
         poll_fn(|cx| self.poll_read(cx, &mut head)).await?;
         Ok(head)
     }
@@ -407,16 +410,21 @@ impl Conn {
                 return self.wait(cx, Side::Read);
             }
             let before = head.len();
+            if head.capacity() == before {
+                // Full (never at MAX_HEAD: that ended the read): doubled.
+                head.reserve_exact(before.min(MAX_HEAD - before));
+            }
             let recv = io.c.recv.expect("nginx sets a connection's recv");
             let room = head.spare_capacity_mut();
+            let size = room.len().min(MAX_HEAD - before);
             // SAFETY: nginx's recv for this connection, into the vector's
-            // spare capacity (`room.len()` bytes).
-            let n = unsafe { recv(io.c, room.as_mut_ptr().cast(), room.len()) };
+            // spare capacity (at least `size` bytes).
+            let n = unsafe { recv(io.c, room.as_mut_ptr().cast(), size) };
             match n {
                 1.. => {
                     // SAFETY: recv wrote these `n` bytes.
                     unsafe { head.set_len(before + n as usize) };
-                    if head.len() == HEAD_MAX || ends_head(head, before) {
+                    if head.len() >= MAX_HEAD || head_end(head, before).is_some() {
                         return Poll::Ready(Ok(()));
                     }
                 }
@@ -522,14 +530,6 @@ fn connect_result(fd: libc::c_int) -> Result<(), Why> {
 
 fn errno() -> libc::c_int {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-/// Whether the blank line ending a head is in `head`, looking only where
-/// the bytes after `before` can have completed it.
-fn ends_head(head: &[u8], before: usize) -> bool {
-    head[before.saturating_sub(3)..]
-        .windows(4)
-        .any(|w| w == b"\r\n\r\n")
 }
 
 /// The log of probe connections: the cycle's, showing `alert` and above
