@@ -430,6 +430,10 @@ pub struct UpstreamCounters {
     pub rebalance: Option<Params>,
     /// `least_conn_persistent_check`, when given.
     pub check: Option<CheckParams>,
+    /// Set once this worker has warned that the upstream's TCP checks
+    /// probe servers it proxies UDP to (stream `listen ... udp`).
+    #[cfg(feature = "stream")]
+    pub udp_warned: Cell<bool>,
     /// Rebalancing: this worker's connections of the upstream (each with
     /// what its request holds), its primary peers' failures, and what its
     /// timer keeps between ticks.

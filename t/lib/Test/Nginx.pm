@@ -12,7 +12,13 @@ package Test::Nginx;
 #
 # Every test file gets one extra test at the end: its error.log must hold no
 # [alert], [crit] or [emerg] line (and none of the patterns passed to
-# `alerts_allowed`).
+# `alerts_allowed`). A test file that fails prints the last lines at [warn]
+# and above of its nginx error logs (diag, on STDERR): CI's output says why.
+#
+# nginx's workers run as `nobody` when the tests run as root, and the
+# checkout may lie under a directory only root may enter (`mktemp -d`): what
+# a worker reads is in the test's own directory, readable by all (its
+# files, and a copy of our Lua library: %%LUA_LIB%%).
 
 use warnings;
 use strict;
@@ -20,6 +26,7 @@ use strict;
 use Exporter qw/import/;
 our @EXPORT = qw/port http_get http http_read wait_until/;
 
+use File::Copy ();
 use File::Path qw/mkpath rmtree/;
 use File::Spec;
 use File::Temp qw/tempdir/;
@@ -35,7 +42,8 @@ our $NGINX = $ENV{TEST_NGINX_BINARY} // '/usr/sbin/nginx';
 # Every wait and timeout is multiplied by this: nginx under valgrind
 # (scripts/memcheck.sh) runs many times slower.
 our $SLOW = $ENV{TEST_NGINX_SLOW} // 1;
-# Debian's Lua module (libnginx-mod-http-lua) and the Lua library of ours.
+# Debian's Lua module (libnginx-mod-http-lua) and the Lua library of ours
+# (the checkout's lib/; nginx's workers read the copy `lua_lib` makes).
 our $LUA_MODULE = '/usr/lib/nginx/modules/ngx_http_lua_module.so';
 our $LUA_LIB = (File::Spec->rel2abs(__FILE__) =~ s{t/lib/Test/Nginx\.pm$}{}r) . 'lib';
 our $MODULE = $ENV{TEST_NGINX_MODULE}
@@ -53,6 +61,11 @@ our $NGINX_STREAM_MODULE = $ENV{TEST_NGINX_NGINX_STREAM_MODULE}
 my %ports;
 my @instances;
 my $parent = $$;
+# Every instance's directory: at the end, a failed file prints the errors of
+# their logs (an instance may be gone by then: a file that dies frees its
+# lexicals before END blocks run). File::Temp removes them in its END
+# block, which runs after ours (it was loaded first).
+my @testdirs;
 
 # Teardown must run before Test::More checks the plan in its own END block
 # (ours runs first: Test::More is loaded before this file). A test object
@@ -61,7 +74,11 @@ my $parent = $$;
 # and never releases its parent's ports.
 END {
 	if ($$ == $parent) {
+		my $exit = $?;
 		$_ && $_->DESTROY() for @instances;
+		if (!$ENV{TEST_NGINX_CATLOG} && test_failed($exit)) {
+			diag_log_errors($_) for @testdirs;
+		}
 		release_ports();
 	}
 }
@@ -69,19 +86,66 @@ END {
 sub new {
 	my ($class) = @_;
 	my $self = bless { _pid => $$ }, $class;
-	$self->{_testdir} = tempdir('lcp-test-XXXXXX', TMPDIR => 1,
+	# Workers (user nobody when run as root) read files here too (Lua): in
+	# a temporary directory they may enter, /tmp if $TMPDIR is not one.
+	my $tmp = File::Spec->tmpdir();
+	$tmp = '/tmp' if $> == 0 && !searchable_by_all($tmp) && searchable_by_all('/tmp');
+	$self->{_testdir} = tempdir('lcp-test-XXXXXX', DIR => $tmp,
 		CLEANUP => !$ENV{TEST_NGINX_LEAVE});
-	# Workers (user nobody when run as root) read files here too (Lua).
 	chmod 0755, $self->{_testdir};
 	mkpath("$self->{_testdir}/logs");
 	$self->{_daemons} = [];
 	$self->{_allowed} = [];
 	push @instances, $self;
+	push @testdirs, $self->{_testdir};
 	Scalar::Util::weaken($instances[-1]);
 	return $self;
 }
 
 sub testdir { $_[0]{_testdir} }
+
+# Whether every directory from / down to $dir lets others in (o+x).
+sub searchable_by_all {
+	my ($dir) = @_;
+	my $path = File::Spec->rel2abs($dir);
+	while (1) {
+		my @st = stat $path or return 0;
+		return 0 unless $st[2] & 0001;
+		last if $path eq '/';
+		$path =~ s{/[^/]*/?$}{};
+		$path = '/' if $path eq '';
+	}
+	return 1;
+}
+
+# Our Lua library as nginx's workers read it (%%LUA_LIB%%): a copy of the
+# checkout's lib/ in the test's directory, readable by all, made once. A
+# `require` in a worker (not only in init_by_lua, which the master runs as
+# root) then works wherever the checkout lives.
+sub lua_lib {
+	my ($self) = @_;
+	my $dst = "$self->{_testdir}/lua-lib";
+	copy_readable($LUA_LIB, $dst) unless -d $dst;
+	return $dst;
+}
+
+# Copies a directory tree: directories 0755, files 0644 (whatever the
+# umask, whatever the modes of the original).
+sub copy_readable {
+	my ($from, $to) = @_;
+	mkdir $to or die "mkdir $to: $!\n";
+	chmod 0755, $to;
+	opendir my $dh, $from or die "$from: $!\n";
+	for my $name (grep { !/^\.\.?$/ } readdir $dh) {
+		if (-d "$from/$name") {
+			copy_readable("$from/$name", "$to/$name");
+		} else {
+			File::Copy::copy("$from/$name", "$to/$name") or die "copy $from/$name: $!\n";
+			chmod 0644, "$to/$name";
+		}
+	}
+	closedir $dh;
+}
 
 # The module and nginx are what every test is about: without them the run
 # stops (a skip would pass in silence). Other needs skip the file.
@@ -201,6 +265,8 @@ sub write_file {
 	open my $fh, '>', "$self->{_testdir}/$name" or die "$name: $!\n";
 	print $fh $content;
 	close $fh;
+	# Workers may read it (a Lua module of the test's): whatever the umask.
+	chmod 0644, "$self->{_testdir}/$name";
 	return $self;
 }
 
@@ -300,7 +366,7 @@ sub expand {
 	$content =~ s/%%LUA_MODULES%%/lua_modules()/ge;
 	$content =~ s/%%STREAM_MODULES%%/stream_modules()/ge;
 	$content =~ s/%%LUA_RECIPE%%/lua_recipe()/ge;
-	$content =~ s/%%LUA_LIB%%/$LUA_LIB/g;
+	$content =~ s/%%LUA_LIB%%/$self->lua_lib()/ge;
 	$content =~ s/%%TEST_GLOBALS_HTTP%%/$self->globals_http()/ge;
 	$content =~ s/%%TESTDIR%%/$self->{_testdir}/g;
 	$content =~ s/127\.0\.0\.1:(8\d\d\d)/'127.0.0.1:' . port($1)/ge;
@@ -515,6 +581,51 @@ sub DESTROY {
 	}
 	if ($ENV{TEST_NGINX_CATLOG} && $self->has_file('error.log')) {
 		print STDERR $self->read_file('error.log');
+	}
+}
+
+# Whether the test file, at its end (exiting with $exit), has failed: a
+# failed test, a death, or not as many tests as planned.
+sub test_failed {
+	my ($exit) = @_;
+	my $tb = Test::More->builder;
+	return 1 if !$tb->is_passing || $exit;
+	my $planned = $tb->expected_tests;
+	return $planned && $tb->current_test != $planned;
+}
+
+# The last $LOG_LINES entries at [warn] and above of each nginx error log in
+# the test's directory (error.log, and those a test names itself), as diag:
+# a failed file says why in CI's output. An entry is its line and the lines
+# without a time stamp after it (a Lua error's "no file ..." list).
+our $LOG_LINES = 50;
+
+sub diag_log_errors {
+	my ($dir) = @_;
+	my $stamp = qr{^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[(\w+)\]};
+	for my $f (sort glob "$dir/*.log") {
+		open my $fh, '<', $f or next;
+		my (@entries, $in);
+		while (my $line = <$fh>) {
+			if ($line =~ $stamp) {
+				$in = $1 =~ /^(?:emerg|alert|crit|error|warn)$/;
+				push @entries, [] if $in;
+			}
+			push @{$entries[-1]}, $line if $in && @{$entries[-1]} < 20;
+		}
+		close $fh;
+		next unless @entries;
+		my $all = @entries;
+		splice @entries, 0, $all - $LOG_LINES if $all > $LOG_LINES;
+		Test::More::diag("$f: " . ($all > @entries ? "the last " . @entries . " of $all" : $all)
+			. ($all == 1 ? ' message' : ' messages') . " at [warn] and above:");
+		for (map { @$_ } @entries) {
+			chomp;
+			# Bytes a backend sent may be in a line: printable ones only.
+			s/([^\x20-\x7e\t])/sprintf('\\x%02x', ord $1)/ge;
+			$_ = substr($_, 0, 2000) . '...' if length > 2000;
+			Test::More::diag("  $_");
+		}
 	}
 }
 
