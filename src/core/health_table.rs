@@ -50,6 +50,11 @@ pub struct Health {
     warned: AtomicU32,
     /// When the last check ended (ms of the monotonic clock; 0: never).
     last_ms: AtomicU64,
+    /// Answers that reported a load, counted (wrapping): which answer
+    /// `reported` is, for counts that the checker does not know (a Lua
+    /// key's, `array_list::Followed`). In what was padding: a zone made by
+    /// an older build reads 0 here, as a record never reported to.
+    loads: AtomicU32,
 }
 
 /// The health records of one block's slots: one page.
@@ -127,8 +132,15 @@ pub struct HealthView {
 pub struct Tuned {
     pub weight: Option<u32>,
     pub max_conns: Option<u32>,
-    /// Added to our count: how far the server's own count was above ours.
+    /// Added to the key's count: how far the server's own count was above
+    /// the key's when the answer came.
     pub excess: u32,
+    /// The load the server reported (what `excess` was taken from), and
+    /// which answer said it (a number that changes with each answer that
+    /// reports a load): another count compared with it (a Lua key's, which
+    /// the checker does not know) takes its own excess from these.
+    pub reported: Option<u32>,
+    pub answer: u32,
 }
 
 /// The state the log and the picks care about, before and after a check.
@@ -200,6 +212,7 @@ impl Health {
             &self.reported,
             &self.excess,
             &self.warned,
+            &self.loads,
         ] {
             w.store(0, Ordering::Relaxed);
         }
@@ -217,12 +230,17 @@ impl Health {
         }
     }
 
-    /// The slot bits this record asks for.
+    /// The slot bits this record asks for. Tuned: an override, or a load
+    /// reported (above 0), even one at or below the key's count (no excess
+    /// for the key's picks, but a Lua upstream following the key compares
+    /// its own count with it).
     fn bits(&self) -> u32 {
         let v = self.verdict();
         let out = v.state == Some(State::Down) || v.drain;
-        let tuned =
-            v.weight.is_some() || v.max_conns.is_some() || self.excess.load(Ordering::Relaxed) != 0;
+        let tuned = v.weight.is_some()
+            || v.max_conns.is_some()
+            || self.reported.load(Ordering::Relaxed) > 1
+            || self.excess.load(Ordering::Relaxed) != 0;
         (if out { FLAG_CHECK_OUT } else { 0 }) | (if tuned { FLAG_CHECK_TUNED } else { 0 })
     }
 
@@ -254,6 +272,8 @@ impl Health {
             weight: v.weight,
             max_conns: v.max_conns,
             excess: self.excess.load(Ordering::Relaxed),
+            reported: non_zero(self.reported.load(Ordering::Relaxed)).map(|n| n - 1),
+            answer: self.loads.load(Ordering::Relaxed),
         }
     }
 
@@ -287,6 +307,8 @@ impl Health {
                 self.reported.store(n.saturating_add(1), Ordering::Relaxed);
                 self.excess
                     .store(n.saturating_sub(count), Ordering::Relaxed);
+                let seq = self.loads.load(Ordering::Relaxed).wrapping_add(1);
+                self.loads.store(seq, Ordering::Relaxed);
             }
             Some(None) => {
                 self.reported.store(0, Ordering::Relaxed);
@@ -698,6 +720,7 @@ mod tests {
         assert_eq!(tuned.weight, Some(5));
         assert_eq!(tuned.max_conns, Some(0), "maxconn=0: no limit, overridden");
         assert_eq!(tuned.excess, 8, "reported 10 while we held 2");
+        assert_eq!((tuned.reported, tuned.answer), (Some(10), 1));
         // A malformed line keeps what was there.
         r.capacity = None;
         r.reported = None;
@@ -712,6 +735,43 @@ mod tests {
         r.malformed = 0;
         t.record_check(&a, k, &r).unwrap();
         assert_eq!(k.check_bits(), 0);
+    }
+
+    /// A load at or below the key's count adds nothing to the key's picks
+    /// but is still read: a Lua upstream following the key compares its
+    /// own count with it. Each answer with a load is a new one.
+    #[test]
+    fn a_reported_load_is_read_even_with_no_excess() {
+        let (a, t) = setup();
+        // SAFETY: the test's own table.
+        let t = unsafe { t.as_ref() };
+        let k = checked_key(t, &a);
+        for _ in 0..3 {
+            k.acquire(0);
+        }
+        let mut r = report(Why::Ok);
+        r.reported = Some(Some(3));
+        t.record_check(&a, k, &r).unwrap();
+        assert_eq!(k.check_bits(), CHECK_TUNED);
+        let first = k.tuned();
+        assert_eq!((first.excess, first.reported), (0, Some(3)));
+        t.record_check(&a, k, &r).unwrap();
+        assert_ne!(k.tuned().answer, first.answer, "another answer");
+        // A check that says nothing of the load keeps it, and its answer.
+        r.reported = None;
+        t.record_check(&a, k, &r).unwrap();
+        assert_eq!(k.tuned().answer, first.answer.wrapping_add(1));
+        // Reported 0: nothing to read.
+        r.reported = Some(Some(0));
+        t.record_check(&a, k, &r).unwrap();
+        assert_eq!(k.check_bits(), 0);
+        r.reported = Some(Some(2));
+        t.record_check(&a, k, &r).unwrap();
+        assert_eq!(k.check_bits(), CHECK_TUNED);
+        r.reported = Some(None);
+        t.record_check(&a, k, &r).unwrap();
+        assert_eq!(k.check_bits(), 0, "forgotten");
+        assert_eq!(k.tuned().reported, None);
     }
 
     #[test]
