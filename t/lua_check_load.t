@@ -5,10 +5,17 @@
 # two workers, held WebSockets. The load a backend reports counts the Lua
 # balancer's connections to it too, so a Lua pick adds what the backend
 # reported beyond the Lua key's own count at the answer, not beyond the
-# nginx upstream's (which holds none of them): b1 holds 10 of the Lua
-# balancer's WebSockets and reports 10, b2 holds none and reports 15, and
-# the next four go to b1 (compared as 10 to 13 against 15), not to b2 (as
-# they would if b1 were compared as 10 + 10).
+# nginx upstream's:
+#
+# 1. b1 holds 10 of the Lua balancer's WebSockets and reports 10, b2 holds
+#    none and reports 15: the next four go to b1 (compared as 10 to 13
+#    against 15), not to b2 (as they would if b1 were compared as 10 + 10,
+#    its load beyond the nginx upstream's count of 0).
+# 2. b2 holds 20 of the nginx upstream's WebSockets and reports 20 (no
+#    excess for the nginx upstream's picks), b1 holds 10 of the Lua
+#    balancer's and reports 10: the next four Lua picks go to b1 too, as
+#    b2's load is read for the Lua balancer though it is at the nginx
+#    upstream's count.
 
 use warnings;
 use strict;
@@ -26,7 +33,7 @@ use Test::Nginx::Status;
 use Test::Nginx::WebSocket;
 
 $SIG{PIPE} = 'IGNORE';
-my $t = Test::Nginx->new()->has(qw/nginx module lua/)->plan(6);
+my $t = Test::Nginx->new()->has(qw/nginx module lua/)->plan(13);
 
 my $slow = $Test::Nginx::SLOW;
 my ($rise, $fall) = (1, 1);
@@ -108,6 +115,7 @@ http {
         }
 
         location / { proxy_pass http://lb; }
+        location /hc { proxy_pass http://hc; }
         location /status { least_conn_persistent_status; }
     }
 }
@@ -133,6 +141,10 @@ sub wait_entries {
 }
 
 sub reported { $_[0]{reported}{connections} // -1 }
+
+sub counts_of { return { map { ($_->{server} => $_->{count}) } entries($_[0]) } }
+
+sub show { my ($c) = @_; join(', ', map { "$_=$c->{$_}" } sort keys %$c) || 'none' }
 
 health_dir($t);
 set_health('b1');
@@ -160,10 +172,38 @@ is_deeply({ map { ($_->{server} => $_->{count}) } entries('lb') },
 
 # b1 is compared as 10, 11, 12, 13 against b2's 15.
 my @more = ws_open_many(4, '/');
-is_deeply(tally(@more), { b1 => 4 }, 'the next 4 go to b1: ' . join(', ',
-	map { "$_=" . tally(@more)->{$_} } sort keys %{tally(@more)}));
+is_deeply(tally(@more), { b1 => 4 }, 'the next 4 go to b1: ' . show(tally(@more)));
 
 ws_close(@held, @more);
 ok(at_rest(), 'every counter back to 0');
+
+# 2. b1 drains: 20 WebSockets through the nginx upstream, all on b2; then
+# b2 drains: 10 through the Lua balancer, all on b1.
+set_health('b1', '200', 'X-LCP-Capacity: drain');
+set_health('b2');
+ok(wait_entries(sub { ($_[0]{health} // '') eq 'drain' && ($_[1]{health} // '') eq 'up' }),
+	'hc: b1 draining, b2 up');
+my @hc = ws_open_many(20, '/hc');
+set_health('b1');
+set_health('b2', '200', 'X-LCP-Capacity: drain');
+ok(wait_entries(sub { ($_[0]{health} // '') eq 'up' && ($_[1]{health} // '') eq 'drain' }),
+	'hc: b1 up, b2 draining');
+@held = ws_open_many(10, '/');
+is_deeply([tally(@hc), tally(@held)], [{ b2 => 20 }, { b1 => 10 }],
+	'20 through the nginx upstream on b2, 10 through the Lua balancer on b1');
+
+# Each reports what it holds.
+set_health('b1', '200', 'X-Connections: 10');
+set_health('b2', '200', 'X-Connections: 20');
+ok(wait_entries(sub { reported($_[0]) == 10 && reported($_[1]) == 20 && ($_[1]{health} // '') eq 'up' }),
+	'hc: b1 reports 10, b2 20 and takes connections again');
+is(entry(8082)->{reported}{excess}, 0, 'no excess for the nginx upstream on b2');
+
+# The Lua balancer holds none on b2, which reports 20: compared as 20.
+@more = ws_open_many(4, '/');
+is_deeply(tally(@more), { b1 => 4 }, 'the next 4 Lua picks go to b1: ' . show(tally(@more)));
+
+ws_close(@hc, @held, @more);
+ok(at_rest(), 'every counter back to 0 again');
 
 ###############################################################################

@@ -387,6 +387,7 @@ mod tests {
                     let key = format!("hc:s{i}");
                     let k = t.upsert(&a, key.as_bytes(), 2, meta, 1).unwrap();
                     assert!(t.ensure_health(&a, k));
+                    t.follow_health(&a, k);
                     k
                 })
                 .collect();

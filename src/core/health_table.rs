@@ -55,6 +55,10 @@ pub struct Health {
     /// key's, `array_list::Followed`). In what was padding: a zone made by
     /// an older build reads 0 here, as a record never reported to.
     loads: AtomicU32,
+    /// 1 once a Lua upstream follows the key (`Table::follow_health`): a
+    /// load reported at or below the key's count is then still read. Also
+    /// in what was padding.
+    followed: AtomicU32,
 }
 
 /// The health records of one block's slots: one page.
@@ -213,6 +217,7 @@ impl Health {
             &self.excess,
             &self.warned,
             &self.loads,
+            &self.followed,
         ] {
             w.store(0, Ordering::Relaxed);
         }
@@ -231,16 +236,18 @@ impl Health {
     }
 
     /// The slot bits this record asks for. Tuned: an override, or a load
-    /// reported (above 0), even one at or below the key's count (no excess
-    /// for the key's picks, but a Lua upstream following the key compares
-    /// its own count with it).
+    /// reported above the key's count; or, for a key a Lua upstream
+    /// follows, any load reported (above 0): no excess for the key's picks,
+    /// but the Lua picks compare their own count with it. (Not for every
+    /// key: the key's picks would read the record for nothing.)
     fn bits(&self) -> u32 {
         let v = self.verdict();
         let out = v.state == Some(State::Down) || v.drain;
+        let followed = self.followed.load(Ordering::Relaxed) != 0;
         let tuned = v.weight.is_some()
             || v.max_conns.is_some()
-            || self.reported.load(Ordering::Relaxed) > 1
-            || self.excess.load(Ordering::Relaxed) != 0;
+            || self.excess.load(Ordering::Relaxed) != 0
+            || (followed && self.reported.load(Ordering::Relaxed) > 1);
         (if out { FLAG_CHECK_OUT } else { 0 }) | (if tuned { FLAG_CHECK_TUNED } else { 0 })
     }
 
@@ -451,6 +458,28 @@ impl Table {
             tuned: bits & FLAG_CHECK_TUNED != 0,
             ..view
         })
+    }
+
+    /// Marks `at` as followed by a Lua upstream (`array_list::Followed`):
+    /// its picks then read any load the server reports. For good (a Lua
+    /// upstream that stops following costs the key's picks a read of the
+    /// record while the server reports a load at or below their count),
+    /// until the key's checks are forgotten. Under the lock.
+    pub fn follow_health(&self, locked: &impl Arena, at: SlotRef) {
+        self.check(locked);
+        if at.count().is_none() {
+            return;
+        }
+        let slot = at.slot();
+        if slot.flags.load(Ordering::Relaxed) & FLAG_CHECKED == 0 {
+            return;
+        }
+        let Some(h) = record_of(slot) else {
+            return;
+        };
+        h.followed.store(1, Ordering::Relaxed);
+        // A kill before the bits: repair recomputes them from the record.
+        self.set_check_bits(slot, h.bits());
     }
 
     /// Gives `at`'s block its health records if it has none; false when the
@@ -737,9 +766,10 @@ mod tests {
         assert_eq!(k.check_bits(), 0);
     }
 
-    /// A load at or below the key's count adds nothing to the key's picks
-    /// but is still read: a Lua upstream following the key compares its
-    /// own count with it. Each answer with a load is a new one.
+    /// A load at or below the key's count adds nothing to the key's picks;
+    /// once a Lua upstream follows the key it is still read (the Lua picks
+    /// compare their own count with it). Each answer with a load is a new
+    /// one.
     #[test]
     fn a_reported_load_is_read_even_with_no_excess() {
         let (a, t) = setup();
@@ -751,6 +781,14 @@ mod tests {
         }
         let mut r = report(Why::Ok);
         r.reported = Some(Some(3));
+        t.record_check(&a, k, &r).unwrap();
+        assert_eq!(
+            k.check_bits(),
+            0,
+            "no excess, and no Lua upstream follows it"
+        );
+        t.follow_health(&a, k);
+        assert_eq!(k.check_bits(), CHECK_TUNED, "followed: read at once");
         t.record_check(&a, k, &r).unwrap();
         assert_eq!(k.check_bits(), CHECK_TUNED);
         let first = k.tuned();
@@ -772,6 +810,16 @@ mod tests {
         t.record_check(&a, k, &r).unwrap();
         assert_eq!(k.check_bits(), 0, "forgotten");
         assert_eq!(k.tuned().reported, None);
+        // Checks removed and back: followed no more until followed again.
+        let plain = Meta {
+            flags: 0,
+            ..checked()
+        };
+        t.upsert(&a, b"u:a", 1, plain, 2).unwrap();
+        t.upsert(&a, b"u:a", 1, checked(), 3).unwrap();
+        r.reported = Some(Some(2));
+        t.record_check(&a, k, &r).unwrap();
+        assert_eq!(k.check_bits(), 0);
     }
 
     #[test]

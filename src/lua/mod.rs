@@ -446,7 +446,12 @@ fn follow(registry: &Registry, name: &[u8], up: &UpstreamCounters) -> Result<Fol
     let mut keys = Vec::with_capacity(wanted.len());
     let locked = link.lock();
     for key in &wanted {
-        keys.push(key.as_ref().and_then(|k| link.table.find(&locked, k)));
+        let found = key.as_ref().and_then(|k| link.table.find(&locked, k));
+        // Its checks then read any load the server reports, for us.
+        if let Some(k) = found {
+            link.table.follow_health(&locked, k);
+        }
+        keys.push(found);
     }
     drop(locked);
     Ok(Follows {
