@@ -5,6 +5,8 @@
 //! tried already), and can follow the health checks of another upstream's
 //! keys (`Checks`).
 
+use core::cell::Cell;
+
 use super::health_table::{Tuned, CHECK_OUT, CHECK_TUNED};
 use super::ramp;
 use super::select::{Load, PeerList};
@@ -30,9 +32,9 @@ impl RoundRobinState {
 
 /// What health checks say of each position: a Lua upstream following an
 /// nginx upstream's checks has, per server, the key of that upstream with
-/// the same address (`[Option<SlotRef>]`); one that follows none has
-/// `Unchecked`, which the compiler folds away: its picks cost what they
-/// did before checks existed.
+/// the same address (`Followed`); one that follows none has `Unchecked`,
+/// which the compiler folds away: its picks cost what they did before
+/// checks existed.
 pub trait Checks {
     /// The checks' bits of position `i` (`CHECK_OUT`, `CHECK_TUNED`; 0:
     /// nothing to say), read on every pick.
@@ -41,6 +43,9 @@ pub trait Checks {
     /// `None` when the key it follows is gone (a stale handle: the bits
     /// were another key's), which leaves it unchecked.
     fn tuned(&self, i: usize) -> Option<Tuned>;
+    /// What a pick adds to position `i`'s count `conns` for the load its
+    /// server reported (`tuned`).
+    fn excess(&self, i: usize, tuned: &Tuned, conns: u32) -> u32;
 }
 
 /// No checks followed.
@@ -56,23 +61,72 @@ impl Checks for Unchecked {
     fn tuned(&self, _: usize) -> Option<Tuned> {
         None
     }
+
+    fn excess(&self, _: usize, _: &Tuned, _: u32) -> u32 {
+        0
+    }
 }
 
-impl Checks for [Option<SlotRef>] {
+/// Per position, which answer of the followed key's server the count was
+/// last taken at and that count (`Followed::seen`).
+pub type Seen = Cell<Option<(u32, u32)>>;
+
+/// The checks a list follows: per position the key of another upstream
+/// (`None`: none, unchecked), and what this list's count was when the
+/// key's server last reported its load.
+///
+/// The server's report `R` counts every connection to it, this list's
+/// included; the key's `excess` is `R` less the key's own count, not this
+/// list's. A pick compares `max(L, R + (L - L0))` = `L + max(0, R - L0)`,
+/// `L` the list's count now and `L0` its count at the answer: what it
+/// opened and closed since counts at once, as nginx's picks count theirs.
+/// The checker knows only the key, so `L0` is taken here: the count at the
+/// first pick (of this process) that reads the answer.
+#[derive(Clone, Copy)]
+pub struct Followed<'a> {
+    pub keys: &'a [Option<SlotRef>],
+    /// As long as `keys` (shorter: the positions past it take the count
+    /// of each pick, no excess of their own).
+    pub seen: &'a [Seen],
+}
+
+impl Checks for Followed<'_> {
     #[inline]
     fn bits(&self, i: usize) -> u32 {
-        self.get(i).copied().flatten().map_or(0, |k| k.check_bits())
+        self.keys
+            .get(i)
+            .copied()
+            .flatten()
+            .map_or(0, |k| k.check_bits())
     }
 
     #[cold]
     fn tuned(&self, i: usize) -> Option<Tuned> {
-        let k = self.get(i).copied().flatten()?;
+        let k = self.keys.get(i).copied().flatten()?;
         k.count()?;
         Some(if k.check_bits() & CHECK_TUNED != 0 {
             k.tuned()
         } else {
             Tuned::default()
         })
+    }
+
+    #[cold]
+    fn excess(&self, i: usize, tuned: &Tuned, conns: u32) -> u32 {
+        let Some(reported) = tuned.reported else {
+            return 0;
+        };
+        let at_answer = match self.seen.get(i) {
+            Some(seen) => match seen.get() {
+                Some((answer, count)) if answer == tuned.answer => count,
+                _ => {
+                    seen.set(Some((tuned.answer, conns)));
+                    conns
+                }
+            },
+            None => conns,
+        };
+        reported.saturating_sub(at_answer)
     }
 }
 
@@ -129,8 +183,8 @@ where
     /// The load of a position whose followed key the checks marked: none
     /// when they took it out (down, or draining by its answer), else with
     /// the capacity answer's weight and `max_conns`, and the count plus
-    /// what the server reported beyond the followed key's count (as nginx's
-    /// picks compare a checked peer).
+    /// what the server reported beyond this list's count at the answer
+    /// (`Checks::excess`; as nginx's picks compare a checked peer).
     #[cold]
     #[inline(never)]
     fn checked_load(&self, at: usize, conns: u32, bits: u32) -> Option<Load> {
@@ -148,7 +202,8 @@ where
             return None;
         }
         let weight = tuned.weight.unwrap_or(weight);
-        self.plain_load(at, conns.saturating_add(tuned.excess), weight, 0)
+        let excess = self.checks.excess(at, &tuned, conns);
+        self.plain_load(at, conns.saturating_add(excess), weight, 0)
     }
 }
 
@@ -332,6 +387,7 @@ mod tests {
                     let key = format!("hc:s{i}");
                     let k = t.upsert(&a, key.as_bytes(), 2, meta, 1).unwrap();
                     assert!(t.ensure_health(&a, k));
+                    t.follow_health(&a, k);
                     k
                 })
                 .collect();
@@ -347,6 +403,11 @@ mod tests {
         // SAFETY: the test's own table, in `a`.
         let t = unsafe { t.as_ref() };
         let follows: Vec<Option<SlotRef>> = vec![Some(keys[0]), Some(keys[1])];
+        let seen: Vec<Seen> = vec![Seen::default(); 2];
+        let followed = Followed {
+            keys: &follows,
+            seen: &seen,
+        };
         let mut f = Fixture::new(&[(1, 0), (1, 0), (1, 0)]);
         let pick = |f: &mut Fixture| {
             let counts = &f.counts;
@@ -356,7 +417,7 @@ mod tests {
                 skip: &[],
                 count: |i| counts.borrow()[i],
                 ramp: |_| None,
-                checks: &follows[..],
+                checks: &followed,
             };
             let c = choose(&mut list);
             if let Some(c) = c {
@@ -398,6 +459,11 @@ mod tests {
         // SAFETY: the test's own table, in `a`.
         let t = unsafe { t.as_ref() };
         let follows: Vec<Option<SlotRef>> = vec![Some(keys[0]), Some(keys[1])];
+        let seen: Vec<Seen> = vec![Seen::default(); 2];
+        let followed = Followed {
+            keys: &follows,
+            seen: &seen,
+        };
         let (mut rr, limits) = (vec![RoundRobinState::new(1); 2], vec![(1, 0), (1, 0)]);
         let counts = RefCell::new(vec![4u32, 4]);
         let tuned = Capacity {
@@ -413,22 +479,111 @@ mod tests {
             skip: &[],
             count: |i| counts.borrow()[i],
             ramp: |_| None,
-            checks: &follows[..],
+            checks: &followed,
         };
         assert_eq!(list.load(1).map(|l| l.weight), Some(4), "weight override");
         assert_eq!(list.max_conns(1), 5, "max_conns override");
         assert_eq!(list.max_conns(0), 0, "configured");
         counts.borrow_mut()[1] = 5;
         assert_eq!(list.load(1), None, "at the override's max_conns");
-        // Reported load: the server said 7 while the followed key held 0.
+        // Reported load: the server said 7 while the followed key held 0
+        // and this list 5 (its own count, not the key's, is what the 7
+        // holds): 5 + (7 - 5).
         let mut r = followed::report(Why::Ok, Some(Capacity::default()));
         r.reported = Some(Some(7));
         t.record_check(&a, keys[1], &r).unwrap();
-        assert_eq!(list.load(1).map(|l| (l.conns, l.weight)), Some((12, 1)));
+        assert_eq!(list.load(1).map(|l| (l.conns, l.weight)), Some((7, 1)));
         assert_eq!(list.max_conns(1), 0);
         // A stale handle says nothing: unchecked.
         assert!(t.remove_idle(&a, keys[1]));
         assert_eq!(list.load(1).map(|l| l.conns), Some(5));
+    }
+
+    /// A Lua upstream's own connections are in the load its servers
+    /// report: a pick adds what the server reported beyond the list's count
+    /// at the answer, not beyond the followed key's (which holds none of
+    /// them).
+    #[test]
+    fn a_reported_load_counts_the_lists_own_connections_once() {
+        use crate::core::check_answer::Capacity;
+        use crate::core::health::Why;
+        let (a, t, keys) = followed::table(2);
+        // SAFETY: the test's own table, in `a`.
+        let t = unsafe { t.as_ref() };
+        let follows: Vec<Option<SlotRef>> = vec![Some(keys[0]), Some(keys[1])];
+        let seen: Vec<Seen> = vec![Seen::default(); 2];
+        let followed = Followed {
+            keys: &follows,
+            seen: &seen,
+        };
+        let answer = |key: SlotRef, load: u32| {
+            let mut r = followed::report(Why::Ok, Some(Capacity::default()));
+            r.reported = Some(Some(load));
+            t.record_check(&a, key, &r).unwrap();
+        };
+        // A holds 10 of the list's connections and reports 10; B holds
+        // none and reports 15 (another client's).
+        let mut f = Fixture::new(&[(1, 0), (1, 0)]);
+        f.counts.borrow_mut()[0] = 10;
+        answer(keys[0], 10);
+        answer(keys[1], 15);
+        let pick = |f: &mut Fixture| {
+            let counts = &f.counts;
+            let mut list = ArrayList {
+                rr: &mut f.rr,
+                limits: &f.limits,
+                skip: &[],
+                count: |i| counts.borrow()[i],
+                ramp: |_| None,
+                checks: &followed,
+            };
+            let loads = (list.load(0).unwrap().conns, list.load(1).unwrap().conns);
+            let c = choose(&mut list).unwrap();
+            counts.borrow_mut()[c] += 1;
+            (c, loads)
+        };
+        // A compared as 10, 11, ... (not 20): the next five go to A.
+        for n in 10..15 {
+            assert_eq!(pick(&mut f), (0, (n, 15)), "A at {n}, B at 15");
+        }
+        // At 15 each they take turns.
+        let (c, loads) = pick(&mut f);
+        assert_eq!(loads, (15, 15));
+        let (d, _) = pick(&mut f);
+        assert_ne!(c, d, "a tie: one each");
+        assert_eq!(f.counts.borrow()[0] + f.counts.borrow()[1], 17);
+
+        // A server reporting more than the list holds: what the list opens
+        // since the answer adds to the report (the count at the answer
+        // stays until the next one).
+        let mut g = Fixture::new(&[(1, 0), (1, 0)]);
+        let seen: Vec<Seen> = vec![Seen::default(); 2];
+        let followed = Followed {
+            keys: &follows,
+            seen: &seen,
+        };
+        answer(keys[0], 10);
+        answer(keys[1], 12);
+        let load_of = |g: &mut Fixture, i: usize| {
+            let counts = &g.counts;
+            let list = ArrayList {
+                rr: &mut g.rr,
+                limits: &g.limits,
+                skip: &[],
+                count: |i| counts.borrow()[i],
+                ramp: |_| None,
+                checks: &followed,
+            };
+            list.load(i).unwrap().conns
+        };
+        assert_eq!((load_of(&mut g, 0), load_of(&mut g, 1)), (10, 12));
+        g.counts.borrow_mut()[0] = 1;
+        assert_eq!(load_of(&mut g, 0), 11, "10 reported, 1 opened since");
+        // The next answer is a new base: 10 with our 1 in it.
+        answer(keys[0], 10);
+        assert_eq!(load_of(&mut g, 0), 10);
+        g.counts.borrow_mut()[0] = 0;
+        assert_eq!(load_of(&mut g, 0), 9, "one closed since");
     }
 
     #[test]

@@ -50,6 +50,15 @@ pub struct Health {
     warned: AtomicU32,
     /// When the last check ended (ms of the monotonic clock; 0: never).
     last_ms: AtomicU64,
+    /// Answers that reported a load, counted (wrapping): which answer
+    /// `reported` is, for counts that the checker does not know (a Lua
+    /// key's, `array_list::Followed`). In what was padding: a zone made by
+    /// an older build reads 0 here, as a record never reported to.
+    loads: AtomicU32,
+    /// 1 once a Lua upstream follows the key (`Table::follow_health`): a
+    /// load reported at or below the key's count is then still read. Also
+    /// in what was padding.
+    followed: AtomicU32,
 }
 
 /// The health records of one block's slots: one page.
@@ -127,8 +136,15 @@ pub struct HealthView {
 pub struct Tuned {
     pub weight: Option<u32>,
     pub max_conns: Option<u32>,
-    /// Added to our count: how far the server's own count was above ours.
+    /// Added to the key's count: how far the server's own count was above
+    /// the key's when the answer came.
     pub excess: u32,
+    /// The load the server reported (what `excess` was taken from), and
+    /// which answer said it (a number that changes with each answer that
+    /// reports a load): another count compared with it (a Lua key's, which
+    /// the checker does not know) takes its own excess from these.
+    pub reported: Option<u32>,
+    pub answer: u32,
 }
 
 /// The state the log and the picks care about, before and after a check.
@@ -236,6 +252,8 @@ impl Health {
             &self.reported,
             &self.excess,
             &self.warned,
+            &self.loads,
+            &self.followed,
         ] {
             w.store(0, Ordering::Relaxed);
         }
@@ -253,12 +271,19 @@ impl Health {
         }
     }
 
-    /// The slot bits this record asks for.
+    /// The slot bits this record asks for. Tuned: an override, or a load
+    /// reported above the key's count; or, for a key a Lua upstream
+    /// follows, any load reported (above 0): no excess for the key's picks,
+    /// but the Lua picks compare their own count with it. (Not for every
+    /// key: the key's picks would read the record for nothing.)
     fn bits(&self) -> u32 {
         let v = self.verdict();
         let out = v.state == Some(State::Down) || v.drain;
-        let tuned =
-            v.weight.is_some() || v.max_conns.is_some() || self.excess.load(Ordering::Relaxed) != 0;
+        let followed = self.followed.load(Ordering::Relaxed) != 0;
+        let tuned = v.weight.is_some()
+            || v.max_conns.is_some()
+            || self.excess.load(Ordering::Relaxed) != 0
+            || (followed && self.reported.load(Ordering::Relaxed) > 1);
         (if out { FLAG_CHECK_OUT } else { 0 }) | (if tuned { FLAG_CHECK_TUNED } else { 0 })
     }
 
@@ -290,6 +315,8 @@ impl Health {
             weight: v.weight,
             max_conns: v.max_conns,
             excess: self.excess.load(Ordering::Relaxed),
+            reported: non_zero(self.reported.load(Ordering::Relaxed)).map(|n| n - 1),
+            answer: self.loads.load(Ordering::Relaxed),
         }
     }
 
@@ -323,6 +350,8 @@ impl Health {
                 self.reported.store(n.saturating_add(1), Ordering::Relaxed);
                 self.excess
                     .store(n.saturating_sub(count), Ordering::Relaxed);
+                let seq = self.loads.load(Ordering::Relaxed).wrapping_add(1);
+                self.loads.store(seq, Ordering::Relaxed);
             }
             Some(None) => {
                 self.reported.store(0, Ordering::Relaxed);
@@ -465,6 +494,28 @@ impl Table {
             tuned: bits & FLAG_CHECK_TUNED != 0,
             ..view
         })
+    }
+
+    /// Marks `at` as followed by a Lua upstream (`array_list::Followed`):
+    /// its picks then read any load the server reports. For good (a Lua
+    /// upstream that stops following costs the key's picks a read of the
+    /// record while the server reports a load at or below their count),
+    /// until the key's checks are forgotten. Under the lock.
+    pub fn follow_health(&self, locked: &impl Arena, at: SlotRef) {
+        self.check(locked);
+        if at.count().is_none() {
+            return;
+        }
+        let slot = at.slot();
+        if slot.flags.load(Ordering::Relaxed) & FLAG_CHECKED == 0 {
+            return;
+        }
+        let Some(h) = record_of(slot) else {
+            return;
+        };
+        h.followed.store(1, Ordering::Relaxed);
+        // A kill before the bits: repair recomputes them from the record.
+        self.set_check_bits(slot, h.bits());
     }
 
     /// Gives `at`'s block its health records if it has none; false when the
@@ -746,6 +797,7 @@ mod tests {
         assert_eq!(tuned.weight, Some(5));
         assert_eq!(tuned.max_conns, Some(0), "maxconn=0: no limit, overridden");
         assert_eq!(tuned.excess, 8, "reported 10 while we held 2");
+        assert_eq!((tuned.reported, tuned.answer), (Some(10), 1));
         // A malformed line keeps what was there.
         r.capacity = None;
         r.reported = None;
@@ -758,6 +810,62 @@ mod tests {
         r.capacity = Some(Capacity::default());
         r.reported = Some(None);
         r.malformed = 0;
+        t.record_check(&a, k, &r).unwrap();
+        assert_eq!(k.check_bits(), 0);
+    }
+
+    /// A load at or below the key's count adds nothing to the key's picks;
+    /// once a Lua upstream follows the key it is still read (the Lua picks
+    /// compare their own count with it). Each answer with a load is a new
+    /// one.
+    #[test]
+    fn a_reported_load_is_read_even_with_no_excess() {
+        let (a, t) = setup();
+        // SAFETY: the test's own table.
+        let t = unsafe { t.as_ref() };
+        let k = checked_key(t, &a);
+        for _ in 0..3 {
+            k.acquire(0);
+        }
+        let mut r = report(Why::Ok);
+        r.reported = Some(Some(3));
+        t.record_check(&a, k, &r).unwrap();
+        assert_eq!(
+            k.check_bits(),
+            0,
+            "no excess, and no Lua upstream follows it"
+        );
+        t.follow_health(&a, k);
+        assert_eq!(k.check_bits(), CHECK_TUNED, "followed: read at once");
+        t.record_check(&a, k, &r).unwrap();
+        assert_eq!(k.check_bits(), CHECK_TUNED);
+        let first = k.tuned();
+        assert_eq!((first.excess, first.reported), (0, Some(3)));
+        t.record_check(&a, k, &r).unwrap();
+        assert_ne!(k.tuned().answer, first.answer, "another answer");
+        // A check that says nothing of the load keeps it, and its answer.
+        r.reported = None;
+        t.record_check(&a, k, &r).unwrap();
+        assert_eq!(k.tuned().answer, first.answer.wrapping_add(1));
+        // Reported 0: nothing to read.
+        r.reported = Some(Some(0));
+        t.record_check(&a, k, &r).unwrap();
+        assert_eq!(k.check_bits(), 0);
+        r.reported = Some(Some(2));
+        t.record_check(&a, k, &r).unwrap();
+        assert_eq!(k.check_bits(), CHECK_TUNED);
+        r.reported = Some(None);
+        t.record_check(&a, k, &r).unwrap();
+        assert_eq!(k.check_bits(), 0, "forgotten");
+        assert_eq!(k.tuned().reported, None);
+        // Checks removed and back: followed no more until followed again.
+        let plain = Meta {
+            flags: 0,
+            ..checked()
+        };
+        t.upsert(&a, b"u:a", 1, plain, 2).unwrap();
+        t.upsert(&a, b"u:a", 1, checked(), 3).unwrap();
+        r.reported = Some(Some(2));
         t.record_check(&a, k, &r).unwrap();
         assert_eq!(k.check_bits(), 0);
     }

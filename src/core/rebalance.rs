@@ -13,8 +13,17 @@
 //! that reconnects lands on the least loaded server, so the closing server
 //! must still hold at least as much as that one will (per unit of weight),
 //! or the two would trade the connection back and forth.
+//!
+//! A server that reports its own load (health checks' `load=`) is compared
+//! with the connections of every nginx in front of it, but this nginx can
+//! close only its own: of a server over its share it closes its part, the
+//! part of the server's load it held at the answer (`Part`), so that
+//! instances that each see the others' connections shed the overload
+//! about once together, not once each.
 
 use core::fmt;
+
+use super::health_table::Tuned;
 
 /// `least_conn_persistent_rebalance`'s parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,10 +141,26 @@ fn ms(text: &[u8], seconds: impl Fn(&[u8]) -> Option<u64>) -> Option<u64> {
 /// One usable server as the decision sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Server {
+    /// What the picks compare: this nginx's count, plus what the server
+    /// reported beyond it.
     pub conns: u32,
     pub weight: u32,
     /// 0: no limit. A server at its limit takes no reconnection.
     pub max_conns: u32,
+    /// `None`: every connection counted is this nginx's.
+    pub part: Option<Part>,
+}
+
+/// Of a server that reported more connections than this nginx held: what
+/// it can close, and its part of the server's load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part {
+    /// This nginx's connections to the server now (all it can close).
+    pub ours: u32,
+    /// This nginx's count when the load came, and the load the server
+    /// reported (above it): this nginx's part is `held / reported`.
+    pub held: u32,
+    pub reported: u32,
 }
 
 impl Server {
@@ -144,6 +169,87 @@ impl Server {
     fn takes_more(&self) -> bool {
         self.weight > 0 && (self.max_conns == 0 || self.conns < self.max_conns)
     }
+
+    /// Counts one connection more (a client coming back through this
+    /// nginx) or fewer (one it closes).
+    fn add(&mut self, n: i32) {
+        self.conns = self.conns.saturating_add_signed(n);
+        if let Some(p) = &mut self.part {
+            p.ours = p.ours.saturating_add_signed(n);
+        }
+    }
+
+    /// Takes out `n` connections this nginx is closing (still counted
+    /// until nginx finalizes them).
+    pub fn closing(&mut self, n: u32) {
+        self.conns = self.conns.saturating_sub(n);
+        if let Some(p) = &mut self.part {
+            p.ours = p.ours.saturating_sub(n);
+        }
+    }
+}
+
+/// One key of an upstream as the zone holds it (`usable`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Key {
+    pub backup: bool,
+    /// Down, draining (a reload removed it), or taken out by its checks.
+    pub out: bool,
+    pub ramping: bool,
+    /// This nginx's count of it.
+    pub conns: u32,
+    pub weight: u32,
+    pub max_conns: u32,
+    /// What its checks' answers change (`Tuned::default()`: nothing).
+    pub tuned: Tuned,
+}
+
+/// The usable servers of an upstream's keys: its primaries in service, as
+/// the picks compare them (a capacity answer's weight and max_conns, and
+/// the load the server reported beyond ours), and which key each is; and
+/// whether rebalancing pauses: a primary out of service (down, draining,
+/// taken out by its checks) or ramping up. A backup is in no primary's
+/// share: whatever its state (a powered-off cold standby its checks found
+/// down), it pauses nothing.
+pub fn usable(keys: &[Key]) -> (Vec<Server>, Vec<usize>, bool) {
+    let mut servers = Vec::with_capacity(keys.len());
+    let mut key_of = Vec::with_capacity(keys.len());
+    let mut paused = false;
+    for (i, k) in keys.iter().enumerate() {
+        if k.backup {
+            continue;
+        }
+        paused |= k.out || k.ramping;
+        if k.out {
+            continue;
+        }
+        let excess = k.tuned.excess;
+        // `max_conns` limits our count, not the reported load: moved up by
+        // the excess, as the count is (0 stays: no limit).
+        let max_conns = match k.tuned.max_conns.unwrap_or(k.max_conns) {
+            0 => 0,
+            m => m.saturating_add(excess),
+        };
+        // The count at the answer: the load less the excess (fields read
+        // lock-free may come from two answers: at worst a part off until
+        // the next tick).
+        let part = match k.tuned.reported {
+            Some(reported) if excess > 0 => Some(Part {
+                ours: k.conns,
+                held: reported.saturating_sub(excess),
+                reported,
+            }),
+            _ => None,
+        };
+        servers.push(Server {
+            conns: k.conns.saturating_add(excess),
+            weight: k.tuned.weight.unwrap_or(k.weight),
+            max_conns,
+            part,
+        });
+        key_of.push(i);
+    }
+    (servers, key_of, paused)
 }
 
 /// Totals of an upstream's usable servers.
@@ -181,11 +287,32 @@ pub fn shedding(active: bool, servers: &[Server], tolerance: u32, paused: bool) 
     servers.iter().any(|&s| above(s, t, mark))
 }
 
+/// Whether the upstream sheds, decided on `servers` (`active`: whether it
+/// shed before): a server is over the mark (`shedding`), and this nginx
+/// may close a connection of one (`may_close` at the mark). A server that
+/// only the others' connections put over its share (this nginx holding no
+/// more than its part) does not keep it on.
+pub fn decide(active: bool, servers: &[Server], tolerance: u32) -> bool {
+    let mark = if active { tolerance / 2 } else { tolerance };
+    shedding(active, servers, tolerance, false)
+        && (0..servers.len()).any(|j| may_close(servers, j, mark))
+}
+
 /// Whether one connection of `servers[i]` may close: the server is above
 /// `tolerance`% over its fair share; with one connection fewer (in it and
-/// in the upstream) it still holds at least its fair share; and it still
+/// in the upstream) it still holds at least its fair share; it still
 /// holds at least as much as the least loaded server that can take the
-/// reconnection (below its `max_conns`) once that one has it.
+/// reconnection (below its `max_conns`) once that one has it; and, of a
+/// server that reported more than this nginx holds, this nginx holds more
+/// than its part of the fair share (`Part`).
+///
+/// That last: with `f` the fair share and `p = held / reported` this
+/// nginx's part of the server's load at the answer, this nginx keeps
+/// `floor(f * p)`. At the answer (ours = held, the server compared as its
+/// load R, over its share by E = R - f) that leaves it
+/// `ceil(E * ours / R)` to close: its proportional part of the overload.
+/// Its own closes since count against it (ours falls, `p` does not), so
+/// it closes its part once however long the answer stays.
 pub fn may_close(servers: &[Server], i: usize, tolerance: u32) -> bool {
     let Some(&s) = servers.get(i) else {
         return false;
@@ -193,6 +320,14 @@ pub fn may_close(servers: &[Server], i: usize, tolerance: u32) -> bool {
     let t = totals(servers);
     if s.conns == 0 || !above(s, t, tolerance) {
         return false;
+    }
+    if let Some(p) = s.part {
+        // ours > f * held / max(reported, held), f = T * w / W.
+        let whole = u128::from(p.reported.max(p.held));
+        let mine = u128::from(p.ours) * u128::from(t.weight) * whole;
+        if mine <= u128::from(t.conns) * u128::from(s.weight) * u128::from(p.held) {
+            return false;
+        }
     }
     let after = Totals {
         conns: t.conns - 1,
@@ -229,7 +364,7 @@ pub fn place_returning(servers: &mut [Server], n: u64) {
         else {
             return;
         };
-        servers[least].conns = servers[least].conns.saturating_add(1);
+        servers[least].add(1);
     }
 }
 
@@ -249,7 +384,7 @@ pub fn next_closes(servers: &[Server], mark: u32, n: u64, closable: &[bool]) -> 
             break;
         };
         out[j] += 1;
-        s[j].conns -= 1;
+        s[j].add(-1);
         place_returning(&mut s, 1);
     }
     out
@@ -342,6 +477,7 @@ mod tests {
                 conns,
                 weight,
                 max_conns: 0,
+                part: None,
             })
             .collect()
     }
@@ -587,6 +723,176 @@ mod tests {
         let before = q;
         q.refill(3_603_500, 200, 10, 1, 1);
         assert_eq!(q, before);
+    }
+
+    /// A key with a load reported: `excess` above our `conns`.
+    fn reporting(conns: u32, reported: u32) -> Key {
+        Key {
+            conns,
+            weight: 1,
+            tuned: Tuned {
+                reported: Some(reported),
+                excess: reported.saturating_sub(conns),
+                ..Tuned::default()
+            },
+            ..Key::default()
+        }
+    }
+
+    fn plain(conns: u32) -> Key {
+        Key {
+            conns,
+            weight: 1,
+            ..Key::default()
+        }
+    }
+
+    #[test]
+    fn a_backup_out_of_service_pauses_nothing() {
+        let down = |k: Key| Key { out: true, ..k };
+        let backup = |k: Key| Key { backup: true, ..k };
+        let (servers, key_of, paused) = usable(&[plain(30), plain(0), backup(down(plain(0)))]);
+        assert!(!paused, "a checked backup found down");
+        assert_eq!((servers.len(), key_of), (2, vec![0, 1]));
+        let ramping = Key {
+            ramping: true,
+            ..backup(plain(0))
+        };
+        assert!(
+            !usable(&[plain(30), plain(0), ramping]).2,
+            "a backup ramping up"
+        );
+        assert!(
+            usable(&[plain(30), down(plain(0)), backup(plain(0))]).2,
+            "a primary down"
+        );
+        let (servers, key_of, paused) = usable(&[
+            plain(30),
+            Key {
+                ramping: true,
+                ..plain(0)
+            },
+        ]);
+        assert!(paused, "a primary ramping up");
+        assert_eq!(
+            (servers.len(), key_of),
+            (2, vec![0, 1]),
+            "ramping: still usable"
+        );
+    }
+
+    #[test]
+    fn a_reported_load_is_compared_and_split_into_our_part() {
+        let (servers, _, _) = usable(&[reporting(10, 40), reporting(10, 5), plain(3)]);
+        assert_eq!(servers[0].conns, 40);
+        assert_eq!(
+            servers[0].part,
+            Some(Part {
+                ours: 10,
+                held: 10,
+                reported: 40
+            })
+        );
+        assert_eq!(
+            (servers[1].conns, servers[1].part),
+            (10, None),
+            "below ours"
+        );
+        assert_eq!((servers[2].conns, servers[2].part), (3, None));
+        // max_conns moves up by the excess.
+        let mut capped = reporting(10, 40);
+        capped.max_conns = 20;
+        assert_eq!(usable(&[capped]).0[0].max_conns, 50);
+    }
+
+    /// A server that only other instances' connections (its reported load)
+    /// put over its share: this nginx can close nothing of it, and the
+    /// upstream does not stay rebalancing for it.
+    #[test]
+    fn a_server_over_its_share_by_reported_load_alone_sheds_nothing_here() {
+        let (servers, _, _) = usable(&[reporting(0, 100), plain(0)]);
+        assert!(shedding(true, &servers, 10, false), "over the mark");
+        assert!(!may_close(&servers, 0, 5));
+        assert!(!decide(false, &servers, 10), "does not start");
+        assert!(!decide(true, &servers, 10), "ends");
+        assert_eq!(next_closes(&servers, 5, 100, &[true; 2]), vec![0, 0]);
+        // Holding some, but no more than its part: 5 of the 100 reported,
+        // fair share 80: this nginx's part is 4, one close (ceil(20 * 5 /
+        // 100)); once made (ours 4), nothing more.
+        let (servers, _, _) = usable(&[reporting(5, 100), reporting(0, 60)]);
+        assert!(decide(false, &servers, 10));
+        assert_eq!(next_closes(&servers, 5, 100, &[true; 2]), vec![1, 0]);
+        let mut closed = servers.clone();
+        closed[0].closing(1);
+        place_returning(&mut closed, 1);
+        assert_eq!(closed[1].conns, 61, "its client back on the other");
+        assert!(!decide(true, &closed, 10), "its part closed: ends");
+    }
+
+    /// Two nginx instances each holding half of an overloaded server: each
+    /// sees the other's half as reported load, and each closes half of the
+    /// overload, not all of it.
+    #[test]
+    fn instances_sharing_an_overloaded_server_each_shed_their_part() {
+        // 100 on s0 (50 through each instance), none on s1: fair 50 each.
+        let (servers, _, _) = usable(&[reporting(50, 100), reporting(0, 0)]);
+        assert_eq!(next_closes(&servers, 5, 1000, &[true; 2]), vec![25, 0]);
+
+        // Both instances, one close at a time in turn, the clients coming
+        // back through either instance in turn (to the least loaded server
+        // in its view), all before the next answer (the reported loads
+        // stay): together about the overload.
+        let reported = [100u32, 0];
+        let held = [[50u32, 0], [50, 0]];
+        let mut ours = held;
+        let view = |ours: &[u32; 2], held: &[u32; 2]| -> Vec<Server> {
+            let keys: Vec<Key> = (0..2)
+                .map(|j| {
+                    let mut k = reporting(ours[j], reported[j]);
+                    k.tuned.excess = reported[j].saturating_sub(held[j]);
+                    k
+                })
+                .collect();
+            usable(&keys).0
+        };
+        let mut closes = [0u64; 2];
+        let mut back = 0;
+        loop {
+            let mut any = false;
+            for i in 0..2 {
+                let v = view(&ours[i], &held[i]);
+                let next = next_closes(&v, 5, 1, &[true; 2]);
+                let Some(j) = (0..2).find(|&j| next[j] > 0) else {
+                    continue;
+                };
+                any = true;
+                closes[i] += 1;
+                ours[i][j] -= 1;
+                // The client comes back through instance `back`.
+                let mut w = view(&ours[back], &held[back]);
+                let before: Vec<u32> = w.iter().map(|s| s.conns).collect();
+                place_returning(&mut w, 1);
+                let to = (0..2).find(|&j| w[j].conns > before[j]).unwrap();
+                ours[back][to] += 1;
+                back = 1 - back;
+            }
+            if !any {
+                break;
+            }
+        }
+        assert_eq!(closes, [25, 25], "each its half of the overload of 50");
+        let on = |j: usize| ours[0][j] + ours[1][j];
+        assert_eq!(
+            (on(0), on(1)),
+            (50, 50),
+            "balanced, not swung the other way"
+        );
+        // The next answers: nothing over its share, the decision off.
+        let after = |i: usize| {
+            let keys: Vec<Key> = (0..2).map(|j| reporting(ours[i][j], on(j))).collect();
+            usable(&keys).0
+        };
+        assert!(!decide(true, &after(0), 10) && !decide(true, &after(1), 10));
     }
 
     #[test]

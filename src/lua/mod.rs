@@ -13,8 +13,9 @@
 //! nginx upstream (`lcp_follow_checks`, ABI 3), each of its servers the key
 //! of that upstream with the same address, looked up once. Its picks then
 //! skip a server that key's checks took out and compare a tuned one as
-//! nginx's picks do; an upstream that follows nothing picks as before
-//! (`array_list::Unchecked`).
+//! nginx's picks do, a reported load against the Lua key's own count
+//! (`array_list::Followed`); an upstream that follows nothing picks as
+//! before (`array_list::Unchecked`).
 //!
 //! The entry points below are the only `extern "C"` code here: each
 //! validates what Lua passed, turns pointers into slices once, and answers
@@ -25,7 +26,7 @@ use core::ffi::c_char;
 use std::collections::{HashMap, HashSet};
 
 use crate::core::address;
-use crate::core::array_list::{ArrayList, Checks, RoundRobinState, Unchecked};
+use crate::core::array_list::{ArrayList, Checks, Followed, RoundRobinState, Seen, Unchecked};
 use crate::core::health::State as Health;
 use crate::core::select::choose;
 use crate::core::table::{Meta, SlotRef};
@@ -84,6 +85,9 @@ struct Follows {
     /// By server position: the nginx upstream's key of the same address
     /// (`None`: no server of that address, the server goes unchecked).
     keys: Vec<Option<SlotRef>>,
+    /// By server position: the Lua key's count when this worker's picks
+    /// first read the server's last load report (`array_list::Followed`).
+    seen: Vec<Seen>,
 }
 
 /// What a token stands for.
@@ -312,7 +316,10 @@ fn pick(st: &mut State, handle: i32, skip: &[u64]) -> Result<(i32, u64), i32> {
                 skip,
                 count: |i: usize| counters[i].count_hint_or_local(),
                 ramp: |i: usize| ramping.and_then(|now| counters[i].ramp_at(now)),
-                checks: &f.keys[..],
+                checks: &Followed {
+                    keys: &f.keys,
+                    seen: &f.seen,
+                },
             },
             &counters,
             &up.counters,
@@ -439,11 +446,17 @@ fn follow(registry: &Registry, name: &[u8], up: &UpstreamCounters) -> Result<Fol
     let mut keys = Vec::with_capacity(wanted.len());
     let locked = link.lock();
     for key in &wanted {
-        keys.push(key.as_ref().and_then(|k| link.table.find(&locked, k)));
+        let found = key.as_ref().and_then(|k| link.table.find(&locked, k));
+        // Its checks then read any load the server reports, for us.
+        if let Some(k) = found {
+            link.table.follow_health(&locked, k);
+        }
+        keys.push(found);
     }
     drop(locked);
     Ok(Follows {
         upstream: name.into(),
+        seen: keys.iter().map(|_| Seen::default()).collect(),
         keys,
     })
 }

@@ -17,7 +17,8 @@ use nginx_sys::NGX_LOG_INFO;
 use crate::core::health_table::{Tuned, CHECK_OUT, CHECK_TUNED};
 use crate::core::ramp;
 use crate::core::rebalance::{
-    load_cmp, may_close, next_closes, old_enough, place_returning, shedding, Params, Quota, Server,
+    self, load_cmp, may_close, next_closes, old_enough, place_returning, usable, Key, Params,
+    Quota, Server,
 };
 use crate::core::table::{SlotRef, FLAG_BACKUP, FLAG_DOWN, FLAG_DRAINING, FLAG_REBALANCE};
 use crate::ngx::live::LiveNode;
@@ -95,7 +96,7 @@ struct View {
     /// The usable primary servers, and which key each is.
     servers: Vec<Server>,
     key_of: Vec<usize>,
-    /// A server is down, draining or ramping up.
+    /// A primary server is down, draining or ramping up.
     paused: bool,
     /// The upstream sheds (as the keys record it).
     active: bool,
@@ -178,10 +179,7 @@ fn decide(up: &UpstreamCounters, params: &Params, view: &View, log: Log) -> bool
     if view.paused {
         return view.enabled && view.active;
     }
-    let mark = stop_mark(view.active, params.tolerance);
-    let over = shedding(view.active, &view.servers, params.tolerance, false);
-    let now =
-        view.enabled && over && (0..view.servers.len()).any(|j| may_close(&view.servers, j, mark));
+    let now = view.enabled && rebalance::decide(view.active, &view.servers, params.tolerance);
     // Every key marked (a key added since gets it too): not `any`, which
     // would stop at the first change.
     let changed = view.keys.iter().filter(|k| k.set_shedding(now)).count() > 0;
@@ -324,54 +322,45 @@ fn view(up: &UpstreamCounters) -> Option<View> {
     }
     let keys = r.keys.borrow().clone();
     let now_ds = ramp::now_ds(peers::now_ms());
-    let mut v = View {
-        servers: Vec::with_capacity(keys.len()),
-        key_of: Vec::with_capacity(keys.len()),
-        paused: false,
-        active: false,
-        enabled: true,
-        keys,
-    };
-    for (i, k) in v.keys.iter().enumerate() {
+    let (mut active, mut enabled) = (false, true);
+    let mut found = Vec::with_capacity(keys.len());
+    for k in &keys {
         let Some(conns) = k.count() else {
             r.found_at.set(None);
             return None;
         };
         let meta = k.meta();
-        v.active |= k.rebalancing().1;
+        active |= k.rebalancing().1;
         // A draining key keeps what an older configuration stamped.
         if meta.flags & FLAG_DRAINING == 0 {
-            v.enabled &= meta.flags & FLAG_REBALANCE != 0;
+            enabled &= meta.flags & FLAG_REBALANCE != 0;
         }
-        // Health checks that took a server out (down, or draining by its
-        // answer) pause rebalancing as `down` does.
-        let out = meta.flags & (FLAG_DOWN | FLAG_DRAINING) != 0 || k.check_bits() & CHECK_OUT != 0;
-        if out || k.ramp(now_ds).is_some() {
-            v.paused = true;
-        }
-        if meta.flags & FLAG_BACKUP == 0 && !out {
-            // What the picks compare: a capacity answer's weight and
-            // max_conns, and the load the server reported beyond ours.
-            let tuned = if k.check_bits() & CHECK_TUNED != 0 {
+        let bits = k.check_bits();
+        found.push(Key {
+            backup: meta.flags & FLAG_BACKUP != 0,
+            // Health checks that took a server out (down, or draining by
+            // its answer) count as `down`.
+            out: meta.flags & (FLAG_DOWN | FLAG_DRAINING) != 0 || bits & CHECK_OUT != 0,
+            ramping: k.ramp(now_ds).is_some(),
+            conns,
+            weight: meta.weight,
+            max_conns: meta.max_conns,
+            tuned: if bits & CHECK_TUNED != 0 {
                 k.tuned()
             } else {
                 Tuned::default()
-            };
-            // `max_conns` limits our count, not the reported load: moved
-            // up by the excess, as the count is (0 stays: no limit).
-            let max_conns = match tuned.max_conns.unwrap_or(meta.max_conns) {
-                0 => 0,
-                m => m.saturating_add(tuned.excess),
-            };
-            v.servers.push(Server {
-                conns: conns.saturating_add(tuned.excess),
-                weight: tuned.weight.unwrap_or(meta.weight),
-                max_conns,
-            });
-            v.key_of.push(i);
-        }
+            },
+        });
     }
-    Some(v)
+    let (servers, key_of, paused) = usable(&found);
+    Some(View {
+        keys,
+        servers,
+        key_of,
+        paused,
+        active,
+        enabled,
+    })
 }
 
 /// While the upstream sheds: this worker's share of the closes. `away`:
@@ -397,7 +386,7 @@ fn shed(up: &UpstreamCounters, params: &Params, v: View, away: u64, quota: &mut 
     // The upstream as it will be once the clients closed lately are back.
     let mut servers = v.servers.clone();
     for (s, c) in servers.iter_mut().zip(&closing) {
-        s.conns = s.conns.saturating_sub(*c);
+        s.closing(*c);
     }
     let in_progress: u64 = closing.iter().map(|&c| u64::from(c)).sum();
     place_returning(&mut servers, away + in_progress);
