@@ -223,7 +223,11 @@ mod tests {
         assert_eq!(judge(&http(), Ok(&over("204"))).malformed, Some(w.clone()));
         // Without load=: the capacity alone (another hash).
         let no_load = judge(&params(&["uri=/health"]), Ok(&over("200")));
-        assert_eq!((no_load.why, no_load.reported), (Why::Ok, None));
+        assert_eq!(
+            (no_load.why, no_load.reported),
+            (Why::Ok, Some(None)),
+            "no load= reads no load: forgotten"
+        );
         assert_ne!(no_load.malformed.unwrap().hash, w.hash);
         let bad = judge(&http(), Ok(&over("503")));
         assert_eq!((bad.why, bad.http_status), (Why::BadStatus, 503));
