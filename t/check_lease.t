@@ -43,9 +43,11 @@ my @dead = map { 8090 + $_ } 0 .. 23;
 
 sub addr { '127.0.0.1:' . port($_[0]) }
 
+# Case c checks the @dead servers (a and b keep the worker's connections
+# for the WebSockets).
 sub conf {
-	my ($workers) = @_;
-	my $dead = join("\n", map { "        server 127.0.0.1:$_;" } @dead);
+	my ($workers, $many) = @_;
+	my $dead = join("\n", map { "        server 127.0.0.1:$_;" } $many ? @dead : $dead[0]);
 	return <<"EOF";
 
 %%TEST_GLOBALS%%
@@ -122,9 +124,15 @@ sub fd_count {
 sub fill_until_paused {
 	my ($pid, $mark) = @_;
 	my @kept;
+	my $paused = sub { log_lines($mark, qr/\b$pid#\d+: .*health checks paused in this worker/) };
 	for (1 .. 400) {
-		last if log_lines($mark, qr/\b$pid#\d+: .*health checks paused in this worker/);
-		last if @kept >= 64;
+		last if $paused->();
+		last if @kept >= 62;
+		# Near the end, one at a time: the checker's tick (every 100 ms)
+		# must see it before the next, or the clients take the last
+		# connections ("worker_connections are not enough").
+		wait_until($paused, 0.3) if @kept >= 50;
+		last if $paused->();
 		my $before = fd_count($pid);
 		my $ws = ws_open('/') or last;
 		sleep(0.02);
@@ -203,8 +211,11 @@ subtest 'b. two workers: a worker with room takes paused checks over' => sub {
 my $stopped;
 END { kill 'CONT', $stopped if $stopped }
 
+SKIP: {
+skip 'the probes are seen in debug lines: TEST_NGINX_LOG_LEVEL is not debug', 1
+	if ($ENV{TEST_NGINX_LOG_LEVEL} // 'debug') ne 'debug';
 subtest 'c. a checker stopped past its lease checks no more once resumed' => sub {
-	$t->write_file_expand('nginx.conf', conf(2));
+	$t->write_file_expand('nginx.conf', conf(2, 1));
 	$t->run();
 	ok(wait_until(sub { zone()->{checker} }, $wait), 'a checker');
 	$stopped = zone()->{checker};
@@ -229,6 +240,7 @@ subtest 'c. a checker stopped past its lease checks no more once resumed' => sub
 	is(zone()->{checker}, $other, "worker $other still checks");
 	$t->stop();
 };
+}
 
 sub min { $_[0] < $_[1] ? $_[0] : $_[1] }
 

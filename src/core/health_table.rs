@@ -233,12 +233,26 @@ impl Lease {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Claim {
     /// No connection to spare: it holds the lease only so that one process
-    /// says the checks are paused; any worker with room takes it over.
+    /// says the checks are paused; any worker that can check takes it over.
     Paused,
-    /// It can probe.
+    /// It can probe: it takes a paused lease over.
     Checks,
-    /// It can probe with room to spare: it takes a paused lease over.
-    Roomy,
+}
+
+impl Claim {
+    /// What a process with `free` of `all` connections free, `probing` of
+    /// them held by its own probes, can do. Checks leave the last
+    /// sixteenth of `worker_connections` to clients; the probes' own
+    /// connections count as free (they are the checks': a holder must not
+    /// pause on them, cancel them and start them again, never finding a
+    /// server that does not answer).
+    pub fn of_room(free: usize, probing: usize, all: usize) -> Claim {
+        if free.saturating_add(probing) <= all / 16 {
+            Claim::Paused
+        } else {
+            Claim::Checks
+        }
+    }
 }
 
 impl Health {
@@ -510,6 +524,12 @@ impl Table {
         if slot.flags.load(Ordering::Relaxed) & FLAG_CHECKED == 0 {
             return;
         }
+        // Followed before the checker's first look at the key (a Lua
+        // upstream following from init_worker): the record is made here,
+        // or the mark would have nowhere to go.
+        if !self.ensure_health(locked, at) {
+            return;
+        }
         let Some(h) = record_of(slot) else {
             return;
         };
@@ -640,7 +660,7 @@ impl Table {
         if w != 0 && !expired(w as u32, now) {
             let held = Lease::of(w);
             let ours = held.pid == pid;
-            let stealable = held.paused && claim == Claim::Roomy;
+            let stealable = held.paused && claim == Claim::Checks;
             if !ours && !stealable {
                 return false;
             }
@@ -1017,12 +1037,11 @@ mod tests {
             "another busy worker waits"
         );
         assert!(
-            !t.take_checker(11, 1100, 500, Claim::Checks),
-            "one with little room waits too"
+            t.take_checker(11, 1100, 500, Claim::Checks),
+            "one that can check takes it over at once"
         );
-        assert!(t.take_checker(11, 1100, 500, Claim::Roomy), "taken over");
         assert!(t.checks_here(11, 1100));
-        assert!(!t.take_checker(10, 1200, 500, Claim::Roomy), "not paused");
+        assert!(!t.take_checker(10, 1200, 500, Claim::Checks), "not paused");
         // The holder pauses and resumes its own lease.
         assert!(t.take_checker(11, 1200, 500, Claim::Paused));
         assert!(!t.checks_here(11, 1200));
@@ -1032,6 +1051,47 @@ mod tests {
         assert!(t.take_checker(11, 1400, 500, Claim::Paused));
         t.release_checker(11);
         assert_eq!(t.checker(1400), None);
+    }
+
+    /// A Lua upstream following a key before the checker made its record
+    /// (at init_worker): the mark is kept, and a load reported later at or
+    /// below the key's count is still read.
+    #[test]
+    fn a_key_followed_before_its_first_check_keeps_the_mark() {
+        let (a, t) = setup();
+        // SAFETY: the test's own table.
+        let t = unsafe { t.as_ref() };
+        let k = t.upsert(&a, b"u:a", 1, checked(), 1).unwrap();
+        t.follow_health(&a, k);
+        assert!(
+            t.ensure_health(&a, k),
+            "the checker's look finds the record"
+        );
+        for _ in 0..3 {
+            k.acquire(0);
+        }
+        let mut r = report(Why::Ok);
+        r.reported = Some(Some(3));
+        t.record_check(&a, k, &r).unwrap();
+        assert_ne!(
+            k.check_bits() & CHECK_TUNED,
+            0,
+            "followed: the load is read"
+        );
+        assert_eq!(k.tuned().reported, Some(3));
+    }
+
+    #[test]
+    fn the_room_for_checks_counts_the_probes_own_connections_as_free() {
+        assert_eq!(Claim::of_room(64, 0, 1024), Claim::Paused, "the last 1/16");
+        assert_eq!(Claim::of_room(65, 0, 1024), Claim::Checks);
+        assert_eq!(
+            Claim::of_room(10, 60, 1024),
+            Claim::Checks,
+            "its own probes hold 60: not the clients'"
+        );
+        assert_eq!(Claim::of_room(2, 6, 128), Claim::Paused);
+        assert_eq!(Claim::of_room(0, 0, 0), Claim::Paused);
     }
 
     #[test]

@@ -210,24 +210,15 @@ async fn exchange(
 /// would otherwise close idle keep-alive connections to make room, or
 /// log an alert per probe once none is left).
 fn connections_to_spare() -> bool {
-    room() != Claim::Paused
+    let (free, all) = connections();
+    free > all / 16
 }
 
-/// The room this process has for probes, as the checks' lease weighs it:
-/// none in the last sixteenth of `worker_connections`; plenty above the
-/// last eighth (where nginx's accept mutex, too, still lets the worker
-/// take new connections): a worker with plenty takes over the checks of
-/// one with none, and the gap between the two keeps them from trading
-/// the checks back and forth.
+/// The room this process has for probes, as the checks' lease weighs it
+/// (`Claim::of_room`: the probes' own connections count as free).
 pub fn room() -> Claim {
     let (free, all) = connections();
-    if free <= all / 16 {
-        Claim::Paused
-    } else if free <= all / 8 {
-        Claim::Checks
-    } else {
-        Claim::Roomy
-    }
+    Claim::of_room(free, turns().held, all)
 }
 
 /// This process's free connections and `worker_connections`.

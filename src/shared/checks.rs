@@ -183,8 +183,15 @@ pub fn tick<'a>(
         let first = !c.holding;
         c.holding = true;
         c.ticks = c.ticks.wrapping_add(1);
-        if first || c.ticks.is_multiple_of(RESCAN_TICKS) {
-            let (jobs, portless) = jobs(registry, upstreams());
+        // A task that ended (its key gone, or the lease lapsed under it
+        // while this worker stalled) is started again at once if needed.
+        let ended = c.running.iter().any(|r| r.task.is_finished());
+        if first || ended || c.ticks.is_multiple_of(RESCAN_TICKS) {
+            let Jobs {
+                jobs,
+                portless,
+                partial,
+            } = jobs(registry, upstreams());
             if portless != c.portless && portless > 0 {
                 Log::cycle().zone(
                     NGX_LOG_WARN,
@@ -196,7 +203,7 @@ pub fn tick<'a>(
                 );
             }
             c.portless = portless;
-            reconcile(&mut c, link, jobs, now);
+            reconcile(&mut c, link, jobs, partial, now);
         }
         if first {
             Log::cycle().zone(
@@ -287,13 +294,11 @@ pub fn stop(registry: &Registry) {
 /// A handle whose key another worker removed and stored again meanwhile
 /// (DNS took the address away and gave it back before this worker looked)
 /// is looked up again: its checks would record nothing.
-fn jobs(
-    registry: &'static Registry,
-    upstreams: Vec<(&UpstreamSrvConf, usize)>,
-) -> (Vec<Job>, usize) {
+fn jobs(registry: &'static Registry, upstreams: Vec<(&UpstreamSrvConf, usize)>) -> Jobs {
     follow_resolved_peers(registry, upstreams.iter().copied());
     let mut jobs = Vec::new();
     let mut portless = 0;
+    let mut partial = false;
     for (us, index) in upstreams {
         let Some(up) = registry.upstream(index) else {
             continue;
@@ -311,6 +316,7 @@ fn jobs(
             let counters = up.list(list);
             let followed = peers::version(rr).is_none_or(|v| up.version(list) == Some(v));
             if !followed || counters.len() != rr.number {
+                partial = true;
                 continue;
             }
             for (peer, pc) in peers::each_peer(rr).zip(counters.iter()) {
@@ -334,7 +340,21 @@ fn jobs(
             drop(lock);
         }
     }
-    (jobs, portless)
+    Jobs {
+        jobs,
+        portless,
+        partial,
+    }
+}
+
+/// What a rescan found to check.
+struct Jobs {
+    jobs: Vec<Job>,
+    /// Servers left out for having no port to replace (unix sockets).
+    portless: usize,
+    /// Some list was left for the next rescan (DNS changed it again): the
+    /// tasks of its keys keep running meanwhile.
+    partial: bool,
 }
 
 /// Looks up again the keys of `up` whose handles this worker holds are
@@ -350,13 +370,20 @@ fn refresh_gone_keys(up: &UpstreamCounters) {
 }
 
 /// Starts a task for each job not running yet, and stops the tasks of
-/// servers no longer checked.
-fn reconcile(c: &mut Checker, link: &ZoneLink, jobs: Vec<Job>, now: u64) {
+/// servers no longer checked, or checked at another address now. After a
+/// `partial` rescan the tasks of keys it did not see keep running.
+fn reconcile(c: &mut Checker, link: &ZoneLink, jobs: Vec<Job>, partial: bool, now: u64) {
     // A task ends when its key is gone (`record`): started again if the
     // key came back.
     let wanted: HashSet<(SlotRef, &Target)> = jobs.iter().map(|j| (j.slot, &j.target)).collect();
+    let seen: HashSet<SlotRef> = jobs.iter().map(|j| j.slot).collect();
     c.running.retain(|r| {
-        !r.task.is_finished() && r.slot.count().is_some() && wanted.contains(&(r.slot, &r.target))
+        let keep = if seen.contains(&r.slot) {
+            wanted.contains(&(r.slot, &r.target))
+        } else {
+            partial
+        };
+        keep && !r.task.is_finished() && r.slot.count().is_some()
     });
     let running: HashSet<SlotRef> = c.running.iter().map(|r| r.slot).collect();
     let new: Vec<Job> = jobs
