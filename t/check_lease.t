@@ -12,6 +12,10 @@
 # b. Two workers: the checker filled with WebSockets (the test keeps only
 #    those that land on it) pauses, and the other worker, with room, takes
 #    the checks over at once: a server answering 503 goes down.
+# d. One worker with a few connections to spare, most of them held by
+#    probes of servers that never answer: the probe of a server answering
+#    503 waits for a connection (rather than end "no connection" and leave
+#    its server unchecked until its next interval, for good): it goes down.
 # c. A checker stopped (SIGSTOP) past its lease: another worker takes the
 #    checks over; resumed (SIGCONT), the stopped one probes nothing more
 #    (its sleeps expired while it was stopped, before its tick saw the
@@ -32,7 +36,7 @@ use Test::Nginx::Health;
 use Test::Nginx::Status;
 use Test::Nginx::WebSocket;
 
-my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(3);
+my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(4);
 
 my $slow = $Test::Nginx::SLOW;
 my $interval_ms = int(400 * $slow + 0.5);
@@ -122,7 +126,8 @@ sub fd_count {
 # only those that land on $pid (its open files grow by two: the client's
 # and the backend's). The ones kept.
 sub fill_until_paused {
-	my ($pid, $mark) = @_;
+	my ($pid, $mark, $near) = @_;
+	$near //= 50;
 	my @kept;
 	my $paused = sub { log_lines($mark, qr/\b$pid#\d+: .*health checks paused in this worker/) };
 	for (1 .. 400) {
@@ -131,7 +136,7 @@ sub fill_until_paused {
 		# Near the end, one at a time: the checker's tick (every 100 ms)
 		# must see it before the next, or the clients take the last
 		# connections ("worker_connections are not enough").
-		wait_until($paused, 0.3) if @kept >= 50;
+		wait_until($paused, 0.3) if @kept >= $near;
 		last if $paused->();
 		my $before = fd_count($pid);
 		my $ws = ws_open('/') or last;
@@ -151,8 +156,8 @@ health_dir($t);
 set_health('b1');
 $t->run_daemon(\&Test::Nginx::Backend::serve, port(8081), 'b1');
 $t->run_daemon(\&Test::Nginx::Backend::serve, port(8082), 'b2');
-$t->waitforsocket(addr(8081));
-$t->waitforsocket(addr(8082));
+$t->run_daemon(\&Test::Nginx::Backend::serve, port($_->[0]), $_->[1]) for [8083, 'h1'], [8084, 'h2'], [8085, 'h3'];
+$t->waitforsocket(addr($_)) for 8081 .. 8085;
 
 my $wait = 10;
 
@@ -204,6 +209,83 @@ subtest 'b. two workers: a worker with room takes paused checks over' => sub {
 	is(scalar(log_lines($mark, qr/\[warn\].*health checks paused/)), 0, 'no [warn]: someone checks');
 	ws_close(@ws);
 	set_health('b1');
+	$t->stop();
+};
+
+# worker_connections 32 (2 left to clients), three servers that accept
+# and never answer, checked with timeout = interval (each probe holds its
+# connection the whole interval, and takes it again at once), and b1.
+sub conf_small {
+	my $iv = int(1000 * $slow + 0.5);
+	return <<"EOF";
+
+%%TEST_GLOBALS%%
+
+worker_processes 1;
+
+events {
+    worker_connections 32;
+}
+
+http {
+    %%TEST_GLOBALS_HTTP%%
+
+    least_conn_persistent_zone lcp 1m;
+
+    upstream u {
+        least_conn_persistent;
+        least_conn_persistent_check uri=/health interval=${iv}ms timeout=${iv}ms rise=1 fall=1;
+        server 127.0.0.1:8081;
+        server 127.0.0.1:8083;
+        server 127.0.0.1:8084;
+        server 127.0.0.1:8085;
+    }
+
+    upstream ws {
+        least_conn_persistent;
+        server 127.0.0.1:8082;
+    }
+
+    server {
+        listen       127.0.0.1:8080;
+
+        proxy_http_version 1.1;
+        proxy_set_header Upgrade \$http_upgrade;
+        proxy_set_header Connection "upgrade";
+        proxy_read_timeout 1h;
+
+        location / { proxy_pass http://ws; }
+        location /status { least_conn_persistent_status; }
+    }
+}
+
+EOF
+}
+
+subtest 'd. a probe with no connection to spare waits for one' => sub {
+	$t->write_file_expand('nginx.conf', conf_small());
+	set_health($_) for qw/h1 h2 h3/;
+	$t->run();
+	ok(wait_until(sub { health_of(8081) eq 'up' }, $wait), 'b1 up');
+	my ($pid) = $t->worker_pids();
+	my $mark = log_mark();
+	# Filled to the line (the checks pause), then one WebSocket less: a
+	# connection or two to spare.
+	my @ws = fill_until_paused($pid, $mark, 0);
+	ok(scalar(log_lines($mark, qr/health checks paused in this worker/)),
+		scalar(@ws) . ' WebSockets: paused at the line');
+	ws_close(pop @ws);
+	ok(wait_until(sub { log_lines($mark, qr/health checks resume/) }, $wait), 'one closed: resumed');
+	set_health($_, 'hang') for qw/h1 h2 h3/;
+	# Their probes hold the connections to spare, one after the other.
+	ok(wait_until(sub { !grep { health_of($_) ne 'down' } 8083 .. 8085 }, $wait),
+		'the three that never answer are down');
+	sleep(2 * $slow);
+	set_health('b1', '503');
+	ok(wait_until(sub { health_of(8081) eq 'down' }, 3 * $wait), 'b1 answering 503 goes down')
+		or diag(explain([health_entries('u')]));
+	ws_close(@ws);
+	set_health($_) for qw/b1 h1 h2 h3/;
 	$t->stop();
 };
 

@@ -15,8 +15,12 @@
 //!   then frees the `Peer`: no event can fire into freed memory. A probe
 //!   still waiting for its turn leaves the queue (or passes its turn on).
 //! - At most [`MAX_IN_FLIGHT`] probes of a process hold a connection at a
-//!   time; the others wait their turn in order, so checks never take more
-//!   than that many of `worker_connections`.
+//!   time, and only while the process has connections to spare (the last
+//!   sixteenth of `worker_connections` is the clients'); the others wait
+//!   their turn in order (a turn given back, or the checks' next tick,
+//!   starts the next), so checks never take more than that many
+//!   connections, and a probe that finds none waits rather than leave its
+//!   server unchecked.
 //! - nginx logs a refused connect at `error` through the peer connection's
 //!   log: probes use a copy of the cycle's log that shows `crit` and above
 //!   only (a dead server would otherwise add a line every interval; the
@@ -582,29 +586,45 @@ impl Turn {
         WaitTurn { ticket: None }
     }
 
-    /// Passes the turn to the first waiting probe, if any. Waking a task
-    /// runs it at once (ngx's scheduler): a probe that fails at once then
-    /// releases its turn from inside this one's wake, and so on down the
-    /// queue. So only the outermost release wakes, one probe after the
-    /// other; a release inside a wake only queues its waker.
+    /// Gives the turn back, and hands turns to the waiting probes
+    /// (`hand_on`). Waking a task runs it at once (ngx's scheduler): a
+    /// probe that fails at once then releases its turn from inside this
+    /// one's wake, and so on down the queue. So only the outermost release
+    /// wakes, one probe after the other; a release inside a wake only
+    /// queues its waker.
     fn release() {
         let t = turns();
-        match t.waiting.pop_front() {
-            Some((ticket, waker)) => {
-                t.handed.push(ticket);
-                t.to_wake.push_back(waker);
-            }
-            None => t.held -= 1,
-        }
-        if t.waking {
-            return;
-        }
-        t.waking = true;
-        while let Some(waker) = turns().to_wake.pop_front() {
-            waker.wake();
-        }
-        turns().waking = false;
+        t.held -= 1;
+        hand_on();
     }
+}
+
+/// Gives turns to the waiting probes, first come first served, while
+/// turns are free and the process has connections to spare; wakes them
+/// (only the outermost call: see `Turn::release`).
+fn hand_on() {
+    let t = turns();
+    while t.held < MAX_IN_FLIGHT && !t.waiting.is_empty() && connections_to_spare() {
+        let (ticket, waker) = t.waiting.pop_front().expect("not empty");
+        t.held += 1;
+        t.handed.push(ticket);
+        t.to_wake.push_back(waker);
+    }
+    if t.waking {
+        return;
+    }
+    t.waking = true;
+    while let Some(waker) = turns().to_wake.pop_front() {
+        waker.wake();
+    }
+    turns().waking = false;
+}
+
+/// The checks' tick: probes that waited for a connection to spare (none
+/// was, and no probe of this process held one to give back) get their
+/// turns once there is.
+pub fn wake_waiting() {
+    hand_on();
 }
 
 /// Forgets the probes waiting for a turn, before their tasks are dropped
@@ -649,7 +669,10 @@ impl Future for WaitTurn {
             }
             return Poll::Pending;
         }
-        if t.held < MAX_IN_FLIGHT && t.waiting.is_empty() {
+        // No connection to spare: the probe waits (a turn freed, or the
+        // checks' next tick, starts it), rather than fail and leave its
+        // server unchecked until its next interval.
+        if t.held < MAX_IN_FLIGHT && t.waiting.is_empty() && connections_to_spare() {
             t.held += 1;
             return Poll::Ready(Turn);
         }

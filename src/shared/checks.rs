@@ -163,7 +163,15 @@ pub fn tick<'a>(
         }
         let (_, lease) = timing(interval);
         let room = probe::room();
-        if !link.table.take_checker(pid(), now, lease, room) {
+        // A paused holder stays paused for a lease at least (any worker
+        // that can check takes the lease over meanwhile): a worker whose
+        // free connections hover at the line does not stop and start its
+        // probes at every tick.
+        let claim = match c.paused {
+            Some(since) if now.saturating_sub(since) < u64::from(lease) => Claim::Paused,
+            _ => room,
+        };
+        if !link.table.take_checker(pid(), now, lease, claim) {
             if c.holding || c.paused.is_some() {
                 c.stop();
                 c.paused = None;
@@ -175,7 +183,7 @@ pub fn tick<'a>(
             }
             return;
         }
-        if room == Claim::Paused {
+        if claim == Claim::Paused {
             pause(&mut c, link, now, lease);
             return;
         }
@@ -205,6 +213,7 @@ pub fn tick<'a>(
             c.portless = portless;
             reconcile(&mut c, link, jobs, partial, now);
         }
+        probe::wake_waiting();
         if first {
             Log::cycle().zone(
                 NGX_LOG_NOTICE,
@@ -218,11 +227,11 @@ pub fn tick<'a>(
     });
 }
 
-/// This worker holds the lease with no connection to spare for a probe:
-/// its checks stop (each would end "no connection"), the lease says
-/// paused, and any worker with room takes it over at its next tick. Still
-/// paused after a whole lease (every worker had its turn), it is warned:
-/// no worker can check.
+/// This worker holds the lease with no connection to spare for a probe
+/// (its own probes' connections counted as free): its checks stop, the
+/// lease says paused, and any worker that can check takes it over at its
+/// next tick. Still paused after a whole lease with no room (every worker
+/// had its turn), it is warned: no worker can check.
 fn pause(c: &mut Checker, link: &ZoneLink, now: u64, lease: u32) {
     let since = match c.paused {
         Some(since) => since,
