@@ -282,8 +282,16 @@ subtest 'd. a probe with no connection to spare waits for one' => sub {
 		'the three that never answer are down');
 	sleep(2 * $slow);
 	set_health('b1', '503');
-	ok(wait_until(sub { health_of(8081) eq 'down' }, 3 * $wait), 'b1 answering 503 goes down')
+	# Meanwhile no probe may end "no connection": each waits for one
+	# (turns are handed as connections are to spare, one each).
+	my %none;
+	my $watch = sub {
+		$none{$_->{server}}++ for grep { ($_->{check}{result} // '') eq 'no connection' } health_entries('u');
+	};
+	ok(wait_until(sub { $watch->(); health_of(8081) eq 'down' }, 3 * $wait), 'b1 answering 503 goes down')
 		or diag(explain([health_entries('u')]));
+	wait_until(sub { $watch->(); 0 }, 3);
+	is(join(', ', sort keys %none), '', 'no check ended "no connection"');
 	ws_close(@ws);
 	set_health($_) for qw/b1 h1 h2 h3/;
 	$t->stop();

@@ -604,7 +604,14 @@ impl Turn {
 /// (only the outermost call: see `Turn::release`).
 fn hand_on() {
     let t = turns();
-    while t.held < MAX_IN_FLIGHT && !t.waiting.is_empty() && connections_to_spare() {
+    // Each turn handed and not taken yet is a connection about to be
+    // opened: counted before it is (or every waiting probe but one would
+    // find none and end "no connection").
+    let (free, all) = connections();
+    while t.held < MAX_IN_FLIGHT
+        && !t.waiting.is_empty()
+        && free.saturating_sub(t.handed.len()) > all / 16
+    {
         let (ticket, waker) = t.waiting.pop_front().expect("not empty");
         t.held += 1;
         t.handed.push(ticket);
@@ -672,7 +679,11 @@ impl Future for WaitTurn {
         // No connection to spare: the probe waits (a turn freed, or the
         // checks' next tick, starts it), rather than fail and leave its
         // server unchecked until its next interval.
-        if t.held < MAX_IN_FLIGHT && t.waiting.is_empty() && connections_to_spare() {
+        if t.held < MAX_IN_FLIGHT
+            && t.waiting.is_empty()
+            && t.handed.is_empty()
+            && connections_to_spare()
+        {
             t.held += 1;
             return Poll::Ready(Turn);
         }

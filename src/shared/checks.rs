@@ -94,10 +94,17 @@ struct Running {
 struct Checker {
     /// Holds the lease and runs the checks.
     holding: bool,
-    /// Holds the lease paused (no connection to spare), since when (ms),
-    /// and whether that was warned about.
+    /// Holds the lease paused (no connection to spare), since when (ms).
     paused: Option<u64>,
-    paused_warned: bool,
+    /// When this process last paused, kept when another takes the lease
+    /// over: for a lease after it, it neither resumes nor takes a lease
+    /// to check (workers at the line would pass the checks back and forth
+    /// at every tick, each cancelling the other's probes).
+    last_pause: Option<u64>,
+    /// The checks ran here since when (ms), and whether "no worker can
+    /// check" was warned: once, until they ran here for a whole lease.
+    checking_since: Option<u64>,
+    warned: bool,
     ticks: u32,
     running: Vec<Running>,
     /// Servers left unchecked for want of zone memory, or for having no
@@ -112,6 +119,7 @@ impl Checker {
     /// dropped task would start one of them, to be dropped right after.
     fn stop(&mut self) {
         self.holding = false;
+        self.checking_since = None;
         probe::forget_waiting();
         self.running.clear();
     }
@@ -163,12 +171,10 @@ pub fn tick<'a>(
         }
         let (_, lease) = timing(interval);
         let room = probe::room();
-        // A paused holder stays paused for a lease at least (any worker
-        // that can check takes the lease over meanwhile): a worker whose
-        // free connections hover at the line does not stop and start its
-        // probes at every tick.
-        let claim = match c.paused {
-            Some(since) if now.saturating_sub(since) < u64::from(lease) => Claim::Paused,
+        // A worker that paused claims no more for a lease at least (any
+        // worker that can check takes the lease over meanwhile).
+        let claim = match c.last_pause {
+            Some(at) if now.saturating_sub(at) < u64::from(lease) => Claim::Paused,
             _ => room,
         };
         if !link.table.take_checker(pid(), now, lease, claim) {
@@ -190,6 +196,10 @@ pub fn tick<'a>(
         resume(&mut c, link);
         let first = !c.holding;
         c.holding = true;
+        let since = *c.checking_since.get_or_insert(now);
+        if now.saturating_sub(since) >= u64::from(lease) {
+            c.warned = false;
+        }
         c.ticks = c.ticks.wrapping_add(1);
         // A task that ended (its key gone, or the lease lapsed under it
         // while this worker stalled) is started again at once if needed.
@@ -238,7 +248,7 @@ fn pause(c: &mut Checker, link: &ZoneLink, now: u64, lease: u32) {
         None => {
             c.stop();
             c.paused = Some(now);
-            c.paused_warned = false;
+            c.last_pause = Some(now);
             let (free, all) = probe::connections();
             Log::cycle().zone(
                 NGX_LOG_NOTICE,
@@ -251,8 +261,8 @@ fn pause(c: &mut Checker, link: &ZoneLink, now: u64, lease: u32) {
             now
         }
     };
-    if !c.paused_warned && now.saturating_sub(since) >= u64::from(lease) {
-        c.paused_warned = true;
+    if !c.warned && now.saturating_sub(since) >= u64::from(lease) {
+        c.warned = true;
         Log::cycle().zone(
             NGX_LOG_WARN,
             link.shm.name(),
