@@ -183,15 +183,21 @@ fn name_with_port(name: &[u8], port: u16) -> Vec<u8> {
 /// Returns when the probe got its turn and started connecting (ms of
 /// nginx's clock: the check's duration is measured from there), and what
 /// it found.
+/// `wanted` is asked once the turn came (the wait may have been long):
+/// false ends the probe unopened, as `Why::NoConnection`.
 pub async fn probe(
     target: &Target,
     timeout_ms: u32,
     request: Option<&[u8]>,
+    wanted: impl Fn() -> bool,
 ) -> (u64, Result<Vec<u8>, Why>) {
     // Dropped last: the connection is closed before the turn is passed on.
     let _turn = Turn::wait().await;
     // SAFETY: a plain integer nginx updates with its cached time.
     let started = unsafe { nginx_sys::ngx_current_msec } as u64;
+    if !wanted() {
+        return (started, Err(Why::NoConnection));
+    }
     (started, exchange(target, timeout_ms, request).await)
 }
 

@@ -172,11 +172,15 @@ pub fn tick<'a>(
         let (_, lease) = timing(interval);
         let room = probe::room();
         // A worker that paused claims no more for a lease at least (any
-        // worker that can check takes the lease over meanwhile).
-        let claim = match c.last_pause {
-            Some(at) if now.saturating_sub(at) < u64::from(lease) => Claim::Paused,
-            _ => room,
-        };
+        // worker that can check takes the lease over meanwhile); one that
+        // has room meanwhile takes no lease just to say it is paused.
+        let hold_off = c
+            .last_pause
+            .is_some_and(|at| now.saturating_sub(at) < u64::from(lease));
+        if hold_off && c.paused.is_none() && room != Claim::Paused {
+            return;
+        }
+        let claim = if hold_off { Claim::Paused } else { room };
         if !link.table.take_checker(pid(), now, lease, claim) {
             if c.holding || c.paused.is_some() {
                 c.stop();
@@ -468,7 +472,15 @@ async fn check_loop(job: Job, first: u64) {
             return;
         }
         let due = now_ms();
-        let (started, answer) = probe(&job.target, job.params.timeout_ms, request.as_deref()).await;
+        // Asked again once the probe's turn came: the worker may have
+        // stalled while it waited.
+        let (started, answer) = probe(
+            &job.target,
+            job.params.timeout_ms,
+            request.as_deref(),
+            || holds_lease(&job),
+        )
+        .await;
         let ended = now_ms();
         let judged = judge(job.params, answer.as_deref().map_err(|w| *w));
         if !record(&job, &judged, started, ended) {
