@@ -386,7 +386,9 @@ check($did{dns} > 0, "$did{dns} DNS changes of a resolve upstream") if $resolve;
 check($did{lua} > 0, "$did{lua} Lua redeclarations") if $lua;
 check($n[0] > 0, "$n[0] WebSockets opened, $n[1] closed, $n[2] requests over upstream keepalive");
 my $reloaded = eval { $t->reload(); 1 };
-check($reloaded && ($t->master_pid() // 0) == $master, "the master ($master) is alive and reloads");
+# Why it did not, in CI's output (the reload's own message).
+my $why = $reloaded ? '' : ': ' . ($@ =~ s/\s+$//r =~ s/\n/; /gr);
+check($reloaded && ($t->master_pid() // 0) == $master, "the master ($master) is alive and reloads$why");
 finish() unless $reloaded;
 wait_until(sub { !$t->old_worker_pids() }, 30);
 eval { http_get('/redeclare?ports=' . join(',', map { port($_) } @backends), timeout => 3) } if $lua;
