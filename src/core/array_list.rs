@@ -7,10 +7,10 @@
 
 use core::cell::Cell;
 
-use super::health_table::{Tuned, CHECK_OUT, CHECK_TUNED};
 use super::ramp;
 use super::select::{Load, PeerList};
 use super::table::SlotRef;
+use super::table::{Tuned, CHECK_OUT, CHECK_TUNED};
 
 /// A server's weights for the tie-break, as nginx's round-robin keeps them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -351,8 +351,8 @@ mod tests {
         use super::*;
         use crate::core::check_answer::Capacity;
         use crate::core::health::Why;
-        use crate::core::health_table::CheckReport;
         use crate::core::table::tests::HeapArena;
+        use crate::core::table::CheckReport;
         use crate::core::table::{Meta, Table, FLAG_CHECKED};
         use core::ptr::NonNull;
 

@@ -1,7 +1,7 @@
 //! What one health check found, from what its probe got (issue 19): the
 //! verdict (`Why`), and for an http check that passed, the capacity line
 //! and the load the server reported, as the zone's record takes them
-//! (`health_table::CheckReport`).
+//! (`table::CheckReport`).
 //!
 //! - A failed check (no connection, a timeout, a status the check does not
 //!   expect, no HTTP head) changes no capacity; it forgets a reported load

@@ -6,16 +6,14 @@
 //! - `ramp`: slow start, how a server that just joined is compared while it
 //!   ramps up;
 //! - `rebalance`: which servers shed long-lived connections, and how fast;
-//! - `table`: the counter table that lives in the shared zone;
-//! - `record`: per-worker records in the table, to give back what a dead
-//!   worker held;
-//! - `repair`: locking marks the table dirty; the next lock repairs what a
-//!   holder that died left;
+//! - `table`: the counter table that lives in the shared zone, with its
+//!   flags, health records, per-worker records and crash repair;
+//! - `liveness`: whether a worker recorded in the zone still runs;
 //! - `sweep`: what a configuration load does with each key already stored;
 //! - `health`: active health checks, rise and fall;
 //! - `check_conf`, `check_answer`: a check's parameters, and what an http
 //!   check's answer says (status, capacity, load); `check_judge`: what
-//!   one check found; `health_table`: the checks' records in the zone;
+//!   one check found (the records in the zone are `table`'s);
 //! - `follow`: keys a worker stores at run time (DNS, stale handles), and
 //!   the copy of a peer list that following DNS works from;
 //! - `status`, `status_html`, `status_model`: the status page (what it
@@ -33,18 +31,14 @@ pub mod check_answer;
 pub mod check_conf;
 pub mod check_judge;
 pub mod crash;
-#[cfg(test)]
-mod crash_tests;
 pub mod follow;
 pub mod health;
-pub mod health_table;
 #[cfg(any(test, feature = "lock-stats"))]
 pub mod histogram;
 pub mod key;
+pub mod liveness;
 pub mod ramp;
 pub mod rebalance;
-pub mod record;
-mod repair;
 pub mod select;
 pub mod status;
 pub mod status_html;

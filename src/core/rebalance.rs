@@ -23,7 +23,7 @@
 
 use core::fmt;
 
-use super::health_table::Tuned;
+use super::table::Tuned;
 
 /// `least_conn_persistent_rebalance`'s parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,8 +6,8 @@
 
 use std::fmt::Write;
 
-use super::health::{State as Health, Why};
-use super::health_table::HealthView;
+use super::health::State as Health;
+use super::status_model::{health_word, why_str};
 pub use super::status_model::{Checked, Entry, State, ZoneInfo};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,32 +149,6 @@ fn render_json(subsystem: Option<&str>, zone: Option<&ZoneInfo>, entries: &[Entr
     }
     out.push_str("\n]}\n");
     out
-}
-
-/// What the checks make of a server, in one word: `down` first (a stale
-/// `drain` of a server that then failed says nothing), then `drain`; no
-/// verdict yet is `checking` (picks treat it as up).
-pub(crate) fn health_word(v: &HealthView) -> &'static str {
-    match v.state {
-        Health::Down => "down",
-        _ if v.drain => "drain",
-        Health::Up => "up",
-        Health::Unchecked | Health::Checking => "checking",
-    }
-}
-
-/// How the last check ended, as the status page says it.
-pub(crate) fn why_str(why: Why) -> &'static str {
-    match why {
-        Why::Ok => "ok",
-        Why::Refused => "refused",
-        Why::Reset => "reset",
-        Why::ClosedEarly => "closed early",
-        Why::Timeout => "timeout",
-        Why::BadStatus => "bad status",
-        Why::BadResponse => "bad response",
-        Why::NoConnection => "no connection",
-    }
 }
 
 /// A checked entry's `health`, `check`, and, when there are any, its
@@ -479,36 +453,11 @@ fn ramp_series(out: &mut String, first: &str, entries: &[Entry]) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::core::status_model::tests::entry;
+    use crate::core::health::Why;
+    use crate::core::status_model::tests::{checked, entry, view};
+    use crate::core::status_model::{health_word, why_str};
+    use crate::core::table::HealthView;
     use crate::core::table::{FLAG_BACKUP, FLAG_DOWN, FLAG_DRAINING};
-
-    /// A checked server's view: up after 3 passes, its last check 800 ms
-    /// ago, http 200 in 3 ms, nothing overridden or reported.
-    pub(crate) fn view() -> HealthView {
-        HealthView {
-            state: Health::Up,
-            drain: false,
-            passes: 3,
-            fails: 0,
-            why: Why::Ok,
-            http_status: 200,
-            duration_ms: 3,
-            last_ms: 5000,
-            weight: None,
-            max_conns: None,
-            reported: None,
-            excess: 0,
-            out: false,
-            tuned: false,
-        }
-    }
-
-    pub(crate) fn checked(key: &str, view: HealthView, last_ms_ago: Option<u64>) -> Entry {
-        Entry {
-            health: Some(Checked { view, last_ms_ago }),
-            ..entry(key, 9, State::Up)
-        }
-    }
 
     /// The JSON of one entry, between `"source":"config"` and its `}`.
     fn health_fields(e: Entry) -> String {

@@ -9,8 +9,7 @@
 use std::fmt::Write;
 
 use super::health::Why;
-use super::status::{health_word, why_str};
-use super::status_model::{Checked, Entry, ZoneInfo};
+use super::status_model::{health_word, why_str, Checked, Entry, ZoneInfo};
 
 /// Seconds between two refreshes unless `?refresh=` says otherwise.
 pub const DEFAULT_REFRESH: u32 = 5;
@@ -303,10 +302,10 @@ pub fn parse_refresh(arg: Option<&[u8]>) -> Option<u32> {
 mod tests {
     use super::*;
     use crate::core::health::State as Health;
-    use crate::core::health_table::HealthView;
-    use crate::core::status::tests::{checked, view};
     use crate::core::status_model::tests::entry;
+    use crate::core::status_model::tests::{checked, view};
     use crate::core::status_model::State;
+    use crate::core::table::HealthView;
 
     #[test]
     fn names_are_escaped_in_text_and_attributes() {

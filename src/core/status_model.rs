@@ -2,8 +2,9 @@
 //! Prometheus text, `status_html.rs` as HTML): a zone's figures and one
 //! entry per key.
 
-use super::health_table::HealthView;
+use super::health::{State as Health, Why};
 use super::key::split_key;
+use super::table::HealthView;
 use super::table::{FLAG_BACKUP, FLAG_DOWN, FLAG_DRAINING};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +103,32 @@ impl Entry {
     }
 }
 
+/// What the checks make of a server, in one word: `down` first (a stale
+/// `drain` of a server that then failed says nothing), then `drain`; no
+/// verdict yet is `checking` (picks treat it as up).
+pub(crate) fn health_word(v: &HealthView) -> &'static str {
+    match v.state {
+        Health::Down => "down",
+        _ if v.drain => "drain",
+        Health::Up => "up",
+        Health::Unchecked | Health::Checking => "checking",
+    }
+}
+
+/// How the last check ended, as the status page says it.
+pub(crate) fn why_str(why: Why) -> &'static str {
+    match why {
+        Why::Ok => "ok",
+        Why::Refused => "refused",
+        Why::Reset => "reset",
+        Why::ClosedEarly => "closed early",
+        Why::Timeout => "timeout",
+        Why::BadStatus => "bad status",
+        Why::BadResponse => "bad response",
+        Why::NoConnection => "no connection",
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -117,6 +144,34 @@ pub(crate) mod tests {
             ramping: None,
             rebalance: None,
             health: None,
+        }
+    }
+
+    /// A checked server's view: up after 3 passes, its last check 800 ms
+    /// ago, http 200 in 3 ms, nothing overridden or reported.
+    pub(crate) fn view() -> HealthView {
+        HealthView {
+            state: Health::Up,
+            drain: false,
+            passes: 3,
+            fails: 0,
+            why: Why::Ok,
+            http_status: 200,
+            duration_ms: 3,
+            last_ms: 5000,
+            weight: None,
+            max_conns: None,
+            reported: None,
+            excess: 0,
+            out: false,
+            tuned: false,
+        }
+    }
+
+    pub(crate) fn checked(key: &str, view: HealthView, last_ms_ago: Option<u64>) -> Entry {
+        Entry {
+            health: Some(Checked { view, last_ms_ago }),
+            ..entry(key, 9, State::Up)
         }
     }
 }

@@ -283,7 +283,7 @@ pub extern "C" fn lcp_pick(
 fn pick(st: &mut State, handle: i32, skip: &[u64]) -> Result<(i32, u64), i32> {
     // The worker is exiting and gave back what it held (a later module's
     // exit hook): nothing more is counted.
-    if crate::core::record::stopped() {
+    if crate::core::table::stopped() {
         return Err(ERR_NO_ZONE);
     }
     // No token to hand out (`tokens::MAX_OUTSTANDING` picks unreleased):

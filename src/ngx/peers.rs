@@ -14,10 +14,10 @@ use nginx_sys::{
     ngx_rwlock_wlock, ngx_uint_t, time_t,
 };
 
-use crate::core::health_table::{Tuned, CHECK_OUT, CHECK_TUNED};
 use crate::core::key::Occurrence;
 use crate::core::ramp;
 use crate::core::select::{Load, PeerList};
+use crate::core::table::{Tuned, CHECK_OUT, CHECK_TUNED};
 
 const BITS: usize = usize::BITS as usize;
 
@@ -370,7 +370,7 @@ pub trait SharedCount {
         None
     }
 
-    /// Health checks: the key's bits (`core::health_table::CHECK_OUT`,
+    /// Health checks: the key's bits (`core::table::CHECK_OUT`,
     /// `CHECK_TUNED`); 0 for a peer with no key.
     fn check_bits(&self) -> u32 {
         0

@@ -57,7 +57,7 @@ use ngx::ngx_log_debug;
 use super::subsystem::RrPeer;
 use crate::core::check_answer::{head_end, MAX_HEAD};
 use crate::core::health::Why;
-use crate::core::health_table::Claim;
+use crate::core::table::Claim;
 
 /// Probes of one process holding a connection at a time.
 pub const MAX_IN_FLIGHT: usize = 64;

@@ -1,6 +1,6 @@
 //! Active health checks (issue 19): one process checks every server of the
 //! zone's checked upstreams, and what it finds goes into the zone
-//! (`core::health_table`), where every worker's picks (http, stream, Lua)
+//! (`core::table`), where every worker's picks (http, stream, Lua)
 //! see it and a reload keeps it.
 //!
 //! - **The lease.** Each worker of the newest configuration ticks
@@ -28,10 +28,10 @@ use ngx::async_::{sleep, spawn, Task};
 use crate::core::check_conf::{CheckParams, Kind};
 use crate::core::check_judge::{judge, Judged};
 use crate::core::health::{State, Why};
-use crate::core::health_table::{CheckReport, Claim, Recorded};
 use crate::core::key;
 use crate::core::ramp;
 use crate::core::table::SlotRef;
+use crate::core::table::{CheckReport, Claim, Recorded};
 use crate::ngx::log::Log;
 use crate::ngx::peers::{self, now_ms};
 use crate::ngx::probe::{self, probe, Target};
@@ -569,7 +569,7 @@ fn log_changes(job: &Job, r: &Recorded, judged: &Judged, report: &CheckReport) {
             format_args!("upstream \"{up}\": server {s} {what} (capacity answer)"),
         );
     }
-    let overrides = |v: &crate::core::health_table::Verdict| (v.weight, v.max_conns);
+    let overrides = |v: &crate::core::table::Verdict| (v.weight, v.max_conns);
     if overrides(&r.before) != overrides(&r.after) {
         log.module(
             NGX_LOG_NOTICE,

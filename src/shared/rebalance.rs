@@ -14,13 +14,13 @@ use std::collections::VecDeque;
 
 use nginx_sys::NGX_LOG_INFO;
 
-use crate::core::health_table::{Tuned, CHECK_OUT, CHECK_TUNED};
 use crate::core::ramp;
 use crate::core::rebalance::{
     self, load_cmp, may_close, next_closes, old_enough, place_returning, usable, Key, Params,
     Quota, Server,
 };
 use crate::core::table::{SlotRef, FLAG_BACKUP, FLAG_DOWN, FLAG_DRAINING, FLAG_REBALANCE};
+use crate::core::table::{Tuned, CHECK_OUT, CHECK_TUNED};
 use crate::ngx::live::LiveNode;
 use crate::ngx::log::Log;
 use crate::ngx::peers;

@@ -23,11 +23,11 @@ use ngx::core::Status;
 
 use crate::core::check_conf::CheckParams;
 use crate::core::follow::{runtime_stamp, PeerListCopy};
-use crate::core::health_table::Tuned;
 use crate::core::key::{self, Occurrence};
 use crate::core::ramp;
 use crate::core::rebalance::Params;
-use crate::core::record::{self, CellRef, Counted, RecordRef};
+use crate::core::table::Tuned;
+use crate::core::table::{self, CellRef, Counted, RecordRef};
 use crate::core::table::{
     Acquire, Meta, RampStart, Release, SlotRef, Table, FLAG_BACKUP, FLAG_CHECKED, FLAG_DRAINING,
     FLAG_LUA, FLAG_REBALANCE,
@@ -496,7 +496,7 @@ impl UpstreamCounters {
     pub fn ramp_after_failures(&self, slot: SlotRef, log: Log) {
         // Once this worker gave back what it holds (exiting), its handles
         // hold nothing: the key may have gone.
-        let Some(link) = self.link.as_ref().filter(|_| !record::stopped()) else {
+        let Some(link) = self.link.as_ref().filter(|_| !table::stopped()) else {
             return;
         };
         if link.table.start_ramp(slot, ramp::now_ds(peers::now_ms())) {
@@ -766,7 +766,7 @@ impl UpstreamCounters {
         let record = self.record.get();
         // After this worker gave back what it holds (`workers::finish`), its
         // record is gone: counts it takes then are not recorded.
-        let record = record.filter(|_| !record::stopped());
+        let record = record.filter(|_| !table::stopped());
         if let Some(record) = record {
             // The blocks are read before locking: a worker's first read of
             // a zone page faults it in (a fork does not copy the page

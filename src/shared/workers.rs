@@ -14,7 +14,8 @@ use core::sync::atomic::{AtomicPtr, Ordering};
 use nginx_sys::{NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN};
 
 use crate::core::crash;
-use crate::core::record::{is_alive, parse_stat, stop_counting, ProcessId, Reclaimed, Signal};
+use crate::core::liveness::{is_alive, parse_stat, ProcessId, Signal};
+use crate::core::table::{stop_counting, Reclaimed};
 use crate::ngx::log::Log;
 use crate::ngx::subsystem;
 
@@ -214,7 +215,7 @@ pub fn start(registry: &'static Registry, log: Log) {
 /// The periodic check, in the worker whose turn it is; `now` in seconds,
 /// `now_ms` on nginx's monotonic clock. The turns give one tick a period
 /// per generation; of those, only the one that claims the period
-/// (`Table::claim_check`, one compare-and-swap; a little short of a period,
+/// (`Table::claim_reclaim`, one compare-and-swap; a little short of a period,
 /// so that a tick a few ms early still claims it) looks for dead workers:
 /// the work per period does not grow with the workers.
 /// About once a minute that one also removes expired Lua keys.
@@ -223,7 +224,7 @@ pub fn check(registry: &Registry, now: u32, now_ms: u64) {
         return;
     };
     let interval = CHECK_INTERVAL_MS as u64;
-    if !link.table.claim_check(now_ms, interval * 3 / 4) {
+    if !link.table.claim_reclaim(now_ms, interval * 3 / 4) {
         return;
     }
     reclaim_dead(link, Log::cycle(), (now_ms / interval) as usize);

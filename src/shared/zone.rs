@@ -14,8 +14,8 @@ use ngx::allocator::Allocator;
 use ngx::core::slab::LockedSlabPool;
 
 use crate::core::crash;
-use crate::core::health_table::HealthView;
 use crate::core::status::ZoneInfo;
+use crate::core::table::HealthView;
 use crate::core::table::{Arena, Meta, Table};
 use crate::ngx::conf::page_size;
 use crate::ngx::peers;

@@ -28,60 +28,11 @@
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
-use super::crash;
-use super::table::{Acquire, Arena, Release, SlotRef, Table, FLAG_DRAINING, SLOTS_PER_BLOCK};
-
-/// A worker process, told apart from a later process that reuses its pid
-/// by the time it started (`/proc/<pid>/stat`, field 22); and the user it
-/// runs as (its effective uid).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProcessId {
-    pub pid: i32,
-    pub start_time: u64,
-    pub uid: u32,
-}
-
-/// State (field 3) and start time (field 22) of a `/proc/<pid>/stat` line.
-/// The command name (field 2) may hold spaces and parentheses, so fields are
-/// counted from the last ')'.
-pub fn parse_stat(stat: &str) -> Option<(char, u64)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_ascii_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let start_time = fields.nth(18)?.parse().ok()?;
-    Some((state, start_time))
-}
-
-/// What `kill(pid, 0)` said of a pid.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Signal {
-    /// No such process (ESRCH).
-    Gone,
-    /// A process this one may signal: of the same user, as every worker is.
-    Ours,
-    /// A process of another user (EPERM).
-    Foreign,
-}
-
-/// Whether the process recorded as `id` still runs, given what `kill(pid,
-/// 0)` said, what `/proc/<pid>/stat` says (`None`: unreadable) and the uid
-/// of the asking process. A zombie is gone (it waits for the master to reap
-/// it); a different start time means the pid now belongs to another
-/// process. When the stat file cannot be read (`hidepid`), the signal and
-/// the users decide: a process the asker may signal is taken for the
-/// worker; one it may not signal is not the worker if the worker ran as the
-/// asker's user (the pid went to another user's process), and is taken for
-/// it otherwise (a reload that changed `user`: nothing better is known, and
-/// giving back a live worker's counts would be worse).
-pub fn is_alive(id: ProcessId, signal: Signal, stat: Option<&str>, my_uid: u32) -> bool {
-    if signal == Signal::Gone {
-        return false;
-    }
-    match stat.and_then(parse_stat) {
-        Some((state, start_time)) => state != 'Z' && state != 'X' && start_time == id.start_time,
-        None => signal == Signal::Ours || id.uid != my_uid,
-    }
-}
+use super::flags::Flag;
+use super::header::{Arena, Table};
+use super::slot::{Acquire, Release, Slot, SlotRef, SLOTS_PER_BLOCK};
+use crate::core::crash;
+use crate::core::liveness::ProcessId;
 
 #[repr(C)]
 struct Chunk {
@@ -91,10 +42,10 @@ struct Chunk {
 #[repr(C)]
 #[derive(Debug)]
 pub struct WorkerRecord {
-    pid: AtomicI32,
-    uid: AtomicU32,
-    start_time: AtomicU64,
-    next: AtomicPtr<WorkerRecord>,
+    pub(super) pid: AtomicI32,
+    pub(super) uid: AtomicU32,
+    pub(super) start_time: AtomicU64,
+    pub(super) next: AtomicPtr<WorkerRecord>,
     /// `dir_len` chunk pointers, by block index; null: nothing counted there.
     dir: AtomicPtr<AtomicPtr<Chunk>>,
     dir_len: AtomicU32,
@@ -114,7 +65,7 @@ unsafe impl Sync for RecordRef {}
 /// A worker's share of one slot's count, and its record's running total.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CellRef {
-    cell: NonNull<AtomicU32>,
+    pub(super) cell: NonNull<AtomicU32>,
     total: NonNull<AtomicU32>,
 }
 
@@ -168,7 +119,7 @@ impl CellRef {
         !ptr::eq(self.cell.as_ptr(), &UNRECORDED)
     }
 
-    fn cell(&self) -> &AtomicU32 {
+    pub(super) fn cell(&self) -> &AtomicU32 {
         // SAFETY: chunks are freed only when their worker is done counting.
         unsafe { self.cell.as_ref() }
     }
@@ -197,7 +148,7 @@ impl CellRef {
     /// One less, never below zero (a count given back at exit, then
     /// released: see `Counted::release`).
     #[inline]
-    fn decrement(&self) {
+    pub(super) fn decrement(&self) {
         for c in [self.cell(), self.total()] {
             c.store(
                 c.load(Ordering::Relaxed).saturating_sub(1),
@@ -253,7 +204,7 @@ pub const KEYS_TEXT_LEN: usize = 480;
 #[derive(Clone, Debug)]
 pub struct KeysText {
     buf: [u8; KEYS_TEXT_LEN],
-    len: usize,
+    pub(super) len: usize,
     /// Keys that did not fit.
     pub more: u32,
 }
@@ -269,7 +220,7 @@ impl Default for KeysText {
 }
 
 impl KeysText {
-    fn push(&mut self, key: &[u8], n: u32) {
+    pub(super) fn push(&mut self, key: &[u8], n: u32) {
         let mut digits = [0u8; 10];
         let mut at = digits.len();
         let mut v = n;
@@ -329,7 +280,7 @@ pub struct RecordSeen {
 }
 
 impl WorkerRecord {
-    fn id(&self) -> ProcessId {
+    pub(super) fn id(&self) -> ProcessId {
         ProcessId {
             pid: self.pid.load(Ordering::Relaxed),
             start_time: self.start_time.load(Ordering::Relaxed),
@@ -355,7 +306,7 @@ impl WorkerRecord {
         })
     }
 
-    fn reaches(&self, chunk: *mut u8) -> bool {
+    pub(super) fn reaches(&self, chunk: *mut u8) -> bool {
         ptr::eq(self, chunk.cast())
             || self.dir.load(Ordering::Relaxed).cast() == chunk
             || self.chunks().any(|(_, c)| ptr::eq(c, chunk.cast()))
@@ -363,7 +314,7 @@ impl WorkerRecord {
 }
 
 impl Table {
-    fn records(&self) -> impl Iterator<Item = &WorkerRecord> {
+    pub(super) fn records(&self) -> impl Iterator<Item = &WorkerRecord> {
         let mut at = self.workers.load(Ordering::Acquire).cast::<WorkerRecord>();
         core::iter::from_fn(move || {
             // SAFETY: the list links live records, changed under the lock.
@@ -380,7 +331,7 @@ impl Table {
 
     /// Adds a record for the worker `id`; `None` when the zone is full.
     pub fn register_worker(&self, locked: &impl Arena, id: ProcessId) -> Option<RecordRef> {
-        self.check(locked);
+        self.assert_locked(locked);
         let rec = locked
             .alloc(size_of::<WorkerRecord>())?
             .cast::<WorkerRecord>();
@@ -421,7 +372,7 @@ impl Table {
     /// `false` when the zone had no room for some (every block is tried: a
     /// chunk may fit where a longer directory does not).
     pub fn make_chunks(&self, locked: &impl Arena, rec: RecordRef, blocks: &[usize]) -> bool {
-        self.check(locked);
+        self.assert_locked(locked);
         // SAFETY: the caller's own record, live.
         let r = unsafe { rec.0.as_ref() };
         if let Some(&last) = blocks.iter().max() {
@@ -514,7 +465,7 @@ impl Table {
     /// as its capacity allows (reserved before locking: nothing is
     /// allocated under the lock).
     pub fn workers_into(&self, locked: &impl Arena, out: &mut Vec<WorkerView>) {
-        self.check(locked);
+        self.assert_locked(locked);
         for r in self.records() {
             if out.len() == out.capacity() {
                 break;
@@ -529,7 +480,7 @@ impl Table {
     /// Copies the records into `out`, as many as its capacity allows, for
     /// a look for dead workers that probes them without the lock.
     pub fn records_into(&self, locked: &impl Arena, out: &mut Vec<RecordSeen>) {
-        self.check(locked);
+        self.assert_locked(locked);
         for r in self.records() {
             if out.len() == out.capacity() {
                 break;
@@ -549,7 +500,7 @@ impl Table {
     /// Gives back what a worker found dead held, if its record is still on
     /// the list as `seen` saw it (another worker may have done it since).
     pub fn reclaim_seen(&self, locked: &impl Arena, seen: RecordSeen) -> Option<Reclaimed> {
-        self.check(locked);
+        self.assert_locked(locked);
         let listed = self
             .records()
             .any(|r| ptr::eq(r, seen.rec.0.as_ptr()) && r.id() == seen.worker);
@@ -568,7 +519,7 @@ impl Table {
 
     /// `reclaim`; `dead`: on behalf of a dead worker, counted in `reclaimed`.
     fn give_back_record(&self, locked: &impl Arena, rec: RecordRef, dead: bool) -> Reclaimed {
-        self.check(locked);
+        self.assert_locked(locked);
         // SAFETY: a record of this table, which nobody else frees while we
         // hold the lock.
         let r = unsafe { rec.0.as_ref() };
@@ -592,7 +543,7 @@ impl Table {
                 out.connections += u64::from(taken);
                 // SAFETY: lock held; a used slot.
                 out.keys.push(unsafe { slot.key() }, taken);
-                if slot.flags.load(Ordering::Relaxed) & FLAG_DRAINING != 0 {
+                if slot.flags.has(Flag::Draining) {
                     self.try_remove(locked, slot);
                 }
             }
@@ -604,7 +555,7 @@ impl Table {
     /// Subtracts a dead worker's share `held` of `slot` and clears its
     /// cell, journalled so that a kill in between is finished by repair
     /// (`finish_give_back`) rather than lost or done twice.
-    fn give_back(&self, cell: &AtomicU32, slot: &super::table::Slot, held: u32, dead: bool) -> u32 {
+    fn give_back(&self, cell: &AtomicU32, slot: &Slot, held: u32, dead: bool) -> u32 {
         let j = &self.journal;
         j.cell_slot
             .store(ptr::from_ref(slot).cast_mut(), Ordering::Relaxed);
@@ -626,30 +577,6 @@ impl Table {
         taken
     }
 
-    /// Repair: finishes the give-back of a cell the journal names.
-    pub(super) fn finish_give_back(&self) {
-        let j = &self.journal;
-        // SAFETY: the journal names a cell of a record still listed (a
-        // record is unlinked only after its last give-back) and a slot.
-        let Some(cell) = (unsafe { j.cell.load(Ordering::Acquire).as_ref() }) else {
-            return;
-        };
-        // SAFETY: as above; slots live in blocks that are never freed.
-        let slot = unsafe { &*j.cell_slot.load(Ordering::Relaxed) };
-        if j.cell_subtracted.load(Ordering::Acquire) == 0 {
-            let taken = slot.subtract(j.cell_held.load(Ordering::Relaxed));
-            if j.cell_dead.load(Ordering::Relaxed) != 0 {
-                self.reclaimed
-                    .fetch_add(u64::from(taken), Ordering::Relaxed);
-            }
-            j.cell_subtracted.store(1, Ordering::Release);
-        }
-        cell.store(0, Ordering::Relaxed);
-        j.cell.store(ptr::null_mut(), Ordering::Release);
-    }
-
-    /// Frees a record whose cells are given back: its chunks and directory
-    /// while it is still listed, then the record itself, through the
     /// journal.
     fn free_record(&self, locked: &impl Arena, r: &WorkerRecord) {
         for c in r.dir() {
@@ -758,58 +685,6 @@ mod tests {
             slot,
             mine: t.cell(a, rec, slot).unwrap(),
         }
-    }
-
-    fn stat(pid: i32, comm: &str, state: char, start: u64) -> String {
-        format!(
-            "{pid} ({comm}) {state} 1 {pid} {pid} 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 {start} 1000 200"
-        )
-    }
-
-    #[test]
-    fn stat_lines_are_read_past_odd_command_names() {
-        assert_eq!(parse_stat(&stat(7, "nginx", 'S', 4242)), Some(('S', 4242)));
-        assert_eq!(parse_stat(&stat(7, "a) b (c", 'R', 17)), Some(('R', 17)));
-        assert_eq!(parse_stat("7 (nginx) S 1 2"), None);
-        assert_eq!(parse_stat(""), None);
-    }
-
-    #[test]
-    fn liveness_tells_dead_zombie_and_reused_pids_apart() {
-        let w = worker(7);
-        let me = stat(7, "nginx", 'S', w.start_time);
-        assert!(is_alive(w, Signal::Ours, Some(&me), 33));
-        assert!(!is_alive(w, Signal::Gone, None, 33), "no such pid");
-        assert!(
-            !is_alive(w, Signal::Gone, Some(&me), 33),
-            "kill(0) decides first"
-        );
-        let zombie = stat(7, "nginx", 'Z', w.start_time);
-        assert!(
-            !is_alive(w, Signal::Ours, Some(&zombie), 33),
-            "a zombie is gone"
-        );
-        let reused = stat(7, "bash", 'S', w.start_time + 1);
-        assert!(
-            !is_alive(w, Signal::Ours, Some(&reused), 33),
-            "a reused pid is not the worker"
-        );
-        assert!(
-            is_alive(w, Signal::Ours, None, 33),
-            "unreadable stat (hidepid), a process of ours: alive"
-        );
-        assert!(
-            !is_alive(w, Signal::Foreign, None, 33),
-            "unreadable stat, a process of another user than the worker's: not it"
-        );
-        assert!(
-            is_alive(w, Signal::Foreign, None, 0),
-            "unreadable stat, the worker ran as another user than the asker: alive"
-        );
-        assert!(
-            is_alive(w, Signal::Ours, Some("garbage"), 33),
-            "unparsable stat: the signal decides"
-        );
     }
 
     #[test]

@@ -3,13 +3,14 @@
 //! next lock repairs the table, and the table must then equal one where
 //! nothing died, with the same memory in use and every invariant holding.
 
-use super::check_answer::Capacity;
-use super::crash::testing::die_at;
-use super::health::Why;
-use super::health_table::{CheckReport, HealthView};
-use super::record::{Counted, ProcessId, RecordRef};
-use super::table::tests::{table, HeapArena, M};
-use super::table::{Meta, SlotRef, Table, FLAG_CHECKED, FLAG_DRAINING, SLOTS_PER_BLOCK};
+use super::slot::SLOTS_PER_BLOCK;
+use super::tests::{table, HeapArena, M};
+use super::{CheckReport, Counted, HealthView, Meta, RecordRef, SlotRef, Table};
+use super::{FLAG_CHECKED, FLAG_DRAINING};
+use crate::core::check_answer::Capacity;
+use crate::core::crash::testing::die_at;
+use crate::core::health::Why;
+use crate::core::liveness::ProcessId;
 
 fn worker(pid: i32) -> ProcessId {
     ProcessId {
@@ -284,10 +285,7 @@ fn two_workers_counting(t: &Table, a: &HeapArena, w: &mut World) {
     for _ in 0..2 {
         w.counted[3].acquire(0);
     }
-    w.slots[2]
-        .slot()
-        .flags
-        .fetch_or(FLAG_DRAINING, core::sync::atomic::Ordering::Relaxed);
+    w.slots[2].slot().flags.mark_draining();
 }
 
 fn reclaim_worker_1(t: &Table, a: &HeapArena, _: &mut World) {

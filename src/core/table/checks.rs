@@ -20,174 +20,16 @@
 //!   sooner when the look for dead workers frees it.
 
 use core::ptr;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 
-use super::check_answer::Capacity;
-use super::crash;
-use super::health::{next, Counters, State, Why};
-use super::table::{
-    Arena, Block, Slot, SlotRef, Table, CHECK_BITS, FLAG_CHECKED, FLAG_CHECK_OUT, FLAG_CHECK_TUNED,
-    SLOTS_PER_BLOCK,
+use super::flags::{Flag, CHECK_BITS, CHECK_OUT, CHECK_TUNED};
+use super::header::{Arena, Block, Table};
+use super::health::{
+    state_of, CheckReport, Health, HealthBlock, HealthView, Recorded, Tuned, DRAIN,
 };
-
-/// One key's health, 64 bytes. Zero is "never checked".
-#[repr(C, align(64))]
-#[derive(Debug)]
-pub struct Health {
-    /// `state | drain << 2 | why << 4 | passes << 8 | fails << 16`.
-    status: AtomicU32,
-    /// The last answer's HTTP status (0: none, or a tcp check).
-    http_status: AtomicU32,
-    duration_ms: AtomicU32,
-    /// Capacity answer: weight (0: none), max_conns + 1 (0: none).
-    weight: AtomicU32,
-    max_conns: AtomicU32,
-    /// The load the server reported + 1 (0: none), and how much more than
-    /// our count it was when it came: what picks add to our count.
-    reported: AtomicU32,
-    excess: AtomicU32,
-    /// Hash of the last malformed answer warned about (0: none).
-    warned: AtomicU32,
-    /// When the last check ended (ms of the monotonic clock; 0: never).
-    last_ms: AtomicU64,
-    /// Answers that reported a load, counted (wrapping): which answer
-    /// `reported` is, for counts that the checker does not know (a Lua
-    /// key's, `array_list::Followed`). In what was padding: a zone made by
-    /// an older build reads 0 here, as a record never reported to.
-    loads: AtomicU32,
-    /// 1 once a Lua upstream follows the key (`Table::follow_health`): a
-    /// load reported at or below the key's count is then still read. Also
-    /// in what was padding.
-    followed: AtomicU32,
-}
-
-/// The health records of one block's slots: one page.
-#[repr(C, align(64))]
-#[derive(Debug)]
-pub struct HealthBlock {
-    _header: [u8; 64],
-    recs: [Health; SLOTS_PER_BLOCK],
-}
-
-const DRAIN: u32 = 1 << 2;
-
-fn pack(c: Counters, drain: bool, why: Why) -> u32 {
-    c.state as u32
-        | if drain { DRAIN } else { 0 }
-        | (why as u32) << 4
-        | u32::from(c.passes) << 8
-        | u32::from(c.fails) << 16
-}
-
-fn state_of(status: u32) -> State {
-    match status & 3 {
-        0 => State::Unchecked,
-        1 => State::Checking,
-        2 => State::Up,
-        _ => State::Down,
-    }
-}
-
-fn why_of(status: u32) -> Why {
-    match (status >> 4) & 15 {
-        0 => Why::Ok,
-        1 => Why::Refused,
-        2 => Why::Reset,
-        3 => Why::ClosedEarly,
-        4 => Why::Timeout,
-        5 => Why::BadStatus,
-        6 => Why::BadResponse,
-        _ => Why::NoConnection,
-    }
-}
-
-fn counters_of(status: u32) -> Counters {
-    Counters {
-        state: state_of(status),
-        passes: (status >> 8) as u8,
-        fails: (status >> 16) as u8,
-    }
-}
-
-/// What the status page shows of a checked key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HealthView {
-    pub state: State,
-    pub drain: bool,
-    pub passes: u8,
-    pub fails: u8,
-    pub why: Why,
-    pub http_status: u16,
-    pub duration_ms: u32,
-    /// When the last check ended (ms, monotonic; 0: never).
-    pub last_ms: u64,
-    pub weight: Option<u32>,
-    pub max_conns: Option<u32>,
-    pub reported: Option<u32>,
-    pub excess: u32,
-    /// The key's bits as picks see them: skipped (down, or draining by its
-    /// answer), and tuned (overrides or reported load in its compare).
-    pub out: bool,
-    pub tuned: bool,
-}
-
-/// What a pick takes from a record whose key has `FLAG_CHECK_TUNED`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Tuned {
-    pub weight: Option<u32>,
-    pub max_conns: Option<u32>,
-    /// Added to the key's count: how far the server's own count was above
-    /// the key's when the answer came.
-    pub excess: u32,
-    /// The load the server reported (what `excess` was taken from), and
-    /// which answer said it (a number that changes with each answer that
-    /// reports a load): another count compared with it (a Lua key's, which
-    /// the checker does not know) takes its own excess from these.
-    pub reported: Option<u32>,
-    pub answer: u32,
-}
-
-/// The state the log and the picks care about, before and after a check.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Verdict {
-    pub state: Option<State>,
-    pub drain: bool,
-    pub weight: Option<u32>,
-    pub max_conns: Option<u32>,
-}
-
-/// One check's result, as the checker hands it to `record_check`.
-#[derive(Clone, Copy, Debug)]
-pub struct CheckReport {
-    pub why: Why,
-    pub http_status: u16,
-    pub duration_ms: u32,
-    pub now_ms: u64,
-    /// Slow start's clock (deciseconds): a key back up ramps from here.
-    pub now_ds: u32,
-    pub rise: u8,
-    pub fall: u8,
-    /// A well-formed capacity answer (none in the answer: `Capacity::default()`);
-    /// `None` keeps what the record has (a failed check, a malformed line).
-    pub capacity: Option<Capacity>,
-    /// The load the server reported: `Some(None)` clears it, `None` keeps it.
-    pub reported: Option<Option<u32>>,
-    /// The hash of a malformed answer (`check_answer::Malformed::hash`), or
-    /// 0 when the answer was well-formed (which forgets the last warning).
-    pub malformed: u32,
-}
-
-/// What `record_check` did, for the checker's log lines (written after the
-/// lock is released).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Recorded {
-    pub before: Verdict,
-    pub after: Verdict,
-    pub passes: u8,
-    pub fails: u8,
-    /// A malformed answer not warned about yet for this key.
-    pub warn: bool,
-}
+use super::slot::{Slot, SlotRef, SLOTS_PER_BLOCK};
+use crate::core::crash;
+use crate::core::health::{State, Why};
 
 /// The longest lease a checker takes (`shared::checks::timing` of the
 /// longest interval, 1 h), with room.
@@ -196,7 +38,7 @@ const MAX_LEASE_MS: u32 = 4 * 3_600_000;
 /// Whether lease end `until` (ms, wrapping) has passed at `now`; an end
 /// further ahead than any lease reaches is one that passed so long ago
 /// that the 32-bit clock wrapped (a holder that died unseen).
-fn expired(until: u32, now: u64) -> bool {
+pub(super) fn expired(until: u32, now: u64) -> bool {
     let now = now as u32;
     now.wrapping_sub(until) as i32 >= 0 || until.wrapping_sub(now) > MAX_LEASE_MS
 }
@@ -205,7 +47,7 @@ fn expired(until: u32, now: u64) -> bool {
 /// Linux pids stay below 2^22.
 const PAUSED: u32 = 1 << 31;
 
-fn lease(pid: u32, paused: bool, until: u64) -> u64 {
+pub(super) fn lease(pid: u32, paused: bool, until: u64) -> u64 {
     let holder = if paused { pid | PAUSED } else { pid & !PAUSED };
     (u64::from(holder) << 32) | u64::from(until as u32)
 }
@@ -220,7 +62,7 @@ pub struct Lease {
 }
 
 impl Lease {
-    fn of(w: u64) -> Lease {
+    pub(super) fn of(w: u64) -> Lease {
         let holder = (w >> 32) as u32;
         Lease {
             pid: holder & !PAUSED,
@@ -255,147 +97,6 @@ impl Claim {
     }
 }
 
-impl Health {
-    fn reset(&self) {
-        for w in [
-            &self.status,
-            &self.http_status,
-            &self.duration_ms,
-            &self.weight,
-            &self.max_conns,
-            &self.reported,
-            &self.excess,
-            &self.warned,
-            &self.loads,
-            &self.followed,
-        ] {
-            w.store(0, Ordering::Relaxed);
-        }
-        self.last_ms.store(0, Ordering::Relaxed);
-    }
-
-    fn verdict(&self) -> Verdict {
-        let status = self.status.load(Ordering::Relaxed);
-        let state = state_of(status);
-        Verdict {
-            state: (state != State::Unchecked).then_some(state),
-            drain: status & DRAIN != 0,
-            weight: non_zero(self.weight.load(Ordering::Relaxed)),
-            max_conns: non_zero(self.max_conns.load(Ordering::Relaxed)).map(|n| n - 1),
-        }
-    }
-
-    /// The slot bits this record asks for. Tuned: an override, or a load
-    /// reported above the key's count; or, for a key a Lua upstream
-    /// follows, any load reported (above 0): no excess for the key's picks,
-    /// but the Lua picks compare their own count with it. (Not for every
-    /// key: the key's picks would read the record for nothing.)
-    fn bits(&self) -> u32 {
-        let v = self.verdict();
-        let out = v.state == Some(State::Down) || v.drain;
-        let followed = self.followed.load(Ordering::Relaxed) != 0;
-        let tuned = v.weight.is_some()
-            || v.max_conns.is_some()
-            || self.excess.load(Ordering::Relaxed) != 0
-            || (followed && self.reported.load(Ordering::Relaxed) > 1);
-        (if out { FLAG_CHECK_OUT } else { 0 }) | (if tuned { FLAG_CHECK_TUNED } else { 0 })
-    }
-
-    fn view(&self) -> HealthView {
-        let status = self.status.load(Ordering::Relaxed);
-        let v = self.verdict();
-        let c = counters_of(status);
-        HealthView {
-            state: c.state,
-            drain: v.drain,
-            passes: c.passes,
-            fails: c.fails,
-            why: why_of(status),
-            http_status: self.http_status.load(Ordering::Relaxed) as u16,
-            duration_ms: self.duration_ms.load(Ordering::Relaxed),
-            last_ms: self.last_ms.load(Ordering::Relaxed),
-            weight: v.weight,
-            max_conns: v.max_conns,
-            reported: non_zero(self.reported.load(Ordering::Relaxed)).map(|n| n - 1),
-            excess: self.excess.load(Ordering::Relaxed),
-            out: false,
-            tuned: false,
-        }
-    }
-
-    fn tuned(&self) -> Tuned {
-        let v = self.verdict();
-        Tuned {
-            weight: v.weight,
-            max_conns: v.max_conns,
-            excess: self.excess.load(Ordering::Relaxed),
-            reported: non_zero(self.reported.load(Ordering::Relaxed)).map(|n| n - 1),
-            answer: self.loads.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Where one check's result takes the key: its counters, and whether
-    /// it drains. Nothing written.
-    fn outcome(&self, r: &CheckReport) -> (Counters, bool) {
-        let old = self.status.load(Ordering::Relaxed);
-        let mut c = counters_of(old);
-        if c.state == State::Unchecked {
-            c.state = State::Checking;
-        }
-        let drain = match r.capacity {
-            Some(cap) => cap.drain,
-            None => old & DRAIN != 0,
-        };
-        (next(c, r.why, r.rise, r.fall), drain)
-    }
-
-    /// Writes one check's result, whose `outcome` is `(c, drain)`;
-    /// `count`: our count of the key now.
-    fn write(&self, r: &CheckReport, count: u32, (c, drain): (Counters, bool)) -> Recorded {
-        let before = self.verdict();
-        if let Some(cap) = r.capacity {
-            self.weight
-                .store(cap.weight.unwrap_or(0), Ordering::Relaxed);
-            let conns = cap.max_conns.map_or(0, |n| n.saturating_add(1));
-            self.max_conns.store(conns, Ordering::Relaxed);
-        }
-        match r.reported {
-            Some(Some(n)) => {
-                self.reported.store(n.saturating_add(1), Ordering::Relaxed);
-                self.excess
-                    .store(n.saturating_sub(count), Ordering::Relaxed);
-                let seq = self.loads.load(Ordering::Relaxed).wrapping_add(1);
-                self.loads.store(seq, Ordering::Relaxed);
-            }
-            Some(None) => {
-                self.reported.store(0, Ordering::Relaxed);
-                self.excess.store(0, Ordering::Relaxed);
-            }
-            None => {}
-        }
-        let warn = r.malformed != 0 && self.warned.load(Ordering::Relaxed) != r.malformed;
-        if r.why != Why::NoConnection {
-            self.warned.store(r.malformed, Ordering::Relaxed);
-            self.http_status
-                .store(u32::from(r.http_status), Ordering::Relaxed);
-            self.duration_ms.store(r.duration_ms, Ordering::Relaxed);
-            self.last_ms.store(r.now_ms, Ordering::Relaxed);
-        }
-        self.status.store(pack(c, drain, r.why), Ordering::Relaxed);
-        Recorded {
-            before,
-            after: self.verdict(),
-            passes: c.passes,
-            fails: c.fails,
-            warn,
-        }
-    }
-}
-
-fn non_zero(n: u32) -> Option<u32> {
-    (n != 0).then_some(n)
-}
-
 /// The block `slot` sits in.
 fn block_of(slot: &Slot) -> &Block {
     let pos = slot.id.load(Ordering::Relaxed) as usize % SLOTS_PER_BLOCK;
@@ -418,7 +119,7 @@ impl SlotRef {
     /// The checks' bits of the key (`FLAG_CHECK_OUT`, `FLAG_CHECK_TUNED`).
     #[inline(always)]
     pub fn check_bits(&self) -> u32 {
-        self.slot().flags.load(Ordering::Relaxed) & CHECK_BITS
+        self.slot().flags.check_bits()
     }
 
     /// When the key's last check ended (ms, monotonic; 0: never), read
@@ -433,7 +134,7 @@ impl SlotRef {
     /// asks from any phase): the status word is one load.
     pub fn health_state(&self) -> Option<(State, bool)> {
         let slot = self.slot();
-        if slot.flags.load(Ordering::Relaxed) & FLAG_CHECKED == 0 {
+        if !slot.flags.has(Flag::Checked) {
             return None;
         }
         let status = record_of(slot)?.status.load(Ordering::Relaxed);
@@ -450,10 +151,6 @@ impl SlotRef {
             .unwrap_or_default()
     }
 }
-
-/// The pick's view of the checks' bits.
-pub const CHECK_OUT: u32 = FLAG_CHECK_OUT;
-pub const CHECK_TUNED: u32 = FLAG_CHECK_TUNED;
 
 impl Table {
     /// Zeroes the record of `slot` (a new key, or checks removed); under
@@ -480,10 +177,10 @@ impl Table {
 
     /// What the checks found of `slot`, for the status page; under the lock.
     pub(super) fn health_view(&self, slot: &Slot) -> Option<HealthView> {
-        if slot.flags.load(Ordering::Relaxed) & FLAG_CHECKED == 0 {
+        if !slot.flags.has(Flag::Checked) {
             return None;
         }
-        let bits = slot.flags.load(Ordering::Relaxed);
+        let bits = slot.flags.bits();
         let view = record_of(slot).map_or(
             HealthView {
                 state: State::Unchecked,
@@ -504,8 +201,8 @@ impl Table {
             Health::view,
         );
         Some(HealthView {
-            out: bits & FLAG_CHECK_OUT != 0,
-            tuned: bits & FLAG_CHECK_TUNED != 0,
+            out: bits & CHECK_OUT != 0,
+            tuned: bits & CHECK_TUNED != 0,
             ..view
         })
     }
@@ -516,12 +213,12 @@ impl Table {
     /// record while the server reports a load at or below their count),
     /// until the key's checks are forgotten. Under the lock.
     pub fn follow_health(&self, locked: &impl Arena, at: SlotRef) {
-        self.check(locked);
+        self.assert_locked(locked);
         if at.count().is_none() {
             return;
         }
         let slot = at.slot();
-        if slot.flags.load(Ordering::Relaxed) & FLAG_CHECKED == 0 {
+        if !slot.flags.has(Flag::Checked) {
             return;
         }
         // Followed before the checker's first look at the key (a Lua
@@ -541,7 +238,7 @@ impl Table {
     /// Gives `at`'s block its health records if it has none; false when the
     /// zone has no room (the key then goes unchecked).
     pub fn ensure_health(&self, locked: &impl Arena, at: SlotRef) -> bool {
-        self.check(locked);
+        self.assert_locked(locked);
         let block = block_of(at.slot());
         if !block.health.load(Ordering::Relaxed).is_null() {
             return true;
@@ -571,15 +268,15 @@ impl Table {
         at: SlotRef,
         report: &CheckReport,
     ) -> Option<Recorded> {
-        self.check(locked);
+        self.assert_locked(locked);
         let count = at.count()?;
         let slot = at.slot();
-        if slot.flags.load(Ordering::Relaxed) & FLAG_CHECKED == 0 {
+        if !slot.flags.has(Flag::Checked) {
             return None;
         }
         let h = record_of(slot)?;
         let outcome = h.outcome(report);
-        let was_out = slot.flags.load(Ordering::Relaxed) & FLAG_CHECK_OUT != 0;
+        let was_out = slot.flags.has(Flag::CheckOut);
         if was_out && outcome.0.state != State::Down && !outcome.1 {
             // Back: slow start ramps it, as a server back from `down`.
             // Before the record: a kill in between leaves a ramp on a key
@@ -596,10 +293,10 @@ impl Table {
 
     /// Sets `slot`'s check bits, and the count of keys with some; under the
     /// lock (repair counts again from the bits).
-    fn set_check_bits(&self, slot: &Slot, bits: u32) {
+    pub(super) fn set_check_bits(&self, slot: &Slot, bits: u32) {
         // Only lock holders change these bits (the lock-free writers of
         // `flags` touch others): what is read here stays until the write.
-        let had = slot.flags.load(Ordering::Relaxed) & CHECK_BITS != 0;
+        let had = slot.flags.any(CHECK_BITS);
         let has = bits != 0;
         // Counted before the bits are set, uncounted after they are
         // cleared: a kill in between leaves the count too high (picks read
@@ -608,11 +305,7 @@ impl Table {
         if has && !had {
             self.check_flagged.fetch_add(1, Ordering::Relaxed);
         }
-        let _ = slot
-            .flags
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
-                Some((f & !CHECK_BITS) | bits)
-            });
+        slot.flags.set_check_bits(bits);
         if had && !has {
             self.check_flagged.fetch_sub(1, Ordering::Relaxed);
         }
@@ -624,16 +317,12 @@ impl Table {
         let mut flagged = 0;
         for block in self.blocks() {
             for slot in block.slots.iter() {
-                let checked = slot.flags.load(Ordering::Relaxed) & FLAG_CHECKED != 0;
+                let checked = slot.flags.has(Flag::Checked);
                 let bits = match record_of(slot) {
                     Some(h) if checked && slot.is_used() => h.bits(),
                     _ => 0,
                 };
-                let _ = slot
-                    .flags
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
-                        Some((f & !CHECK_BITS) | bits)
-                    });
+                slot.flags.set_check_bits(bits);
                 flagged += u32::from(bits != 0);
             }
         }
@@ -695,17 +384,12 @@ impl Table {
     }
 }
 
-#[allow(dead_code)]
-fn _assert_sizes() {
-    const _: () = assert!(size_of::<Health>() == 64);
-    const _: () = assert!(size_of::<HealthBlock>() == 4096);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::check_answer::Capacity;
     use crate::core::table::tests::HeapArena;
-    use crate::core::table::Meta;
+    use crate::core::table::{Meta, FLAG_CHECKED};
     use core::ptr::NonNull;
 
     fn checked() -> Meta {
