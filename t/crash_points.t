@@ -859,7 +859,7 @@ my %test = (
 	'follow.locked' => [\&dns_follow, 1, 'resolve'],
 	'lua.declared' => [\&lua_declare, 1, 'lua'],
 	'status.locked' => [\&status_page, 1],
-	'check.locked' => [\&periodic_check, 1],
+	'reclaim.locked' => [\&periodic_check, 1],
 );
 
 # What a point's test needs that this nginx may not have.

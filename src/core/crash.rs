@@ -15,27 +15,27 @@
 /// Every crash point, as `point` is called with it. Keep in step with the
 /// code: the tests compare this list with the source.
 pub const POINTS: &[&str] = &[
-    // table.rs: adding a key
+    // table/keys.rs: adding a key
     "insert.claimed",
     "insert.published",
-    // table.rs: removing a key
+    // table/keys.rs: removing a key
     "remove.retired",
     "remove.unlinked",
     "remove.freeing",
-    // table.rs: a new block of slots
+    // table/keys.rs: a new block of slots
     "grow.allocated",
     "grow.linked",
-    // health_table.rs: a block's health records, a check's result
+    // table/checks.rs: a block's health records, a check's result
     "health.allocated",
     "health.linked",
     "health.recorded",
-    // record.rs: a worker's record and cells
+    // table/records.rs: a worker's record and cells
     "register.allocated",
     "cell.allocated",
     "reclaim.journalled",
     "reclaim.subtracted",
     "reclaim.unlinked",
-    // table.rs: a configuration load's sweep (in the master)
+    // table/keys.rs: a configuration load's sweep (in the master)
     "sweep.marked",
     // registry.rs: following DNS
     "follow.locked",
@@ -43,8 +43,8 @@ pub const POINTS: &[&str] = &[
     "lua.declared",
     // http/status.rs: the status page's hold
     "status.locked",
-    // workers.rs: the periodic check
-    "check.locked",
+    // workers.rs: the look for dead workers
+    "reclaim.locked",
 ];
 
 #[cfg(any(test, feature = "crash-points"))]

@@ -152,7 +152,7 @@ fn reclaim_dead(link: &ZoneLink, log: Log, period: usize) {
     {
         let locked = link.lock();
         link.table.records_into(&locked, &mut seen);
-        crash::point("check.locked");
+        crash::point("reclaim.locked");
     }
     let mut index = 0;
     seen.retain(|s| {
