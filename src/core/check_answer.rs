@@ -1,4 +1,4 @@
-//! What an http check's answer says (issue 19): the status, and the two
+//! What an http check's answer says: the status, and the two
 //! headers a backend may add, its capacity and its own count of
 //! connections. Pure parsing of the response head the probe read.
 //!

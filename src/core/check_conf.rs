@@ -1,4 +1,4 @@
-//! `least_conn_persistent_check`'s parameters (issue 19): what a check of
+//! `least_conn_persistent_check`'s parameters: what a check of
 //! an upstream's servers sends, how often, and what counts as a pass.
 //!
 //! ```text

@@ -1,4 +1,4 @@
-//! What one health check found, from what its probe got (issue 19): the
+//! What one health check found, from what its probe got: the
 //! verdict (`Why`), and for an http check that passed, the capacity line
 //! and the load the server reported, as the zone's record takes them
 //! (`table::CheckReport`).

@@ -1,4 +1,4 @@
-//! Active health checks (issue 19): what one check found, and how checks
+//! Active health checks: what one check found, and how checks
 //! move a server between up and down (rise and fall). Pure logic; the
 //! probe is the nginx edge's (`src/ngx/probe.rs`), the state lives in the zone
 //! (`table.rs`).

@@ -1,4 +1,4 @@
-//! Rebalancing long-lived connections (issue 18, part 2): which servers of
+//! Rebalancing long-lived connections: which servers of
 //! an upstream hold more than their fair share, whether the upstream sheds
 //! (with hysteresis), whether one more close keeps a server at or above its
 //! fair share, and the token bucket that holds the rate of closes across

@@ -12,7 +12,7 @@
 //! - `process`: whether this process is a worker (not a cache helper);
 //! - `subsystem`: the names of the subsystem this build balances (http, or
 //!   stream with the `stream` feature);
-//! - `probe`: a health check's connection (issue 19), on nginx's event loop;
+//! - `probe`: a health check's connection, on nginx's event loop;
 //! - `peers`: round-robin's peer lists as `core::select` sees them, and the
 //!   per-request `tried` bitmap.
 

@@ -1,4 +1,4 @@
-//! One health check's I/O (issue 19): connect to a server through nginx's
+//! One health check's I/O: connect to a server through nginx's
 //! peer connection, optionally send a request and read the response head,
 //! all as a future on nginx's event loop (ngx's `async` feature), never
 //! blocking the worker.

@@ -1,6 +1,6 @@
-//! Health records in the table (issue 19): what active checks found of each
-//! key, beside the key's slot, and the lease of the one process that runs
-//! the checks of the zone.
+//! Health checks in the table: each key's record (`health.rs`) written and
+//! read, the two bits picks read, and the lease of the one process that
+//! runs the checks of the zone.
 //!
 //! - A block's health records are one page (`HealthBlock`), allocated the
 //!   first time a key of the block is checked and linked from the block
@@ -11,8 +11,8 @@
 //!   checking the handle's generation: a removed key's late result never
 //!   lands on the slot's next key. A new key's record is zeroed before the
 //!   key is published.
-//! - What picks need is two bits of the slot's `flags` (`FLAG_CHECK_OUT`:
-//!   skip, as `down`; `FLAG_CHECK_TUNED`: read the record for overrides and
+//! - What picks need is two bits of the slot's `flags` (`CHECK_OUT`:
+//!   skip, as `down`; `CHECK_TUNED`: read the record for overrides and
 //!   reported load), written after the record: a kill in between leaves
 //!   bits that `reconcile_health` (repair) recomputes from the records.
 //! - The lease (`Table::checker`) is taken and renewed lock-free with
@@ -116,7 +116,7 @@ fn record_of(slot: &Slot) -> Option<&Health> {
 }
 
 impl SlotRef {
-    /// The checks' bits of the key (`FLAG_CHECK_OUT`, `FLAG_CHECK_TUNED`).
+    /// The checks' bits of the key (`CHECK_OUT`, `CHECK_TUNED`).
     #[inline(always)]
     pub fn check_bits(&self) -> u32 {
         self.slot().flags.check_bits()
@@ -142,7 +142,7 @@ impl SlotRef {
         Some((state_of(status), status & DRAIN != 0))
     }
 
-    /// Overrides and reported load, for a key with `FLAG_CHECK_TUNED`.
+    /// Overrides and reported load, for a key with `CHECK_TUNED`.
     /// Lock-free: fields may come from two checks.
     #[cold]
     pub fn tuned(&self) -> Tuned {

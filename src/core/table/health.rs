@@ -110,7 +110,7 @@ pub struct HealthView {
     pub tuned: bool,
 }
 
-/// What a pick takes from a record whose key has `FLAG_CHECK_TUNED`.
+/// What a pick takes from a record whose key has `CHECK_TUNED`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tuned {
     pub weight: Option<u32>,
