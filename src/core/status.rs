@@ -207,7 +207,7 @@ fn label(out: &mut String, s: &str) {
     }
 }
 
-/// The metric families, documented in README.md.
+/// The metric families, documented in docs/configuration.md.
 const SERVER_METRICS: [(&str, &str); 3] = [
     (
         "least_conn_persistent_connections",
@@ -308,7 +308,7 @@ fn render_prometheus(
     out
 }
 
-/// Active checks' families, documented in README.md: all gauges, one
+/// Active checks' families, documented in docs/configuration.md: all gauges, one
 /// series per checked server (labels upstream and server, as the slow
 /// start and rebalancing ones: a series must not move when the configured
 /// state does).
