@@ -1,7 +1,7 @@
 //! Active health checks: what one check found, and how checks
 //! move a server between up and down (rise and fall). Pure logic; the
 //! probe is the nginx edge's (`src/ngx/probe.rs`), the state lives in the zone
-//! (`table.rs`).
+//! (`table/checks.rs`).
 
 /// How a check ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

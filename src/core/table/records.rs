@@ -16,7 +16,7 @@
 //! that connection closes and the release stops at zero), never one too few
 //! (a count that stayed high for ever).
 //!
-//! Crash consistency follows the table's discipline (`table.rs`): a record
+//! Crash consistency follows the table's discipline (`mod.rs`): a record
 //! is linked with one store, its memory goes through the journal, and the
 //! give-back of a dead worker's cell is journalled, so a process that dies
 //! giving it back leaves the next lock holder to finish exactly that cell.
