@@ -54,21 +54,15 @@ scripts/memcheck.sh
 step "nginx 1.28 (from the nginx-src crate): build, then prove t/ against it"
 scripts/build.sh --nginx=1.28
 scripts/build.sh --nginx=1.28 --crash-points
-# The Lua tests skip themselves there (Debian's Lua module is built for
-# Debian's nginx); bench_quick.t drives Debian's nginx only, so it is left out.
-# t/crash_points.t runs there only the points Debian's nginx cannot reach
-# (following DNS needs `resolve`): the rest is the same code, tested above.
-# Run above only, for CI's time, as the same code: rebalancing's tests but
-# t/stream_rebalance.t (what rebalancing reads of nginx's structures, a
-# stream session's `connected` bit, checked there; an http upstream's
-# `upgrade` bit is read through the bindings generated from each nginx's
-# own headers), the health checks' but t/stream_check.t (its tcp and http
-# checks run the probe on nginx 1.28's connections), and slow start's (the
-# ramp is pure logic; the round-robin peer fields it reads come through the
-# bindings generated from nginx 1.28's headers).
-only_debian='bench_quick|t/rebalance(_crash|_edges)?\.t|t/check(_takeover)?\.t|t/(stream_)?slow_start\.t'
-TEST_NGINX_BINARY="$NGINX_128_BIN" TEST_NGINX_MODULE="$MODULE_128_SO" TEST_CRASH_POINTS='follow.*' \
-    prove --timer $(ls t/*.t | grep -Ev "$only_debian")
+# Each file says what it needs (Test::Nginx's `has`). There the Lua tests,
+# package.t and bench_quick.t skip themselves (they are for Debian's nginx),
+# and with TEST_NGINX_DEPENDENT_ONLY=1 so do the files marked
+# `nginx_independent`, whose code does not differ from one nginx to
+# another (each says why), tested above: for CI's time. t/crash_points.t
+# runs there only the points Debian's nginx cannot reach (following DNS
+# needs `resolve`): the rest is the same code, tested above.
+TEST_NGINX_BINARY="$NGINX_128_BIN" TEST_NGINX_MODULE="$MODULE_128_SO" TEST_NGINX_DEPENDENT_ONLY=1 \
+    TEST_CRASH_POINTS='follow.*' prove --timer -r t/
 step "scripts/soak.sh --quick --nginx=1.28 (with DNS changing a resolve upstream throughout)"
 scripts/soak.sh --quick --nginx=1.28
 step "scripts/soak.sh --kill-storm --quick --crash-points --nginx=1.28"

@@ -41,7 +41,9 @@ use Test::Nginx::Health;
 use Test::Nginx::Status;
 use Test::Nginx::WebSocket;
 
-my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(9);
+# nginx_independent: the same code on each nginx; what differs (the probe
+# on that nginx's connections) t/stream_check.t checks on each nginx.
+my $t = Test::Nginx->new()->has(qw/nginx module nginx_independent/)->plan(9);
 
 my $slow = $Test::Nginx::SLOW;
 my $quick = $ENV{TEST_CHECK_QUICK};

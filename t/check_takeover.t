@@ -25,7 +25,9 @@ use Test::Nginx::Backend;
 use Test::Nginx::Health;
 use Test::Nginx::Status;
 
-my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(14);
+# nginx_independent: the same code on each nginx; what differs (the probe
+# on that nginx's connections) t/stream_check.t checks on each nginx.
+my $t = Test::Nginx->new()->has(qw/nginx module nginx_independent/)->plan(14);
 $t->alerts_allowed(qr/worker process \d+ exited on signal 9/);
 
 my $slow = $Test::Nginx::SLOW;

@@ -19,9 +19,7 @@ use lib 'lib';
 use Test::Nginx;
 use Test::Nginx::Backend;
 
-my $t = Test::Nginx->new()->has(qw/nginx module stream/);
-plan(skip_all => 'nginx built without --with-debug')
-	unless `$Test::Nginx::NGINX -V 2>&1` =~ /--with-debug/;
+my $t = Test::Nginx->new()->has(qw/nginx module stream debug/);
 $t->plan(18);
 
 # 8083 and 8084: nothing listens (connection refused), so a request there

@@ -18,9 +18,7 @@ use Test::Nginx;
 use Test::Nginx::Backend;
 use Test::Nginx::Hold;
 
-my $t = Test::Nginx->new()->has(qw/nginx module/);
-plan(skip_all => 'dpkg -i needs root') unless $> == 0;
-plan(skip_all => 'the package is for Debian\'s nginx') unless $Test::Nginx::NGINX eq '/usr/sbin/nginx';
+my $t = Test::Nginx->new()->has(qw/nginx module root debian_nginx/);
 $t->plan(18);
 
 my $pkg = 'libnginx-mod-http-least-conn-persistent';

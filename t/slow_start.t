@@ -21,7 +21,9 @@ use Test::Nginx::Backend;
 use Test::Nginx::Status;
 use Test::Nginx::WebSocket;
 
-my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(26);
+# nginx_independent: the ramp is pure logic; the round-robin peer fields it
+# reads come through the bindings generated from each nginx's own headers.
+my $t = Test::Nginx->new()->has(qw/nginx module nginx_independent/)->plan(26);
 
 # The window: long enough that opening 20 WebSockets stays early in it on
 # a slow machine, short enough to wait out.

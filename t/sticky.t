@@ -21,10 +21,7 @@ use Test::Nginx qw/port http http_get wait_until/;
 use Test::Nginx::Backend;
 use Test::Nginx::Status;
 
-my $t = Test::Nginx->new()->has(qw/nginx module/);
-my $version = Test::Nginx::nginx_version();
-plan(skip_all => "nginx $version has no sticky nor drain (1.29.6+)")
-	unless Test::Nginx::version_at_least($version, '1.29.6');
+my $t = Test::Nginx->new()->has(qw/nginx module sticky/);
 $t->plan(21);
 
 $t->write_file_expand('nginx.conf', <<'EOF');
