@@ -56,7 +56,6 @@ my ($interval, $timeout) = ($interval_ms / 1000, $timeout_ms / 1000);
 my $verdict_wait = 2 + max($rise, $fall) * ($interval + $timeout) / $slow;
 
 my %id = (8081 => 'b1', 8082 => 'b2');
-sub addr { '127.0.0.1:' . port($_[0]) }
 my ($B1, $B2) = (addr(8081), addr(8082));
 
 $t->write_file_expand('nginx.conf', <<"EOF");

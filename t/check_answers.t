@@ -42,7 +42,6 @@ my $timeout_ms = $interval_ms;
 my $interval = $interval_ms / 1000;
 
 my %id = (8081 => 'big_cap', 8082 => 'huge_ok', 8083 => 'huge_503', 8084 => 'bare_lf', 8085 => 'ctl');
-sub addr { '127.0.0.1:' . port($_[0]) }
 
 $t->write_file_expand('nginx.conf', <<"EOF");
 

@@ -45,8 +45,6 @@ my $timeout_ms = int(300 * $slow + 0.5);
 # stopped checker's next tick when it resumes.
 my @dead = map { 8090 + $_ } 0 .. 23;
 
-sub addr { '127.0.0.1:' . port($_[0]) }
-
 # Case c checks the @dead servers (a and b keep the worker's connections
 # for the WebSockets).
 sub conf {

@@ -37,7 +37,6 @@ my $timeout_ms = int(500 * $slow + 0.5);
 my $interval = $interval_ms / 1000;
 
 my %id = (8081 => 'b1', 8082 => 'b2');
-sub addr { '127.0.0.1:' . port($_[0]) }
 my ($B1, $B2) = (addr(8081), addr(8082));
 
 $t->write_file_expand('nginx.conf', <<"EOF");

@@ -98,7 +98,7 @@ stream {
 
 EOF
 $t->run_daemon(\&Test::Nginx::Backend::serve, port(8081), 'a');
-$t->waitforsocket('127.0.0.1:' . port(8081));
+$t->waitforsocket(addr(8081));
 $t->run();
 
 my $pick = qr/\[debug\].*least_conn_persistent: get peer 0 of Primary list, holding Shared/;

@@ -33,8 +33,6 @@ my $timeout_ms = int(250 * $slow + 0.5);
 # jitter, plus a margin (wait_until scales it once more).
 my $verdict_wait = 2 + max($rise, $fall) * ($interval_ms + $timeout_ms) / 1000 / $slow;
 
-sub addr { '127.0.0.1:' . port($_[0]) }
-
 $t->write_file_expand('nginx.conf', <<"EOF");
 
 %%LUA_MODULES%%

@@ -76,7 +76,7 @@ http {
 }
 EOF
 $t->run_daemon(\&Test::Nginx::Backend::serve, port(8081), 'a');
-$t->waitforsocket('127.0.0.1:' . port(8081));
+$t->waitforsocket(addr(8081));
 $t->run();
 like(http_get('/'), qr/200 OK.*id=a/s, 'a request through the installed module');
 like(http_get('/status'), qr/"key":"conn_count:u:127\.0\.0\.1:\d+","count":0/, 'counted and released');
@@ -117,7 +117,7 @@ stream {
 }
 EOF
 $t->run_daemon(\&Test::Nginx::Hold::serve, port(8091), 's');
-$t->waitforsocket('127.0.0.1:' . port(8091));
+$t->waitforsocket(addr(8091));
 $t->run();
 my $c = hold_open(port(8090));
 is($c && $c->{backend}, 's', 'a stream connection through the installed module');

@@ -47,7 +47,6 @@ my $slow = $Test::Nginx::SLOW;
 
 my %name = (8081 => 'a', 8082 => 'b', 8083 => 'c');
 my %port_of = reverse %name;
-sub addr { '127.0.0.1:' . port($_[0]) }
 my %name_of_addr = map { (addr($_) => $name{$_}) } keys %name;
 
 # $line: the rebalance directive or nothing; @ports: the servers of u.

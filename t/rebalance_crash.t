@@ -33,7 +33,7 @@ use Time::HiRes qw/time sleep/;
 BEGIN { use FindBin; chdir($FindBin::Bin); }
 
 use lib 'lib';
-use Test::Nginx qw/port http_get wait_until/;
+use Test::Nginx qw/port addr http_get wait_until/;
 use Test::Nginx::Hold;
 use Test::Nginx::Reconnect;
 use Test::Nginx::Status;
@@ -53,7 +53,6 @@ my $directive = "least_conn_persistent_rebalance rate=$rate/s tolerance=$toleran
 
 my %name = (8091 => 'a', 8092 => 'b', 8093 => 'c');
 my %weight = (8093 => 3);
-sub addr { '127.0.0.1:' . port($_[0]) }
 my %name_of_addr = map { (addr($_) => $name{$_}) } keys %name;
 
 # $rebalance: whether u has the directive; @ports: its servers.

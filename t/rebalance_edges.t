@@ -36,7 +36,7 @@ use Time::HiRes qw/time/;
 BEGIN { use FindBin; chdir($FindBin::Bin); }
 
 use lib 'lib';
-use Test::Nginx qw/port http wait_until/;
+use Test::Nginx qw/port addr http wait_until/;
 use Test::Nginx::Backend;
 use Test::Nginx::Hold;
 use Test::Nginx::Reconnect;
@@ -54,7 +54,6 @@ my $directive = 'least_conn_persistent_rebalance rate=20/s tolerance=10% min_age
 
 # Stream backends (Hold) and http ones (switch_serve below).
 my %name = (8091 => 'a', 8092 => 'b', 8093 => 'c', 8094 => 'd', 8085 => 'a', 8086 => 'b', 8087 => 'c');
-sub addr { '127.0.0.1:' . port($_[0]) }
 my %name_of_addr = map { (addr($_) => $name{$_}) } keys %name;
 
 sub servers { join "\n", map { "        server 127.0.0.1:$_;" } @_ }

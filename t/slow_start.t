@@ -84,8 +84,6 @@ $u
 EOF
 }
 
-sub addr { '127.0.0.1:' . port($_[0]) }
-
 # The ramp percent of a server of an upstream, undef when it does not ramp.
 sub ramping {
 	my ($upstream, $port) = @_;
@@ -99,7 +97,7 @@ sub ramping_anywhere {
 
 $t->run_daemon(\&Test::Nginx::Backend::serve, port($_->[0]), $_->[1])
 	for [8081, 'a'], [8082, 'b'], [8083, 'c'];
-$t->waitforsocket('127.0.0.1:' . port($_)) for 8081 .. 8083;
+$t->waitforsocket(addr($_)) for 8081 .. 8083;
 
 conf(u => [8081, 8082, 8083]);
 $t->run();
@@ -182,7 +180,7 @@ for (1 .. 10) {
 }
 is(ramping('w', 8084), undef, 'd failed: not ramping');
 $t->run_daemon(\&Test::Nginx::Backend::serve, port(8084), 'd');
-$t->waitforsocket('127.0.0.1:' . port(8084));
+$t->waitforsocket(addr(8084));
 sleep(1.2);
 ok(wait_until(sub { http_get('/w/') =~ /X-Backend: d/ }, 5), 'd serves again after fail_timeout');
 # Without an upstream zone each worker keeps its own failures: requests

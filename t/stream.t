@@ -16,7 +16,7 @@ use Test::More;
 BEGIN { use FindBin; chdir($FindBin::Bin); }
 
 use lib 'lib';
-use Test::Nginx qw/port http_get wait_until/;
+use Test::Nginx qw/port addr http_get wait_until/;
 use Test::Nginx::Hold;
 use Test::Nginx::Status;
 
@@ -91,9 +91,7 @@ sub sum_counts {
 	return \%sum;
 }
 
-sub live { return { map { ("127.0.0.1:" . port($_) => held(port($_))) } @_ } }
-
-sub addr { '127.0.0.1:' . port($_[0]) }
+sub live { return { map { (addr($_) => held(port($_))) } @_ } }
 
 sub spread {
 	my @v = sort { $a <=> $b } values %{$_[0]};
@@ -103,7 +101,7 @@ sub spread {
 port(8099);    # claimed, never listened on
 $t->run_daemon(\&Test::Nginx::Hold::serve, port($_->[0]), $_->[1])
 	for [8091, 'a'], [8092, 'b'], [8093, 'c'];
-$t->waitforsocket('127.0.0.1:' . port($_)) for 8091 .. 8093;
+$t->waitforsocket(addr($_)) for 8091 .. 8093;
 
 conf(u => [8091, 8092]);
 $t->run();

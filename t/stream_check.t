@@ -18,7 +18,7 @@ use Test::More;
 BEGIN { use FindBin; chdir($FindBin::Bin); }
 
 use lib 'lib';
-use Test::Nginx qw/port http wait_until/;
+use Test::Nginx qw/port addr http wait_until/;
 use Test::Nginx::Backend;
 use Test::Nginx::Health;
 use Test::Nginx::Hold;
@@ -30,7 +30,6 @@ health_dir($t);
 my $slow = $Test::Nginx::SLOW;
 my ($interval, $timeout) = map { int($_ * $slow) } 300, 250;
 my $check = "interval=${interval}ms timeout=${timeout}ms rise=2 fall=2";
-sub addr { '127.0.0.1:' . port($_[0]) }
 
 $t->write_file_expand('nginx.conf', <<"EOF");
 

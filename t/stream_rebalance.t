@@ -20,7 +20,7 @@ use Time::HiRes qw/time/;
 BEGIN { use FindBin; chdir($FindBin::Bin); }
 
 use lib 'lib';
-use Test::Nginx qw/port http_get wait_until/;
+use Test::Nginx qw/port addr http_get wait_until/;
 use Test::Nginx::Hold;
 use Test::Nginx::Reconnect;
 use Test::Nginx::Status;
@@ -35,7 +35,6 @@ my $rebalance = "least_conn_persistent_rebalance rate=$rate/s tolerance=$toleran
 
 my %name = (8091 => 'a', 8092 => 'b', 8093 => 'c', 8094 => 'd');
 my %udp_name = (8095 => 'ua', 8096 => 'ub', 8097 => 'uc');
-sub addr { '127.0.0.1:' . port($_[0]) }
 my %name_of_addr = map { (addr($_) => $name{$_}) } keys %name;
 my %udp_name_of_addr = map { (addr($_) => $udp_name{$_}) } keys %udp_name;
 

@@ -24,7 +24,7 @@ use warnings;
 use strict;
 
 use Exporter qw/import/;
-our @EXPORT = qw/port http_get http http_read wait_until/;
+our @EXPORT = qw/port addr http_get http http_read wait_until/;
 
 use File::Copy ();
 use File::Path qw/mkpath rmtree/;
@@ -250,6 +250,10 @@ sub port {
 	my ($n) = @_;
 	return $ports{$n} //= claim_port();
 }
+
+# "127.0.0.1:port" of a symbolic port number: a backend's address as
+# nginx's configuration and status page write it.
+sub addr { '127.0.0.1:' . port($_[0]) }
 
 sub claim_port {
 	mkpath($PORT_LOCKS);

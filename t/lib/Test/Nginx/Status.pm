@@ -14,7 +14,7 @@ our @EXPORT = qw/status counts entries stream_entries stream_counts wait_counts 
 	server_counts same_counts/;
 
 use JSON::PP;
-use Test::Nginx qw/http http_get wait_until port/;
+use Test::Nginx qw/http http_get wait_until port addr/;
 
 sub status {
 	my ($uri) = @_;
@@ -53,7 +53,7 @@ sub counts {
 # or as symbolic port numbers); returns the last counts seen.
 sub wait_counts {
 	my ($upstream, $want, $timeout) = @_;
-	my %w = map { (/^\d+$/ ? "127.0.0.1:" . port($_) : $_) => $want->{$_} } keys %$want;
+	my %w = map { (/^\d+$/ ? addr($_) : $_) => $want->{$_} } keys %$want;
 	my $last;
 	wait_until(sub {
 		$last = counts($upstream);
@@ -76,7 +76,7 @@ sub live_count {
 # { "127.0.0.1:port" => WebSockets open }, -1 for one that does not answer.
 sub live_counts {
 	my (@ports) = @_;
-	return { map { ('127.0.0.1:' . port($_) => live_count(port($_))) } @ports };
+	return { map { (addr($_) => live_count(port($_))) } @ports };
 }
 
 # { server => count } summed over the given upstreams (all when none given).
