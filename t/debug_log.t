@@ -108,10 +108,10 @@ my $free = qr/\[debug\].*least_conn_persistent: free Shared\(.*\), state 0/;
 # matches it).
 sub logged_by {
 	my ($code, $until) = @_;
-	my $from = length $t->read_file('error.log');
+	my $from = $t->log_mark();
 	$code->();
 	my $new = '';
-	wait_until(sub { $new = substr($t->read_file('error.log'), $from); $new =~ $until }, 3);
+	wait_until(sub { $new = $t->log_since($from); $new =~ $until }, 3);
 	return $new;
 }
 

@@ -118,7 +118,7 @@ sub least_margin {
 
 # The error log since the start of the current scenario.
 my $log_mark = 0;
-sub log_now { substr($t->read_file('error.log'), $log_mark) }
+sub log_now { $t->log_since($log_mark) }
 
 # Lines of the error log about closes in upstream u: [server name, holds,
 # fair share] each.
@@ -160,7 +160,7 @@ $t->waitforsocket(addr($_)) for keys %name;
 # crowd holding them.
 sub scale_up {
 	my ($line, $held, %opts) = @_;
-	$log_mark = $t->has_file('error.log') ? length($t->read_file('error.log')) : 0;
+	$log_mark = $t->log_mark();
 	conf($line, 8081, 8082);
 	$t->run();
 	my $crowd = Test::Nginx::Reconnect->new(open => sub { ws_open('/') }, backoff => 0.5);

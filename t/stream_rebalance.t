@@ -112,7 +112,7 @@ sub least_margin {
 }
 
 my $log_mark = 0;
-sub log_now { substr($t->read_file('error.log'), $log_mark) }
+sub log_now { $t->log_since($log_mark) }
 
 sub close_lines {
 	my ($upstream) = @_;
@@ -181,7 +181,7 @@ my (undef, $pstate) = shed_json('u', \%name_of_addr);
 is($pstate, 0, 'status: u is not rebalancing while paused');
 
 # d up: a and b shed to c and d.
-$log_mark = length $t->read_file('error.log');
+$log_mark = $t->log_mark();
 conf(servers(8091, 8092, 8093, 8094), servers(8095, 8096, 8097));
 $t->reload();
 my $reloaded = time();

@@ -320,6 +320,32 @@ sub has_file {
 	return -e "$self->{_testdir}/$name";
 }
 
+# Marks in error.log, to read what nginx logged after one:
+#
+#   my $mark = $t->log_mark();
+#   ...;
+#   like($t->log_since($mark), qr/.../);
+#   my @lines = $t->log_lines($mark, qr/.../);
+#
+# A mark is the log's length (0 before nginx wrote it); reading after one
+# dies when the log is missing.
+sub log_mark {
+	my ($self) = @_;
+	return $self->has_file('error.log') ? length $self->read_file('error.log') : 0;
+}
+
+sub log_since {
+	my ($self, $mark) = @_;
+	return substr($self->read_file('error.log'), $mark);
+}
+
+# The lines after $mark matching $re, debug lines left out (the harness
+# writes error.log at debug level).
+sub log_lines {
+	my ($self, $mark, $re) = @_;
+	return grep { !/\[debug\]/ && /$re/ } split /\n/, $self->log_since($mark);
+}
+
 # load_module lines for Debian's Lua module (and the NDK it needs).
 sub lua_modules {
 	return "load_module /usr/lib/nginx/modules/ndk_http_module.so;\n"
