@@ -395,7 +395,7 @@ sub close_held {
 sub live {
 	my ($self) = @_;
 	my %live = $self->{stream}
-		? map { (addr($_) => held(port($_))) } sort keys %backend
+		? %{held_counts(sort keys %backend)}
 		: %{live_counts(sort keys %backend)};
 	$live{main::dns_addr($_)} = live_count(port(8084), $_) for $self->{dns} ? @dns_ips : ();
 	return \%live;

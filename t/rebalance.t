@@ -92,10 +92,7 @@ EOF
 }
 
 # What the backends really hold: { a => n, b => n, c => n }.
-sub live {
-	my $l = live_counts(keys %name);
-	return { map { ($name{$_} => $l->{addr($_)}) } keys %name };
-}
+sub live { named_counts(\%name, live_counts(keys %name)) }
 
 sub show { my ($c) = @_; join('/', map { $c->{$_} // 0 } qw/a b c/) }
 

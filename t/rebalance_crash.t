@@ -116,7 +116,7 @@ sub state_of {
 sub shed_sum { sum0(values %{shed_of($_[0] // view())}) }
 
 # What the backends hold: { a => n, ... }.
-sub live { return { map { ($name{$_} => held(port($_))) } keys %name } }
+sub live { named_counts(\%name, held_counts(keys %name)) }
 sub show { my ($c) = @_; join('/', map { $c->{$_} // 0 } qw/a b c/) }
 
 

@@ -120,7 +120,7 @@ EOF
 }
 
 # What the stream backends on these ports hold: { a => n, ... }.
-sub live { return { map { ($name{$_} => held(port($_))) } @_ } }
+sub live { named_counts(\%name, held_counts(@_)) }
 sub show { my ($c, @n) = @_; join('/', map { $c->{$_} // 0 } @n ? @n : qw/a b c/) }
 
 # Whether the entries (of one upstream) say it rebalances; undef if none

@@ -91,8 +91,6 @@ sub sum_counts {
 	return \%sum;
 }
 
-sub live { return { map { (addr($_) => held(port($_))) } @_ } }
-
 sub spread {
 	my @v = sort { $a <=> $b } values %{$_[0]};
 	return $v[-1] - $v[0];
@@ -128,7 +126,7 @@ is_deeply(hold_tally(@r), { c => 4 }, 'connections refused by one server are ret
 is_deeply(stream_counts('r'), { addr(8099) => 0, addr(8093) => 4 }, 'the refused attempts were released');
 unlike($t->read_file('error.log'), qr/already 0/, 'and released once (no release below 0)');
 
-ok(same_counts(sum_counts(), live(8091, 8092, 8093)), 'counts equal what the backends hold');
+ok(same_counts(sum_counts(), held_counts(8091, 8092, 8093)), 'counts equal what the backends hold');
 
 # The brief's scale-up, in stream: a reload adds a third server.
 conf(u => [8091, 8092, 8093]);
@@ -141,7 +139,7 @@ my $c = stream_counts('u');
 is(spread($c), 1, 'after 60 more, all within one: '
 	. join('/', map { $c->{addr($_)} } 8091 .. 8093));
 ok($c->{addr(8093)} >= 53, "the new server took $c->{addr(8093)} of the 60");
-ok(same_counts(sum_counts(), live(8091, 8092, 8093)), 'counts equal what the backends hold');
+ok(same_counts(sum_counts(), held_counts(8091, 8092, 8093)), 'counts equal what the backends hold');
 
 # A reload removes b while it holds connections: it drains.
 my @on_b = grep { $_->{backend} eq 'b' } @first, @next;
@@ -164,7 +162,7 @@ my ($victim, $held) = map { ($_->{pid}, $_->{connections}) }
 ok($held, "a current worker ($victim) holds $held connection(s)");
 kill 'KILL', $victim;
 ok(wait_until(sub { !kill 0, $victim }), 'worker killed');
-ok(wait_until(sub { same_counts(sum_counts(), live(8091, 8092, 8093)) }, 10),
+ok(wait_until(sub { same_counts(sum_counts(), held_counts(8091, 8092, 8093)) }, 10),
 	'after a worker crash, counts equal what the backends hold');
 like($t->read_file('error.log'), qr/\[warn\].*least_conn_persistent_zone "s": worker process $victim is gone/,
 	'the crash is logged');

@@ -93,7 +93,7 @@ EOF
 sub servers { join "\n", map { "        server 127.0.0.1:$_;" } @_ }
 
 # What the TCP backends hold: { a => n, ... }.
-sub live { return { map { ($name{$_} => held(port($_))) } @_ ? @_ : keys %name } }
+sub live { named_counts(\%name, held_counts(@_ ? @_ : keys %name)) }
 sub show { my ($c) = @_; join('/', map { $c->{$_} // 0 } qw/a b c d/) }
 
 

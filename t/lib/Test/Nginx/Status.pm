@@ -11,7 +11,7 @@ use strict;
 
 use Exporter qw/import/;
 our @EXPORT = qw/status counts entries stream_entries stream_counts wait_counts at_rest live_count live_counts
-	server_counts same_counts/;
+	named_counts server_counts same_counts/;
 
 use JSON::PP;
 use Test::Nginx qw/http http_get wait_until port addr/;
@@ -77,6 +77,15 @@ sub live_count {
 sub live_counts {
 	my (@ports) = @_;
 	return { map { (addr($_) => live_count(port($_))) } @ports };
+}
+
+# A { "127.0.0.1:port" => count } map (live_counts, Test::Nginx::Hold's
+# held_counts) keyed by name instead, the names given as { port => name }:
+# named_counts(\%name, live_counts(keys %name)) is { a => 3, b => 2 }.
+sub named_counts {
+	my ($name, $counts) = @_;
+	my %of = map { (addr($_) => $name->{$_}) } keys %$name;
+	return { map { (($of{$_} // $_) => $counts->{$_}) } keys %$counts };
 }
 
 # { server => count } summed over the given upstreams (all when none given).
