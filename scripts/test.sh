@@ -2,11 +2,12 @@
 # Runs every check: the layout's dependency rule, formatting, clippy, the
 # Rust unit tests, the demo in check mode, the soak and the kill storm in
 # quick mode, the Test::Nginx suite under t/ against a real nginx (which
-# includes t/bench_quick.t: scripts/bench.sh --quick, and t/crash_points.t
-# on the crash-points build), six of its tests again with nginx under
-# valgrind memcheck (the health checks' quick part among them), and the suite again against nginx 1.28 built from the
-# nginx-src crate, with the quick soak and kill storm (DNS changing a
-# resolve upstream throughout) and the resolve tests under memcheck.
+# includes t/tooling/bench_quick.t: scripts/bench.sh --quick, and
+# t/crash_points.t on the crash-points build), six of its tests again with
+# nginx under valgrind memcheck (the health checks' quick part among them),
+# and the suite again against nginx 1.28 built from the nginx-src crate,
+# with the quick soak and kill storm (DNS changing a resolve upstream
+# throughout) and the resolve tests under memcheck.
 # Exits non-zero on the first failure.
 . "$(dirname "$0")/env.sh"
 
@@ -18,7 +19,7 @@ nginx_build_env
 ensure_packages perl curl openssl wrk valgrind libnginx-mod-http-lua lua-resty-core debhelper dpkg-dev fakeroot \
     chromium
 # Other Debian nginx modules enabled beside ours, as nginx-full and
-# nginx-extras have them: t/package.t must pass there too.
+# nginx-extras have them: t/tooling/package.t must pass there too.
 ensure_packages libnginx-mod-stream-geoip libnginx-mod-http-geoip libnginx-mod-mail
 cd "$ROOT"
 
