@@ -63,7 +63,6 @@ $t->alerts_allowed(qr/worker process \d+ exited on signal 9/,
 	qr/shared memory zone "\w+" was locked by \d+/);
 
 my @backends = (8081 .. 8084);
-sub addr { '127.0.0.1:' . port($_[0]) }
 sub key { "conn_count:$_[0]:$_[1]" }
 
 # `resolve` (nginx 1.27.3+): d.test's addresses, each a backend on one port.

@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# Memory safety: runs the balancing, reload, crash and status tests with
-# nginx (master and workers) under valgrind memcheck, then reads every
-# process's report and counts the errors whose stack passes through this
-# module. Exits non-zero if there is any, or if the tests fail under
-# valgrind. Errors in nginx's or libc's own code are counted and listed
-# apart, not judged.
+# Memory safety: runs some of the tests (below) with nginx (master and
+# workers) under valgrind memcheck, then reads every process's report and
+# counts the errors whose stack passes through this module. Exits non-zero
+# if there is any, or if the tests fail under valgrind. Errors in nginx's
+# or libc's own code are counted and listed apart, not judged.
 #
 #   scripts/memcheck.sh [t/some.t ...]    (default: balance, reload, crash, status, stream,
 #                                          and the quick part of the health checks)

@@ -41,8 +41,6 @@ $t->has(qw/nginx module/);
 my @backends = (8081 .. 8084);
 my $refusing = 8089;    # nothing listens there
 
-sub addr { '127.0.0.1:' . port($_[0]) }
-
 # `resolve` (nginx 1.27.3+): the name d.test, answered from a file.
 my $resolve = Test::Nginx::version_at_least(Test::Nginx::nginx_version(), '1.27.3');
 my @dns_ips = map { "127.0.0.$_" } 2 .. 5;

@@ -2,11 +2,12 @@
 # Runs every check: the layout's dependency rule, formatting, clippy, the
 # Rust unit tests, the demo in check mode, the soak and the kill storm in
 # quick mode, the Test::Nginx suite under t/ against a real nginx (which
-# includes t/bench_quick.t: scripts/bench.sh --quick, and t/crash_points.t
-# on the crash-points build), six of its tests again with nginx under
-# valgrind memcheck (the health checks' quick part among them), and the suite again against nginx 1.28 built from the
-# nginx-src crate, with the quick soak and kill storm (DNS changing a
-# resolve upstream throughout) and the resolve tests under memcheck.
+# includes t/tooling/bench_quick.t: scripts/bench.sh --quick, and
+# t/crash_points.t on the crash-points build), six of its tests again with
+# nginx under valgrind memcheck (the health checks' quick part among them),
+# and the suite again against nginx 1.28 built from the nginx-src crate,
+# with the quick soak and kill storm (DNS changing a resolve upstream
+# throughout) and the resolve tests under memcheck.
 # Exits non-zero on the first failure.
 . "$(dirname "$0")/env.sh"
 
@@ -18,7 +19,7 @@ nginx_build_env
 ensure_packages perl curl openssl wrk valgrind libnginx-mod-http-lua lua-resty-core debhelper dpkg-dev fakeroot \
     chromium
 # Other Debian nginx modules enabled beside ours, as nginx-full and
-# nginx-extras have them: t/package.t must pass there too.
+# nginx-extras have them: t/tooling/package.t must pass there too.
 ensure_packages libnginx-mod-stream-geoip libnginx-mod-http-geoip libnginx-mod-mail
 cd "$ROOT"
 
@@ -54,21 +55,15 @@ scripts/memcheck.sh
 step "nginx 1.28 (from the nginx-src crate): build, then prove t/ against it"
 scripts/build.sh --nginx=1.28
 scripts/build.sh --nginx=1.28 --crash-points
-# The Lua tests skip themselves there (Debian's Lua module is built for
-# Debian's nginx); bench_quick.t drives Debian's nginx only, so it is left out.
-# t/crash_points.t runs there only the points Debian's nginx cannot reach
-# (following DNS needs `resolve`): the rest is the same code, tested above.
-# Run above only, for CI's time, as the same code: rebalancing's tests but
-# t/stream_rebalance.t (what rebalancing reads of nginx's structures, a
-# stream session's `connected` bit, checked there; an http upstream's
-# `upgrade` bit is read through the bindings generated from each nginx's
-# own headers), the health checks' but t/stream_check.t (its tcp and http
-# checks run the probe on nginx 1.28's connections), and slow start's (the
-# ramp is pure logic; the round-robin peer fields it reads come through the
-# bindings generated from nginx 1.28's headers).
-only_debian='bench_quick|t/rebalance(_crash|_edges)?\.t|t/check(_takeover)?\.t|t/(stream_)?slow_start\.t'
-TEST_NGINX_BINARY="$NGINX_128_BIN" TEST_NGINX_MODULE="$MODULE_128_SO" TEST_CRASH_POINTS='follow.*' \
-    prove --timer $(ls t/*.t | grep -Ev "$only_debian")
+# Each file says what it needs (Test::Nginx's `has`). There the Lua tests,
+# package.t and bench_quick.t skip themselves (they are for Debian's nginx),
+# and with TEST_NGINX_DEPENDENT_ONLY=1 so do the files marked
+# `nginx_independent`, whose code does not differ from one nginx to
+# another (each says why), tested above: for CI's time. t/crash_points.t
+# runs there only the points Debian's nginx cannot reach (following DNS
+# needs `resolve`): the rest is the same code, tested above.
+TEST_NGINX_BINARY="$NGINX_128_BIN" TEST_NGINX_MODULE="$MODULE_128_SO" TEST_NGINX_DEPENDENT_ONLY=1 \
+    TEST_CRASH_POINTS='follow.*' prove --timer -r t/
 step "scripts/soak.sh --quick --nginx=1.28 (with DNS changing a resolve upstream throughout)"
 scripts/soak.sh --quick --nginx=1.28
 step "scripts/soak.sh --kill-storm --quick --crash-points --nginx=1.28"

@@ -105,7 +105,7 @@ EOF
 # 8085 never listens.
 $t->run_daemon(\&Test::Nginx::Backend::serve, port($_->[0]), $_->[1])
 	for [8081, 'a'], [8082, 'b'], [8083, 'c'], [8084, 'd'];
-$t->waitforsocket('127.0.0.1:' . port($_)) for 8081 .. 8084;
+$t->waitforsocket(addr($_)) for 8081 .. 8084;
 $t->run();
 
 ###############################################################################
@@ -129,7 +129,7 @@ my @f = ws_open_many(8, '/failing');
 is_deeply(tally(@f), { a => 8 }, 'retries land on the live server');
 my $refused = () = $t->read_file('error.log') =~ /connect\(\) failed.*:${\port(8085)}/g;
 ok($refused >= 1 && $refused <= 2, "failed server skipped after max_fails ($refused tries)");
-is_deeply(counts('failing'), { '127.0.0.1:' . port(8081) => 8, '127.0.0.1:' . port(8085) => 0 },
+is_deeply(counts('failing'), { addr(8081) => 8, addr(8085) => 0 },
 	'failed attempts released their count');
 ws_close(@f);
 
@@ -151,7 +151,7 @@ is_deeply(tally(@c), { a => 10, c => 10 }, 'max_conns fills both servers');
 like(http_get('/capped'), qr/^HTTP\/1\.1 502/, 'then 502, as stock nginx');
 my %workers = map { $_->{worker} => 1 } grep { $_->{worker} } @c;
 ok(keys %workers >= 2, 'connections came through both workers');
-is_deeply(counts('capped'), { map { ('127.0.0.1:' . port($_) => 10) } 8081, 8083 },
+is_deeply(counts('capped'), { map { (addr($_) => 10) } 8081, 8083 },
 	'shared counts hold the cap');
 ws_close(@c);
 

@@ -89,7 +89,7 @@ sub records_are_workers {
 }
 
 $t->run_daemon(\&Test::Nginx::Backend::serve, port(8081), 'a');
-$t->waitforsocket('127.0.0.1:' . port(8081));
+$t->waitforsocket(addr(8081));
 $t->run();
 
 ###############################################################################

@@ -41,7 +41,9 @@ use Test::Nginx::Health;
 use Test::Nginx::Status;
 use Test::Nginx::WebSocket;
 
-my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(9);
+# nginx_independent: the same code on each nginx; what differs (the probe
+# on that nginx's connections) t/stream_check.t checks on each nginx.
+my $t = Test::Nginx->new()->has(qw/nginx module nginx_independent/)->plan(9);
 
 my $slow = $Test::Nginx::SLOW;
 my $quick = $ENV{TEST_CHECK_QUICK};
@@ -54,7 +56,6 @@ my ($interval, $timeout) = ($interval_ms / 1000, $timeout_ms / 1000);
 my $verdict_wait = 2 + max($rise, $fall) * ($interval + $timeout) / $slow;
 
 my %id = (8081 => 'b1', 8082 => 'b2');
-sub addr { '127.0.0.1:' . port($_[0]) }
 my ($B1, $B2) = (addr(8081), addr(8082));
 
 $t->write_file_expand('nginx.conf', <<"EOF");
@@ -128,11 +129,6 @@ sub wait_result {
 	return ($ok, $e);
 }
 
-sub log_mark { $t->has_file('error.log') ? length $t->read_file('error.log') : 0 }
-sub log_since { substr($t->read_file('error.log'), $_[0]) }
-# Lines since $mark matching $re, debug lines left out (the log is at debug).
-sub log_lines { my ($mark, $re) = @_; return grep { !/\[debug\]/ && /$re/ } split /\n/, log_since($mark) }
-
 sub down_re { qr/\[warn\].*upstream "u": server \Q${\addr($_[0])}\E is down \($_[1] failed checks, last: / }
 sub up_re { qr/\[notice\].*upstream "u": server \Q${\addr($_[0])}\E is up \($_[1] passed checks\)/ }
 sub any_down_re { qr/upstream "u": server \Q${\addr($_[0])}\E is down \(/ }
@@ -190,12 +186,12 @@ subtest 'first checks' => sub {
 
 # a, then b while b2 is still down (one down/up cycle for both), then a's
 # recovery.
-my $mark = log_mark();
+my $mark = $t->log_mark();
 
 subtest 'a. fail' => sub {
 	set_health('b2', '503');
-	ok(wait_until(sub { log_lines($mark, any_down_re(8082)) }, $verdict_wait), 'b2 is logged down');
-	my @lines = log_lines($mark, any_down_re(8082));
+	ok(wait_until(sub { $t->log_lines($mark, any_down_re(8082)) }, $verdict_wait), 'b2 is logged down');
+	my @lines = $t->log_lines($mark, any_down_re(8082));
 	like($lines[0] // '', down_re(8082, $fall), "after exactly $fall failed checks, a [warn]");
 	my $e = entry(8082);
 	is($e->{health}, 'down', 'JSON: health down');
@@ -211,24 +207,24 @@ SKIP: {
 	skip 'TEST_CHECK_QUICK', 1 if $quick;
 	subtest 'b. all down' => sub {
 		set_health('b1', '503');
-		ok(wait_until(sub { log_lines($mark, any_down_re(8081)) }, $verdict_wait), 'b1 is logged down too');
+		ok(wait_until(sub { $t->log_lines($mark, any_down_re(8081)) }, $verdict_wait), 'b1 is logged down too');
 		is(health(8081), 'down', 'JSON: b1 down');
-		my $bmark = log_mark();
+		my $bmark = $t->log_mark();
 		my $r = http_get('/');
 		like($r, qr{^HTTP/1\.1 502 }, 'every server down: 502');
-		ok(wait_until(sub { log_since($bmark) =~ /\[error\].*no live upstreams/ }, 2),
+		ok(wait_until(sub { $t->log_since($bmark) =~ /\[error\].*no live upstreams/ }, 2),
 			'the log says "no live upstreams"');
 		set_health('b1');
-		ok(wait_until(sub { log_lines($mark, any_up_re(8081)) }, $verdict_wait), 'b1 is logged up');
-		like((log_lines($mark, any_up_re(8081)))[0] // '', up_re(8081, $rise), "after exactly $rise passed checks");
+		ok(wait_until(sub { $t->log_lines($mark, any_up_re(8081)) }, $verdict_wait), 'b1 is logged up');
+		like(($t->log_lines($mark, any_up_re(8081)))[0] // '', up_re(8081, $rise), "after exactly $rise passed checks");
 		like(http_get('/'), qr{^HTTP/1\.1 200 }, 'a server up again: 200');
 	};
 }
 
 subtest 'a. recover' => sub {
 	set_health('b2');
-	ok(wait_until(sub { log_lines($mark, any_up_re(8082)) }, $verdict_wait), 'b2 is logged up');
-	my @lines = log_lines($mark, any_up_re(8082));
+	ok(wait_until(sub { $t->log_lines($mark, any_up_re(8082)) }, $verdict_wait), 'b2 is logged up');
+	my @lines = $t->log_lines($mark, any_up_re(8082));
 	like($lines[0] // '', up_re(8082, $rise), "after exactly $rise passed checks, a [notice]");
 	is(health(8082), 'up', 'JSON: health up');
 	my $by = request_tally(20);
@@ -241,9 +237,9 @@ subtest 'a. recover' => sub {
 	ok($n >= 5 && $n <= 14, sprintf('b2 got %d health checks in %.1f s (one checker, every %d ms)',
 		$n, $window, $interval_ms));
 	# Each verdict once, though two workers see it.
-	is(scalar(log_lines($mark, any_down_re(8082))), 1, 'exactly one "is down" line for b2');
-	is(scalar(log_lines($mark, any_up_re(8082))), 1, 'exactly one "is up" line for b2');
-	is(scalar(log_lines($mark, any_down_re(8081))), $quick ? 0 : 1, 'and one for b1 (b)');
+	is(scalar($t->log_lines($mark, any_down_re(8082))), 1, 'exactly one "is down" line for b2');
+	is(scalar($t->log_lines($mark, any_up_re(8082))), 1, 'exactly one "is up" line for b2');
+	is(scalar($t->log_lines($mark, any_down_re(8081))), $quick ? 0 : 1, 'and one for b1 (b)');
 };
 
 ###############################################################################
@@ -254,11 +250,11 @@ SKIP: {
 		my @ws = ws_open_many(10, '/');
 		my $first = tally(@ws);
 		ok(($first->{b1} // 0) > 0 && ($first->{b2} // 0) > 0, '10 WebSockets on both: ' . tally_text($first));
-		my $cmark = log_mark();
+		my $cmark = $t->log_mark();
 		set_health('b2', '200', 'X-LCP-Capacity: drain');
 		ok(wait_health(8082, 'drain'), 'JSON: b2 health drain');
 		ok(wait_until(sub {
-			log_lines($cmark, qr/\[notice\].*upstream "u": server \Q$B2\E drains \(capacity answer\)/) }, 2),
+			$t->log_lines($cmark, qr/\[notice\].*upstream "u": server \Q$B2\E drains \(capacity answer\)/) }, 2),
 			'the log: b2 drains (capacity answer)');
 		my $held = counts('u')->{$B2};
 		is($held, $first->{b2}, "b2 still counts its $first->{b2}");
@@ -271,7 +267,7 @@ SKIP: {
 		is(live_count(port(8082)), $held, 'b2 really holds them');
 		set_health('b2');
 		ok(wait_until(sub {
-			log_lines($cmark, qr/\[notice\].*upstream "u": server \Q$B2\E takes new connections again \(capacity answer\)/) },
+			$t->log_lines($cmark, qr/\[notice\].*upstream "u": server \Q$B2\E takes new connections again \(capacity answer\)/) },
 			$verdict_wait), 'the log: b2 takes new connections again');
 		is(health(8082), 'up', 'JSON: b2 up');
 		my @back = ws_open_many(10, '/');
@@ -362,12 +358,12 @@ SKIP: {
 SKIP: {
 	skip 'TEST_CHECK_QUICK', 1 if $quick;
 	subtest 'f. malformed capacity, g. bad and slow answers' => sub {
-		my $fmark = log_mark();
+		my $fmark = $t->log_mark();
 		my $since = time();
 		my $warn_b1 = qr/\[warn\].*upstream "u": server \Q$B1\E: capacity answer "([^"]*)" ignored: \S/;
 		set_health('b1', '200', 'X-LCP-Capacity: maxconn=abc');
-		ok(wait_until(sub { log_lines($fmark, $warn_b1) }, $verdict_wait), 'b1: a [warn] for "maxconn=abc"');
-		like((log_lines($fmark, $warn_b1))[0] // '', qr/"maxconn=abc"/, 'naming the text');
+		ok(wait_until(sub { $t->log_lines($fmark, $warn_b1) }, $verdict_wait), 'b1: a [warn] for "maxconn=abc"');
+		like(($t->log_lines($fmark, $warn_b1))[0] // '', qr/"maxconn=abc"/, 'naming the text');
 
 		# g: b2 meanwhile.
 		set_health('b2', 'garbage');
@@ -392,14 +388,14 @@ SKIP: {
 		# f: ten intervals of the same bad line: still one warning.
 		ok(wait_until(sub { grep({ $_ >= $since } hits('b1')) >= 11 }, 20 * $interval + 2),
 			'b1 answered maxconn=abc to 10 more checks');
-		is(scalar(log_lines($fmark, qr/\[warn\].*capacity answer .* ignored/)), 1, 'exactly one warning');
+		is(scalar($t->log_lines($fmark, qr/\[warn\].*capacity answer .* ignored/)), 1, 'exactly one warning');
 		$e = entry(8081);
 		is($e->{health}, 'up', 'b1 passes its checks');
 		is($e->{check}{result}, 'ok', 'result ok');
 		ok(!exists $e->{override}, 'no override');
 		set_health('b1', '200', 'X-LCP-Capacity: frobnicate');
-		ok(wait_until(sub { log_lines($fmark, $warn_b1) >= 2 }, $verdict_wait), 'another bad text: a second warning');
-		like((log_lines($fmark, $warn_b1))[1] // '', qr/"frobnicate"/, 'naming it');
+		ok(wait_until(sub { $t->log_lines($fmark, $warn_b1) >= 2 }, $verdict_wait), 'another bad text: a second warning');
+		like(($t->log_lines($fmark, $warn_b1))[1] // '', qr/"frobnicate"/, 'naming it');
 		reset_health();
 	};
 }
@@ -410,7 +406,7 @@ subtest 'h. never answers' => sub {
 	my @pids = $t->worker_pids();
 	my %fd = map { ($_ => fd_count($_)) } @pids;
 	ok(!grep({ !defined $fd{$_} } @pids), 'open files of the workers readable: ' . join(', ', map { "$_: " . ($fd{$_} // '?') } @pids));
-	my $hmark = log_mark();
+	my $hmark = $t->log_mark();
 	my $set = time();
 	set_health('b2', 'hang');
 	my ($worst, $on_b1) = (0, 0);
@@ -419,11 +415,11 @@ subtest 'h. never answers' => sub {
 		my $r = http_get('/');
 		$worst = max($worst, time() - $start);
 		$on_b1++ if $r =~ /^X-Backend: b1/mi;
-		log_lines($hmark, any_down_re(8082));
+		$t->log_lines($hmark, any_down_re(8082));
 	}, $verdict_wait + $fall * $timeout);
 	my $took = time() - $set;
 	ok($down, sprintf('b2 is logged down %.2f s after it stopped answering', $took));
-	like((log_lines($hmark, any_down_re(8082)))[0] // '', qr/\($fall failed checks, last: timeout/, 'last: timeout');
+	like(($t->log_lines($hmark, any_down_re(8082)))[0] // '', qr/\($fall failed checks, last: timeout/, 'last: timeout');
 	# fall checks: the first at once at best, the last one interval (less
 	# 10% jitter) after the one before, then its timeout.
 	my $least = ($fall - 1) * 0.9 * $interval + $timeout - 0.05;
@@ -441,9 +437,9 @@ subtest 'h. never answers' => sub {
 	ok(!grep({ !defined $now{$_} || $now{$_} > ($fd{$_} // 0) + 5 } @pids),
 		'no connections leaked: ' . join(', ', map { "$_: " . ($fd{$_} // '?') . ' -> ' . ($now{$_} // '?') } @pids));
 	ok(wait_until(sub { live_count(port(8082)) >= 0 }, 2), 'b2 still serves');
-	my $back = log_mark();
+	my $back = $t->log_mark();
 	set_health('b2');
-	ok(wait_until(sub { log_lines($back, any_up_re(8082)) }, $verdict_wait), 'answering again: b2 up');
+	ok(wait_until(sub { $t->log_lines($back, any_up_re(8082)) }, $verdict_wait), 'answering again: b2 up');
 };
 
 ###############################################################################

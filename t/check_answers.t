@@ -42,7 +42,6 @@ my $timeout_ms = $interval_ms;
 my $interval = $interval_ms / 1000;
 
 my %id = (8081 => 'big_cap', 8082 => 'huge_ok', 8083 => 'huge_503', 8084 => 'bare_lf', 8085 => 'ctl');
-sub addr { '127.0.0.1:' . port($_[0]) }
 
 $t->write_file_expand('nginx.conf', <<"EOF");
 
@@ -162,12 +161,6 @@ sub entry {
 	return $e // {};
 }
 
-sub log_lines {
-	my ($re) = @_;
-	return () unless $t->has_file('error.log');
-	return grep { !/\[debug\]/ && /$re/ } split /\n/, $t->read_file('error.log');
-}
-
 sub warn_re { qr/\[warn\].*upstream "u": server \Q${\addr($_[0])}\E: capacity answer "(.*)" ignored: (.*)$/ }
 sub down_re { qr/upstream "u": server \Q${\addr($_[0])}\E is down \((.*)\)/ }
 
@@ -181,7 +174,7 @@ sub stays_up {
 	is($e->{health}, 'up', "$id: up") or diag(explain($e));
 	is($e->{check}{result}, 'ok', "$id: last check passed");
 	is($e->{check}{status}, 200, "$id: status 200");
-	is(scalar(log_lines(down_re($port))), 0, "$id: never logged down");
+	is(scalar($t->log_lines(0, down_re($port))), 0, "$id: never logged down");
 	return $e;
 }
 
@@ -194,7 +187,7 @@ my $checks = 8;
 
 subtest 'a. a 6 KB capacity header' => sub {
 	stays_up(8081, $checks);
-	my @w = log_lines(warn_re(8081));
+	my @w = $t->log_lines(0, warn_re(8081));
 	is(scalar @w, 1, 'exactly one [warn]') or diag(join("\n", @w));
 	my ($text, $why) = ($w[0] // '') =~ warn_re(8081);
 	is($why, 'longer than 256 bytes', 'the reason');
@@ -206,7 +199,7 @@ subtest 'a. a 70 KB head, status 200' => sub {
 	my $e = stays_up(8082, $checks);
 	ok(!exists $e->{override}, 'no override');
 	ok(!exists $e->{reported}, 'no reported load (its X-Connections: 50 not taken)') or diag(explain($e));
-	my @w = log_lines(warn_re(8082));
+	my @w = $t->log_lines(0, warn_re(8082));
 	is(scalar @w, 1, 'exactly one [warn]') or diag(join("\n", @w));
 	my ($text, $why) = ($w[0] // '') =~ warn_re(8082);
 	is($why, 'response head over 65536 bytes', 'the reason');
@@ -214,8 +207,8 @@ subtest 'a. a 70 KB head, status 200' => sub {
 };
 
 subtest 'a. a 70 KB head, status 503' => sub {
-	ok(wait_until(sub { log_lines(down_re(8083)) }, 10 + 4 * $interval), 'huge_503 is logged down');
-	my ($why) = ((log_lines(down_re(8083)))[0] // '') =~ down_re(8083);
+	ok(wait_until(sub { $t->log_lines(0, down_re(8083)) }, 10 + 4 * $interval), 'huge_503 is logged down');
+	my ($why) = (($t->log_lines(0, down_re(8083)))[0] // '') =~ down_re(8083);
 	like($why // '', qr/last: status 503$/, 'on its status: ' . ($why // 'none'));
 	my $e = entry(8083);
 	is($e->{health}, 'down', 'JSON: down');
@@ -231,7 +224,7 @@ subtest 'b. bare LF line ends, connection kept open' => sub {
 
 subtest 'c. control bytes in a capacity answer' => sub {
 	stays_up(8085, $checks);
-	my @w = log_lines(warn_re(8085));
+	my @w = $t->log_lines(0, warn_re(8085));
 	is(scalar @w, 1, 'exactly one [warn]') or diag(join("\n", map { s/([^\x20-\x7e])/sprintf('<%02X>', ord $1)/ger } @w));
 	my $line = $w[0] // '';
 	my ($text, $why) = $line =~ warn_re(8085);

@@ -45,8 +45,6 @@ my $timeout_ms = int(300 * $slow + 0.5);
 # stopped checker's next tick when it resumes.
 my @dead = map { 8090 + $_ } 0 .. 23;
 
-sub addr { '127.0.0.1:' . port($_[0]) }
-
 # Case c checks the @dead servers (a and b keep the worker's connections
 # for the WebSockets).
 sub conf {
@@ -109,9 +107,6 @@ sub health_of {
 }
 
 sub zone { status()->{zone} // {} }
-sub log_mark { $t->has_file('error.log') ? length $t->read_file('error.log') : 0 }
-sub log_since { substr($t->read_file('error.log'), $_[0]) }
-sub log_lines { my ($mark, $re) = @_; return grep { !/\[debug\]/ && /$re/ } split /\n/, log_since($mark) }
 
 # Open file descriptors of a process.
 sub fd_count {
@@ -129,7 +124,7 @@ sub fill_until_paused {
 	my ($pid, $mark, $near) = @_;
 	$near //= 50;
 	my @kept;
-	my $paused = sub { log_lines($mark, qr/\b$pid#\d+: .*health checks paused in this worker/) };
+	my $paused = sub { $t->log_lines($mark, qr/\b$pid#\d+: .*health checks paused in this worker/) };
 	for (1 .. 400) {
 		last if $paused->();
 		last if @kept >= 62;
@@ -166,21 +161,21 @@ subtest 'a. one worker with no connection to spare: paused, said, resumed' => su
 	$t->run();
 	ok(wait_until(sub { health_of(8081) eq 'up' }, $wait), 'b1 up');
 	my ($pid) = $t->worker_pids();
-	my $mark = log_mark();
+	my $mark = $t->log_mark();
 	my @ws = fill_until_paused($pid, $mark);
-	ok(scalar(log_lines($mark, qr/\[notice\].*health checks paused in this worker: \d+ of 128 connections free/)),
+	ok(scalar($t->log_lines($mark, qr/\[notice\].*health checks paused in this worker: \d+ of 128 connections free/)),
 		scalar(@ws) . ' WebSockets held: the checks pause, with a notice');
 	set_health('b1', '503');
-	ok(wait_until(sub { log_lines($mark, qr/\[warn\].*health checks paused: no worker has a connection to spare/) }, $wait),
+	ok(wait_until(sub { $t->log_lines($mark, qr/\[warn\].*health checks paused: no worker has a connection to spare/) }, $wait),
 		'no other worker: a [warn]');
 	my $z = zone();
 	ok($z->{checks_paused}, 'status: checks_paused') or diag(explain($z));
 	is($z->{checker}, $pid, 'status: the paused holder');
 	sleep(4 * $interval_ms / 1000);
 	is(health_of(8081), 'up', 'b1 answering 503 is not taken down by checks that cannot run');
-	is(scalar(log_lines($mark, qr/\[warn\].*health checks paused/)), 1, 'warned once');
+	is(scalar($t->log_lines($mark, qr/\[warn\].*health checks paused/)), 1, 'warned once');
 	ws_close(@ws);
-	ok(wait_until(sub { log_lines($mark, qr/\[notice\].*health checks resume/) }, $wait),
+	ok(wait_until(sub { $t->log_lines($mark, qr/\[notice\].*health checks resume/) }, $wait),
 		'WebSockets closed: the checks resume');
 	ok(wait_until(sub { health_of(8081) eq 'down' }, $wait), 'b1 goes down');
 	ok(!zone()->{checks_paused}, 'status: not paused');
@@ -195,18 +190,18 @@ subtest 'b. two workers: a worker with room takes paused checks over' => sub {
 	ok(wait_until(sub { health_of(8081) eq 'up' && zone()->{checker} }, $wait), 'b1 up, a checker');
 	my $checker = zone()->{checker};
 	my ($other) = grep { $_ != $checker } $t->worker_pids();
-	my $mark = log_mark();
+	my $mark = $t->log_mark();
 	my @ws = fill_until_paused($checker, $mark);
-	ok(scalar(log_lines($mark, qr/\b$checker#\d+: .*health checks paused in this worker/)),
+	ok(scalar($t->log_lines($mark, qr/\b$checker#\d+: .*health checks paused in this worker/)),
 		scalar(@ws) . " WebSockets on the checker $checker: its checks pause");
 	ok(wait_until(sub { (zone()->{checker} // 0) == $other }, $wait), "worker $other took them over")
 		or diag(explain(zone()));
 	ok(!zone()->{checks_paused}, 'status: not paused');
-	ok(wait_until(sub { log_lines($mark, qr/\b$other#\d+: .*health checks run in this worker now/) }, $wait),
+	ok(wait_until(sub { $t->log_lines($mark, qr/\b$other#\d+: .*health checks run in this worker now/) }, $wait),
 		'the new checker says so');
 	set_health('b1', '503');
 	ok(wait_until(sub { health_of(8081) eq 'down' }, $wait), 'b1 answering 503 goes down');
-	is(scalar(log_lines($mark, qr/\[warn\].*health checks paused/)), 0, 'no [warn]: someone checks');
+	is(scalar($t->log_lines($mark, qr/\[warn\].*health checks paused/)), 0, 'no [warn]: someone checks');
 	ws_close(@ws);
 	set_health('b1');
 	$t->stop();
@@ -268,14 +263,14 @@ subtest 'd. a probe with no connection to spare waits for one' => sub {
 	$t->run();
 	ok(wait_until(sub { health_of(8081) eq 'up' }, $wait), 'b1 up');
 	my ($pid) = $t->worker_pids();
-	my $mark = log_mark();
+	my $mark = $t->log_mark();
 	# Filled to the line (the checks pause), then one WebSocket less: a
 	# connection or two to spare.
 	my @ws = fill_until_paused($pid, $mark, 0);
-	ok(scalar(log_lines($mark, qr/health checks paused in this worker/)),
+	ok(scalar($t->log_lines($mark, qr/health checks paused in this worker/)),
 		scalar(@ws) . ' WebSockets: paused at the line');
 	ws_close(pop @ws);
-	ok(wait_until(sub { log_lines($mark, qr/health checks resume/) }, $wait), 'one closed: resumed');
+	ok(wait_until(sub { $t->log_lines($mark, qr/health checks resume/) }, $wait), 'one closed: resumed');
 	set_health($_, 'hang') for qw/h1 h2 h3/;
 	# Their probes hold the connections to spare, one after the other.
 	ok(wait_until(sub { !grep { health_of($_) ne 'down' } 8083 .. 8085 }, $wait),
@@ -312,20 +307,20 @@ subtest 'c. a checker stopped past its lease checks no more once resumed' => sub
 	my ($other) = grep { $_ != $stopped } $t->worker_pids();
 	# Its checks are under way.
 	sleep(3 * $interval_ms / 1000);
-	my $stop_mark = log_mark();
+	my $stop_mark = $t->log_mark();
 	kill 'STOP', $stopped;
 	# Not through the status page: a stopped worker may be the one the
 	# kernel hands the status request to.
-	my $took = wait_until(sub { log_lines($stop_mark, qr/\b$other#\d+: .*health checks run in this worker now/) }, $wait);
+	my $took = wait_until(sub { $t->log_lines($stop_mark, qr/\b$other#\d+: .*health checks run in this worker now/) }, $wait);
 	ok($took, "worker $other took the checks over");
 	sleep(2 * $interval_ms / 1000);
-	my $mark = log_mark();
+	my $mark = $t->log_mark();
 	kill 'CONT', $stopped;
-	ok(wait_until(sub { log_lines($mark, qr/\b$stopped#\d+: .*health checks taken over by another worker/) }, $wait),
+	ok(wait_until(sub { $t->log_lines($mark, qr/\b$stopped#\d+: .*health checks taken over by another worker/) }, $wait),
 		'resumed, it sees the lease gone');
 	sleep(2 * $interval_ms / 1000);
 	my $dead = join('|', map { quotemeta(addr($_)) } @dead);
-	my @probes = grep { /\[debug\] $stopped#\d+: .*connect to (?:$dead)\b/ } split /\n/, log_since($mark);
+	my @probes = grep { /\[debug\] $stopped#\d+: .*connect to (?:$dead)\b/ } split /\n/, $t->log_since($mark);
 	is(scalar(@probes), 0, 'no probe from the resumed worker') or diag(join("\n", @probes[0 .. min(4, $#probes)]));
 	is(zone()->{checker}, $other, "worker $other still checks");
 	$t->stop();

@@ -25,7 +25,9 @@ use Test::Nginx::Backend;
 use Test::Nginx::Health;
 use Test::Nginx::Status;
 
-my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(14);
+# nginx_independent: the same code on each nginx; what differs (the probe
+# on that nginx's connections) t/stream_check.t checks on each nginx.
+my $t = Test::Nginx->new()->has(qw/nginx module nginx_independent/)->plan(14);
 $t->alerts_allowed(qr/worker process \d+ exited on signal 9/);
 
 my $slow = $Test::Nginx::SLOW;
@@ -35,7 +37,6 @@ my $timeout_ms = int(500 * $slow + 0.5);
 my $interval = $interval_ms / 1000;
 
 my %id = (8081 => 'b1', 8082 => 'b2');
-sub addr { '127.0.0.1:' . port($_[0]) }
 my ($B1, $B2) = (addr(8081), addr(8082));
 
 $t->write_file_expand('nginx.conf', <<"EOF");
@@ -79,11 +80,6 @@ sub entry {
 sub health { entry($_[0])->{health} // 'none' }
 sub checker { status()->{zone}{checker} // 0 }
 
-sub log_mark { $t->has_file('error.log') ? length $t->read_file('error.log') : 0 }
-sub log_lines {
-	my ($mark, $re) = @_;
-	return grep { !/\[debug\]/ && /$re/ } split /\n/, substr($t->read_file('error.log'), $mark);
-}
 
 ###############################################################################
 
@@ -141,14 +137,14 @@ SKIP: {
 ###############################################################################
 
 # 2. A reload keeps the state.
-my $mark = log_mark();
+my $mark = $t->log_mark();
 set_health('b2', '503');
 ok(wait_until(sub { health(8082) eq 'down' }, 2 + ($fall + 1) * $interval), 'b2 down');
 my $fails = entry(8082)->{check}{fails} // 0;
 ok($fails >= $fall, "after $fails failed checks");
-is(scalar(log_lines($mark, qr/upstream "u": server \Q$B2\E is down \(/)), 1, 'logged down once');
+is(scalar($t->log_lines($mark, qr/upstream "u": server \Q$B2\E is down \(/)), 1, 'logged down once');
 
-$mark = log_mark();
+$mark = $t->log_mark();
 $t->reload();
 my $reloaded = time();
 my %by;
@@ -165,7 +161,7 @@ ok(($e->{health} // '') eq 'down' && ($e->{check}{fails} // 0) >= $fails,
 
 # The new workers go on from that state: no second "down" verdict.
 wait_until(sub { grep({ $_ >= $reloaded } hits('b2')) >= 2 }, 4 * $interval + 2);
-is(scalar(log_lines($mark, qr/upstream "u": server \Q$B2\E is down \(/)), 0,
+is(scalar($t->log_lines($mark, qr/upstream "u": server \Q$B2\E is down \(/)), 0,
 	'after 2 more checks nothing logs b2 down again');
 
 ###############################################################################

@@ -72,7 +72,6 @@ EOF
 }
 
 my %backend = (8081 => 'a', 8082 => 'b');
-sub addr { '127.0.0.1:' . port($_[0]) }
 
 sub live { live_counts(keys %backend) }
 sub counted { server_counts() }

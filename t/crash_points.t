@@ -83,7 +83,6 @@ sub placed_points {
 
 my %backend = (8081 => 'a', 8082 => 'b', 8083 => 'c');
 my $black_hole = 8089;
-sub addr { '127.0.0.1:' . port($_[0]) }
 sub key { "conn_count:$_[0]:$_[1]" }
 
 # DNS (nginx 1.27.3+, `resolve`): d.test answers with some of these
@@ -274,10 +273,10 @@ sub new {
 	health_dir($t);
 	my $serve = $o{stream} ? \&Test::Nginx::Hold::serve : \&Test::Nginx::Backend::serve;
 	$t->run_daemon($serve, port($_), $backend{$_}) for sort keys %backend;
-	$t->waitforsocket(main::addr($_)) for sort keys %backend;
+	$t->waitforsocket(addr($_)) for sort keys %backend;
 	if ($o{black_hole}) {
 		$t->run_daemon(\&main::black_hole_serve, port($black_hole), $o{black_hole});
-		$t->waitforsocket(main::addr($black_hole));
+		$t->waitforsocket(addr($black_hole));
 	}
 	if ($o{dns}) {
 		$self->answer(@{$o{dns}});
@@ -396,7 +395,7 @@ sub close_held {
 sub live {
 	my ($self) = @_;
 	my %live = $self->{stream}
-		? map { (main::addr($_) => held(port($_))) } sort keys %backend
+		? %{held_counts(sort keys %backend)}
 		: %{live_counts(sort keys %backend)};
 	$live{main::dns_addr($_)} = live_count(port(8084), $_) for $self->{dns} ? @dns_ips : ();
 	return \%live;

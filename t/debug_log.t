@@ -19,9 +19,7 @@ use lib 'lib';
 use Test::Nginx;
 use Test::Nginx::Backend;
 
-my $t = Test::Nginx->new()->has(qw/nginx module stream/);
-plan(skip_all => 'nginx built without --with-debug')
-	unless `$Test::Nginx::NGINX -V 2>&1` =~ /--with-debug/;
+my $t = Test::Nginx->new()->has(qw/nginx module stream debug/);
 $t->plan(18);
 
 # 8083 and 8084: nothing listens (connection refused), so a request there
@@ -100,7 +98,7 @@ stream {
 
 EOF
 $t->run_daemon(\&Test::Nginx::Backend::serve, port(8081), 'a');
-$t->waitforsocket('127.0.0.1:' . port(8081));
+$t->waitforsocket(addr(8081));
 $t->run();
 
 my $pick = qr/\[debug\].*least_conn_persistent: get peer 0 of Primary list, holding Shared/;
@@ -110,10 +108,10 @@ my $free = qr/\[debug\].*least_conn_persistent: free Shared\(.*\), state 0/;
 # matches it).
 sub logged_by {
 	my ($code, $until) = @_;
-	my $from = length $t->read_file('error.log');
+	my $from = $t->log_mark();
 	$code->();
 	my $new = '';
-	wait_until(sub { $new = substr($t->read_file('error.log'), $from); $new =~ $until }, 3);
+	wait_until(sub { $new = $t->log_since($from); $new =~ $until }, 3);
 	return $new;
 }
 

@@ -96,7 +96,7 @@ my @cases = (
 		qr/\[emerg\].*"least_conn_persistent_rebalance" has an invalid parameter "speed=1"/],
 	['rebalance with a parameter twice', '', "least_conn_persistent;\n least_conn_persistent_rebalance jitter=1s jitter=2s;", '',
 		qr/\[emerg\].*"least_conn_persistent_rebalance" has the parameter "jitter" twice/],
-	# least_conn_persistent_check (issue 19).
+	# least_conn_persistent_check: the active health checks.
 	['check with defaults', 'least_conn_persistent_zone z 1m;',
 		"least_conn_persistent;\n least_conn_persistent_check;", '', undef],
 	['check, http, every parameter', 'least_conn_persistent_zone z 1m;',

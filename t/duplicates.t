@@ -89,11 +89,11 @@ EOF
 conf(1);
 $t->run_daemon(\&Test::Nginx::Backend::serve, port($_->[0]), $_->[1])
 	for [8081, 'a'], [8082, 'b'];
-$t->waitforsocket('127.0.0.1:' . port($_)) for 8081, 8082;
+$t->waitforsocket(addr($_)) for 8081, 8082;
 $t->run();
 
-my $a = '127.0.0.1:' . port(8081);
-my $b = '127.0.0.1:' . port(8082);
+my $a = addr(8081);
+my $b = addr(8082);
 
 ###############################################################################
 

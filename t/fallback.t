@@ -60,7 +60,7 @@ EOF
 
 $t->run_daemon(\&Test::Nginx::Backend::serve, port($_->[0]), $_->[1])
 	for [8081, 'a'], [8082, 'b'];
-$t->waitforsocket('127.0.0.1:' . port($_)) for 8081, 8082;
+$t->waitforsocket(addr($_)) for 8081, 8082;
 
 ###############################################################################
 
@@ -75,7 +75,7 @@ my @ws = ws_open_many(4, '/u');
 is_deeply(tally(@ws), { a => 2, b => 2 }, 'balanced without a zone');
 ws_close(grep { $_->{backend} eq 'b' } @ws);
 my @a = grep { $_->{backend} eq 'a' } @ws;
-wait_until(sub { (counts('u')->{'127.0.0.1:' . port(8082)} // -1) == 0 });
+wait_until(sub { (counts('u')->{addr(8082)} // -1) == 0 });
 my @next = ws_open_many(2, '/u');
 is_deeply(tally(@next), { b => 2 }, 'held connections still steer, per worker');
 

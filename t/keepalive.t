@@ -16,7 +16,7 @@ use Test::More;
 BEGIN { use FindBin; chdir($FindBin::Bin); }
 
 use lib 'lib';
-use Test::Nginx qw/port http_get wait_until/;
+use Test::Nginx qw/port addr http_get wait_until/;
 use Test::Nginx::Backend;
 use Test::Nginx::Status;
 
@@ -72,12 +72,12 @@ EOF
 
 $t->run_daemon(\&Test::Nginx::Backend::serve, port(8081), 'a');
 $t->run_daemon(\&Test::Nginx::Backend::serve, port(8082), 'b');
-$t->waitforsocket('127.0.0.1:' . port($_)) for 8081, 8082;
+$t->waitforsocket(addr($_)) for 8081, 8082;
 $t->run();
 
 ###############################################################################
 
-my ($a, $b) = map { '127.0.0.1:' . port($_) } 8081, 8082;
+my ($a, $b) = map { addr($_) } 8081, 8082;
 
 for my $up (@upstreams) {
 	my ($u, $reused) = @$up[0, 2];

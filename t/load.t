@@ -55,7 +55,7 @@ is($rc, 0, 'nginx -t passes with the module and all directives');
 unlike($out, qr/not binary compatible/, 'module is binary compatible');
 
 $t->run_daemon(\&Test::Nginx::Backend::serve, port(8081), 'a');
-$t->waitforsocket('127.0.0.1:' . port(8081));
+$t->waitforsocket(addr(8081));
 $t->run();
 
 like(http_get('/'), qr/^HTTP\/1\.1 200.*id=a conn=\d+/s, 'request through upstream');

@@ -201,7 +201,6 @@ http {
 EOF
 
 my %backend = (8081 => 'a', 8082 => 'b', 8083 => 'c');
-sub addr { '127.0.0.1:' . port($_[0]) }
 sub live { live_counts(keys %backend) }
 sub lua_counts { server_counts('ws') }
 sub same { same_counts(@_) }

@@ -123,7 +123,6 @@ http {
 
 EOF
 
-sub addr { '127.0.0.1:' . port($_[0]) }
 $t->run_daemon(\&Test::Nginx::Backend::serve, port($_->[0]), $_->[1]) for [8081, 'a'], [8082, 'b'];
 $t->waitforsocket(addr($_)) for 8081, 8082;
 $t->run();

@@ -33,8 +33,6 @@ my $timeout_ms = int(250 * $slow + 0.5);
 # jitter, plus a margin (wait_until scales it once more).
 my $verdict_wait = 2 + max($rise, $fall) * ($interval_ms + $timeout_ms) / 1000 / $slow;
 
-sub addr { '127.0.0.1:' . port($_[0]) }
-
 $t->write_file_expand('nginx.conf', <<"EOF");
 
 %%LUA_MODULES%%
@@ -260,10 +258,10 @@ subtest 'all out' => sub {
 	set_health('b2', '200', 'X-LCP-Capacity: drain');
 	ok(wait_health(8081, 'down') && wait_health(8082, 'drain'), 'hc: b1 down, b2 drains');
 	is(lua_health(), 'down drain', 'Lua: b1 down, b2 drains');
-	my $mark = length $t->read_file('error.log');
+	my $mark = $t->log_mark();
 	# lua-nginx-module answers a balancer's ngx.exit(502) with a 500.
 	like(http_get('/'), qr{^HTTP/1\.1 50[02] }, 'every server out: no answer from a backend');
-	like(substr($t->read_file('error.log'), $mark), qr/lcp pick: no server can take the connection/,
+	like($t->log_since($mark), qr/lcp pick: no server can take the connection/,
 		'the pick said no server can take it');
 	set_health($_) for qw/b1 b2/;
 	ok(wait_health(8081, 'up') && wait_health(8082, 'up'), 'hc: both up');

@@ -43,8 +43,6 @@ my $timeout_ms = int(250 * $slow + 0.5);
 # margin (wait_until scales it once more).
 my $verdict_wait = 3 + 3 * ($interval_ms + $timeout_ms) / 1000 / $slow;
 
-sub addr { '127.0.0.1:' . port($_[0]) }
-
 $t->write_file_expand('nginx.conf', <<"EOF");
 
 %%LUA_MODULES%%

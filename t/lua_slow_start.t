@@ -91,8 +91,6 @@ http {
 
 EOF
 
-sub addr { '127.0.0.1:' . port($_[0]) }
-
 sub counts_of {
 	my ($id) = @_;
 	return { map { ($_->{server} => $_->{count}) } entries($id) };

@@ -40,7 +40,6 @@ my $interval_ms = int(300 * $slow + 0.5);
 my $timeout_ms = int(250 * $slow + 0.5);
 my $verdict_wait = 3 + 3 * ($interval_ms + $timeout_ms) / 1000 / $slow;
 
-sub addr { '127.0.0.1:' . port($_[0]) }
 my %name_of_addr = (addr(8081) => 'a', addr(8082) => 'b', addr(8089) => 'dead');
 
 $t->write_file_expand('nginx.conf', <<"EOF");

@@ -33,14 +33,17 @@ use Time::HiRes qw/time sleep/;
 BEGIN { use FindBin; chdir($FindBin::Bin); }
 
 use lib 'lib';
-use Test::Nginx qw/port http_get wait_until/;
+use Test::Nginx qw/port addr http_get wait_until/;
 use Test::Nginx::Hold;
 use Test::Nginx::Reconnect;
 use Test::Nginx::Status;
 
 $SIG{PIPE} = 'IGNORE';    # sessions a killed worker dropped
 
-my $t = Test::Nginx->new()->has(qw/nginx module stream/)->plan(43);
+# nginx_independent: the `upgrade` bit of an http upstream is read through
+# the bindings generated from each nginx's own headers; what differs (a
+# stream session's `connected` bit) t/stream_rebalance.t checks on each nginx.
+my $t = Test::Nginx->new()->has(qw/nginx module nginx_independent stream/)->plan(43);
 $t->alerts_allowed(qr/worker process \d+ exited on signal 9/);
 
 my $n = 80;
@@ -50,7 +53,6 @@ my $directive = "least_conn_persistent_rebalance rate=$rate/s tolerance=$toleran
 
 my %name = (8091 => 'a', 8092 => 'b', 8093 => 'c');
 my %weight = (8093 => 3);
-sub addr { '127.0.0.1:' . port($_[0]) }
 my %name_of_addr = map { (addr($_) => $name{$_}) } keys %name;
 
 # $rebalance: whether u has the directive; @ports: its servers.
@@ -114,7 +116,7 @@ sub state_of {
 sub shed_sum { sum0(values %{shed_of($_[0] // view())}) }
 
 # What the backends hold: { a => n, ... }.
-sub live { return { map { ($name{$_} => held(port($_))) } keys %name } }
+sub live { named_counts(\%name, held_counts(keys %name)) }
 sub show { my ($c) = @_; join('/', map { $c->{$_} // 0 } qw/a b c/) }
 
 
@@ -129,9 +131,8 @@ sub close_lines {
 		my ($server) = /closing a connection to (\S+?)[,;:)]* /;
 		[$name_of_addr{$server} // $server, $pid]
 	} grep { /upstream "u": rebalancing: closing a connection to/ }
-		split /\n/, substr($t->read_file('error.log'), $mark);
+		split /\n/, $t->log_since($mark);
 }
-sub log_mark { length $t->read_file('error.log') }
 
 $t->run_daemon(\&Test::Nginx::Hold::serve, port($_), $name{$_}) for sort keys %name;
 $t->waitforsocket(addr($_)) for keys %name;
@@ -226,7 +227,7 @@ ok($victim, 'an old worker (' . ($victim // 'none') . ') holds ' . ($holds // 0)
 my $v = view();
 my $before = shed_of($v);
 my $at_kill = show(counts_of($v));
-my $mark = log_mark();
+my $mark = $t->log_mark();
 kill 'KILL', $victim;
 my $killed = time();
 ok(wait_until(sub { !kill(0, $victim) || `cat /proc/$victim/stat 2>/dev/null` =~ /^\d+ \(.*\) Z/ }, 5),
@@ -234,7 +235,7 @@ ok(wait_until(sub { !kill(0, $victim) || `cat /proc/$victim/stat 2>/dev/null` =~
 
 my $given;
 $crowd->pump(5 * $slow, sub {
-	($given) = substr($t->read_file('error.log'), $mark) =~ /worker process $victim is gone: (\d+) connection/;
+	($given) = $t->log_since($mark) =~ /worker process $victim is gone: (\d+) connection/;
 	defined $given;
 });
 ok(defined $given && $given > 0 && $given <= $holds,
@@ -247,7 +248,7 @@ ok($one && http_get('/status?subsystem=stream') =~ /^HTTP\/1\.1 200/,
 	'and serve: a new session (to ' . ($one ? $one->{backend} : 'none') . '), the status page');
 hold_close($one) if $one;
 my $after = shed_of(view());
-my $mark_after = log_mark();
+my $mark_after = $t->log_mark();
 ok(!grep({ $after->{$_} < $before->{$_} } keys %$before),
 	'the shed totals did not go down: ' . show($before) . ' then ' . show($after));
 
@@ -343,19 +344,19 @@ ok(shed_sum() > sum0(values %$now), 'closes went on after the reload: ' . show(s
 ok(reset_to_ab(), 'every session closed again');
 scale_up('off');
 conf(0, 8091, 8092, 8093);
-$mark = log_mark();
+$mark = $t->log_mark();
 $t->reload();
 my $off = time();
 my $closes_then = @{$crowd->closes};
 $crowd->pump(1 * $slow);
 my $grace = @{$crowd->closes} - $closes_then;
-my $mark_later = log_mark();
+my $mark_later = $t->log_mark();
 my $counted_from = @{$crowd->closes};
 $crowd->pump(3 * $slow);
 my @late = @{$crowd->closes}[$counted_from .. $#{$crowd->closes}];
 is(scalar @late, 0, "nothing closed from 1 s to 4 s after the reload ($grace in the first second)");
 is(scalar close_lines($mark_later), 0, 'nothing logged closing then');
-like(substr($t->read_file('error.log'), $mark),
+like($t->log_since($mark),
 	qr/\[info\].*upstream "u": rebalancing stops: the newest configuration has no least_conn_persistent_rebalance/,
 	'the old workers say why they stopped');
 my $left = live();

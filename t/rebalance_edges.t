@@ -36,14 +36,17 @@ use Time::HiRes qw/time/;
 BEGIN { use FindBin; chdir($FindBin::Bin); }
 
 use lib 'lib';
-use Test::Nginx qw/port http wait_until/;
+use Test::Nginx qw/port addr http wait_until/;
 use Test::Nginx::Backend;
 use Test::Nginx::Hold;
 use Test::Nginx::Reconnect;
 use Test::Nginx::Status;
 use Test::Nginx::WebSocket;
 
-my $t = Test::Nginx->new()->has(qw/nginx module stream/)->plan(33);
+# nginx_independent: the `upgrade` bit of an http upstream is read through
+# the bindings generated from each nginx's own headers; what differs (a
+# stream session's `connected` bit) t/stream_rebalance.t checks on each nginx.
+my $t = Test::Nginx->new()->has(qw/nginx module nginx_independent stream/)->plan(33);
 
 my $slow = $Test::Nginx::SLOW;
 my $workers = 2;
@@ -51,7 +54,6 @@ my $directive = 'least_conn_persistent_rebalance rate=20/s tolerance=10% min_age
 
 # Stream backends (Hold) and http ones (switch_serve below).
 my %name = (8091 => 'a', 8092 => 'b', 8093 => 'c', 8094 => 'd', 8085 => 'a', 8086 => 'b', 8087 => 'c');
-sub addr { '127.0.0.1:' . port($_[0]) }
 my %name_of_addr = map { (addr($_) => $name{$_}) } keys %name;
 
 sub servers { join "\n", map { "        server 127.0.0.1:$_;" } @_ }
@@ -118,7 +120,7 @@ EOF
 }
 
 # What the stream backends on these ports hold: { a => n, ... }.
-sub live { return { map { ($name{$_} => held(port($_))) } @_ } }
+sub live { named_counts(\%name, held_counts(@_)) }
 sub show { my ($c, @n) = @_; join('/', map { $c->{$_} // 0 } @n ? @n : qw/a b c/) }
 
 # Whether the entries (of one upstream) say it rebalances; undef if none
@@ -130,15 +132,13 @@ sub rebalancing {
 
 sub shed_by_name { return { map { ($name_of_addr{$_->{server}} // $_->{server} => $_->{shed} // 0) } @_ } }
 
-sub log_mark { $t->has_file('error.log') ? length $t->read_file('error.log') : 0 }
-sub log_since { substr($t->read_file('error.log'), $_[0]) }
 
 # The servers rebalancing logged closing a connection to, in upstream
 # $upstream since $mark: { name => n }.
 sub closes_logged {
 	my ($upstream, $mark) = @_;
 	my %n;
-	for (grep { /upstream "$upstream": rebalancing: closing a connection to/ } split /\n/, log_since($mark)) {
+	for (grep { /upstream "$upstream": rebalancing: closing a connection to/ } split /\n/, $t->log_since($mark)) {
 		my ($server) = /closing a connection to (\S+?)[,;:)]* /;
 		$n{$name_of_addr{$server} // $server}++;
 	}
@@ -169,7 +169,7 @@ my $crowd = Test::Nginx::Reconnect->new(open => sub { hold_open(port(8081)) }, b
 $crowd->open_many(80);
 is(show(live(8091, 8092, 8093)), '40/40/0', 'max_conns: 80 sessions 40/40');
 
-my $mark = log_mark();
+my $mark = $t->log_mark();
 conf(u => servers(8091, 8092) . "\n        server 127.0.0.1:8093 max_conns=10;");
 $t->reload();
 my $reloaded = time();
@@ -178,7 +178,7 @@ ok($full, sprintf('c has its max_conns (10) of sessions %.1f s after the reload'
 my $closes_full = @{$crowd->closes};
 $crowd->pump(1 * $slow);
 my $ramp = @{$crowd->closes} - $closes_full;
-my ($quiet_from, $quiet_mark) = (scalar @{$crowd->closes}, log_mark());
+my ($quiet_from, $quiet_mark) = (scalar @{$crowd->closes}, $t->log_mark());
 $crowd->pump(2 * $slow);
 ok($ramp <= 2, "at most a couple closed in the second after c was full: $ramp");
 is(@{$crowd->closes} - $quiet_from, 0, 'none in the 2 s after that');
@@ -189,7 +189,7 @@ is(sum0(values %$end), 80, 'the backends hold all 80');
 my $total = @{$crowd->closes};
 ok($total >= 10 && $total <= 12, "$total closes in all (10 filled c): " . show($crowd->closes_by_backend()));
 is(rebalancing(stream_entries('u')), 0, 'status: u is not rebalancing, though a and b are above their fair share');
-like(log_since($mark), qr/upstream "u": rebalancing starts.*upstream "u": rebalancing ends/s,
+like($t->log_since($mark), qr/upstream "u": rebalancing starts.*upstream "u": rebalancing ends/s,
 	'the log: rebalancing starts, then ends');
 finish($crowd, sub { stream_entries('u') });
 
@@ -200,7 +200,7 @@ finish($crowd, sub { stream_entries('u') });
 my $fail_timeout = int(3 + 2 * $slow);
 my $d = "        server 127.0.0.1:8094 max_fails=1 fail_timeout=${fail_timeout}s;";
 conf(zone => 1, u => servers(8091, 8092) . "\n$d");
-$mark = log_mark();
+$mark = $t->log_mark();
 $t->run();
 $crowd = Test::Nginx::Reconnect->new(open => sub { hold_open(port(8081)) }, backoff => 0.5);
 my $opening = time();
@@ -208,7 +208,7 @@ $crowd->open_many(80);
 my $opened = time();
 my $start = live(8091, 8092);
 ok($start->{a} + $start->{b} == 80 && abs($start->{a} - $start->{b}) <= 1, 'max_fails: 80 sessions ' . show($start));
-like(log_since($mark), qr/upstream server temporarily disabled[^\n]*\Q${\addr(8094)}\E/,
+like($t->log_since($mark), qr/upstream server temporarily disabled[^\n]*\Q${\addr(8094)}\E/,
 	'd refused a session and is marked failed');
 
 conf(zone => 1, u => servers(8091, 8092, 8093) . "\n$d");
@@ -219,7 +219,7 @@ is(scalar @{$crowd->closes}, 0, 'while d fails nothing closes in 2 s: ' . show(l
 is(rebalancing(stream_entries('u')), 1, 'though u is rebalancing (status)');
 ok($held_until < $opening + $fail_timeout, sprintf('all within d\'s fail_timeout (%.1f s of %d)',
 	$held_until - $opening, $fail_timeout));
-like(log_since($mark), qr/\[info\].*upstream "u": rebalancing waits: a server is failing \(max_fails\)/,
+like($t->log_since($mark), qr/\[info\].*upstream "u": rebalancing waits: a server is failing \(max_fails\)/,
 	'the log says why it waits');
 
 # d back; round-robin forgets its failure after fail_timeout.
@@ -237,7 +237,7 @@ finish($crowd, sub { stream_entries('u') });
 # still coming, are not long-lived connections.
 my $pending = 4 * $slow;
 conf(w => servers(8085, 8086));
-$mark = log_mark();
+$mark = $t->log_mark();
 $t->run();
 
 my @fake = map { switch_open() } 1 .. 4;
@@ -286,7 +286,7 @@ conf();
 $t->run();
 $crowd = Test::Nginx::Reconnect->new(open => sub { hold_open(port(8081)) }, backoff => 0.5);
 $crowd->open_many(80);
-$mark = log_mark();
+$mark = $t->log_mark();
 conf(u => servers(8091, 8092) . "\n        server 127.0.0.1:" . port(8098) . ';');
 $t->reload();
 $reloaded = time();
@@ -297,7 +297,7 @@ my $dead = live(8091, 8092);
 ok($before_quiet > 0, "dead c: the old workers closed $before_quiet at first");
 is(@{$crowd->closes} - $before_quiet, 0, 'then nothing from 5 s to 8 s after the reload: ' . show($dead, qw/a b/));
 is(sum0(values %$dead), 80, 'every client back on a or b');
-like(log_since($mark), qr/\[info\].*upstream "u": rebalancing waits: the connections it closed did not come back/,
+like($t->log_since($mark), qr/\[info\].*upstream "u": rebalancing waits: the connections it closed did not come back/,
 	'the log says why closes wait');
 finish($crowd, sub { stream_entries('u') });
 

@@ -71,11 +71,9 @@ sub spread {
 	return $v[-1] - $v[0];
 }
 
-sub addr { '127.0.0.1:' . port($_[0]) }
-
 $t->run_daemon(\&Test::Nginx::Backend::serve, port($_->[0]), $_->[1])
 	for [8081, 'a'], [8082, 'b'], [8083, 'c'];
-$t->waitforsocket('127.0.0.1:' . port($_)) for 8081 .. 8083;
+$t->waitforsocket(addr($_)) for 8081 .. 8083;
 
 conf(u => [8081, 8082], one => [8081], size => '1m');
 $t->run();

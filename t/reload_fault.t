@@ -69,7 +69,7 @@ sub status_body {
 
 $t->run_daemon(\&Test::Nginx::Backend::serve, port($_->[0]), $_->[1])
 	for [8081, 'a'], [8082, 'b'], [8083, 'c'];
-$t->waitforsocket('127.0.0.1:' . port($_)) for 8081 .. 8083;
+$t->waitforsocket(addr($_)) for 8081 .. 8083;
 conf();
 $t->run();
 

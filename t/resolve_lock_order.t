@@ -26,9 +26,7 @@ use Test::Nginx::DNS;
 use Test::Nginx::LockOrder;
 use Test::Nginx::Status;
 
-my $t = Test::Nginx->new()->has(qw/nginx module resolve/);
-plan(skip_all => 'nginx built without --with-debug')
-	unless `$Test::Nginx::NGINX -V 2>&1` =~ /--with-debug/;
+my $t = Test::Nginx->new()->has(qw/nginx module resolve debug/);
 $t->plan(7);
 
 my $dns = $t->testdir . '/dns';

@@ -76,15 +76,15 @@ sub black_hole {
 
 $t->run_daemon(\&black_hole, port(8081));
 $t->run_daemon(\&Test::Nginx::Backend::serve, port(8082), 'x');
-$t->waitforsocket('127.0.0.1:' . port($_)) for 8081, 8082;
+$t->waitforsocket(addr($_)) for 8081, 8082;
 
 # With both idle, weight 2 makes the first pick the black hole.
 conf("        server 127.0.0.1:8081 weight=2;\n        server 127.0.0.1:8082;");
 $t->run();
 
-my $x = '127.0.0.1:' . port(8082);
+my $x = addr(8082);
 my $r = http_get('/', start => 1);
-ok(wait_until(sub { (counts('u')->{'127.0.0.1:' . port(8081)} // 0) == 1 }), 'request waits on 8081');
+ok(wait_until(sub { (counts('u')->{addr(8081)} // 0) == 1 }), 'request waits on 8081');
 
 # x leaves the configuration while idle: its key is removed at once.
 conf("        server 127.0.0.1:8081 weight=2;");

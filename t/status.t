@@ -80,12 +80,12 @@ http {
 EOF
 
 $t->run_daemon(\&Test::Nginx::Backend::serve, port(8081), 'a');
-$t->waitforsocket('127.0.0.1:' . port(8081));
+$t->waitforsocket(addr(8081));
 $t->run();
 
 ###############################################################################
 
-my $a = '127.0.0.1:' . port(8081);
+my $a = addr(8081);
 my $st = status();
 is_deeply($st->{zone} && [@{$st->{zone}}{qw/name size/}], ['lcp', 65536], 'zone name and size');
 ok($st->{zone}{used} > 0 && $st->{zone}{used} <= 65536, 'bytes used');

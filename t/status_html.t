@@ -15,7 +15,7 @@ use Test::More;
 BEGIN { use FindBin; chdir($FindBin::Bin); }
 
 use lib 'lib';
-use Test::Nginx qw/port http_get wait_until/;
+use Test::Nginx qw/port addr http_get wait_until/;
 use Test::Nginx::Backend;
 use Test::Nginx::Browser;
 use Test::Nginx::Status;
@@ -71,10 +71,8 @@ EOF
 
 $t->run_daemon(\&Test::Nginx::Backend::serve, port($_->[0]), $_->[1])
 	for [8081, 'a'], [8082, 'b'];
-$t->waitforsocket('127.0.0.1:' . port($_)) for 8081, 8082;
+$t->waitforsocket(addr($_)) for 8081, 8082;
 $t->run();
-
-sub addr { '127.0.0.1:' . port($_[0]) }
 
 ###############################################################################
 

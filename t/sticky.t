@@ -17,14 +17,11 @@ BEGIN { use FindBin; chdir($FindBin::Bin); }
 
 use lib 'lib';
 use Digest::MD5 qw/md5_hex/;
-use Test::Nginx qw/port http http_get wait_until/;
+use Test::Nginx qw/port addr http http_get wait_until/;
 use Test::Nginx::Backend;
 use Test::Nginx::Status;
 
-my $t = Test::Nginx->new()->has(qw/nginx module/);
-my $version = Test::Nginx::nginx_version();
-plan(skip_all => "nginx $version has no sticky nor drain (1.29.6+)")
-	unless Test::Nginx::version_at_least($version, '1.29.6');
+my $t = Test::Nginx->new()->has(qw/nginx module sticky/);
 $t->plan(21);
 
 $t->write_file_expand('nginx.conf', <<'EOF');
@@ -83,12 +80,12 @@ EOF
 
 $t->run_daemon(\&Test::Nginx::Backend::serve, port(8081), 'a');
 $t->run_daemon(\&Test::Nginx::Backend::serve, port(8082), 'b');
-$t->waitforsocket('127.0.0.1:' . port($_)) for 8081, 8082;
+$t->waitforsocket(addr($_)) for 8081, 8082;
 $t->run();
 
 ###############################################################################
 
-my %addr = (a => '127.0.0.1:' . port(8081), b => '127.0.0.1:' . port(8082));
+my %addr = (a => addr(8081), b => addr(8082));
 # Without `route=`, a server's route is the md5 of its address, in hex.
 my %sid = map { ($_ => md5_hex($addr{$_})) } keys %addr;
 my $other = sub { $_[0] eq 'a' ? 'b' : 'a' };

@@ -16,7 +16,7 @@ use Test::More;
 BEGIN { use FindBin; chdir($FindBin::Bin); }
 
 use lib 'lib';
-use Test::Nginx qw/port http_get wait_until/;
+use Test::Nginx qw/port addr http_get wait_until/;
 use Test::Nginx::Hold;
 use Test::Nginx::Status;
 
@@ -91,10 +91,6 @@ sub sum_counts {
 	return \%sum;
 }
 
-sub live { return { map { ("127.0.0.1:" . port($_) => held(port($_))) } @_ } }
-
-sub addr { '127.0.0.1:' . port($_[0]) }
-
 sub spread {
 	my @v = sort { $a <=> $b } values %{$_[0]};
 	return $v[-1] - $v[0];
@@ -103,7 +99,7 @@ sub spread {
 port(8099);    # claimed, never listened on
 $t->run_daemon(\&Test::Nginx::Hold::serve, port($_->[0]), $_->[1])
 	for [8091, 'a'], [8092, 'b'], [8093, 'c'];
-$t->waitforsocket('127.0.0.1:' . port($_)) for 8091 .. 8093;
+$t->waitforsocket(addr($_)) for 8091 .. 8093;
 
 conf(u => [8091, 8092]);
 $t->run();
@@ -130,7 +126,7 @@ is_deeply(hold_tally(@r), { c => 4 }, 'connections refused by one server are ret
 is_deeply(stream_counts('r'), { addr(8099) => 0, addr(8093) => 4 }, 'the refused attempts were released');
 unlike($t->read_file('error.log'), qr/already 0/, 'and released once (no release below 0)');
 
-ok(same_counts(sum_counts(), live(8091, 8092, 8093)), 'counts equal what the backends hold');
+ok(same_counts(sum_counts(), held_counts(8091, 8092, 8093)), 'counts equal what the backends hold');
 
 # The brief's scale-up, in stream: a reload adds a third server.
 conf(u => [8091, 8092, 8093]);
@@ -143,7 +139,7 @@ my $c = stream_counts('u');
 is(spread($c), 1, 'after 60 more, all within one: '
 	. join('/', map { $c->{addr($_)} } 8091 .. 8093));
 ok($c->{addr(8093)} >= 53, "the new server took $c->{addr(8093)} of the 60");
-ok(same_counts(sum_counts(), live(8091, 8092, 8093)), 'counts equal what the backends hold');
+ok(same_counts(sum_counts(), held_counts(8091, 8092, 8093)), 'counts equal what the backends hold');
 
 # A reload removes b while it holds connections: it drains.
 my @on_b = grep { $_->{backend} eq 'b' } @first, @next;
@@ -166,7 +162,7 @@ my ($victim, $held) = map { ($_->{pid}, $_->{connections}) }
 ok($held, "a current worker ($victim) holds $held connection(s)");
 kill 'KILL', $victim;
 ok(wait_until(sub { !kill 0, $victim }), 'worker killed');
-ok(wait_until(sub { same_counts(sum_counts(), live(8091, 8092, 8093)) }, 10),
+ok(wait_until(sub { same_counts(sum_counts(), held_counts(8091, 8092, 8093)) }, 10),
 	'after a worker crash, counts equal what the backends hold');
 like($t->read_file('error.log'), qr/\[warn\].*least_conn_persistent_zone "s": worker process $victim is gone/,
 	'the crash is logged');

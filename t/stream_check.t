@@ -18,7 +18,7 @@ use Test::More;
 BEGIN { use FindBin; chdir($FindBin::Bin); }
 
 use lib 'lib';
-use Test::Nginx qw/port http wait_until/;
+use Test::Nginx qw/port addr http wait_until/;
 use Test::Nginx::Backend;
 use Test::Nginx::Health;
 use Test::Nginx::Hold;
@@ -30,7 +30,6 @@ health_dir($t);
 my $slow = $Test::Nginx::SLOW;
 my ($interval, $timeout) = map { int($_ * $slow) } 300, 250;
 my $check = "interval=${interval}ms timeout=${timeout}ms rise=2 fall=2";
-sub addr { '127.0.0.1:' . port($_[0]) }
 
 $t->write_file_expand('nginx.conf', <<"EOF");
 
@@ -96,11 +95,6 @@ sub health_of {
 	return $e && $e->{health};
 }
 
-sub log_lines {
-	my ($re) = @_;
-	return scalar grep { /$re/ && !/\[debug\]/ } split /\n/, $t->read_file('error.log');
-}
-
 # One request through the stream proxy to u: the backend's id.
 sub via_u {
 	my $r = http("GET / HTTP/1.0\r\nHost: localhost\r\n\r\n", port => port(8081)) // '';
@@ -114,7 +108,8 @@ my $wait = 20 * $slow;
 ok(wait_until(sub { (health_of('t', 8099) // '') eq 'down' }, $wait),
 	'tcp check: the server nothing listens on is down');
 my $dead = addr(8099);
-is(log_lines(qr/upstream "t": server \Q$dead\E is down \(2 failed checks, last: connection refused\)/), 1,
+is(scalar($t->log_lines(0,
+	qr/upstream "t": server \Q$dead\E is down \(2 failed checks, last: connection refused\)/)), 1,
 	'logged once, with the reason');
 is(health_of('t', 8093), 'up', 'its neighbour is up');
 my @held = map { hold_open(port(8082)) } 1 .. 10;
@@ -140,7 +135,7 @@ is_deeply(\%during, { b1 => 10 }, 'all sessions on b1 while b2 is down');
 set_health('b2', '200');
 ok(wait_until(sub { (health_of('u', 8092) // '') eq 'up' }, $wait), 'b2 back up');
 my $b2 = addr(8092);
-is(log_lines(qr/upstream "u": server \Q$b2\E is up \(2 passed checks\)/), 1, 'after 2 passed checks, logged once');
+is(scalar($t->log_lines(0, qr/upstream "u": server \Q$b2\E is up \(2 passed checks\)/)), 1, 'after 2 passed checks, logged once');
 my %after;
 $after{via_u()}++ for 1 .. 10;
 ok($after{b2}, 'b2 takes sessions again: ' . join(',', map { "$_=$after{$_}" } sort keys %after));

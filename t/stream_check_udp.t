@@ -17,7 +17,7 @@ use Test::More;
 BEGIN { use FindBin; chdir($FindBin::Bin); }
 
 use lib 'lib';
-use Test::Nginx qw/port wait_until/;
+use Test::Nginx qw/port addr wait_until/;
 use Test::Nginx::Hold;
 use Test::Nginx::Status;
 use Test::Nginx::Udp;
@@ -27,7 +27,6 @@ my $t = Test::Nginx->new()->has(qw/nginx module stream/)->plan(10);
 my $slow = $Test::Nginx::SLOW;
 my ($interval, $timeout) = map { int($_ * $slow) } 300, 250;
 my $check = "interval=${interval}ms timeout=${timeout}ms rise=2 fall=2";
-sub addr { '127.0.0.1:' . port($_[0]) }
 
 $t->write_file_expand('nginx.conf', <<"EOF");
 

@@ -12,7 +12,7 @@ use Test::More;
 BEGIN { use FindBin; chdir($FindBin::Bin); }
 
 use lib 'lib';
-use Test::Nginx qw/port wait_until/;
+use Test::Nginx qw/port addr wait_until/;
 use Test::Nginx::Hold;
 use Test::Nginx::Status;
 
@@ -56,10 +56,10 @@ EOF2
 
 $t->run_daemon(\&Test::Nginx::Hold::serve, port($_->[0]), $_->[1])
 	for [8091, 'a'], [8092, 'b'];
-$t->waitforsocket('127.0.0.1:' . port($_)) for 8091, 8092;
+$t->waitforsocket(addr($_)) for 8091, 8092;
 $t->run();
 
-my ($a, $b) = map { '127.0.0.1:' . port($_) } 8091, 8092;
+my ($a, $b) = map { addr($_) } 8091, 8092;
 
 ###############################################################################
 

@@ -20,7 +20,7 @@ use Time::HiRes qw/time/;
 BEGIN { use FindBin; chdir($FindBin::Bin); }
 
 use lib 'lib';
-use Test::Nginx qw/port http_get wait_until/;
+use Test::Nginx qw/port addr http_get wait_until/;
 use Test::Nginx::Hold;
 use Test::Nginx::Reconnect;
 use Test::Nginx::Status;
@@ -35,7 +35,6 @@ my $rebalance = "least_conn_persistent_rebalance rate=$rate/s tolerance=$toleran
 
 my %name = (8091 => 'a', 8092 => 'b', 8093 => 'c', 8094 => 'd');
 my %udp_name = (8095 => 'ua', 8096 => 'ub', 8097 => 'uc');
-sub addr { '127.0.0.1:' . port($_[0]) }
 my %name_of_addr = map { (addr($_) => $name{$_}) } keys %name;
 my %udp_name_of_addr = map { (addr($_) => $udp_name{$_}) } keys %udp_name;
 
@@ -94,7 +93,7 @@ EOF
 sub servers { join "\n", map { "        server 127.0.0.1:$_;" } @_ }
 
 # What the TCP backends hold: { a => n, ... }.
-sub live { return { map { ($name{$_} => held(port($_))) } @_ ? @_ : keys %name } }
+sub live { named_counts(\%name, held_counts(@_ ? @_ : keys %name)) }
 sub show { my ($c) = @_; join('/', map { $c->{$_} // 0 } qw/a b c d/) }
 
 
@@ -113,7 +112,7 @@ sub least_margin {
 }
 
 my $log_mark = 0;
-sub log_now { substr($t->read_file('error.log'), $log_mark) }
+sub log_now { $t->log_since($log_mark) }
 
 sub close_lines {
 	my ($upstream) = @_;
@@ -182,7 +181,7 @@ my (undef, $pstate) = shed_json('u', \%name_of_addr);
 is($pstate, 0, 'status: u is not rebalancing while paused');
 
 # d up: a and b shed to c and d.
-$log_mark = length $t->read_file('error.log');
+$log_mark = $t->log_mark();
 conf(servers(8091, 8092, 8093, 8094), servers(8095, 8096, 8097));
 $t->reload();
 my $reloaded = time();

@@ -19,7 +19,7 @@ use Test::More;
 BEGIN { use FindBin; chdir($FindBin::Bin); }
 
 use lib 'lib';
-use Test::Nginx qw/port wait_until/;
+use Test::Nginx qw/port addr wait_until/;
 use Test::Nginx::Status;
 use Test::Nginx::Udp;
 
@@ -144,8 +144,6 @@ http {
 EOF
 
 my %id = (a => 8091, b => 8092, c => 8093);
-
-sub addr { '127.0.0.1:' . port($_[0]) }
 
 # The stream zone's counters, as the http status page shows them.
 sub stream_status { status('/status?subsystem=stream') }

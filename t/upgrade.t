@@ -60,7 +60,6 @@ http {
 EOF
 
 my %backend = (8081 => 'a', 8082 => 'b');
-sub addr { '127.0.0.1:' . port($_[0]) }
 sub live { live_counts(keys %backend) }
 
 $t->run_daemon(\&Test::Nginx::Backend::serve, port($_), $backend{$_}) for keys %backend;

@@ -1,5 +1,5 @@
 #!/usr/bin/perl
-# Health checks (`least_conn_persistent_check`, issue 19): what they cost.
+# Active health checks (`least_conn_persistent_check`): what they cost.
 #
 #   (a) CPU: an upstream of 1,000 servers (one backend nginx answering on
 #       1,000 ports), checked at the default interval (5 s) by the module's

@@ -24,7 +24,7 @@ use warnings;
 use strict;
 
 use Exporter qw/import/;
-our @EXPORT = qw/port http_get http http_read wait_until/;
+our @EXPORT = qw/port addr http_get http http_read wait_until/;
 
 use File::Copy ();
 use File::Path qw/mkpath rmtree/;
@@ -147,8 +147,10 @@ sub copy_readable {
 	closedir $dh;
 }
 
+# What a test file needs, said once at its top: `has(qw/nginx module stream/)`.
 # The module and nginx are what every test is about: without them the run
-# stops (a skip would pass in silence). Other needs skip the file.
+# stops (a skip would pass in silence). Other needs skip the file, saying
+# why, when the nginx under test (or the machine) does not meet them.
 sub has {
 	my ($self, @what) = @_;
 	for my $w (@what) {
@@ -159,7 +161,7 @@ sub has {
 			# Debian's Lua module loads only into Debian's nginx: against
 			# another one (nginx 1.28 from source) the Lua tests do not apply.
 			Test::More::plan(skip_all => "Debian's Lua module is built for Debian's nginx, not $NGINX")
-				unless $NGINX eq '/usr/sbin/nginx';
+				unless debian_nginx();
 			# Installed by scripts/test.sh: a missing one must not pass as a skip.
 			Test::More::BAIL_OUT("$LUA_MODULE is missing: apt-get install libnginx-mod-http-lua lua-resty-core")
 				unless -f $LUA_MODULE && -f '/usr/share/lua/5.1/resty/core.lua';
@@ -174,12 +176,41 @@ sub has {
 			my $v = nginx_version();
 			Test::More::plan(skip_all => "nginx $v has no \"resolve\" (1.27.3+)")
 				unless version_at_least($v, '1.27.3');
+		} elsif ($w eq 'sticky') {
+			# `sticky` and `drain` in open-source nginx: 1.29.6 and later.
+			my $v = nginx_version();
+			Test::More::plan(skip_all => "nginx $v has no sticky nor drain (1.29.6+)")
+				unless version_at_least($v, '1.29.6');
+		} elsif ($w eq 'debug') {
+			# Debug lines (`error_log ... debug`) need nginx --with-debug.
+			Test::More::plan(skip_all => 'nginx built without --with-debug')
+				unless `$NGINX -V 2>&1` =~ /--with-debug/;
+		} elsif ($w eq 'root') {
+			Test::More::plan(skip_all => 'needs root') unless $> == 0;
+		} elsif ($w eq 'debian_nginx') {
+			# What drives or installs into /usr/sbin/nginx whatever nginx
+			# the suite runs against (scripts/bench.sh, the Debian package).
+			Test::More::plan(skip_all => "for Debian's nginx (/usr/sbin/nginx), not $NGINX")
+				unless debian_nginx();
+		} elsif ($w eq 'nginx_independent') {
+			# A file whose code does not differ from one nginx to another
+			# (pure logic, or nginx's fields read through the bindings
+			# generated from each nginx's own headers). scripts/test.sh
+			# runs the suite against Debian's nginx, then against nginx 1.28
+			# with TEST_NGINX_DEPENDENT_ONLY=1: such a file runs in the
+			# first pass only, for CI's time. By hand, or in
+			# scripts/mainline.sh, it runs against any nginx.
+			Test::More::plan(skip_all => "the same code as against Debian's nginx (TEST_NGINX_DEPENDENT_ONLY)")
+				if $ENV{TEST_NGINX_DEPENDENT_ONLY} && !debian_nginx();
 		} else {
 			die "has(): unknown requirement \"$w\"\n";
 		}
 	}
 	return $self;
 }
+
+# Whether the nginx under test is Debian's.
+sub debian_nginx { $NGINX eq '/usr/sbin/nginx' }
 
 # The version of the nginx under test, e.g. "1.28.3".
 sub nginx_version {
@@ -219,6 +250,10 @@ sub port {
 	my ($n) = @_;
 	return $ports{$n} //= claim_port();
 }
+
+# "127.0.0.1:port" of a symbolic port number: a backend's address as
+# nginx's configuration and status page write it.
+sub addr { '127.0.0.1:' . port($_[0]) }
 
 sub claim_port {
 	mkpath($PORT_LOCKS);
@@ -283,6 +318,32 @@ sub read_file {
 sub has_file {
 	my ($self, $name) = @_;
 	return -e "$self->{_testdir}/$name";
+}
+
+# Marks in error.log, to read what nginx logged after one:
+#
+#   my $mark = $t->log_mark();
+#   ...;
+#   like($t->log_since($mark), qr/.../);
+#   my @lines = $t->log_lines($mark, qr/.../);
+#
+# A mark is the log's length (0 before nginx wrote it); reading after one
+# dies when the log is missing.
+sub log_mark {
+	my ($self) = @_;
+	return $self->has_file('error.log') ? length $self->read_file('error.log') : 0;
+}
+
+sub log_since {
+	my ($self, $mark) = @_;
+	return substr($self->read_file('error.log'), $mark);
+}
+
+# The lines after $mark matching $re, debug lines left out (the harness
+# writes error.log at debug level).
+sub log_lines {
+	my ($self, $mark, $re) = @_;
+	return grep { !/\[debug\]/ && /$re/ } split /\n/, $self->log_since($mark);
 }
 
 # load_module lines for Debian's Lua module (and the NDK it needs).

@@ -11,16 +11,19 @@ package Test::Nginx::Hold;
 #   $t->run_daemon(\&Test::Nginx::Hold::serve, port(8091), 'a');
 #   my $c = hold_open(port(8090));            # through nginx: $c->{backend}
 #   held(port(8091));                         # what the backend holds
+#   held_counts(8091, 8092);                  # { "127.0.0.1:port" => n }
 
 use warnings;
 use strict;
 
 use Exporter qw/import/;
-our @EXPORT = qw/hold_open hold_open_many hold_close held hold_tally/;
+our @EXPORT = qw/hold_open hold_open_many hold_close held held_counts hold_tally/;
 
 use IO::Select;
 use IO::Socket::INET;
 use Time::HiRes qw/time/;
+
+use Test::Nginx qw/port addr/;
 
 sub serve {
 	my ($port, $id, $addr) = @_;
@@ -109,6 +112,13 @@ sub held {
 	syswrite $s, "count\n";
 	my $line = read_line($s) // return -1;
 	return $line =~ /^count=(\d+)/ ? $1 : -1;
+}
+
+# What the backends on these symbolic ports really hold:
+# { "127.0.0.1:port" => connections }, -1 for one that does not answer.
+sub held_counts {
+	my (@ports) = @_;
+	return { map { (addr($_) => held(port($_))) } @ports };
 }
 
 # { backend => connections } over held connections.

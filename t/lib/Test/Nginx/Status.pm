@@ -11,10 +11,10 @@ use strict;
 
 use Exporter qw/import/;
 our @EXPORT = qw/status counts entries stream_entries stream_counts wait_counts at_rest live_count live_counts
-	server_counts same_counts/;
+	named_counts server_counts same_counts/;
 
 use JSON::PP;
-use Test::Nginx qw/http http_get wait_until port/;
+use Test::Nginx qw/http http_get wait_until port addr/;
 
 sub status {
 	my ($uri) = @_;
@@ -53,7 +53,7 @@ sub counts {
 # or as symbolic port numbers); returns the last counts seen.
 sub wait_counts {
 	my ($upstream, $want, $timeout) = @_;
-	my %w = map { (/^\d+$/ ? "127.0.0.1:" . port($_) : $_) => $want->{$_} } keys %$want;
+	my %w = map { (/^\d+$/ ? addr($_) : $_) => $want->{$_} } keys %$want;
 	my $last;
 	wait_until(sub {
 		$last = counts($upstream);
@@ -76,7 +76,16 @@ sub live_count {
 # { "127.0.0.1:port" => WebSockets open }, -1 for one that does not answer.
 sub live_counts {
 	my (@ports) = @_;
-	return { map { ('127.0.0.1:' . port($_) => live_count(port($_))) } @ports };
+	return { map { (addr($_) => live_count(port($_))) } @ports };
+}
+
+# A { "127.0.0.1:port" => count } map (live_counts, Test::Nginx::Hold's
+# held_counts) keyed by name instead, the names given as { port => name }:
+# named_counts(\%name, live_counts(keys %name)) is { a => 3, b => 2 }.
+sub named_counts {
+	my ($name, $counts) = @_;
+	my %of = map { (addr($_) => $name->{$_}) } keys %$name;
+	return { map { (($of{$_} // $_) => $counts->{$_}) } keys %$counts };
 }
 
 # { server => count } summed over the given upstreams (all when none given).

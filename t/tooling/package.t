@@ -11,16 +11,14 @@ use strict;
 
 use Test::More;
 
-BEGIN { use FindBin; chdir($FindBin::Bin); }
+BEGIN { use FindBin; chdir("$FindBin::Bin/.."); }    # t/, as for the module's tests
 
 use lib 'lib';
 use Test::Nginx;
 use Test::Nginx::Backend;
 use Test::Nginx::Hold;
 
-my $t = Test::Nginx->new()->has(qw/nginx module/);
-plan(skip_all => 'dpkg -i needs root') unless $> == 0;
-plan(skip_all => 'the package is for Debian\'s nginx') unless $Test::Nginx::NGINX eq '/usr/sbin/nginx';
+my $t = Test::Nginx->new()->has(qw/nginx module root debian_nginx/);
 $t->plan(18);
 
 my $pkg = 'libnginx-mod-http-least-conn-persistent';
@@ -78,7 +76,7 @@ http {
 }
 EOF
 $t->run_daemon(\&Test::Nginx::Backend::serve, port(8081), 'a');
-$t->waitforsocket('127.0.0.1:' . port(8081));
+$t->waitforsocket(addr(8081));
 $t->run();
 like(http_get('/'), qr/200 OK.*id=a/s, 'a request through the installed module');
 like(http_get('/status'), qr/"key":"conn_count:u:127\.0\.0\.1:\d+","count":0/, 'counted and released');
@@ -119,7 +117,7 @@ stream {
 }
 EOF
 $t->run_daemon(\&Test::Nginx::Hold::serve, port(8091), 's');
-$t->waitforsocket('127.0.0.1:' . port(8091));
+$t->waitforsocket(addr(8091));
 $t->run();
 my $c = hold_open(port(8090));
 is($c && $c->{backend}, 's', 'a stream connection through the installed module');

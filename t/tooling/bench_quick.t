@@ -8,12 +8,12 @@ use strict;
 
 use Test::More;
 
-BEGIN { use FindBin; chdir($FindBin::Bin); }
+BEGIN { use FindBin; chdir("$FindBin::Bin/.."); }    # t/, as for the module's tests
 
 use lib 'lib';
 use Test::Nginx;
 
-my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(10);
+my $t = Test::Nginx->new()->has(qw/nginx module debian_nginx/)->plan(10);
 
 # Left out for CI's time, each run elsewhere or in full runs only: section
 # 1 (the headline scenario: scripts/demo.sh --check and t/balance.t), 2

@@ -9,7 +9,7 @@ use strict;
 
 use Test::More;
 
-BEGIN { use FindBin; chdir($FindBin::Bin); }
+BEGIN { use FindBin; chdir("$FindBin::Bin/.."); }    # t/, as for the module's tests
 
 use lib 'lib';
 use Test::Nginx;

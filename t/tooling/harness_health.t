@@ -9,7 +9,7 @@ use strict;
 
 use Test::More;
 
-BEGIN { use FindBin; chdir($FindBin::Bin); }
+BEGIN { use FindBin; chdir("$FindBin::Bin/.."); }    # t/, as for the module's tests
 
 use lib 'lib';
 use IO::Select;
@@ -23,13 +23,13 @@ my $t = Test::Nginx->new()->has(qw/nginx module/)->plan(14);
 
 health_dir($t);
 $t->run_daemon(\&Test::Nginx::Backend::serve, port(8081), 'h');
-$t->waitforsocket('127.0.0.1:' . port(8081));
+$t->waitforsocket(addr(8081));
 
 # Sends a check's request; { reply => what came, closed => whether the
 # backend closed, took => seconds } after at most $wait seconds.
 sub ask {
 	my ($uri, $wait) = @_;
-	my $s = IO::Socket::INET->new(Proto => 'tcp', PeerAddr => '127.0.0.1:' . port(8081)) or die "connect: $!\n";
+	my $s = IO::Socket::INET->new(Proto => 'tcp', PeerAddr => addr(8081)) or die "connect: $!\n";
 	syswrite $s, "GET $uri HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
 	my ($reply, $closed, $start) = ('', 0, time());
 	my $sel = IO::Select->new($s);
@@ -54,7 +54,7 @@ $r = ask('/health');
 ok($r->{closed} && $r->{reply} eq '', 'close: closed without a byte');
 
 set_health('h', 'slow 400');
-my $slow = IO::Socket::INET->new(Proto => 'tcp', PeerAddr => '127.0.0.1:' . port(8081)) or die;
+my $slow = IO::Socket::INET->new(Proto => 'tcp', PeerAddr => addr(8081)) or die;
 syswrite $slow, "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
 my $asked = time();
 my $plain = http_get('/', port => port(8081));

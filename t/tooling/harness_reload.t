@@ -8,7 +8,7 @@ use strict;
 
 use Test::More;
 
-BEGIN { use FindBin; chdir($FindBin::Bin); }
+BEGIN { use FindBin; chdir("$FindBin::Bin/.."); }    # t/, as for the module's tests
 
 use lib 'lib';
 use Test::Nginx;
@@ -54,7 +54,7 @@ EOF
 
 $t->run_daemon(\&Test::Nginx::Backend::serve, port(8081), 'a');
 $t->run_daemon(\&Test::Nginx::Backend::serve, port(8082), 'b');
-$t->waitforsocket('127.0.0.1:' . port($_)) for 8081, 8082;
+$t->waitforsocket(addr($_)) for 8081, 8082;
 $t->run();
 
 my @ws = ws_open_many(10, '/ws');

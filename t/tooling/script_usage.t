@@ -10,7 +10,7 @@ use strict;
 use Test::More;
 use Time::HiRes qw/time/;
 
-BEGIN { use FindBin; chdir($FindBin::Bin); }
+BEGIN { use FindBin; chdir("$FindBin::Bin/.."); }    # t/, as for the module's tests
 
 my @cases = (
 	['demo.sh', '--chek'],
