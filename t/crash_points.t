@@ -201,7 +201,7 @@ sub check_params {
 	return join ' ', 'uri=/health', map { "$_=$p{$_}" } qw/interval timeout rise fall/;
 }
 
-# The Lua balancer of README.md (t/lua.t).
+# The Lua balancer of docs/lua.md (t/lua.t).
 sub lua_http {
 	return <<'EOF' . Test::Nginx::lua_recipe();
     lua_package_path "%%LUA_LIB%%/?.lua;;";

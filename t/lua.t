@@ -47,7 +47,7 @@ http {
     lua_package_path "%%LUA_LIB%%/?.lua;%%TESTDIR%%/?.lua;;";
     least_conn_persistent_zone lcp 1m;
 
-    # The recipe of README.md: pick in balancer_by_lua, release before a
+    # The recipe of docs/lua.md: pick in balancer_by_lua, release before a
     # retry and in log_by_lua, state in ngx.ctx.
 %%LUA_RECIPE%%
 

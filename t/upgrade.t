@@ -3,7 +3,7 @@
 # Binary upgrade (USR2, then WINCH and QUIT to the old master), two workers,
 # held WebSockets. The new master creates its own zone (nginx's shared
 # memory does not outlive an exec), so the two masters count separately
-# while both run, as README says: each zone counts exactly its own
+# while both run, as docs/internals.md says: each zone counts exactly its own
 # workers' connections, neither loses or doubles one, and once the old
 # master is gone the new zone is exact for everything that is left.
 

@@ -352,7 +352,7 @@ sub lua_modules {
 		. "load_module $LUA_MODULE;\n";
 }
 
-# The Lua balancer recipe of README.md, an `init_by_lua_block` for the
+# The Lua balancer recipe of docs/lua.md, an `init_by_lua_block` for the
 # http block (`%%LUA_RECIPE%%` in a configuration): `balance(id, servers,
 # opts)` in balancer_by_lua (opts: lcp.declare's, optional), `release()` in
 # log_by_lua.
