@@ -3,9 +3,10 @@
 //! and the load the server reported, as the zone's record takes them
 //! (`table::CheckReport`).
 //!
-//! - A failed check (no connection, a timeout, a status the check does not
+//! - A failed check (refused, reset, a timeout, a status the check does not
 //!   expect, no HTTP head) changes no capacity; it forgets a reported load
-//!   (the server may be gone: its load no longer tells anything).
+//!   (the server may be gone: its load no longer tells anything). No
+//!   connection of ours to probe with (`NoConnection`) changes nothing.
 //! - A passing answer is a complete statement: no capacity header means
 //!   `up` with no override; no load header forgets the last one, and so
 //!   does a check that reads none (`type=tcp`, or no `load=`).

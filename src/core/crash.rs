@@ -41,7 +41,7 @@ pub const POINTS: &[&str] = &[
     "follow.locked",
     // registry.rs: a Lua declaration
     "lua.declared",
-    // http/status.rs: the status page's hold
+    // shared/zone.rs: the status page's snapshot
     "status.locked",
     // workers.rs: the look for dead workers
     "reclaim.locked",

@@ -221,7 +221,7 @@ mod tests {
         assert_eq!(t.expire_lua(&a, readded_at + 1, TTL), 0);
         assert!(t.find(&a, key).is_some(), "kept within its TTL");
         assert_eq!(t.expire_lua(&a, readded_at + TTL + 1, TTL), 1);
-        // The epoch as the stamp (the old behaviour) is taken for a second
+        // A stamp of the epoch instead of the second is taken for a second
         // long ago: the key would go at the very next look.
         t.upsert(&a, key, 14, lua, epoch).unwrap();
         assert_eq!(t.expire_lua(&a, readded_at + 1, TTL), 1);

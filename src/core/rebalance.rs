@@ -7,8 +7,8 @@
 //! Fair share: `f_i = T * w_i / W` for the usable servers (T their
 //! connections, W their weights). An upstream starts shedding when some
 //! server holds more than `f_i * (1 + tolerance)`, and stops once every
-//! server is within `f_i * (1 + tolerance / 2)`. A server sheds only while
-//! it is above the start mark; a close never takes it below its fair share
+//! server is within `f_i * (1 + tolerance / 2)`. While the upstream sheds, a
+//! server sheds while it is above the stop mark; a close never takes it below its fair share
 //! (with one connection fewer in the upstream), and only helps: the client
 //! that reconnects lands on the least loaded server, so the closing server
 //! must still hold at least as much as that one will (per unit of weight),
@@ -276,8 +276,9 @@ fn above(s: Server, t: Totals, percent: u32) -> bool {
 
 /// Whether the upstream sheds now: `active` is whether it shed before
 /// (hysteresis: it starts above `tolerance`% over a fair share and stops
-/// once every server is within half of it). `paused`: a server of the
-/// upstream is down, failing or draining (a failover is not an imbalance).
+/// once every server is within half of it). `paused`: a primary is out
+/// (down, draining, taken out by its checks) or ramping up (a failover is
+/// not an imbalance).
 pub fn shedding(active: bool, servers: &[Server], tolerance: u32, paused: bool) -> bool {
     if paused || servers.len() < 2 {
         return false;

@@ -387,7 +387,7 @@ fn check_series(out: &mut String, first: &str, entries: &[Entry]) {
 }
 
 /// Rebalancing, for the upstreams that have it: each server's closes, and
-/// each upstream's state (once, from its first server).
+/// each upstream's state (one series, on if any of its keys says it sheds).
 fn rebalance_series(out: &mut String, first: &str, entries: &[Entry]) {
     let shed = "least_conn_persistent_shed_total";
     let _ = writeln!(

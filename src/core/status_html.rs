@@ -13,7 +13,7 @@ use super::status_model::{health_word, why_str, Checked, Entry, ZoneInfo};
 
 /// Seconds between two refreshes unless `?refresh=` says otherwise.
 pub const DEFAULT_REFRESH: u32 = 5;
-/// The longest refresh `?refresh=` accepts (0: never).
+/// The longest refresh `?refresh=` accepts, in seconds.
 pub const MAX_REFRESH: u32 = 3600;
 
 const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}\

@@ -105,9 +105,8 @@ impl<T> Tokens<T> {
                 return Redeem::Taken(v);
             }
         }
-        // An older generation of an issued entry: released before. (After
-        // 2^32 reuses of one entry the count wraps; a token kept that long
-        // reads as a newer one and is refused as invalid, never honoured.)
+        // An older generation of an issued entry: released before (wrapping:
+        // module docs).
         if generation < e.generation {
             Redeem::Already
         } else {
@@ -155,8 +154,7 @@ mod tests {
 
     #[test]
     fn a_token_stays_released_past_2_pow_20_reuses_of_its_entry() {
-        // With 20-bit generations the entry came back to the first token's
-        // generation here, and that token took the new pick.
+        // 2^20 reuses: the generation does not wrap at the index's width.
         let mut t = Tokens::default();
         let first = t.issue(0).unwrap();
         assert_eq!(t.redeem(first), Redeem::Taken(0));

@@ -14,8 +14,8 @@
 //! of that upstream with the same address, looked up once. Its picks then
 //! skip a server that key's checks took out and compare a tuned one as
 //! nginx's picks do, a reported load against the Lua key's own count
-//! (`array_list::Followed`); an upstream that follows nothing picks as
-//! before (`array_list::Unchecked`).
+//! (`array_list::Followed`); an upstream that follows nothing reads
+//! no checks (`array_list::Unchecked`).
 //!
 //! The entry points below are the only `extern "C"` code here: each
 //! validates what Lua passed, turns pointers into slices once, and answers

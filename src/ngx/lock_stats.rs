@@ -42,7 +42,7 @@ static HOLD: Histogram = Histogram::new();
 static WAIT: Histogram = Histogram::new();
 /// The holder's own CPU time from asking for the mutex to releasing it
 /// (spinning while it waited included): unlike the hold's wall clock, not
-/// the time the scheduler ran other processes (2 cores, 64 workers).
+/// the time the scheduler ran other processes (more workers than cores).
 static CPU: Histogram = Histogram::new();
 
 /// This thread's CPU time, ns (`CLOCK_THREAD_CPUTIME_ID`).

@@ -6,7 +6,9 @@
 //! - `conf`: directive arguments, typed configuration errors, one `[emerg]` exit;
 //! - `log`: log lines that carry the module's or the zone's name;
 //! - `shm`: shared memory zones (declare, find, lock);
-//! - `timer`: one periodic timer per worker;
+//! - `timer`: a worker's periodic timers (housekeeping, rebalancing, health
+//!   checks);
+//! - `live`: a worker's live connections per upstream (rebalancing);
 //! - `lock_stats`: hold times of the zone mutex (feature `lock-stats`, for
 //!   the benchmark only);
 //! - `process`: whether this process is a worker (not a cache helper);

@@ -22,21 +22,11 @@
 //!   connections, and a probe that finds none waits rather than leave its
 //!   server unchecked.
 //! - nginx logs a refused connect at `error` through the peer connection's
-//!   log: probes use a copy of the cycle's log that shows `crit` and above
+//!   log: probes use a copy of the cycle's log that shows `alert` and above
 //!   only (a dead server would otherwise add a line every interval; the
 //!   checker logs the verdicts). Debug logging is kept when enabled.
 //!
-//! Smoke-tested by hand (the hack is not in the tree): tasks spawned from
-//! `init_process` probed targets named in an environment variable, on
-//! nginx 1.22.1 and 1.28 (with debug logging): a server answering 200 gave
-//! `Ok` with the head; a closed port `Refused` (nothing in the error log at
-//! `notice`); one that never answers `Timeout` at the deadline, the worker
-//! answering requests in < 1 ms meanwhile; one that closes at once, or
-//! after reading the request, `ClosedEarly`; one answering in pieces over
-//! 400 ms `Ok`; 100 probes at once ran 64, then 36 as turns came free; tasks
-//! dropped while connected, reading or waiting for a turn closed their
-//! connections (the worker's sockets back to its listeners) and passed
-//! their turns on; valgrind (single process) found no error.
+//! Tested on nginx 1.22.1 and 1.28 by `t/check*.t` and `t/stream_check*.t`.
 
 use core::future::{poll_fn, Future};
 use core::mem;

@@ -1,11 +1,12 @@
-//! Periodic timers of a worker process: the check, its phase staggered
-//! across the workers of a generation (`in_turn`), rebalancing's
-//! (`every`), and health checks' (`checks`).
+//! Periodic timers of a worker process: housekeeping (the look for dead
+//! workers), its phase staggered across the workers of a generation
+//! (`in_turn`), rebalancing's (`every`), and health checks' (`checks`).
 //!
-//! Both are cancelable: they never keep a worker that is shutting down
-//! gracefully alive. The check stops re-arming once the worker is exiting;
-//! rebalancing's goes on while such a worker still has connections (an old
-//! generation's workers hold the connections a reload left unbalanced).
+//! All three are cancelable: they never keep a worker that is shutting
+//! down gracefully alive. Housekeeping stops re-arming once the worker is
+//! exiting; rebalancing's and the checks' go on while such a worker still
+//! has connections (an old generation's workers hold the connections a
+//! reload left unbalanced).
 
 use core::ptr::{self, addr_of_mut};
 
@@ -63,7 +64,7 @@ impl Periodic {
 }
 
 // The worker is single-threaded: only its event loop touches these.
-static mut TIMER: Periodic = Periodic::new(false);
+static mut HOUSEKEEPING: Periodic = Periodic::new(false);
 static mut REBALANCE: Periodic = Periodic::new(true);
 static mut CHECKS: Periodic = Periodic::new(true);
 
@@ -77,7 +78,7 @@ pub fn in_turn(period_ms: usize, slot: usize, count: usize, tick: fn()) {
     let first = period_ms * (slot + 1);
     let interval = period_ms * count.max(1);
     // SAFETY: single-threaded worker.
-    let t = unsafe { &mut *addr_of_mut!(TIMER) };
+    let t = unsafe { &mut *addr_of_mut!(HOUSEKEEPING) };
     t.arm(first as ngx_msec_t, interval as ngx_msec_t, tick);
 }
 

@@ -1,5 +1,5 @@
-//! The stream front-end (`stream {}` upstreams): the same directives and
-//! balancer as http, for long-lived TCP (MQTT, databases, game servers, TLS
+//! The stream front-end (`stream {}` upstreams): the same upstream
+//! directives and balancer as http, for long-lived TCP (MQTT, databases, game servers, TLS
 //! passthrough). Built as its own module file,
 //! `ngx_stream_least_conn_persistent_module.so`, by the `stream` feature:
 //! an http-only user then never needs nginx's stream module. This is where

@@ -3,7 +3,7 @@
 //! the connections rebalancing closed to the key. The word lives in zones
 //! that outlive a module upgrade, so a new flag moves the shed counter:
 //! `SHED_SHIFT` is pinned below, and changing it means a new layout
-//! (`LAYOUT` in `header.rs`, whose history says what changed).
+//! (the layout number in `MAGIC`, `header.rs`, with what changed).
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -66,7 +66,7 @@ pub const CHECK_BITS: u32 = CHECK_OUT | CHECK_TUNED;
 const SHED_SHIFT: u32 = Flag::LAST as u32 + 1;
 const _: () = assert!(
     SHED_SHIFT == 9,
-    "the flag word changed: bump LAYOUT in header.rs and say what changed"
+    "the flag word changed: bump the layout in MAGIC (header.rs)"
 );
 #[cfg(test)]
 pub const SHED_MAX: u32 = u32::MAX >> SHED_SHIFT;

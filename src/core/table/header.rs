@@ -30,7 +30,8 @@ pub(super) struct Block {
     /// 0 for the first block allocated, then 1, 2, ...
     pub(super) index: u32,
     /// Health records of the block's slots, allocated when a key of the
-    /// block is first checked (`health.rs`); never freed.
+    /// block is first checked or followed (`Table::ensure_health`); never
+    /// freed.
     pub(super) health: AtomicPtr<HealthBlock>,
     pub(super) slots: [Slot; SLOTS_PER_BLOCK],
 }

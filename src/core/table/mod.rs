@@ -12,8 +12,10 @@
 //! `SlotRef`s (pointer + generation) and update the word lock-free with
 //! compare-and-swap; freeing a slot bumps the generation in the same CAS that
 //! checks the count is zero, so a stale `SlotRef` can neither count into a
-//! reused slot nor race with its removal. Everything else (buckets, keys,
-//! metadata) changes only under the zone lock, which the caller proves by
+//! reused slot nor race with its removal. Buckets, keys and configured
+//! metadata change only under the zone lock (a few run-time fields, the
+//! shed bits, a ramp's start and a Lua key's last use, are written
+//! lock-free by a worker holding the key), which the caller proves by
 //! passing the `Arena` it got from locking the zone.
 //!
 //! # Crash consistency: one discipline
@@ -65,7 +67,8 @@
 //!   held;
 //! - `repair.rs`: all of the repair a table left dirty needs.
 //!
-//! Files depend on the ones above them in this list, never the reverse.
+//! Files depend on the ones above them, except that `keys.rs` calls
+//! `ramps.rs` and `checks.rs` (a key's ramp and check bits go with the key).
 
 mod checks;
 #[cfg(test)]

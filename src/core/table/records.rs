@@ -58,7 +58,8 @@ pub struct WorkerRecord {
 pub struct RecordRef(NonNull<WorkerRecord>);
 
 // SAFETY: the record lives in shared memory, mapped in every process that
-// holds a RecordRef; it changes only under the zone lock.
+// holds a RecordRef; its links and directory change under the zone lock; only
+// the owner writes its cells and total.
 unsafe impl Send for RecordRef {}
 unsafe impl Sync for RecordRef {}
 
@@ -510,8 +511,8 @@ impl Table {
         Some(self.give_back_record(locked, seen.rec, true))
     }
 
-    /// Gives back what `rec` holds and frees it: a worker exiting, or one
-    /// found dead. Cell by cell, each give-back journalled; the record is
+    /// Gives back what this exiting worker's `rec` holds and frees it (a
+    /// dead worker's: `reclaim_seen`). Cell by cell, each give-back journalled; the record is
     /// unlinked last, so a reclaim cut short is taken up again.
     pub fn reclaim(&self, locked: &impl Arena, rec: RecordRef) -> Reclaimed {
         self.give_back_record(locked, rec, false)
@@ -552,7 +553,7 @@ impl Table {
         out
     }
 
-    /// Subtracts a dead worker's share `held` of `slot` and clears its
+    /// Subtracts a worker's share `held` (`dead`: counted in `reclaimed`) of `slot` and clears its
     /// cell, journalled so that a kill in between is finished by repair
     /// (`finish_give_back`) rather than lost or done twice.
     fn give_back(&self, cell: &AtomicU32, slot: &Slot, held: u32, dead: bool) -> u32 {
@@ -577,7 +578,8 @@ impl Table {
         taken
     }
 
-    /// journal.
+    /// Frees `r`'s chunks, its directory and then the record itself, each
+    /// named in the journal while it is freed.
     fn free_record(&self, locked: &impl Arena, r: &WorkerRecord) {
         for c in r.dir() {
             if let Some(chunk) = NonNull::new(c.load(Ordering::Relaxed)) {

@@ -53,7 +53,7 @@ impl Table {
         self.reconcile_health();
     }
 
-    /// Whether a holder died with the lock, and marking it.
+    /// Whether a holder died with the lock.
     fn is_dirty(&self) -> bool {
         self.dirty.load(Ordering::Acquire) != 0
     }
@@ -108,8 +108,8 @@ impl Table {
         self.nblocks.store(blocks, Ordering::Relaxed);
     }
 
-    /// Whether `chunk` is zone memory the table itself reaches: a block or
-    /// a key.
+    /// Whether `chunk` is zone memory the table itself reaches: a block,
+    /// a block's health page, or a key.
     pub(super) fn slots_reach(&self, chunk: *mut u8) -> bool {
         self.blocks().any(|b| ptr::eq(b, chunk.cast()))
             || self

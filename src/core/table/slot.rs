@@ -41,7 +41,7 @@ pub struct Slot {
     pub(super) ramp_window: AtomicU32,
     /// When the key's current ramp began (deciseconds of the monotonic
     /// clock); 0: none. Written under the lock, or lock-free by a worker
-    /// holding a count on the key (`SlotRef::start_ramp`).
+    /// holding a count on the key (`Table::start_ramp`).
     pub(super) ramp_since: AtomicU32,
 }
 

@@ -523,8 +523,8 @@ fn a_sweep_marks_draining_before_it_reads_the_count() {
     let r = t.upsert(&a, b"k", 0, M, t.begin_epoch(&a)).unwrap();
     r.acquire(0);
     let e2 = t.begin_epoch(&a);
-    // The last release lands between the mark and the read of the
-    // count: the sweep then sees 0 and removes the key.
+    // The sweep dies after the mark, before it reads the count: the last
+    // release then sees the mark and removes the key.
     let done = crate::core::crash::testing::die_at("sweep.marked", 1, || {
         t.sweep(&a, e2);
     });
