@@ -61,7 +61,7 @@ pub extern "C" fn cmd_zone<F: FrontEnd>(
     // our main configuration (the command's MAIN_CONF_OFFSET).
     let (cf, cmd, mcf) = unsafe { (&mut *cf, &*cmd, &mut *conf.cast::<MainConf>()) };
     let tag = ptr::from_ref(F::module()).cast();
-    let r = mcf.registry.zone_directive(cf, tag);
+    let r = mcf.registry.declared_zone().directive(cf, tag);
     directive_result(cf, cmd.name.as_bytes(), r)
 }
 

@@ -12,14 +12,10 @@
 //! and count with `PeerCounter::acquire` and `UpstreamCounters::release`.
 
 use core::cell::{Cell, Ref, RefCell};
-use core::ffi::c_void;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
-use nginx_sys::{
-    ngx_conf_t, ngx_int_t, ngx_shm_zone_t, ngx_str_t, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_NOTICE,
-};
-use ngx::core::Status;
+use nginx_sys::{NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_NOTICE};
 
 use crate::core::check_conf::CheckParams;
 use crate::core::follow::{runtime_stamp, PeerListCopy};
@@ -32,18 +28,12 @@ use crate::core::table::{
     Acquire, Meta, RampStart, Release, SlotRef, Table, FLAG_BACKUP, FLAG_CHECKED, FLAG_DRAINING,
     FLAG_LUA, FLAG_REBALANCE,
 };
-use crate::ngx::conf::{args, page_size, parse_size, text, ConfError};
-
-/// The smallest zone: a few pages for the slab allocator, the table, and
-/// some keys.
-const MIN_ZONE_PAGES: usize = 8;
 use crate::ngx::live::LiveList;
 use crate::ngx::log::Log;
 use crate::ngx::peers::{self, Failures, SharedCount};
-use crate::ngx::shm::{self, ShmZone};
 
 use super::rebalance::Rebalancer;
-use super::zone::{open_table, Locked, ZoneLink};
+use super::zone::{DeclaredZone, Locked, ZoneLink};
 
 /// Which of an upstream's lists a server is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -851,9 +841,9 @@ pub enum DeclareError {
 /// Every upstream one configuration load declares, and its zone.
 #[derive(Debug, Default)]
 pub struct Registry {
-    zone_declared: bool,
-    /// The zone's table, found or created by the zone's init.
-    opened: Option<(ShmZone, &'static Table)>,
+    /// `least_conn_persistent_zone`, and the zone's table once its init
+    /// found or made it.
+    zone: DeclaredZone,
     /// Set when the configuration is committed.
     link: Option<ZoneLink>,
     upstreams: Vec<UpstreamCounters>,
@@ -877,7 +867,12 @@ impl Registry {
     }
 
     pub fn has_zone(&self) -> bool {
-        self.zone_declared
+        self.zone.is_declared()
+    }
+
+    /// The zone this load declares (`least_conn_persistent_zone`).
+    pub fn declared_zone(&mut self) -> &mut DeclaredZone {
+        &mut self.zone
     }
 
     /// The zone, once the configuration is committed.
@@ -890,68 +885,12 @@ impl Registry {
         self.record.get()
     }
 
-    /// `least_conn_persistent_zone <name> <size>;`, in any front-end's main
-    /// context: checks the arguments and declares the zone (`tag`: the
-    /// front-end module's, so that two front-ends cannot share a name).
-    pub fn zone_directive(
-        &mut self,
-        cf: &mut ngx_conf_t,
-        tag: *const c_void,
-    ) -> Result<(), ConfError> {
-        if self.has_zone() {
-            return Err(ConfError::Duplicate);
-        }
-        // NGX_CONF_TAKE2: exactly two arguments.
-        let [name, size_text] = args(cf) else {
-            unreachable!("nginx checks the number of arguments");
-        };
-        if name.is_empty() {
-            return Err(ConfError::InvalidName(text(name)));
-        }
-        let size = parse_size(size_text).ok_or_else(|| ConfError::InvalidSize(text(size_text)))?;
-        let min = MIN_ZONE_PAGES * page_size();
-        if size < min {
-            return Err(ConfError::TooSmall {
-                name: text(name),
-                min,
-            });
-        }
-        self.declare_zone(cf, name, size, tag)
-    }
-
-    /// Declares the zone whose init will find the table for this registry.
-    fn declare_zone(
-        &mut self,
-        cf: &mut ngx_conf_t,
-        name: &mut ngx_str_t,
-        size: usize,
-        tag: *const c_void,
-    ) -> Result<(), ConfError> {
-        if self.zone_declared {
-            return Err(ConfError::Duplicate);
-        }
-        // SAFETY: the registry lives in the module's main configuration, as
-        // long as the cycle whose zone this is.
-        unsafe {
-            shm::declare(
-                cf,
-                name,
-                size,
-                tag,
-                Some(init_zone),
-                core::ptr::from_mut(self).cast(),
-            )?
-        };
-        self.zone_declared = true;
-        Ok(())
-    }
-
     /// Stamps every key of this load into the zone, hands the handles to
     /// its upstreams, and removes or drains keys that are gone. Called once
     /// the configuration can no longer fail (`init_module`). Keys freed by
     /// the sweep are free for the keys this load adds.
     pub fn commit(&mut self, log: Log) {
-        let Some((shm, table)) = self.opened else {
+        let Some((shm, table)) = self.zone.opened() else {
             return;
         };
         let started = std::time::Instant::now();
@@ -1136,25 +1075,6 @@ impl Registry {
             }
         }
         unattributed
-    }
-}
-
-/// nginx's init callback for the zone: finds the table a previous load left
-/// or creates one. The configuration is stamped later, by `commit`.
-extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, old_data: *mut c_void) -> ngx_int_t {
-    // SAFETY: nginx calls this with its zone, mapped, whose `data` is the
-    // registry `declare_zone` gave it.
-    let Some(shm) = (unsafe { ShmZone::from_ptr(shm_zone) }) else {
-        return Status::NGX_ERROR.into();
-    };
-    // SAFETY: as above; nothing else uses the registry during the init.
-    let registry = unsafe { &mut *shm.data().cast::<Registry>() };
-    match open_table(shm, old_data.is_null(), shm.tag()) {
-        Ok(table) => {
-            registry.opened = Some((shm, table));
-            Status::NGX_OK.into()
-        }
-        Err(_) => Status::NGX_ERROR.into(),
     }
 }
 
