@@ -297,7 +297,7 @@ fn get_slow<const SLOW: bool>(
         if pd.refreshes > MAX_REFRESHES {
             counter.count_locally();
         } else {
-            counter.refresh(pd.upstream);
+            pd.upstream.refresh(counter);
         }
     }
     get::<SLOW>(pc, pd)

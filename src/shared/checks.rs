@@ -386,7 +386,7 @@ fn refresh_gone_keys(up: &UpstreamCounters) {
     for list in [List::Primary, List::Backup] {
         for pc in up.list(list).iter() {
             if pc.slot().is_some_and(|s| s.count().is_none()) {
-                pc.refresh(up);
+                up.refresh(pc);
             }
         }
     }
