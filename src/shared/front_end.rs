@@ -315,11 +315,16 @@ fn rebalance_tick<F: FrontEnd>() {
     // SAFETY: in a worker, `ngx_cycle` is its cycle (an exiting worker's
     // too: the old configuration, whose connections it still holds).
     let cycle = unsafe { &*ngx_cycle };
-    if let Some(mcf) = F::cycle_main_conf(cycle) {
-        for up in mcf.registry.upstreams() {
-            if let Some(params) = &up.rebalance {
-                rebalance::tick(up, params, Log::cycle());
-            }
+    let Some(mcf) = F::cycle_main_conf(cycle) else {
+        return;
+    };
+    for us in F::cycle_upstreams(cycle) {
+        let Some(scf) = F::srv_conf(us) else {
+            continue;
+        };
+        let up = scf.registered.and_then(|i| mcf.registry.upstream(i));
+        if let Some((up, params)) = up.and_then(|up| Some((up, up.rebalance.as_ref()?))) {
+            rebalance::tick(up, &scf.rebalancer, params, Log::cycle());
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The configuration every front-end module keeps (http's and stream's):
 //! the registry of a load in the main context, and per upstream whether it
-//! asked for the method and where its counters are.
+//! asked for the method, where its counters are, and what rebalancing keeps
+//! for it in each worker.
 
 use nginx_sys::ngx_uint_t;
 
@@ -10,6 +11,7 @@ use crate::ngx::subsystem::{
     UPSTREAM_FAIL_TIMEOUT, UPSTREAM_MAX_CONNS, UPSTREAM_MAX_FAILS, UPSTREAM_WEIGHT,
 };
 
+use super::rebalance::Rebalancer;
 use super::registry::Registry;
 
 #[derive(Debug, Default)]
@@ -28,6 +30,9 @@ pub struct SrvConf {
     pub slow_start: u32,
     /// `least_conn_persistent_rebalance`, when given.
     pub rebalance: Option<crate::core::rebalance::Params>,
+    /// What this worker's rebalancing keeps between its ticks (each worker
+    /// has its own copy of the configuration).
+    pub rebalancer: Rebalancer,
     /// `least_conn_persistent_check`, when given.
     pub check: Option<crate::core::check_conf::CheckParams>,
 }

@@ -105,9 +105,9 @@ struct View {
     enabled: bool,
 }
 
-/// One tick for `up`, whose configuration has `params`.
-pub fn tick(up: &UpstreamCounters, params: &Params, log: Log) {
-    let r = &up.rebalancer;
+/// One tick for `up`, whose configuration has `params`; `r`: what this
+/// worker keeps for it between ticks.
+pub fn tick(up: &UpstreamCounters, r: &Rebalancer, params: &Params, log: Log) {
     r.ticks.set(r.ticks.get() + 1);
     // A worker with nothing of the upstream looks only in its turn: the
     // upstream's state still ends when it should (every worker holding
@@ -115,7 +115,7 @@ pub fn tick(up: &UpstreamCounters, params: &Params, log: Log) {
     if up.live.is_empty() && !my_turn(r.ticks.get()) {
         return;
     }
-    let Some(view) = view(up) else {
+    let Some(view) = view(up, r) else {
         return;
     };
     if !view.enabled && !r.disabled.replace(true) {
@@ -166,7 +166,7 @@ pub fn tick(up: &UpstreamCounters, params: &Params, log: Log) {
         );
     }
     if now && !failing && !stalled {
-        shed(up, params, view, recent.away, &mut quota, log);
+        shed(up, r, params, view, recent.away, &mut quota, log);
     } else {
         quota.clear();
     }
@@ -294,10 +294,9 @@ fn my_turn(tick: u64) -> bool {
 
 /// The zone's view of the upstream; `None` without a zone, or while a key
 /// was just removed (the next tick finds the keys again).
-fn view(up: &UpstreamCounters) -> Option<View> {
+fn view(up: &UpstreamCounters, r: &Rebalancer) -> Option<View> {
     let link = up.link()?;
     let table = link.table;
-    let r = &up.rebalancer;
     // Found again when the table changed, and every few seconds anyway: a
     // key added here and another removed elsewhere leave the count alike.
     let at = (table.epoch(), table.keys());
@@ -365,8 +364,15 @@ fn view(up: &UpstreamCounters) -> Option<View> {
 
 /// While the upstream sheds: this worker's share of the closes. `away`:
 /// clients of connections closed lately not back yet (`Recent::away`).
-fn shed(up: &UpstreamCounters, params: &Params, v: View, away: u64, quota: &mut Quota, log: Log) {
-    let r = &up.rebalancer;
+fn shed(
+    up: &UpstreamCounters,
+    r: &Rebalancer,
+    params: &Params,
+    v: View,
+    away: u64,
+    quota: &mut Quota,
+    log: Log,
+) {
     let now_ms = peers::now_ms();
     let mark = stop_mark(true, params.tolerance);
     // This worker's long-lived connections per server that may close now

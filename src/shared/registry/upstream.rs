@@ -20,7 +20,6 @@ use crate::core::table::{
 use crate::ngx::live::LiveList;
 use crate::ngx::log::Log;
 use crate::ngx::peers::{self, Failures};
-use crate::shared::rebalance::Rebalancer;
 use crate::shared::zone::{Locked, ZoneLink};
 
 use super::counter::{counted_by, Held, PeerCounter};
@@ -95,12 +94,11 @@ pub struct UpstreamCounters {
     /// probe servers it proxies UDP to (stream `listen ... udp`).
     #[cfg(feature = "stream")]
     pub udp_warned: Cell<bool>,
-    /// Rebalancing: this worker's connections of the upstream (each with
-    /// what its request holds), its primary peers' failures, and what its
-    /// timer keeps between ticks.
+    /// Rebalancing (`shared::rebalance`): this worker's connections of the
+    /// upstream (each with what its request holds), and its primary peers'
+    /// failures.
     pub live: LiveList<Held>,
     pub failures: Option<Failures>,
-    pub rebalancer: Rebalancer,
 }
 
 impl UpstreamCounters {
