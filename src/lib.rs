@@ -12,10 +12,11 @@
 //! - `lua`: the C ABI for Lua balancers (`include/least_conn_persistent.h`).
 //!
 //! This file holds the module statics only. `cargo test` builds `core`,
-//! `ngx` and `shared`, not the front-ends: its binary links no nginx, so
-//! only code that touches no nginx symbol can run there (the linker keeps
-//! only what a test reaches; a test that reaches nginx fails to link,
-//! naming the symbol).
+//! `ngx` and `shared`, not the front-ends: its binary links no nginx, so a
+//! test may reach only code that names no nginx symbol (the linker keeps
+//! what tests reach; a test that reaches nginx fails to link, naming the
+//! symbol, in a debug build at least: an optimized one may drop a branch
+//! the test never takes).
 
 // The stream build leaves out what only http uses (status page, Lua ABI).
 #![cfg_attr(feature = "stream", allow(dead_code))]

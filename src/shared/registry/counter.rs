@@ -378,3 +378,103 @@ impl SharedCount for PeerCounter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::table::tests::HeapArena;
+    use crate::core::table::Table;
+
+    fn counter() -> PeerCounter {
+        PeerCounter::new(b"backend", b"10.0.0.1:80", Meta::default())
+    }
+
+    /// The counter's key stored in a table on the heap (leaked).
+    fn stored(a: &HeapArena, pc: &PeerCounter) -> (&'static Table, SlotRef) {
+        let t = Table::create(a, 64).expect("room for a table");
+        // SAFETY: just created in `a`, never freed.
+        let t: &'static Table = unsafe { &*t.as_ptr() };
+        let epoch = t.begin_epoch(a);
+        let slot = t.upsert(a, &pc.key, pc.upstream_len, pc.meta, epoch);
+        (t, slot.expect("room for a key"))
+    }
+
+    fn counting(pc: &PeerCounter, slot: SlotRef) {
+        pc.set_counting(Some(Counted {
+            slot,
+            mine: CellRef::unrecorded(),
+        }));
+    }
+
+    #[test]
+    fn the_key_names_the_upstream_and_the_server() {
+        let pc = counter();
+        assert_eq!(&*pc.key, b"conn_count:backend:10.0.0.1:80");
+        assert_eq!(pc.server(), b"10.0.0.1:80");
+    }
+
+    #[test]
+    fn a_declared_counter_counts_in_this_worker() {
+        let pc = counter();
+        assert!(!pc.in_zone() && pc.is_declared());
+        assert!(matches!(pc.try_acquire(0), Ok(Held::Local(_))));
+        assert!(matches!(pc.try_acquire(0), Ok(Held::Local(_))));
+        assert_eq!((pc.local_count(), pc.count()), (2, Some(2)));
+        assert_eq!(pc.count_hint_or_local(), 2);
+        // The pick compares no shared count for it.
+        assert_eq!(pc.count_hint(), None);
+    }
+
+    #[test]
+    fn a_stored_counter_asks_for_its_cell_and_counts_nothing() {
+        let a = HeapArena::new(1 << 20);
+        let pc = counter();
+        let (_, slot) = stored(&a, &pc);
+        pc.set_stored(Some(slot));
+        assert!(pc.in_zone() && pc.needs_cell());
+        assert_eq!(pc.stored_slot(), Some(slot));
+        assert_eq!(pc.try_acquire(0).err(), Some(NotTaken::Stale));
+        // Not stale: it needs its cell, not another look-up.
+        assert!(pc.needs_cell() && !pc.is_stale());
+        assert_eq!((slot.count(), pc.local_count()), (Some(0), 0));
+    }
+
+    #[test]
+    fn a_counting_counter_takes_from_the_zone_up_to_max_conns() {
+        let a = HeapArena::new(1 << 20);
+        let pc = counter();
+        let (_, slot) = stored(&a, &pc);
+        counting(&pc, slot);
+        assert!(!pc.needs_cell() && pc.stored_slot().is_none());
+        assert!(matches!(pc.try_acquire(1), Ok(Held::Shared(c)) if c.slot == slot));
+        assert_eq!(pc.try_acquire(1).err(), Some(NotTaken::AtLimit));
+        assert_eq!((slot.count(), pc.count_hint()), (Some(1), Some(1)));
+        assert_eq!(pc.local_count(), 0);
+    }
+
+    #[test]
+    fn a_removed_key_leaves_the_counter_stale_until_it_is_counted_again() {
+        let a = HeapArena::new(1 << 20);
+        let pc = counter();
+        let (table, slot) = stored(&a, &pc);
+        counting(&pc, slot);
+        assert!(table.remove_idle(&a, slot));
+        assert_eq!(pc.try_acquire(0).err(), Some(NotTaken::Stale));
+        assert!(pc.is_stale() && pc.slot().is_none());
+        pc.count_locally();
+        assert!(!pc.is_stale() && !pc.in_zone());
+        assert!(matches!(pc.try_acquire(0), Ok(Held::Local(_))));
+    }
+
+    #[test]
+    fn no_room_in_the_zone_means_counting_in_this_worker() {
+        for pc in [counter(), counter()] {
+            pc.set_stored(None);
+            assert!(!pc.in_zone() && !pc.needs_cell());
+            assert!(matches!(pc.try_acquire(0), Ok(Held::Local(_))));
+            pc.set_counting(None);
+            assert!(matches!(pc.try_acquire(0), Ok(Held::Local(_))));
+            assert_eq!(pc.local_count(), 2);
+        }
+    }
+}
