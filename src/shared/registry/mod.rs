@@ -168,3 +168,54 @@ impl Registry {
         unattributed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::key::Occurrence;
+    use crate::core::table::tests::HeapArena;
+    use crate::core::table::Table;
+
+    fn upstream(name: &[u8], addresses: &[&'static str]) -> UpstreamCounters {
+        let mut up = UpstreamCounters::new(name);
+        up.set_list(
+            List::Primary,
+            addresses.iter().map(|a| {
+                let (address, line) = (a.as_bytes(), a.as_bytes());
+                (Occurrence { address, line }, Meta::default())
+            }),
+        );
+        up
+    }
+
+    #[test]
+    fn an_upstream_is_named_by_the_order_it_was_added_in() {
+        let mut registry = Registry::default();
+        assert_eq!(registry.add(upstream(b"one", &["a:80"])), 0);
+        assert_eq!(registry.add(upstream(b"two", &["a:80"])), 1);
+        assert_eq!(registry.upstream(1).map(|up| &*up.name), Some(&b"two"[..]));
+        assert!(registry.upstream(2).is_none());
+        assert_eq!(registry.upstreams().count(), 2);
+        assert!(!registry.has_zone() && registry.zone().is_none());
+    }
+
+    #[test]
+    fn a_worker_without_a_record_names_the_servers_it_counts_unrecorded() {
+        let a = HeapArena::new(1 << 20);
+        let table = Table::create(&a, 64).expect("room for a table");
+        // SAFETY: just created in `a`, never freed.
+        let table = unsafe { &*table.as_ptr() };
+        let epoch = table.begin_epoch(&a);
+        let mut registry = Registry::default();
+        let stored = upstream(b"stored", &["a:80", "b:80"]);
+        for pc in stored.list(List::Primary).iter() {
+            let slot = table.upsert(&a, &pc.key, pc.upstream_len, pc.meta, epoch);
+            pc.set_stored(slot.ok());
+        }
+        registry.add(stored);
+        // Counted by this worker alone: no record needed.
+        registry.add(upstream(b"local", &["c:80"]));
+        assert_eq!(registry.attach_worker(None), 2);
+        assert_eq!(registry.record(), None);
+    }
+}

@@ -310,42 +310,20 @@ impl UpstreamCounters {
         cl.version.set(Some(copy.version));
         cl.cells.set(false);
         self.note_named(list);
-        let mut old: HashMap<Box<[u8]>, PeerCounter> = cl
-            .counters
-            .take()
-            .into_iter()
-            .map(|pc| (pc.key.clone(), pc))
-            .collect();
         let held_by_other: Vec<Box<[u8]>> = self
             .list(list.other())
             .iter()
             .map(|pc| pc.key.clone())
             .collect();
-        // Match first, with no lock: a kept key keeps its counter.
-        let mut new = Vec::with_capacity(fresh.len());
-        let mut replaced = Vec::with_capacity(fresh.len());
-        let mut added = Vec::with_capacity(fresh.len());
-        let mut restamped = Vec::with_capacity(fresh.len());
-        let mut done = Followed::default();
-        for mut pc in fresh {
-            let meta = pc.meta;
-            match old.remove(&pc.key) {
-                Some(kept) => {
-                    done.kept += 1;
-                    replaced.push(core::mem::replace(&mut pc, kept));
-                    if pc.meta != meta {
-                        pc.meta = meta;
-                        restamped.push(new.len());
-                    }
-                }
-                None => {
-                    done.added += 1;
-                    added.push(new.len());
-                }
-            }
-            new.push(pc);
-        }
-        done.gone = old.len();
+        // Match first, with no lock.
+        let Matched {
+            new,
+            added,
+            restamped,
+            drained,
+            mut done,
+            leftover,
+        } = match_kept(cl.counters.take(), fresh, &held_by_other);
         // Whether each new peer's name had addresses before (allocated
         // before locking); then the names this list has seen grow.
         let resolved_before: Vec<bool> = {
@@ -354,14 +332,6 @@ impl UpstreamCounters {
             lines.extend(copy.iter().map(|(o, _)| Box::from(o.line)));
             before
         };
-        // What is left in `old` no new peer claimed. A key the other list
-        // holds too is not drained: for a moment, until that list is named
-        // again, DNS can give one list a name the other still counts on.
-        let drained: Vec<SlotRef> = old
-            .values()
-            .filter(|gone| !held_by_other.contains(&gone.key))
-            .filter_map(PeerCounter::slot)
-            .collect();
         if let Some(link) = self.link.as_ref() {
             let now = peers::now() as u32;
             let locked = link.lock();
@@ -387,7 +357,7 @@ impl UpstreamCounters {
             }
         }
         *cl.counters.borrow_mut() = new;
-        drop((replaced, old, held_by_other));
+        drop((leftover, held_by_other));
         done
     }
 
@@ -557,6 +527,76 @@ impl UpstreamCounters {
     }
 }
 
+/// What following a peer list does with its counters, decided with no lock
+/// held (`match_kept`).
+struct Matched {
+    /// The list's counters from now on, in the peer list's order.
+    new: Vec<PeerCounter>,
+    /// Where in `new` the keys new to the list are, and the kept keys whose
+    /// metadata changed (weight, max_conns, down).
+    added: Vec<usize>,
+    restamped: Vec<usize>,
+    /// The slots of the keys gone, to drain.
+    drained: Vec<SlotRef>,
+    done: Followed,
+    /// Counters no longer used (fresh ones a kept key replaced, and the
+    /// gone ones): freed once the zone is unlocked.
+    leftover: (Vec<PeerCounter>, HashMap<Box<[u8]>, PeerCounter>),
+}
+
+/// Matches `fresh`, the counters for a peer list as it is now, against
+/// `old`, the list's counters until now: a kept key keeps its counter (and
+/// the count this worker holds on it), with the fresh metadata.
+/// `held_by_other`: the keys of the upstream's other list; a key gone from
+/// this list that the other list holds is not drained (for a moment, until
+/// that list is named again, DNS can give one list a name the other still
+/// counts on).
+fn match_kept(
+    old: Vec<PeerCounter>,
+    fresh: Vec<PeerCounter>,
+    held_by_other: &[Box<[u8]>],
+) -> Matched {
+    let mut old: HashMap<Box<[u8]>, PeerCounter> =
+        old.into_iter().map(|pc| (pc.key.clone(), pc)).collect();
+    let mut new = Vec::with_capacity(fresh.len());
+    let mut replaced = Vec::with_capacity(fresh.len());
+    let mut added = Vec::with_capacity(fresh.len());
+    let mut restamped = Vec::with_capacity(fresh.len());
+    let mut done = Followed::default();
+    for mut pc in fresh {
+        let meta = pc.meta;
+        match old.remove(&pc.key) {
+            Some(kept) => {
+                done.kept += 1;
+                replaced.push(core::mem::replace(&mut pc, kept));
+                if pc.meta != meta {
+                    pc.meta = meta;
+                    restamped.push(new.len());
+                }
+            }
+            None => {
+                done.added += 1;
+                added.push(new.len());
+            }
+        }
+        new.push(pc);
+    }
+    done.gone = old.len();
+    let drained = old
+        .values()
+        .filter(|gone| !held_by_other.contains(&gone.key))
+        .filter_map(PeerCounter::slot)
+        .collect();
+    Matched {
+        new,
+        added,
+        restamped,
+        drained,
+        done,
+        leftover: (replaced, old),
+    }
+}
+
 /// The blocks (`SlotRef::block`) of the counters that have no cell yet and
 /// whose chunk `record` lacks, each once.
 fn blocks_without_cells(table: &Table, record: RecordRef, counters: &[PeerCounter]) -> Vec<usize> {
@@ -569,4 +609,130 @@ fn blocks_without_cells(table: &Table, record: RecordRef, counters: &[PeerCounte
     blocks.sort_unstable();
     blocks.dedup();
     blocks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::table::tests::HeapArena;
+
+    fn servers<'a>(addresses: &[&'a str]) -> Vec<(Occurrence<'a>, Meta)> {
+        let meta = Meta {
+            weight: 1,
+            ..Meta::default()
+        };
+        addresses
+            .iter()
+            .map(|a| {
+                let (address, line) = (a.as_bytes(), a.as_bytes());
+                (Occurrence { address, line }, meta)
+            })
+            .collect()
+    }
+
+    fn names(up: &UpstreamCounters, list: List) -> Vec<String> {
+        let counters = up.list(list);
+        counters
+            .iter()
+            .map(|pc| String::from_utf8_lossy(pc.server()).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn every_server_has_a_key_of_its_own_across_both_lists() {
+        let mut up = UpstreamCounters::new(b"u");
+        up.set_list(List::Primary, servers(&["a:80", "a:80", "b:80"]));
+        up.set_list(List::Backup, servers(&["b:80"]));
+        assert_eq!(names(&up, List::Primary), ["a:80", "a:80#2", "b:80"]);
+        assert_eq!(names(&up, List::Backup), ["b:80#2"]);
+        assert!(up.list(List::Backup)[0].key.starts_with(b"conn_count:u:"));
+    }
+
+    #[test]
+    fn each_server_carries_the_upstreams_settings_to_the_zone() {
+        let mut up = UpstreamCounters::new(b"u");
+        up.slow_start = 100;
+        up.set_list(List::Primary, servers(&["a:80"]));
+        up.set_list(List::Backup, servers(&["b:80"]));
+        let primary = up.list(List::Primary)[0].meta;
+        assert_eq!(
+            (primary.flags, primary.slow_start, primary.weight),
+            (0, 100, 1)
+        );
+        assert_eq!(up.list(List::Backup)[0].meta.flags, FLAG_BACKUP);
+        up.rebalance = Some(Params::default());
+        up.check = Some(CheckParams::default());
+        up.set_list(List::Primary, servers(&["a:80"]));
+        let flags = up.list(List::Primary)[0].meta.flags;
+        assert_eq!(flags, FLAG_REBALANCE | FLAG_CHECKED);
+    }
+
+    #[test]
+    fn a_new_primary_list_calls_for_naming_the_backup_list_again() {
+        let mut up = UpstreamCounters::new(b"u");
+        up.set_list(List::Primary, servers(&["a:80"]));
+        up.set_list(List::Backup, servers(&["b:80"]));
+        // A list DNS never changed follows no version of the peer list.
+        assert!(up.needs_follow(List::Primary, 1));
+        up.primary.version.set(Some(1));
+        up.backup.version.set(Some(1));
+        assert!(!up.needs_follow(List::Primary, 1) && !up.needs_follow(List::Backup, 1));
+        assert!(up.needs_follow(List::Primary, 2));
+        up.set_list(List::Primary, servers(&["b:80"]));
+        assert!(!up.needs_follow(List::Primary, 1));
+        assert!(up.needs_follow(List::Backup, 1));
+        up.set_list(List::Backup, servers(&["b:80"]));
+        assert!(!up.needs_follow(List::Backup, 1));
+    }
+
+    #[test]
+    fn following_keeps_the_counter_of_each_key_kept() {
+        let up = UpstreamCounters::new(b"u");
+        let old = up.counters_for(List::Primary, servers(&["a:80", "b:80", "c:80"]));
+        // This worker holds a connection to a:80.
+        assert!(old[0].try_acquire(0).is_ok());
+        let mut now = servers(&["a:80", "b:80", "d:80"]);
+        now[1].1.weight = 5;
+        let fresh = up.counters_for(List::Primary, now);
+        let m = match_kept(old, fresh, &[]);
+        let done = Followed {
+            kept: 2,
+            added: 1,
+            gone: 1,
+            full: 0,
+        };
+        assert_eq!(m.done, done);
+        assert_eq!((m.added, m.restamped), (vec![2], vec![1]));
+        let servers: Vec<&[u8]> = m.new.iter().map(PeerCounter::server).collect();
+        assert_eq!(servers, [&b"a:80"[..], b"b:80", b"d:80"]);
+        assert_eq!(m.new[0].local_count(), 1);
+        assert_eq!(m.new[1].meta.weight, 5);
+        // Counted by this worker alone: nothing in a zone to drain.
+        assert!(m.drained.is_empty());
+    }
+
+    #[test]
+    fn a_key_gone_drains_unless_the_other_list_holds_it() {
+        let a = HeapArena::new(1 << 20);
+        let table = Table::create(&a, 64).expect("room for a table");
+        // SAFETY: just created in `a`, never freed.
+        let table = unsafe { &*table.as_ptr() };
+        let epoch = table.begin_epoch(&a);
+        let up = UpstreamCounters::new(b"u");
+        let old = up.counters_for(List::Primary, servers(&["a:80", "b:80", "c:80"]));
+        let slots: Vec<SlotRef> = old
+            .iter()
+            .map(|pc| {
+                let slot = table.upsert(&a, &pc.key, pc.upstream_len, pc.meta, epoch);
+                pc.set_stored(Some(slot.expect("room for a key")));
+                pc.slot().expect("stored")
+            })
+            .collect();
+        let held_by_other = [old[1].key.clone()];
+        let fresh = up.counters_for(List::Primary, servers(&["c:80"]));
+        let m = match_kept(old, fresh, &held_by_other);
+        assert_eq!((m.done.kept, m.done.gone), (1, 2));
+        assert_eq!(m.drained, [slots[0]]);
+        assert_eq!(m.new[0].slot(), Some(slots[2]));
+    }
 }
