@@ -1,25 +1,15 @@
 //! What every front-end module (http's, stream's) does the same way, written
-//! once over the `FrontEnd` trait: the two directives, the upstream's
-//! `init_upstream`, the check once a block is parsed, and the process hooks
-//! (committing a configuration once it cannot fail any more, each worker's
-//! start, periodic check and exit). A front-end says only where nginx keeps
-//! its configuration and how a request starts (`init_peer`).
+//! once over the `FrontEnd` trait: the upstream's `init_upstream`, the check
+//! once a block is parsed, and the process hooks (committing a configuration
+//! once it cannot fail any more, each worker's start, periodic check and
+//! exit). Their directives are `directives.rs`'s. A front-end says only
+//! where nginx keeps its configuration and how a request starts
+//! (`init_peer`).
 
-use core::ffi::{c_char, c_void};
-use core::ptr;
-
-use nginx_sys::{
-    ngx_command_t, ngx_conf_t, ngx_cycle, ngx_cycle_t, ngx_int_t, ngx_module_t, ngx_str_t,
-    ngx_terminate,
-};
+use nginx_sys::{ngx_conf_t, ngx_cycle, ngx_cycle_t, ngx_int_t, ngx_module_t, ngx_terminate};
 use ngx::core::Status;
 
-use crate::core::check_conf::CheckParams;
-use crate::core::rebalance::Params;
-use crate::ngx::conf::{
-    args, callback_result, directive_result, log_warning, parse_ms, parse_seconds, text, ConfError,
-    ConfWarning,
-};
+use crate::ngx::conf::{callback_result, log_warning, text, ConfError, ConfWarning};
 use crate::ngx::log::Log;
 use crate::ngx::peers::{now, now_ms};
 use crate::ngx::process;
@@ -51,119 +41,9 @@ pub trait FrontEnd {
     fn init_peer() -> InitPeer;
 }
 
-/// `least_conn_persistent_zone <name> <size>;` in the main block.
-pub extern "C" fn cmd_zone<F: FrontEnd>(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: nginx passes the configuration being parsed, this command, and
-    // our main configuration (the command's MAIN_CONF_OFFSET).
-    let (cf, cmd, mcf) = unsafe { (&mut *cf, &*cmd, &mut *conf.cast::<MainConf>()) };
-    let tag = ptr::from_ref(F::module()).cast();
-    let r = mcf.registry.declared_zone().directive(cf, tag);
-    directive_result(cf, cmd.name.as_bytes(), r)
-}
-
-/// `least_conn_persistent;` in an `upstream {}` block.
-pub extern "C" fn cmd_method<F: FrontEnd>(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: as in cmd_zone; `conf` is our srv conf of this upstream.
-    let (cf, cmd, scf) = unsafe { (&mut *cf, &*cmd, &mut *conf.cast::<SrvConf>()) };
-    let r = method_params(args(cf)).and_then(|slow_start| {
-        F::upstream_being_parsed(cf)
-            .ok_or(ConfError::NoMemory)
-            .map(|uscf| scf.claim(uscf, Some(init_upstream::<F>), slow_start))
-    });
-    if let Ok(Some(warning)) = &r {
-        log_warning(cf, cmd.name.as_bytes(), warning);
-    }
-    directive_result(cf, cmd.name.as_bytes(), r.map(drop))
-}
-
-/// `least_conn_persistent_rebalance [rate=N/s] [tolerance=N%] [min_age=time]
-/// [jitter=time];` in an `upstream {}` block, after `least_conn_persistent`.
-pub extern "C" fn cmd_rebalance(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: as in cmd_zone; `conf` is our srv conf of this upstream.
-    let (cf, cmd, scf) = unsafe { (&mut *cf, &*cmd, &mut *conf.cast::<SrvConf>()) };
-    let r = once_after_method(
-        cf,
-        scf,
-        |c| &mut c.rebalance,
-        ConfError::RebalanceWithoutMethod,
-        |a| Params::parse(a, parse_seconds).map_err(ConfError::Rebalance),
-    );
-    directive_result(cf, cmd.name.as_bytes(), r)
-}
-
-/// What the directives of an upstream that come once, after the method,
-/// do with their parameters: parse them into `field` of the upstream's
-/// configuration, or say why not.
-fn once_after_method<T>(
-    cf: &ngx_conf_t,
-    scf: &mut SrvConf,
-    field: fn(&mut SrvConf) -> &mut Option<T>,
-    without_method: ConfError,
-    parse: impl FnOnce(&[&[u8]]) -> Result<T, ConfError>,
-) -> Result<(), ConfError> {
-    let args: Vec<&[u8]> = args(cf).iter().map(|a| a.as_bytes()).collect();
-    if field(scf).is_some() {
-        return Err(ConfError::Duplicate);
-    }
-    if !scf.enabled {
-        return Err(without_method);
-    }
-    *field(scf) = Some(parse(&args)?);
-    Ok(())
-}
-
-/// `least_conn_persistent_check [type=tcp|http] [uri=/path] [port=N]
-/// [interval=time] [timeout=time] [rise=N] [fall=N] [status=codes]
-/// [capacity=header] [load=header];` in an `upstream {}` block, after
-/// `least_conn_persistent` (`core::check_conf`). That a zone is declared
-/// is known only once the block is parsed (`postconfiguration`).
-pub extern "C" fn cmd_check(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: as in cmd_zone; `conf` is our srv conf of this upstream.
-    let (cf, cmd, scf) = unsafe { (&mut *cf, &*cmd, &mut *conf.cast::<SrvConf>()) };
-    let r = once_after_method(
-        cf,
-        scf,
-        |c| &mut c.check,
-        ConfError::CheckWithoutMethod,
-        |a| CheckParams::parse(a, parse_ms).map_err(ConfError::Check),
-    );
-    directive_result(cf, cmd.name.as_bytes(), r)
-}
-
-/// The parameter of `least_conn_persistent` (nginx allows it one):
-/// `slow_start=<time>`, the window in deciseconds; 0: none.
-fn method_params(args: &[ngx_str_t]) -> Result<u32, ConfError> {
-    let Some(arg) = args.first() else {
-        return Ok(0);
-    };
-    let Some(value) = arg.as_bytes().strip_prefix(b"slow_start=") else {
-        return Err(ConfError::InvalidParameter(text(arg)));
-    };
-    (!value.is_empty())
-        .then(|| parse_seconds(value))
-        .flatten()
-        .and_then(|secs| u32::try_from(secs.checked_mul(10)?).ok())
-        .ok_or_else(|| ConfError::InvalidSlowStart(String::from_utf8_lossy(value).into_owned()))
-}
-
-/// `peer.init_upstream`: round-robin's lists, plus our keys for them.
-extern "C" fn init_upstream<F: FrontEnd>(
+/// `peer.init_upstream`: round-robin's lists, plus our keys for them (set
+/// by `least_conn_persistent`, `directives::cmd_method`).
+pub extern "C" fn init_upstream<F: FrontEnd>(
     cf: *mut ngx_conf_t,
     us: *mut UpstreamSrvConf,
 ) -> ngx_int_t {
