@@ -1,4 +1,4 @@
-//! Active health checks (issue 19): one process checks every server of the
+//! Active health checks: one process checks every server of the
 //! zone's checked upstreams, and what it finds goes into the zone
 //! (`core::health_table`), where every worker's picks (http, stream, Lua)
 //! see it and a reload keeps it.

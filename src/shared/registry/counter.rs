@@ -195,7 +195,7 @@ impl PeerCounter {
     /// `max_conns` (another worker may just have taken the last place), pick
     /// again. `Stale`: a newer configuration removed the key (or a Lua key
     /// expired); the counter is left `is_stale` until the caller, with any
-    /// peer lock let go, calls `refresh`, and picks again.
+    /// peer lock let go, calls `UpstreamCounters::refresh`, and picks again.
     /// A counter with no cell yet (`needs_cell`) answers `Stale` too,
     /// unchanged: the caller then gets this worker's cells for the list
     /// (`UpstreamCounters::attach_cells`) and picks again.
