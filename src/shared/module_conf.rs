@@ -76,3 +76,63 @@ impl SrvConf {
         redefined
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nginx_sys::{ngx_conf_t, ngx_int_t, ngx_str_t};
+
+    extern "C" fn ours(_: *mut ngx_conf_t, _: *mut UpstreamSrvConf) -> ngx_int_t {
+        0
+    }
+
+    extern "C" fn stock(_: *mut ngx_conf_t, _: *mut UpstreamSrvConf) -> ngx_int_t {
+        0
+    }
+
+    fn upstream() -> UpstreamSrvConf {
+        // SAFETY: nginx's upstream configuration is plain data: zeroes are
+        // an upstream with no name, flags or method.
+        let mut uscf: UpstreamSrvConf = unsafe { core::mem::zeroed() };
+        uscf.host = ngx_str_t {
+            len: 1,
+            data: b"u".as_ptr().cast_mut(),
+        };
+        uscf
+    }
+
+    fn method(uscf: &UpstreamSrvConf) -> Option<usize> {
+        uscf.peer.init_upstream.map(|f| f as usize)
+    }
+
+    #[test]
+    fn the_method_takes_the_upstream_over_with_least_conns_server_parameters() {
+        let (mut uscf, mut scf) = (upstream(), SrvConf::default());
+        assert_eq!(scf.claim(&mut uscf, Some(ours), 300), None);
+        assert!(scf.enabled && scf.registered.is_none());
+        assert_eq!(scf.slow_start, 300);
+        assert_eq!(method(&uscf), Some(ours as *const () as usize));
+        let parameters = UPSTREAM_CREATE
+            | UPSTREAM_WEIGHT
+            | UPSTREAM_MAX_CONNS
+            | UPSTREAM_MAX_FAILS
+            | UPSTREAM_FAIL_TIMEOUT
+            | UPSTREAM_DOWN
+            | UPSTREAM_BACKUP;
+        assert_eq!(
+            uscf.flags & parameters as ngx_uint_t,
+            parameters as ngx_uint_t
+        );
+    }
+
+    #[test]
+    fn the_method_replaces_the_one_before_it_and_says_so() {
+        let (mut uscf, mut scf) = (upstream(), SrvConf::default());
+        uscf.peer.init_upstream = Some(stock);
+        let warning = scf.claim(&mut uscf, Some(ours), 0);
+        assert_eq!(warning, Some(ConfWarning::MethodRedefined("u".into())));
+        assert_eq!(method(&uscf), Some(ours as *const () as usize));
+        let again = scf.claim(&mut uscf, Some(ours), 0);
+        assert_eq!(again, Some(ConfWarning::Repeated("u".into())));
+    }
+}
