@@ -446,6 +446,7 @@ impl UpstreamCounters {
     /// `PeerCounter::try_acquire` for a caller that holds no peer lock
     /// (Lua's pick): a stale counter is looked up again on the spot.
     /// `None`: at `max_conns`, pick again.
+    #[inline]
     pub fn acquire(&self, pc: &PeerCounter, max_conns: u32) -> Option<Held> {
         pc.acquire(self.link.as_ref(), self.record.get(), max_conns)
     }
