@@ -11,8 +11,12 @@
 //!   `stream` feature, as its own module file;
 //! - `lua`: the C ABI for Lua balancers (`include/least_conn_persistent.h`).
 //!
-//! This file holds the module statics only. `cargo test` builds `core`
-//! alone: its binary cannot link nginx's symbols.
+//! This file holds the http module's statics only. `cargo test` builds `core`,
+//! `ngx` and `shared`, not the front-ends: its binary links no nginx, so a
+//! test may reach only code that names no nginx symbol (the linker keeps
+//! what tests reach; a test that reaches nginx fails to link, naming the
+//! symbol, in a debug build at least: an optimized one may drop a branch
+//! the test never takes).
 
 // The stream build leaves out what only http uses (status page, Lua ABI).
 #![cfg_attr(feature = "stream", allow(dead_code))]
@@ -23,9 +27,10 @@ pub mod core;
 mod http;
 #[cfg(all(not(test), not(feature = "stream")))]
 mod lua;
-#[cfg(not(test))]
+// Under test, what only the front-ends use is unused.
+#[cfg_attr(test, allow(dead_code))]
 mod ngx;
-#[cfg(not(test))]
+#[cfg_attr(test, allow(dead_code))]
 mod shared;
 // The `stream` feature builds the stream module instead (its statics are in
 // stream/module.rs): an http-only nginx never needs nginx's stream module.
@@ -45,13 +50,15 @@ mod module {
     use ::ngx::http::HttpModule;
     use ::ngx::ngx_string;
     use nginx_sys::{
-        ngx_command_t, ngx_cycle_t, ngx_http_module_t, ngx_module_t, ngx_uint_t, NGX_CONF_ANY,
-        NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF,
-        NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE,
-        NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF,
+        ngx_command_t, ngx_cycle_t, ngx_http_module_t, ngx_module_t, ngx_uint_t, NGX_CONF_NOARGS,
+        NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
+        NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF,
     };
 
-    use crate::http::{directives, Module};
+    use crate::http::{self, Module};
+    use crate::shared::directives::{
+        command_table, directives, Block, Directive, Place, Subsystem,
+    };
     use crate::shared::front_end;
 
     impl HttpModule for Module {
@@ -72,49 +79,33 @@ mod module {
         merge_loc_conf: None,
     };
 
-    static mut COMMANDS: [ngx_command_t; 6] = [
-        ngx_command_t {
-            name: ngx_string!("least_conn_persistent_zone"),
-            type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2) as ngx_uint_t,
-            set: Some(front_end::cmd_zone::<Module>),
+    /// http's blocks, as a directive names them.
+    const HTTP: Subsystem = Subsystem {
+        main: Place {
+            flag: NGX_HTTP_MAIN_CONF,
             conf: NGX_HTTP_MAIN_CONF_OFFSET,
-            offset: 0,
-            post: ptr::null_mut(),
         },
-        ngx_command_t {
-            name: ngx_string!("least_conn_persistent"),
-            type_: (NGX_HTTP_UPS_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE1) as ngx_uint_t,
-            set: Some(front_end::cmd_method::<Module>),
+        upstream: Place {
+            flag: NGX_HTTP_UPS_CONF,
             conf: NGX_HTTP_SRV_CONF_OFFSET,
-            offset: 0,
-            post: ptr::null_mut(),
         },
-        ngx_command_t {
-            name: ngx_string!("least_conn_persistent_rebalance"),
-            type_: (NGX_HTTP_UPS_CONF | NGX_CONF_ANY) as ngx_uint_t,
-            set: Some(front_end::cmd_rebalance),
-            conf: NGX_HTTP_SRV_CONF_OFFSET,
-            offset: 0,
-            post: ptr::null_mut(),
-        },
-        ngx_command_t {
-            name: ngx_string!("least_conn_persistent_check"),
-            type_: (NGX_HTTP_UPS_CONF | NGX_CONF_ANY) as ngx_uint_t,
-            set: Some(front_end::cmd_check),
-            conf: NGX_HTTP_SRV_CONF_OFFSET,
-            offset: 0,
-            post: ptr::null_mut(),
-        },
-        ngx_command_t {
-            name: ngx_string!("least_conn_persistent_status"),
-            type_: (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
-            set: Some(directives::cmd_status),
+        location: Some(Place {
+            flag: NGX_HTTP_LOC_CONF,
             conf: NGX_HTTP_LOC_CONF_OFFSET,
-            offset: 0,
-            post: ptr::null_mut(),
-        },
-        ngx_command_t::empty(),
-    ];
+        }),
+    };
+
+    /// Every front-end's directives, and http's own: the status page.
+    static mut COMMANDS: [ngx_command_t; 6] = command_table(
+        &HTTP,
+        &directives::<Module>(),
+        &[Directive {
+            name: ngx_string!("least_conn_persistent_status"),
+            block: Block::Location,
+            args: NGX_CONF_NOARGS,
+            set: http::directives::cmd_status,
+        }],
+    );
 
     // The `ngx_modules` table a cdylib built outside nginx's build needs.
     #[cfg(feature = "export-modules")]

@@ -1,5 +1,5 @@
-//! The http module's own directive: the status page. The zone and method
-//! directives are `shared::front_end`'s.
+//! The http module's own directive: the status page (listed in lib.rs's
+//! command table). Every front-end's directives are `shared::directives`'s.
 
 use core::ffi::{c_char, c_void};
 
@@ -16,7 +16,7 @@ pub extern "C" fn cmd_status(
     cmd: *mut ngx_command_t,
     _conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: as in cmd_zone.
+    // SAFETY: as in `shared::directives::cmd_zone`.
     let (cf, cmd) = unsafe { (&mut *cf, &*cmd) };
     let r = match NgxHttpCoreModule::location_conf_mut(cf) {
         Some(clcf) if clcf.handler.is_some() => Err(ConfError::Duplicate),

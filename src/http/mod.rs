@@ -1,6 +1,7 @@
 //! The http front-end: where nginx keeps the http module's configuration,
-//! how a request starts (`balancer`), and the status page; the directives,
-//! the upstream's init and the process hooks are `shared::front_end`'s.
+//! how a request starts (`balancer`), and the status page with its
+//! directive; the directives every front-end has are `shared::directives`'s,
+//! the upstream's init and the process hooks `shared::front_end`'s.
 
 pub mod balancer;
 pub mod directives;

@@ -359,7 +359,7 @@ where
     // again, which then sees it full.
     for _ in 0..=counters.len() {
         let best = choose(&mut list)?;
-        if let Some(held) = counters[best].acquire(up, list.max_conns(best)) {
+        if let Some(held) = up.acquire(&counters[best], list.max_conns(best)) {
             return Some((best, held));
         }
     }

@@ -120,8 +120,8 @@ fn saturated(upstream: &[u8], peer: &RrPeer) -> Vec<ConfWarning> {
 /// configuration is committed (`init_module`), so that peers which
 /// `resolve` servers kept across a reload (nginx copies them into the new
 /// upstream zone) have their keys stamped by the commit like configured
-/// ones; then in each worker's periodic check (its turn comes every
-/// `worker_processes` half-seconds, `workers::CHECK_INTERVAL_MS`), so that a
+/// ones; then in each worker's housekeeping (its turn comes every
+/// `worker_processes` half-seconds, `workers::HOUSEKEEPING_INTERVAL_MS`), so that a
 /// new address shows at 0 and a gone one drains even while no request comes.
 pub fn follow_resolved_peers<'a>(
     registry: &Registry,
@@ -297,7 +297,7 @@ fn get_slow<const SLOW: bool>(
         if pd.refreshes > MAX_REFRESHES {
             counter.count_locally();
         } else {
-            counter.refresh(pd.upstream);
+            pd.upstream.refresh(counter);
         }
     }
     get::<SLOW>(pc, pd)
@@ -416,7 +416,7 @@ fn copy_peer_list(peers: &RrPeers) -> PeerListCopy {
 /// Follows a copy of the peer list (`copy_peer_list`), with no peer lock
 /// held: the zone is locked in `UpstreamCounters::follow`, and what changed
 /// is logged after. `by`: who copied it (`pick`, or `periodic`: the
-/// periodic check or the configuration load), for the debug log.
+/// housekeeping or the configuration load), for the debug log.
 #[cold]
 #[inline(never)]
 fn follow_copy(upstream: &UpstreamCounters, list: List, copy: &PeerListCopy, by: &str) {

@@ -30,8 +30,7 @@ use crate::core::check_judge::{judge, Judged};
 use crate::core::health::{State, Why};
 use crate::core::key;
 use crate::core::ramp;
-use crate::core::table::SlotRef;
-use crate::core::table::{CheckReport, Claim, Recorded};
+use crate::core::table::{CheckReport, Claim, Recorded, SlotRef};
 use crate::ngx::log::Log;
 use crate::ngx::peers::{self, now_ms};
 use crate::ngx::probe::{self, probe, Target};
@@ -386,7 +385,7 @@ fn refresh_gone_keys(up: &UpstreamCounters) {
     for list in [List::Primary, List::Backup] {
         for pc in up.list(list).iter() {
             if pc.slot().is_some_and(|s| s.count().is_none()) {
-                pc.refresh(up);
+                up.refresh(pc);
             }
         }
     }

@@ -1,25 +1,15 @@
 //! What every front-end module (http's, stream's) does the same way, written
-//! once over the `FrontEnd` trait: the two directives, the upstream's
-//! `init_upstream`, the check once a block is parsed, and the process hooks
-//! (committing a configuration once it cannot fail any more, each worker's
-//! start, periodic check and exit). A front-end says only where nginx keeps
-//! its configuration and how a request starts (`init_peer`).
+//! once over the `FrontEnd` trait: the upstream's `init_upstream`, the check
+//! once a block is parsed, and the process hooks (committing a configuration
+//! once it cannot fail any more, each worker's start, housekeeping and
+//! exit). Their directives are `directives.rs`'s. A front-end says only
+//! where nginx keeps its configuration and how a request starts
+//! (`init_peer`).
 
-use core::ffi::{c_char, c_void};
-use core::ptr;
-
-use nginx_sys::{
-    ngx_command_t, ngx_conf_t, ngx_cycle, ngx_cycle_t, ngx_int_t, ngx_module_t, ngx_str_t,
-    ngx_terminate,
-};
+use nginx_sys::{ngx_conf_t, ngx_cycle, ngx_cycle_t, ngx_int_t, ngx_module_t, ngx_terminate};
 use ngx::core::Status;
 
-use crate::core::check_conf::CheckParams;
-use crate::core::rebalance::Params;
-use crate::ngx::conf::{
-    args, callback_result, directive_result, log_warning, parse_ms, parse_seconds, text, ConfError,
-    ConfWarning,
-};
+use crate::ngx::conf::{callback_result, log_warning, text, ConfError, ConfWarning};
 use crate::ngx::log::Log;
 use crate::ngx::peers::{now, now_ms};
 use crate::ngx::process;
@@ -51,119 +41,9 @@ pub trait FrontEnd {
     fn init_peer() -> InitPeer;
 }
 
-/// `least_conn_persistent_zone <name> <size>;` in the main block.
-pub extern "C" fn cmd_zone<F: FrontEnd>(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: nginx passes the configuration being parsed, this command, and
-    // our main configuration (the command's MAIN_CONF_OFFSET).
-    let (cf, cmd, mcf) = unsafe { (&mut *cf, &*cmd, &mut *conf.cast::<MainConf>()) };
-    let tag = ptr::from_ref(F::module()).cast();
-    let r = mcf.registry.zone_directive(cf, tag);
-    directive_result(cf, cmd.name.as_bytes(), r)
-}
-
-/// `least_conn_persistent;` in an `upstream {}` block.
-pub extern "C" fn cmd_method<F: FrontEnd>(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: as in cmd_zone; `conf` is our srv conf of this upstream.
-    let (cf, cmd, scf) = unsafe { (&mut *cf, &*cmd, &mut *conf.cast::<SrvConf>()) };
-    let r = method_params(args(cf)).and_then(|slow_start| {
-        F::upstream_being_parsed(cf)
-            .ok_or(ConfError::NoMemory)
-            .map(|uscf| scf.claim(uscf, Some(init_upstream::<F>), slow_start))
-    });
-    if let Ok(Some(warning)) = &r {
-        log_warning(cf, cmd.name.as_bytes(), warning);
-    }
-    directive_result(cf, cmd.name.as_bytes(), r.map(drop))
-}
-
-/// `least_conn_persistent_rebalance [rate=N/s] [tolerance=N%] [min_age=time]
-/// [jitter=time];` in an `upstream {}` block, after `least_conn_persistent`.
-pub extern "C" fn cmd_rebalance(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: as in cmd_zone; `conf` is our srv conf of this upstream.
-    let (cf, cmd, scf) = unsafe { (&mut *cf, &*cmd, &mut *conf.cast::<SrvConf>()) };
-    let r = once_after_method(
-        cf,
-        scf,
-        |c| &mut c.rebalance,
-        ConfError::RebalanceWithoutMethod,
-        |a| Params::parse(a, parse_seconds).map_err(ConfError::Rebalance),
-    );
-    directive_result(cf, cmd.name.as_bytes(), r)
-}
-
-/// What the directives of an upstream that come once, after the method,
-/// do with their parameters: parse them into `field` of the upstream's
-/// configuration, or say why not.
-fn once_after_method<T>(
-    cf: &ngx_conf_t,
-    scf: &mut SrvConf,
-    field: fn(&mut SrvConf) -> &mut Option<T>,
-    without_method: ConfError,
-    parse: impl FnOnce(&[&[u8]]) -> Result<T, ConfError>,
-) -> Result<(), ConfError> {
-    let args: Vec<&[u8]> = args(cf).iter().map(|a| a.as_bytes()).collect();
-    if field(scf).is_some() {
-        return Err(ConfError::Duplicate);
-    }
-    if !scf.enabled {
-        return Err(without_method);
-    }
-    *field(scf) = Some(parse(&args)?);
-    Ok(())
-}
-
-/// `least_conn_persistent_check [type=tcp|http] [uri=/path] [port=N]
-/// [interval=time] [timeout=time] [rise=N] [fall=N] [status=codes]
-/// [capacity=header] [load=header];` in an `upstream {}` block, after
-/// `least_conn_persistent` (`core::check_conf`). That a zone is declared
-/// is known only once the block is parsed (`postconfiguration`).
-pub extern "C" fn cmd_check(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: as in cmd_zone; `conf` is our srv conf of this upstream.
-    let (cf, cmd, scf) = unsafe { (&mut *cf, &*cmd, &mut *conf.cast::<SrvConf>()) };
-    let r = once_after_method(
-        cf,
-        scf,
-        |c| &mut c.check,
-        ConfError::CheckWithoutMethod,
-        |a| CheckParams::parse(a, parse_ms).map_err(ConfError::Check),
-    );
-    directive_result(cf, cmd.name.as_bytes(), r)
-}
-
-/// The parameter of `least_conn_persistent` (nginx allows it one):
-/// `slow_start=<time>`, the window in deciseconds; 0: none.
-fn method_params(args: &[ngx_str_t]) -> Result<u32, ConfError> {
-    let Some(arg) = args.first() else {
-        return Ok(0);
-    };
-    let Some(value) = arg.as_bytes().strip_prefix(b"slow_start=") else {
-        return Err(ConfError::InvalidParameter(text(arg)));
-    };
-    (!value.is_empty())
-        .then(|| parse_seconds(value))
-        .flatten()
-        .and_then(|secs| u32::try_from(secs.checked_mul(10)?).ok())
-        .ok_or_else(|| ConfError::InvalidSlowStart(String::from_utf8_lossy(value).into_owned()))
-}
-
-/// `peer.init_upstream`: round-robin's lists, plus our keys for them.
-extern "C" fn init_upstream<F: FrontEnd>(
+/// `peer.init_upstream`: round-robin's lists, plus our keys for them (set
+/// by `least_conn_persistent`, `directives::cmd_method`).
+pub extern "C" fn init_upstream<F: FrontEnd>(
     cf: *mut ngx_conf_t,
     us: *mut UpstreamSrvConf,
 ) -> ngx_int_t {
@@ -241,7 +121,7 @@ fn checks_need_a_zone<F: FrontEnd>(cf: &ngx_conf_t) -> Result<(), ConfError> {
 /// `balance::follow_resolved_peers` over the upstreams that use the method.
 fn follow_resolved_peers<F: FrontEnd>(cycle: &ngx_cycle_t, mcf: &MainConf) {
     // Peer lists change at run time only through `resolve` (nginx 1.27.3+):
-    // before that there is nothing to follow, and the periodic check need
+    // before that there is nothing to follow, and housekeeping need
     // not walk the upstreams.
     if !cfg!(ngx_resolve) {
         return;
@@ -272,7 +152,7 @@ pub extern "C" fn init_module<F: FrontEnd>(cycle: *mut ngx_cycle_t) -> ngx_int_t
 /// `init_process`: every worker (or the single process). nginx calls it in
 /// its cache manager and loader too: they balance nothing, so they take no
 /// worker record (a helper's record would be reclaimed with a spurious
-/// "is gone" warning once it exits) and run no periodic check.
+/// "is gone" warning once it exits) and run no housekeeping.
 pub extern "C" fn init_process<F: FrontEnd>(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     #[cfg(feature = "lock-stats")]
     crate::ngx::lock_stats::forked();
@@ -289,7 +169,12 @@ pub extern "C" fn init_process<F: FrontEnd>(cycle: *mut ngx_cycle_t) -> ngx_int_
         workers::start(registry, unsafe { Log::from_ptr(cycle.log) });
         if registry.zone().is_some() {
             let (slot, count) = process::worker_slot();
-            timer::in_turn(workers::CHECK_INTERVAL_MS, slot, count, check::<F>);
+            timer::in_turn(
+                workers::HOUSEKEEPING_INTERVAL_MS,
+                slot,
+                count,
+                housekeeping::<F>,
+            );
             if registry.upstreams().any(|up| up.rebalance.is_some()) {
                 timer::every(rebalance::PERIOD_MS, rebalance_tick::<F>);
             }
@@ -315,11 +200,16 @@ fn rebalance_tick<F: FrontEnd>() {
     // SAFETY: in a worker, `ngx_cycle` is its cycle (an exiting worker's
     // too: the old configuration, whose connections it still holds).
     let cycle = unsafe { &*ngx_cycle };
-    if let Some(mcf) = F::cycle_main_conf(cycle) {
-        for up in mcf.registry.upstreams() {
-            if let Some(params) = &up.rebalance {
-                rebalance::tick(up, params, Log::cycle());
-            }
+    let Some(mcf) = F::cycle_main_conf(cycle) else {
+        return;
+    };
+    for us in F::cycle_upstreams(cycle) {
+        let Some(scf) = F::srv_conf(us) else {
+            continue;
+        };
+        let up = scf.registered.and_then(|i| mcf.registry.upstream(i));
+        if let Some((up, params)) = up.and_then(|up| Some((up, up.rebalance.as_ref()?))) {
+            rebalance::tick(up, &scf.rebalancer, params, Log::cycle());
         }
     }
 }
@@ -337,11 +227,11 @@ fn checks_tick<F: FrontEnd>() {
     }
 }
 
-fn check<F: FrontEnd>() {
+fn housekeeping<F: FrontEnd>() {
     // SAFETY: in a worker, `ngx_cycle` is its cycle.
     let cycle = unsafe { &*ngx_cycle };
     if let Some(mcf) = F::cycle_main_conf(cycle) {
-        workers::check(&mcf.registry, now() as u32, now_ms());
+        workers::housekeeping(&mcf.registry, now() as u32, now_ms());
         follow_resolved_peers::<F>(cycle, mcf);
     }
 }

@@ -1,6 +1,7 @@
 //! The configuration every front-end module keeps (http's and stream's):
 //! the registry of a load in the main context, and per upstream whether it
-//! asked for the method and where its counters are.
+//! asked for the method, where its counters are, and what rebalancing keeps
+//! for it in each worker.
 
 use nginx_sys::ngx_uint_t;
 
@@ -10,6 +11,7 @@ use crate::ngx::subsystem::{
     UPSTREAM_FAIL_TIMEOUT, UPSTREAM_MAX_CONNS, UPSTREAM_MAX_FAILS, UPSTREAM_WEIGHT,
 };
 
+use super::rebalance::Rebalancer;
 use super::registry::Registry;
 
 #[derive(Debug, Default)]
@@ -28,6 +30,9 @@ pub struct SrvConf {
     pub slow_start: u32,
     /// `least_conn_persistent_rebalance`, when given.
     pub rebalance: Option<crate::core::rebalance::Params>,
+    /// What this worker's rebalancing keeps between its ticks (each worker
+    /// has its own copy of the configuration).
+    pub rebalancer: Rebalancer,
     /// `least_conn_persistent_check`, when given.
     pub check: Option<crate::core::check_conf::CheckParams>,
 }
@@ -69,5 +74,65 @@ impl SrvConf {
             uscf.flags |= crate::ngx::subsystem::UPSTREAM_MODIFY as ngx_uint_t;
         }
         redefined
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nginx_sys::{ngx_conf_t, ngx_int_t, ngx_str_t};
+
+    extern "C" fn ours(_: *mut ngx_conf_t, _: *mut UpstreamSrvConf) -> ngx_int_t {
+        0
+    }
+
+    extern "C" fn stock(_: *mut ngx_conf_t, _: *mut UpstreamSrvConf) -> ngx_int_t {
+        0
+    }
+
+    fn upstream() -> UpstreamSrvConf {
+        // SAFETY: nginx's upstream configuration is plain data: zeroes are
+        // an upstream with no name, flags or method.
+        let mut uscf: UpstreamSrvConf = unsafe { core::mem::zeroed() };
+        uscf.host = ngx_str_t {
+            len: 1,
+            data: b"u".as_ptr().cast_mut(),
+        };
+        uscf
+    }
+
+    fn method(uscf: &UpstreamSrvConf) -> Option<usize> {
+        uscf.peer.init_upstream.map(|f| f as usize)
+    }
+
+    #[test]
+    fn the_method_takes_the_upstream_over_with_least_conns_server_parameters() {
+        let (mut uscf, mut scf) = (upstream(), SrvConf::default());
+        assert_eq!(scf.claim(&mut uscf, Some(ours), 300), None);
+        assert!(scf.enabled && scf.registered.is_none());
+        assert_eq!(scf.slow_start, 300);
+        assert_eq!(method(&uscf), Some(ours as *const () as usize));
+        let parameters = UPSTREAM_CREATE
+            | UPSTREAM_WEIGHT
+            | UPSTREAM_MAX_CONNS
+            | UPSTREAM_MAX_FAILS
+            | UPSTREAM_FAIL_TIMEOUT
+            | UPSTREAM_DOWN
+            | UPSTREAM_BACKUP;
+        assert_eq!(
+            uscf.flags & parameters as ngx_uint_t,
+            parameters as ngx_uint_t
+        );
+    }
+
+    #[test]
+    fn the_method_replaces_the_one_before_it_and_says_so() {
+        let (mut uscf, mut scf) = (upstream(), SrvConf::default());
+        uscf.peer.init_upstream = Some(stock);
+        let warning = scf.claim(&mut uscf, Some(ours), 0);
+        assert_eq!(warning, Some(ConfWarning::MethodRedefined("u".into())));
+        assert_eq!(method(&uscf), Some(ours as *const () as usize));
+        let again = scf.claim(&mut uscf, Some(ours), 0);
+        assert_eq!(again, Some(ConfWarning::Repeated("u".into())));
     }
 }

@@ -19,8 +19,9 @@ use crate::core::rebalance::{
     self, load_cmp, may_close, next_closes, old_enough, place_returning, usable, Key, Params,
     Quota, Server,
 };
-use crate::core::table::{SlotRef, FLAG_BACKUP, FLAG_DOWN, FLAG_DRAINING, FLAG_REBALANCE};
-use crate::core::table::{Tuned, CHECK_OUT, CHECK_TUNED};
+use crate::core::table::{
+    SlotRef, Tuned, CHECK_OUT, CHECK_TUNED, FLAG_BACKUP, FLAG_DOWN, FLAG_DRAINING, FLAG_REBALANCE,
+};
 use crate::ngx::live::LiveNode;
 use crate::ngx::log::Log;
 use crate::ngx::peers;
@@ -105,9 +106,9 @@ struct View {
     enabled: bool,
 }
 
-/// One tick for `up`, whose configuration has `params`.
-pub fn tick(up: &UpstreamCounters, params: &Params, log: Log) {
-    let r = &up.rebalancer;
+/// One tick for `up`, whose configuration has `params`; `r`: what this
+/// worker keeps for it between ticks.
+pub fn tick(up: &UpstreamCounters, r: &Rebalancer, params: &Params, log: Log) {
     r.ticks.set(r.ticks.get() + 1);
     // A worker with nothing of the upstream looks only in its turn: the
     // upstream's state still ends when it should (every worker holding
@@ -115,7 +116,7 @@ pub fn tick(up: &UpstreamCounters, params: &Params, log: Log) {
     if up.live.is_empty() && !my_turn(r.ticks.get()) {
         return;
     }
-    let Some(view) = view(up) else {
+    let Some(view) = view(up, r) else {
         return;
     };
     if !view.enabled && !r.disabled.replace(true) {
@@ -146,7 +147,9 @@ pub fn tick(up: &UpstreamCounters, params: &Params, log: Log) {
             log,
         );
     }
-    let recent = recent(r, &view);
+    // nginx's cached clock: one time for the whole tick.
+    let now_ms = peers::now_ms();
+    let recent = recent(r, &view, now_ms);
     let mut quota = r.quota.get();
     // A peer failing as this worker sees it (its own, or with an upstream
     // `zone` every worker's) holds its closes back, not the shared state,
@@ -155,7 +158,7 @@ pub fn tick(up: &UpstreamCounters, params: &Params, log: Log) {
     if failing != r.failing.replace(failing) && failing {
         log_state(up, "waits: a server is failing (max_fails)", params, log);
     }
-    let stalled = now && stalled(r, &recent, params);
+    let stalled = now && stalled(r, &recent, params, now_ms);
     if stalled != r.stall_logged.replace(stalled) && stalled {
         log_state(
             up,
@@ -166,7 +169,7 @@ pub fn tick(up: &UpstreamCounters, params: &Params, log: Log) {
         );
     }
     if now && !failing && !stalled {
-        shed(up, params, view, recent.away, &mut quota, log);
+        shed(up, r, params, view, recent.away, &mut quota, log);
     } else {
         quota.clear();
     }
@@ -194,8 +197,7 @@ fn decide(up: &UpstreamCounters, params: &Params, view: &View, log: Log) -> bool
 /// connections, which the workers closing have no way to see, or clients
 /// that do not reconnect): then closes wait until those servers gain, or a
 /// minute. Logged once.
-fn stalled(r: &Rebalancer, recent: &Recent, params: &Params) -> bool {
-    let now_ms = peers::now_ms();
+fn stalled(r: &Rebalancer, recent: &Recent, params: &Params, now_ms: u64) -> bool {
     if let Some((under, since)) = r.stalled.get() {
         if recent.under > under || now_ms.saturating_sub(since) > STALL_MS {
             r.stalled.set(None);
@@ -247,11 +249,11 @@ struct Recent {
     under: u64,
 }
 
-fn recent(r: &Rebalancer, v: &View) -> Recent {
+fn recent(r: &Rebalancer, v: &View, now_ms: u64) -> Recent {
     let total: u64 = v.servers.iter().map(|s| u64::from(s.conns)).sum();
     let weights: u64 = v.servers.iter().map(|s| u64::from(s.weight)).sum();
     let now = Seen {
-        at_ms: peers::now_ms(),
+        at_ms: now_ms,
         closes: v.keys.iter().map(|k| u64::from(k.rebalancing().0)).sum(),
         conns: total,
         under: v
@@ -294,10 +296,9 @@ fn my_turn(tick: u64) -> bool {
 
 /// The zone's view of the upstream; `None` without a zone, or while a key
 /// was just removed (the next tick finds the keys again).
-fn view(up: &UpstreamCounters) -> Option<View> {
+fn view(up: &UpstreamCounters, r: &Rebalancer) -> Option<View> {
     let link = up.link()?;
     let table = link.table;
-    let r = &up.rebalancer;
     // Found again when the table changed, and every few seconds anyway: a
     // key added here and another removed elsewhere leave the count alike.
     let at = (table.epoch(), table.keys());
@@ -365,8 +366,15 @@ fn view(up: &UpstreamCounters) -> Option<View> {
 
 /// While the upstream sheds: this worker's share of the closes. `away`:
 /// clients of connections closed lately not back yet (`Recent::away`).
-fn shed(up: &UpstreamCounters, params: &Params, v: View, away: u64, quota: &mut Quota, log: Log) {
-    let r = &up.rebalancer;
+fn shed(
+    up: &UpstreamCounters,
+    r: &Rebalancer,
+    params: &Params,
+    v: View,
+    away: u64,
+    quota: &mut Quota,
+    log: Log,
+) {
     let now_ms = peers::now_ms();
     let mark = stop_mark(true, params.tolerance);
     // This worker's long-lived connections per server that may close now
@@ -481,4 +489,99 @@ fn log_close(up: &UpstreamCounters, params: &Params, v: &View, j: usize, slot: S
             params.tolerance
         ),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::table::tests::HeapArena;
+    use crate::core::table::{Meta, Table};
+
+    /// The keys of two servers, in a table on the heap (leaked).
+    fn keys(a: &HeapArena) -> Vec<SlotRef> {
+        let t = Table::create(a, 64).expect("room for a table");
+        // SAFETY: just created in `a`, never freed.
+        let t = unsafe { &*t.as_ptr() };
+        let epoch = t.begin_epoch(a);
+        [&b"conn_count:u:a"[..], b"conn_count:u:b"]
+            .iter()
+            .map(|k| t.upsert(a, k, 1, Meta::default(), epoch).expect("room"))
+            .collect()
+    }
+
+    /// The upstream seen with `conns` on its two servers (weight 1 each).
+    fn view(keys: &[SlotRef], conns: [u32; 2]) -> View {
+        let server = |conns| Server {
+            conns,
+            weight: 1,
+            max_conns: 0,
+            part: None,
+        };
+        View {
+            keys: keys.to_vec(),
+            servers: conns.map(server).to_vec(),
+            key_of: vec![0, 1],
+            paused: false,
+            active: true,
+            enabled: true,
+        }
+    }
+
+    #[test]
+    fn a_closed_connection_is_away_until_its_client_comes_back() {
+        let a = HeapArena::new(1 << 20);
+        let keys = keys(&a);
+        let r = Rebalancer::default();
+        assert_eq!(recent(&r, &view(&keys, [10, 2]), 0).away, 0);
+        keys[0].note_shed();
+        keys[0].note_shed();
+        let two_closed = recent(&r, &view(&keys, [8, 2]), 500);
+        assert_eq!((two_closed.away, two_closed.under), (2, 2));
+        // One client back, on the server below its share.
+        let one_back = recent(&r, &view(&keys, [8, 3]), 1000);
+        assert_eq!((one_back.away, one_back.under_gain), (1, 1));
+        // Closes made long enough ago are judged; past the window, nothing
+        // closed then counts as away.
+        let judged = recent(&r, &view(&keys, [8, 3]), 2500);
+        assert_eq!(judged.judged_closes, 2);
+        let later = recent(&r, &view(&keys, [8, 3]), 500 + RECONNECT_MS + 1);
+        assert_eq!((later.away, later.judged_closes), (0, 0));
+    }
+
+    #[test]
+    fn closes_that_bring_the_servers_below_their_share_nothing_wait() {
+        let params = Params {
+            rate: 5,
+            ..Params::default()
+        };
+        let r = Rebalancer::default();
+        let fruitless = Recent {
+            away: 0,
+            judged_closes: STALL_CLOSES,
+            under_gain: 0,
+            under: 2,
+        };
+        let helped = Recent {
+            under_gain: 1,
+            ..fruitless
+        };
+        let too_few = Recent {
+            judged_closes: STALL_CLOSES - 1,
+            ..fruitless
+        };
+        assert!(!stalled(&r, &helped, &params, 0));
+        assert!(!stalled(&r, &too_few, &params, 0));
+        assert!(stalled(&r, &fruitless, &params, 0));
+        // Until the servers below their share gain, whatever the closes.
+        assert!(stalled(&r, &too_few, &params, 1000));
+        let gained = Recent {
+            under: 3,
+            ..too_few
+        };
+        assert!(!stalled(&r, &gained, &params, 2000));
+        // Or for a minute at most.
+        assert!(stalled(&r, &fruitless, &params, 3000));
+        assert!(stalled(&r, &too_few, &params, 3000 + STALL_MS));
+        assert!(!stalled(&r, &too_few, &params, 3000 + STALL_MS + 1));
+    }
 }

@@ -2,8 +2,9 @@
 //!
 //! A worker registers when it starts, after giving back the counts of
 //! workers that died (the master starts a replacement for a crashed worker).
-//! The workers also take turns checking, one every `CHECK_INTERVAL_MS`
-//! (see `check`): an old-generation worker that dies while draining is not
+//! The workers also take turns at housekeeping, one every
+//! `HOUSEKEEPING_INTERVAL_MS` (see `housekeeping`), which looks for dead
+//! workers: an old-generation worker that dies while draining is not
 //! replaced. A worker that exits
 //! gives back what it still holds; holding anything then is a bug, except
 //! in a fast shutdown (`nginx -s stop`), which drops connections unreleased.
@@ -24,7 +25,7 @@ use super::zone::ZoneLink;
 
 /// How often one of the workers looks for dead workers' records: they take
 /// turns (`timer::in_turn`), so each ticks every `worker_processes` periods.
-pub const CHECK_INTERVAL_MS: usize = 500;
+pub const HOUSEKEEPING_INTERVAL_MS: usize = 500;
 
 /// Lua keys idle and neither declared nor picked for this long are removed.
 pub const LUA_KEY_TTL_SECS: u32 = 600;
@@ -212,18 +213,18 @@ pub fn start(registry: &'static Registry, log: Log) {
     }
 }
 
-/// The periodic check, in the worker whose turn it is; `now` in seconds,
+/// Housekeeping, in the worker whose turn it is; `now` in seconds,
 /// `now_ms` on nginx's monotonic clock. The turns give one tick a period
 /// per generation; of those, only the one that claims the period
 /// (`Table::claim_reclaim`, one compare-and-swap; a little short of a period,
 /// so that a tick a few ms early still claims it) looks for dead workers:
 /// the work per period does not grow with the workers.
 /// About once a minute that one also removes expired Lua keys.
-pub fn check(registry: &Registry, now: u32, now_ms: u64) {
+pub fn housekeeping(registry: &Registry, now: u32, now_ms: u64) {
     let Some(link) = registry.zone() else {
         return;
     };
-    let interval = CHECK_INTERVAL_MS as u64;
+    let interval = HOUSEKEEPING_INTERVAL_MS as u64;
     if !link.table.claim_reclaim(now_ms, interval * 3 / 4) {
         return;
     }

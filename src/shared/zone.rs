@@ -1,4 +1,5 @@
-//! The shared zone: nginx's shm zone and slab pool around the counter table.
+//! The shared zone: nginx's shm zone and slab pool around the counter table,
+//! and its directive, `least_conn_persistent_zone` (`DeclaredZone`).
 //!
 //! The zone is created by the master while it loads a configuration. When a
 //! reload keeps the zone's name and size, nginx hands the old zone to the
@@ -9,17 +10,122 @@ use core::alloc::Layout;
 use core::ffi::c_void;
 use core::ptr::NonNull;
 
-use nginx_sys::{NGX_LOG_ERR, NGX_LOG_NOTICE};
+use nginx_sys::{ngx_conf_t, ngx_int_t, ngx_shm_zone_t, ngx_str_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
 use ngx::allocator::Allocator;
 use ngx::core::slab::LockedSlabPool;
+use ngx::core::Status;
 
 use crate::core::crash;
 use crate::core::status::ZoneInfo;
-use crate::core::table::HealthView;
-use crate::core::table::{Arena, Meta, Table};
-use crate::ngx::conf::page_size;
+use crate::core::table::{Arena, HealthView, Meta, Table};
+use crate::ngx::conf::{args, page_size, parse_size, text, ConfError};
 use crate::ngx::peers;
-use crate::ngx::shm::{mapped_zones, names_in_running_cycle, ShmZone};
+use crate::ngx::shm::{self, mapped_zones, names_in_running_cycle, ShmZone};
+
+/// The smallest zone: a few pages for the slab allocator, the table, and
+/// some keys.
+const MIN_ZONE_PAGES: usize = 8;
+
+/// The zone a configuration load declares, and its table once nginx's init
+/// has found or made it (`init_zone`). The registry of the load holds it.
+#[derive(Debug, Default)]
+pub struct DeclaredZone {
+    declared: bool,
+    opened: Option<(ShmZone, &'static Table)>,
+}
+
+impl DeclaredZone {
+    pub fn is_declared(&self) -> bool {
+        self.declared
+    }
+
+    /// The zone and its table, once nginx's init found or made it.
+    pub fn opened(&self) -> Option<(ShmZone, &'static Table)> {
+        self.opened
+    }
+
+    /// `least_conn_persistent_zone <name> <size>;`, in any front-end's main
+    /// context: checks the arguments and declares the zone (`tag`: the
+    /// front-end module's, so that two front-ends cannot share a name).
+    pub fn directive(&mut self, cf: &mut ngx_conf_t, tag: *const c_void) -> Result<(), ConfError> {
+        if self.declared {
+            return Err(ConfError::Duplicate);
+        }
+        // NGX_CONF_TAKE2: exactly two arguments.
+        let [name, size_text] = args(cf) else {
+            unreachable!("nginx checks the number of arguments");
+        };
+        let parsed = parse_size(size_text);
+        let size = checked_size(name, size_text, parsed, page_size())?;
+        self.declare(cf, name, size, tag)
+    }
+
+    /// Declares the zone whose init will find the table for it.
+    fn declare(
+        &mut self,
+        cf: &mut ngx_conf_t,
+        name: &mut ngx_str_t,
+        size: usize,
+        tag: *const c_void,
+    ) -> Result<(), ConfError> {
+        // SAFETY: `self` lives in the module's main configuration (in its
+        // registry), as long as the cycle whose zone this is.
+        unsafe {
+            shm::declare(
+                cf,
+                name,
+                size,
+                tag,
+                Some(init_zone),
+                core::ptr::from_mut(self).cast(),
+            )?
+        };
+        self.declared = true;
+        Ok(())
+    }
+}
+
+/// The zone's size, if the directive's arguments are valid: a name, and a
+/// size (`parsed`, from `size_text`) of at least `MIN_ZONE_PAGES` pages.
+fn checked_size(
+    name: &ngx_str_t,
+    size_text: &ngx_str_t,
+    parsed: Option<usize>,
+    page_size: usize,
+) -> Result<usize, ConfError> {
+    if name.is_empty() {
+        return Err(ConfError::InvalidName(text(name)));
+    }
+    let size = parsed.ok_or_else(|| ConfError::InvalidSize(text(size_text)))?;
+    let min = MIN_ZONE_PAGES * page_size;
+    if size < min {
+        return Err(ConfError::TooSmall {
+            name: text(name),
+            min,
+        });
+    }
+    Ok(size)
+}
+
+/// nginx's init callback for the zone: finds the table a previous load left
+/// or creates one. The configuration is stamped later, by the registry's
+/// `commit`.
+extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, old_data: *mut c_void) -> ngx_int_t {
+    // SAFETY: nginx calls this with its zone, mapped, whose `data` is the
+    // `DeclaredZone` that declared it.
+    let Some(shm) = (unsafe { ShmZone::from_ptr(shm_zone) }) else {
+        return Status::NGX_ERROR.into();
+    };
+    // SAFETY: as above; nothing else uses it during the init.
+    let zone = unsafe { &mut *shm.data().cast::<DeclaredZone>() };
+    match open_table(shm, old_data.is_null(), shm.tag()) {
+        Ok(table) => {
+            zone.opened = Some((shm, table));
+            Status::NGX_OK.into()
+        }
+        Err(_) => Status::NGX_ERROR.into(),
+    }
+}
 
 /// The zone with its mutex held, as proof of the lock for its table's
 /// methods; released on drop. Only `ZoneLink::lock` and `open_table` make
@@ -235,11 +341,7 @@ pub struct TooSmall;
 
 /// Finds the table a previous load left in the zone, or creates one.
 /// `fresh`: nginx created the zone for this load (nothing to reuse).
-pub fn open_table(
-    shm: ShmZone,
-    fresh: bool,
-    tag: *const c_void,
-) -> Result<&'static Table, TooSmall> {
+fn open_table(shm: ShmZone, fresh: bool, tag: *const c_void) -> Result<&'static Table, TooSmall> {
     let mut locked = Locked::new(&shm, None);
     // SAFETY: the root is null or the table a load of ours put there; the
     // table lives as long as the mapping, which outlives every cycle using it.
@@ -301,5 +403,49 @@ fn note_new_zone(shm: &ShmZone, tag: *const c_void) {
                 String::from_utf8_lossy(old)
             ),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ngx_str(s: &'static str) -> ngx_str_t {
+        ngx_str_t {
+            len: s.len(),
+            data: s.as_ptr().cast_mut(),
+        }
+    }
+
+    const PAGE: usize = 4096;
+
+    #[test]
+    fn a_zone_needs_a_name() {
+        let r = checked_size(&ngx_str(""), &ngx_str("1m"), Some(1 << 20), PAGE);
+        assert_eq!(r, Err(ConfError::InvalidName(String::new())));
+    }
+
+    #[test]
+    fn a_size_nginx_cannot_parse_is_named() {
+        let r = checked_size(&ngx_str("lc"), &ngx_str("1q"), None, PAGE);
+        assert_eq!(r, Err(ConfError::InvalidSize("1q".into())));
+    }
+
+    #[test]
+    fn a_zone_holds_eight_pages_at_least() {
+        let (name, text) = (ngx_str("lc"), ngx_str("32k"));
+        assert_eq!(
+            checked_size(&name, &text, Some(8 * PAGE), PAGE),
+            Ok(8 * PAGE)
+        );
+        assert_eq!(
+            checked_size(&name, &text, Some(8 * PAGE - 1), PAGE),
+            Err(ConfError::TooSmall {
+                name: "lc".into(),
+                min: 8 * PAGE
+            })
+        );
+        // The minimum follows the page size.
+        assert!(checked_size(&name, &text, Some(8 * PAGE), 2 * PAGE).is_err());
     }
 }

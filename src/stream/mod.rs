@@ -4,7 +4,8 @@
 //! `ngx_stream_least_conn_persistent_module.so`, by the `stream` feature:
 //! an http-only user then never needs nginx's stream module. This is where
 //! nginx keeps the stream module's configuration and how a session starts
-//! (`balancer`); the rest is `shared::front_end`'s.
+//! (`balancer`); its directives are `shared::directives`'s, the rest
+//! `shared::front_end`'s.
 
 pub mod balancer;
 pub mod module;

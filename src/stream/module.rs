@@ -5,14 +5,13 @@ use core::ffi::c_void;
 use core::ptr;
 
 use ::ngx::core::Pool;
-use ::ngx::ngx_string;
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_module_t, ngx_stream_module_t, ngx_uint_t,
-    NGX_CONF_ANY, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_STREAM_MAIN_CONF,
-    NGX_STREAM_MODULE, NGX_STREAM_UPS_CONF,
+    NGX_STREAM_MAIN_CONF, NGX_STREAM_MODULE, NGX_STREAM_UPS_CONF,
 };
 
 use crate::ngx::stream::{MAIN_CONF_OFFSET, SRV_CONF_OFFSET};
+use crate::shared::directives::{command_table, directives, Place, Subsystem};
 use crate::shared::front_end;
 
 use super::{MainConf, SrvConf, Stream};
@@ -46,41 +45,21 @@ static CTX: ngx_stream_module_t = ngx_stream_module_t {
     merge_srv_conf: None,
 };
 
-static mut COMMANDS: [ngx_command_t; 5] = [
-    ngx_command_t {
-        name: ngx_string!("least_conn_persistent_zone"),
-        type_: (NGX_STREAM_MAIN_CONF | NGX_CONF_TAKE2) as ngx_uint_t,
-        set: Some(front_end::cmd_zone::<Stream>),
+/// stream's blocks, as a directive names them.
+const STREAM: Subsystem = Subsystem {
+    main: Place {
+        flag: NGX_STREAM_MAIN_CONF,
         conf: MAIN_CONF_OFFSET,
-        offset: 0,
-        post: ptr::null_mut(),
     },
-    ngx_command_t {
-        name: ngx_string!("least_conn_persistent"),
-        type_: (NGX_STREAM_UPS_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE1) as ngx_uint_t,
-        set: Some(front_end::cmd_method::<Stream>),
+    upstream: Place {
+        flag: NGX_STREAM_UPS_CONF,
         conf: SRV_CONF_OFFSET,
-        offset: 0,
-        post: ptr::null_mut(),
     },
-    ngx_command_t {
-        name: ngx_string!("least_conn_persistent_rebalance"),
-        type_: (NGX_STREAM_UPS_CONF | NGX_CONF_ANY) as ngx_uint_t,
-        set: Some(front_end::cmd_rebalance),
-        conf: SRV_CONF_OFFSET,
-        offset: 0,
-        post: ptr::null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("least_conn_persistent_check"),
-        type_: (NGX_STREAM_UPS_CONF | NGX_CONF_ANY) as ngx_uint_t,
-        set: Some(front_end::cmd_check),
-        conf: SRV_CONF_OFFSET,
-        offset: 0,
-        post: ptr::null_mut(),
-    },
-    ngx_command_t::empty(),
-];
+    location: None,
+};
+
+/// Every front-end's directives (stream has none of its own).
+static mut COMMANDS: [ngx_command_t; 5] = command_table(&STREAM, &directives::<Stream>(), &[]);
 
 // The `ngx_modules` table a cdylib built outside nginx's build needs.
 #[cfg(feature = "export-modules")]
