@@ -54,8 +54,8 @@ impl FrontEnd for Module {
         http_upstreams(cf).collect()
     }
 
-    fn cycle_upstreams(cycle: &ngx_cycle_t) -> Vec<&ngx_http_upstream_srv_conf_t> {
-        http_upstreams(cycle).collect()
+    fn cycle_upstreams(cycle: &ngx_cycle_t) -> impl Iterator<Item = &ngx_http_upstream_srv_conf_t> {
+        http_upstreams(cycle)
     }
 
     fn init_peer() -> InitPeer {

@@ -36,7 +36,9 @@ pub trait FrontEnd {
     fn upstream_being_parsed(cf: &ngx_conf_t) -> Option<&'static mut UpstreamSrvConf>;
     /// The upstreams of the configuration being parsed, or of a cycle.
     fn upstreams(cf: &ngx_conf_t) -> Vec<&UpstreamSrvConf>;
-    fn cycle_upstreams(cycle: &ngx_cycle_t) -> Vec<&UpstreamSrvConf>;
+    /// The upstreams of a cycle, walked without allocating (timers walk
+    /// them on every tick).
+    fn cycle_upstreams(cycle: &ngx_cycle_t) -> impl Iterator<Item = &UpstreamSrvConf>;
     /// `peer.init`, per request (or session).
     fn init_peer() -> InitPeer;
 }
@@ -126,9 +128,7 @@ fn follow_resolved_peers<F: FrontEnd>(cycle: &ngx_cycle_t, mcf: &MainConf) {
     if !cfg!(ngx_resolve) {
         return;
     }
-    let ours = F::cycle_upstreams(cycle)
-        .into_iter()
-        .filter_map(|us| Some((us, F::srv_conf(us)?.registered?)));
+    let ours = F::cycle_upstreams(cycle).filter_map(|us| Some((us, F::srv_conf(us)?.registered?)));
     balance::follow_resolved_peers(&mcf.registry, ours);
 }
 
@@ -220,7 +220,6 @@ fn checks_tick<F: FrontEnd>() {
     if let (Some(_), Some(registry)) = (F::cycle_main_conf(cycle), workers::registry()) {
         checks::tick(registry, || {
             F::cycle_upstreams(cycle)
-                .into_iter()
                 .filter_map(|us| Some((us, F::srv_conf(us)?.registered?)))
                 .collect()
         });

@@ -59,8 +59,10 @@ impl FrontEnd for Stream {
         stream::upstreams(cf).collect()
     }
 
-    fn cycle_upstreams(cycle: &ngx_cycle_t) -> Vec<&ngx_stream_upstream_srv_conf_t> {
-        stream::cycle_upstreams(cycle).collect()
+    fn cycle_upstreams(
+        cycle: &ngx_cycle_t,
+    ) -> impl Iterator<Item = &ngx_stream_upstream_srv_conf_t> {
+        stream::cycle_upstreams(cycle)
     }
 
     fn init_peer() -> InitPeer {

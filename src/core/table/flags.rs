@@ -7,10 +7,26 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
-/// The flags of a key, in bit order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Flag {
+/// Defines `Flag` from one list, and `Flag::ALL` with it: a new flag is
+/// one line of the list, and the count below then fails to compile until
+/// the layout says what changed.
+macro_rules! flags {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// The flags of a key, in bit order.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(u32)]
+        pub enum Flag {
+            $($(#[$doc])* $name,)*
+        }
+
+        impl Flag {
+            /// Every flag, in bit order.
+            pub const ALL: &[Flag] = &[$(Flag::$name),*];
+        }
+    };
+}
+
+flags! {
     /// A backup server (configuration).
     Backup,
     /// Marked `down` (configuration).
@@ -37,9 +53,6 @@ pub enum Flag {
 }
 
 impl Flag {
-    /// The last flag: the shed counter starts above it.
-    const LAST: Flag = Flag::Checked;
-
     pub const fn bit(self) -> u32 {
         1 << self as u32
     }
@@ -63,10 +76,11 @@ pub const CHECK_OUT: u32 = Flag::CheckOut.bit();
 pub const CHECK_TUNED: u32 = Flag::CheckTuned.bit();
 pub const CHECK_BITS: u32 = CHECK_OUT | CHECK_TUNED;
 
-const SHED_SHIFT: u32 = Flag::LAST as u32 + 1;
+/// Where the shed counter starts: above every flag.
+const SHED_SHIFT: u32 = 9;
 const _: () = assert!(
-    SHED_SHIFT == 9,
-    "the flag word changed: bump the layout in MAGIC (header.rs)"
+    Flag::ALL.len() as u32 == SHED_SHIFT,
+    "the flag word changed: move SHED_SHIFT and bump the layout in MAGIC (header.rs)"
 );
 #[cfg(test)]
 pub const SHED_MAX: u32 = u32::MAX >> SHED_SHIFT;

@@ -58,8 +58,9 @@ pub struct WorkerRecord {
 pub struct RecordRef(NonNull<WorkerRecord>);
 
 // SAFETY: the record lives in shared memory, mapped in every process that
-// holds a RecordRef; its links and directory change under the zone lock; only
-// the owner writes its cells and total.
+// holds a RecordRef; its links and directory change under the zone lock; the
+// owner writes its cells lock-free, and a reclaim or repair zeroes a dead
+// worker's cells under the lock.
 unsafe impl Send for RecordRef {}
 unsafe impl Sync for RecordRef {}
 
