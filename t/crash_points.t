@@ -579,9 +579,9 @@ sub stale_upsert {
 
 # Slots in a block of the table (a block is a page, 4 KiB).
 sub slots_per_block {
-	open my $f, '<', '../src/core/table.rs' or die "../src/core/table.rs: $!\n";
+	open my $f, '<', '../src/core/table/slot.rs' or die "../src/core/table/slot.rs: $!\n";
 	my ($n) = do { local $/; <$f> } =~ /const SLOTS_PER_BLOCK: usize = (\d+);/
-		or die "no SLOTS_PER_BLOCK in src/core/table.rs\n";
+		or die "no SLOTS_PER_BLOCK in src/core/table/slot.rs\n";
 	return $n;
 }
 

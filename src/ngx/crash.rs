@@ -6,7 +6,9 @@
 //! Request files live in `<prefix>/crash-points/`, a directory the test
 //! makes writable for the workers' user (workers run as `nobody` under a
 //! root master). A file holds one line, `<point> <n>` (n from 1), and is
-//! named after the subsystem, so that the http and the stream module,
+//! named after the subsystem (`<point> <n> stop`: the process stops itself
+//! with SIGSTOP instead, for a test to kill it when it chooses), so that
+//! the http and the stream module,
 //! loaded together, each take only their own:
 //! - `http`, `stream`: for a worker. The first worker to start once the
 //!   file is there takes it by renaming it to `<name>.<pid>`: one worker is
@@ -20,7 +22,7 @@
 //! The hook itself does nothing but count and kill: no logging, no
 //! allocation, as it runs under the zone's mutex.
 
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -37,6 +39,8 @@ const NONE: usize = usize::MAX;
 
 /// The armed point, as its index in `POINTS`.
 static TARGET: AtomicUsize = AtomicUsize::new(NONE);
+/// Whether the armed process stops (SIGSTOP) there instead of dying.
+static STOP: AtomicBool = AtomicBool::new(false);
 
 /// Passes of the armed point left before the one that dies.
 static LEFT: AtomicU32 = AtomicU32::new(0);
@@ -60,22 +64,24 @@ pub fn arm(cycle: &ngx_cycle_t, role: Role) {
     };
     let log = Log::cycle();
     match parse(&request) {
-        Some((index, nth)) => {
+        Some((index, nth, stop)) => {
+            STOP.store(stop, Ordering::Relaxed);
             LEFT.store(nth, Ordering::Relaxed);
             TARGET.store(index, Ordering::Relaxed);
             set_hook(hook);
             log.module(
                 NGX_LOG_NOTICE,
                 format_args!(
-                    "crash point \"{}\" armed: this process dies at pass {nth}",
-                    POINTS[index]
+                    "crash point \"{}\" armed: this process {} at pass {nth}",
+                    POINTS[index],
+                    if stop { "stops" } else { "dies" }
                 ),
             );
         }
         None => log.module(
             NGX_LOG_ALERT,
             format_args!(
-                "crash point request \"{}\" names no known point and pass (\"<point> <n>\")",
+                "crash point request \"{}\" names no known point and pass (\"<point> <n> [stop]\")",
                 request.trim()
             ),
         ),
@@ -89,8 +95,14 @@ fn hook(name: &'static str) {
         return;
     };
     if target == name && LEFT.fetch_sub(1, Ordering::Relaxed) == 1 {
-        // SAFETY: plain syscalls on this process; SIGKILL does not return.
-        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        let signal = if STOP.load(Ordering::Relaxed) {
+            libc::SIGSTOP
+        } else {
+            libc::SIGKILL
+        };
+        // SAFETY: plain syscalls on this process; SIGKILL does not return,
+        // SIGSTOP returns if the process is ever continued.
+        unsafe { libc::kill(libc::getpid(), signal) };
     }
 }
 
@@ -115,10 +127,15 @@ fn claim(file: &Path) -> Option<String> {
 }
 
 /// `<point> <n>`: the point's index in `POINTS` and n (1 or more).
-fn parse(request: &str) -> Option<(usize, u32)> {
+fn parse(request: &str) -> Option<(usize, u32, bool)> {
     let mut words = request.split_ascii_whitespace();
     let name = words.next()?;
     let nth: u32 = words.next()?.parse().ok().filter(|&n| n >= 1)?;
     let index = POINTS.iter().position(|&p| p == name)?;
-    words.next().is_none().then_some((index, nth))
+    let stop = match words.next() {
+        None => false,
+        Some("stop") => true,
+        Some(_) => return None,
+    };
+    words.next().is_none().then_some((index, nth, stop))
 }

@@ -1,8 +1,8 @@
 //! Which kind of nginx process this is.
 
 use nginx_sys::{
-    ngx_core_conf_t, ngx_core_module, ngx_cycle, ngx_process, ngx_worker, NGX_PROCESS_SINGLE,
-    NGX_PROCESS_WORKER,
+    ngx_core_conf_t, ngx_core_module, ngx_cycle, ngx_process, ngx_worker, NGX_PROCESS_MASTER,
+    NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
 };
 
 /// Whether this process serves connections: a worker, or the only process
@@ -14,6 +14,12 @@ pub fn serves_connections() -> bool {
     // module's `init_process`; this process only reads it.
     let kind = unsafe { ngx_process };
     kind == NGX_PROCESS_WORKER as usize || kind == NGX_PROCESS_SINGLE as usize
+}
+
+/// Whether this process is the master of worker processes.
+pub fn is_master() -> bool {
+    // SAFETY: as in `serves_connections`.
+    unsafe { ngx_process == NGX_PROCESS_MASTER as usize }
 }
 
 /// This worker's number among its generation's workers, and how many there

@@ -5,14 +5,17 @@ use core::ffi::c_void;
 use core::ptr::{self, NonNull};
 
 use nginx_sys::{
-    ngx_conf_t, ngx_cycle, ngx_list_part_t, ngx_list_t, ngx_shared_memory_add,
-    ngx_shm_zone_init_pt, ngx_shm_zone_t, ngx_slab_pool_t, ngx_str_t,
+    ngx_conf_t, ngx_cycle, ngx_list_part_t, ngx_list_t, ngx_pid_t, ngx_shared_memory_add,
+    ngx_shm_zone_init_pt, ngx_shm_zone_t, ngx_shmtx_force_unlock, ngx_shmtx_lock, ngx_shmtx_t,
+    ngx_shmtx_trylock, ngx_shmtx_unlock, ngx_slab_alloc_locked, ngx_slab_free_locked,
+    ngx_slab_pool_t, ngx_str_t, NGX_LOG_ALERT,
 };
-use ngx::core::slab::LockedSlabPool;
-use ngx::core::SlabPool;
+
+use crate::core::liveness::parse_stat;
 
 use super::conf::{text, ConfError};
 use super::log::Log;
+use super::process;
 
 /// The zones of one cycle's `shared_memory` list.
 fn zones(list: &ngx_list_t) -> impl Iterator<Item = &ngx_shm_zone_t> {
@@ -129,13 +132,51 @@ impl ShmZone {
         self.zone().data
     }
 
-    fn slab(&self) -> SlabPool {
-        // SAFETY: mapped (from_ptr's contract).
-        unsafe { SlabPool::from_shm_zone(self.zone()) }.expect("a mapped zone has an address")
+    /// Locks the zone's mutex. In the master, loading a configuration, a
+    /// holder that died is unlocked here (`lock_as_master`).
+    pub fn lock(&self) -> ZoneGuard {
+        // SAFETY: the pool header at the start of the mapped zone, whose
+        // mutex nginx set up when it created the zone.
+        let mtx = unsafe { &mut (*self.pool.as_ptr()).mutex };
+        if process::is_master() {
+            self.lock_as_master(mtx);
+        } else {
+            // SAFETY: as above.
+            unsafe { ngx_shmtx_lock(mtx) };
+        }
+        ZoneGuard { pool: self.pool }
     }
 
-    pub fn lock(&self) -> LockedSlabPool {
-        self.slab().lock()
+    /// nginx's master unlocks the mutex of a worker that died holding it
+    /// when it reaps the worker, but it reaps only while it waits for
+    /// signals, not while it loads a configuration (signals are blocked
+    /// then): a load that waited for a worker killed meanwhile would wait
+    /// for ever. So the master, waiting, unlocks the mutex itself once its
+    /// holder is dead (a zombie not reaped yet, or gone), as reaping would.
+    fn lock_as_master(&self, mtx: &mut ngx_shmtx_t) {
+        // SAFETY: the zone's mutex (`lock`); `mtx.lock` points at the word
+        // holding the holder's pid, in the zone.
+        while unsafe { ngx_shmtx_trylock(mtx) } == 0 {
+            let holder = unsafe { ptr::read_volatile(mtx.lock) } as ngx_pid_t;
+            if holder != 0 && is_dead(holder) {
+                // SAFETY: as above; unlocks only if `holder` still holds it.
+                if unsafe { ngx_shmtx_force_unlock(mtx, holder) } != 0 {
+                    self.log().zone(
+                        NGX_LOG_ALERT,
+                        self.name(),
+                        format_args!(
+                            ": shared memory zone \"{}\" was locked by {holder}, which died: \
+                             unlocked while loading a configuration",
+                            String::from_utf8_lossy(self.name())
+                        ),
+                    );
+                }
+                continue;
+            }
+            // A live holder's hold is short (microseconds).
+            // SAFETY: a plain syscall.
+            unsafe { libc::usleep(1000) };
+        }
     }
 
     /// The pool's `data` pointer, where the zone's owner keeps its root.
@@ -156,7 +197,7 @@ impl ShmZone {
     }
 
     /// Sets the root, with the zone locked.
-    pub fn set_root(&self, _locked: &LockedSlabPool, root: *mut c_void) {
+    pub fn set_root(&self, _locked: &ZoneGuard, root: *mut c_void) {
         // SAFETY: the pool header, written under the zone's lock.
         unsafe { (*self.pool.as_ptr()).data = root };
     }
@@ -164,16 +205,65 @@ impl ShmZone {
     /// Silences the slab allocator's own "no memory" line: a full zone is
     /// reported by the zone's owner, once per load, not as a `[crit]` per
     /// attempt.
-    pub fn quiet_when_full(&self, _locked: &LockedSlabPool) {
+    pub fn quiet_when_full(&self, _locked: &ZoneGuard) {
         // SAFETY: the pool header, written under the zone's lock.
         unsafe { (*self.pool.as_ptr()).set_log_nomem(0) };
     }
 
     /// Bytes of the zone the slab allocator has handed out (whole pages),
     /// with the zone locked by the caller.
-    pub fn used_locked(&self, _locked: &LockedSlabPool, page_size: usize) -> usize {
+    pub fn used_locked(&self, _locked: &ZoneGuard, page_size: usize) -> usize {
         // SAFETY: `pfree` is maintained by the allocator under the lock.
         let free_pages = unsafe { (*self.pool.as_ptr()).pfree };
         self.size().saturating_sub(free_pages * page_size)
+    }
+}
+
+/// Whether process `pid` is dead: gone, or a zombie its parent has not
+/// reaped (whose pid no other process can have meanwhile).
+fn is_dead(pid: ngx_pid_t) -> bool {
+    // SAFETY: a plain syscall; signal 0 only checks the process exists.
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| parse_stat(&stat))
+        .is_some_and(|(state, _)| state == 'Z' || state == 'X')
+}
+
+/// A zone with its mutex held: allocations from its slab pool; the mutex
+/// is released on drop.
+pub struct ZoneGuard {
+    pool: NonNull<ngx_slab_pool_t>,
+}
+
+impl ZoneGuard {
+    /// `size` bytes aligned to `align` (a power of two). Slab chunks of up
+    /// to half a page are aligned to their size rounded up to a power of
+    /// two: asking for at least `align` bytes gives that alignment.
+    pub fn alloc(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        // SAFETY: the pool, locked by this guard.
+        let p = unsafe { ngx_slab_alloc_locked(self.pool.as_ptr(), size.max(align)) };
+        let p = NonNull::new(p.cast::<u8>())?;
+        if p.align_offset(align) != 0 {
+            // SAFETY: just allocated from this pool.
+            unsafe { self.free(p) };
+            return None;
+        }
+        Some(p)
+    }
+
+    /// # Safety
+    /// `ptr` came from `alloc` of this pool and is not used afterwards.
+    pub unsafe fn free(&self, ptr: NonNull<u8>) {
+        ngx_slab_free_locked(self.pool.as_ptr(), ptr.as_ptr().cast());
+    }
+}
+
+impl Drop for ZoneGuard {
+    fn drop(&mut self) {
+        // SAFETY: the pool's mutex, held by this guard.
+        unsafe { ngx_shmtx_unlock(&mut (*self.pool.as_ptr()).mutex) };
     }
 }

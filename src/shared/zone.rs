@@ -6,13 +6,10 @@
 //! zone's init, which keeps the table in it (the `ngx_http_limit_conn_module`
 //! pattern): that is what lets counts survive reloads.
 
-use core::alloc::Layout;
 use core::ffi::c_void;
 use core::ptr::NonNull;
 
 use nginx_sys::{ngx_conf_t, ngx_int_t, ngx_shm_zone_t, ngx_str_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
-use ngx::allocator::Allocator;
-use ngx::core::slab::LockedSlabPool;
 use ngx::core::Status;
 
 use crate::core::crash;
@@ -20,7 +17,7 @@ use crate::core::status::ZoneInfo;
 use crate::core::table::{Arena, HealthView, Meta, Table};
 use crate::ngx::conf::{args, page_size, parse_size, text, ConfError};
 use crate::ngx::peers;
-use crate::ngx::shm::{self, mapped_zones, names_in_running_cycle, ShmZone};
+use crate::ngx::shm::{self, mapped_zones, names_in_running_cycle, ShmZone, ZoneGuard};
 
 /// The smallest zone: a few pages for the slab allocator, the table, and
 /// some keys.
@@ -132,7 +129,7 @@ extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, old_data: *mut c_void) ->
 /// one: locking marks the table dirty (repairing what a dead holder left),
 /// unlocking clears the mark (`Table::enter`, `Table::leave`).
 pub struct Locked {
-    pool: LockedSlabPool,
+    pool: ZoneGuard,
     table: Option<&'static Table>,
     /// Last: dropped after `pool` has released the mutex.
     #[cfg(feature = "lock-stats")]
@@ -182,16 +179,15 @@ impl Arena for Locked {
     }
 
     fn alloc(&self, size: usize) -> Option<NonNull<u8>> {
-        let align = if size >= 64 { 64 } else { 8 };
-        let layout = Layout::from_size_align(size, align).ok()?;
-        self.pool.allocate(layout).ok().map(|p| p.cast())
+        if size == 0 {
+            return None;
+        }
+        self.pool.alloc(size, if size >= 64 { 64 } else { 8 })
     }
 
     unsafe fn free(&self, ptr: NonNull<u8>) {
-        // Slab frees ignore the layout; any non-zero size does.
-        let layout = Layout::from_size_align(1, 1).expect("a valid layout");
         // SAFETY: the caller's contract (Arena::free).
-        unsafe { self.pool.deallocate(ptr, layout) };
+        unsafe { self.pool.free(ptr) };
     }
 }
 
