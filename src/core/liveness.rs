@@ -55,10 +55,11 @@ pub fn is_alive(id: ProcessId, signal: Signal, stat: Option<&str>, my_uid: u32) 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn worker(pid: i32) -> ProcessId {
+    /// A worker of pid `pid` (its start time made from it), uid 33.
+    pub(crate) fn worker(pid: i32) -> ProcessId {
         ProcessId {
             pid,
             start_time: 1000 + pid as u64,

@@ -655,15 +655,8 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::liveness::tests::worker;
     use crate::core::table::tests::{table, HeapArena, M};
-
-    fn worker(pid: i32) -> ProcessId {
-        ProcessId {
-            pid,
-            start_time: 1000 + pid as u64,
-            uid: 33,
-        }
-    }
 
     fn workers(t: &Table, a: &HeapArena) -> Vec<WorkerView> {
         let mut out = Vec::with_capacity(64);
