@@ -1,6 +1,5 @@
 //! Whether a peer can take a connection, and the load a pick compares it
-//! by: the one rule for nginx's peer lists (`ngx::peers`) and Lua's
-//! (`array_list`).
+//! by: the one rule for nginx's peer lists and for Lua's (`array_list`).
 //!
 //! A peer is out when its front-end says so (down, tried by this request,
 //! failed within `fail_timeout`), when the health checks took it out, or
@@ -9,8 +8,8 @@
 //! its server reported; slow start compares a ramping peer by its virtual
 //! count (`ramp::virtual_count`), but never ramps its `max_conns`.
 //!
-//! The facts are asked for as the rule reaches them (`Peer`), so that the
-//! common case reads no more than it did when each front-end wrote its own:
+//! The facts are asked for as the rule reaches them (`Peers`), so that a
+//! pick reads no more than it did when each front-end wrote its own rule:
 //! an out peer costs no count, and the checks' record and the ramp are read
 //! only for a peer that has them, in functions of their own (cold).
 
@@ -18,105 +17,98 @@ use super::health_table::{Tuned, CHECK_OUT, CHECK_TUNED};
 use super::ramp;
 use super::select::Load;
 
-/// One peer, as the rule asks about it.
-pub trait Peer {
-    /// Whether the front-end alone knows it cannot take a connection:
-    /// configured down, tried by this request, failed within `fail_timeout`.
-    fn out(&self) -> bool;
+/// A peer list, as the rule asks about one of its peers.
+pub trait Peers {
+    /// Names a peer of the list: a cursor or a position, a word or two
+    /// (passed in registers to the cold paths).
+    type At: Copy;
 
-    /// Our count of its connections.
-    fn conns(&self) -> u32;
+    /// The peer's key's health-check bits (`CHECK_OUT`, `CHECK_TUNED`); 0
+    /// when the checks say nothing of it.
+    fn check_bits(&self, at: Self::At) -> u32;
 
-    /// Its key's health-check bits (`CHECK_OUT`, `CHECK_TUNED`); 0 when the
-    /// checks say nothing of it.
-    fn check_bits(&self) -> u32;
+    /// Our count of the peer's connections, and `check_bits` (read
+    /// together: one look at a shared handle).
+    fn conns_and_bits(&self, at: Self::At) -> (u32, u32);
 
-    /// `conns` and `check_bits` together (one look at a shared handle).
-    #[inline(always)]
-    fn conns_and_bits(&self) -> (u32, u32) {
-        (self.conns(), self.check_bits())
-    }
+    /// The peer's configured weight.
+    fn weight(&self, at: Self::At) -> u32;
 
-    /// Its configured weight.
-    fn weight(&self) -> u32;
+    /// The peer's configured `max_conns`; 0: none. Wider than a count, as
+    /// nginx keeps it: a limit past `u32::MAX` never stops a pick.
+    fn configured_max_conns(&self, at: Self::At) -> u64;
 
-    /// Its configured `max_conns`; 0: none. Wider than a count, as nginx
-    /// keeps it: a limit past `u32::MAX` never stops a pick.
-    fn max_conns(&self) -> u64;
-
-    /// Slow start: `Some(elapsed, window)` (deciseconds) while it ramps up.
-    fn ramp(&self) -> Option<(u32, u32)>;
+    /// Slow start: `Some(elapsed, window)` (deciseconds) while the peer
+    /// ramps up.
+    fn ramp(&self, at: Self::At) -> Option<(u32, u32)>;
 
     /// For a peer with check bits: whether they came from a key that is no
     /// longer its own (a stale handle): the checks then say nothing of it.
-    fn stale(&self) -> bool {
+    fn stale(&self, _at: Self::At) -> bool {
         false
     }
 
     /// For a peer with check bits: the overrides and the reported load.
-    fn tuned(&self) -> Tuned;
+    fn tuned(&self, at: Self::At) -> Tuned;
 
     /// For a tuned peer: what its count `conns` is compared with beyond
     /// itself for the load its server reported. The key's own excess,
     /// unless the count is not the key's (a Lua list's, `array_list`).
-    fn excess(&self, tuned: &Tuned, _conns: u32) -> u32 {
+    fn excess(&self, _at: Self::At, tuned: &Tuned, _conns: u32) -> u32 {
         tuned.excess
     }
 }
 
-/// The load `p` is compared by, or `None` when it cannot take a connection.
+/// The load the peer `at` is compared by, or `None` when it cannot take a
+/// connection. `out`: what the front-end alone knows puts it out (down,
+/// tried by this request, failed within `fail_timeout`).
 #[inline(always)]
-pub fn load(p: &impl Peer) -> Option<Load> {
-    if p.out() {
+pub fn load<P: Peers + ?Sized>(peers: &P, at: P::At, out: bool) -> Option<Load> {
+    if out {
         return None;
     }
-    let (conns, bits) = p.conns_and_bits();
+    let (conns, bits) = peers.conns_and_bits(at);
     if bits != 0 {
-        return checked(p, conns, bits);
+        return checked(peers, at, conns, bits);
     }
-    unchecked(p, conns)
+    unchecked(peers, at, conns)
 }
 
-/// The `max_conns` (0: none) counting a connection on `p` may reach: the
-/// configured one (at most `u32::MAX`), or a capacity answer's override.
+/// The `max_conns` (0: none) counting a connection on the peer `at` may
+/// reach: the configured one (at most `u32::MAX`), or a capacity answer's
+/// override.
 #[inline(always)]
-pub fn max_conns(p: &impl Peer) -> u32 {
-    if p.check_bits() & CHECK_TUNED != 0 && !p.stale() {
-        if let Some(n) = p.tuned().max_conns {
+pub fn max_conns<P: Peers + ?Sized>(peers: &P, at: P::At) -> u32 {
+    if peers.check_bits(at) & CHECK_TUNED != 0 && !peers.stale(at) {
+        if let Some(n) = peers.tuned(at).max_conns {
             return n;
         }
     }
-    saturate(p.max_conns())
+    saturate(peers.configured_max_conns(at))
 }
 
 /// `load` of a peer the checks say nothing of.
 #[inline(always)]
-fn unchecked(p: &impl Peer, conns: u32) -> Option<Load> {
-    if let Some((elapsed, window)) = p.ramp() {
-        return ramping(p, conns, elapsed, window);
-    }
-    if full(conns, p.max_conns()) {
+fn unchecked<P: Peers + ?Sized>(peers: &P, at: P::At, conns: u32) -> Option<Load> {
+    if full(conns, peers.configured_max_conns(at)) {
         return None;
     }
+    let conns = match peers.ramp(at) {
+        Some((elapsed, window)) => ramped(conns, elapsed, window),
+        None => conns,
+    };
     Some(Load {
         conns,
-        weight: p.weight(),
+        weight: peers.weight(at),
     })
 }
 
-/// A ramping peer's load: its virtual count. Its `max_conns` is not
-/// ramped: with no queue in nginx, a lower limit would refuse requests no
-/// other server can take.
-#[cold]
-#[inline(never)]
-fn ramping(p: &impl Peer, conns: u32, elapsed: u32, window: u32) -> Option<Load> {
-    if full(conns, p.max_conns()) {
-        return None;
-    }
-    Some(Load {
-        conns: ramp::virtual_count(conns, elapsed, window),
-        weight: p.weight(),
-    })
+/// A ramping peer's count as compared: its virtual count. (Its
+/// `max_conns`, tested before, is not ramped: with no queue in nginx, a
+/// lower limit would refuse requests no other server can take.)
+#[inline(always)]
+fn ramped(conns: u32, elapsed: u32, window: u32) -> u32 {
+    ramp::virtual_count(conns, elapsed, window)
 }
 
 /// The load of a peer with check bits: none when the checks took it out
@@ -125,23 +117,25 @@ fn ramping(p: &impl Peer, conns: u32, elapsed: u32, window: u32) -> Option<Load>
 /// reported beyond it (ramped, if it ramps).
 #[cold]
 #[inline(never)]
-fn checked(p: &impl Peer, conns: u32, bits: u32) -> Option<Load> {
-    if p.stale() {
-        return unchecked(p, conns);
+fn checked<P: Peers + ?Sized>(peers: &P, at: P::At, conns: u32, bits: u32) -> Option<Load> {
+    if peers.stale(at) {
+        return unchecked(peers, at, conns);
     }
     if bits & CHECK_OUT != 0 {
         return None;
     }
-    let tuned = p.tuned();
+    let tuned = peers.tuned(at);
     // The limit holds our count; the server's own load only weighs in the
     // comparison.
-    let max_conns = tuned.max_conns.unwrap_or_else(|| saturate(p.max_conns()));
+    let max_conns = tuned
+        .max_conns
+        .unwrap_or_else(|| saturate(peers.configured_max_conns(at)));
     if full(conns, u64::from(max_conns)) {
         return None;
     }
-    let weight = tuned.weight.unwrap_or_else(|| p.weight());
-    let load = conns.saturating_add(p.excess(&tuned, conns));
-    let load = match p.ramp() {
+    let weight = tuned.weight.unwrap_or_else(|| peers.weight(at));
+    let load = conns.saturating_add(peers.excess(at, &tuned, conns));
+    let load = match peers.ramp(at) {
         Some((elapsed, window)) => ramp::virtual_count(load, elapsed, window),
         None => load,
     };
@@ -201,37 +195,45 @@ mod tests {
         }
     }
 
-    impl Peer for Given {
-        fn out(&self) -> bool {
-            self.out
-        }
-        fn conns(&self) -> u32 {
-            self.conns_read.set(self.conns_read.get() + 1);
-            self.conns
-        }
-        fn check_bits(&self) -> u32 {
+    /// A list of one peer: `Given`, named by `()`.
+    impl Peers for Given {
+        type At = ();
+        fn check_bits(&self, _: ()) -> u32 {
             self.bits
         }
-        fn weight(&self) -> u32 {
+        fn conns_and_bits(&self, _: ()) -> (u32, u32) {
+            self.conns_read.set(self.conns_read.get() + 1);
+            (self.conns, self.bits)
+        }
+        fn weight(&self, _: ()) -> u32 {
             self.weight
         }
-        fn max_conns(&self) -> u64 {
+        fn configured_max_conns(&self, _: ()) -> u64 {
             self.max_conns
         }
-        fn ramp(&self) -> Option<(u32, u32)> {
+        fn ramp(&self, _: ()) -> Option<(u32, u32)> {
             self.ramp
         }
-        fn stale(&self) -> bool {
+        fn stale(&self, _: ()) -> bool {
             self.stale
         }
-        fn tuned(&self) -> Tuned {
+        fn tuned(&self, _: ()) -> Tuned {
             self.tuned_read.set(self.tuned_read.get() + 1);
             self.tuned
         }
-        fn excess(&self, tuned: &Tuned, conns: u32) -> u32 {
+        fn excess(&self, _: (), tuned: &Tuned, conns: u32) -> u32 {
             assert_eq!(conns, self.conns, "asked with the count itself");
             self.excess.unwrap_or(tuned.excess)
         }
+    }
+
+    /// The rule's answer for `p`.
+    fn load_of(p: &Given) -> Option<Load> {
+        load(p, (), p.out)
+    }
+
+    fn limit_of(p: &Given) -> u32 {
+        max_conns(p, ())
     }
 
     fn at(conns: u32, weight: u32) -> Option<Load> {
@@ -240,8 +242,8 @@ mod tests {
 
     #[test]
     fn an_up_peer_is_compared_by_its_count_and_weight() {
-        assert_eq!(load(&Given::up(3, 2, 0)), at(3, 2));
-        assert_eq!(load(&Given::up(3, 2, 4)), at(3, 2));
+        assert_eq!(load_of(&Given::up(3, 2, 0)), at(3, 2));
+        assert_eq!(load_of(&Given::up(3, 2, 4)), at(3, 2));
     }
 
     #[test]
@@ -250,17 +252,21 @@ mod tests {
             out: true,
             ..Given::up(0, 1, 0)
         };
-        assert_eq!(load(&p), None);
+        assert_eq!(load_of(&p), None);
         assert_eq!(p.conns_read.get(), 0);
     }
 
     #[test]
     fn a_peer_at_its_max_conns_is_none() {
-        assert_eq!(load(&Given::up(4, 1, 4)), None);
-        assert_eq!(load(&Given::up(5, 1, 4)), None);
-        assert_eq!(load(&Given::up(u32::MAX, 1, 0)), at(u32::MAX, 1), "0: none");
+        assert_eq!(load_of(&Given::up(4, 1, 4)), None);
+        assert_eq!(load_of(&Given::up(5, 1, 4)), None);
+        assert_eq!(
+            load_of(&Given::up(u32::MAX, 1, 0)),
+            at(u32::MAX, 1),
+            "0: none"
+        );
         let wide = u64::from(u32::MAX) + 1;
-        assert_eq!(load(&Given::up(u32::MAX, 1, wide)), at(u32::MAX, 1));
+        assert_eq!(load_of(&Given::up(u32::MAX, 1, wide)), at(u32::MAX, 1));
     }
 
     #[test]
@@ -270,19 +276,19 @@ mod tests {
             ..Given::up(conns, 2, max_conns)
         };
         // (9 + 1) * 300 / 30
-        assert_eq!(load(&ramping(9, 0)), at(100, 2));
+        assert_eq!(load_of(&ramping(9, 0)), at(100, 2));
         assert_eq!(
-            load(&ramping(9, 10)),
+            load_of(&ramping(9, 10)),
             at(100, 2),
             "100 is past 10: not ramped"
         );
-        assert_eq!(load(&ramping(10, 10)), None, "the count is");
+        assert_eq!(load_of(&ramping(10, 10)), None, "the count is");
     }
 
     #[test]
     fn a_peer_the_checks_took_out_is_none_and_its_record_is_not_read() {
         let p = Given::up(0, 1, 0).tuned(CHECK_OUT | CHECK_TUNED, Tuned::default());
-        assert_eq!(load(&p), None);
+        assert_eq!(load_of(&p), None);
         assert_eq!(p.tuned_read.get(), 0);
     }
 
@@ -303,8 +309,8 @@ mod tests {
             },
         );
         // As unchecked: configured limits, no excess, ramped (4 + 1) * 2.
-        assert_eq!(load(&p), at(10, 3));
-        assert_eq!(max_conns(&p), 5);
+        assert_eq!(load_of(&p), at(10, 3));
+        assert_eq!(limit_of(&p), 5);
         assert_eq!(p.tuned_read.get(), 0);
     }
 
@@ -316,17 +322,17 @@ mod tests {
             ..Tuned::default()
         };
         let p = |conns| Given::up(conns, 1, 2).tuned(CHECK_TUNED, tuned);
-        assert_eq!(load(&p(5)), at(5, 7), "past the configured 2");
-        assert_eq!(load(&p(6)), None, "at the override");
-        assert_eq!(max_conns(&p(0)), 6);
+        assert_eq!(load_of(&p(5)), at(5, 7), "past the configured 2");
+        assert_eq!(load_of(&p(6)), None, "at the override");
+        assert_eq!(limit_of(&p(0)), 6);
         // No override: the configured ones.
         let plain = Given::up(1, 3, 2).tuned(CHECK_TUNED, Tuned::default());
-        assert_eq!(load(&plain), at(1, 3));
+        assert_eq!(load_of(&plain), at(1, 3));
         assert_eq!(
-            load(&Given::up(2, 3, 2).tuned(CHECK_TUNED, Tuned::default())),
+            load_of(&Given::up(2, 3, 2).tuned(CHECK_TUNED, Tuned::default())),
             None
         );
-        assert_eq!(max_conns(&plain), 2);
+        assert_eq!(limit_of(&plain), 2);
     }
 
     #[test]
@@ -336,19 +342,19 @@ mod tests {
             ..Tuned::default()
         };
         let p = Given::up(3, 1, 4).tuned(CHECK_TUNED, tuned);
-        assert_eq!(load(&p), at(13, 1), "3 of 4 taken: one more fits");
+        assert_eq!(load_of(&p), at(13, 1), "3 of 4 taken: one more fits");
         // A count that is not the key's brings its own excess.
         let lua = Given {
             excess: Some(2),
             ..Given::up(3, 1, 4)
         };
-        assert_eq!(load(&lua.tuned(CHECK_TUNED, tuned)), at(5, 1));
+        assert_eq!(load_of(&lua.tuned(CHECK_TUNED, tuned)), at(5, 1));
         let huge = Tuned {
             excess: u32::MAX,
             ..Tuned::default()
         };
         let p = Given::up(3, 1, 0).tuned(CHECK_TUNED, huge);
-        assert_eq!(load(&p), at(u32::MAX, 1), "saturates");
+        assert_eq!(load_of(&p), at(u32::MAX, 1), "saturates");
     }
 
     #[test]
@@ -363,7 +369,7 @@ mod tests {
             ..Given::up(4, 1, 0)
         };
         // (4 + 5 + 1) * 300 / 100
-        assert_eq!(load(&p.tuned(CHECK_TUNED, tuned)), at(30, 2));
+        assert_eq!(load_of(&p.tuned(CHECK_TUNED, tuned)), at(30, 2));
     }
 
     #[test]
@@ -373,13 +379,13 @@ mod tests {
             ..Tuned::default()
         };
         let p = Given::up(0, 1, 9).tuned(CHECK_OUT, override_);
-        assert_eq!(max_conns(&p), 9, "bits without CHECK_TUNED");
+        assert_eq!(limit_of(&p), 9, "bits without CHECK_TUNED");
         assert_eq!(p.tuned_read.get(), 0);
         assert_eq!(
-            max_conns(&Given::up(0, 1, 9).tuned(CHECK_TUNED, override_)),
+            limit_of(&Given::up(0, 1, 9).tuned(CHECK_TUNED, override_)),
             3
         );
         let wide = Given::up(0, 1, u64::from(u32::MAX) + 7);
-        assert_eq!(max_conns(&wide), u32::MAX, "saturated to a count");
+        assert_eq!(limit_of(&wide), u32::MAX, "saturated to a count");
     }
 }
