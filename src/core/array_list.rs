@@ -169,24 +169,8 @@ where
     /// The `max_conns` (0: none) a pick of position `i` may count up to
     /// (`core::eligible::max_conns`).
     pub fn max_conns(&self, i: usize) -> u32 {
-        let (weight, max_conns) = self.limits.get(i).copied().unwrap_or_default();
-        eligible::max_conns(
-            self,
-            Position {
-                i,
-                weight,
-                max_conns,
-            },
-        )
+        eligible::max_conns(self, i)
     }
-}
-
-/// A position of an `ArrayList`, with its limits (`ArrayList::limits`).
-#[derive(Clone, Copy)]
-pub struct Position {
-    i: usize,
-    weight: u32,
-    max_conns: u32,
 }
 
 /// The positions, as `core::eligible` asks about them.
@@ -196,45 +180,49 @@ where
     R: Fn(usize) -> Option<(u32, u32)>,
     K: Checks + ?Sized,
 {
-    type At = Position;
+    type At = usize;
+    type MaxConns = u32;
 
     #[inline(always)]
-    fn check_bits(&self, at: Position) -> u32 {
-        self.checks.bits(at.i)
-    }
-
-    #[inline(always)]
-    fn conns_and_bits(&self, at: Position) -> (u32, u32) {
-        ((self.count)(at.i), self.checks.bits(at.i))
+    fn check_bits(&self, i: usize) -> u32 {
+        self.checks.bits(i)
     }
 
     #[inline(always)]
-    fn weight(&self, at: Position) -> u32 {
-        at.weight
+    fn conns_and_bits(&self, i: usize) -> (u32, u32) {
+        ((self.count)(i), self.checks.bits(i))
+    }
+
+    /// # Panics
+    /// For a position past `limits` (never asked: `load` puts it out).
+    #[inline(always)]
+    fn weight(&self, i: usize) -> u32 {
+        self.limits[i].0
+    }
+
+    /// None past `limits`.
+    #[inline(always)]
+    fn configured_max_conns(&self, i: usize) -> u32 {
+        self.limits.get(i).map_or(0, |&(_, m)| m)
     }
 
     #[inline(always)]
-    fn configured_max_conns(&self, at: Position) -> u64 {
-        u64::from(at.max_conns)
+    fn ramp(&self, i: usize) -> Option<(u32, u32)> {
+        (self.ramp)(i)
     }
 
-    #[inline(always)]
-    fn ramp(&self, at: Position) -> Option<(u32, u32)> {
-        (self.ramp)(at.i)
+    fn stale(&self, i: usize) -> bool {
+        self.checks.stale(i)
     }
 
-    fn stale(&self, at: Position) -> bool {
-        self.checks.stale(at.i)
-    }
-
-    fn tuned(&self, at: Position) -> Tuned {
-        self.checks.tuned(at.i)
+    fn tuned(&self, i: usize) -> Tuned {
+        self.checks.tuned(i)
     }
 
     /// What the server reported beyond this list's count at the answer
     /// (`Checks::excess`), not beyond the followed key's.
-    fn excess(&self, at: Position, tuned: &Tuned, conns: u32) -> u32 {
-        self.checks.excess(at.i, tuned, conns)
+    fn excess(&self, i: usize, tuned: &Tuned, conns: u32) -> u32 {
+        self.checks.excess(i, tuned, conns)
     }
 }
 
@@ -260,13 +248,9 @@ where
 
     fn load(&self, at: usize) -> Option<Load> {
         let skipped = self.skipped(at);
-        let (weight, max_conns) = *self.limits.get(at)?;
-        let position = Position {
-            i: at,
-            weight,
-            max_conns,
-        };
-        eligible::load(self, position, skipped)
+        // A position past `limits` has no server.
+        self.limits.get(at)?;
+        eligible::load(self, at, skipped)
     }
 
     fn step_weight(&mut self, at: usize) -> i64 {

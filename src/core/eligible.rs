@@ -23,6 +23,17 @@ pub trait Peers {
     /// (passed in registers to the cold paths).
     type At: Copy;
 
+    /// A configured `max_conns` in the width the front-end keeps it: a
+    /// count is compared with it as it is (nginx's may be past `u32::MAX`,
+    /// and then never stops a pick).
+    type MaxConns: Copy + PartialOrd + From<u32> + TryInto<u32>;
+
+    /// Whether a ramping peer's virtual count is worked out of line: where
+    /// a pick is compiled apart for while some peer ramps, its loop stays
+    /// small; where one loop serves every pick, a call in it would cost
+    /// every peer of every pick.
+    const RAMP_OUT_OF_LINE: bool = false;
+
     /// The peer's key's health-check bits (`CHECK_OUT`, `CHECK_TUNED`); 0
     /// when the checks say nothing of it.
     fn check_bits(&self, at: Self::At) -> u32;
@@ -34,9 +45,8 @@ pub trait Peers {
     /// The peer's configured weight.
     fn weight(&self, at: Self::At) -> u32;
 
-    /// The peer's configured `max_conns`; 0: none. Wider than a count, as
-    /// nginx keeps it: a limit past `u32::MAX` never stops a pick.
-    fn configured_max_conns(&self, at: Self::At) -> u64;
+    /// The peer's configured `max_conns`; 0: none.
+    fn configured_max_conns(&self, at: Self::At) -> Self::MaxConns;
 
     /// Slow start: `Some(elapsed, window)` (deciseconds) while the peer
     /// ramps up.
@@ -93,8 +103,14 @@ fn unchecked<P: Peers + ?Sized>(peers: &P, at: P::At, conns: u32) -> Option<Load
     if full(conns, peers.configured_max_conns(at)) {
         return None;
     }
+    // A ramping peer's `max_conns`, just tested, is not ramped: with no
+    // queue in nginx, a lower limit would refuse requests no other server
+    // can take.
     let conns = match peers.ramp(at) {
-        Some((elapsed, window)) => ramped(conns, elapsed, window),
+        Some((elapsed, window)) if P::RAMP_OUT_OF_LINE => {
+            virtual_count_out_of_line(conns, elapsed, window)
+        }
+        Some((elapsed, window)) => ramp::virtual_count(conns, elapsed, window),
         None => conns,
     };
     Some(Load {
@@ -103,11 +119,10 @@ fn unchecked<P: Peers + ?Sized>(peers: &P, at: P::At, conns: u32) -> Option<Load
     })
 }
 
-/// A ramping peer's count as compared: its virtual count. (Its
-/// `max_conns`, tested before, is not ramped: with no queue in nginx, a
-/// lower limit would refuse requests no other server can take.)
-#[inline(always)]
-fn ramped(conns: u32, elapsed: u32, window: u32) -> u32 {
+/// `ramp::virtual_count`, for `Peers::RAMP_OUT_OF_LINE`.
+#[cold]
+#[inline(never)]
+fn virtual_count_out_of_line(conns: u32, elapsed: u32, window: u32) -> u32 {
     ramp::virtual_count(conns, elapsed, window)
 }
 
@@ -130,7 +145,7 @@ fn checked<P: Peers + ?Sized>(peers: &P, at: P::At, conns: u32, bits: u32) -> Op
     let max_conns = tuned
         .max_conns
         .unwrap_or_else(|| saturate(peers.configured_max_conns(at)));
-    if full(conns, u64::from(max_conns)) {
+    if full(conns, max_conns) {
         return None;
     }
     let weight = tuned.weight.unwrap_or_else(|| peers.weight(at));
@@ -147,13 +162,14 @@ fn checked<P: Peers + ?Sized>(peers: &P, at: P::At, conns: u32, bits: u32) -> Op
 
 /// Whether `conns` reached `max_conns` (0: no limit).
 #[inline(always)]
-fn full(conns: u32, max_conns: u64) -> bool {
-    max_conns != 0 && u64::from(conns) >= max_conns
+fn full<M: PartialOrd + From<u32>>(conns: u32, max_conns: M) -> bool {
+    max_conns != M::from(0) && M::from(conns) >= max_conns
 }
 
+/// A configured `max_conns` as a count's limit: at most `u32::MAX`.
 #[inline(always)]
-fn saturate(n: u64) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
+fn saturate<M: TryInto<u32>>(max_conns: M) -> u32 {
+    max_conns.try_into().unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
@@ -162,7 +178,7 @@ mod tests {
     use core::cell::Cell;
 
     /// A peer given by its facts, counting the reads the rule should skip.
-    #[derive(Default)]
+    #[derive(Clone, Default)]
     struct Given {
         out: bool,
         conns: u32,
@@ -195,37 +211,67 @@ mod tests {
         }
     }
 
-    /// A list of one peer: `Given`, named by `()`.
-    impl Peers for Given {
-        type At = ();
-        fn check_bits(&self, _: ()) -> u32 {
-            self.bits
-        }
-        fn conns_and_bits(&self, _: ()) -> (u32, u32) {
-            self.conns_read.set(self.conns_read.get() + 1);
-            (self.conns, self.bits)
-        }
-        fn weight(&self, _: ()) -> u32 {
-            self.weight
-        }
-        fn configured_max_conns(&self, _: ()) -> u64 {
-            self.max_conns
-        }
-        fn ramp(&self, _: ()) -> Option<(u32, u32)> {
-            self.ramp
-        }
-        fn stale(&self, _: ()) -> bool {
-            self.stale
-        }
-        fn tuned(&self, _: ()) -> Tuned {
-            self.tuned_read.set(self.tuned_read.get() + 1);
-            self.tuned
-        }
-        fn excess(&self, _: (), tuned: &Tuned, conns: u32) -> u32 {
-            assert_eq!(conns, self.conns, "asked with the count itself");
-            self.excess.unwrap_or(tuned.excess)
+    /// `Given` with its ramp worked out of line.
+    struct OutOfLine(Given);
+
+    /// `Given` with a 32-bit `max_conns`, as Lua's lists keep it.
+    struct Narrow(Given);
+
+    impl core::ops::Deref for OutOfLine {
+        type Target = Given;
+        fn deref(&self) -> &Given {
+            &self.0
         }
     }
+
+    impl core::ops::Deref for Narrow {
+        type Target = Given;
+        fn deref(&self) -> &Given {
+            &self.0
+        }
+    }
+
+    /// A list of one peer, named by `()`, with `Given`'s facts.
+    macro_rules! list_of_one {
+        ($list:ty, $max_conns:ty, $out_of_line:expr) => {
+            impl Peers for $list {
+                type At = ();
+                type MaxConns = $max_conns;
+                const RAMP_OUT_OF_LINE: bool = $out_of_line;
+                fn check_bits(&self, _: ()) -> u32 {
+                    self.bits
+                }
+                fn conns_and_bits(&self, _: ()) -> (u32, u32) {
+                    self.conns_read.set(self.conns_read.get() + 1);
+                    (self.conns, self.bits)
+                }
+                fn weight(&self, _: ()) -> u32 {
+                    self.weight
+                }
+                fn configured_max_conns(&self, _: ()) -> $max_conns {
+                    <$max_conns>::try_from(self.max_conns).expect("a test's max_conns")
+                }
+                fn ramp(&self, _: ()) -> Option<(u32, u32)> {
+                    self.ramp
+                }
+                fn stale(&self, _: ()) -> bool {
+                    self.stale
+                }
+                fn tuned(&self, _: ()) -> Tuned {
+                    self.tuned_read.set(self.tuned_read.get() + 1);
+                    self.tuned
+                }
+                fn excess(&self, _: (), tuned: &Tuned, conns: u32) -> u32 {
+                    assert_eq!(conns, self.conns, "asked with the count itself");
+                    self.excess.unwrap_or(tuned.excess)
+                }
+            }
+        };
+    }
+
+    list_of_one!(Given, u64, false);
+    list_of_one!(OutOfLine, u64, true);
+    list_of_one!(Narrow, u32, false);
 
     /// The rule's answer for `p`.
     fn load_of(p: &Given) -> Option<Load> {
@@ -283,6 +329,31 @@ mod tests {
             "100 is past 10: not ramped"
         );
         assert_eq!(load_of(&ramping(10, 10)), None, "the count is");
+        // Worked out of line, the same.
+        for (conns, max_conns) in [(9, 0), (9, 10), (10, 10)] {
+            let p = ramping(conns, max_conns);
+            assert_eq!(load(&OutOfLine(p.clone()), (), false), load_of(&p));
+        }
+        assert_eq!(load(&OutOfLine(ramping(9, 0)), (), false), at(100, 2));
+    }
+
+    #[test]
+    fn a_narrow_max_conns_is_compared_alike() {
+        let narrow = |conns| Narrow(Given::up(conns, 1, 4));
+        assert_eq!(load(&narrow(3), (), false), at(3, 1));
+        assert_eq!(load(&narrow(4), (), false), None);
+        assert_eq!(
+            load(&Narrow(Given::up(9, 1, 0)), (), false),
+            at(9, 1),
+            "0: none"
+        );
+        assert_eq!(max_conns(&narrow(0), ()), 4);
+        let tuned = Tuned {
+            max_conns: Some(2),
+            ..Tuned::default()
+        };
+        let p = Narrow(Given::up(2, 1, 4).tuned(CHECK_TUNED, tuned));
+        assert_eq!(load(&p, (), false), None, "at the override");
     }
 
     #[test]

@@ -491,7 +491,7 @@ impl CountSource for PerWorker {
 ///
 /// `CHECKED`: the upstream has health checks: a peer whose key the checks
 /// took out is skipped as `down`, and one they tuned is compared with its
-/// overrides and reported load (`checked_load`).
+/// overrides and reported load (`core::eligible`).
 pub struct RrList<'a, S, const TRIED: bool, const RAMP: bool = false, const CHECKED: bool = false> {
     peers: &'a RrPeers,
     tried: Tried,
@@ -568,6 +568,10 @@ impl<S: CountSource, const TRIED: bool, const RAMP: bool, const CHECKED: bool> e
     for RrList<'_, S, TRIED, RAMP, CHECKED>
 {
     type At = PeerCursor;
+    type MaxConns = u64;
+
+    /// A pick while some peer ramps is a variant of its own (`RAMP`).
+    const RAMP_OUT_OF_LINE: bool = true;
 
     #[inline(always)]
     fn check_bits(&self, c: PeerCursor) -> u32 {
