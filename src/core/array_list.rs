@@ -7,10 +7,9 @@
 
 use core::cell::Cell;
 
-use super::ramp;
+use super::eligible;
 use super::select::{Load, PeerList};
-use super::table::SlotRef;
-use super::table::{Tuned, CHECK_OUT, CHECK_TUNED};
+use super::table::{SlotRef, Tuned, CHECK_TUNED};
 
 /// A server's weights for the tie-break, as nginx's round-robin keeps them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,10 +38,12 @@ pub trait Checks {
     /// The checks' bits of position `i` (`CHECK_OUT`, `CHECK_TUNED`; 0:
     /// nothing to say), read on every pick.
     fn bits(&self, i: usize) -> u32;
-    /// For a position with bits: its overrides and reported load, or
-    /// `None` when the key it follows is gone (a stale handle: the bits
-    /// were another key's), which leaves it unchecked.
-    fn tuned(&self, i: usize) -> Option<Tuned>;
+    /// For a position with bits: whether the key it follows is gone (a
+    /// stale handle: the bits were another key's), which leaves it
+    /// unchecked.
+    fn stale(&self, i: usize) -> bool;
+    /// For a position with bits: its overrides and reported load.
+    fn tuned(&self, i: usize) -> Tuned;
     /// What a pick adds to position `i`'s count `conns` for the load its
     /// server reported (`tuned`).
     fn excess(&self, i: usize, tuned: &Tuned, conns: u32) -> u32;
@@ -58,8 +59,12 @@ impl Checks for Unchecked {
         0
     }
 
-    fn tuned(&self, _: usize) -> Option<Tuned> {
-        None
+    fn stale(&self, _: usize) -> bool {
+        true
+    }
+
+    fn tuned(&self, _: usize) -> Tuned {
+        Tuned::default()
     }
 
     fn excess(&self, _: usize, _: &Tuned, _: u32) -> u32 {
@@ -101,14 +106,17 @@ impl Checks for Followed<'_> {
     }
 
     #[cold]
-    fn tuned(&self, i: usize) -> Option<Tuned> {
-        let k = self.keys.get(i).copied().flatten()?;
-        k.count()?;
-        Some(if k.check_bits() & CHECK_TUNED != 0 {
-            k.tuned()
-        } else {
-            Tuned::default()
-        })
+    fn stale(&self, i: usize) -> bool {
+        let key = self.keys.get(i).copied().flatten();
+        key.is_none_or(|k| k.count().is_none())
+    }
+
+    #[cold]
+    fn tuned(&self, i: usize) -> Tuned {
+        match self.keys.get(i).copied().flatten() {
+            Some(k) if k.check_bits() & CHECK_TUNED != 0 => k.tuned(),
+            _ => Tuned::default(),
+        }
     }
 
     #[cold]
@@ -157,53 +165,63 @@ where
             .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
 
-    /// The `max_conns` (0: none) a pick of position `i` may count up to:
-    /// the configured one, or a capacity answer's override.
+    /// The `max_conns` (0: none) a pick of position `i` may count up to
+    /// (`core::eligible::max_conns`).
     pub fn max_conns(&self, i: usize) -> u32 {
-        let configured = self.limits.get(i).map_or(0, |&(_, m)| m);
-        if self.checks.bits(i) & CHECK_TUNED == 0 {
-            return configured;
-        }
-        self.checks
-            .tuned(i)
-            .and_then(|t| t.max_conns)
-            .unwrap_or(configured)
+        eligible::max_conns(self, i)
     }
+}
 
-    /// The load of a position with no checks' bits.
+/// The positions, as `core::eligible` asks about them.
+impl<F, R, K> eligible::Peers for ArrayList<'_, F, R, K>
+where
+    F: Fn(usize) -> u32,
+    R: Fn(usize) -> Option<(u32, u32)>,
+    K: Checks + ?Sized,
+{
+    type At = usize;
+    type MaxConns = u32;
+
     #[inline(always)]
-    fn plain_load(&self, at: usize, conns: u32, weight: u32, max_conns: u32) -> Option<Load> {
-        if max_conns != 0 && conns >= max_conns {
-            return None;
-        }
-        let conns = (self.ramp)(at).map_or(conns, |(e, w)| ramp::virtual_count(conns, e, w));
-        Some(Load { conns, weight })
+    fn check_bits(&self, i: usize) -> u32 {
+        self.checks.bits(i)
     }
 
-    /// The load of a position whose followed key the checks marked: none
-    /// when they took it out (down, or draining by its answer), else with
-    /// the capacity answer's weight and `max_conns`, and the count plus
-    /// what the server reported beyond this list's count at the answer
-    /// (`Checks::excess`; as nginx's picks compare a checked peer).
-    #[cold]
-    #[inline(never)]
-    fn checked_load(&self, at: usize, conns: u32, bits: u32) -> Option<Load> {
-        let (weight, max_conns) = self.limits[at];
-        let Some(tuned) = self.checks.tuned(at) else {
-            return self.plain_load(at, conns, weight, max_conns);
-        };
-        if bits & CHECK_OUT != 0 {
-            return None;
-        }
-        // The limit holds our count; the server's own load only weighs in
-        // the comparison.
-        let max_conns = tuned.max_conns.unwrap_or(max_conns);
-        if max_conns != 0 && conns >= max_conns {
-            return None;
-        }
-        let weight = tuned.weight.unwrap_or(weight);
-        let excess = self.checks.excess(at, &tuned, conns);
-        self.plain_load(at, conns.saturating_add(excess), weight, 0)
+    #[inline(always)]
+    fn conns_and_bits(&self, i: usize) -> (u32, u32) {
+        ((self.count)(i), self.checks.bits(i))
+    }
+
+    /// # Panics
+    /// For a position past `limits` (never asked: `load` puts it out).
+    #[inline(always)]
+    fn weight(&self, i: usize) -> u32 {
+        self.limits[i].0
+    }
+
+    /// None past `limits`.
+    #[inline(always)]
+    fn configured_max_conns(&self, i: usize) -> u32 {
+        self.limits.get(i).map_or(0, |&(_, m)| m)
+    }
+
+    #[inline(always)]
+    fn ramp(&self, i: usize) -> Option<(u32, u32)> {
+        (self.ramp)(i)
+    }
+
+    fn stale(&self, i: usize) -> bool {
+        self.checks.stale(i)
+    }
+
+    fn tuned(&self, i: usize) -> Tuned {
+        self.checks.tuned(i)
+    }
+
+    /// What the server reported beyond this list's count at the answer
+    /// (`Checks::excess`), not beyond the followed key's.
+    fn excess(&self, i: usize, tuned: &Tuned, conns: u32) -> u32 {
+        self.checks.excess(i, tuned, conns)
     }
 }
 
@@ -228,16 +246,10 @@ where
     }
 
     fn load(&self, at: usize) -> Option<Load> {
-        if self.skipped(at) {
-            return None;
-        }
-        let (weight, max_conns) = *self.limits.get(at)?;
-        let conns = (self.count)(at);
-        let bits = self.checks.bits(at);
-        if bits != 0 {
-            return self.checked_load(at, conns, bits);
-        }
-        self.plain_load(at, conns, weight, max_conns)
+        let skipped = self.skipped(at);
+        // A position past `limits` has no server.
+        self.limits.get(at)?;
+        eligible::load(self, at, skipped)
     }
 
     fn step_weight(&mut self, at: usize) -> i64 {
@@ -263,6 +275,7 @@ where
 mod tests {
     use super::*;
     use crate::core::select::choose;
+    use crate::core::table::CHECK_OUT;
     use std::cell::RefCell;
 
     struct Fixture {

@@ -3,6 +3,7 @@
 //! - `address`: the server addresses a Lua balancer may declare;
 //! - `key`: the text of a counter's key and its hash;
 //! - `select`: the least-connections choice over any peer list;
+//! - `eligible`: whether a peer can take a connection, and its load;
 //! - `ramp`: slow start, how a server that just joined is compared while it
 //!   ramps up;
 //! - `rebalance`: which servers shed long-lived connections, and how fast;
@@ -31,6 +32,7 @@ pub mod check_answer;
 pub mod check_conf;
 pub mod check_judge;
 pub mod crash;
+pub mod eligible;
 pub mod follow;
 pub mod health;
 #[cfg(any(test, feature = "lock-stats"))]

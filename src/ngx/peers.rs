@@ -14,10 +14,10 @@ use nginx_sys::{
     ngx_rwlock_wlock, ngx_uint_t, time_t,
 };
 
+use crate::core::eligible;
 use crate::core::key::Occurrence;
-use crate::core::ramp;
 use crate::core::select::{Load, PeerList};
-use crate::core::table::{Tuned, CHECK_OUT, CHECK_TUNED};
+use crate::core::table::Tuned;
 
 const BITS: usize = usize::BITS as usize;
 
@@ -491,7 +491,7 @@ impl CountSource for PerWorker {
 ///
 /// `CHECKED`: the upstream has health checks: a peer whose key the checks
 /// took out is skipped as `down`, and one they tuned is compared with its
-/// overrides and reported load (`checked_load`).
+/// overrides and reported load (`core::eligible`).
 pub struct RrList<'a, S, const TRIED: bool, const RAMP: bool = false, const CHECKED: bool = false> {
     peers: &'a RrPeers,
     tried: Tried,
@@ -517,110 +517,31 @@ impl<S, const TRIED: bool, const RAMP: bool, const CHECKED: bool>
 impl<S: CountSource, const TRIED: bool, const RAMP: bool, const CHECKED: bool>
     RrList<'_, S, TRIED, RAMP, CHECKED>
 {
-    /// The peer's `max_conns` (0: none), saturated to 32 bits as the pick
-    /// compares it; a capacity answer's override instead, if any.
+    /// The `max_conns` (0: none) a pick of `c` may count up to
+    /// (`core::eligible::max_conns`).
     pub fn max_conns(&self, c: PeerCursor) -> u32 {
-        if CHECKED && self.counts.check_bits(c.index) & CHECK_TUNED != 0 {
-            if let Some(n) = self.counts.tuned(c.index).max_conns {
-                return n;
-            }
-        }
-        saturate(self.peer(c).max_conns)
-    }
-
-    #[inline(always)]
-    fn ramp(&self, c: PeerCursor) -> Option<(u32, u32)> {
-        if RAMP {
-            self.counts.ramp(c.index, self.now_ds)
-        } else {
-            None
-        }
+        eligible::max_conns(self, c)
     }
 
     /// `load`, where a peer whose `down` holds only bits of `ignored` still
     /// counts as up (a draining server, for the sessions that stick to it).
     #[inline(always)]
     fn load_unless_down(&self, c: PeerCursor, ignored: ngx_uint_t) -> Option<Load> {
+        eligible::load(self, c, self.out(c, ignored))
+    }
+
+    /// Whether round-robin puts the peer out: tried by this request, down
+    /// (but for bits of `ignored`), or failed `max_fails` times within
+    /// `fail_timeout`.
+    #[inline(always)]
+    fn out(&self, c: PeerCursor, ignored: ngx_uint_t) -> bool {
         let peer = self.peer(c);
         // SAFETY: `c.index` is a position of this list.
-        if (TRIED && unsafe { self.tried.contains(c.index) }) || peer.down & !ignored != 0 {
-            return None;
-        }
-        if peer.max_fails != 0
-            && peer.fails >= peer.max_fails
-            && self.now - peer.checked <= peer.fail_timeout
-        {
-            return None;
-        }
-        // A checked upstream reads the key's checks' bits with its count
-        // (one look at the handle, one cache line).
-        let (count, bits) = if CHECKED {
-            self.counts.count_and_bits(c.index)
-        } else {
-            (self.counts.count(c.index), 0)
-        };
-        let conns = match count {
-            Some(n) => n,
-            None => peer.conns as u32,
-        };
-        if CHECKED && bits != 0 {
-            return self.checked_load(c, conns, bits);
-        }
-        if RAMP {
-            if let Some((e, w)) = self.ramp(c) {
-                return self.ramping_load(peer, conns, e, w);
-            }
-        }
-        if peer.max_conns != 0 && conns as usize >= peer.max_conns {
-            return None;
-        }
-        Some(Load {
-            conns,
-            weight: saturate(peer.weight),
-        })
-    }
-
-    /// The load of a peer whose key the health checks marked
-    /// (`SharedCount::check_bits`): none when they took it out (down, or
-    /// draining by its answer), else with the capacity answer's weight and
-    /// `max_conns`, and our count plus what the server reported beyond it.
-    #[cold]
-    #[inline(never)]
-    fn checked_load(&self, c: PeerCursor, conns: u32, bits: u32) -> Option<Load> {
-        if bits & CHECK_OUT != 0 {
-            return None;
-        }
-        let peer = self.peer(c);
-        let tuned = self.counts.tuned(c.index);
-        let max_conns = tuned.max_conns.unwrap_or_else(|| saturate(peer.max_conns));
-        if max_conns != 0 && conns >= max_conns {
-            return None;
-        }
-        let weight = tuned.weight.unwrap_or_else(|| saturate(peer.weight));
-        let load = conns.saturating_add(tuned.excess);
-        let load = match self.ramp(c) {
-            Some((e, w)) => ramp::virtual_count(load, e, w),
-            None => load,
-        };
-        Some(Load {
-            conns: load,
-            weight,
-        })
-    }
-
-    /// A ramping peer's load: compared as `core::ramp::virtual_count`.
-    /// Its `max_conns` is not ramped: with no queue in nginx, a lower limit
-    /// would refuse requests no other server can take.
-    #[cold]
-    #[inline(never)]
-    fn ramping_load(&self, peer: &RrPeer, conns: u32, e: u32, w: u32) -> Option<Load> {
-        if peer.max_conns != 0 && conns as usize >= peer.max_conns {
-            return None;
-        }
-        Some(Load {
-            conns: ramp::virtual_count(conns, e, w),
-            weight: saturate(peer.weight),
-        })
+        (TRIED && unsafe { self.tried.contains(c.index) })
+            || peer.down & !ignored != 0
+            || (peer.max_fails != 0
+                && peer.fails >= peer.max_fails
+                && self.now - peer.checked <= peer.fail_timeout)
     }
 
     /// nginx 1.29.6+: the peer whose route (`sid`: `route=`, or the md5 of
@@ -639,6 +560,66 @@ impl<S: CountSource, const TRIED: bool, const RAMP: bool, const CHECKED: bool>
             at = self.next(c);
         }
         None
+    }
+}
+
+/// Our counts of the list's peers, as `core::eligible` asks about them.
+impl<S: CountSource, const TRIED: bool, const RAMP: bool, const CHECKED: bool> eligible::Peers
+    for RrList<'_, S, TRIED, RAMP, CHECKED>
+{
+    type At = PeerCursor;
+    type MaxConns = u64;
+
+    /// A pick while some peer ramps is a variant of its own (`RAMP`).
+    const RAMP_OUT_OF_LINE: bool = true;
+
+    #[inline(always)]
+    fn check_bits(&self, c: PeerCursor) -> u32 {
+        if CHECKED {
+            self.counts.check_bits(c.index)
+        } else {
+            0
+        }
+    }
+
+    /// Our count, or round-robin's per-worker one; a checked upstream
+    /// reads the key's checks' bits with it (one look at the handle, one
+    /// cache line).
+    #[inline(always)]
+    fn conns_and_bits(&self, c: PeerCursor) -> (u32, u32) {
+        let (count, bits) = if CHECKED {
+            self.counts.count_and_bits(c.index)
+        } else {
+            (self.counts.count(c.index), 0)
+        };
+        let conns = match count {
+            Some(n) => n,
+            None => self.peer(c).conns as u32,
+        };
+        (conns, bits)
+    }
+
+    #[inline(always)]
+    fn weight(&self, c: PeerCursor) -> u32 {
+        saturate(self.peer(c).weight)
+    }
+
+    #[inline(always)]
+    fn configured_max_conns(&self, c: PeerCursor) -> u64 {
+        self.peer(c).max_conns as u64
+    }
+
+    #[inline(always)]
+    fn ramp(&self, c: PeerCursor) -> Option<(u32, u32)> {
+        if RAMP {
+            self.counts.ramp(c.index, self.now_ds)
+        } else {
+            None
+        }
+    }
+
+    fn tuned(&self, c: PeerCursor) -> Tuned {
+        self.counts.tuned(c.index)
     }
 }
 
