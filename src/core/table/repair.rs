@@ -1,4 +1,4 @@
-//! All of crash repair: locking the zone marks its table dirty, unlocking
+//! The table's crash repair: locking the zone marks its table dirty, unlocking
 //! clears the mark, and whoever locks a table left dirty repairs it first
 //! (the discipline is written down in `mod.rs`): the indexes rebuilt from
 //! the blocks, the journal's step finished, the checks' bits recomputed.
