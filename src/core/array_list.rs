@@ -32,8 +32,7 @@ impl RoundRobinState {
 /// What health checks say of each position: a Lua upstream following an
 /// nginx upstream's checks has, per server, the key of that upstream with
 /// the same address (`Followed`); one that follows none has `Unchecked`,
-/// which the compiler folds away: its picks cost what they did before
-/// checks existed.
+/// which the compiler folds away: its picks pay nothing for checks.
 pub trait Checks {
     /// The checks' bits of position `i` (`CHECK_OUT`, `CHECK_TUNED`; 0:
     /// nothing to say), read on every pick.
@@ -90,8 +89,8 @@ pub type Seen = Cell<Option<(u32, u32)>>;
 #[derive(Clone, Copy)]
 pub struct Followed<'a> {
     pub keys: &'a [Option<SlotRef>],
-    /// As long as `keys` (shorter: the positions past it take the count
-    /// of each pick, no excess of their own).
+    /// As long as `keys`; a position past its end takes each pick's count
+    /// as the count at the answer (compared as `max(L, R)`).
     pub seen: &'a [Seen],
 }
 

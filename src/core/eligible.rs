@@ -9,7 +9,7 @@
 //! count (`ramp::virtual_count`), but never ramps its `max_conns`.
 //!
 //! The facts are asked for as the rule reaches them (`Peers`), so that a
-//! pick reads no more than it did when each front-end wrote its own rule:
+//! pick reads only what it needs:
 //! an out peer costs no count, and the checks' record and the ramp are read
 //! only for a peer that has them, in functions of their own (cold).
 

@@ -10,7 +10,8 @@ use core::cmp::Ordering;
 
 /// What a usable peer carries into the comparison. 32-bit values keep the
 /// cross products exact in 64 bits, one multiply each on the hot path;
-/// configuration rejects weights past 2^32.
+/// configuration warns about larger weights, and the pick compares them
+/// as `u32::MAX`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Load {
     pub conns: u32,

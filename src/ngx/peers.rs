@@ -316,10 +316,8 @@ impl CurrentList {
         pc.name = unsafe { self.0.as_ref() }.name;
     }
 
-    /// No peer can take the request: the upstream's name for the error log,
-    /// as stock does. (Stock's old \"mark them as live for quick recovery\",
-    /// which cleared every peer's `fails` here, went in nginx 1.11.5: a
-    /// failed peer waits out its `fail_timeout`.)
+    /// No peer can take the request: names the upstream in the error log,
+    /// as stock does (failures are left as they are).
     pub fn fail(self, pc: &mut ngx_peer_connection_t) {
         self.name_for_errors(pc);
     }

@@ -203,8 +203,8 @@ impl ShmZone {
     }
 
     /// Silences the slab allocator's own "no memory" line: a full zone is
-    /// reported by the zone's owner, once per load, not as a `[crit]` per
-    /// attempt.
+    /// reported by the zone's owner in its own words, not as a `[crit]` per
+    /// allocation.
     pub fn quiet_when_full(&self, _locked: &ZoneGuard) {
         // SAFETY: the pool header, written under the zone's lock.
         unsafe { (*self.pool.as_ptr()).set_log_nomem(0) };

@@ -7,7 +7,8 @@
 //! data (tried bitmap, fails, checked), and chains round-robin's `free` and
 //! SSL session hooks, so `max_fails`/`fail_timeout`, `keepalive` and session
 //! reuse work as they do there. A front-end only finds the registry and the
-//! pool for its kind of request and calls `register` and `install`.
+//! pool for its kind of request and calls `install`;
+//! `front_end::init_upstream` calls `register`.
 
 use core::ffi::c_void;
 use core::ptr::NonNull;
@@ -37,8 +38,8 @@ struct PeerData {
     upstream: &'static UpstreamCounters,
     list: List,
     held: Held,
-    /// Stale counters this request's picks looked up again (see
-    /// `MAX_REFRESHES`).
+    /// How many times this request's picks looked stale counters up again
+    /// (see `MAX_REFRESHES`).
     refreshes: u8,
     /// Round-robin's other hooks (SSL sessions; stream's `notify`, which
     /// clears a peer's failures once connected), called with its own data.
@@ -415,8 +416,9 @@ fn copy_peer_list(peers: &RrPeers) -> PeerListCopy {
 
 /// Follows a copy of the peer list (`copy_peer_list`), with no peer lock
 /// held: the zone is locked in `UpstreamCounters::follow`, and what changed
-/// is logged after. `by`: who copied it (`pick`, or `periodic`: the
-/// housekeeping or the configuration load), for the debug log.
+/// is logged after. `by`: who copied it (`pick`, or `periodic`:
+/// housekeeping, the health checks' rescan, or the configuration load),
+/// for the debug log.
 #[cold]
 #[inline(never)]
 fn follow_copy(upstream: &UpstreamCounters, list: List, copy: &PeerListCopy, by: &str) {

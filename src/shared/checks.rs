@@ -7,9 +7,9 @@
 //!   (`tick`, every `timing().0` ms); the one holding the zone's lease (or
 //!   taking it, free or expired) runs the checks, the others only read the
 //!   lease word. The holder renews it every tick, for the smallest check
-//!   interval: a holder that dies or hangs loses it within one interval
-//!   (sooner when the look for dead workers sees it gone), and another
-//!   worker takes over at its next tick, well inside two intervals.
+//!   interval: a holder that dies or hangs loses it within two intervals
+//!   less two ticks (`timing`; sooner when the look for dead workers sees
+//!   it gone), and another worker takes over at its next tick.
 //! - **The checks.** One task per checked server, on nginx's event loop
 //!   (ngx's `async`): sleep until due, probe (`ngx::probe`), judge
 //!   (`core::check_judge`), record under the zone lock, log what changed

@@ -34,7 +34,7 @@ pub trait FrontEnd {
     fn srv_conf(us: &UpstreamSrvConf) -> Option<&'static mut SrvConf>;
     /// The `upstream {}` block being parsed.
     fn upstream_being_parsed(cf: &ngx_conf_t) -> Option<&'static mut UpstreamSrvConf>;
-    /// The upstreams of the configuration being parsed, or of a cycle.
+    /// The upstreams of the configuration being parsed.
     fn upstreams(cf: &ngx_conf_t) -> Vec<&UpstreamSrvConf>;
     /// The upstreams of a cycle, walked without allocating (timers walk
     /// them on every tick).

@@ -34,7 +34,8 @@ pub const LUA_KEY_TTL_SECS: u32 = 600;
 const LUA_EXPIRY_INTERVAL_MS: u64 = 60_000;
 
 /// A live worker's start time (`/proc/<pid>/stat`, to tell a reused pid
-/// apart) is read every this many checks, each record in its turn: in
+/// apart) is read every this many looks for dead workers, each record in
+/// its turn: in
 /// between, `kill(pid, 0)` alone says whether the pid is gone. A pid is
 /// reused only after the kernel has gone round its whole pid space.
 const STAT_EVERY: usize = 20;

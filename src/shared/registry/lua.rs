@@ -22,7 +22,8 @@ pub enum DeclareError {
 /// stored (or found) as Lua keys stamped with `now` (the current second),
 /// ramping over `slow_start` (deciseconds), and the servers of `previous`
 /// (its earlier declaration by this worker) that are gone drain. Keys this call
-/// added are given up again if the zone is full. Linear in the servers;
+/// added are given up again if the declaration is refused (zone full, or
+/// a key of an nginx upstream). Linear in the servers;
 /// everything is allocated before the zone is locked, and nothing is logged
 /// under it.
 pub fn declare(
