@@ -1,7 +1,8 @@
 #!/usr/bin/perl
 
-# The module loads into the nginx under test, the three directives pass
-# `nginx -t`, and a request goes through an upstream using the method.
+# The module loads into the nginx under test, a configuration with its
+# zone, method and status directives passes `nginx -t`, and a request goes
+# through an upstream using the method.
 
 use warnings;
 use strict;
@@ -51,7 +52,7 @@ http {
 EOF
 
 my ($rc, $out) = $t->test_config();
-is($rc, 0, 'nginx -t passes with the module and all directives');
+is($rc, 0, 'nginx -t passes with the module and its basic directives');
 unlike($out, qr/not binary compatible/, 'module is binary compatible');
 
 $t->run_daemon(\&Test::Nginx::Backend::serve, port(8081), 'a');

@@ -1,7 +1,8 @@
 #!/usr/bin/perl
 
-# scripts/bench.sh still runs: its quick mode goes through every scenario,
-# small, and writes a BENCHMARKS.md with every section and figure.
+# scripts/bench.sh still runs: its quick mode, for sections 3, 4, 5 and 7
+# (the others are covered elsewhere, see below), writes
+# build/bench-quick/BENCHMARKS.md with those sections' figures.
 
 use warnings;
 use strict;
