@@ -5,6 +5,8 @@ use nginx_sys::{
     NGX_PROCESS_SINGLE, NGX_PROCESS_WORKER,
 };
 
+use crate::core::liveness::Signal;
+
 /// Whether this process serves connections: a worker, or the only process
 /// (`master_process off`). nginx also runs every module's `init_process` in
 /// its cache manager and cache loader, which serve nothing and exit without
@@ -14,6 +16,24 @@ pub fn serves_connections() -> bool {
     // module's `init_process`; this process only reads it.
     let kind = unsafe { ngx_process };
     kind == NGX_PROCESS_WORKER as usize || kind == NGX_PROCESS_SINGLE as usize
+}
+
+/// `/proc/<pid>/stat`, if it can be read.
+pub fn proc_stat(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()
+}
+
+/// What `kill(pid, 0)` says of `pid`.
+pub fn signal(pid: i32) -> Signal {
+    // SAFETY: signal 0 only checks that the process exists.
+    if unsafe { libc::kill(pid, 0) } == 0 {
+        return Signal::Ours;
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::ESRCH) => Signal::Gone,
+        Some(libc::EPERM) => Signal::Foreign,
+        _ => Signal::Ours,
+    }
 }
 
 /// Whether this process is the master of worker processes.

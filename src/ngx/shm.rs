@@ -11,7 +11,7 @@ use nginx_sys::{
     ngx_slab_pool_t, ngx_str_t, NGX_LOG_ALERT,
 };
 
-use crate::core::liveness::parse_stat;
+use crate::core::liveness::{parse_stat, Signal};
 
 use super::conf::{text, ConfError};
 use super::log::Log;
@@ -222,14 +222,13 @@ impl ShmZone {
 /// Whether process `pid` is dead: gone, or a zombie its parent has not
 /// reaped (whose pid no other process can have meanwhile).
 fn is_dead(pid: ngx_pid_t) -> bool {
-    // SAFETY: a plain syscall; signal 0 only checks the process exists.
-    if unsafe { libc::kill(pid, 0) } != 0 {
-        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+    match process::signal(pid) {
+        Signal::Gone => true,
+        Signal::Foreign => false,
+        Signal::Ours => process::proc_stat(pid)
+            .and_then(|stat| parse_stat(&stat))
+            .is_some_and(|(state, _)| state == 'Z' || state == 'X'),
     }
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| parse_stat(&stat))
-        .is_some_and(|(state, _)| state == 'Z' || state == 'X')
 }
 
 /// A zone with its mutex held: allocations from its slab pool; the mutex

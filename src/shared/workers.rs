@@ -18,6 +18,7 @@ use crate::core::crash;
 use crate::core::liveness::{is_alive, parse_stat, ProcessId, Signal};
 use crate::core::table::{stop_counting, Reclaimed};
 use crate::ngx::log::Log;
+use crate::ngx::process::{proc_stat, signal};
 use crate::ngx::subsystem;
 
 use super::registry::Registry;
@@ -91,23 +92,6 @@ pub fn registry() -> Option<&'static Registry> {
     // SAFETY: null, or the registry of this worker's cycle, which lives as
     // long as the worker; set once in `start`.
     unsafe { CURRENT.load(Ordering::Acquire).as_ref() }
-}
-
-fn proc_stat(pid: i32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()
-}
-
-/// What `kill(pid, 0)` says of `pid`.
-fn signal(pid: i32) -> Signal {
-    // SAFETY: signal 0 only checks that the process exists.
-    if unsafe { libc::kill(pid, 0) } == 0 {
-        return Signal::Ours;
-    }
-    match std::io::Error::last_os_error().raw_os_error() {
-        Some(libc::ESRCH) => Signal::Gone,
-        Some(libc::EPERM) => Signal::Foreign,
-        _ => Signal::Ours,
-    }
 }
 
 /// Whether the worker `id` still runs. The stat file (start time, zombie)
