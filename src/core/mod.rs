@@ -3,6 +3,8 @@
 //! - `address`: the server addresses a Lua balancer may declare;
 //! - `key`: the text of a counter's key and its hash;
 //! - `select`: the least-connections choice over any peer list;
+//! - `least_index`: servers indexed by connections per weight, for a pick
+//!   in O(log n) over large upstreams;
 //! - `eligible`: whether a peer can take a connection, and its load;
 //! - `ramp`: slow start, how a server that just joined is compared while it
 //!   ramps up;
@@ -38,6 +40,7 @@ pub mod health;
 #[cfg(any(test, feature = "lock-stats"))]
 pub mod histogram;
 pub mod key;
+pub mod least_index;
 pub mod liveness;
 pub mod ramp;
 pub mod rebalance;
