@@ -45,6 +45,12 @@ pub const POINTS: &[&str] = &[
     "status.locked",
     // workers.rs: the look for dead workers
     "reclaim.locked",
+    // table/pick_indexes.rs: a load's indexes, a pick recorded in one
+    "index.entry",
+    "index.allocated",
+    "index.linked",
+    "index.freeing",
+    "index.picked",
 ];
 
 #[cfg(any(test, feature = "crash-points"))]

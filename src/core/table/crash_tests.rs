@@ -5,11 +5,12 @@
 
 use super::slot::SLOTS_PER_BLOCK;
 use super::tests::{table, HeapArena, M};
-use super::{CheckReport, Counted, HealthView, Meta, RecordRef, SlotRef, Table};
+use super::{CheckReport, Counted, HealthView, Meta, PickIndexRef, RecordRef, SlotRef, Table};
 use super::{FLAG_CHECKED, FLAG_DRAINING};
 use crate::core::check_answer::Capacity;
 use crate::core::crash::testing::die_at;
 use crate::core::health::Why;
+use crate::core::least_index::Best;
 use crate::core::liveness::ProcessId;
 
 fn worker(pid: i32) -> ProcessId {
@@ -45,6 +46,7 @@ struct World {
     slots: Vec<SlotRef>,
     records: Vec<RecordRef>,
     counted: Vec<Counted>,
+    index: Option<PickIndexRef>,
 }
 
 /// Runs `setup`, then `step` in a locked section, then `after` (what the
@@ -465,4 +467,67 @@ fn a_death_removing_a_key_found_down_leaves_its_bits_uncounted() {
     for point in ["remove.retired", "remove.unlinked", "remove.freeing"] {
         dies_cleanly(point, 1, checked_key_down, drain_the_checked_key, nothing);
     }
+}
+
+/// Eight keys of upstream "big", three of them busy.
+fn eight_busy_keys(t: &Table, a: &HeapArena, w: &mut World) {
+    let e = t.begin_epoch(a);
+    for i in 0..8 {
+        let key = format!("conn_count:big:10.0.0.{i}:80").into_bytes();
+        w.slots.push(t.upsert(a, &key, 3, M, e).unwrap());
+    }
+    for s in &w.slots[..3] {
+        s.acquire(0);
+    }
+}
+
+/// A load that indexes the keys (`build_pick_index`).
+fn index_the_keys(t: &Table, a: &HeapArena, w: &mut World) {
+    let e = t.begin_epoch(a);
+    t.begin_pick_indexes(a);
+    w.index = t.build_pick_index(a, b"big", 0, e, &w.slots);
+    t.finish_pick_indexes(a);
+}
+
+fn eight_keys_indexed(t: &Table, a: &HeapArena, w: &mut World) {
+    eight_busy_keys(t, a, w);
+    index_the_keys(t, a, w);
+}
+
+/// A load that no longer indexes them: the body is freed.
+fn unindex_the_keys(t: &Table, a: &HeapArena, _: &mut World) {
+    t.begin_epoch(a);
+    t.begin_pick_indexes(a);
+    t.finish_pick_indexes(a);
+}
+
+/// A pick through the index: counted, then recorded in it.
+fn pick_through_the_index(t: &Table, a: &HeapArena, w: &mut World) {
+    let index = w.index.expect("indexed");
+    let Best::At(i) = index.best(t, a, |_| false, 8) else {
+        panic!("nothing to pick");
+    };
+    w.slots[i].acquire(0);
+    index.picked(t, a, i);
+}
+
+#[test]
+fn a_death_in_a_pick_index_leaves_it_as_its_slots_say() {
+    for point in ["index.entry", "index.allocated", "index.linked"] {
+        dies_cleanly(point, 1, eight_busy_keys, index_the_keys, index_the_keys);
+    }
+    dies_cleanly(
+        "index.freeing",
+        1,
+        eight_keys_indexed,
+        unindex_the_keys,
+        nothing,
+    );
+    dies_cleanly(
+        "index.picked",
+        1,
+        eight_keys_indexed,
+        pick_through_the_index,
+        nothing,
+    );
 }

@@ -21,7 +21,7 @@ pub trait Arena {
     unsafe fn free(&self, ptr: NonNull<u8>);
 }
 
-const MAGIC: u64 = 0x4c43_5031_0000_0005; // "LCP1", layout 5 (health checks)
+const MAGIC: u64 = 0x4c43_5031_0000_0006; // "LCP1", layout 6 (pick indexes)
 
 #[repr(C)]
 #[derive(Debug)]
@@ -76,6 +76,9 @@ pub struct Table {
     /// pick does). Changed under the lock with the bits; repair counts
     /// again.
     pub(super) check_flagged: AtomicU32,
+    /// The least-connections indexes of large upstream lists, typed in
+    /// `pick_indexes.rs`.
+    pub(super) pick_indexes: AtomicPtr<()>,
 }
 
 /// Moves `due` on by `interval` if `now` has reached it, for one caller.
@@ -152,6 +155,7 @@ impl Table {
                 ramps_until: AtomicU32::new(0),
                 checker: AtomicU64::new(0),
                 check_flagged: AtomicU32::new(0),
+                pick_indexes: AtomicPtr::new(ptr::null_mut()),
             });
         }
         Some(table)

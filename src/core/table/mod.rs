@@ -65,6 +65,8 @@
 //! - `views.rs`: what readers copy out under the lock;
 //! - `records.rs`: per-worker records, and giving back what a dead worker
 //!   held;
+//! - `pick_indexes.rs`: least-connections indexes of large upstream lists
+//!   (`core::least_index` in the zone), rebuilt from the slots;
 //! - `repair.rs`: all of the repair a table left dirty needs.
 //!
 //! Files depend on the ones above them, except that `keys.rs` calls
@@ -77,6 +79,9 @@ mod flags;
 mod header;
 mod health;
 mod keys;
+#[cfg(test)]
+mod pick_index_tests;
+mod pick_indexes;
 mod ramps;
 mod records;
 mod repair;
@@ -93,6 +98,7 @@ pub use flags::{
 pub use header::{Arena, Table};
 pub use health::{CheckReport, HealthView, Recorded, Tuned, Verdict};
 pub use keys::{Full, Sweep};
+pub use pick_indexes::PickIndexRef;
 pub use records::{
     stop_counting, stopped, CellRef, Counted, KeysText, Reclaimed, RecordRef, RecordSeen,
     WorkerView, KEYS_TEXT_LEN,

@@ -41,7 +41,10 @@ impl Table {
         for p in [&self.journal.alloc, &self.journal.freeing] {
             let chunk = p.load(Ordering::Relaxed);
             if let Some(c) = NonNull::new(chunk) {
-                if !self.slots_reach(chunk) && !self.record_reaches(chunk) {
+                if !self.slots_reach(chunk)
+                    && !self.record_reaches(chunk)
+                    && !self.pick_indexes_reach(chunk)
+                {
                     // SAFETY: zone memory nothing reaches: allocated and
                     // never linked, or unlinked and not yet freed.
                     unsafe { locked.free(c) };
@@ -51,6 +54,8 @@ impl Table {
         }
         self.remove_idle_draining(locked);
         self.reconcile_health();
+        // Last: from the counts as the steps above left them.
+        self.rebuild_pick_indexes();
     }
 
     /// Whether a holder died with the lock.

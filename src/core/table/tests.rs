@@ -112,6 +112,7 @@ impl Table {
             }
         }
         assert_eq!(self.nrecords(), self.records_count());
+        self.validate_pick_indexes();
     }
 }
 

@@ -1,0 +1,201 @@
+//! The zone's pick indexes: built by a load over its keys, following every
+//! count, handed from load to load, and rebuilt from the slots.
+
+use super::tests::{table, HeapArena, M};
+use super::{Meta, PickIndexRef, SlotRef, Table, FLAG_DOWN};
+use crate::core::least_index::Best;
+
+fn key(i: usize) -> Vec<u8> {
+    format!("conn_count:big:10.0.0.{i}:80").into_bytes()
+}
+
+/// A load of `n` servers of upstream "big", indexed; their slots.
+fn load(
+    t: &Table,
+    a: &HeapArena,
+    n: usize,
+    meta: impl Fn(usize) -> Meta,
+) -> (PickIndexRef, Vec<SlotRef>) {
+    t.enter(a);
+    let epoch = t.begin_epoch(a);
+    let slots: Vec<SlotRef> = (0..n)
+        .map(|i| t.upsert(a, &key(i), 3, meta(i), epoch).unwrap())
+        .collect();
+    t.begin_pick_indexes(a);
+    let index = t.build_pick_index(a, b"big", 0, epoch, &slots).unwrap();
+    t.finish_pick_indexes(a);
+    t.leave(a);
+    (index, slots)
+}
+
+/// A pick as the balancer makes one: the best, counted, recorded.
+fn pick(t: &Table, a: &HeapArena, index: PickIndexRef, slots: &[SlotRef]) -> Option<usize> {
+    t.enter(a);
+    let found = index.best(t, a, |_| false, 8);
+    let picked = match found {
+        Best::At(i) => {
+            slots[i].acquire(0);
+            index.picked(t, a, i);
+            Some(i)
+        }
+        _ => None,
+    };
+    t.leave(a);
+    picked
+}
+
+fn release(t: &Table, a: &HeapArena, index: PickIndexRef, slot: SlotRef) {
+    slot.release();
+    t.enter(a);
+    index.released(t, a, slot);
+    t.leave(a);
+}
+
+#[test]
+fn picks_fill_the_least_loaded_servers_first() {
+    let a = HeapArena::new(1 << 22);
+    let t = table(&a);
+    let (index, slots) = load(t, &a, 100, |_| M);
+    for s in &slots[..50] {
+        for _ in 0..3 {
+            s.acquire(0);
+        }
+    }
+    t.enter(&a);
+    t.refresh_pick_indexes(&a);
+    t.leave(&a);
+    // 50 servers hold 3, 50 hold none: the next 150 picks go to the idle
+    // ones until every server holds 3.
+    for _ in 0..150 {
+        let i = pick(t, &a, index, &slots).unwrap();
+        assert!(i >= 50, "picked a loaded server {i}");
+    }
+    assert!(slots.iter().all(|s| s.count() == Some(3)));
+    t.validate();
+}
+
+#[test]
+fn a_release_makes_its_server_the_next_pick() {
+    let a = HeapArena::new(1 << 22);
+    let t = table(&a);
+    let (index, slots) = load(t, &a, 40, |_| M);
+    for _ in 0..40 {
+        pick(t, &a, index, &slots).unwrap();
+    }
+    release(t, &a, index, slots[17]);
+    assert_eq!(pick(t, &a, index, &slots), Some(17));
+    t.validate();
+}
+
+#[test]
+fn down_and_full_servers_are_never_picked() {
+    let a = HeapArena::new(1 << 22);
+    let t = table(&a);
+    let meta = |i: usize| Meta {
+        flags: if i.is_multiple_of(2) { FLAG_DOWN } else { 0 },
+        max_conns: if i == 1 { 2 } else { 0 },
+        ..M
+    };
+    let (index, slots) = load(t, &a, 20, meta);
+    for _ in 0..100 {
+        let i = pick(t, &a, index, &slots).unwrap();
+        assert!(i % 2 == 1, "picked down server {i}");
+    }
+    assert_eq!(slots[1].count(), Some(2), "max_conns held");
+    t.validate();
+}
+
+#[test]
+fn an_older_load_scans_and_its_releases_still_count() {
+    let a = HeapArena::new(1 << 22);
+    let t = table(&a);
+    let (old, slots) = load(t, &a, 30, |_| M);
+    for _ in 0..30 {
+        pick(t, &a, old, &slots).unwrap();
+    }
+    // A reload with the same servers: the old load's handle is no longer
+    // the index's, but what its workers release reaches the new one.
+    let (new, new_slots) = load(t, &a, 30, |_| M);
+    assert_eq!(new_slots, slots);
+    assert!(!old.is_current() && new.is_current());
+    t.enter(&a);
+    assert_eq!(old.best(t, &a, |_| false, 8), Best::GaveUp);
+    t.leave(&a);
+    release(t, &a, old, slots[9]);
+    assert_eq!(pick(t, &a, new, &slots), Some(9));
+    t.validate();
+}
+
+#[test]
+fn a_load_that_no_longer_indexes_a_list_frees_its_body() {
+    let a = HeapArena::new(1 << 22);
+    let t = table(&a);
+    let (index, _) = load(t, &a, 30, |_| M);
+    let with_body = a.used();
+    t.enter(&a);
+    t.begin_epoch(&a);
+    t.begin_pick_indexes(&a);
+    t.finish_pick_indexes(&a);
+    t.leave(&a);
+    assert!(!index.is_current());
+    assert_eq!(t.pick_index_counts(), (1, 0));
+    assert!(a.used() < with_body);
+    // Its releases change nothing.
+    release(t, &a, index, t_slot(t, &a, 0));
+    t.validate();
+}
+
+fn t_slot(t: &Table, a: &HeapArena, i: usize) -> SlotRef {
+    t.enter(a);
+    let s = t.find(a, &key(i)).unwrap();
+    s.acquire(0);
+    t.leave(a);
+    s
+}
+
+#[test]
+fn a_bigger_list_gets_a_bigger_body_and_a_smaller_one_keeps_it() {
+    let a = HeapArena::new(1 << 22);
+    let t = table(&a);
+    load(t, &a, 10, |_| M);
+    let small = a.used();
+    load(t, &a, 200, |_| M);
+    let (index, slots) = load(t, &a, 150, |_| M);
+    assert!(a.used() > small);
+    assert_eq!(t.pick_index_counts(), (1, 1));
+    assert!(pick(t, &a, index, &slots).is_some());
+    t.validate();
+}
+
+#[test]
+fn counts_changed_behind_the_index_are_taken_up_by_a_refresh() {
+    let a = HeapArena::new(1 << 22);
+    let t = table(&a);
+    let (index, slots) = load(t, &a, 8, |_| M);
+    // Counted with no index update (a process that died in between).
+    for s in &slots[..7] {
+        s.acquire(0);
+    }
+    t.enter(&a);
+    t.refresh_pick_indexes(&a);
+    assert_eq!(index.best(t, &a, |_| false, 8), Best::At(7));
+    t.leave(&a);
+    t.validate();
+}
+
+#[test]
+fn no_room_for_an_index_leaves_the_list_unindexed() {
+    let a = HeapArena::new(1 << 22);
+    let t = table(&a);
+    t.enter(&a);
+    let epoch = t.begin_epoch(&a);
+    let slots: Vec<SlotRef> = (0..500)
+        .map(|i| t.upsert(&a, &key(i), 3, M, epoch).unwrap())
+        .collect();
+    a.budget.set(1000);
+    t.begin_pick_indexes(&a);
+    assert!(t.build_pick_index(&a, b"big", 0, epoch, &slots).is_none());
+    t.finish_pick_indexes(&a);
+    t.leave(&a);
+    t.validate();
+}

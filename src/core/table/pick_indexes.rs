@@ -1,0 +1,528 @@
+//! Least-connections indexes in the zone (`core::least_index`), one per
+//! upstream list a configuration load indexes: picks over large lists take
+//! the least loaded server from one, in O(log n), under the zone lock.
+//!
+//! An index is an entry, found by the upstream's name and the list (primary
+//! or backup), and a body: the tree, each leaf's slot, and a map from a
+//! slot to its leaf. Entries are never freed (a worker keeps a pointer to
+//! its list's, `PickIndexRef`); a body is replaced when a load needs a bigger
+//! one, and freed when a load no longer indexes the list.
+//!
+//! Each load rebuilds the entries of the lists it indexes, in its own peer
+//! order, and stamps them with its epoch; the other entries it retires
+//! (epoch 0, body freed). A worker picks from its list's entry only while
+//! the entry carries its own epoch (a worker of an earlier load scans
+//! instead); any worker's release updates the leaf of the key it held
+//! wherever the current body has it, so the index follows every count.
+//!
+//! The truth is the slots: a leaf's key is read from its slot's live count
+//! and metadata (`key_of`). A count changed with no index update after it
+//! (a process that died between the two, a dead worker's share given
+//! back) is made right by `refresh_pick_indexes`, which rebuilds every body from
+//! its slots: repair and the give-backs call it.
+
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+
+use super::flags::Flag;
+use super::header::{Arena, Table};
+use super::slot::{count_of, generation_of, Slot, SlotRef};
+use crate::core::crash;
+use crate::core::least_index::{self, Best, Head, Key, Leaf, LeastIndex, Parts};
+
+/// One indexed list: found by name, its body replaced as loads need.
+#[repr(C)]
+#[derive(Debug)]
+pub(super) struct Entry {
+    next: AtomicPtr<Entry>,
+    body: AtomicPtr<Body>,
+    /// The load that last built the body; 0: retired (no body).
+    epoch: AtomicU32,
+    /// The list: 0 primary, 1 backup.
+    list: u32,
+    /// The upstream's name, `name_len` bytes, follows the entry.
+    name_len: u32,
+}
+
+/// A body's own header; its arrays follow it in the same allocation.
+#[repr(C)]
+#[derive(Debug)]
+struct Body {
+    head: Head,
+    capacity: u32,
+    /// Map buckets: a power of two, at least twice `capacity`.
+    buckets: u32,
+}
+
+/// A leaf's slot, as `SlotRef` keeps one, in zone memory.
+#[repr(C)]
+#[derive(Debug)]
+struct LeafSlot {
+    slot: AtomicPtr<Slot>,
+    generation: AtomicU32,
+}
+
+/// A map bucket: `id << 32 | position`; `EMPTY`: none.
+const EMPTY: u64 = u64::MAX;
+
+/// Where a body's arrays are, for a capacity.
+struct Layout {
+    leaves: usize,
+    nodes: usize,
+    slots: usize,
+    map: usize,
+    size: usize,
+}
+
+impl Layout {
+    fn of(capacity: usize) -> Layout {
+        let width = least_index::width(capacity);
+        let leaves = size_of::<Body>().next_multiple_of(8);
+        let nodes = leaves + capacity * size_of::<Leaf>();
+        let slots = (nodes + width * size_of::<AtomicU32>()).next_multiple_of(8);
+        let map = slots + capacity * size_of::<LeafSlot>();
+        let size = map + map_buckets(capacity) * size_of::<AtomicU64>();
+        Layout {
+            leaves,
+            nodes,
+            slots,
+            map,
+            size,
+        }
+    }
+}
+
+fn map_buckets(capacity: usize) -> usize {
+    (2 * capacity).next_power_of_two().max(2)
+}
+
+/// The map bucket a slot id starts probing at.
+fn bucket_of(id: u32, buckets: usize) -> usize {
+    (id.wrapping_mul(0x9e37_79b9) as usize) & (buckets - 1)
+}
+
+impl Body {
+    fn at<T>(&self, offset: usize, n: usize) -> &[T] {
+        // SAFETY: a body is one allocation of `Layout::of(capacity).size`
+        // bytes, 8-aligned, whose arrays are initialised by `Body::init`.
+        unsafe {
+            let base = ptr::from_ref(self).cast::<u8>().add(offset);
+            core::slice::from_raw_parts(base.cast::<T>(), n)
+        }
+    }
+
+    fn layout(&self) -> Layout {
+        Layout::of(self.capacity as usize)
+    }
+
+    fn capacity(&self) -> usize {
+        self.capacity as usize
+    }
+
+    fn index(&self) -> LeastIndex<'_> {
+        let l = self.layout();
+        let n = self.capacity();
+        LeastIndex::new(Parts {
+            head: &self.head,
+            leaves: self.at(l.leaves, n),
+            nodes: self.at(l.nodes, least_index::width(n)),
+        })
+        .expect("a body laid out by Layout::of")
+    }
+
+    fn slots(&self) -> &[LeafSlot] {
+        self.at(self.layout().slots, self.capacity())
+    }
+
+    fn map(&self) -> &[AtomicU64] {
+        self.at(self.layout().map, self.buckets as usize)
+    }
+
+    /// Writes an empty body of `capacity` into fresh memory.
+    ///
+    /// # Safety
+    /// `mem` is `Layout::of(capacity).size` bytes, 64-aligned, unshared.
+    unsafe fn init<'a>(mem: NonNull<u8>, capacity: usize) -> &'a Body {
+        // SAFETY: the caller's contract; all-zero atomics are valid, and
+        // every field is then written.
+        unsafe {
+            ptr::write_bytes(mem.as_ptr(), 0, Layout::of(capacity).size);
+            let body = mem.cast::<Body>();
+            body.write(Body {
+                head: Head::default(),
+                capacity: capacity as u32,
+                buckets: map_buckets(capacity) as u32,
+            });
+            let body = &*body.as_ptr();
+            for b in body.map() {
+                b.store(EMPTY, Ordering::Relaxed);
+            }
+            body
+        }
+    }
+
+    /// The leaf of `slot`, if this body has one.
+    fn position_of(&self, slot: &Slot) -> Option<usize> {
+        let id = slot.id.load(Ordering::Relaxed);
+        let map = self.map();
+        let mut at = bucket_of(id, map.len());
+        for _ in 0..map.len() {
+            let v = map[at].load(Ordering::Relaxed);
+            if v == EMPTY {
+                return None;
+            }
+            if (v >> 32) as u32 == id {
+                let i = v as u32 as usize;
+                let here = self.slots().get(i)?.slot.load(Ordering::Relaxed);
+                return ptr::eq(here, slot).then_some(i);
+            }
+            at = (at + 1) & (map.len() - 1);
+        }
+        None
+    }
+
+    /// Fills leaves, slots and map from `slots` and rebuilds the tree.
+    fn fill(&self, slots: &[SlotRef]) {
+        for b in self.map() {
+            b.store(EMPTY, Ordering::Relaxed);
+        }
+        let map = self.map();
+        for (i, (s, leaf)) in slots.iter().zip(self.slots()).enumerate() {
+            leaf.slot.store(s.slot.as_ptr(), Ordering::Relaxed);
+            leaf.generation.store(s.generation, Ordering::Relaxed);
+            let id = s.slot().id.load(Ordering::Relaxed);
+            let mut at = bucket_of(id, map.len());
+            while map[at].load(Ordering::Relaxed) != EMPTY {
+                at = (at + 1) & (map.len() - 1);
+            }
+            map[at].store(u64::from(id) << 32 | i as u64, Ordering::Relaxed);
+        }
+        self.rebuild(slots.len());
+    }
+
+    /// Rebuilds the tree of the first `n` leaves from their slots.
+    fn rebuild(&self, n: usize) {
+        self.index().rebuild(n, |i| self.key_at(i));
+    }
+
+    /// The key of leaf `i`, from its slot.
+    fn key_at(&self, i: usize) -> Key {
+        let leaf = &self.slots()[i];
+        // SAFETY: slots live in blocks that are never freed.
+        let slot = unsafe { &*leaf.slot.load(Ordering::Relaxed) };
+        key_of(slot, leaf.generation.load(Ordering::Relaxed))
+    }
+}
+
+/// What the index orders a server by, from its slot: out when the key is
+/// gone (another generation), down, draining or at its `max_conns`.
+fn key_of(slot: &Slot, generation: u32) -> Key {
+    let word = slot.word.load(Ordering::Acquire);
+    let conns = count_of(word);
+    let max_conns = slot.max_conns.load(Ordering::Relaxed);
+    let out = generation_of(word) != generation
+        || slot.flags.has(Flag::Down)
+        || slot.flags.has(Flag::Draining)
+        || (max_conns != 0 && conns >= max_conns);
+    if out {
+        return Key::OUT;
+    }
+    Key {
+        conns,
+        weight: slot.weight.load(Ordering::Relaxed).max(1),
+    }
+}
+
+impl Entry {
+    fn name(&self) -> &[u8] {
+        // SAFETY: `name_len` bytes follow the entry, written with it.
+        unsafe {
+            core::slice::from_raw_parts(
+                ptr::from_ref(self).cast::<u8>().add(size_of::<Entry>()),
+                self.name_len as usize,
+            )
+        }
+    }
+
+    fn body(&self) -> Option<&Body> {
+        // SAFETY: null or a body this entry owns, replaced and freed only
+        // under the lock the caller holds.
+        unsafe { self.body.load(Ordering::Relaxed).as_ref() }
+    }
+}
+
+/// A worker's handle on its list's index: the entry, and the load it was
+/// built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PickIndexRef {
+    entry: NonNull<Entry>,
+    epoch: u32,
+}
+
+// SAFETY: entries live in the zone for good and change only under its lock.
+unsafe impl Send for PickIndexRef {}
+unsafe impl Sync for PickIndexRef {}
+
+impl PickIndexRef {
+    fn entry(&self) -> &Entry {
+        // SAFETY: entries are never freed.
+        unsafe { self.entry.as_ref() }
+    }
+
+    /// The body, while it is the one this handle's load built.
+    fn own_body(&self) -> Option<&Body> {
+        let e = self.entry();
+        (e.epoch.load(Ordering::Relaxed) == self.epoch)
+            .then(|| e.body())
+            .flatten()
+    }
+
+    /// The least loaded server of the list that `out` does not rule out
+    /// (see `LeastIndex::best`); `GaveUp` too when the index is not this
+    /// load's any more (a later load rebuilt or retired it): scan then.
+    pub fn best(
+        &self,
+        table: &Table,
+        locked: &impl Arena,
+        out: impl FnMut(usize) -> bool,
+        budget: u32,
+    ) -> Best {
+        table.assert_locked(locked);
+        match self.own_body() {
+            Some(body) => body.index().best(out, budget),
+            None => Best::GaveUp,
+        }
+    }
+
+    /// Records a pick of the server at `position`, just counted.
+    pub fn picked(&self, table: &Table, locked: &impl Arena, position: usize) {
+        table.assert_locked(locked);
+        if let Some(body) = self.own_body() {
+            crash::point("index.picked");
+            let key = body.key_at(position);
+            body.index().picked(position, key);
+        }
+    }
+
+    /// Records that the server at `position` could not be counted (at its
+    /// `max_conns`, another worker took the last place): its leaf is read
+    /// again.
+    pub fn refresh(&self, table: &Table, locked: &impl Arena, position: usize) {
+        table.assert_locked(locked);
+        if let Some(body) = self.own_body() {
+            body.index().set(position, body.key_at(position));
+        }
+    }
+
+    /// Records that the count of `slot` changed (a release), whichever load
+    /// counted it: the current body's leaf for the key, if any, is read
+    /// again.
+    pub fn released(&self, table: &Table, locked: &impl Arena, slot: SlotRef) {
+        table.assert_locked(locked);
+        let e = self.entry();
+        if e.epoch.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        if let Some(body) = e.body() {
+            if let Some(i) = body.position_of(slot.slot()) {
+                body.index().set(i, body.key_at(i));
+            }
+        }
+    }
+
+    /// Whether this handle's load still owns the index (for tests and the
+    /// status page).
+    pub fn is_current(&self) -> bool {
+        self.own_body().is_some()
+    }
+}
+
+impl Table {
+    fn entries(&self) -> impl Iterator<Item = &Entry> {
+        let mut at = self.pick_indexes.load(Ordering::Acquire).cast::<Entry>();
+        core::iter::from_fn(move || {
+            // SAFETY: entries are never freed, linked under the lock.
+            let e = unsafe { at.as_ref()? };
+            at = e.next.load(Ordering::Relaxed);
+            Some(e)
+        })
+    }
+
+    /// The entry of `name`'s `list`, made if it has none; `None`: no room.
+    fn entry_for(&self, locked: &impl Arena, name: &[u8], list: u32) -> Option<&Entry> {
+        if let Some(e) = self.entries().find(|e| e.list == list && e.name() == name) {
+            return Some(e);
+        }
+        let mem = locked.alloc(size_of::<Entry>() + name.len())?;
+        self.journal.alloc.store(mem.as_ptr(), Ordering::Relaxed);
+        crash::point("index.entry");
+        // SAFETY: fresh zone memory for an entry and its name.
+        let entry = unsafe {
+            let e = mem.cast::<Entry>();
+            e.write(Entry {
+                next: AtomicPtr::new(self.pick_indexes.load(Ordering::Relaxed).cast()),
+                body: AtomicPtr::new(ptr::null_mut()),
+                epoch: AtomicU32::new(0),
+                list,
+                name_len: name.len() as u32,
+            });
+            ptr::copy_nonoverlapping(
+                name.as_ptr(),
+                mem.as_ptr().add(size_of::<Entry>()),
+                name.len(),
+            );
+            &*e.as_ptr()
+        };
+        self.pick_indexes
+            .store(ptr::from_ref(entry).cast_mut().cast(), Ordering::Release);
+        self.journal.alloc.store(ptr::null_mut(), Ordering::Relaxed);
+        Some(entry)
+    }
+
+    /// Starts a load's indexes: every entry retired until the load builds
+    /// it again (`build_pick_index`), and `finish_pick_indexes` frees the bodies of
+    /// those it did not.
+    pub fn begin_pick_indexes(&self, locked: &impl Arena) {
+        self.assert_locked(locked);
+        for e in self.entries() {
+            e.epoch.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Frees the bodies of the entries this load did not build.
+    pub fn finish_pick_indexes(&self, locked: &impl Arena) {
+        self.assert_locked(locked);
+        for e in self.entries() {
+            if e.epoch.load(Ordering::Relaxed) == 0 {
+                self.drop_body(locked, e);
+            }
+        }
+    }
+
+    /// Builds the index of `name`'s `list` for the load `epoch`, over
+    /// `slots` in the front-end's peer order. `None`: no room in the zone
+    /// (the list is scanned).
+    pub fn build_pick_index(
+        &self,
+        locked: &impl Arena,
+        name: &[u8],
+        list: u32,
+        epoch: u32,
+        slots: &[SlotRef],
+    ) -> Option<PickIndexRef> {
+        self.assert_locked(locked);
+        if slots.is_empty() || slots.len() > least_index::MAX_SERVERS {
+            return None;
+        }
+        let entry = self.entry_for(locked, name, list)?;
+        let body = match entry.body() {
+            Some(b) if b.capacity() >= slots.len() => b,
+            _ => self.new_body(locked, entry, slots.len())?,
+        };
+        body.fill(slots);
+        entry.epoch.store(epoch, Ordering::Relaxed);
+        Some(PickIndexRef {
+            entry: NonNull::from(entry),
+            epoch,
+        })
+    }
+
+    /// Replaces `entry`'s body by an empty one for `capacity` servers.
+    fn new_body<'a>(
+        &self,
+        locked: &impl Arena,
+        entry: &'a Entry,
+        capacity: usize,
+    ) -> Option<&'a Body> {
+        self.drop_body(locked, entry);
+        let mem = locked.alloc(Layout::of(capacity).size)?;
+        self.journal.alloc.store(mem.as_ptr(), Ordering::Relaxed);
+        crash::point("index.allocated");
+        // SAFETY: fresh zone memory of the layout's size, 64-aligned.
+        let body = unsafe { Body::init(mem, capacity) };
+        entry
+            .body
+            .store(ptr::from_ref(body).cast_mut(), Ordering::Release);
+        crash::point("index.linked");
+        self.journal.alloc.store(ptr::null_mut(), Ordering::Relaxed);
+        Some(body)
+    }
+
+    /// Frees `entry`'s body, if any, and retires the entry.
+    fn drop_body(&self, locked: &impl Arena, entry: &Entry) {
+        entry.epoch.store(0, Ordering::Relaxed);
+        let body = entry.body.load(Ordering::Relaxed);
+        let Some(b) = NonNull::new(body) else {
+            return;
+        };
+        self.journal.freeing.store(body.cast(), Ordering::Relaxed);
+        entry.body.store(ptr::null_mut(), Ordering::Release);
+        crash::point("index.freeing");
+        // SAFETY: the body was this entry's alone, now unreachable.
+        unsafe { locked.free(b.cast()) };
+        self.journal
+            .freeing
+            .store(ptr::null_mut(), Ordering::Relaxed);
+    }
+
+    /// Rebuilds every index from its slots: after counts changed with no
+    /// index update (repair, a dead worker's share given back, an exit's).
+    pub fn refresh_pick_indexes(&self, locked: &impl Arena) {
+        self.assert_locked(locked);
+        self.rebuild_pick_indexes();
+    }
+
+    /// `refresh_pick_indexes` for repair (which holds the lock already).
+    pub(super) fn rebuild_pick_indexes(&self) {
+        for e in self.entries() {
+            if let (Some(body), true) = (e.body(), e.epoch.load(Ordering::Relaxed) != 0) {
+                body.rebuild(body.index().servers());
+            }
+        }
+    }
+
+    /// Whether `chunk` is an index's entry or body (repair's journal).
+    pub(super) fn pick_indexes_reach(&self, chunk: *mut u8) -> bool {
+        self.entries().any(|e| {
+            ptr::eq(ptr::from_ref(e).cast::<u8>(), chunk)
+                || e.body.load(Ordering::Relaxed).cast::<u8>() == chunk
+        })
+    }
+}
+
+#[cfg(test)]
+impl Table {
+    /// Every index in use holds what its slots say, and a valid tree.
+    pub(crate) fn validate_pick_indexes(&self) {
+        for e in self.entries() {
+            let Some(body) = e.body() else {
+                assert_eq!(e.epoch.load(Ordering::Relaxed), 0, "an epoch with no body");
+                continue;
+            };
+            let index = body.index();
+            assert!(index.is_valid(), "an index tree out of step");
+            for i in 0..index.servers() {
+                assert_eq!(
+                    index.key(i),
+                    body.key_at(i),
+                    "leaf {i} differs from its slot"
+                );
+                assert_eq!(body.position_of(body.slots()[i].slot()), Some(i));
+            }
+        }
+    }
+
+    /// How many entries the table has, and how many have a body.
+    pub(crate) fn pick_index_counts(&self) -> (usize, usize) {
+        let bodies = self.entries().filter(|e| e.body().is_some()).count();
+        (self.entries().count(), bodies)
+    }
+}
+
+#[cfg(test)]
+impl LeafSlot {
+    fn slot(&self) -> &Slot {
+        // SAFETY: slots live in blocks that are never freed.
+        unsafe { &*self.slot.load(Ordering::Relaxed) }
+    }
+}
