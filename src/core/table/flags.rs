@@ -50,6 +50,9 @@ flags! {
     /// The upstream has `least_conn_persistent_check` (configuration): its
     /// keys have health records (`health.rs`).
     Checked,
+    /// Run time: the key has a leaf in a pick index (`pick_indexes.rs`):
+    /// a release updates it.
+    Indexed,
 }
 
 impl Flag {
@@ -77,7 +80,7 @@ pub const CHECK_TUNED: u32 = Flag::CheckTuned.bit();
 pub const CHECK_BITS: u32 = CHECK_OUT | CHECK_TUNED;
 
 /// Where the shed counter starts: above every flag.
-const SHED_SHIFT: u32 = 9;
+const SHED_SHIFT: u32 = 10;
 const _: () = assert!(
     Flag::ALL.len() as u32 == SHED_SHIFT,
     "the flag word changed: move SHED_SHIFT and bump the layout in MAGIC (header.rs)"
@@ -183,6 +186,16 @@ impl FlagWord {
     #[cfg(test)]
     pub fn add_sheds(&self, n: u32) {
         self.0.fetch_add(n << SHED_SHIFT, Ordering::Relaxed);
+    }
+
+    /// Sets or clears `Indexed` (under the lock, by a load's indexes).
+    pub fn set_indexed(&self, on: bool) {
+        let bit = Flag::Indexed.bit();
+        if on {
+            self.0.fetch_or(bit, Ordering::Relaxed);
+        } else {
+            self.0.fetch_and(!bit, Ordering::Relaxed);
+        }
     }
 
     /// Sets or clears `Shedding`; true if this call changed it. Read first:

@@ -199,3 +199,83 @@ fn no_room_for_an_index_leaves_the_list_unindexed() {
     t.leave(&a);
     t.validate();
 }
+
+#[test]
+fn a_release_by_a_load_that_did_not_index_reaches_a_later_loads_index() {
+    let a = HeapArena::new(1 << 22);
+    let t = table(&a);
+    // A load that does not index "big" (say it was small then), whose
+    // worker holds a connection on server 4.
+    t.enter(&a);
+    let epoch = t.begin_epoch(&a);
+    let held = t.upsert(&a, &key(4), 3, M, epoch).unwrap();
+    held.acquire(0);
+    t.leave(&a);
+    assert!(!held.is_indexed());
+    // A later load indexes it.
+    let (index, slots) = load(t, &a, 20, |_| M);
+    assert!(slots[4].is_indexed());
+    for _ in 0..19 {
+        pick(t, &a, index, &slots).unwrap();
+    }
+    // Every server holds one now; the old worker's release, found by the
+    // upstream's name, makes server 4 the least loaded.
+    held.release();
+    t.enter(&a);
+    t.pick_index_released(&a, b"big", held);
+    t.leave(&a);
+    assert_eq!(pick(t, &a, index, &slots), Some(4));
+    t.validate();
+}
+
+#[test]
+fn keys_a_load_no_longer_indexes_lose_their_mark() {
+    let a = HeapArena::new(1 << 22);
+    let t = table(&a);
+    let (_, slots) = load(t, &a, 10, |_| M);
+    assert!(slots.iter().all(|s| s.is_indexed()));
+    t.enter(&a);
+    t.begin_epoch(&a);
+    t.begin_pick_indexes(&a);
+    t.finish_pick_indexes(&a);
+    t.leave(&a);
+    assert!(slots.iter().all(|s| !s.is_indexed()));
+}
+
+#[test]
+fn a_dead_workers_share_given_back_reaches_the_index() {
+    use super::Counted;
+    use crate::core::liveness::ProcessId;
+    let a = HeapArena::new(1 << 22);
+    let t = table(&a);
+    let (index, slots) = load(t, &a, 4, |_| M);
+    t.enter(&a);
+    let id = ProcessId {
+        pid: 7,
+        start_time: 1,
+        uid: 0,
+    };
+    let rec = t.register_worker(&a, id).unwrap();
+    let on_0 = Counted {
+        slot: slots[0],
+        mine: t.cell(&a, rec, slots[0]).unwrap(),
+    };
+    t.leave(&a);
+    // The worker holds 5 on server 0; every other server holds 1.
+    for _ in 0..5 {
+        on_0.acquire(0);
+    }
+    for s in &slots[1..] {
+        s.acquire(0);
+    }
+    t.enter(&a);
+    t.refresh_pick_indexes(&a);
+    t.leave(&a);
+    assert_ne!(pick(t, &a, index, &slots), Some(0));
+    // It dies: its 5 are given back, and server 0 is the least loaded.
+    t.enter(&a);
+    t.reclaim(&a, rec);
+    t.leave(&a);
+    assert_eq!(pick(t, &a, index, &slots), Some(0));
+    t.validate();
+}

@@ -190,6 +190,7 @@ impl Body {
         for (i, (s, leaf)) in slots.iter().zip(self.slots()).enumerate() {
             leaf.slot.store(s.slot.as_ptr(), Ordering::Relaxed);
             leaf.generation.store(s.generation, Ordering::Relaxed);
+            s.slot().flags.set_indexed(true);
             let id = s.slot().id.load(Ordering::Relaxed);
             let mut at = bucket_of(id, map.len());
             while map[at].load(Ordering::Relaxed) != EMPTY {
@@ -198,6 +199,16 @@ impl Body {
             map[at].store(u64::from(id) << 32 | i as u64, Ordering::Relaxed);
         }
         self.rebuild(slots.len());
+    }
+
+    /// Clears `Indexed` on the slots of the body's leaves: a load marks
+    /// again those it indexes.
+    fn unmark_slots(&self) {
+        for leaf in &self.slots()[..self.index().servers()] {
+            // SAFETY: slots live in blocks that are never freed.
+            let slot = unsafe { &*leaf.slot.load(Ordering::Relaxed) };
+            slot.flags.set_indexed(false);
+        }
     }
 
     /// Rebuilds the tree of the first `n` leaves from their slots.
@@ -317,17 +328,21 @@ impl PickIndexRef {
     /// Records that the count of `slot` changed (a release), whichever load
     /// counted it: the current body's leaf for the key, if any, is read
     /// again.
-    pub fn released(&self, table: &Table, locked: &impl Arena, slot: SlotRef) {
+    /// Returns whether the body had the key.
+    pub fn released(&self, table: &Table, locked: &impl Arena, slot: SlotRef) -> bool {
         table.assert_locked(locked);
         let e = self.entry();
         if e.epoch.load(Ordering::Relaxed) == 0 {
-            return;
+            return false;
         }
-        if let Some(body) = e.body() {
-            if let Some(i) = body.position_of(slot.slot()) {
-                body.index().set(i, body.key_at(i));
-            }
-        }
+        let Some(body) = e.body() else {
+            return false;
+        };
+        let Some(i) = body.position_of(slot.slot()) else {
+            return false;
+        };
+        body.index().set(i, body.key_at(i));
+        true
     }
 
     /// Whether this handle's load still owns the index (for tests and the
@@ -386,6 +401,9 @@ impl Table {
         self.assert_locked(locked);
         for e in self.entries() {
             e.epoch.store(0, Ordering::Relaxed);
+            if let Some(body) = e.body() {
+                body.unmark_slots();
+            }
         }
     }
 
@@ -477,6 +495,38 @@ impl Table {
         for e in self.entries() {
             if let (Some(body), true) = (e.body(), e.epoch.load(Ordering::Relaxed) != 0) {
                 body.rebuild(body.index().servers());
+            }
+        }
+    }
+
+    /// Records a release of `slot`, a key of upstream `name` that is
+    /// `Indexed`, for a worker whose load did not index it (a later load
+    /// did): its leaf, wherever a current body has it, is read again.
+    pub fn pick_index_released(&self, locked: &impl Arena, name: &[u8], slot: SlotRef) {
+        self.assert_locked(locked);
+        for e in self.entries().filter(|e| e.name() == name) {
+            let r = PickIndexRef {
+                entry: NonNull::from(e),
+                epoch: 0,
+            };
+            if r.released(self, locked, slot) {
+                return;
+            }
+        }
+    }
+
+    /// Reads the leaf of `slot` again, in every current body that has it:
+    /// its count changed with the lock held (a worker's share given back).
+    pub(super) fn pick_index_slot_changed(&self, slot: &Slot) {
+        if !slot.flags.has(Flag::Indexed) {
+            return;
+        }
+        for e in self
+            .entries()
+            .filter(|e| e.epoch.load(Ordering::Relaxed) != 0)
+        {
+            if let Some((body, i)) = e.body().and_then(|b| Some((b, b.position_of(slot)?))) {
+                body.index().set(i, body.key_at(i));
             }
         }
     }

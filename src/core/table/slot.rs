@@ -274,6 +274,13 @@ impl SlotRef {
         self.slot().flags.has(Flag::Draining)
     }
 
+    /// Whether the key has a leaf in a pick index, which its releases
+    /// update (`Table::pick_index_released`).
+    #[inline]
+    pub fn is_indexed(&self) -> bool {
+        self.slot().flags.has(Flag::Indexed)
+    }
+
     pub fn flags(&self) -> u32 {
         self.slot().flags.bits()
     }
