@@ -29,6 +29,8 @@ pub enum ConfError {
     InvalidParameter(String),
     /// `slow_start=` with a value that is not a time in seconds.
     InvalidSlowStart(String),
+    /// `index=` with a value that is neither a number of servers nor `off`.
+    InvalidIndex(String),
     /// A parameter of `least_conn_persistent_rebalance`.
     Rebalance(crate::core::rebalance::ParamError),
     /// `least_conn_persistent_rebalance` before (or without)
@@ -80,6 +82,10 @@ impl fmt::Display for ConfError {
             ConfError::InvalidSlowStart(v) => write!(
                 f,
                 "has an invalid slow_start \"{v}\" (a time such as 30s or 2m, 0 for none)"
+            ),
+            ConfError::InvalidIndex(v) => write!(
+                f,
+                "has an invalid index \"{v}\" (a number of servers, 1 or more, or off)"
             ),
         }
     }

@@ -61,6 +61,35 @@ pub fn version(list: &RrPeers) -> Option<usize> {
     version
 }
 
+/// Whether DNS may change the list at run time: some server of it has
+/// `resolve` (nginx 1.27.3+, with an upstream `zone`).
+pub fn resolvable(list: &RrPeers) -> bool {
+    #[cfg(ngx_resolve)]
+    let resolvable = !list.resolve.is_null();
+    #[cfg(not(ngx_resolve))]
+    let resolvable = {
+        let _ = list;
+        false
+    };
+    resolvable
+}
+
+/// A cursor on every peer of `list`, by position: a pick through a pick
+/// index reaches the peer it chose without a walk.
+pub fn cursors(list: &RrPeers) -> Vec<PeerCursor> {
+    let mut out = Vec::with_capacity(list.number);
+    let mut p = list.peer;
+    while let Some(peer) = NonNull::new(p) {
+        out.push(PeerCursor {
+            peer,
+            index: out.len(),
+        });
+        // SAFETY: round-robin links the list's peers by `next`.
+        p = unsafe { peer.as_ref() }.next;
+    }
+    out
+}
+
 /// Whether a peer is configured `down`; on nginx 1.29.6+ (http) not one
 /// that only drains (`server ... drain`: it still takes the sessions that
 /// stick to it, so its health matters).
@@ -519,6 +548,14 @@ impl<S: CountSource, const TRIED: bool, const RAMP: bool, const CHECKED: bool>
     /// (`core::eligible::max_conns`).
     pub fn max_conns(&self, c: PeerCursor) -> u32 {
         eligible::max_conns(self, c)
+    }
+
+    /// Whether round-robin or this request puts the peer out (tried by this
+    /// request, down, failed within `fail_timeout`): what a pick index
+    /// cannot know.
+    #[inline]
+    pub fn is_out(&self, c: PeerCursor) -> bool {
+        self.out(c, 0)
     }
 
     /// `load`, where a peer whose `down` holds only bits of `ignored` still

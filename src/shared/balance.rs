@@ -21,9 +21,10 @@ use ngx::core::{Pool, Status};
 use ngx::ngx_log_debug;
 
 use crate::core::follow::PeerListCopy;
+use crate::core::least_index::Best;
 use crate::core::rebalance::Params;
 use crate::core::select::{choose, PeerList};
-use crate::core::table::{Meta, FLAG_DOWN};
+use crate::core::table::{Meta, PickIndexRef, FLAG_DOWN};
 use crate::ngx::conf::ConfWarning;
 use crate::ngx::live::Conn;
 use crate::ngx::log::Log;
@@ -31,6 +32,7 @@ use crate::ngx::peers::{self, Matched, PeerCursor, PeersLock, PerWorker, RoundRo
 use crate::ngx::subsystem::{self, free_round_robin_peer, RrPeer, RrPeers, UpstreamSrvConf};
 
 use super::registry::{Held, List, NotTaken, PeerCounter, Registry, UpstreamCounters};
+use super::zone::{Locked, ZoneLink};
 
 /// Per-request state, in the request's (or session's) pool.
 struct PeerData {
@@ -57,6 +59,7 @@ pub fn register(
     registry: &mut Registry,
     us: &UpstreamSrvConf,
     slow_start: u32,
+    index_from: usize,
     rebalance: Option<Params>,
     check: Option<crate::core::check_conf::CheckParams>,
 ) -> (usize, Vec<ConfWarning>) {
@@ -70,7 +73,13 @@ pub fn register(
     let mut warnings = Vec::new();
     // SAFETY: round-robin init has just filled peer.data.
     let (primary, backup) = unsafe { peers::lists(us.peer.data) };
+    let resolvable = [primary, backup]
+        .into_iter()
+        .flatten()
+        .any(peers::resolvable);
     for (list, peers) in [(List::Primary, primary), (List::Backup, backup)] {
+        let servers = peers.map_or(0, |p| p.number);
+        counters.set_indexable(list, servers >= index_from && !resolvable);
         let servers: Vec<_> = peers
             .into_iter()
             .flat_map(peers::each_peer)
@@ -218,6 +227,19 @@ extern "C" fn get_peer<const SLOW: bool>(
 }
 
 fn get<const SLOW: bool>(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
+    if let Some(index) = pd.upstream.pick_index(pd.list) {
+        if let Some(best) = get_indexed(pc, pd, index) {
+            ngx_log_debug!(
+                mask: subsystem::DEBUG_MASK,
+                pc.log,
+                "least_conn_persistent: get peer {} of {:?} list through its index, holding {:?}",
+                best.index,
+                pd.list,
+                pd.held
+            );
+            return Status::NGX_OK.into();
+        }
+    }
     let lock = pd.rr.lock();
     if pd.rr.list_changed() {
         // DNS changed the peers since the request began (`resolve`): as
@@ -239,6 +261,90 @@ fn get<const SLOW: bool>(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> n
         return Status::NGX_OK.into();
     }
     get_slow::<SLOW>(pc, pd, lock)
+}
+
+/// How many winners ruled out by round-robin or this request (tried,
+/// failed) a pick through an index searches past before it scans instead.
+const INDEX_BUDGET: u32 = 8;
+
+/// A pick through the list's pick index (a large list that DNS never
+/// changes): the zone locked, then round-robin's lock (never the other
+/// way round), the least loaded server the index holds that round-robin
+/// and this request do not rule out, counted and recorded in the index,
+/// and connected to once the zone is unlocked. `None`: the scan decides
+/// (a `sticky` route, checks or slow start in play, this worker's first
+/// pick of the list, a counter to look up again, nothing found).
+#[inline]
+fn get_indexed(
+    pc: &mut ngx_peer_connection_t,
+    pd: &mut PeerData,
+    index: PickIndexRef,
+) -> Option<PeerCursor> {
+    let up = pd.upstream;
+    let unusual = peers::route_hint(pc).is_some()
+        || !matches!(pd.held, Held::Nothing)
+        || up.needs_cells(pd.list)
+        || (up.check.is_some() && up.checks_flagged())
+        || (up.slow_start != 0 && up.ramping_now().is_some());
+    if unusual {
+        return None;
+    }
+    let link = up.link()?;
+    let locked = link.lock();
+    let rr_lock = pd.rr.lock();
+    if pd.rr.list_changed() || needs_follow(pd) {
+        return None;
+    }
+    let (best, held) = if pd.rr.tried_any() {
+        pick_from_index::<true>(pd, index, link, &locked)?
+    } else {
+        pick_from_index::<false>(pd, index, link, &locked)?
+    };
+    drop(locked);
+    keep(pd, held);
+    pd.rr.connect(best, pc);
+    drop(rr_lock);
+    Some(best)
+}
+
+/// The choice and count of `get_indexed`, under both locks. `TRIED`: test
+/// the request's `tried` bitmap.
+#[inline(always)]
+fn pick_from_index<const TRIED: bool>(
+    pd: &PeerData,
+    index: PickIndexRef,
+    link: &ZoneLink,
+    locked: &Locked,
+) -> Option<(PeerCursor, Held)> {
+    let counters = pd.upstream.list(pd.list);
+    let cursors = pd.upstream.cursors(pd.list, pd.rr.peers());
+    if cursors.len() != counters.len() {
+        return None;
+    }
+    let list = pd.rr.list::<_, TRIED>(PerWorker);
+    // A server found at its `max_conns` (another worker took the last
+    // place) is read again into the index, and the pick goes on.
+    for _ in 0..=INDEX_BUDGET {
+        let at = match index.best(
+            link.table,
+            locked,
+            |i| list.is_out(cursors[i]),
+            INDEX_BUDGET,
+        ) {
+            Best::At(i) => i,
+            Best::Nothing | Best::GaveUp => return None,
+        };
+        let cursor = cursors[at];
+        match counters[at].try_acquire(list.max_conns(cursor)) {
+            Ok(held) => {
+                index.picked(link.table, locked, at);
+                return Some((cursor, held));
+            }
+            Err(NotTaken::AtLimit) => index.refresh(link.table, locked, at),
+            Err(NotTaken::Stale) => return None,
+        }
+    }
+    None
 }
 
 /// How many times the picks of one request look stale counters up again

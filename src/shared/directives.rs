@@ -9,7 +9,7 @@ use core::ptr;
 
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_str_t, ngx_uint_t, NGX_CONF_ANY, NGX_CONF_NOARGS,
-    NGX_CONF_TAKE1, NGX_CONF_TAKE2,
+    NGX_CONF_TAKE12, NGX_CONF_TAKE2,
 };
 use ngx::ngx_string;
 
@@ -20,7 +20,7 @@ use crate::ngx::conf::{
 };
 
 use super::front_end::{init_upstream, FrontEnd};
-use super::module_conf::{MainConf, SrvConf};
+use super::module_conf::{MainConf, MethodParams, SrvConf};
 
 /// A directive's handler, as nginx calls it.
 pub type Handler =
@@ -72,7 +72,7 @@ pub const fn directives<F: FrontEnd>() -> [Directive; 4] {
         Directive {
             name: ngx_string!("least_conn_persistent"),
             block: Block::Upstream,
-            args: NGX_CONF_NOARGS | NGX_CONF_TAKE1,
+            args: NGX_CONF_NOARGS | NGX_CONF_TAKE12,
             set: cmd_method::<F>,
         },
         Directive {
@@ -156,10 +156,10 @@ pub extern "C" fn cmd_method<F: FrontEnd>(
 ) -> *mut c_char {
     // SAFETY: as in cmd_zone; `conf` is our srv conf of this upstream.
     let (cf, cmd, scf) = unsafe { (&mut *cf, &*cmd, &mut *conf.cast::<SrvConf>()) };
-    let r = method_params(args(cf)).and_then(|slow_start| {
+    let r = method_params(args(cf)).and_then(|params| {
         F::upstream_being_parsed(cf)
             .ok_or(ConfError::NoMemory)
-            .map(|uscf| scf.claim(uscf, Some(init_upstream::<F>), slow_start))
+            .map(|uscf| scf.claim(uscf, Some(init_upstream::<F>), params))
     });
     if let Ok(Some(warning)) = &r {
         log_warning(cf, cmd.name.as_bytes(), warning);
@@ -231,18 +231,54 @@ pub extern "C" fn cmd_check(
 
 /// The parameter of `least_conn_persistent` (nginx allows it one):
 /// `slow_start=<time>`, the window in deciseconds; 0: none.
-fn method_params(args: &[ngx_str_t]) -> Result<u32, ConfError> {
-    let Some(arg) = args.first() else {
-        return Ok(0);
-    };
-    let Some(value) = arg.as_bytes().strip_prefix(b"slow_start=") else {
-        return Err(ConfError::InvalidParameter(text(arg)));
-    };
+fn method_params(args: &[ngx_str_t]) -> Result<MethodParams, ConfError> {
+    method_params_with(args, parse_seconds)
+}
+
+/// `method_params`, times read by `seconds` (nginx's parser, which unit
+/// tests cannot link).
+fn method_params_with(
+    args: &[ngx_str_t],
+    seconds: fn(&[u8]) -> Option<u64>,
+) -> Result<MethodParams, ConfError> {
+    let mut params = MethodParams::default();
+    let mut seen = (false, false);
+    for arg in args {
+        let bytes = arg.as_bytes();
+        if let Some(value) = bytes.strip_prefix(b"slow_start=").filter(|_| !seen.0) {
+            seen.0 = true;
+            params.slow_start = parse_slow_start(value, seconds)?;
+        } else if let Some(value) = bytes.strip_prefix(b"index=").filter(|_| !seen.1) {
+            seen.1 = true;
+            params.index_from = parse_index_from(value)?;
+        } else {
+            return Err(ConfError::InvalidParameter(text(arg)));
+        }
+    }
+    Ok(params)
+}
+
+/// `slow_start=<time>`: deciseconds.
+fn parse_slow_start(value: &[u8], seconds: fn(&[u8]) -> Option<u64>) -> Result<u32, ConfError> {
     (!value.is_empty())
-        .then(|| parse_seconds(value))
+        .then(|| seconds(value))
         .flatten()
         .and_then(|secs| u32::try_from(secs.checked_mul(10)?).ok())
         .ok_or_else(|| ConfError::InvalidSlowStart(String::from_utf8_lossy(value).into_owned()))
+}
+
+/// `index=<n>|off`: the smallest list a pick index is built for.
+fn parse_index_from(value: &[u8]) -> Result<usize, ConfError> {
+    if value == b"off" {
+        return Ok(usize::MAX);
+    }
+    core::str::from_utf8(value)
+        .ok()
+        .filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|&n| n >= 1)
+        .map(|n| n as usize)
+        .ok_or_else(|| ConfError::InvalidIndex(String::from_utf8_lossy(value).into_owned()))
 }
 
 #[cfg(test)]
@@ -345,5 +381,67 @@ mod tests {
             first,
         )];
         let _: [ngx_command_t; 1] = command_table(&BLOCKS, &[], &own);
+    }
+
+    fn params(args: &[&'static str]) -> Result<MethodParams, ConfError> {
+        let args: Vec<ngx_str_t> = args
+            .iter()
+            .map(|a| ngx_str_t {
+                len: a.len(),
+                data: a.as_ptr().cast_mut(),
+            })
+            .collect();
+        // Seconds as plain numbers, minutes with "m": enough for the test.
+        method_params_with(&args, |v| match v.strip_suffix(b"m") {
+            Some(m) => core::str::from_utf8(m)
+                .ok()?
+                .parse::<u64>()
+                .ok()
+                .map(|m| m * 60),
+            None => core::str::from_utf8(v.strip_suffix(b"s").unwrap_or(v))
+                .ok()?
+                .parse()
+                .ok(),
+        })
+    }
+
+    #[test]
+    fn the_method_takes_slow_start_and_index_in_any_order() {
+        let default = MethodParams::default();
+        assert_eq!(params(&[]).unwrap(), default);
+        assert_eq!(params(&["index=off"]).unwrap().index_from, usize::MAX);
+        let both = params(&["index=100", "slow_start=30s"]).unwrap();
+        assert_eq!((both.slow_start, both.index_from), (300, 100));
+        let both = params(&["slow_start=1m", "index=1"]).unwrap();
+        assert_eq!((both.slow_start, both.index_from), (600, 1));
+    }
+
+    #[test]
+    fn a_bad_index_or_a_parameter_twice_is_refused() {
+        for bad in [
+            "index=0",
+            "index=",
+            "index=-1",
+            "index=1x",
+            "index=on",
+            "index=99999999999",
+        ] {
+            assert!(
+                matches!(params(&[bad]), Err(ConfError::InvalidIndex(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            params(&["index=4", "index=8"]),
+            Err(ConfError::InvalidParameter(p)) if p == "index=8"
+        ));
+        assert!(matches!(
+            params(&["slow_start=1s", "slow_start=2s"]),
+            Err(ConfError::InvalidParameter(_))
+        ));
+        assert!(matches!(
+            params(&["slow_start=x"]),
+            Err(ConfError::InvalidSlowStart(_))
+        ));
     }
 }

@@ -62,6 +62,7 @@ pub extern "C" fn init_upstream<F: FrontEnd>(
                 &mut mcf.registry,
                 us,
                 scf.slow_start,
+                scf.index_from,
                 scf.rebalance,
                 scf.check.clone(),
             );

@@ -19,6 +19,30 @@ pub struct MainConf {
     pub registry: Registry,
 }
 
+/// `least_conn_persistent`'s parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MethodParams {
+    /// `slow_start=`: the window in deciseconds (0: none).
+    pub slow_start: u32,
+    /// `index=`: lists of at least this many servers get a pick index
+    /// (`usize::MAX`: `index=off`).
+    pub index_from: usize,
+}
+
+impl MethodParams {
+    /// Below this many servers a scan costs about what the index does.
+    pub const DEFAULT_INDEX_FROM: usize = 16;
+}
+
+impl Default for MethodParams {
+    fn default() -> Self {
+        MethodParams {
+            slow_start: 0,
+            index_from: Self::DEFAULT_INDEX_FROM,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct SrvConf {
     /// `least_conn_persistent;` was given in this upstream.
@@ -28,6 +52,8 @@ pub struct SrvConf {
     pub registered: Option<usize>,
     /// `slow_start=`: the window in deciseconds (0: none).
     pub slow_start: u32,
+    /// `index=` (`MethodParams::index_from`).
+    pub index_from: usize,
     /// `least_conn_persistent_rebalance`, when given.
     pub rebalance: Option<crate::core::rebalance::Params>,
     /// What this worker's rebalancing keeps between its ticks (each worker
@@ -47,7 +73,7 @@ impl SrvConf {
         &mut self,
         uscf: &mut UpstreamSrvConf,
         init: InitUpstream,
-        slow_start: u32,
+        params: MethodParams,
     ) -> Option<ConfWarning> {
         let redefined = if self.enabled {
             Some(ConfWarning::Repeated(text(&uscf.host)))
@@ -58,7 +84,8 @@ impl SrvConf {
                 .then(|| ConfWarning::MethodRedefined(text(&uscf.host)))
         };
         self.enabled = true;
-        self.slow_start = slow_start;
+        self.slow_start = params.slow_start;
+        self.index_from = params.index_from;
         uscf.peer.init_upstream = init;
         uscf.flags = (UPSTREAM_CREATE
             | UPSTREAM_WEIGHT
@@ -108,9 +135,19 @@ mod tests {
     #[test]
     fn the_method_takes_the_upstream_over_with_least_conns_server_parameters() {
         let (mut uscf, mut scf) = (upstream(), SrvConf::default());
-        assert_eq!(scf.claim(&mut uscf, Some(ours), 300), None);
+        assert_eq!(
+            scf.claim(
+                &mut uscf,
+                Some(ours),
+                MethodParams {
+                    slow_start: 300,
+                    index_from: 5
+                }
+            ),
+            None
+        );
         assert!(scf.enabled && scf.registered.is_none());
-        assert_eq!(scf.slow_start, 300);
+        assert_eq!((scf.slow_start, scf.index_from), (300, 5));
         assert_eq!(method(&uscf), Some(ours as *const () as usize));
         let parameters = UPSTREAM_CREATE
             | UPSTREAM_WEIGHT
@@ -129,10 +166,10 @@ mod tests {
     fn the_method_replaces_the_one_before_it_and_says_so() {
         let (mut uscf, mut scf) = (upstream(), SrvConf::default());
         uscf.peer.init_upstream = Some(stock);
-        let warning = scf.claim(&mut uscf, Some(ours), 0);
+        let warning = scf.claim(&mut uscf, Some(ours), MethodParams::default());
         assert_eq!(warning, Some(ConfWarning::MethodRedefined("u".into())));
         assert_eq!(method(&uscf), Some(ours as *const () as usize));
-        let again = scf.claim(&mut uscf, Some(ours), 0);
+        let again = scf.claim(&mut uscf, Some(ours), MethodParams::default());
         assert_eq!(again, Some(ConfWarning::Repeated("u".into())));
     }
 }

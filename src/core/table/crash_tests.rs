@@ -485,7 +485,7 @@ fn eight_busy_keys(t: &Table, a: &HeapArena, w: &mut World) {
 fn index_the_keys(t: &Table, a: &HeapArena, w: &mut World) {
     let e = t.begin_epoch(a);
     t.begin_pick_indexes(a);
-    w.index = t.build_pick_index(a, b"big", 0, e, &w.slots);
+    w.index = t.build_pick_index(a, b"big", 0, e, w.slots.iter().copied());
     t.finish_pick_indexes(a);
 }
 

@@ -22,7 +22,9 @@ fn load(
         .map(|i| t.upsert(a, &key(i), 3, meta(i), epoch).unwrap())
         .collect();
     t.begin_pick_indexes(a);
-    let index = t.build_pick_index(a, b"big", 0, epoch, &slots).unwrap();
+    let index = t
+        .build_pick_index(a, b"big", 0, epoch, slots.iter().copied())
+        .unwrap();
     t.finish_pick_indexes(a);
     t.leave(a);
     (index, slots)
@@ -194,7 +196,9 @@ fn no_room_for_an_index_leaves_the_list_unindexed() {
         .collect();
     a.budget.set(1000);
     t.begin_pick_indexes(&a);
-    assert!(t.build_pick_index(&a, b"big", 0, epoch, &slots).is_none());
+    assert!(t
+        .build_pick_index(&a, b"big", 0, epoch, slots.iter().copied())
+        .is_none());
     t.finish_pick_indexes(&a);
     t.leave(&a);
     t.validate();

@@ -182,12 +182,13 @@ impl Body {
     }
 
     /// Fills leaves, slots and map from `slots` and rebuilds the tree.
-    fn fill(&self, slots: &[SlotRef]) {
+    fn fill(&self, slots: impl ExactSizeIterator<Item = SlotRef>) {
+        let n = slots.len();
         for b in self.map() {
             b.store(EMPTY, Ordering::Relaxed);
         }
         let map = self.map();
-        for (i, (s, leaf)) in slots.iter().zip(self.slots()).enumerate() {
+        for (i, (s, leaf)) in slots.zip(self.slots()).enumerate() {
             leaf.slot.store(s.slot.as_ptr(), Ordering::Relaxed);
             leaf.generation.store(s.generation, Ordering::Relaxed);
             s.slot().flags.set_indexed(true);
@@ -198,7 +199,7 @@ impl Body {
             }
             map[at].store(u64::from(id) << 32 | i as u64, Ordering::Relaxed);
         }
-        self.rebuild(slots.len());
+        self.rebuild(n);
     }
 
     /// Clears `Indexed` on the slots of the body's leaves: a load marks
@@ -426,10 +427,10 @@ impl Table {
         name: &[u8],
         list: u32,
         epoch: u32,
-        slots: &[SlotRef],
+        slots: impl ExactSizeIterator<Item = SlotRef>,
     ) -> Option<PickIndexRef> {
         self.assert_locked(locked);
-        if slots.is_empty() || slots.len() > least_index::MAX_SERVERS {
+        if slots.len() == 0 || slots.len() > least_index::MAX_SERVERS {
             return None;
         }
         let entry = self.entry_for(locked, name, list)?;

@@ -111,6 +111,11 @@ impl Registry {
         for (up, &found) in self.upstreams.iter_mut().zip(&had_keys) {
             full += up.store_new(&locked, found);
         }
+        table.begin_pick_indexes(&locked);
+        for up in &self.upstreams {
+            up.build_pick_indexes(&locked);
+        }
+        table.finish_pick_indexes(&locked);
         drop(locked);
         log.zone(
             NGX_LOG_NOTICE,

@@ -13,13 +13,14 @@ use crate::core::follow::PeerListCopy;
 use crate::core::key::{self, Occurrence};
 use crate::core::ramp;
 use crate::core::rebalance::Params;
-use crate::core::table::{self, CellRef, Counted, RecordRef};
+use crate::core::table::{self, CellRef, Counted, PickIndexRef, RecordRef};
 use crate::core::table::{
     Meta, RampStart, Release, SlotRef, Table, FLAG_BACKUP, FLAG_CHECKED, FLAG_REBALANCE,
 };
 use crate::ngx::live::LiveList;
 use crate::ngx::log::Log;
-use crate::ngx::peers::{self, Failures};
+use crate::ngx::peers::{self, Failures, PeerCursor};
+use crate::ngx::subsystem::RrPeers;
 use crate::shared::zone::{Locked, ZoneLink};
 
 use super::counter::{counted_by, Held, PeerCounter};
@@ -55,6 +56,13 @@ struct CounterList {
     /// slow start ramps an address DNS adds to a name resolved before, not
     /// the first resolution.
     lines: RefCell<HashSet<Box<[u8]>>>,
+    /// Whether a load indexes the list (`set_indexable`).
+    indexable: bool,
+    /// The list's pick index, once the commit built it.
+    pick_index: Cell<Option<PickIndexRef>>,
+    /// This worker's cursors on the list's peers, by position, for picks
+    /// through the index (made at its first such pick).
+    cursors: RefCell<Vec<PeerCursor>>,
 }
 
 /// How a peer list changed, as `UpstreamCounters::follow` found it.
@@ -503,6 +511,68 @@ impl UpstreamCounters {
         self.record.set(record);
     }
 
+    /// Whether a load builds a pick index for `list` (one DNS never
+    /// changes, long enough for `index=`).
+    pub fn set_indexable(&mut self, list: List, on: bool) {
+        match list {
+            List::Primary => self.primary.indexable = on,
+            List::Backup => self.backup.indexable = on,
+        }
+    }
+
+    /// The commit's last pass, once every key is stored: the pick index of
+    /// each list a load indexes, over its keys in peer order (none if a
+    /// key found no room, or the zone has none for the index).
+    pub(super) fn build_pick_indexes(&self, locked: &Locked) {
+        let Some(link) = self.link else {
+            return;
+        };
+        for list in [List::Primary, List::Backup] {
+            let cl = self.counter_list(list);
+            let counters = self.list(list);
+            let index = (cl.indexable && counters.iter().all(|pc| pc.slot().is_some()))
+                .then(|| {
+                    // Every counter has its slot (just checked).
+                    let slots = counters.iter().map(|pc| pc.slot().expect("stored"));
+                    link.table
+                        .build_pick_index(locked, &self.name, list as u32, link.epoch, slots)
+                })
+                .flatten();
+            cl.pick_index.set(index);
+        }
+    }
+
+    /// The pick index of `list`, if the load built one.
+    #[inline]
+    pub fn pick_index(&self, list: List) -> Option<PickIndexRef> {
+        self.counter_list(list).pick_index.get()
+    }
+
+    /// This worker's cursors on `peers`, the front-end's `list` (made at
+    /// the first call).
+    pub fn cursors(&self, list: List, peers: &RrPeers) -> Ref<'_, [PeerCursor]> {
+        let cl = self.counter_list(list);
+        if cl.cursors.borrow().len() != peers.number {
+            *cl.cursors.borrow_mut() = peers::cursors(peers);
+        }
+        Ref::map(cl.cursors.borrow(), Vec::as_slice)
+    }
+
+    /// A release of `slot`, a key in a pick index: its leaf is read again,
+    /// in this load's index or, found by name, a later load's.
+    #[cold]
+    #[inline(never)]
+    fn pick_index_released(&self, link: &ZoneLink, slot: SlotRef) {
+        let locked = link.lock();
+        let own = [List::Primary, List::Backup]
+            .into_iter()
+            .filter_map(|list| self.pick_index(list))
+            .any(|index| index.released(link.table, &locked, slot));
+        if !own {
+            link.table.pick_index_released(&locked, &self.name, slot);
+        }
+    }
+
     /// Gives back what a pick took; `log` is the request's.
     pub fn release(&self, held: Held, log: Log) {
         match held {
@@ -510,6 +580,9 @@ impl UpstreamCounters {
             Held::Local(local) => local.set(local.get().saturating_sub(1)),
             Held::Shared(c) => match c.release() {
                 Release::Released { now_idle_draining } => {
+                    if let (true, Some(l)) = (c.slot.is_indexed(), self.link.as_ref()) {
+                        self.pick_index_released(l, c.slot);
+                    }
                     if now_idle_draining {
                         if let Some(l) = self.link {
                             l.table.remove_if_drained(&l.lock(), c.slot);
