@@ -142,8 +142,18 @@ my @cases = (
 		['type=tcp uri=/health', 'has the parameter "uri", which needs type=http'],
 		['status=200 type=tcp', 'has the parameter "status", which needs type=http'],
 	)),
-	['method with two parameters', '', 'least_conn_persistent slow_start=10s slow_start=20s;', '',
+	['method with a parameter twice', '', 'least_conn_persistent slow_start=10s slow_start=20s;', '',
+		qr/\[emerg\].*"least_conn_persistent" has the parameter "slow_start" twice/],
+	['method with three parameters', '', 'least_conn_persistent slow_start=10s index=4 index=5;', '',
 		qr/\[emerg\].*invalid number of arguments in "least_conn_persistent"/],
+	(map { ["index=$_", 'least_conn_persistent_zone z 1m;', "least_conn_persistent index=$_;", '', undef] }
+		qw/1 16 1000 off/),
+	['index and slow_start', 'least_conn_persistent_zone z 1m;', 'least_conn_persistent index=off slow_start=30s;', '', undef],
+	(map { my $v = $_; ["index=$v", '', "least_conn_persistent index=$v;", '',
+		qr/\[emerg\].*"least_conn_persistent" has an invalid index "\Q$v\E" \(a number of servers, 1 or more, or off\)/] }
+		'0', '', 'on', '-1', '5000000000'),
+	['index twice', '', 'least_conn_persistent index=1 index=2;', '',
+		qr/\[emerg\].*"least_conn_persistent" has the parameter "index" twice/],
 	(map { ["slow_start=$_", 'least_conn_persistent_zone z 1m;', "least_conn_persistent slow_start=$_;", '', undef] }
 		qw/10s 0 1m 1h30m 45/),
 	['slow_start without a zone', '', 'least_conn_persistent slow_start=10s;', '',

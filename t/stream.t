@@ -20,7 +20,7 @@ use Test::Nginx qw/port addr http_get wait_until/;
 use Test::Nginx::Hold;
 use Test::Nginx::Status;
 
-my $t = Test::Nginx->new()->has(qw/nginx module stream/)->plan(41);
+my $t = Test::Nginx->new()->has(qw/nginx module stream/)->plan(43);
 $t->alerts_allowed(qr/worker process \d+ exited on signal 9/);
 
 sub conf {
@@ -237,8 +237,12 @@ for my $case (
 		qr/\A(?!.*\[emerg\]).*\[warn\].*"least_conn_persistent" in upstream "u": load balancing method redefined; what was declared before it is dropped, as stock nginx drops it \(use one method\)/s],
 	['method with an unknown parameter', $ups->('least_conn_persistent 1;'),
 		qr/\[emerg\].*"least_conn_persistent" has an invalid parameter "1"/],
-	['method with two parameters', $ups->('least_conn_persistent slow_start=1s slow_start=2s;'),
+	['method with a parameter twice', $ups->('least_conn_persistent slow_start=1s slow_start=2s;'),
+		qr/\[emerg\].*"least_conn_persistent" has the parameter "slow_start" twice/],
+	['method with three parameters', $ups->('least_conn_persistent slow_start=1s index=2 index=3;'),
 		qr/\[emerg\].*invalid number of arguments in "least_conn_persistent"/],
+	['method with a bad index', $ups->('least_conn_persistent index=0;'),
+		qr/\[emerg\].*"least_conn_persistent" has an invalid index "0" \(a number of servers, 1 or more, or off\)/],
 ) {
 	my ($name, $body, $want) = @$case;
 	($rc, $out) = nginx_t($stream_only->('nginx ours', $body));

@@ -31,6 +31,8 @@ pub enum ConfError {
     InvalidSlowStart(String),
     /// `index=` with a value that is neither a number of servers nor `off`.
     InvalidIndex(String),
+    /// A parameter given twice.
+    Repeated(&'static str),
     /// A parameter of `least_conn_persistent_rebalance`.
     Rebalance(crate::core::rebalance::ParamError),
     /// `least_conn_persistent_rebalance` before (or without)
@@ -83,6 +85,7 @@ impl fmt::Display for ConfError {
                 f,
                 "has an invalid slow_start \"{v}\" (a time such as 30s or 2m, 0 for none)"
             ),
+            ConfError::Repeated(name) => write!(f, "has the parameter \"{name}\" twice"),
             ConfError::InvalidIndex(v) => write!(
                 f,
                 "has an invalid index \"{v}\" (a number of servers, 1 or more, or off)"

@@ -245,17 +245,25 @@ fn method_params_with(
     let mut seen = (false, false);
     for arg in args {
         let bytes = arg.as_bytes();
-        if let Some(value) = bytes.strip_prefix(b"slow_start=").filter(|_| !seen.0) {
-            seen.0 = true;
+        if let Some(value) = bytes.strip_prefix(b"slow_start=") {
+            once(&mut seen.0, "slow_start")?;
             params.slow_start = parse_slow_start(value, seconds)?;
-        } else if let Some(value) = bytes.strip_prefix(b"index=").filter(|_| !seen.1) {
-            seen.1 = true;
+        } else if let Some(value) = bytes.strip_prefix(b"index=") {
+            once(&mut seen.1, "index")?;
             params.index_from = parse_index_from(value)?;
         } else {
             return Err(ConfError::InvalidParameter(text(arg)));
         }
     }
     Ok(params)
+}
+
+/// A parameter's first time (`seen` set), or why not.
+fn once(seen: &mut bool, name: &'static str) -> Result<(), ConfError> {
+    if core::mem::replace(seen, true) {
+        return Err(ConfError::Repeated(name));
+    }
+    Ok(())
 }
 
 /// `slow_start=<time>`: deciseconds.
@@ -433,11 +441,15 @@ mod tests {
         }
         assert!(matches!(
             params(&["index=4", "index=8"]),
-            Err(ConfError::InvalidParameter(p)) if p == "index=8"
+            Err(ConfError::Repeated("index"))
         ));
         assert!(matches!(
             params(&["slow_start=1s", "slow_start=2s"]),
-            Err(ConfError::InvalidParameter(_))
+            Err(ConfError::Repeated("slow_start"))
+        ));
+        assert!(matches!(
+            params(&["index=4", "on"]),
+            Err(ConfError::InvalidParameter(p)) if p == "on"
         ));
         assert!(matches!(
             params(&["slow_start=x"]),
