@@ -148,6 +148,8 @@ sub http_conf {
 		$locations .= "        location /lw { proxy_pass http://lw; log_by_lua_block { release() } }\n";
 		push @keys, map { key('lw', addr($_)) } 8081, 8082;
 	}
+	# Every list indexed (pick indexes), however short.
+	$upstreams =~ s/least_conn_persistent;/least_conn_persistent index=1;/g if $o{index};
 	my $workers = $o{workers} // 1;
 	$t->write_file_expand('nginx.conf', <<"EOF");
 
@@ -761,6 +763,52 @@ sub master_sweep {
 	$c->finish();
 }
 
+# A configuration load's pick indexes (in the master): a load that indexes
+# a new upstream (`index.entry`, `.allocated`, `.linked`), or drops them
+# (`index.freeing`). The master dies there; a fresh start works.
+sub index_load {
+	my ($point, $n) = @_;
+	my $c = Crash->new();
+	$c->conf(index => 1)->run();
+	my $base = $c->baseline();
+	$c->hold(4);
+	my @workers = $c->t->worker_pids();
+	my $master = $c->t->master_pid();
+	$c->arm($point, $n, 'master');
+	$c->conf($point eq 'index.freeing' ? () : (index => 1, u => [8083]));
+	kill 'HUP', $master;
+	ok(wait_until(sub { !kill(0, $master) }, 5), "the master ($master) died at the point");
+	is($c->armed(), $master, 'the master took the request');
+	kill 'KILL', @workers;
+	wait_until(sub { !grep { kill 0, $_ } @workers }, 5);
+	$c->close_held();
+	$c->t->{_old_workers} = {};
+	$c->conf(index => 1);
+	$c->run();
+	ok($c->resting(), 'a fresh start works, at rest');
+	is($c->zone()->{used}, $base, 'zone used at the baseline of a first start');
+	$c->hold(4);
+	ok(wait_until(sub { same_counts($c->live(), $c->counted()) }, 1), 'connections counted');
+	$c->close_held();
+	$c->finish();
+}
+
+# A pick through an index (`index.picked`): counted, not yet recorded in
+# the index, when the worker dies holding the zone's lock.
+sub index_pick {
+	my ($point, $n) = @_;
+	my $c = Crash->new();
+	$c->conf(index => 1)->run();
+	$c->baseline();
+	$c->hold(2);
+	$c->arm($point, $n);
+	$c->t->reload();
+	my $victim = $c->armed() or die "no worker took the request\n";
+	$c->hold(4);
+	$c->after_death($victim) or return $c->finish();
+	$c->settle(conf => { index => 1 });
+}
+
 # What the checks make of the server of `w` on $port ('none': not listed
 # or not checked).
 sub health_of {
@@ -859,6 +907,11 @@ my %test = (
 	'lua.declared' => [\&lua_declare, 1, 'lua'],
 	'status.locked' => [\&status_page, 1],
 	'reclaim.locked' => [\&periodic_check, 1],
+	'index.entry' => [\&index_load, 1],
+	'index.allocated' => [\&index_load, 1],
+	'index.linked' => [\&index_load, 1],
+	'index.freeing' => [\&index_load, 1],
+	'index.picked' => [\&index_pick, 1],
 );
 
 # What a point's test needs that this nginx may not have.
