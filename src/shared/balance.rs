@@ -271,9 +271,10 @@ const INDEX_BUDGET: u32 = 8;
 /// changes): the zone locked, then round-robin's lock (never the other
 /// way round), the least loaded server the index holds that round-robin
 /// and this request do not rule out, counted and recorded in the index,
-/// and connected to once the zone is unlocked. `None`: the scan decides
-/// (a `sticky` route, checks or slow start in play, this worker's first
-/// pick of the list, a counter to look up again, nothing found).
+/// and connected to once the zone is unlocked. The index holds what the
+/// health checks found (out, or tuned). `None`: the scan decides (a
+/// `sticky` route, some server ramping up, this worker's first pick of the
+/// list, a counter to look up again, nothing found).
 #[inline]
 fn get_indexed(
     pc: &mut ngx_peer_connection_t,
@@ -284,7 +285,6 @@ fn get_indexed(
     let unusual = peers::route_hint(pc).is_some()
         || !matches!(pd.held, Held::Nothing)
         || up.needs_cells(pd.list)
-        || (up.check.is_some() && up.checks_flagged())
         || (up.slow_start != 0 && up.ramping_now().is_some());
     if unusual {
         return None;
@@ -318,10 +318,10 @@ fn pick_from_index<const TRIED: bool>(
 ) -> Option<(PeerCursor, Held)> {
     let counters = pd.upstream.list(pd.list);
     let cursors = pd.upstream.cursors(pd.list, pd.rr.peers());
-    if cursors.len() != counters.len() {
-        return None;
-    }
-    let list = pd.rr.list::<_, TRIED>(PerWorker);
+    let counts =
+        Matched::new(&counters, pd.rr.peers()).filter(|_| cursors.len() == counters.len())?;
+    // Checked: `max_conns` is the capacity answer's, if it gave one.
+    let list = pd.rr.list_at::<_, TRIED, false, true>(counts, 0);
     // A server found at its `max_conns` (another worker took the last
     // place) is read again into the index, and the pick goes on.
     for _ in 0..=INDEX_BUDGET {

@@ -107,7 +107,7 @@ fn block_of(slot: &Slot) -> &Block {
 }
 
 /// The health record of `slot`, if its block has records.
-fn record_of(slot: &Slot) -> Option<&Health> {
+pub(super) fn record_of(slot: &Slot) -> Option<&Health> {
     let block = block_of(slot);
     // SAFETY: null, or a HealthBlock linked once and never freed.
     let records = unsafe { block.health.load(Ordering::Acquire).as_ref()? };
@@ -309,6 +309,8 @@ impl Table {
         if had && !has {
             self.check_flagged.fetch_sub(1, Ordering::Relaxed);
         }
+        // What the checks found (out, or tuned) is in the key's leaf.
+        self.pick_index_slot_changed(slot);
     }
 
     /// Repair: the checks' bits of every key, from the records (a holder

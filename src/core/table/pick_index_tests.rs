@@ -283,3 +283,69 @@ fn a_dead_workers_share_given_back_reaches_the_index() {
     assert_eq!(pick(t, &a, index, &slots), Some(0));
     t.validate();
 }
+
+/// A check of `slot` as the checker records one: `why`, and a capacity
+/// answer's weight.
+fn check(
+    t: &Table,
+    a: &HeapArena,
+    slot: SlotRef,
+    why: super::super::health::Why,
+    weight: Option<u32>,
+) {
+    use super::CheckReport;
+    use crate::core::check_answer::Capacity;
+    use crate::core::health::Why;
+    let ok = why == Why::Ok;
+    let report = CheckReport {
+        why,
+        http_status: if ok { 200 } else { 503 },
+        duration_ms: 1,
+        now_ms: 1000,
+        now_ds: 10,
+        rise: 1,
+        fall: 1,
+        capacity: ok.then_some(Capacity {
+            weight,
+            ..Capacity::default()
+        }),
+        reported: None,
+        malformed: 0,
+    };
+    t.enter(a);
+    assert!(t.ensure_health(a, slot));
+    t.record_check(a, slot, &report).unwrap();
+    t.leave(a);
+}
+
+#[test]
+fn what_the_checks_find_is_in_the_index() {
+    use crate::core::health::Why;
+    let a = HeapArena::new(1 << 22);
+    let t = table(&a);
+    let checked = |_| Meta {
+        flags: super::FLAG_CHECKED,
+        ..M
+    };
+    let (index, slots) = load(t, &a, 20, checked);
+    // Server 3 fails its check: out of the index.
+    check(t, &a, slots[3], Why::Refused, None);
+    for _ in 0..60 {
+        assert_ne!(pick(t, &a, index, &slots), Some(3));
+    }
+    // Back, with a capacity answer's weight of 4: it catches up, then
+    // holds four times what each other server holds, within a pick.
+    check(t, &a, slots[3], Why::Ok, Some(4));
+    for _ in 0..230 {
+        pick(t, &a, index, &slots).unwrap();
+    }
+    let c3 = slots[3].count().unwrap();
+    for (i, s) in slots.iter().enumerate().filter(|&(i, _)| i != 3) {
+        let c = s.count().unwrap();
+        assert!(
+            c3 <= 4 * (c + 1) && c <= c3 / 4 + 1,
+            "server {i}: {c} against {c3} at weight 4"
+        );
+    }
+    t.validate();
+}

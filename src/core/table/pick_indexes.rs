@@ -24,8 +24,10 @@
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
-use super::flags::Flag;
+use super::checks::record_of;
+use super::flags::{Flag, CHECK_OUT, CHECK_TUNED};
 use super::header::{Arena, Table};
+use super::health::Health;
 use super::slot::{count_of, generation_of, Slot, SlotRef};
 use crate::core::crash;
 use crate::core::least_index::{self, Best, Head, Key, Leaf, LeastIndex, Parts};
@@ -227,21 +229,36 @@ impl Body {
 }
 
 /// What the index orders a server by, from its slot: out when the key is
-/// gone (another generation), down, draining or at its `max_conns`.
+/// gone (another generation), down, draining, taken out by the checks or
+/// at its `max_conns`; else its count per weight, with what the checks
+/// tuned (`core::eligible`'s rule: the capacity answer's weight and
+/// `max_conns`, the load its server reported beyond the count).
 fn key_of(slot: &Slot, generation: u32) -> Key {
     let word = slot.word.load(Ordering::Acquire);
     let conns = count_of(word);
-    let max_conns = slot.max_conns.load(Ordering::Relaxed);
+    let bits = slot.flags.check_bits();
     let out = generation_of(word) != generation
         || slot.flags.has(Flag::Down)
         || slot.flags.has(Flag::Draining)
-        || (max_conns != 0 && conns >= max_conns);
+        || bits & CHECK_OUT != 0;
     if out {
         return Key::OUT;
     }
+    let mut weight = slot.weight.load(Ordering::Relaxed);
+    let mut max_conns = slot.max_conns.load(Ordering::Relaxed);
+    let mut load = conns;
+    if bits & CHECK_TUNED != 0 {
+        let tuned = record_of(slot).map(Health::tuned).unwrap_or_default();
+        weight = tuned.weight.unwrap_or(weight);
+        max_conns = tuned.max_conns.unwrap_or(max_conns);
+        load = conns.saturating_add(tuned.excess);
+    }
+    if max_conns != 0 && conns >= max_conns {
+        return Key::OUT;
+    }
     Key {
-        conns,
-        weight: slot.weight.load(Ordering::Relaxed).max(1),
+        conns: load,
+        weight: weight.max(1),
     }
 }
 
