@@ -1,8 +1,10 @@
 #!/usr/bin/perl
 # Cost per pick: instructions (callgrind's Ir, exact and repeatable) spent
 # in the upstream's peer.get per request, stock `least_conn; zone`
-# (ngx_http_upstream_get_least_conn_peer) against ours, at 2, 100 and 1,000
-# servers.
+# (ngx_http_upstream_get_least_conn_peer) against ours, at 2, 100, 1,000
+# and 10,000 servers (past 1,000 the servers repeat the backend's 1,000
+# ports: each line is a peer of its own, as stock counts them). Ours picks
+# through its pick index from 16 servers up (`index=`), by a scan below.
 #
 # Debian's nginx is stripped, so the stock function has no name: both are
 # found the same way, as the function ngx_event_connect_peer() calls first
@@ -26,7 +28,9 @@ use Bench;
 use Test::Nginx;
 
 my $quick = grep { $_ eq '--quick' } @ARGV;
-my @sizes = $quick ? (2, 1000) : (2, 100, 1000);
+my @sizes = $quick ? (2, 1000) : (2, 100, 1000, 10000);
+# The goals: at most this many times stock's instructions per pick.
+my %goal = (2 => 1.0, 100 => 0.25, 1000 => 0.05);
 my $requests = $quick ? 50 : 300;
 # The short run: enough for every one-time cost to be in both.
 my $warm = 10;
@@ -38,8 +42,8 @@ my $proxy = Test::Nginx->new();
 
 sub conf {
 	my ($method, $n) = @_;
-	my $ups = servers($base_port, $n);
-	my ($zone, $line) = method_conf($method, stock => '4m');
+	my $ups = join "\n", map { "        server 127.0.0.1:" . ($base_port + $_ % 1000) . ";" } 0 .. $n - 1;
+	my ($zone, $line) = method_conf($method, stock => '8m', zone => '8m');
 	$proxy->write_file_expand('nginx.conf', <<"EOF");
 %%TEST_GLOBALS%%
 events {
@@ -107,6 +111,9 @@ print "\nPer pick and per whole request: in a running worker, the extra cost of 
 	. "(ours: the worker's cells for the list, allocated at its first pick of it).\n";
 printf "\nFunctions measured (callgrind names): stock `%s`%s, ours `%s`.\n", $names[0],
 	$names[0] =~ /^0x/ ? ' (unnamed: this nginx is stripped)' : '', $names[1];
-my @missed = grep { $_->[1] > 1.2 } @ratios;
-printf "\nGoal, at most 1.2x stock at every size: **%s**%s.\n", @missed ? 'missed' : 'met',
-	@missed ? ' (' . join(', ', map { sprintf '%.2fx, %+.0f instructions per pick, at %d servers', $_->[1], $_->[2], $_->[0] } @missed) . ')' : '';
+my @goals = grep { $goal{$_->[0]} } @ratios;
+my @missed = grep { $_->[1] > $goal{$_->[0]} } @goals;
+printf "\nGoals, at most %s: **%s**%s.\n",
+	join(', ', map { sprintf '%.2fx stock at %d servers', $goal{$_->[0]}, $_->[0] } @goals),
+	@missed ? 'missed' : 'met',
+	@missed ? ' (' . join(', ', map { sprintf '%.2fx at %d servers, %+.0f instructions per pick', $_->[1], $_->[0], $_->[2] } @missed) . ')' : '';
