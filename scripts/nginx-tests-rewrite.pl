@@ -12,6 +12,9 @@
 #       %%TEST_GLOBALS%% (so after the harness' own load_module lines, as
 #       ours needs nginx's stream module loaded first).
 #
+# NGINX_TESTS_OURS_PARAMS (ours): parameters for every least_conn_persistent
+# line, e.g. `index=1` (every list picks through a pick index).
+#
 # The method goes first in the block, on the line of its `{`, so that it
 # comes before `keepalive` and the line numbers nginx reports stay those of
 # the original file. Prints one summary line on stdout:
@@ -24,7 +27,8 @@ my ($mode, $in, $out, $http_so, $stream_so) = @ARGV;
 die "usage: nginx-tests-rewrite.pl least_conn|ours IN.t OUT.t [HTTP_SO STREAM_SO]\n"
     unless defined $out && ($mode eq 'least_conn' || ($mode eq 'ours' && defined $stream_so));
 
-my $method = $mode eq 'ours' ? 'least_conn_persistent' : 'least_conn';
+my $params = $mode eq 'ours' && $ENV{NGINX_TESTS_OURS_PARAMS} ? " $ENV{NGINX_TESTS_OURS_PARAMS}" : '';
+my $method = $mode eq 'ours' ? "least_conn_persistent$params" : 'least_conn';
 # Balancing methods of nginx (least_time: 1.31+ and nginx plus): a block
 # with one of these keeps it (least_conn becomes ours in `ours` mode).
 # `sticky` (1.29.6+) is none: it wraps the block's method, which goes before
@@ -100,7 +104,7 @@ sub block {
         return " $method;$body";
     }
     if ($mode eq 'ours' && grep { $_ eq 'least_conn' } @found) {
-        $count{replaced} += $body =~ s/(^|[\s;{])least_conn(\s*;)/$1least_conn_persistent$2/g;
+        $count{replaced} += $body =~ s/(^|[\s;{])least_conn(\s*;)/$1$method$2/g;
         return $body;
     }
     $count{other}++;

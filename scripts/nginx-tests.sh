@@ -12,7 +12,8 @@
 # temporary directory; the checkout is only read. Each file runs alone
 # (`prove -v`, one after another), and the doc has one table per nginx.
 #
-#   scripts/nginx-tests.sh [--nginx=NGINX[,NGINX...]] [--only=GLOB] [--doc=FILE] [--keep] [NGINX_TESTS_DIR]
+#   scripts/nginx-tests.sh [--nginx=NGINX[,NGINX...]] [--only=GLOB] [--doc=FILE] [--keep]
+#                          [--ours-params=PARAMS] [NGINX_TESTS_DIR]
 #
 # NGINX, one or more, comma-separated, run in that order (default: both):
 #   debian  Debian's /usr/sbin/nginx (1.22.1);
@@ -29,13 +30,15 @@
 # NGINX_TESTS_DIR (or the NGINX_TESTS environment variable): a checkout of
 # nginx-tests. With none, the script says how to get one and exits 0 (a skip:
 # CI has no copy). --only restricts the files (a shell glob, e.g.
-# 'upstream_keepalive*'); --keep leaves the temporary directory (the
+# 'upstream_keepalive*'); --ours-params gives (c)'s method parameters
+# (`--ours-params=index=1`: every list, however short, picks through a pick
+# index; the doc then says so); --keep leaves the temporary directory (the
 # rewritten files, each run's output and nginx's test directories).
 . "$(dirname "$0")/env.sh"
 
 # The usage line, then what was wrong (if said).
 usage() {
-    echo "usage: scripts/nginx-tests.sh [--nginx=debian|1.28|both|NGINX_BUILD_DIR[,...]] [--only=GLOB] [--doc=FILE] [--keep] [NGINX_TESTS_DIR]" >&2
+    echo "usage: scripts/nginx-tests.sh [--nginx=debian|1.28|both|NGINX_BUILD_DIR[,...]] [--only=GLOB] [--doc=FILE] [--keep] [--ours-params=PARAMS] [NGINX_TESTS_DIR]" >&2
     [ $# -eq 0 ] || echo "scripts/nginx-tests.sh: $*" >&2
     exit 2
 }
@@ -48,6 +51,7 @@ for a in "$@"; do
         --only=?*) only=${a#--only=} ;;
         --doc=?*) doc=${a#--doc=} ;;
         --keep) keep=1 ;;
+        --ours-params=?*) export NGINX_TESTS_OURS_PARAMS=${a#--ours-params=} ;;
         -*) usage ;;
         *) [ -z "${dir_arg:-}" ] || usage; dir_arg=$a; dir=$a ;;
     esac
