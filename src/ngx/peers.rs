@@ -61,19 +61,6 @@ pub fn version(list: &RrPeers) -> Option<usize> {
     version
 }
 
-/// Whether DNS may change the list at run time: some server of it has
-/// `resolve` (nginx 1.27.3+, with an upstream `zone`).
-pub fn resolvable(list: &RrPeers) -> bool {
-    #[cfg(ngx_resolve)]
-    let resolvable = !list.resolve.is_null();
-    #[cfg(not(ngx_resolve))]
-    let resolvable = {
-        let _ = list;
-        false
-    };
-    resolvable
-}
-
 /// A cursor on every peer of `list`, by position: a pick through a pick
 /// index reaches the peer it chose without a walk.
 pub fn cursors(list: &RrPeers) -> Vec<PeerCursor> {

@@ -73,13 +73,9 @@ pub fn register(
     let mut warnings = Vec::new();
     // SAFETY: round-robin init has just filled peer.data.
     let (primary, backup) = unsafe { peers::lists(us.peer.data) };
-    let resolvable = [primary, backup]
-        .into_iter()
-        .flatten()
-        .any(peers::resolvable);
     for (list, peers) in [(List::Primary, primary), (List::Backup, backup)] {
         let servers = peers.map_or(0, |p| p.number);
-        counters.set_indexable(list, servers >= index_from && !resolvable);
+        counters.set_indexable(list, servers >= index_from);
         let servers: Vec<_> = peers
             .into_iter()
             .flat_map(peers::each_peer)
@@ -267,8 +263,7 @@ fn get<const SLOW: bool>(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> n
 /// failed) a pick through an index searches past before it scans instead.
 const INDEX_BUDGET: u32 = 8;
 
-/// A pick through the list's pick index (a large list that DNS never
-/// changes): the zone locked, then round-robin's lock (never the other
+/// A pick through the list's pick index (a large list): the zone locked, then round-robin's lock (never the other
 /// way round), the least loaded server the index holds that round-robin
 /// and this request do not rule out, counted and recorded in the index,
 /// and connected to once the zone is unlocked. The index holds what the
@@ -322,12 +317,14 @@ fn pick_from_index<const TRIED: bool>(
         Matched::new(&counters, pd.rr.peers()).filter(|_| cursors.len() == counters.len())?;
     // Checked: `max_conns` is the capacity answer's, if it gave one.
     let list = pd.rr.list_at::<_, TRIED, false, true>(counts, 0);
+    let version = pd.upstream.index_version(pd.list);
     // A server found at its `max_conns` (another worker took the last
     // place) is read again into the index, and the pick goes on.
     for _ in 0..=INDEX_BUDGET {
         let at = match index.best(
             link.table,
             locked,
+            version,
             |i| list.is_out(cursors[i]),
             INDEX_BUDGET,
         ) {

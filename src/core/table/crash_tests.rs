@@ -485,7 +485,7 @@ fn eight_busy_keys(t: &Table, a: &HeapArena, w: &mut World) {
 fn index_the_keys(t: &Table, a: &HeapArena, w: &mut World) {
     let e = t.begin_epoch(a);
     t.begin_pick_indexes(a);
-    w.index = t.build_pick_index(a, b"big", 0, e, w.slots.iter().copied());
+    w.index = t.build_pick_index(a, b"big", 0, e, 0, w.slots.iter().copied());
     t.finish_pick_indexes(a);
 }
 
@@ -504,7 +504,7 @@ fn unindex_the_keys(t: &Table, a: &HeapArena, _: &mut World) {
 /// A pick through the index: counted, then recorded in it.
 fn pick_through_the_index(t: &Table, a: &HeapArena, w: &mut World) {
     let index = w.index.expect("indexed");
-    let Best::At(i) = index.best(t, a, |_| false, 8) else {
+    let Best::At(i) = index.best(t, a, 0, |_| false, 8) else {
         panic!("nothing to pick");
     };
     w.slots[i].acquire(0);

@@ -23,7 +23,7 @@ fn load(
         .collect();
     t.begin_pick_indexes(a);
     let index = t
-        .build_pick_index(a, b"big", 0, epoch, slots.iter().copied())
+        .build_pick_index(a, b"big", 0, epoch, 0, slots.iter().copied())
         .unwrap();
     t.finish_pick_indexes(a);
     t.leave(a);
@@ -33,7 +33,7 @@ fn load(
 /// A pick as the balancer makes one: the best, counted, recorded.
 fn pick(t: &Table, a: &HeapArena, index: PickIndexRef, slots: &[SlotRef]) -> Option<usize> {
     t.enter(a);
-    let found = index.best(t, a, |_| false, 8);
+    let found = index.best(t, a, 0, |_| false, 8);
     let picked = match found {
         Best::At(i) => {
             slots[i].acquire(0);
@@ -121,7 +121,7 @@ fn an_older_load_scans_and_its_releases_still_count() {
     assert_eq!(new_slots, slots);
     assert!(!old.is_current() && new.is_current());
     t.enter(&a);
-    assert_eq!(old.best(t, &a, |_| false, 8), Best::GaveUp);
+    assert_eq!(old.best(t, &a, 0, |_| false, 8), Best::GaveUp);
     t.leave(&a);
     release(t, &a, old, slots[9]);
     assert_eq!(pick(t, &a, new, &slots), Some(9));
@@ -180,7 +180,7 @@ fn counts_changed_behind_the_index_are_taken_up_by_a_refresh() {
     }
     t.enter(&a);
     t.refresh_pick_indexes(&a);
-    assert_eq!(index.best(t, &a, |_| false, 8), Best::At(7));
+    assert_eq!(index.best(t, &a, 0, |_| false, 8), Best::At(7));
     t.leave(&a);
     t.validate();
 }
@@ -197,7 +197,7 @@ fn no_room_for_an_index_leaves_the_list_unindexed() {
     a.budget.set(1000);
     t.begin_pick_indexes(&a);
     assert!(t
-        .build_pick_index(&a, b"big", 0, epoch, slots.iter().copied())
+        .build_pick_index(&a, b"big", 0, epoch, 0, slots.iter().copied())
         .is_none());
     t.finish_pick_indexes(&a);
     t.leave(&a);
@@ -348,4 +348,24 @@ fn what_the_checks_find_is_in_the_index() {
         );
     }
     t.validate();
+}
+
+#[test]
+fn a_worker_at_another_version_of_the_list_scans() {
+    let a = HeapArena::new(1 << 22);
+    let t = table(&a);
+    t.enter(&a);
+    let epoch = t.begin_epoch(&a);
+    let slots: Vec<SlotRef> = (0..20)
+        .map(|i| t.upsert(&a, &key(i), 3, M, epoch).unwrap())
+        .collect();
+    t.begin_pick_indexes(&a);
+    // Built at version 5 of a list DNS changes (a worker followed it).
+    let index = t
+        .build_pick_index(&a, b"big", 0, epoch, 5, slots.iter().copied())
+        .unwrap();
+    t.finish_pick_indexes(&a);
+    assert_eq!(index.best(t, &a, 4, |_| false, 8), Best::GaveUp, "not followed yet");
+    assert_eq!(index.best(t, &a, 5, |_| false, 8), Best::At(0));
+    t.leave(&a);
 }

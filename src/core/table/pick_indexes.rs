@@ -40,6 +40,8 @@ pub(super) struct Entry {
     body: AtomicPtr<Body>,
     /// The load that last built the body; 0: retired (no body).
     epoch: AtomicU32,
+    /// The version of the peer list the body was built for (`build_pick_index`).
+    version: AtomicU64,
     /// The list: 0 primary, 1 backup.
     list: u32,
     /// The upstream's name, `name_len` bytes, follows the entry.
@@ -307,17 +309,21 @@ impl PickIndexRef {
     }
 
     /// The least loaded server of the list that `out` does not rule out
-    /// (see `LeastIndex::best`); `GaveUp` too when the index is not this
-    /// load's any more (a later load rebuilt or retired it): scan then.
+    /// (see `LeastIndex::best`), for a worker whose list is at `version`;
+    /// `GaveUp` too when the index is not this load's any more (a later
+    /// load rebuilt or retired it) or not of that version (DNS changed the
+    /// list, and the worker or the index has not followed yet): scan then.
     pub fn best(
         &self,
         table: &Table,
         locked: &impl Arena,
+        version: u64,
         out: impl FnMut(usize) -> bool,
         budget: u32,
     ) -> Best {
         table.assert_locked(locked);
-        match self.own_body() {
+        let same_list = self.entry().version.load(Ordering::Relaxed) == version;
+        match self.own_body().filter(|_| same_list) {
             Some(body) => body.index().best(out, budget),
             None => Best::GaveUp,
         }
@@ -396,6 +402,7 @@ impl Table {
                 next: AtomicPtr::new(self.pick_indexes.load(Ordering::Relaxed).cast()),
                 body: AtomicPtr::new(ptr::null_mut()),
                 epoch: AtomicU32::new(0),
+                version: AtomicU64::new(0),
                 list,
                 name_len: name.len() as u32,
             });
@@ -436,7 +443,8 @@ impl Table {
     }
 
     /// Builds the index of `name`'s `list` for the load `epoch`, over
-    /// `slots` in the front-end's peer order. `None`: no room in the zone
+    /// `slots` in the front-end's peer order at `version` (of a list DNS
+    /// changes; 0 for one it never changes). `None`: no room in the zone
     /// (the list is scanned).
     pub fn build_pick_index(
         &self,
@@ -444,6 +452,7 @@ impl Table {
         name: &[u8],
         list: u32,
         epoch: u32,
+        version: u64,
         slots: impl ExactSizeIterator<Item = SlotRef>,
     ) -> Option<PickIndexRef> {
         self.assert_locked(locked);
@@ -456,6 +465,7 @@ impl Table {
             _ => self.new_body(locked, entry, slots.len())?,
         };
         body.fill(slots);
+        entry.version.store(version, Ordering::Relaxed);
         entry.epoch.store(epoch, Ordering::Relaxed);
         Some(PickIndexRef {
             entry: NonNull::from(entry),

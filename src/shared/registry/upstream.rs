@@ -61,8 +61,10 @@ struct CounterList {
     /// The list's pick index, once the commit built it.
     pick_index: Cell<Option<PickIndexRef>>,
     /// This worker's cursors on the list's peers, by position, for picks
-    /// through the index (made at its first such pick).
+    /// through the index (made at its first such pick), and the version of
+    /// the list they were made at.
     cursors: RefCell<Vec<PeerCursor>>,
+    cursors_version: Cell<Option<usize>>,
 }
 
 /// How a peer list changed, as `UpstreamCounters::follow` found it.
@@ -363,6 +365,12 @@ impl UpstreamCounters {
                 done.full += usize::from(stored.is_none());
                 pc.set_counting(stored.map(|(slot, _)| self.counted(link, &locked, slot)));
             }
+            // The list's index in its new order, for the workers that
+            // follow to this version (the others scan until they do).
+            if cl.pick_index.get().is_some() || cl.indexable {
+                cl.pick_index
+                    .set(self.build_pick_index(link, &locked, list, &new));
+            }
         }
         *cl.counters.borrow_mut() = new;
         drop((leftover, held_by_other));
@@ -511,8 +519,8 @@ impl UpstreamCounters {
         self.record.set(record);
     }
 
-    /// Whether a load builds a pick index for `list` (one DNS never
-    /// changes, long enough for `index=`).
+    /// Whether a load builds a pick index for `list` (long enough for
+    /// `index=`).
     pub fn set_indexable(&mut self, list: List, on: bool) {
         match list {
             List::Primary => self.primary.indexable = on,
@@ -530,16 +538,36 @@ impl UpstreamCounters {
         for list in [List::Primary, List::Backup] {
             let cl = self.counter_list(list);
             let counters = self.list(list);
-            let index = (cl.indexable && counters.iter().all(|pc| pc.slot().is_some()))
-                .then(|| {
-                    // Every counter has its slot (just checked).
-                    let slots = counters.iter().map(|pc| pc.slot().expect("stored"));
-                    link.table
-                        .build_pick_index(locked, &self.name, list as u32, link.epoch, slots)
-                })
-                .flatten();
+            let index = self.build_pick_index(&link, locked, list, &counters);
             cl.pick_index.set(index);
         }
+    }
+
+    /// The pick index of `list` over `counters` (its counters at the list's
+    /// current version), if the list is indexed and every counter is in the
+    /// zone; under the zone lock.
+    fn build_pick_index(
+        &self,
+        link: &ZoneLink,
+        locked: &Locked,
+        list: List,
+        counters: &[PeerCounter],
+    ) -> Option<PickIndexRef> {
+        let cl = self.counter_list(list);
+        if !cl.indexable || !counters.iter().all(|pc| pc.slot().is_some()) {
+            return None;
+        }
+        // Every counter has its slot (just checked).
+        let slots = counters.iter().map(|pc| pc.slot().expect("stored"));
+        let version = index_version(cl.version.get());
+        link.table
+            .build_pick_index(locked, &self.name, list as u32, link.epoch, version, slots)
+    }
+
+    /// The version of `list` as its pick index records it.
+    #[inline]
+    pub fn index_version(&self, list: List) -> u64 {
+        index_version(self.counter_list(list).version.get())
     }
 
     /// The pick index of `list`, if the load built one.
@@ -552,8 +580,10 @@ impl UpstreamCounters {
     /// the first call).
     pub fn cursors(&self, list: List, peers: &RrPeers) -> Ref<'_, [PeerCursor]> {
         let cl = self.counter_list(list);
-        if cl.cursors.borrow().len() != peers.number {
+        let version = peers::version(peers);
+        if cl.cursors.borrow().len() != peers.number || cl.cursors_version.get() != version {
             *cl.cursors.borrow_mut() = peers::cursors(peers);
+            cl.cursors_version.set(version);
         }
         Ref::map(cl.cursors.borrow(), Vec::as_slice)
     }
@@ -599,6 +629,12 @@ impl UpstreamCounters {
             },
         }
     }
+}
+
+/// A list's version as its pick index records it: 0 for a list DNS never
+/// changes, the front-end's version plus one for one it does.
+fn index_version(version: Option<usize>) -> u64 {
+    version.map_or(0, |v| v as u64 + 1)
 }
 
 /// What following a peer list does with its counters, decided with no lock
