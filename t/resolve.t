@@ -165,7 +165,7 @@ ok(!grep({ $_->{state} eq 'draining' } entries('u')), 'and none is draining');
 note_states();
 my @reloaded = ws_open_many(10, '/u');
 $c = counts('u');
-is(spread(values %$c), 1, 'new workers keep balancing: ' . join('/', map { $c->{addr($_)} } qw/b c/));
+ok(spread(values %$c) <= 1, 'new workers keep balancing: ' . join('/', map { $c->{addr($_)} } qw/b c/));
 
 # The address comes back: a fresh key at 0, which takes the new connections.
 answer(qw/a b c/);

@@ -69,13 +69,12 @@ pub fn register(
     counters.slow_start = slow_start;
     counters.rebalance = rebalance;
     counters.check = check;
+    counters.index_from = index_from;
     counters.failures = Some(peers::Failures::new(us));
     let mut warnings = Vec::new();
     // SAFETY: round-robin init has just filled peer.data.
     let (primary, backup) = unsafe { peers::lists(us.peer.data) };
     for (list, peers) in [(List::Primary, primary), (List::Backup, backup)] {
-        let servers = peers.map_or(0, |p| p.number);
-        counters.set_indexable(list, servers >= index_from);
         let servers: Vec<_> = peers
             .into_iter()
             .flat_map(peers::each_peer)

@@ -365,7 +365,11 @@ fn a_worker_at_another_version_of_the_list_scans() {
         .build_pick_index(&a, b"big", 0, epoch, 5, slots.iter().copied())
         .unwrap();
     t.finish_pick_indexes(&a);
-    assert_eq!(index.best(t, &a, 4, |_| false, 8), Best::GaveUp, "not followed yet");
+    assert_eq!(
+        index.best(t, &a, 4, |_| false, 8),
+        Best::GaveUp,
+        "not followed yet"
+    );
     assert_eq!(index.best(t, &a, 5, |_| false, 8), Best::At(0));
     t.leave(&a);
 }

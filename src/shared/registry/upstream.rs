@@ -56,8 +56,6 @@ struct CounterList {
     /// slow start ramps an address DNS adds to a name resolved before, not
     /// the first resolution.
     lines: RefCell<HashSet<Box<[u8]>>>,
-    /// Whether a load indexes the list (`set_indexable`).
-    indexable: bool,
     /// The list's pick index, once the commit built it.
     pick_index: Cell<Option<PickIndexRef>>,
     /// This worker's cursors on the list's peers, by position, for picks
@@ -100,6 +98,10 @@ pub struct UpstreamCounters {
     pub rebalance: Option<Params>,
     /// `least_conn_persistent_check`, when given.
     pub check: Option<CheckParams>,
+    /// `index=`: lists of at least this many servers (at a load, or as DNS
+    /// changes them) get a pick index; `usize::MAX`: none (the default, for
+    /// upstreams that are not nginx's: Lua's).
+    pub index_from: usize,
     /// Set once this worker has warned that the upstream's TCP checks
     /// probe servers it proxies UDP to (stream `listen ... udp`).
     #[cfg(feature = "stream")]
@@ -115,6 +117,7 @@ impl UpstreamCounters {
     pub fn new(name: &[u8]) -> UpstreamCounters {
         UpstreamCounters {
             name: name.into(),
+            index_from: usize::MAX,
             ..Default::default()
         }
     }
@@ -367,10 +370,8 @@ impl UpstreamCounters {
             }
             // The list's index in its new order, for the workers that
             // follow to this version (the others scan until they do).
-            if cl.pick_index.get().is_some() || cl.indexable {
-                cl.pick_index
-                    .set(self.build_pick_index(link, &locked, list, &new));
-            }
+            cl.pick_index
+                .set(self.build_pick_index(link, &locked, list, &new));
         }
         *cl.counters.borrow_mut() = new;
         drop((leftover, held_by_other));
@@ -519,15 +520,6 @@ impl UpstreamCounters {
         self.record.set(record);
     }
 
-    /// Whether a load builds a pick index for `list` (long enough for
-    /// `index=`).
-    pub fn set_indexable(&mut self, list: List, on: bool) {
-        match list {
-            List::Primary => self.primary.indexable = on,
-            List::Backup => self.backup.indexable = on,
-        }
-    }
-
     /// The commit's last pass, once every key is stored: the pick index of
     /// each list a load indexes, over its keys in peer order (none if a
     /// key found no room, or the zone has none for the index).
@@ -554,7 +546,7 @@ impl UpstreamCounters {
         counters: &[PeerCounter],
     ) -> Option<PickIndexRef> {
         let cl = self.counter_list(list);
-        if !cl.indexable || !counters.iter().all(|pc| pc.slot().is_some()) {
+        if counters.len() < self.index_from || !counters.iter().all(|pc| pc.slot().is_some()) {
             return None;
         }
         // Every counter has its slot (just checked).
