@@ -6,7 +6,9 @@
 # one drains and then goes; nothing falls back to per-worker counts. A DNS
 # responder of our own answers for b.test from a file this test rewrites;
 # backends on 127.0.0.2-4 (one port) stand for the name's addresses, with
-# WebSockets held across every change.
+# WebSockets held across every change. t/resolve_indexed.t runs the same
+# with `index=1` on u: its list picks through a pick index, rebuilt as each
+# worker follows DNS.
 
 use warnings;
 use strict;
@@ -23,7 +25,10 @@ use Test::Nginx::DNS;
 use Test::Nginx::Status;
 use Test::Nginx::WebSocket;
 
-my $t = Test::Nginx->new()->has(qw/nginx module resolve/)->plan(30);
+# Parameters of u's method (t/resolve_indexed.t: index=1).
+my $u_params = $ENV{TEST_RESOLVE_U_PARAMS} // '';
+my $indexed = $u_params =~ /\bindex=/;
+my $t = Test::Nginx->new()->has(qw/nginx module resolve/)->plan(30 + $indexed);
 
 my $dns = $t->testdir . '/dns';
 # Slow start's window, longer on a slow machine: the opens below stay early in it.
@@ -33,7 +38,7 @@ my %ip = (a => '127.0.0.2', b => '127.0.0.3', c => '127.0.0.4');
 sub addr { "$ip{$_[0]}:$p" }
 sub answer { Test::Nginx::DNS::set_answers($dns, 'b.test' => [map { $ip{$_} } @_]) }
 
-$t->write_file_expand('nginx.conf', <<'EOF' =~ s/%%WINDOW%%/$window/r);
+$t->write_file_expand('nginx.conf', <<'EOF' =~ s/%%WINDOW%%/$window/r =~ s/%%U_PARAMS%%/$u_params/r);
 
 %%TEST_GLOBALS%%
 
@@ -53,7 +58,7 @@ http {
 
     upstream u {
         zone u 64k;
-        least_conn_persistent;
+        least_conn_persistent %%U_PARAMS%%;
         server b.test:%%PORT_8081%% resolve;
     }
 
@@ -182,6 +187,15 @@ ok(!$states{fallback}, 'no per-worker fallback at any step (states seen: '
 ws_close(grep({ $_->{backend} ne 'a' } @first, @more), @after, @reloaded, @back);
 ok(at_rest(), 'every counter back to 0');
 ok(wait_until(sub { !$t->old_worker_pids() }, 10), 'old workers gone');
+
+if ($indexed) {
+	SKIP: {
+		skip 'nginx built without --with-debug', 1
+			unless `$Test::Nginx::NGINX -V 2>&1` =~ /--with-debug/;
+		my $n = () = $t->read_file('error.log') =~ /get peer \d+ of Primary list through its index/g;
+		ok($n >= 60, "picks of u through its index, across DNS changes and a reload: $n");
+	}
+}
 
 # A request whose peer list changes under it: its retry gives up as busy
 # (as stock balancers do: its tried-bitmap no longer fits the list) and
