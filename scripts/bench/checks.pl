@@ -48,7 +48,7 @@ my $goal_pick_ratio = 1.1;
 my @sizes = $quick ? (2, 1000) : (2, 100, 1000);
 my $requests = $quick ? 50 : 300;
 my $warm = 10;    # as callgrind.pl: the short run holds every one-time cost
-my $base_port = 31000;    # the backend's ports, as callgrind.pl's (the harness uses 20000-29999, the kernel 32768 up)
+my $base_port = $ENV{BENCH_BASE_PORT} // 31000;    # the backend's ports, as callgrind.pl's (the harness uses 20000-29999, the kernel 32768 up)
 
 my @cpu_variants = (
 	[none => 'no checks (baseline)', ''],
