@@ -284,6 +284,12 @@ fn get_indexed(
         return None;
     }
     let link = up.link()?;
+    if up.cursors(pd.list, pd.rr.peers()).is_none() {
+        // This worker's first pick of the list, or DNS changed it: its
+        // cursors, made with round-robin's lock alone (this allocates).
+        let _rr_lock = pd.rr.lock();
+        up.make_cursors(pd.list, pd.rr.peers());
+    }
     let locked = link.lock();
     let rr_lock = pd.rr.lock();
     if pd.rr.list_changed() || needs_follow(pd) {
@@ -311,7 +317,9 @@ fn pick_from_index<const TRIED: bool>(
     locked: &Locked,
 ) -> Option<(PeerCursor, Held)> {
     let counters = pd.upstream.list(pd.list);
-    let cursors = pd.upstream.cursors(pd.list, pd.rr.peers());
+    // Made for the list as it is (or the scan decides: DNS changed it
+    // since `get_indexed` looked).
+    let cursors = pd.upstream.cursors(pd.list, pd.rr.peers())?;
     let counts =
         Matched::new(&counters, pd.rr.peers()).filter(|_| cursors.len() == counters.len())?;
     // Checked: `max_conns` is the capacity answer's, if it gave one.

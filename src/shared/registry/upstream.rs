@@ -62,7 +62,9 @@ struct CounterList {
     /// through the index (made at its first such pick), and the version of
     /// the list they were made at.
     cursors: RefCell<Vec<PeerCursor>>,
-    cursors_version: Cell<Option<usize>>,
+    /// `Some(version)` once made (`peers::version`: `None` for a list
+    /// that never changes).
+    cursors_version: Cell<Option<Option<usize>>>,
 }
 
 /// How a peer list changed, as `UpstreamCounters::follow` found it.
@@ -568,16 +570,25 @@ impl UpstreamCounters {
         self.counter_list(list).pick_index.get()
     }
 
-    /// This worker's cursors on `peers`, the front-end's `list` (made at
-    /// the first call).
-    pub fn cursors(&self, list: List, peers: &RrPeers) -> Ref<'_, [PeerCursor]> {
+    /// This worker's cursors on `peers`, the front-end's `list`, if they
+    /// were made for the list as it is (`make_cursors`); no allocation:
+    /// asked under the zone lock.
+    #[inline]
+    pub fn cursors(&self, list: List, peers: &RrPeers) -> Option<Ref<'_, [PeerCursor]>> {
         let cl = self.counter_list(list);
-        let version = peers::version(peers);
-        if cl.cursors.borrow().len() != peers.number || cl.cursors_version.get() != version {
-            *cl.cursors.borrow_mut() = peers::cursors(peers);
-            cl.cursors_version.set(version);
-        }
-        Ref::map(cl.cursors.borrow(), Vec::as_slice)
+        let fresh = cl.cursors_version.get() == Some(peers::version(peers))
+            && cl.cursors.borrow().len() == peers.number;
+        fresh.then(|| Ref::map(cl.cursors.borrow(), Vec::as_slice))
+    }
+
+    /// Makes this worker's cursors on `peers` (locked by the caller; the
+    /// zone is not: this allocates).
+    #[cold]
+    #[inline(never)]
+    pub fn make_cursors(&self, list: List, peers: &RrPeers) {
+        let cl = self.counter_list(list);
+        *cl.cursors.borrow_mut() = peers::cursors(peers);
+        cl.cursors_version.set(Some(peers::version(peers)));
     }
 
     /// A release of `slot`, a key in a pick index: its leaf is read again,
