@@ -22,6 +22,7 @@ use ngx::ngx_log_debug;
 
 use crate::core::follow::PeerListCopy;
 use crate::core::least_index::Best;
+use crate::core::ramp;
 use crate::core::rebalance::Params;
 use crate::core::select::{choose, PeerList};
 use crate::core::table::{Meta, PickIndexRef, FLAG_DOWN};
@@ -266,8 +267,9 @@ const INDEX_BUDGET: u32 = 8;
 /// way round), the least loaded server the index holds that round-robin
 /// and this request do not rule out, counted and recorded in the index,
 /// and connected to once the zone is unlocked. The index holds what the
-/// health checks found (out, or tuned). `None`: the scan decides (a
-/// `sticky` route, some server ramping up, this worker's first pick of the
+/// health checks found (out, or tuned) and the ramps of slow start (as of
+/// each key's last pick or release, and every housekeeping period). `None`:
+/// the scan decides (a `sticky` route, this worker's first pick of the
 /// list, a counter to look up again, nothing found).
 #[inline]
 fn get_indexed(
@@ -278,8 +280,7 @@ fn get_indexed(
     let up = pd.upstream;
     let unusual = peers::route_hint(pc).is_some()
         || !matches!(pd.held, Held::Nothing)
-        || up.needs_cells(pd.list)
-        || (up.slow_start != 0 && up.ramping_now().is_some());
+        || up.needs_cells(pd.list);
     if unusual {
         return None;
     }
@@ -325,6 +326,7 @@ fn pick_from_index<const TRIED: bool>(
     // Checked: `max_conns` is the capacity answer's, if it gave one.
     let list = pd.rr.list_at::<_, TRIED, false, true>(counts, 0);
     let version = pd.upstream.index_version(pd.list);
+    let now = ramp::now_ds(peers::now_ms());
     // A server found at its `max_conns` (another worker took the last
     // place) is read again into the index, and the pick goes on.
     for _ in 0..=INDEX_BUDGET {
@@ -341,10 +343,10 @@ fn pick_from_index<const TRIED: bool>(
         let cursor = cursors[at];
         match counters[at].try_acquire(list.max_conns(cursor)) {
             Ok(held) => {
-                index.picked(link.table, locked, at);
+                index.picked(link.table, locked, at, now);
                 return Some((cursor, held));
             }
-            Err(NotTaken::AtLimit) => index.refresh(link.table, locked, at),
+            Err(NotTaken::AtLimit) => index.refresh(link.table, locked, at, now),
             Err(NotTaken::Stale) => return None,
         }
     }

@@ -16,6 +16,7 @@ use nginx_sys::{NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN};
 
 use crate::core::crash;
 use crate::core::liveness::{is_alive, parse_stat, ProcessId, Signal};
+use crate::core::ramp;
 use crate::core::table::{stop_counting, Reclaimed};
 use crate::ngx::log::Log;
 use crate::ngx::process::{proc_stat, signal};
@@ -214,6 +215,13 @@ pub fn housekeeping(registry: &Registry, now: u32, now_ms: u64) {
         return;
     }
     reclaim_dead(link, Log::cycle(), (now_ms / interval) as usize);
+    // Slow start: the pick indexes follow the ramps as they go on, and
+    // once more after the last one ended.
+    let now_ds = ramp::now_ds(now_ms);
+    if link.table.ramping(now_ds.saturating_sub(RAMP_LOOK_PAST_DS)) {
+        link.table
+            .refresh_ramping_pick_indexes(&link.lock(), now_ds);
+    }
     if link.table.claim_lua_expiry(now_ms, LUA_EXPIRY_INTERVAL_MS) {
         let expired = link.table.expire_lua(&link.lock(), now, LUA_KEY_TTL_SECS);
         if expired > 0 {
@@ -227,6 +235,10 @@ pub fn housekeeping(registry: &Registry, now: u32, now_ms: u64) {
         }
     }
 }
+
+/// How long (deciseconds) the pick indexes' look at ramps goes on after
+/// the last ramp ended: two housekeeping periods at least.
+const RAMP_LOOK_PAST_DS: u32 = 2 * (HOUSEKEEPING_INTERVAL_MS / 100) as u32;
 
 /// `exit_process`: gives back what this worker still holds. `fast`: a fast
 /// shutdown, where connections end without being released; `lua`: picks

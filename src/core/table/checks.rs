@@ -310,7 +310,7 @@ impl Table {
             self.check_flagged.fetch_sub(1, Ordering::Relaxed);
         }
         // What the checks found (out, or tuned) is in the key's leaf.
-        self.pick_index_slot_changed(slot);
+        self.pick_index_slot_changed(slot, None);
     }
 
     /// Repair: the checks' bits of every key, from the records (a holder

@@ -485,7 +485,7 @@ fn eight_busy_keys(t: &Table, a: &HeapArena, w: &mut World) {
 fn index_the_keys(t: &Table, a: &HeapArena, w: &mut World) {
     let e = t.begin_epoch(a);
     t.begin_pick_indexes(a);
-    w.index = t.build_pick_index(a, b"big", 0, e, 0, w.slots.iter().copied());
+    w.index = t.build_pick_index(a, b"big", 0, e, 0, 1, w.slots.iter().copied());
     t.finish_pick_indexes(a);
 }
 
@@ -508,7 +508,7 @@ fn pick_through_the_index(t: &Table, a: &HeapArena, w: &mut World) {
         panic!("nothing to pick");
     };
     w.slots[i].acquire(0);
-    index.picked(t, a, i);
+    index.picked(t, a, i, 1);
 }
 
 #[test]

@@ -23,7 +23,7 @@ fn load(
         .collect();
     t.begin_pick_indexes(a);
     let index = t
-        .build_pick_index(a, b"big", 0, epoch, 0, slots.iter().copied())
+        .build_pick_index(a, b"big", 0, epoch, 0, 1, slots.iter().copied())
         .unwrap();
     t.finish_pick_indexes(a);
     t.leave(a);
@@ -37,7 +37,7 @@ fn pick(t: &Table, a: &HeapArena, index: PickIndexRef, slots: &[SlotRef]) -> Opt
     let picked = match found {
         Best::At(i) => {
             slots[i].acquire(0);
-            index.picked(t, a, i);
+            index.picked(t, a, i, 1);
             Some(i)
         }
         _ => None,
@@ -49,7 +49,7 @@ fn pick(t: &Table, a: &HeapArena, index: PickIndexRef, slots: &[SlotRef]) -> Opt
 fn release(t: &Table, a: &HeapArena, index: PickIndexRef, slot: SlotRef) {
     slot.release();
     t.enter(a);
-    index.released(t, a, slot);
+    index.released(t, a, slot, 1);
     t.leave(a);
 }
 
@@ -197,7 +197,7 @@ fn no_room_for_an_index_leaves_the_list_unindexed() {
     a.budget.set(1000);
     t.begin_pick_indexes(&a);
     assert!(t
-        .build_pick_index(&a, b"big", 0, epoch, 0, slots.iter().copied())
+        .build_pick_index(&a, b"big", 0, epoch, 0, 1, slots.iter().copied())
         .is_none());
     t.finish_pick_indexes(&a);
     t.leave(&a);
@@ -226,7 +226,7 @@ fn a_release_by_a_load_that_did_not_index_reaches_a_later_loads_index() {
     // upstream's name, makes server 4 the least loaded.
     held.release();
     t.enter(&a);
-    t.pick_index_released(&a, b"big", held);
+    t.pick_index_released(&a, b"big", held, 1);
     t.leave(&a);
     assert_eq!(pick(t, &a, index, &slots), Some(4));
     t.validate();
@@ -362,7 +362,7 @@ fn a_worker_at_another_version_of_the_list_scans() {
     t.begin_pick_indexes(&a);
     // Built at version 5 of a list DNS changes (a worker followed it).
     let index = t
-        .build_pick_index(&a, b"big", 0, epoch, 5, slots.iter().copied())
+        .build_pick_index(&a, b"big", 0, epoch, 5, 1, slots.iter().copied())
         .unwrap();
     t.finish_pick_indexes(&a);
     assert_eq!(
@@ -372,4 +372,42 @@ fn a_worker_at_another_version_of_the_list_scans() {
     );
     assert_eq!(index.best(t, &a, 5, |_| false, 8), Best::At(0));
     t.leave(&a);
+}
+
+#[test]
+fn a_ramping_server_is_compared_by_its_virtual_count() {
+    let a = HeapArena::new(1 << 22);
+    let t = table(&a);
+    // Slow start over 100 ds (10 s); server 0 starts ramping at 1000.
+    let (index, slots) = load(t, &a, 16, |_| Meta {
+        slow_start: 100,
+        ..M
+    });
+    assert!(t.start_ramp(slots[0], 1000));
+    // 10 ds into its 100: it counts as (conns + 1) * 10.
+    t.enter(&a);
+    t.refresh_ramping_pick_indexes(&a, 1010);
+    t.leave(&a);
+    let picks_at = |now: u32, n: usize| -> usize {
+        (0..n)
+            .filter(|_| {
+                t.enter(&a);
+                let Best::At(i) = index.best(t, &a, 0, |_| false, 8) else {
+                    panic!("nothing to pick")
+                };
+                slots[i].acquire(0);
+                index.picked(t, &a, i, now);
+                t.leave(&a);
+                i == 0
+            })
+            .count()
+    };
+    // 15 idle servers take 9 each before server 0's virtual 10 ties.
+    assert_eq!(picks_at(1010, 15 * 9), 0, "ramping: none while others are below 10");
+    // The ramp over (and the look once more after it): an ordinary server.
+    t.enter(&a);
+    t.refresh_ramping_pick_indexes(&a, 1200);
+    t.leave(&a);
+    assert_eq!(picks_at(1200, 9), 9, "over: it catches up");
+    t.validate();
 }

@@ -31,6 +31,7 @@ use super::health::Health;
 use super::slot::{count_of, generation_of, Slot, SlotRef};
 use crate::core::crash;
 use crate::core::least_index::{self, Best, Head, Key, Leaf, LeastIndex, Parts};
+use crate::core::ramp;
 
 /// One indexed list: found by name, its body replaced as loads need.
 #[repr(C)]
@@ -186,7 +187,7 @@ impl Body {
     }
 
     /// Fills leaves, slots and map from `slots` and rebuilds the tree.
-    fn fill(&self, slots: impl ExactSizeIterator<Item = SlotRef>) {
+    fn fill(&self, slots: impl ExactSizeIterator<Item = SlotRef>, now: Option<u32>) {
         let n = slots.len();
         for b in self.map() {
             b.store(EMPTY, Ordering::Relaxed);
@@ -203,7 +204,7 @@ impl Body {
             }
             map[at].store(u64::from(id) << 32 | i as u64, Ordering::Relaxed);
         }
-        self.rebuild(n);
+        self.rebuild(n, now);
     }
 
     /// Clears `Indexed` on the slots of the body's leaves: a load marks
@@ -217,16 +218,16 @@ impl Body {
     }
 
     /// Rebuilds the tree of the first `n` leaves from their slots.
-    fn rebuild(&self, n: usize) {
-        self.index().rebuild(n, |i| self.key_at(i));
+    fn rebuild(&self, n: usize, now: Option<u32>) {
+        self.index().rebuild(n, |i| self.key_at(i, now));
     }
 
     /// The key of leaf `i`, from its slot.
-    fn key_at(&self, i: usize) -> Key {
+    fn key_at(&self, i: usize, now: Option<u32>) -> Key {
         let leaf = &self.slots()[i];
         // SAFETY: slots live in blocks that are never freed.
         let slot = unsafe { &*leaf.slot.load(Ordering::Relaxed) };
-        key_of(slot, leaf.generation.load(Ordering::Relaxed))
+        key_of(slot, leaf.generation.load(Ordering::Relaxed), now)
     }
 }
 
@@ -234,8 +235,11 @@ impl Body {
 /// gone (another generation), down, draining, taken out by the checks or
 /// at its `max_conns`; else its count per weight, with what the checks
 /// tuned (`core::eligible`'s rule: the capacity answer's weight and
-/// `max_conns`, the load its server reported beyond the count).
-fn key_of(slot: &Slot, generation: u32) -> Key {
+/// `max_conns`, the load its server reported beyond the count); a ramping
+/// key (slow start) by its virtual count at `now` (deciseconds; `None`, no
+/// clock at hand (repair, a give-back): as if its ramp were over, until
+/// its next pick or release reads it again).
+fn key_of(slot: &Slot, generation: u32, now: Option<u32>) -> Key {
     let word = slot.word.load(Ordering::Acquire);
     let conns = count_of(word);
     let bits = slot.flags.check_bits();
@@ -257,6 +261,9 @@ fn key_of(slot: &Slot, generation: u32) -> Key {
     }
     if max_conns != 0 && conns >= max_conns {
         return Key::OUT;
+    }
+    if let Some((elapsed, window)) = now.and_then(|now| slot.ramp(now)) {
+        load = ramp::virtual_count(load, elapsed, window);
     }
     Key {
         conns: load,
@@ -329,12 +336,13 @@ impl PickIndexRef {
         }
     }
 
-    /// Records a pick of the server at `position`, just counted.
-    pub fn picked(&self, table: &Table, locked: &impl Arena, position: usize) {
+    /// Records a pick of the server at `position`, just counted, at `now`
+    /// (deciseconds, `ramp::now_ds`).
+    pub fn picked(&self, table: &Table, locked: &impl Arena, position: usize, now: u32) {
         table.assert_locked(locked);
         if let Some(body) = self.own_body() {
             crash::point("index.picked");
-            let key = body.key_at(position);
+            let key = body.key_at(position, Some(now));
             body.index().picked(position, key);
         }
     }
@@ -342,10 +350,10 @@ impl PickIndexRef {
     /// Records that the server at `position` could not be counted (at its
     /// `max_conns`, another worker took the last place): its leaf is read
     /// again.
-    pub fn refresh(&self, table: &Table, locked: &impl Arena, position: usize) {
+    pub fn refresh(&self, table: &Table, locked: &impl Arena, position: usize, now: u32) {
         table.assert_locked(locked);
         if let Some(body) = self.own_body() {
-            body.index().set(position, body.key_at(position));
+            body.index().set(position, body.key_at(position, Some(now)));
         }
     }
 
@@ -353,7 +361,7 @@ impl PickIndexRef {
     /// counted it: the current body's leaf for the key, if any, is read
     /// again.
     /// Returns whether the body had the key.
-    pub fn released(&self, table: &Table, locked: &impl Arena, slot: SlotRef) -> bool {
+    pub fn released(&self, table: &Table, locked: &impl Arena, slot: SlotRef, now: u32) -> bool {
         table.assert_locked(locked);
         let e = self.entry();
         if e.epoch.load(Ordering::Relaxed) == 0 {
@@ -365,7 +373,7 @@ impl PickIndexRef {
         let Some(i) = body.position_of(slot.slot()) else {
             return false;
         };
-        body.index().set(i, body.key_at(i));
+        body.index().set(i, body.key_at(i, Some(now)));
         true
     }
 
@@ -453,6 +461,7 @@ impl Table {
         list: u32,
         epoch: u32,
         version: u64,
+        now: u32,
         slots: impl ExactSizeIterator<Item = SlotRef>,
     ) -> Option<PickIndexRef> {
         self.assert_locked(locked);
@@ -464,7 +473,7 @@ impl Table {
             Some(b) if b.capacity() >= slots.len() => b,
             _ => self.new_body(locked, entry, slots.len())?,
         };
-        body.fill(slots);
+        body.fill(slots, Some(now));
         entry.version.store(version, Ordering::Relaxed);
         entry.epoch.store(epoch, Ordering::Relaxed);
         Some(PickIndexRef {
@@ -522,7 +531,7 @@ impl Table {
     pub(super) fn rebuild_pick_indexes(&self) {
         for e in self.entries() {
             if let (Some(body), true) = (e.body(), e.epoch.load(Ordering::Relaxed) != 0) {
-                body.rebuild(body.index().servers());
+                body.rebuild(body.index().servers(), None);
             }
         }
     }
@@ -530,14 +539,14 @@ impl Table {
     /// Records a release of `slot`, a key of upstream `name` that is
     /// `Indexed`, for a worker whose load did not index it (a later load
     /// did): its leaf, wherever a current body has it, is read again.
-    pub fn pick_index_released(&self, locked: &impl Arena, name: &[u8], slot: SlotRef) {
+    pub fn pick_index_released(&self, locked: &impl Arena, name: &[u8], slot: SlotRef, now: u32) {
         self.assert_locked(locked);
         for e in self.entries().filter(|e| e.name() == name) {
             let r = PickIndexRef {
                 entry: NonNull::from(e),
                 epoch: 0,
             };
-            if r.released(self, locked, slot) {
+            if r.released(self, locked, slot, now) {
                 return;
             }
         }
@@ -545,7 +554,7 @@ impl Table {
 
     /// Reads the leaf of `slot` again, in every current body that has it:
     /// its count changed with the lock held (a worker's share given back).
-    pub(super) fn pick_index_slot_changed(&self, slot: &Slot) {
+    pub(super) fn pick_index_slot_changed(&self, slot: &Slot, now: Option<u32>) {
         if !slot.flags.has(Flag::Indexed) {
             return;
         }
@@ -554,7 +563,31 @@ impl Table {
             .filter(|e| e.epoch.load(Ordering::Relaxed) != 0)
         {
             if let Some((body, i)) = e.body().and_then(|b| Some((b, b.position_of(slot)?))) {
-                body.index().set(i, body.key_at(i));
+                body.index().set(i, body.key_at(i, now));
+            }
+        }
+    }
+
+    /// Reads again the leaves of the keys that ramp (slow start) at `now`,
+    /// or did lately: their virtual counts fall as their ramps go on. For
+    /// the look a worker makes every period while some key ramps; O(the
+    /// indexed servers).
+    pub fn refresh_ramping_pick_indexes(&self, locked: &impl Arena, now: u32) {
+        self.assert_locked(locked);
+        for e in self
+            .entries()
+            .filter(|e| e.epoch.load(Ordering::Relaxed) != 0)
+        {
+            let Some(body) = e.body() else {
+                continue;
+            };
+            let index = body.index();
+            for (i, leaf) in body.slots()[..index.servers()].iter().enumerate() {
+                // SAFETY: slots live in blocks that are never freed.
+                let slot = unsafe { &*leaf.slot.load(Ordering::Relaxed) };
+                if slot.ramp_since.load(Ordering::Relaxed) != 0 {
+                    index.set(i, body.key_at(i, Some(now)));
+                }
             }
         }
     }
@@ -582,7 +615,7 @@ impl Table {
             for i in 0..index.servers() {
                 assert_eq!(
                     index.key(i),
-                    body.key_at(i),
+                    body.key_at(i, None),
                     "leaf {i} differs from its slot"
                 );
                 assert_eq!(body.position_of(body.slots()[i].slot()), Some(i));

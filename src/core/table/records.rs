@@ -542,7 +542,7 @@ impl Table {
                     continue;
                 };
                 let taken = self.give_back(cell, slot, held, dead);
-                self.pick_index_slot_changed(slot);
+                self.pick_index_slot_changed(slot, None);
                 out.connections += u64::from(taken);
                 // SAFETY: lock held; a used slot.
                 out.keys.push(unsafe { slot.key() }, taken);

@@ -554,8 +554,16 @@ impl UpstreamCounters {
         // Every counter has its slot (just checked).
         let slots = counters.iter().map(|pc| pc.slot().expect("stored"));
         let version = index_version(cl.version.get());
-        link.table
-            .build_pick_index(locked, &self.name, list as u32, link.epoch, version, slots)
+        let now = ramp::now_ds(peers::now_ms());
+        link.table.build_pick_index(
+            locked,
+            &self.name,
+            list as u32,
+            link.epoch,
+            version,
+            now,
+            slots,
+        )
     }
 
     /// The version of `list` as its pick index records it.
@@ -596,13 +604,15 @@ impl UpstreamCounters {
     #[cold]
     #[inline(never)]
     fn pick_index_released(&self, link: &ZoneLink, slot: SlotRef) {
+        let now = ramp::now_ds(peers::now_ms());
         let locked = link.lock();
         let own = [List::Primary, List::Backup]
             .into_iter()
             .filter_map(|list| self.pick_index(list))
-            .any(|index| index.released(link.table, &locked, slot));
+            .any(|index| index.released(link.table, &locked, slot, now));
         if !own {
-            link.table.pick_index_released(&locked, &self.name, slot);
+            link.table
+                .pick_index_released(&locked, &self.name, slot, now);
         }
     }
 
