@@ -403,7 +403,11 @@ fn a_ramping_server_is_compared_by_its_virtual_count() {
             .count()
     };
     // 15 idle servers take 9 each before server 0's virtual 10 ties.
-    assert_eq!(picks_at(1010, 15 * 9), 0, "ramping: none while others are below 10");
+    assert_eq!(
+        picks_at(1010, 15 * 9),
+        0,
+        "ramping: none while others are below 10"
+    );
     // The ramp over (and the look once more after it): an ordinary server.
     t.enter(&a);
     t.refresh_ramping_pick_indexes(&a, 1200);
