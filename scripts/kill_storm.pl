@@ -7,7 +7,9 @@
 #
 # nginx runs 8 workers. Client processes hold WebSockets (through a
 # configured upstream, a Lua upstream on Debian's nginx, a `resolve`
-# upstream on nginx 1.27.3+) and send requests over upstream keepalive.
+# upstream on nginx 1.27.3+; the first and the last pick through a pick
+# index, `index=1`) and send requests over upstream keepalive (an upstream
+# that scans).
 # Each step of the storm makes every client close half of what it holds at
 # once (a burst of releases, and of removals of draining keys), then kills
 # one or two workers a few milliseconds later, old or current generation.
@@ -96,7 +98,7 @@ sub conf {
 	my ($top, $http, $upstreams, $locations) = ('', '', '', '');
 	if ($resolve) {
 		$http .= "    resolver 127.0.0.1:%%PORT_8053%% valid=1s ipv6=off;\n    resolver_timeout 1s;\n";
-		$upstreams .= "    upstream dns {\n        zone dns 64k;\n        least_conn_persistent;\n"
+		$upstreams .= "    upstream dns {\n        zone dns 64k;\n        least_conn_persistent index=1;\n"
 			. "        server d.test:$dns_port resolve;\n    }\n";
 		$locations .= "        location /dns { proxy_pass http://dns; }\n";
 	}
@@ -132,7 +134,7 @@ http {
     %%TEST_GLOBALS_HTTP%%
     least_conn_persistent_zone lcp 1m;
 $http    upstream ws {
-        least_conn_persistent;
+        least_conn_persistent index=1;
 $list    }
     upstream ka {
         least_conn_persistent;
