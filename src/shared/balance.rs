@@ -341,6 +341,11 @@ fn pick_from_index<const TRIED: bool>(
             Best::Nothing | Best::GaveUp => return None,
         };
         let cursor = cursors[at];
+        // A server this worker counts by itself (the zone had no room for
+        // its key again) is not in the index's count: the scan decides.
+        if !counters[at].in_zone() {
+            return None;
+        }
         match counters[at].try_acquire(list.max_conns(cursor)) {
             Ok(held) => {
                 index.picked(link.table, locked, at, now);
