@@ -263,14 +263,16 @@ fn get<const SLOW: bool>(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> n
 /// failed) a pick through an index searches past before it scans instead.
 const INDEX_BUDGET: u32 = 8;
 
-/// A pick through the list's pick index (a large list): the zone locked, then round-robin's lock (never the other
-/// way round), the least loaded server the index holds that round-robin
-/// and this request do not rule out, counted and recorded in the index,
-/// and connected to once the zone is unlocked. The index holds what the
-/// health checks found (out, or tuned) and the ramps of slow start (as of
-/// each key's last pick or release, and every housekeeping period). `None`:
-/// the scan decides (a `sticky` route, this worker's first pick of the
-/// list, a counter to look up again, nothing found).
+/// A pick through the list's pick index (a large list): round-robin's lock
+/// (no lock at all but for a list in an upstream `zone`), then the zone's,
+/// without waiting for it while round-robin's is held (a spin lock); the
+/// least loaded server the index holds that round-robin and this request
+/// do not rule out, counted and recorded in the index, and connected to
+/// once the zone is unlocked. The index holds what the health checks found
+/// (out, or tuned) and the ramps of slow start. `None`: the scan decides (a
+/// `sticky` route, this worker's first pick of the list, the zone busy
+/// while round-robin's lock is held, a counter to look up again, nothing
+/// found).
 #[inline]
 fn get_indexed(
     pc: &mut ngx_peer_connection_t,
@@ -285,17 +287,20 @@ fn get_indexed(
         return None;
     }
     let link = up.link()?;
+    let rr_lock = pd.rr.lock();
     if up.cursors(pd.list, pd.rr.peers()).is_none() {
         // This worker's first pick of the list, or DNS changed it: its
-        // cursors, made with round-robin's lock alone (this allocates).
-        let _rr_lock = pd.rr.lock();
+        // cursors, made before the zone is locked (this allocates).
         up.make_cursors(pd.list, pd.rr.peers());
     }
-    let locked = link.lock();
-    let rr_lock = pd.rr.lock();
     if pd.rr.list_changed() || needs_follow(pd) {
         return None;
     }
+    let locked = if rr_lock.is_shared() {
+        link.try_lock()?
+    } else {
+        link.lock()
+    };
     let (best, held) = if pd.rr.tried_any() {
         pick_from_index::<true>(pd, index, link, &locked)?
     } else {
@@ -327,8 +332,9 @@ fn pick_from_index<const TRIED: bool>(
     let list = pd.rr.list_at::<_, TRIED, false, true>(counts, 0);
     let version = pd.upstream.index_version(pd.list);
     let now = ramp::now_ds(peers::now_ms());
-    // A server found at its `max_conns` (another worker took the last
-    // place) is read again into the index, and the pick goes on.
+    // A winner whose leaf is behind its count (counted by a pick that
+    // scanned) is read again, and so is one found at its `max_conns`
+    // (another worker took the last place); the pick goes on.
     for _ in 0..=INDEX_BUDGET {
         let at = match index.best(
             link.table,
@@ -340,6 +346,9 @@ fn pick_from_index<const TRIED: bool>(
             Best::At(i) => i,
             Best::Nothing | Best::GaveUp => return None,
         };
+        if !index.is_true(link.table, locked, at, now) {
+            continue;
+        }
         let cursor = cursors[at];
         // A server this worker counts by itself (the zone had no room for
         // its key again) is not in the index's count: the scan decides.
@@ -628,10 +637,12 @@ fn keep(pd: &mut PeerData, held: Held) {
 }
 
 /// Not reached (see `keep`); were it, the old hold is given back rather
-/// than dropped uncounted.
+/// than dropped uncounted (with round-robin's lock held by the scan: a
+/// release of a key in a pick index would then wait for the zone's lock).
 #[cold]
 #[inline(never)]
 fn replace_hold(pd: &mut PeerData, held: Held) {
+    debug_assert!(false, "a pick replaced a hold it had not given back");
     let old = core::mem::replace(&mut pd.held, held);
     pd.upstream.release(old, Log::cycle());
 }

@@ -229,8 +229,9 @@ pub extern "C" fn cmd_check(
     directive_result(cf, cmd.name.as_bytes(), r)
 }
 
-/// The parameter of `least_conn_persistent` (nginx allows it one):
-/// `slow_start=<time>`, the window in deciseconds; 0: none.
+/// The parameters of `least_conn_persistent` (nginx allows it two), each at
+/// most once: `slow_start=<time>` (the window, in deciseconds; 0: none) and
+/// `index=<n>|off`.
 fn method_params(args: &[ngx_str_t]) -> Result<MethodParams, ConfError> {
     method_params_with(args, parse_seconds)
 }

@@ -3,6 +3,7 @@
 //! next lock repairs the table, and the table must then equal one where
 //! nothing died, with the same memory in use and every invariant holding.
 
+use super::pick_index_tests::big;
 use super::slot::SLOTS_PER_BLOCK;
 use super::tests::{table, HeapArena, M};
 use super::{CheckReport, Counted, HealthView, Meta, PickIndexRef, RecordRef, SlotRef, Table};
@@ -485,7 +486,7 @@ fn eight_busy_keys(t: &Table, a: &HeapArena, w: &mut World) {
 fn index_the_keys(t: &Table, a: &HeapArena, w: &mut World) {
     let e = t.begin_epoch(a);
     t.begin_pick_indexes(a);
-    w.index = t.build_pick_index(a, b"big", 0, e, 0, 1, w.slots.iter().copied());
+    w.index = t.build_pick_index(a, big(e, 0), 1, w.slots.iter().copied());
     t.finish_pick_indexes(a);
 }
 

@@ -230,6 +230,7 @@ mod tests {
             (Flag::CheckOut, 64),
             (Flag::CheckTuned, 128),
             (Flag::Checked, 256),
+            (Flag::Indexed, 512),
         ];
         for (flag, bit) in bits {
             assert_eq!(flag.bit(), bit, "{flag:?}");

@@ -98,7 +98,7 @@ pub use flags::{
 pub use header::{Arena, Table};
 pub use health::{CheckReport, HealthView, Recorded, Tuned, Verdict};
 pub use keys::{Full, Sweep};
-pub use pick_indexes::PickIndexRef;
+pub use pick_indexes::{IndexedList, PickIndexRef};
 pub use records::{
     stop_counting, stopped, CellRef, Counted, KeysText, Reclaimed, RecordRef, RecordSeen,
     WorkerView, KEYS_TEXT_LEN,

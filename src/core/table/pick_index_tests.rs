@@ -2,8 +2,18 @@
 //! count, handed from load to load, and rebuilt from the slots.
 
 use super::tests::{table, HeapArena, M};
-use super::{Meta, PickIndexRef, SlotRef, Table, FLAG_DOWN};
+use super::{IndexedList, Meta, PickIndexRef, SlotRef, Table, FLAG_DOWN};
 use crate::core::least_index::Best;
+
+/// Upstream "big"'s primary list, for the load `epoch`, at `version`.
+pub(super) fn big(epoch: u32, version: u64) -> IndexedList<'static> {
+    IndexedList {
+        upstream: b"big",
+        list: 0,
+        epoch,
+        version,
+    }
+}
 
 fn key(i: usize) -> Vec<u8> {
     format!("conn_count:big:10.0.0.{i}:80").into_bytes()
@@ -23,25 +33,30 @@ fn load(
         .collect();
     t.begin_pick_indexes(a);
     let index = t
-        .build_pick_index(a, b"big", 0, epoch, 0, 1, slots.iter().copied())
+        .build_pick_index(a, big(epoch, 0), 1, slots.iter().copied())
         .unwrap();
     t.finish_pick_indexes(a);
     t.leave(a);
     (index, slots)
 }
 
-/// A pick as the balancer makes one: the best, counted, recorded.
+/// A pick as the balancer makes one: the best, checked against its slot
+/// (read again and searched anew if it is behind), counted, recorded.
 fn pick(t: &Table, a: &HeapArena, index: PickIndexRef, slots: &[SlotRef]) -> Option<usize> {
     t.enter(a);
-    let found = index.best(t, a, 0, |_| false, 8);
-    let picked = match found {
-        Best::At(i) => {
-            slots[i].acquire(0);
-            index.picked(t, a, i, 1);
-            Some(i)
+    let mut picked = None;
+    for _ in 0..8 {
+        match index.best(t, a, 0, |_| false, 8) {
+            Best::At(i) if index.is_true(t, a, i, 1) => {
+                slots[i].acquire(0);
+                index.picked(t, a, i, 1);
+                picked = Some(i);
+                break;
+            }
+            Best::At(_) => continue,
+            _ => break,
         }
-        _ => None,
-    };
+    }
     t.leave(a);
     picked
 }
@@ -197,7 +212,7 @@ fn no_room_for_an_index_leaves_the_list_unindexed() {
     a.budget.set(1000);
     t.begin_pick_indexes(&a);
     assert!(t
-        .build_pick_index(&a, b"big", 0, epoch, 0, 1, slots.iter().copied())
+        .build_pick_index(&a, big(epoch, 0), 1, slots.iter().copied())
         .is_none());
     t.finish_pick_indexes(&a);
     t.leave(&a);
@@ -362,7 +377,7 @@ fn a_worker_at_another_version_of_the_list_scans() {
     t.begin_pick_indexes(&a);
     // Built at version 5 of a list DNS changes (a worker followed it).
     let index = t
-        .build_pick_index(&a, b"big", 0, epoch, 5, 1, slots.iter().copied())
+        .build_pick_index(&a, big(epoch, 5), 1, slots.iter().copied())
         .unwrap();
     t.finish_pick_indexes(&a);
     assert_eq!(
@@ -383,7 +398,11 @@ fn a_ramping_server_is_compared_by_its_virtual_count() {
         slow_start: 100,
         ..M
     });
+    // Back after max_fails: the connection that saw it starts its ramp,
+    // and its release reads the leaf (which lists it as ramping).
+    slots[0].acquire(0);
     assert!(t.start_ramp(slots[0], 1000));
+    release(t, &a, index, slots[0]);
     // 10 ds into its 100: it counts as (conns + 1) * 10.
     t.enter(&a);
     t.refresh_ramping_pick_indexes(&a, 1010);
@@ -413,5 +432,58 @@ fn a_ramping_server_is_compared_by_its_virtual_count() {
     t.refresh_ramping_pick_indexes(&a, 1200);
     t.leave(&a);
     assert_eq!(picks_at(1200, 9), 9, "over: it catches up");
+    t.validate();
+}
+
+#[test]
+fn counts_taken_by_a_scan_are_seen_before_a_pick() {
+    let a = HeapArena::new(1 << 22);
+    let t = table(&a);
+    let (index, slots) = load(t, &a, 16, |_| M);
+    // A pick that scanned (a first pick of the worker, a sticky route)
+    // counted server 0 five times with no index update.
+    for _ in 0..5 {
+        slots[0].acquire(0);
+    }
+    for _ in 0..15 * 5 {
+        assert_ne!(pick(t, &a, index, &slots), Some(0), "server 0 holds 5");
+    }
+    assert_eq!(pick(t, &a, index, &slots), Some(0), "all at 5: its turn");
+    t.validate();
+}
+
+#[test]
+fn a_dead_workers_release_cut_short_is_made_good_by_its_reclaim() {
+    use crate::core::liveness::ProcessId;
+    let a = HeapArena::new(1 << 22);
+    let t = table(&a);
+    let (index, slots) = load(t, &a, 16, |_| Meta { max_conns: 1, ..M });
+    for _ in 0..16 {
+        pick(t, &a, index, &slots).unwrap();
+    }
+    assert_eq!(pick(t, &a, index, &slots), None, "every server full");
+    t.enter(&a);
+    let id = ProcessId {
+        pid: 9,
+        start_time: 1,
+        uid: 0,
+    };
+    t.register_worker(&a, id).unwrap();
+    t.leave(&a);
+    // A worker releases server 3 and dies before it updates the index:
+    // server 3 stays out of the index (full) until its reclaim.
+    slots[3].release();
+    assert_eq!(
+        pick(t, &a, index, &slots),
+        None,
+        "the index still has it full"
+    );
+    t.enter(&a);
+    let mut seen = Vec::with_capacity(4);
+    t.records_into(&a, &mut seen);
+    let dead = seen.into_iter().find(|s| s.worker == id).unwrap();
+    t.reclaim_seen(&a, dead).unwrap();
+    t.leave(&a);
+    assert_eq!(pick(t, &a, index, &slots), Some(3));
     t.validate();
 }

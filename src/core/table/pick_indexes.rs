@@ -57,7 +57,18 @@ struct Body {
     capacity: u32,
     /// Map buckets: a power of two, at least twice `capacity`.
     buckets: u32,
+    /// The leaves of keys seen ramping (slow start), for the periodic
+    /// look (`refresh_ramping_pick_indexes`): `nramping` of them, or
+    /// `RAMPING_OVERFLOW`: more than fit (the look reads every leaf, once).
+    /// A hint: a kill midway loses a position at worst, which the next pick
+    /// or release of that key notes again.
+    nramping: AtomicU32,
+    ramping: [AtomicU32; RAMPING_MAX],
 }
+
+/// How many ramping leaves a body lists.
+const RAMPING_MAX: usize = 32;
+const RAMPING_OVERFLOW: u32 = u32::MAX;
 
 /// A leaf's slot, as `SlotRef` keeps one, in zone memory.
 #[repr(C)]
@@ -157,6 +168,8 @@ impl Body {
                 head: Head::default(),
                 capacity: capacity as u32,
                 buckets: map_buckets(capacity) as u32,
+                nramping: AtomicU32::new(0),
+                ramping: [const { AtomicU32::new(0) }; RAMPING_MAX],
             });
             let body = &*body.as_ptr();
             for b in body.map() {
@@ -227,7 +240,54 @@ impl Body {
         let leaf = &self.slots()[i];
         // SAFETY: slots live in blocks that are never freed.
         let slot = unsafe { &*leaf.slot.load(Ordering::Relaxed) };
+        if now.is_some_and(|now| slot.ramp(now).is_some()) {
+            self.note_ramping(i);
+        }
         key_of(slot, leaf.generation.load(Ordering::Relaxed), now)
+    }
+
+    /// Lists leaf `i` as ramping, if it is not listed yet.
+    fn note_ramping(&self, i: usize) {
+        let n = self.nramping.load(Ordering::Relaxed);
+        if n == RAMPING_OVERFLOW {
+            return;
+        }
+        let listed = &self.ramping[..(n as usize).min(RAMPING_MAX)];
+        if listed
+            .iter()
+            .any(|p| p.load(Ordering::Relaxed) as usize == i)
+        {
+            return;
+        }
+        match listed.len() {
+            RAMPING_MAX => self.nramping.store(RAMPING_OVERFLOW, Ordering::Relaxed),
+            len => {
+                self.ramping[len].store(i as u32, Ordering::Relaxed);
+                self.nramping.store(n + 1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Reads the listed ramping leaves again at `now` (every leaf once
+    /// after an overflow), and keeps listed those still ramping.
+    fn refresh_ramping(&self, now: u32) {
+        let n = self.nramping.swap(0, Ordering::Relaxed);
+        let index = self.index();
+        let mut again = |i: usize| index.set(i, self.key_at(i, Some(now)));
+        if n == RAMPING_OVERFLOW {
+            (0..index.servers()).for_each(&mut again);
+            return;
+        }
+        let mut listed = [0u32; RAMPING_MAX];
+        for (to, from) in listed.iter_mut().zip(&self.ramping[..n as usize]) {
+            *to = from.load(Ordering::Relaxed);
+        }
+        // `key_at` lists again those still ramping.
+        for &i in &listed[..n as usize] {
+            if (i as usize) < index.servers() {
+                again(i as usize);
+            }
+        }
     }
 }
 
@@ -289,6 +349,17 @@ impl Entry {
     }
 }
 
+/// Which list an index is built for: an upstream's (by name) primary (0)
+/// or backup (1) list, by the load `epoch`, at `version` of the list (of a
+/// list DNS changes; 0 for one it never changes).
+#[derive(Clone, Copy, Debug)]
+pub struct IndexedList<'a> {
+    pub upstream: &'a [u8],
+    pub list: u32,
+    pub epoch: u32,
+    pub version: u64,
+}
+
 /// A worker's handle on its list's index: the entry, and the load it was
 /// built for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -345,6 +416,25 @@ impl PickIndexRef {
             let key = body.key_at(position, Some(now));
             body.index().picked(position, key);
         }
+    }
+
+    /// Whether the leaf of the server at `position` holds what its slot
+    /// says at `now`; if not (its count changed with no index update: a
+    /// pick that scanned), the leaf is read again. A pick through the index
+    /// asks this of its winner before it counts it.
+    #[inline]
+    pub fn is_true(&self, table: &Table, locked: &impl Arena, position: usize, now: u32) -> bool {
+        table.assert_locked(locked);
+        let Some(body) = self.own_body() else {
+            return false;
+        };
+        let truth = body.key_at(position, Some(now));
+        let index = body.index();
+        if index.key(position) == truth {
+            return true;
+        }
+        index.set(position, truth);
+        false
     }
 
     /// Records that the server at `position` could not be counted (at its
@@ -457,29 +547,46 @@ impl Table {
     pub fn build_pick_index(
         &self,
         locked: &impl Arena,
-        name: &[u8],
-        list: u32,
-        epoch: u32,
-        version: u64,
+        of: IndexedList<'_>,
         now: u32,
         slots: impl ExactSizeIterator<Item = SlotRef>,
     ) -> Option<PickIndexRef> {
+        let IndexedList {
+            upstream: name,
+            list,
+            epoch,
+            version,
+        } = of;
         self.assert_locked(locked);
         if slots.len() == 0 || slots.len() > least_index::MAX_SERVERS {
             return None;
         }
         let entry = self.entry_for(locked, name, list)?;
+        let built = PickIndexRef {
+            entry: NonNull::from(entry),
+            epoch,
+        };
+        // Another worker of this load followed DNS to this version first:
+        // the same list (an upstream zone's, shared), built already.
+        let current = entry.epoch.load(Ordering::Relaxed) == epoch
+            && entry.version.load(Ordering::Relaxed) == version
+            && entry
+                .body()
+                .is_some_and(|b| b.index().servers() == slots.len());
+        if current {
+            return Some(built);
+        }
+        // Retired while it is filled: a kill midway leaves it unused (and
+        // the list scanned) until the next build, not half made.
+        entry.epoch.store(0, Ordering::Relaxed);
         let body = match entry.body() {
             Some(b) if b.capacity() >= slots.len() => b,
             _ => self.new_body(locked, entry, slots.len())?,
         };
         body.fill(slots, Some(now));
         entry.version.store(version, Ordering::Relaxed);
-        entry.epoch.store(epoch, Ordering::Relaxed);
-        Some(PickIndexRef {
-            entry: NonNull::from(entry),
-            epoch,
-        })
+        entry.epoch.store(epoch, Ordering::Release);
+        Some(built)
     }
 
     /// Replaces `entry`'s body by an empty one for `capacity` servers.
@@ -568,26 +675,18 @@ impl Table {
         }
     }
 
-    /// Reads again the leaves of the keys that ramp (slow start) at `now`,
-    /// or did lately: their virtual counts fall as their ramps go on. For
-    /// the look a worker makes every period while some key ramps; O(the
-    /// indexed servers).
+    /// Reads again the leaves of the keys that ramp (slow start) at `now`:
+    /// their virtual counts fall as their ramps go on. For the look a worker
+    /// makes every period while some key ramps: O(the ramping keys, at most
+    /// 32 a list) but after an overflow (every leaf of that list, once).
     pub fn refresh_ramping_pick_indexes(&self, locked: &impl Arena, now: u32) {
         self.assert_locked(locked);
         for e in self
             .entries()
             .filter(|e| e.epoch.load(Ordering::Relaxed) != 0)
         {
-            let Some(body) = e.body() else {
-                continue;
-            };
-            let index = body.index();
-            for (i, leaf) in body.slots()[..index.servers()].iter().enumerate() {
-                // SAFETY: slots live in blocks that are never freed.
-                let slot = unsafe { &*leaf.slot.load(Ordering::Relaxed) };
-                if slot.ramp_since.load(Ordering::Relaxed) != 0 {
-                    index.set(i, body.key_at(i, Some(now)));
-                }
+            if let Some(body) = e.body() {
+                body.refresh_ramping(now);
             }
         }
     }

@@ -552,6 +552,11 @@ impl Table {
             }
         }
         self.free_record(locked, r);
+        if dead {
+            // A release it made may have lowered a count without updating
+            // the index (killed in between): every leaf from its slot.
+            self.rebuild_pick_indexes();
+        }
         out
     }
 

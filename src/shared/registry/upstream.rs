@@ -13,7 +13,7 @@ use crate::core::follow::PeerListCopy;
 use crate::core::key::{self, Occurrence};
 use crate::core::ramp;
 use crate::core::rebalance::Params;
-use crate::core::table::{self, CellRef, Counted, PickIndexRef, RecordRef};
+use crate::core::table::{self, CellRef, Counted, IndexedList, PickIndexRef, RecordRef};
 use crate::core::table::{
     Meta, RampStart, Release, SlotRef, Table, FLAG_BACKUP, FLAG_CHECKED, FLAG_REBALANCE,
 };
@@ -548,22 +548,25 @@ impl UpstreamCounters {
         counters: &[PeerCounter],
     ) -> Option<PickIndexRef> {
         let cl = self.counter_list(list);
-        if counters.len() < self.index_from || !counters.iter().all(|pc| pc.slot().is_some()) {
+        // A worker of an earlier load following DNS leaves the index to the
+        // current load's workers.
+        let current = link.epoch == link.table.epoch();
+        if !current
+            || counters.len() < self.index_from
+            || !counters.iter().all(|pc| pc.slot().is_some())
+        {
             return None;
         }
         // Every counter has its slot (just checked).
         let slots = counters.iter().map(|pc| pc.slot().expect("stored"));
-        let version = index_version(cl.version.get());
+        let of = IndexedList {
+            upstream: &self.name,
+            list: list as u32,
+            epoch: link.epoch,
+            version: index_version(cl.version.get()),
+        };
         let now = ramp::now_ds(peers::now_ms());
-        link.table.build_pick_index(
-            locked,
-            &self.name,
-            list as u32,
-            link.epoch,
-            version,
-            now,
-            slots,
-        )
+        link.table.build_pick_index(locked, of, now, slots)
     }
 
     /// The version of `list` as its pick index records it.
