@@ -362,15 +362,6 @@ impl PeersLock {
     }
 }
 
-impl PeersLock {
-    /// Whether this lock holds anything (a list kept in an upstream `zone`,
-    /// shared by the workers); else it is no lock at all.
-    pub fn is_shared(&self) -> bool {
-        // SAFETY: locked in new(); the list lives as long as the request.
-        !unsafe { self.0.as_ref() }.shpool.is_null()
-    }
-}
-
 impl Drop for PeersLock {
     fn drop(&mut self) {
         // SAFETY: locked in new().

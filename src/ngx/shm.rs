@@ -147,15 +147,6 @@ impl ShmZone {
         ZoneGuard { pool: self.pool }
     }
 
-    /// Locks the zone's mutex if it is free now; `None` if another process
-    /// holds it (for a caller that must not wait: one holding a spin lock).
-    pub fn try_lock(&self) -> Option<ZoneGuard> {
-        // SAFETY: as in `lock`.
-        let mtx = unsafe { &mut (*self.pool.as_ptr()).mutex };
-        // SAFETY: as in `lock`.
-        (unsafe { ngx_shmtx_trylock(mtx) } != 0).then_some(ZoneGuard { pool: self.pool })
-    }
-
     /// nginx's master unlocks the mutex of a worker that died holding it
     /// when it reaps the worker, but it reaps only while it waits for
     /// signals, not while it loads a configuration (signals are blocked

@@ -263,15 +263,19 @@ fn get<const SLOW: bool>(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> n
 /// failed) a pick through an index searches past before it scans instead.
 const INDEX_BUDGET: u32 = 8;
 
-/// A pick through the list's pick index (a large list): round-robin's lock
-/// (no lock at all but for a list in an upstream `zone`), then the zone's,
-/// without waiting for it while round-robin's is held (a spin lock); the
-/// least loaded server the index holds that round-robin and this request
-/// do not rule out, counted and recorded in the index, and connected to
-/// once the zone is unlocked. The index holds what the health checks found
-/// (out, or tuned) and the ramps of slow start. `None`: the scan decides (a
-/// `sticky` route, this worker's first pick of the list, the zone busy
-/// while round-robin's lock is held, a counter to look up again, nothing
+/// A pick through the list's pick index (a large list), in three holds,
+/// none inside another: round-robin's lock (none at all but for a list in
+/// an upstream `zone`), to see that the list is the one the request and
+/// the counters know and to have this worker's cursors on it; the zone's,
+/// to take the least loaded server the index holds that round-robin and
+/// this request do not rule out, count it and record the pick;
+/// round-robin's again, to connect, if DNS did not change the list in
+/// between (else the count is given back and the scan decides). Neither
+/// lock is ever held while waiting for the other, and a process that dies
+/// inside the zone's lock holds no spin lock that nothing would free. The
+/// index holds what the health checks found (out, or tuned) and the ramps
+/// of slow start. `None`: the scan decides (a `sticky` route, this
+/// worker's first pick of the list, a counter to look up again, nothing
 /// found).
 #[inline]
 fn get_indexed(
@@ -287,34 +291,44 @@ fn get_indexed(
         return None;
     }
     let link = up.link()?;
+    let version = {
+        let _rr_lock = pd.rr.lock();
+        if pd.rr.list_changed() || needs_follow(pd) {
+            return None;
+        }
+        if up.cursors(pd.list, pd.rr.peers()).is_none() {
+            // This worker's first pick of the list, or DNS changed it: its
+            // cursors (this allocates: not under the zone's lock).
+            up.make_cursors(pd.list, pd.rr.peers());
+        }
+        peers::version(pd.rr.peers())
+    };
+    let (best, held) = {
+        let locked = link.lock();
+        if pd.rr.tried_any() {
+            pick_from_index::<true>(pd, index, link, &locked)?
+        } else {
+            pick_from_index::<false>(pd, index, link, &locked)?
+        }
+    };
     let rr_lock = pd.rr.lock();
-    if up.cursors(pd.list, pd.rr.peers()).is_none() {
-        // This worker's first pick of the list, or DNS changed it: its
-        // cursors, made before the zone is locked (this allocates).
-        up.make_cursors(pd.list, pd.rr.peers());
-    }
-    if pd.rr.list_changed() || needs_follow(pd) {
+    if peers::version(pd.rr.peers()) != version {
+        drop(rr_lock);
+        up.release(held, Log::cycle());
         return None;
     }
-    let locked = if rr_lock.is_shared() {
-        link.try_lock()?
-    } else {
-        link.lock()
-    };
-    let (best, held) = if pd.rr.tried_any() {
-        pick_from_index::<true>(pd, index, link, &locked)?
-    } else {
-        pick_from_index::<false>(pd, index, link, &locked)?
-    };
-    drop(locked);
     keep(pd, held);
     pd.rr.connect(best, pc);
     drop(rr_lock);
     Some(best)
 }
 
-/// The choice and count of `get_indexed`, under both locks. `TRIED`: test
-/// the request's `tried` bitmap.
+/// The choice and count of `get_indexed`, under the zone's lock.
+/// Round-robin's facts of a peer (down, failures, `max_conns`) are read
+/// without its lock, as hints: a change another worker makes at that moment
+/// is seen before or after it, as between two picks; for a list DNS
+/// changes, `get_indexed` checks its version again before it connects.
+/// `TRIED`: test the request's `tried` bitmap.
 #[inline(always)]
 fn pick_from_index<const TRIED: bool>(
     pd: &PeerData,

@@ -155,27 +155,6 @@ impl Locked {
         locked
     }
 
-    /// `new`, if the mutex is free now (`ShmZone::try_lock`).
-    #[cfg_attr(feature = "lock-stats", track_caller)]
-    fn try_new(shm: &ShmZone, table: &'static Table) -> Option<Locked> {
-        #[cfg(not(feature = "lock-stats"))]
-        let locked = Locked {
-            pool: shm.try_lock()?,
-            table: Some(table),
-        };
-        #[cfg(feature = "lock-stats")]
-        let locked = {
-            let (pool, stats) = crate::ngx::lock_stats::Taken::wait_for(|| shm.try_lock());
-            Locked {
-                pool: pool?,
-                table: Some(table),
-                stats,
-            }
-        };
-        table.enter(&locked);
-        Some(locked)
-    }
-
     /// Sets the table once `open_table` found or made it.
     fn enter(&mut self, table: &'static Table) -> bool {
         self.table = Some(table);
@@ -254,13 +233,6 @@ impl ZoneLink {
     #[cfg_attr(feature = "lock-stats", track_caller)]
     pub fn lock(&self) -> Locked {
         Locked::new(&self.shm, Some(self.table))
-    }
-
-    /// The zone locked if it is free now; `None`: another process holds it
-    /// (for a caller holding a spin lock, which must not wait).
-    #[cfg_attr(feature = "lock-stats", track_caller)]
-    pub fn try_lock(&self) -> Option<Locked> {
-        Locked::try_new(&self.shm, self.table)
     }
 
     /// Everything the status page shows, copied in one hold of the lock into
