@@ -719,14 +719,23 @@ impl<S: CountSource, const TRIED: bool, const RAMP: bool, const CHECKED: bool> P
         self.load_unless_down(c, 0)
     }
 
-    fn step_weight(&mut self, c: PeerCursor) -> i64 {
+    #[inline(always)]
+    fn step_weight(&mut self, c: PeerCursor) -> (i64, i64) {
         let peer = self.peer_mut(c);
-        let e = peer.effective_weight;
-        peer.current_weight += e;
+        peer.current_weight += peer.effective_weight;
+        (peer.effective_weight as i64, peer.weight as i64)
+    }
+
+    fn creep(&mut self, c: PeerCursor) {
+        let peer = self.peer_mut(c);
         if peer.effective_weight < peer.weight {
             peer.effective_weight += 1;
         }
-        e as i64
+    }
+
+    fn unstep_weight(&mut self, c: PeerCursor) {
+        let peer = self.peer_mut(c);
+        peer.current_weight -= peer.effective_weight;
     }
 
     fn current_weight(&self, c: PeerCursor) -> i64 {
