@@ -39,6 +39,10 @@ struct PeerData {
     rr: RoundRobin,
     upstream: &'static UpstreamCounters,
     list: List,
+    /// Whether the primary list was `plain` as the request began (read
+    /// once, for its first attempt, which `get` makes at once): that attempt
+    /// takes `get_plain`. Cleared on a switch to backup.
+    plain: bool,
     held: Held,
     /// How many times this request's picks looked stale counters up again
     /// (see `MAX_REFRESHES`).
@@ -180,6 +184,7 @@ pub fn install(
             rr,
             upstream,
             list: List::Primary,
+            plain: upstream.plain(List::Primary),
             held: Held::Nothing,
             refreshes: 0,
             rr_set_session: pc.set_session,
@@ -226,7 +231,50 @@ extern "C" fn get_peer<const SLOW: bool>(
     get::<SLOW>(pc, pd)
 }
 
+#[inline(always)]
 fn get<const SLOW: bool>(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
+    let plain = !SLOW && pd.plain && !pd.rr.tried_any() && peers::route_hint(pc).is_none();
+    if plain {
+        return get_plain(pc, pd);
+    }
+    get_any::<SLOW>(pc, pd)
+}
+
+/// `get` of the first attempt on the primary list when nothing but the
+/// counts and round-robin bears on it (`PeerData::plain`, nothing tried,
+/// no `sticky` route).
+#[inline(always)]
+fn get_plain(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
+    debug_assert_eq!(pd.list, List::Primary);
+    let lock = pd.rr.lock();
+    if pd.rr.list_changed() || needs_follow(pd) {
+        drop(lock);
+        return get_any::<false>(pc, pd);
+    }
+    let counters = pd.upstream.list(List::Primary);
+    let Some(counts) = Matched::new(&counters, pd.rr.peers()) else {
+        drop((counters, lock));
+        return get_any::<false>(pc, pd);
+    };
+    if let Some(best) = pick_counted::<false, false, false>(pd, counts, None, 0) {
+        pd.rr.connect(best, pc);
+        ngx_log_debug!(
+            mask: subsystem::DEBUG_MASK,
+            pc.log,
+            "least_conn_persistent: get peer {} of {:?} list, holding {:?}",
+            best.index,
+            pd.list,
+            pd.held
+        );
+        return Status::NGX_OK.into();
+    }
+    drop(counters);
+    get_slow::<false>(pc, pd, lock)
+}
+
+/// `get` of any attempt.
+#[inline(never)]
+fn get_any<const SLOW: bool>(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
     if let Some(index) = pd.upstream.pick_index(pd.list) {
         if let Some(best) = get_indexed(pc, pd, index) {
             ngx_log_debug!(
@@ -421,6 +469,7 @@ fn try_backup_or_fail<const SLOW: bool>(
     let failed = pd.rr.current();
     if pd.list == List::Primary && pd.rr.switch_to_backup() {
         pd.list = List::Backup;
+        pd.plain = false;
         let rc = get::<SLOW>(pc, pd);
         if rc != Status::NGX_BUSY.0 {
             return rc;
