@@ -413,6 +413,16 @@ pub trait SharedCount {
     fn count_and_bits(&self) -> (Option<u32>, u32) {
         (self.count_hint(), self.check_bits())
     }
+
+    /// The peer's weight and `max_conns` as the pick compares them
+    /// (`saturate`d), if kept here; `None`: read round-robin's.
+    fn weight(&self) -> Option<u32> {
+        None
+    }
+
+    fn max_conns(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// The counts a pick compares, by peer position; `None`: round-robin's own
@@ -439,6 +449,15 @@ pub trait CountSource: Copy {
     #[inline(always)]
     fn count_and_bits(&self, index: usize) -> (Option<u32>, u32) {
         (self.count(index), self.check_bits(index))
+    }
+
+    /// As `SharedCount::weight` and `max_conns`, by peer position.
+    fn weight(&self, _index: usize) -> Option<u32> {
+        None
+    }
+
+    fn max_conns(&self, _index: usize) -> Option<u32> {
+        None
     }
 }
 
@@ -499,6 +518,20 @@ impl<C: SharedCount> CountSource for Matched<'_, C> {
         debug_assert!(index < self.0.len());
         // SAFETY: as in `count`.
         unsafe { self.0.get_unchecked(index) }.count_and_bits()
+    }
+
+    #[inline(always)]
+    fn weight(&self, index: usize) -> Option<u32> {
+        debug_assert!(index < self.0.len());
+        // SAFETY: as in `count`.
+        unsafe { self.0.get_unchecked(index) }.weight()
+    }
+
+    #[inline(always)]
+    fn max_conns(&self, index: usize) -> Option<u32> {
+        debug_assert!(index < self.0.len());
+        // SAFETY: as in `count`.
+        unsafe { self.0.get_unchecked(index) }.max_conns()
     }
 }
 
@@ -634,14 +667,24 @@ impl<S: CountSource, const TRIED: bool, const RAMP: bool, const CHECKED: bool> e
         (conns, bits)
     }
 
+    /// The weight our counts keep, with no saturation to work out, or
+    /// round-robin's.
     #[inline(always)]
     fn weight(&self, c: PeerCursor) -> u32 {
-        saturate(self.peer(c).weight)
+        match self.counts.weight(c.index) {
+            Some(w) => w,
+            None => saturate(self.peer(c).weight),
+        }
     }
 
+    /// Ours (saturated: past `u32::MAX` it finds full only a count that
+    /// `acquire` refuses anyway), or round-robin's.
     #[inline(always)]
     fn configured_max_conns(&self, c: PeerCursor) -> u64 {
-        self.peer(c).max_conns as u64
+        match self.counts.max_conns(c.index) {
+            Some(m) => u64::from(m),
+            None => self.peer(c).max_conns as u64,
+        }
     }
 
     #[inline(always)]

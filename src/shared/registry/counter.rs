@@ -370,6 +370,19 @@ impl SharedCount for PeerCounter {
         self.counted().map(|c| c.slot.tuned()).unwrap_or_default()
     }
 
+    /// The weight and `max_conns` the server was registered (or followed)
+    /// with, saturated as the pick compares them: round-robin's, as the
+    /// counters match the peer list.
+    #[inline(always)]
+    fn weight(&self) -> Option<u32> {
+        Some(self.meta.weight)
+    }
+
+    #[inline(always)]
+    fn max_conns(&self) -> Option<u32> {
+        Some(self.meta.max_conns)
+    }
+
     #[inline(always)]
     fn count_and_bits(&self) -> (Option<u32>, u32) {
         match self.counted() {
