@@ -167,6 +167,8 @@ impl Tried {
 #[derive(Debug)]
 pub struct RoundRobin {
     data: NonNull<RrPeerData>,
+    /// Round-robin's `tried` bitmap, which it allocates with its data.
+    tried: NonNull<usize>,
     /// Whether a peer of the current list was tried: until then a pick
     /// skips the per-peer test of the `tried` bitmap.
     tried_any: bool,
@@ -177,8 +179,12 @@ impl RoundRobin {
     /// `data` is what round-robin's `init_round_robin_peer` left in
     /// `u.peer.data`; it lives as long as the request.
     pub unsafe fn from_ptr(data: *mut c_void) -> Option<RoundRobin> {
-        NonNull::new(data.cast()).map(|data| RoundRobin {
+        let data = NonNull::new(data.cast::<RrPeerData>())?;
+        // SAFETY: the function's contract.
+        let tried = NonNull::new(unsafe { data.as_ref() }.tried)?;
+        Some(RoundRobin {
             data,
+            tried,
             tried_any: false,
         })
     }
@@ -206,13 +212,14 @@ impl RoundRobin {
     }
 
     fn tried(&self) -> Tried {
-        Tried(NonNull::new(self.data().tried).expect("round-robin allocates the tried bitmap"))
+        Tried(self.tried)
     }
 
     /// Round-robin's lock on peers kept in an upstream `zone`.
     #[inline]
     pub fn lock(&self) -> PeersLock {
-        PeersLock::new(self.data().peers)
+        // SAFETY: round-robin sets `peers` to a list of the upstream.
+        PeersLock::new(unsafe { NonNull::new_unchecked(self.data().peers) })
     }
 
     /// Whether a peer of the current list was tried already: then a pick
@@ -261,7 +268,6 @@ impl RoundRobin {
         RrList {
             peers: self.peers(),
             tried: self.tried(),
-            now: now(),
             now_ds,
             counts,
         }
@@ -358,12 +364,11 @@ pub struct PeersLock(NonNull<RrPeers>);
 
 /// Locks `list` (a list of an upstream) as round-robin does for a pick.
 pub fn lock(list: &RrPeers) -> PeersLock {
-    PeersLock::new(core::ptr::from_ref(list).cast_mut())
+    PeersLock::new(NonNull::from(list))
 }
 
 impl PeersLock {
-    fn new(peers: *mut RrPeers) -> PeersLock {
-        let mut peers = NonNull::new(peers).expect("a request's peer list");
+    fn new(mut peers: NonNull<RrPeers>) -> PeersLock {
         // SAFETY: a live list; its rwlock is used only with a zone (shpool).
         unsafe {
             let p = peers.as_mut();
@@ -555,7 +560,6 @@ impl CountSource for PerWorker {
 pub struct RrList<'a, S, const TRIED: bool, const RAMP: bool = false, const CHECKED: bool = false> {
     peers: &'a RrPeers,
     tried: Tried,
-    now: time_t,
     now_ds: u32,
     counts: S,
 }
@@ -609,7 +613,8 @@ impl<S: CountSource, const TRIED: bool, const RAMP: bool, const CHECKED: bool>
             || peer.down & !ignored != 0
             || (peer.max_fails != 0
                 && peer.fails >= peer.max_fails
-                && self.now - peer.checked <= peer.fail_timeout)
+                // The clock is read only for a peer that failed.
+                && now() - peer.checked <= peer.fail_timeout)
     }
 
     /// nginx 1.29.6+: the peer whose route (`sid`: `route=`, or the md5 of
