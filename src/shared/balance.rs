@@ -626,12 +626,13 @@ fn pick_counted<const TRIED: bool, const RAMP: bool, const CHECKED: bool>(
     route: Option<&[u8]>,
     now_ds: u32,
 ) -> Option<PeerCursor> {
+    make_room(pd);
     let mut list = pd.rr.list_at::<_, TRIED, RAMP, CHECKED>(counts, now_ds);
     if let Some(best) = route.and_then(|r| list.find_route(r)) {
         let counter = counts.get(best.index)?;
         match counter.try_acquire(list.max_conns(best)) {
             Ok(held) => {
-                keep(pd, held);
+                store_hold(pd, held);
                 return Some(best);
             }
             Err(NotTaken::AtLimit) => {}
@@ -643,7 +644,7 @@ fn pick_counted<const TRIED: bool, const RAMP: bool, const CHECKED: bool>(
         let counter = counts.get(best.index)?;
         match counter.try_acquire(list.max_conns(best)) {
             Ok(held) => {
-                keep(pd, held);
+                store_hold(pd, held);
                 return Some(best);
             }
             Err(NotTaken::AtLimit) => {}
@@ -653,24 +654,38 @@ fn pick_counted<const TRIED: bool, const RAMP: bool, const CHECKED: bool>(
     None
 }
 
-/// Stores what a pick took. The previous attempt's hold was given back
-/// (`free_peer` takes it), so the slot is empty and nothing is dropped:
-/// said to the compiler, which then builds the value in place.
+/// Stores what a pick took (`make_room`, then `store_hold`).
 #[inline(always)]
 fn keep(pd: &mut PeerData, held: Held) {
-    if matches!(pd.held, Held::Nothing) {
-        pd.held = held;
-    } else {
-        replace_hold(pd, held);
+    make_room(pd);
+    store_hold(pd, held);
+}
+
+/// Empties the slot a pick stores its hold in, before the pick counts. The
+/// previous attempt's hold was given back (`free_peer` takes it), so there
+/// is nothing to do; said before the count, this lets the compiler store
+/// the hold in place (`store_hold`), with no drop of the old.
+#[inline(always)]
+fn make_room(pd: &mut PeerData) {
+    if !matches!(pd.held, Held::Nothing) {
+        give_back_hold(pd);
     }
 }
 
-/// Not reached (see `keep`); were it, the old hold is given back rather
+/// Stores a hold in the slot `make_room` emptied: nothing to drop.
+#[inline(always)]
+fn store_hold(pd: &mut PeerData, held: Held) {
+    let empty = core::mem::replace(&mut pd.held, held);
+    debug_assert!(matches!(empty, Held::Nothing));
+    core::mem::forget(empty);
+}
+
+/// Not reached (see `make_room`); were it, the hold is given back rather
 /// than dropped uncounted.
 #[cold]
 #[inline(never)]
-fn replace_hold(pd: &mut PeerData, held: Held) {
-    let old = core::mem::replace(&mut pd.held, held);
+fn give_back_hold(pd: &mut PeerData) {
+    let old = core::mem::take(&mut pd.held);
     pd.upstream.release(old, Log::cycle());
 }
 
