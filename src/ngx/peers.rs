@@ -489,6 +489,15 @@ impl<'a, C: SharedCount> Matched<'a, C> {
     pub fn get(&self, index: usize) -> Option<&'a C> {
         self.0.get(index)
     }
+
+    /// The count of the peer `c`, a cursor on the list `new` matched.
+    #[inline(always)]
+    pub fn of(&self, c: PeerCursor) -> &'a C {
+        debug_assert!(c.index < self.0.len());
+        // SAFETY: cursors number the list's peers from 0 below its
+        // `number`, which `new` checked is our length.
+        unsafe { self.0.get_unchecked(c.index) }
+    }
 }
 
 impl<C: SharedCount> CountSource for Matched<'_, C> {

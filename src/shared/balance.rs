@@ -639,19 +639,21 @@ fn pick_counted<const TRIED: bool, const RAMP: bool, const CHECKED: bool>(
             Err(NotTaken::Stale) => return None,
         }
     }
-    for _ in 0..=list.size() {
+    // At most one choice more than the list has peers: each after the
+    // first follows a peer found at its limit.
+    let mut retries = list.size();
+    loop {
         let best = choose(&mut list)?;
-        let counter = counts.get(best.index)?;
+        let counter = counts.of(best);
         match counter.try_acquire(list.max_conns(best)) {
             Ok(held) => {
                 store_hold(pd, held);
                 return Some(best);
             }
-            Err(NotTaken::AtLimit) => {}
-            Err(NotTaken::Stale) => return None,
+            Err(NotTaken::AtLimit) if retries > 0 => retries -= 1,
+            Err(_) => return None,
         }
     }
-    None
 }
 
 /// Stores what a pick took (`make_room`, then `store_hold`).
