@@ -736,14 +736,30 @@ sub lua_declare {
 # the master really dies there, and a fresh start on the same prefix works.
 sub master_sweep {
 	my ($point, $n) = @_;
+	master_load_dies($point, $n, {}, { w => [8081] });
+}
+
+# A configuration load's pick indexes (in the master): a load that indexes
+# a new upstream (`index.entry`, `.allocated`, `.linked`), or drops them
+# (`index.freeing`).
+sub index_load {
+	my ($point, $n) = @_;
+	master_load_dies($point, $n, { index => 1 },
+		$point eq 'index.freeing' ? {} : { index => 1, u => [8083] });
+}
+
+# The master dies at $point of a load from configuration $before to
+# $after (Crash->conf's options); a fresh start of $before works.
+sub master_load_dies {
+	my ($point, $n, $before, $after) = @_;
 	my $c = Crash->new();
-	$c->conf()->run();
+	$c->conf(%$before)->run();
 	my $base = $c->baseline();
-	my @held = $c->hold(4);
+	$c->hold(4);
 	my @workers = $c->t->worker_pids();
 	my $master = $c->t->master_pid();
 	$c->arm($point, $n, 'master');
-	$c->conf(w => [8081]);
+	$c->conf(%$after);
 	kill 'HUP', $master;
 	ok(wait_until(sub { !kill(0, $master) }, 5), "the master ($master) died at the point");
 	is($c->armed(), $master, 'the master took the request');
@@ -752,42 +768,12 @@ sub master_sweep {
 	$c->close_held();
 	# A fresh master: none of its workers is old.
 	$c->t->{_old_workers} = {};
-	$c->conf();
+	$c->conf(%$before);
 	$c->run();
 	ok(1, 'a fresh start works');
 	ok($c->resting(), 'at rest');
 	is($c->zone()->{used}, $base, 'zone used at the baseline of a first start');
 	$c->hold(2);
-	ok(wait_until(sub { same_counts($c->live(), $c->counted()) }, 1), 'connections counted');
-	$c->close_held();
-	$c->finish();
-}
-
-# A configuration load's pick indexes (in the master): a load that indexes
-# a new upstream (`index.entry`, `.allocated`, `.linked`), or drops them
-# (`index.freeing`). The master dies there; a fresh start works.
-sub index_load {
-	my ($point, $n) = @_;
-	my $c = Crash->new();
-	$c->conf(index => 1)->run();
-	my $base = $c->baseline();
-	$c->hold(4);
-	my @workers = $c->t->worker_pids();
-	my $master = $c->t->master_pid();
-	$c->arm($point, $n, 'master');
-	$c->conf($point eq 'index.freeing' ? () : (index => 1, u => [8083]));
-	kill 'HUP', $master;
-	ok(wait_until(sub { !kill(0, $master) }, 5), "the master ($master) died at the point");
-	is($c->armed(), $master, 'the master took the request');
-	kill 'KILL', @workers;
-	wait_until(sub { !grep { kill 0, $_ } @workers }, 5);
-	$c->close_held();
-	$c->t->{_old_workers} = {};
-	$c->conf(index => 1);
-	$c->run();
-	ok($c->resting(), 'a fresh start works, at rest');
-	is($c->zone()->{used}, $base, 'zone used at the baseline of a first start');
-	$c->hold(4);
 	ok(wait_until(sub { same_counts($c->live(), $c->counted()) }, 1), 'connections counted');
 	$c->close_held();
 	$c->finish();

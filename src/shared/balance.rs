@@ -254,14 +254,7 @@ fn get_plain(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
     };
     if let Some(best) = pick_counted::<false, false, false>(pd, counts, None, 0) {
         pd.rr.connect(best, pc);
-        ngx_log_debug!(
-            mask: subsystem::DEBUG_MASK,
-            pc.log,
-            "least_conn_persistent: get peer {} of {:?} list, holding {:?}",
-            best.index,
-            pd.list,
-            pd.held
-        );
+        log_got(pc, pd, best, "");
         return Status::NGX_OK.into();
     }
     drop(counters);
@@ -273,14 +266,7 @@ fn get_plain(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
 fn get_any<const SLOW: bool>(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
     if let Some(index) = pd.upstream.pick_index(pd.list) {
         if let Some(best) = get_indexed(pc, pd, index) {
-            ngx_log_debug!(
-                mask: subsystem::DEBUG_MASK,
-                pc.log,
-                "least_conn_persistent: get peer {} of {:?} list through its index, holding {:?}",
-                best.index,
-                pd.list,
-                pd.held
-            );
+            log_got(pc, pd, best, " through its index");
             return Status::NGX_OK.into();
         }
     }
@@ -294,17 +280,24 @@ fn get_any<const SLOW: bool>(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) 
     }
     if let Some(best) = pick::<SLOW>(pd, peers::route_hint(pc)) {
         pd.rr.connect(best, pc);
-        ngx_log_debug!(
-            mask: subsystem::DEBUG_MASK,
-            pc.log,
-            "least_conn_persistent: get peer {} of {:?} list, holding {:?}",
-            best.index,
-            pd.list,
-            pd.held
-        );
+        log_got(pc, pd, best, "");
         return Status::NGX_OK.into();
     }
     get_slow::<SLOW>(pc, pd, lock)
+}
+
+/// The debug line of a peer a pick got (`how`: how, if not by a scan).
+#[inline(always)]
+fn log_got(pc: &ngx_peer_connection_t, pd: &PeerData, best: PeerCursor, how: &str) {
+    ngx_log_debug!(
+        mask: subsystem::DEBUG_MASK,
+        pc.log,
+        "least_conn_persistent: get peer {} of {:?} list{}, holding {:?}",
+        best.index,
+        pd.list,
+        how,
+        pd.held
+    );
 }
 
 /// How many winners ruled out by round-robin or this request (tried,
