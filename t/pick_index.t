@@ -22,7 +22,7 @@ use Test::Nginx qw/port addr wait_until/;
 use Test::Nginx::Hold;
 use Test::Nginx::Status;
 
-my $t = Test::Nginx->new()->has(qw/nginx module stream/)->plan(18);
+my $t = Test::Nginx->new()->has(qw/nginx module stream/)->plan(19);
 
 my @big = map { 8100 + $_ } 1 .. 24;    # 20 at first, 24 after the reload
 
@@ -181,3 +181,29 @@ ok(same_counts(\%sum, held_counts(@big)), 'counts equal what the backends hold')
 hold_close(@first, @w, @m, @r, @small, @off, @next, @again);
 ok(wait_until(sub { my @e = stream_entries(); @e && !grep { $_->{count} } @e }),
 	'every counter back to 0');
+
+# A zone with room for the keys but not for their index: the list scans,
+# and the load says so.
+my $ports = join "\n", map { "        server 127.0.0.1:$_;" } map { 10000 + $_ } 1 .. 150;
+$t->write_file_expand('nginx.conf', <<"EOF");
+
+%%TEST_GLOBALS%%
+
+events {
+}
+
+http {
+    %%TEST_GLOBALS_HTTP%%
+
+    least_conn_persistent_zone small 32k;
+
+    upstream big {
+        least_conn_persistent;
+$ports
+    }
+}
+
+EOF
+my (undef, $out) = $t->test_config();
+like($out, qr/\[warn\].*zone "small" has no room for the pick index of 150 server\(s\).*make the zone larger/,
+	'a zone with no room for an index: nginx -t says the list scans');

@@ -23,7 +23,7 @@ mod upstream;
 
 use core::cell::Cell;
 
-use nginx_sys::{NGX_LOG_ERR, NGX_LOG_NOTICE};
+use nginx_sys::{NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN};
 
 use crate::core::table::{Meta, RecordRef};
 use crate::ngx::log::Log;
@@ -112,9 +112,11 @@ impl Registry {
             full += up.store_new(&locked, found);
         }
         table.begin_pick_indexes(&locked);
-        for up in &self.upstreams {
-            up.build_pick_indexes(&locked);
-        }
+        let unindexed: usize = self
+            .upstreams
+            .iter()
+            .map(|up| up.build_pick_indexes(&locked))
+            .sum();
         table.finish_pick_indexes(&locked);
         drop(locked);
         log.zone(
@@ -135,6 +137,16 @@ impl Registry {
                 shm.name(),
                 format_args!(
                     " is full: {full} of {servers} servers fall back to per-worker counting"
+                ),
+            );
+        }
+        if unindexed > 0 {
+            log.zone(
+                NGX_LOG_WARN,
+                shm.name(),
+                format_args!(
+                    " has no room for the pick index of {unindexed} server(s) (lists of index= \
+                     servers or more): their picks scan every server; make the zone larger"
                 ),
             );
         }

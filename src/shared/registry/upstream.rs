@@ -540,16 +540,23 @@ impl UpstreamCounters {
     /// The commit's last pass, once every key is stored: the pick index of
     /// each list a load indexes, over its keys in peer order (none if a
     /// key found no room, or the zone has none for the index).
-    pub(super) fn build_pick_indexes(&self, locked: &Locked) {
+    /// Returns how many servers of lists long enough for an index got none
+    /// (no room in the zone, or keys that found none): they are scanned.
+    pub(super) fn build_pick_indexes(&self, locked: &Locked) -> usize {
         let Some(link) = self.link else {
-            return;
+            return 0;
         };
+        let mut unindexed = 0;
         for list in [List::Primary, List::Backup] {
             let cl = self.counter_list(list);
             let counters = self.list(list);
             let index = self.build_pick_index(&link, locked, list, &counters);
+            if index.is_none() && counters.len() >= self.index_from {
+                unindexed += counters.len();
+            }
             cl.pick_index.set(index);
         }
+        unindexed
     }
 
     /// The pick index of `list` over `counters` (its counters at the list's
