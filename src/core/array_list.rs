@@ -251,22 +251,14 @@ where
         eligible::load(self, at, skipped)
     }
 
-    fn step_weight(&mut self, at: usize) -> (i64, i64) {
+    fn step_weight(&mut self, at: usize) -> i64 {
         let s = &mut self.rr[at];
-        s.current += s.effective;
-        (s.effective, s.weight)
-    }
-
-    fn creep(&mut self, at: usize) {
-        let s = &mut self.rr[at];
+        let e = s.effective;
+        s.current += e;
         if s.effective < s.weight {
             s.effective += 1;
         }
-    }
-
-    fn unstep_weight(&mut self, at: usize) {
-        let s = &mut self.rr[at];
-        s.current -= s.effective;
+        e
     }
 
     fn current_weight(&self, at: usize) -> i64 {
