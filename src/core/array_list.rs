@@ -251,14 +251,22 @@ where
         eligible::load(self, at, skipped)
     }
 
-    fn step_weight(&mut self, at: usize) -> i64 {
+    fn step_weight(&mut self, at: usize) -> (i64, i64) {
         let s = &mut self.rr[at];
-        let e = s.effective;
-        s.current += e;
+        s.current += s.effective;
+        (s.effective, s.weight)
+    }
+
+    fn creep(&mut self, at: usize) {
+        let s = &mut self.rr[at];
         if s.effective < s.weight {
             s.effective += 1;
         }
-        e
+    }
+
+    fn unstep_weight(&mut self, at: usize) {
+        let s = &mut self.rr[at];
+        s.current -= s.effective;
     }
 
     fn current_weight(&self, at: usize) -> i64 {

@@ -126,8 +126,14 @@ mod tests {
             }
             Some(l)
         }
-        fn step_weight(&mut self, at: usize) -> i64 {
+        fn step_weight(&mut self, at: usize) -> (i64, i64) {
             self.peers.step_weight(at)
+        }
+        fn creep(&mut self, at: usize) {
+            self.peers.creep(at)
+        }
+        fn unstep_weight(&mut self, at: usize) {
+            self.peers.unstep_weight(at)
         }
         fn current_weight(&self, at: usize) -> i64 {
             self.peers.current_weight(at)

@@ -40,16 +40,21 @@ impl Load {
 pub trait PeerList {
     type Cursor: Copy;
 
-    /// How many peers the list holds (sizes the tie map).
+    /// How many peers the list holds (decides `choose`'s walk).
     fn size(&self) -> usize;
     fn first(&self) -> Option<Self::Cursor>;
     fn next(&self, at: Self::Cursor) -> Option<Self::Cursor>;
     /// `None` when the peer cannot take a connection now: down, already
     /// tried by this request, failed within `fail_timeout`, or at `max_conns`.
     fn load(&self, at: Self::Cursor) -> Option<Load>;
-    /// One smooth-WRR step: `current += effective`, and `effective` creeps
-    /// back toward `weight` after failures. Returns the effective weight added.
-    fn step_weight(&mut self, at: Self::Cursor) -> i64;
+    /// One smooth-WRR step: `current += effective`. Returns the effective
+    /// weight added, and `weight`: below it (after failures), `creep` must
+    /// follow (stock raises it by one after the step).
+    fn step_weight(&mut self, at: Self::Cursor) -> (i64, i64);
+    /// Raises `effective` by one if below `weight` (see `step_weight`).
+    fn creep(&mut self, at: Self::Cursor);
+    /// Undoes a `step_weight` of `at` that no `creep` followed.
+    fn unstep_weight(&mut self, at: Self::Cursor);
     fn current_weight(&self, at: Self::Cursor) -> i64;
     fn lower_current_weight(&mut self, at: Self::Cursor, by: i64);
 }
@@ -63,26 +68,6 @@ trait Ties: Default {
     /// May panic for a position it does not cover.
     fn contains(&self, i: usize) -> bool;
     fn set(&mut self, i: usize);
-}
-
-/// One word, for upstreams of up to 64 peers: nothing to zero but itself.
-impl Ties for u64 {
-    #[inline]
-    fn covers(&self, i: usize) -> bool {
-        i < 64
-    }
-
-    #[inline]
-    fn contains(&self, i: usize) -> bool {
-        *self & (1 << i) != 0
-    }
-
-    #[inline]
-    fn set(&mut self, i: usize) {
-        if self.covers(i) {
-            *self |= 1 << i;
-        }
-    }
 }
 
 /// 1024 bits for larger upstreams, zeroed with a few vector stores.
@@ -113,12 +98,16 @@ impl Ties for TieBits1024 {
 /// (count, retry on a lost race) keeps its registers.
 #[inline(always)]
 pub fn choose<L: PeerList>(list: &mut L) -> Option<L::Cursor> {
-    if list.size() <= 64 {
-        choose_with::<L, u64>(list)
+    if list.size() <= SMALL {
+        choose_in_one_walk(list)
     } else {
         choose_with::<L, TieBits1024>(list)
     }
 }
+
+/// Lists up to this long are walked once (`choose_in_one_walk`): their
+/// tie-break's steps fit a word of bits.
+const SMALL: usize = 64;
 
 /// The first peer of the best (lowest conns/weight) class seen so far.
 #[derive(Clone, Copy)]
@@ -126,6 +115,101 @@ struct Best<C> {
     cursor: C,
     load: Load,
     position: usize,
+}
+
+/// `choose` for a list of up to `SMALL` peers, in one walk. The peers that
+/// tie with the best so far are stepped as they are met (the first of them
+/// once a second ties), and unstepped if a lighter peer comes after them:
+/// the steps that stay are those of stock's second walk over the tied
+/// peers, and so is the peer chosen.
+#[inline(always)]
+fn choose_in_one_walk<L: PeerList>(list: &mut L) -> Option<L::Cursor> {
+    let (mut at, mut position) = (list.first(), 0);
+    // The best class so far, from the first peer that can take the
+    // connection: its load, the position of its first peer, and `lead`:
+    // that peer, then, once the class has two and is stepped, the one with
+    // the highest current weight after its step (the first such).
+    let (mut best, mut first, mut lead) = loop {
+        let cursor = at?;
+        at = list.next(cursor);
+        position += 1;
+        if let Some(load) = list.load(cursor) {
+            break (load, position - 1, cursor);
+        }
+    };
+    // The stepped peers, by position (none while the class has one), and
+    // their steps.
+    let mut stepped = 0u64;
+    let mut steps = Steps::default();
+
+    while let Some(cursor) = at {
+        if let Some(load) = list.load(cursor) {
+            // Two plain comparisons of the cross products, as in
+            // `choose_with`.
+            let (mine, theirs) = load.products(best);
+            if mine == theirs {
+                if stepped == 0 {
+                    steps.add(list, lead);
+                    stepped = 1 << first;
+                }
+                stepped |= 1 << position;
+                if steps.add(list, cursor) > list.current_weight(lead) {
+                    lead = cursor;
+                }
+            } else if mine < theirs {
+                if stepped != 0 {
+                    walk(list, stepped, L::unstep_weight);
+                    (stepped, steps) = (0, Steps::default());
+                }
+                (best, first, lead) = (load, position, cursor);
+            }
+        }
+        at = list.next(cursor);
+        position += 1;
+    }
+
+    if stepped != 0 {
+        list.lower_current_weight(lead, steps.total);
+        if steps.short != 0 {
+            walk(list, stepped, L::creep);
+        }
+    }
+    Some(lead)
+}
+
+/// What the steps of `choose_in_one_walk`'s best class added, and whether
+/// some stepped peer's effective weight differs from its weight (non-zero):
+/// below it, it creeps once the class is final (a step uses the effective
+/// weight before its creep; `creep` itself tests the weights).
+#[derive(Default)]
+struct Steps {
+    total: i64,
+    short: i64,
+}
+
+impl Steps {
+    /// Steps `c`; returns its current weight after the step.
+    #[inline(always)]
+    fn add<L: PeerList>(&mut self, list: &mut L, c: L::Cursor) -> i64 {
+        let (added, weight) = list.step_weight(c);
+        self.total += added;
+        self.short |= weight ^ added;
+        list.current_weight(c)
+    }
+}
+
+/// Calls `f` on the peers at the positions `class` holds.
+#[cold]
+#[inline(never)]
+fn walk<L: PeerList>(list: &mut L, class: u64, f: impl Fn(&mut L, L::Cursor)) {
+    let (mut at, mut position) = (list.first(), 0u32);
+    while let (Some(c), true) = (at, class.checked_shr(position).is_some_and(|r| r != 0)) {
+        if class & (1 << position) != 0 {
+            f(list, c);
+        }
+        at = list.next(c);
+        position += 1;
+    }
 }
 
 #[inline(always)]
@@ -189,7 +273,8 @@ fn break_tie<L: PeerList, T: Ties>(list: &mut L, best: Best<L::Cursor>, ties: &T
                 .is_some_and(|l| l.cmp_ratio(best.load) == Ordering::Equal)
         };
         if is_tied {
-            total += list.step_weight(c);
+            total += list.step_weight(c).0;
+            list.creep(c);
             let weight = list.current_weight(c);
             if weight > chosen_weight {
                 chosen = c;
@@ -209,7 +294,7 @@ pub(crate) mod tests {
     use super::*;
 
     /// A peer list in plain memory, with nginx's round-robin fields.
-    #[derive(Default)]
+    #[derive(Clone, Debug, Default, PartialEq)]
     pub struct Peers {
         pub conns: Vec<u32>,
         pub weight: Vec<i64>,
@@ -254,13 +339,18 @@ pub(crate) mod tests {
                 weight: self.weight[at] as u32,
             })
         }
-        fn step_weight(&mut self, at: usize) -> i64 {
+        fn step_weight(&mut self, at: usize) -> (i64, i64) {
             let e = self.effective[at];
             self.current[at] += e;
+            (e, self.weight[at])
+        }
+        fn creep(&mut self, at: usize) {
             if self.effective[at] < self.weight[at] {
                 self.effective[at] += 1;
             }
-            e
+        }
+        fn unstep_weight(&mut self, at: usize) {
+            self.current[at] -= self.effective[at];
         }
         fn current_weight(&self, at: usize) -> i64 {
             self.current[at]
@@ -379,6 +469,70 @@ pub(crate) mod tests {
             let c = choose(&mut p).unwrap();
             assert!(c == 2 || c == 3, "picked {c}");
         }
+    }
+
+    /// xorshift64: a repeatable sequence for the tests below.
+    fn next_random(state: &mut u64, below: u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state % below
+    }
+
+    #[test]
+    fn one_walk_chooses_and_steps_as_two_walks_do() {
+        // Small lists of every length: counts at 0 to 2 (ties, and lighter
+        // peers after tied ones), weights 1 to 4, effective weights below
+        // them (after failures), unusable peers; picks count, and some
+        // connections end. The one walk and stock's two (`choose_with`)
+        // choose the same peer and leave the same weights, pick after pick.
+        let mut seed = 0x2545_f491_4f6c_dd1d;
+        let r = &mut seed;
+        for n in (1..=SMALL).cycle().take(3 * SMALL) {
+            let weight: Vec<i64> = (0..n).map(|_| 1 + next_random(r, 4) as i64).collect();
+            let mut one = Peers::new(&weight);
+            for (i, &w) in weight.iter().enumerate() {
+                one.conns[i] = next_random(r, 3) as u32;
+                one.effective[i] = next_random(r, w as u64 + 1) as i64;
+                one.current[i] = next_random(r, 9) as i64 - 4;
+                one.usable[i] = next_random(r, 6) != 0;
+            }
+            let mut two = one.clone();
+            for _ in 0..4 * n {
+                let chosen = choose_in_one_walk(&mut one);
+                assert_eq!(chosen, choose_with::<_, TieBits1024>(&mut two));
+                assert_eq!(one, two);
+                if let Some(c) = chosen {
+                    one.conns[c] += 1;
+                }
+                let i = next_random(r, n as u64) as usize;
+                one.conns[i] = one.conns[i].saturating_sub(next_random(r, 2) as u32);
+                two.conns.clone_from(&one.conns);
+            }
+        }
+    }
+
+    #[test]
+    fn a_class_beaten_after_its_ties_is_left_unstepped() {
+        // 0 and 1 tie (stepped), then 2 is lighter: their steps are undone;
+        // 2 alone is chosen, with no step; an effective weight below its
+        // weight creeps only for a peer that stays tied.
+        let mut p = Peers::new(&[2, 2, 1, 1]);
+        p.conns = vec![1, 1, 0, 0];
+        p.effective = vec![1, 2, 1, 0];
+        p.usable[3] = false;
+        assert_eq!(choose_in_one_walk(&mut p), Some(2));
+        assert_eq!(
+            (p.current.clone(), p.effective.clone()),
+            (vec![0; 4], vec![1, 2, 1, 0])
+        );
+        p.usable[2] = false;
+        // 0 and 1 tie: 0 steps 1, 1 steps 2 and wins; 0 creeps to 2.
+        assert_eq!(choose_in_one_walk(&mut p), Some(1));
+        assert_eq!(
+            (p.current, p.effective),
+            (vec![1, -1, 0, 0], vec![2, 2, 1, 0])
+        );
     }
 
     #[test]

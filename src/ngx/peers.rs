@@ -154,6 +154,8 @@ impl Tried {
 #[derive(Debug)]
 pub struct RoundRobin {
     data: NonNull<RrPeerData>,
+    /// Round-robin's `tried` bitmap, which it allocates with its data.
+    tried: NonNull<usize>,
     /// Whether a peer of the current list was tried: until then a pick
     /// skips the per-peer test of the `tried` bitmap.
     tried_any: bool,
@@ -164,8 +166,12 @@ impl RoundRobin {
     /// `data` is what round-robin's `init_round_robin_peer` left in
     /// `u.peer.data`; it lives as long as the request.
     pub unsafe fn from_ptr(data: *mut c_void) -> Option<RoundRobin> {
-        NonNull::new(data.cast()).map(|data| RoundRobin {
+        let data = NonNull::new(data.cast::<RrPeerData>())?;
+        // SAFETY: the function's contract.
+        let tried = NonNull::new(unsafe { data.as_ref() }.tried)?;
+        Some(RoundRobin {
             data,
+            tried,
             tried_any: false,
         })
     }
@@ -193,13 +199,14 @@ impl RoundRobin {
     }
 
     fn tried(&self) -> Tried {
-        Tried(NonNull::new(self.data().tried).expect("round-robin allocates the tried bitmap"))
+        Tried(self.tried)
     }
 
     /// Round-robin's lock on peers kept in an upstream `zone`.
     #[inline]
     pub fn lock(&self) -> PeersLock {
-        PeersLock::new(self.data().peers)
+        // SAFETY: round-robin sets `peers` to a list of the upstream.
+        PeersLock::new(unsafe { NonNull::new_unchecked(self.data().peers) })
     }
 
     /// Whether a peer of the current list was tried already: then a pick
@@ -248,7 +255,6 @@ impl RoundRobin {
         RrList {
             peers: self.peers(),
             tried: self.tried(),
-            now: now(),
             now_ds,
             counts,
         }
@@ -345,12 +351,11 @@ pub struct PeersLock(NonNull<RrPeers>);
 
 /// Locks `list` (a list of an upstream) as round-robin does for a pick.
 pub fn lock(list: &RrPeers) -> PeersLock {
-    PeersLock::new(core::ptr::from_ref(list).cast_mut())
+    PeersLock::new(NonNull::from(list))
 }
 
 impl PeersLock {
-    fn new(peers: *mut RrPeers) -> PeersLock {
-        let mut peers = NonNull::new(peers).expect("a request's peer list");
+    fn new(mut peers: NonNull<RrPeers>) -> PeersLock {
         // SAFETY: a live list; its rwlock is used only with a zone (shpool).
         unsafe {
             let p = peers.as_mut();
@@ -400,6 +405,16 @@ pub trait SharedCount {
     fn count_and_bits(&self) -> (Option<u32>, u32) {
         (self.count_hint(), self.check_bits())
     }
+
+    /// The peer's weight and `max_conns` as the pick compares them
+    /// (`saturate`d), if kept here; `None`: read round-robin's.
+    fn weight(&self) -> Option<u32> {
+        None
+    }
+
+    fn max_conns(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// The counts a pick compares, by peer position; `None`: round-robin's own
@@ -427,6 +442,15 @@ pub trait CountSource: Copy {
     fn count_and_bits(&self, index: usize) -> (Option<u32>, u32) {
         (self.count(index), self.check_bits(index))
     }
+
+    /// As `SharedCount::weight` and `max_conns`, by peer position.
+    fn weight(&self, _index: usize) -> Option<u32> {
+        None
+    }
+
+    fn max_conns(&self, _index: usize) -> Option<u32> {
+        None
+    }
 }
 
 /// Counts matched one to one with the peers of a list.
@@ -451,6 +475,15 @@ impl<'a, C: SharedCount> Matched<'a, C> {
     #[inline]
     pub fn get(&self, index: usize) -> Option<&'a C> {
         self.0.get(index)
+    }
+
+    /// The count of the peer `c`, a cursor on the list `new` matched.
+    #[inline(always)]
+    pub fn of(&self, c: PeerCursor) -> &'a C {
+        debug_assert!(c.index < self.0.len());
+        // SAFETY: cursors number the list's peers from 0 below its
+        // `number`, which `new` checked is our length.
+        unsafe { self.0.get_unchecked(c.index) }
     }
 }
 
@@ -487,6 +520,20 @@ impl<C: SharedCount> CountSource for Matched<'_, C> {
         // SAFETY: as in `count`.
         unsafe { self.0.get_unchecked(index) }.count_and_bits()
     }
+
+    #[inline(always)]
+    fn weight(&self, index: usize) -> Option<u32> {
+        debug_assert!(index < self.0.len());
+        // SAFETY: as in `count`.
+        unsafe { self.0.get_unchecked(index) }.weight()
+    }
+
+    #[inline(always)]
+    fn max_conns(&self, index: usize) -> Option<u32> {
+        debug_assert!(index < self.0.len());
+        // SAFETY: as in `count`.
+        unsafe { self.0.get_unchecked(index) }.max_conns()
+    }
 }
 
 /// Round-robin's own per-worker counts only.
@@ -509,7 +556,6 @@ impl CountSource for PerWorker {
 pub struct RrList<'a, S, const TRIED: bool, const RAMP: bool = false, const CHECKED: bool = false> {
     peers: &'a RrPeers,
     tried: Tried,
-    now: time_t,
     now_ds: u32,
     counts: S,
 }
@@ -563,7 +609,8 @@ impl<S: CountSource, const TRIED: bool, const RAMP: bool, const CHECKED: bool>
             || peer.down & !ignored != 0
             || (peer.max_fails != 0
                 && peer.fails >= peer.max_fails
-                && self.now - peer.checked <= peer.fail_timeout)
+                // The clock is read only for a peer that failed.
+                && now() - peer.checked <= peer.fail_timeout)
     }
 
     /// nginx 1.29.6+: the peer whose route (`sid`: `route=`, or the md5 of
@@ -621,14 +668,24 @@ impl<S: CountSource, const TRIED: bool, const RAMP: bool, const CHECKED: bool> e
         (conns, bits)
     }
 
+    /// The weight our counts keep, with no saturation to work out, or
+    /// round-robin's.
     #[inline(always)]
     fn weight(&self, c: PeerCursor) -> u32 {
-        saturate(self.peer(c).weight)
+        match self.counts.weight(c.index) {
+            Some(w) => w,
+            None => saturate(self.peer(c).weight),
+        }
     }
 
+    /// Ours (saturated: past `u32::MAX` it finds full only a count that
+    /// `acquire` refuses anyway), or round-robin's.
     #[inline(always)]
     fn configured_max_conns(&self, c: PeerCursor) -> u64 {
-        self.peer(c).max_conns as u64
+        match self.counts.max_conns(c.index) {
+            Some(m) => u64::from(m),
+            None => self.peer(c).max_conns as u64,
+        }
     }
 
     #[inline(always)]
@@ -706,14 +763,23 @@ impl<S: CountSource, const TRIED: bool, const RAMP: bool, const CHECKED: bool> P
         self.load_unless_down(c, 0)
     }
 
-    fn step_weight(&mut self, c: PeerCursor) -> i64 {
+    #[inline(always)]
+    fn step_weight(&mut self, c: PeerCursor) -> (i64, i64) {
         let peer = self.peer_mut(c);
-        let e = peer.effective_weight;
-        peer.current_weight += e;
+        peer.current_weight += peer.effective_weight;
+        (peer.effective_weight as i64, peer.weight as i64)
+    }
+
+    fn creep(&mut self, c: PeerCursor) {
+        let peer = self.peer_mut(c);
         if peer.effective_weight < peer.weight {
             peer.effective_weight += 1;
         }
-        e as i64
+    }
+
+    fn unstep_weight(&mut self, c: PeerCursor) {
+        let peer = self.peer_mut(c);
+        peer.current_weight -= peer.effective_weight;
     }
 
     fn current_weight(&self, c: PeerCursor) -> i64 {

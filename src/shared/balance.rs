@@ -40,6 +40,10 @@ struct PeerData {
     rr: RoundRobin,
     upstream: &'static UpstreamCounters,
     list: List,
+    /// Whether the primary list was `plain` as the request began (read
+    /// once, for its first attempt, which `get` makes at once): that attempt
+    /// takes `get_plain`. Cleared on a switch to backup.
+    plain: bool,
     held: Held,
     /// How many times this request's picks looked stale counters up again
     /// (see `MAX_REFRESHES`).
@@ -176,6 +180,7 @@ pub fn install(
             rr,
             upstream,
             list: List::Primary,
+            plain: upstream.plain(List::Primary),
             held: Held::Nothing,
             refreshes: 0,
             rr_set_session: pc.set_session,
@@ -222,17 +227,46 @@ extern "C" fn get_peer<const SLOW: bool>(
     get::<SLOW>(pc, pd)
 }
 
+#[inline(always)]
 fn get<const SLOW: bool>(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
+    let plain = !SLOW && pd.plain && !pd.rr.tried_any() && peers::route_hint(pc).is_none();
+    if plain {
+        return get_plain(pc, pd);
+    }
+    get_any::<SLOW>(pc, pd)
+}
+
+/// `get` of the first attempt on the primary list when nothing but the
+/// counts and round-robin bears on it (`PeerData::plain`, nothing tried,
+/// no `sticky` route).
+#[inline(always)]
+fn get_plain(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
+    debug_assert_eq!(pd.list, List::Primary);
+    let lock = pd.rr.lock();
+    if pd.rr.list_changed() || needs_follow(pd) {
+        drop(lock);
+        return get_any::<false>(pc, pd);
+    }
+    let counters = pd.upstream.list(List::Primary);
+    let Some(counts) = Matched::new(&counters, pd.rr.peers()) else {
+        drop((counters, lock));
+        return get_any::<false>(pc, pd);
+    };
+    if let Some(best) = pick_counted::<false, false, false>(pd, counts, None, 0) {
+        pd.rr.connect(best, pc);
+        log_got(pc, pd, best, "");
+        return Status::NGX_OK.into();
+    }
+    drop(counters);
+    get_slow::<false>(pc, pd, lock)
+}
+
+/// `get` of any attempt.
+#[inline(never)]
+fn get_any<const SLOW: bool>(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
     if let Some(index) = pd.upstream.pick_index(pd.list) {
         if let Some(best) = get_indexed(pc, pd, index) {
-            ngx_log_debug!(
-                mask: subsystem::DEBUG_MASK,
-                pc.log,
-                "least_conn_persistent: get peer {} of {:?} list through its index, holding {:?}",
-                best.index,
-                pd.list,
-                pd.held
-            );
+            log_got(pc, pd, best, " through its index");
             return Status::NGX_OK.into();
         }
     }
@@ -246,17 +280,24 @@ fn get<const SLOW: bool>(pc: &mut ngx_peer_connection_t, pd: &mut PeerData) -> n
     }
     if let Some(best) = pick::<SLOW>(pd, peers::route_hint(pc)) {
         pd.rr.connect(best, pc);
-        ngx_log_debug!(
-            mask: subsystem::DEBUG_MASK,
-            pc.log,
-            "least_conn_persistent: get peer {} of {:?} list, holding {:?}",
-            best.index,
-            pd.list,
-            pd.held
-        );
+        log_got(pc, pd, best, "");
         return Status::NGX_OK.into();
     }
     get_slow::<SLOW>(pc, pd, lock)
+}
+
+/// The debug line of a peer a pick got (`how`: how, if not by a scan).
+#[inline(always)]
+fn log_got(pc: &ngx_peer_connection_t, pd: &PeerData, best: PeerCursor, how: &str) {
+    ngx_log_debug!(
+        mask: subsystem::DEBUG_MASK,
+        pc.log,
+        "least_conn_persistent: get peer {} of {:?} list{}, holding {:?}",
+        best.index,
+        pd.list,
+        how,
+        pd.held
+    );
 }
 
 /// How many winners ruled out by round-robin or this request (tried,
@@ -455,6 +496,7 @@ fn try_backup_or_fail<const SLOW: bool>(
     let failed = pd.rr.current();
     if pd.list == List::Primary && pd.rr.switch_to_backup() {
         pd.list = List::Backup;
+        pd.plain = false;
         let rc = get::<SLOW>(pc, pd);
         if rc != Status::NGX_BUSY.0 {
             return rc;
@@ -611,53 +653,70 @@ fn pick_counted<const TRIED: bool, const RAMP: bool, const CHECKED: bool>(
     route: Option<&[u8]>,
     now_ds: u32,
 ) -> Option<PeerCursor> {
+    make_room(pd);
     let mut list = pd.rr.list_at::<_, TRIED, RAMP, CHECKED>(counts, now_ds);
     if let Some(best) = route.and_then(|r| list.find_route(r)) {
         let counter = counts.get(best.index)?;
         match counter.try_acquire(list.max_conns(best)) {
             Ok(held) => {
-                keep(pd, held);
+                store_hold(pd, held);
                 return Some(best);
             }
             Err(NotTaken::AtLimit) => {}
             Err(NotTaken::Stale) => return None,
         }
     }
-    for _ in 0..=list.size() {
+    // At most one choice more than the list has peers: each after the
+    // first follows a peer found at its limit.
+    let mut retries = list.size();
+    loop {
         let best = choose(&mut list)?;
-        let counter = counts.get(best.index)?;
+        let counter = counts.of(best);
         match counter.try_acquire(list.max_conns(best)) {
             Ok(held) => {
-                keep(pd, held);
+                store_hold(pd, held);
                 return Some(best);
             }
-            Err(NotTaken::AtLimit) => {}
-            Err(NotTaken::Stale) => return None,
+            Err(NotTaken::AtLimit) if retries > 0 => retries -= 1,
+            Err(_) => return None,
         }
     }
-    None
 }
 
-/// Stores what a pick took. The previous attempt's hold was given back
-/// (`free_peer` takes it), so the slot is empty and nothing is dropped:
-/// said to the compiler, which then builds the value in place.
+/// Stores what a pick took (`make_room`, then `store_hold`).
 #[inline(always)]
 fn keep(pd: &mut PeerData, held: Held) {
-    if matches!(pd.held, Held::Nothing) {
-        pd.held = held;
-    } else {
-        replace_hold(pd, held);
+    make_room(pd);
+    store_hold(pd, held);
+}
+
+/// Empties the slot a pick stores its hold in, before the pick counts. The
+/// previous attempt's hold was given back (`free_peer` takes it), so there
+/// is nothing to do; said before the count, this lets the compiler store
+/// the hold in place (`store_hold`), with no drop of the old.
+#[inline(always)]
+fn make_room(pd: &mut PeerData) {
+    if !matches!(pd.held, Held::Nothing) {
+        give_back_hold(pd);
     }
 }
 
-/// Not reached (see `keep`); were it, the old hold is given back rather
+/// Stores a hold in the slot `make_room` emptied: nothing to drop.
+#[inline(always)]
+fn store_hold(pd: &mut PeerData, held: Held) {
+    let empty = core::mem::replace(&mut pd.held, held);
+    debug_assert!(matches!(empty, Held::Nothing));
+    core::mem::forget(empty);
+}
+
+/// Not reached (see `make_room`); were it, the hold is given back rather
 /// than dropped uncounted (with round-robin's lock held by the scan: a
 /// release of a key in a pick index would then wait for the zone's lock).
 #[cold]
 #[inline(never)]
-fn replace_hold(pd: &mut PeerData, held: Held) {
+fn give_back_hold(pd: &mut PeerData) {
     debug_assert!(false, "a pick replaced a hold it had not given back");
-    let old = core::mem::replace(&mut pd.held, held);
+    let old = core::mem::take(&mut pd.held);
     pd.upstream.release(old, Log::cycle());
 }
 

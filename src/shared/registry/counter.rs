@@ -205,7 +205,7 @@ impl PeerCounter {
     #[inline]
     pub fn try_acquire(&self, max_conns: u32) -> Result<Held, NotTaken> {
         let Some(c) = self.counted() else {
-            return self.acquire_uncounted();
+            return self.acquire_uncounted().map(Held::Local);
         };
         match c.acquire(max_conns) {
             Acquire::Taken => Ok(Held::Shared(c)),
@@ -248,15 +248,17 @@ impl PeerCounter {
     }
 
     /// No cell yet (see `try_acquire`), or per-worker counting: no zone,
-    /// or no room in it.
+    /// or no room in it. Returns the local count, which `try_acquire` makes
+    /// a hold of: an out-of-line call returning a whole `Held` would have
+    /// the common path's hold built in memory too.
     #[cold]
     #[inline(never)]
-    fn acquire_uncounted(&self) -> Result<Held, NotTaken> {
+    fn acquire_uncounted(&self) -> Result<Rc<Cell<u32>>, NotTaken> {
         if self.needs_cell() {
             return Err(NotTaken::Stale);
         }
         self.local.set(self.local.get() + 1);
-        Ok(Held::Local(Rc::clone(&self.local)))
+        Ok(Rc::clone(&self.local))
     }
 
     /// Gives up on the zone for this server: this worker counts it itself,
@@ -368,6 +370,19 @@ impl SharedCount for PeerCounter {
     #[cold]
     fn tuned(&self) -> Tuned {
         self.counted().map(|c| c.slot.tuned()).unwrap_or_default()
+    }
+
+    /// The weight and `max_conns` the server was registered (or followed)
+    /// with, saturated as the pick compares them: round-robin's, as the
+    /// counters match the peer list.
+    #[inline(always)]
+    fn weight(&self) -> Option<u32> {
+        Some(self.meta.weight)
+    }
+
+    #[inline(always)]
+    fn max_conns(&self) -> Option<u32> {
+        Some(self.meta.max_conns)
     }
 
     #[inline(always)]

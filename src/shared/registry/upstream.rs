@@ -52,6 +52,9 @@ struct CounterList {
     /// Set once this worker has its cells for the list's keys
     /// (`UpstreamCounters::attach_cells`); cleared when the list is rebuilt.
     cells: Cell<bool>,
+    /// Set with `cells` when no pick index, health check or slow start
+    /// bears on the list's picks (`UpstreamCounters::plain`).
+    plain: Cell<bool>,
     /// The `server` lines (names) that have had addresses in the list:
     /// slow start ramps an address DNS adds to a name resolved before, not
     /// the first resolution.
@@ -324,6 +327,7 @@ impl UpstreamCounters {
         let cl = self.counter_list(list);
         cl.version.set(Some(copy.version));
         cl.cells.set(false);
+        cl.plain.set(false);
         self.note_named(list);
         let held_by_other: Vec<Box<[u8]>> = self
             .list(list.other())
@@ -396,6 +400,14 @@ impl UpstreamCounters {
         !self.counter_list(list).cells.get()
     }
 
+    /// Whether this worker has its cells for `list`, and no pick index,
+    /// health check or slow start bears on its picks: one test for what a
+    /// request's first pick of the list may skip.
+    #[inline]
+    pub fn plain(&self, list: List) -> bool {
+        self.counter_list(list).plain.get()
+    }
+
     /// Gives this worker a cell for every key of `list` it has none for
     /// (`Phase::Stored`), in one hold of the zone lock: the first pick of
     /// the list in this worker. The caller holds no peer lock. Logs once
@@ -403,7 +415,10 @@ impl UpstreamCounters {
     #[cold]
     #[inline(never)]
     pub fn attach_cells(&self, list: List) {
-        self.counter_list(list).cells.set(true);
+        let cl = self.counter_list(list);
+        cl.cells.set(true);
+        let plain = cl.pick_index.get().is_none() && self.check.is_none() && self.slow_start == 0;
+        cl.plain.set(plain);
         let Some(link) = self.link.as_ref() else {
             return;
         };
