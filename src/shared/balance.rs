@@ -180,7 +180,11 @@ pub fn install(
             rr,
             upstream,
             list: List::Primary,
-            plain: upstream.plain(List::Primary),
+            // A checked upstream's first attempt is plain while every key of
+            // the zone is up with nothing overridden (the checks' verdicts
+            // as the request begins).
+            plain: upstream.plain(List::Primary)
+                && !(upstream.check.is_some() && upstream.checks_flagged()),
             held: Held::Nothing,
             refreshes: 0,
             rr_set_session: pc.set_session,

@@ -400,9 +400,10 @@ impl UpstreamCounters {
         !self.counter_list(list).cells.get()
     }
 
-    /// Whether this worker has its cells for `list`, and no pick index,
-    /// health check or slow start bears on its picks: one test for what a
-    /// request's first pick of the list may skip.
+    /// Whether this worker has its cells for `list`, and no pick index or
+    /// slow start bears on its picks (health checks may, while they flag
+    /// nothing: the caller asks): one test for what a request's first pick
+    /// of the list may skip.
     #[inline]
     pub fn plain(&self, list: List) -> bool {
         self.counter_list(list).plain.get()
@@ -417,7 +418,7 @@ impl UpstreamCounters {
     pub fn attach_cells(&self, list: List) {
         let cl = self.counter_list(list);
         cl.cells.set(true);
-        let plain = cl.pick_index.get().is_none() && self.check.is_none() && self.slow_start == 0;
+        let plain = cl.pick_index.get().is_none() && self.slow_start == 0;
         cl.plain.set(plain);
         let Some(link) = self.link.as_ref() else {
             return;
